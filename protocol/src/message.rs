@@ -1,0 +1,159 @@
+//! The messages that travel between control plane and agents.
+//!
+//! Every change message carries the object's full desired state and its revision, so a
+//! receiver can apply any message on its own and ignore one that is not newer than what it
+//! holds (DESIGN §2). Append-only: add variants and fields at the end, never reorder.
+
+use crate::model::{AppConfig, CronJob, DeviceGroup, Revision, ValidationError};
+use crate::names::Name;
+use serde::{Deserialize, Serialize};
+
+/// Everything that crosses the broker, wrapped in the envelope of [`crate::envelope`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    /// An app was created or changed: its full config at a new revision.
+    AppChanged(AppConfig),
+    /// An app was deleted; devices stop and remove its containers.
+    AppDeleted { app_name: Name, app_id: Revision },
+    /// A device group was created or changed, with the full config of every member.
+    DeviceGroupChanged(GroupState),
+    /// A device group was deleted; its devices stop and remove every app of it.
+    DeviceGroupDeleted {
+        device_group: Name,
+        device_group_id: Revision,
+    },
+    /// An agent asks for the current state of one app or group.
+    SyncRequest(SyncRequest),
+    /// The control plane's answer to a [`SyncRequest`].
+    SyncReply(SyncReply),
+    /// An agent's periodic and on-change report.
+    DeviceReport(DeviceReport),
+}
+
+impl Message {
+    /// The kind of message, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::AppChanged(_) => "app_changed",
+            Self::AppDeleted { .. } => "app_deleted",
+            Self::DeviceGroupChanged(_) => "device_group_changed",
+            Self::DeviceGroupDeleted { .. } => "device_group_deleted",
+            Self::SyncRequest(_) => "sync_request",
+            Self::SyncReply(_) => "sync_reply",
+            Self::DeviceReport(_) => "device_report",
+        }
+    }
+
+    /// Checks every config the message carries. Names are already valid by construction.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        match self {
+            Self::AppChanged(app) => app.validate(),
+            Self::DeviceGroupChanged(state) => state.validate(),
+            Self::SyncReply(reply) => match &reply.result {
+                SyncResult::App(app) => app.validate(),
+                SyncResult::Group(state) => state.validate(),
+                SyncResult::NotFound => Ok(()),
+            },
+            Self::AppDeleted { .. }
+            | Self::DeviceGroupDeleted { .. }
+            | Self::SyncRequest(_)
+            | Self::DeviceReport(_) => Ok(()),
+        }
+    }
+}
+
+/// A device group with the full config of each of its apps and cron jobs: what a group-mode
+/// agent needs to converge without asking for anything else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupState {
+    pub group: DeviceGroup,
+    pub apps: Vec<AppConfig>,
+    pub cron_jobs: Vec<CronJob>,
+}
+
+impl GroupState {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        self.group.validate()?;
+        self.apps.iter().try_for_each(AppConfig::validate)?;
+        self.cron_jobs.iter().try_for_each(CronJob::validate)
+    }
+}
+
+/// What a sync request asks about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncTarget {
+    App(Name),
+    DeviceGroup(Name),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncRequest {
+    pub device_id: Name,
+    pub target: SyncTarget,
+    /// Echoed in the reply; also set as the AMQP correlation id.
+    pub correlation_id: String,
+    pub agent_version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncReply {
+    pub correlation_id: String,
+    pub result: SyncResult,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncResult {
+    App(AppConfig),
+    Group(GroupState),
+    /// No such app or group (yet): the agent waits and asks again.
+    NotFound,
+}
+
+/// A device's state as the agent last saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceReport {
+    pub device_id: Name,
+    pub hostname: String,
+    pub device_group: Option<Name>,
+    pub device_group_id: Option<Revision>,
+    pub prune_id: Option<Revision>,
+    /// Unix seconds at which the agent made the report.
+    pub report_creation_time: u64,
+    /// True when every app is applied at its desired revision.
+    pub updated: bool,
+    pub agent_version: String,
+    pub apps: Vec<AppReport>,
+    pub resources: ResourceUsage,
+}
+
+/// One app on one device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppReport {
+    pub app_name: Name,
+    pub desired_revision: Option<Revision>,
+    pub applied_revision: Option<Revision>,
+    pub containers: Vec<ContainerReport>,
+    /// The last error applying this app (a failed pull, a Docker error), if any.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerReport {
+    pub name: String,
+    pub image: String,
+    /// Docker's state: `running`, `exited`, `restarting`, ...
+    pub state: String,
+    /// `healthy`, `unhealthy`, `starting`, or `None` without a health check.
+    pub health: Option<String>,
+    pub app_id: Option<Revision>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResourceUsage {
+    pub cpu_cores: u32,
+    pub cpu_percent: f32,
+    pub memory_total_bytes: u64,
+    pub memory_used_bytes: u64,
+    pub root_disk_total_bytes: u64,
+    pub root_disk_used_bytes: u64,
+}

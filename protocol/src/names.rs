@@ -1,0 +1,228 @@
+//! Names of objects and of every broker resource.
+//!
+//! Names of apps, device groups, cron jobs, users and devices end up inside exchange, queue
+//! and container names, so they are validated once, here, and carried as [`Name`] from then
+//! on. Every exchange, queue and routing key of DESIGN §3 is spelled by a function in this
+//! module; nothing else in the codebase spells them.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The longest name accepted, in bytes (all valid names are ASCII).
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Why a string is not a valid name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("name is empty")]
+    Empty,
+    #[error("name is longer than {MAX_NAME_LEN} characters")]
+    TooLong,
+    #[error("name must start with a letter or digit")]
+    BadFirstCharacter,
+    #[error("name may only contain letters, digits, '_', '.' and '-'")]
+    BadCharacter,
+}
+
+/// A validated object name: 1–64 characters of `[A-Za-z0-9_.-]`, starting with a letter or digit.
+///
+/// Deserialising a `Name` validates it, so a decoded message can never carry an invalid one.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Name(String);
+
+impl Name {
+    /// Validates `value` and wraps it.
+    pub fn new(value: impl Into<String>) -> Result<Self, NameError> {
+        let value = value.into();
+        validate_name(&value)?;
+        Ok(Self(value))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Checks a name against the rules of DESIGN §4.
+pub fn validate_name(value: &str) -> Result<(), NameError> {
+    let first = value.bytes().next().ok_or(NameError::Empty)?;
+    if value.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong);
+    }
+    if !first.is_ascii_alphanumeric() {
+        return Err(NameError::BadFirstCharacter);
+    }
+    if !value
+        .bytes()
+        .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-'))
+    {
+        return Err(NameError::BadCharacter);
+    }
+    Ok(())
+}
+
+impl TryFrom<String> for Name {
+    type Error = NameError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::new(value)
+    }
+}
+
+impl TryFrom<&str> for Name {
+    type Error = NameError;
+    fn try_from(value: &str) -> Result<Self, Self::Error> {
+        Self::new(value)
+    }
+}
+
+impl From<Name> for String {
+    fn from(name: Name) -> Self {
+        name.0
+    }
+}
+
+impl std::str::FromStr for Name {
+    type Err = NameError;
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Self::new(value)
+    }
+}
+
+impl AsRef<str> for Name {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, formatter)
+    }
+}
+
+impl PartialEq<str> for Name {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Name {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+/// Queue that every control-plane instance consumes sync requests from (competing consumers).
+pub const SYNC_QUEUE: &str = "nebula.sync";
+/// RabbitMQ's direct reply-to pseudo queue, used for sync replies.
+pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+/// Topic exchange agents publish device reports to.
+pub const REPORTS_EXCHANGE: &str = "nebula.reports";
+/// Durable queue bound to [`REPORTS_EXCHANGE`] that control planes ingest reports from.
+pub const REPORTS_QUEUE: &str = "nebula.reports";
+/// Binding key of [`REPORTS_QUEUE`]: every device's reports.
+pub const REPORTS_BINDING_KEY: &str = "report.#";
+/// Default `x-expires` of agent queues: a device gone for a week stops holding broker memory.
+pub const AGENT_QUEUE_EXPIRES_MS: u32 = 7 * 24 * 60 * 60 * 1000;
+/// Queue argument that makes an unused queue expire.
+pub const QUEUE_EXPIRES_ARGUMENT: &str = "x-expires";
+
+/// `nebula.app.<app>`: fanout exchange carrying every change of one app.
+pub fn app_exchange(app: &Name) -> String {
+    format!("nebula.app.{app}")
+}
+
+/// `nebula.group.<group>`: fanout exchange of a device group; member apps' exchanges are bound to it.
+pub fn group_exchange(group: &Name) -> String {
+    format!("nebula.group.{group}")
+}
+
+/// `nebula.device.<device>.app.<app>`: an app-mode agent's queue for one app.
+pub fn app_queue(device: &Name, app: &Name) -> String {
+    format!("nebula.device.{device}.app.{app}")
+}
+
+/// `nebula.device.<device>.group.<group>`: a group-mode agent's queue.
+pub fn group_queue(device: &Name, group: &Name) -> String {
+    format!("nebula.device.{device}.group.{group}")
+}
+
+/// `report.<device>`: routing key of a device's reports on [`REPORTS_EXCHANGE`].
+pub fn report_routing_key(device: &Name) -> String {
+    format!("report.{device}")
+}
+
+/// MQTT topic an app's changes are published on when agents use MQTT. RabbitMQ's MQTT plugin
+/// maps `/` to `.` on `amq.topic`, so this is routing key `nebula.app.<app>` there.
+pub fn app_topic(app: &Name) -> String {
+    format!("nebula/app/{app}")
+}
+
+/// MQTT topic of a device group's changes.
+pub fn group_topic(group: &Name) -> String {
+    format!("nebula/group/{group}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(value: &str) -> Name {
+        Name::new(value).expect("valid name")
+    }
+
+    #[test]
+    fn accepts_valid_names() {
+        for value in ["a", "A", "0", "app-1", "my_app.v2", &"x".repeat(64)] {
+            assert!(Name::new(value).is_ok(), "{value}");
+        }
+    }
+
+    #[test]
+    fn rejects_invalid_names() {
+        assert_eq!(Name::new(""), Err(NameError::Empty));
+        assert_eq!(Name::new("x".repeat(65)), Err(NameError::TooLong));
+        assert_eq!(Name::new("-app"), Err(NameError::BadFirstCharacter));
+        assert_eq!(Name::new(".app"), Err(NameError::BadFirstCharacter));
+        assert_eq!(Name::new("_app"), Err(NameError::BadFirstCharacter));
+        assert_eq!(Name::new("ä"), Err(NameError::BadFirstCharacter));
+        for bad in ["a b", "a/b", "a:b", "aä", "a#", "a*", "a\n"] {
+            assert_eq!(Name::new(bad), Err(NameError::BadCharacter), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn spells_the_topology_of_design_section_3() {
+        let (app, group, device) = (name("web"), name("edge"), name("pi-7"));
+        assert_eq!(app_exchange(&app), "nebula.app.web");
+        assert_eq!(group_exchange(&group), "nebula.group.edge");
+        assert_eq!(app_queue(&device, &app), "nebula.device.pi-7.app.web");
+        assert_eq!(
+            group_queue(&device, &group),
+            "nebula.device.pi-7.group.edge"
+        );
+        assert_eq!(report_routing_key(&device), "report.pi-7");
+        assert_eq!(app_topic(&app), "nebula/app/web");
+        assert_eq!(group_topic(&group), "nebula/group/edge");
+        assert_eq!(SYNC_QUEUE, "nebula.sync");
+        assert_eq!(AGENT_QUEUE_EXPIRES_MS, 604_800_000);
+    }
+
+    #[test]
+    fn deserialising_validates() {
+        let bytes = postcard::to_allocvec(&"bad name".to_string()).expect("encode");
+        assert!(postcard::from_bytes::<Name>(&bytes).is_err());
+        let bytes = postcard::to_allocvec(&"good".to_string()).expect("encode");
+        assert_eq!(
+            postcard::from_bytes::<Name>(&bytes).expect("decode"),
+            "good"
+        );
+    }
+}

@@ -1,0 +1,172 @@
+//! Where an app's containers go on a device: how many, what they are called, which host
+//! ports they get and how they are labelled. The control plane uses these to validate a
+//! config before storing it; the agent to realise it.
+
+use crate::model::{AppConfig, ContainersPer, PortMapping, ValidationError};
+use crate::names::Name;
+
+/// Label every container Nebula manages carries, with value [`ORCHESTRATOR_VALUE`].
+pub const LABEL_ORCHESTRATOR: &str = "orchestrator";
+pub const ORCHESTRATOR_VALUE: &str = "nebula";
+/// Label holding the app name.
+pub const LABEL_APP_NAME: &str = "app_name";
+/// Label holding the app revision the container was created for.
+pub const LABEL_APP_ID: &str = "app_id";
+/// Label holding a cron job's name on its containers.
+pub const LABEL_CRON_JOB_NAME: &str = "cron_job_name";
+
+/// What the agent knows about the device when sizing an app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceCapacity {
+    pub cpu_cores: u32,
+    pub memory_mb: u64,
+}
+
+/// How many containers `containers_per` asks for on a device.
+///
+/// `memory` gives one container per N MB, rounded down, but never fewer than one: an app
+/// assigned to a device group is meant to run on every device of it, and silently running
+/// nothing on a small board would be worse than running one container. The count is capped
+/// at [`crate::model::MAX_CONTAINERS_PER_DEVICE`] so a typo cannot fork-bomb a device.
+pub fn container_count(containers_per: ContainersPer, device: DeviceCapacity) -> u32 {
+    let cap = u64::from(crate::model::MAX_CONTAINERS_PER_DEVICE);
+    let wanted: u64 = match containers_per {
+        ContainersPer::Server(count) | ContainersPer::Instance(count) => u64::from(count),
+        ContainersPer::Cpu(per_core) => u64::from(per_core) * u64::from(device.cpu_cores.max(1)),
+        ContainersPer::Memory(megabytes) | ContainersPer::Mem(megabytes) => {
+            (device.memory_mb / u64::from(megabytes.max(1))).max(1)
+        }
+    };
+    // The cap fits in u32, so the conversion cannot fail.
+    u32::try_from(wanted.clamp(1, cap)).unwrap_or(crate::model::MAX_CONTAINERS_PER_DEVICE)
+}
+
+/// `<app>-<n>`, with n counted from 1 for the container at 0-based `index`.
+pub fn container_name(app: &Name, index: u32) -> String {
+    format!("{app}-{}", u64::from(index) + 1)
+}
+
+/// The 0-based index of a container called `<app>-<n>`, if the name is one of `app`'s.
+pub fn container_index(app: &Name, container_name: &str) -> Option<u32> {
+    let number = container_name
+        .strip_prefix(app.as_str())?
+        .strip_prefix('-')?;
+    if number.starts_with('0') || number.starts_with('+') {
+        return None;
+    }
+    number.parse::<u32>().ok()?.checked_sub(1)
+}
+
+/// One published port of one container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishedPort {
+    pub host: u16,
+    pub container: u16,
+}
+
+/// The ports container `index` publishes: host port = starting port + index.
+pub fn published_ports(
+    ports: &[PortMapping],
+    index: u32,
+) -> Result<Vec<PublishedPort>, ValidationError> {
+    ports
+        .iter()
+        .map(|mapping| {
+            let host = u32::from(mapping.host_base()) + index;
+            let host = u16::try_from(host).map_err(|_| ValidationError::PortRange {
+                port: mapping.host_base(),
+                count: index + 1,
+            })?;
+            Ok(PublishedPort {
+                host,
+                container: mapping.container_port(),
+            })
+        })
+        .collect()
+}
+
+/// Checks that `count` containers of `app` all get valid host ports.
+pub fn validate_port_range(app: &AppConfig, count: u32) -> Result<(), ValidationError> {
+    published_ports(&app.starting_ports, count.saturating_sub(1)).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PI: DeviceCapacity = DeviceCapacity {
+        cpu_cores: 4,
+        memory_mb: 3906,
+    };
+
+    #[test]
+    fn counts_containers_per_key() {
+        assert_eq!(container_count(ContainersPer::Server(3), PI), 3);
+        assert_eq!(container_count(ContainersPer::Instance(2), PI), 2);
+        assert_eq!(container_count(ContainersPer::Cpu(2), PI), 8);
+        assert_eq!(container_count(ContainersPer::Memory(1000), PI), 3);
+        assert_eq!(container_count(ContainersPer::Mem(512), PI), 7);
+        // Smaller than one unit of memory still runs one container.
+        assert_eq!(container_count(ContainersPer::Memory(8192), PI), 1);
+        // Degenerate device facts never divide by zero or run nothing.
+        let empty = DeviceCapacity {
+            cpu_cores: 0,
+            memory_mb: 0,
+        };
+        assert_eq!(container_count(ContainersPer::Cpu(1), empty), 1);
+        assert_eq!(container_count(ContainersPer::Memory(0), empty), 1);
+        let big = DeviceCapacity {
+            cpu_cores: u32::MAX,
+            memory_mb: u64::MAX,
+        };
+        assert_eq!(container_count(ContainersPer::Cpu(u32::MAX), big), 1024);
+        assert_eq!(container_count(ContainersPer::Memory(1), big), 1024);
+    }
+
+    #[test]
+    fn names_containers_from_one() {
+        let app = Name::new("web").expect("name");
+        assert_eq!(container_name(&app, 0), "web-1");
+        assert_eq!(container_name(&app, 9), "web-10");
+        assert_eq!(container_index(&app, "web-1"), Some(0));
+        assert_eq!(container_index(&app, "web-10"), Some(9));
+        for other in [
+            "web-0", "web-01", "web-", "web", "webx-1", "web-1a", "web-+1", "api-1",
+        ] {
+            assert_eq!(container_index(&app, other), None, "{other}");
+        }
+        // An app whose name continues with a dash is not confused with another's containers.
+        assert_eq!(container_index(&app, "web-api-1"), None);
+    }
+
+    #[test]
+    fn assigns_host_ports_by_index() {
+        let ports = [
+            PortMapping::Same(80),
+            PortMapping::Mapped {
+                host: 8000,
+                container: 80,
+            },
+        ];
+        assert_eq!(
+            published_ports(&ports, 2).expect("in range"),
+            vec![
+                PublishedPort {
+                    host: 82,
+                    container: 80
+                },
+                PublishedPort {
+                    host: 8002,
+                    container: 80
+                },
+            ]
+        );
+        assert!(published_ports(&[PortMapping::Same(65535)], 1).is_err());
+        assert!(published_ports(&[PortMapping::Same(65535)], 0).is_ok());
+
+        let mut app = AppConfig::new(Name::new("web").expect("name"), "nginx");
+        app.starting_ports = vec![PortMapping::Same(65530)];
+        assert!(validate_port_range(&app, 6).is_ok());
+        assert!(validate_port_range(&app, 7).is_err());
+    }
+}

@@ -1,0 +1,64 @@
+//! Golden bytes for every message variant. postcard is not self-describing: a reordered
+//! variant or field still decodes, into the wrong thing. These tests pin the exact bytes, so
+//! such a change fails here instead of on a fleet running two agent versions.
+//!
+//! A failing test here means the wire format changed. That is only ever right for an
+//! append at the end of a struct or enum, with a protocol review; then update the hex.
+
+#[path = "support/samples.rs"]
+mod samples;
+
+use nebula_protocol::{decode, encode};
+
+const GOLDEN: &[(&str, &str)] = &[
+    (
+        "app_changed",
+        "4e42010003776562071c3132372e302e302e313a353030302f6e6562756c612f746573743a3202005001903f50020201044d4f444504656467650102066e6562756c6106627269646765010e2f646174613a2f646174613a726f01152f6465762f6932632d313a2f6465762f6932632d310001",
+    ),
+    ("app_deleted", "4e4201010377656208"),
+    (
+        "device_group_changed",
+        "4e42010204656467650302010377656201066261636b75700103776562071c3132372e302e302e313a353030302f6e6562756c612f746573743a3202005001903f50020201044d4f444504656467650102066e6562756c6106627269646765010e2f646174613a2f646174613a726f01152f6465762f6932632d313a2f6465762f6932632d31000101066261636b7570010b2a2f35202a202a202a202a0762757379626f78000102066e6562756c6106627269646765000000",
+    ),
+    ("device_group_deleted", "4e420103046564676504"),
+    (
+        "sync_request",
+        "4e4201040470692d3101046564676502633105302e312e30",
+    ),
+    (
+        "sync_reply",
+        "4e4201050263310003776562071c3132372e302e302e313a353030302f6e6562756c612f746573743a3202005001903f50020201044d4f444504656467650102066e6562756c6106627269646765010e2f646174613a2f646174613a726f01152f6465762f6932632d313a2f6465762f6932632d310001",
+    ),
+    (
+        "device_report",
+        "4e4201060470692d310270690104656467650103010280e2cfaa060105302e312e3001037765620107010701057765622d31056e67696e780772756e6e696e6700010700040000484180d0acf30e8094ebdc038080e59a7780a0d9e61d",
+    ),
+];
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+#[test]
+fn every_variant_has_golden_bytes() {
+    let variants = samples::every_variant();
+    assert_eq!(
+        variants.len(),
+        GOLDEN.len(),
+        "add a golden entry for every new variant"
+    );
+    for ((name, message), (golden_name, golden_hex)) in variants.iter().zip(GOLDEN) {
+        assert_eq!(name, golden_name);
+        let bytes = encode(message);
+        assert_eq!(&hex(&bytes), golden_hex, "wire bytes of {name} changed");
+        assert_eq!(&decode(&bytes).expect("golden bytes decode"), message);
+    }
+}
+
+#[test]
+fn variant_tags_are_in_declaration_order() {
+    for (index, (name, message)) in samples::every_variant().iter().enumerate() {
+        assert_eq!(message.kind(), *name);
+        assert_eq!(usize::from(encode(message)[3]), index, "tag of {name}");
+    }
+}

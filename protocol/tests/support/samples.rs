@@ -1,0 +1,124 @@
+//! One sample of every message variant, shared by the golden and round-trip tests.
+
+use nebula_protocol::*;
+use std::collections::BTreeMap;
+
+pub fn name(value: &str) -> Name {
+    Name::new(value).expect("valid sample name")
+}
+
+pub fn app() -> AppConfig {
+    AppConfig {
+        app_name: name("web"),
+        app_id: 7,
+        docker_image: "127.0.0.1:5000/nebula/test:2".into(),
+        starting_ports: vec![
+            PortMapping::Same(80),
+            PortMapping::Mapped {
+                host: 8080,
+                container: 80,
+            },
+        ],
+        containers_per: ContainersPer::Cpu(2),
+        env_vars: BTreeMap::from([("MODE".into(), "edge".into())]),
+        running: true,
+        networks: vec!["nebula".into(), "bridge".into()],
+        volumes: vec!["/data:/data:ro".into()],
+        devices: vec!["/dev/i2c-1:/dev/i2c-1".into()],
+        privileged: false,
+        rolling_restart: true,
+    }
+}
+
+pub fn cron_job() -> CronJob {
+    CronJob::new(name("backup"), "*/5 * * * *", "busybox")
+}
+
+pub fn group_state() -> GroupState {
+    GroupState {
+        group: DeviceGroup {
+            device_group: name("edge"),
+            device_group_id: 3,
+            prune_id: 2,
+            apps: vec![name("web")],
+            cron_jobs: vec![name("backup")],
+        },
+        apps: vec![app()],
+        cron_jobs: vec![cron_job()],
+    }
+}
+
+/// One message of every variant, in declaration order, with its name.
+pub fn every_variant() -> Vec<(&'static str, Message)> {
+    vec![
+        ("app_changed", Message::AppChanged(app())),
+        (
+            "app_deleted",
+            Message::AppDeleted {
+                app_name: name("web"),
+                app_id: 8,
+            },
+        ),
+        (
+            "device_group_changed",
+            Message::DeviceGroupChanged(group_state()),
+        ),
+        (
+            "device_group_deleted",
+            Message::DeviceGroupDeleted {
+                device_group: name("edge"),
+                device_group_id: 4,
+            },
+        ),
+        (
+            "sync_request",
+            Message::SyncRequest(SyncRequest {
+                device_id: name("pi-1"),
+                target: SyncTarget::DeviceGroup(name("edge")),
+                correlation_id: "c1".into(),
+                agent_version: "0.1.0".into(),
+            }),
+        ),
+        (
+            "sync_reply",
+            Message::SyncReply(SyncReply {
+                correlation_id: "c1".into(),
+                result: SyncResult::App(app()),
+            }),
+        ),
+        (
+            "device_report",
+            Message::DeviceReport(DeviceReport {
+                device_id: name("pi-1"),
+                hostname: "pi".into(),
+                device_group: Some(name("edge")),
+                device_group_id: Some(3),
+                prune_id: Some(2),
+                report_creation_time: 1_700_000_000,
+                updated: true,
+                agent_version: "0.1.0".into(),
+                apps: vec![AppReport {
+                    app_name: name("web"),
+                    desired_revision: Some(7),
+                    applied_revision: Some(7),
+                    containers: vec![ContainerReport {
+                        name: "web-1".into(),
+                        image: "nginx".into(),
+                        state: "running".into(),
+                        health: None,
+                        app_id: Some(7),
+                    }],
+                    error: None,
+                }],
+                resources: ResourceUsage {
+                    cpu_cores: 4,
+                    cpu_percent: 12.5,
+                    memory_total_bytes: 4_000_000_000,
+                    memory_used_bytes: 1_000_000_000,
+                    root_disk_total_bytes: 32_000_000_000,
+                    root_disk_used_bytes: 8_000_000_000,
+                },
+            }),
+        ),
+    ]
+}
