@@ -1,0 +1,194 @@
+//! Real processes under a small supervisor that restarts them the way systemd's
+//! `Restart=always` or Docker's restart policy would, so that "fail hard and restart" is
+//! exercised exactly as on a device.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+use tokio::process::{Child, Command};
+use tokio::sync::Mutex;
+
+/// How long the supervisor waits before restarting an exited process (systemd's RestartSec).
+pub const RESTART_DELAY: Duration = Duration::from_millis(300);
+
+/// A process that is restarted whenever it exits, until stopped.
+#[derive(Debug, Clone)]
+pub struct Supervised {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    name: String,
+    program: PathBuf,
+    env: Mutex<BTreeMap<String, String>>,
+    log_path: PathBuf,
+    child: Mutex<Option<Child>>,
+    /// How many times the process exited while supervised (SIGKILLs from `kill` included).
+    exits: AtomicU32,
+    /// Bumped by `stop` and `restart_with`, so that a supervisor task of an earlier run
+    /// never restarts the process next to the current one.
+    generation: AtomicU32,
+    starts: AtomicU32,
+    running: AtomicBool,
+}
+
+impl Supervised {
+    /// Starts `program` with exactly `env` (plus PATH and HOME), logging to `log_dir/<name>.log`.
+    pub async fn start(
+        name: &str,
+        program: PathBuf,
+        env: BTreeMap<String, String>,
+        log_dir: &Path,
+    ) -> Self {
+        let inner = Arc::new(Inner {
+            name: name.to_string(),
+            program,
+            env: Mutex::new(env),
+            log_path: log_dir.join(format!("{name}.log")),
+            child: Mutex::new(None),
+            exits: AtomicU32::new(0),
+            generation: AtomicU32::new(0),
+            starts: AtomicU32::new(0),
+            running: AtomicBool::new(true),
+        });
+        inner.spawn().await;
+        let watcher = Arc::clone(&inner);
+        tokio::spawn(async move { watcher.supervise(0).await });
+        Self { inner }
+    }
+
+    /// SIGKILL: the process dies at once, mid-whatever; the supervisor restarts it.
+    pub async fn kill(&self) {
+        if let Some(child) = self.inner.child.lock().await.as_mut() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+
+    /// Stops supervising and sends SIGTERM, waiting up to `grace` before SIGKILL.
+    pub async fn stop(&self, grace: Duration) -> Option<std::process::ExitStatus> {
+        self.inner.running.store(false, Ordering::SeqCst);
+        self.inner.generation.fetch_add(1, Ordering::SeqCst);
+        let mut guard = self.inner.child.lock().await;
+        let child = guard.as_mut()?;
+        if let Some(pid) = child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        match tokio::time::timeout(grace, child.wait()).await {
+            Ok(status) => status.ok(),
+            Err(_) => {
+                let _ = child.start_kill();
+                child.wait().await.ok()
+            }
+        }
+    }
+
+    /// Starts supervising again after `stop`, with an updated environment.
+    pub async fn restart_with(&self, changes: &[(&str, &str)]) {
+        {
+            let mut env = self.inner.env.lock().await;
+            for (key, value) in changes {
+                env.insert((*key).to_string(), (*value).to_string());
+            }
+        }
+        let generation = self.inner.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.inner.running.store(true, Ordering::SeqCst);
+        self.inner.spawn().await;
+        let watcher = Arc::clone(&self.inner);
+        tokio::spawn(async move { watcher.supervise(generation).await });
+    }
+
+    /// Exits the supervisor restarted the process after: crashes, fail-hard exits and the
+    /// SIGKILLs of `kill`.
+    pub fn exits(&self) -> u32 {
+        self.inner.exits.load(Ordering::SeqCst)
+    }
+
+    /// How many times the process was started, the first start included.
+    pub fn starts(&self) -> u32 {
+        self.inner.starts.load(Ordering::SeqCst)
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.inner.log_path
+    }
+
+    /// The process's log so far, for assertions and for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.inner.log_path).unwrap_or_default()
+    }
+}
+
+impl Inner {
+    async fn spawn(&self) {
+        let env = self.env.lock().await.clone();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("open process log");
+        let child = Command::new(&self.program)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(&env)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|error| panic!("spawn {}: {error}", self.program.display()));
+        self.starts.fetch_add(1, Ordering::SeqCst);
+        *self.child.lock().await = Some(child);
+    }
+
+    async fn supervise(self: Arc<Self>, generation: u32) {
+        let current = || {
+            self.running.load(Ordering::SeqCst)
+                && self.generation.load(Ordering::SeqCst) == generation
+        };
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if !current() {
+                return;
+            }
+            let exited = {
+                let mut guard = self.child.lock().await;
+                match guard.as_mut().map(Child::try_wait) {
+                    Some(Ok(Some(_))) | Some(Err(_)) | None => true,
+                    Some(Ok(None)) => false,
+                }
+            };
+            if exited && current() {
+                self.exits.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(RESTART_DELAY).await;
+                if current() {
+                    self.spawn().await;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // kill_on_drop on the child does the rest.
+        self.running.store(false, Ordering::SeqCst);
+    }
+}
+
+/// A supervised process's name for logs and failure messages.
+impl std::fmt::Display for Supervised {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            formatter,
+            "{} (log {})",
+            self.inner.name,
+            self.inner.log_path.display()
+        )
+    }
+}

@@ -1,0 +1,129 @@
+//! A small client for the control plane's v2 REST API, as an operator's script would use it.
+
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone)]
+pub struct Rest {
+    client: reqwest::Client,
+    base: String,
+    user: String,
+    password: String,
+}
+
+/// A response: status and JSON body.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Reply {
+    /// The body when the status is 2xx, else an error naming both.
+    pub fn ok(self) -> anyhow::Result<Value> {
+        if (200..300).contains(&self.status) {
+            Ok(self.body)
+        } else {
+            anyhow::bail!("HTTP {}: {}", self.status, self.body)
+        }
+    }
+}
+
+impl Rest {
+    /// `address` is `host:port`; credentials are the local admin's.
+    pub fn new(address: &str, user: &str, password: &str) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .expect("reqwest client");
+        Self {
+            client,
+            base: format!("http://{address}/api/v2"),
+            user: user.into(),
+            password: password.into(),
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Reply> {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .basic_auth(&self.user, Some(&self.password));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let text = response.text().await?;
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)?
+        };
+        Ok(Reply { status, body })
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<Reply> {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<Reply> {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> anyhow::Result<Reply> {
+        self.call(reqwest::Method::PUT, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> anyhow::Result<Reply> {
+        self.call(reqwest::Method::DELETE, path, None).await
+    }
+
+    pub async fn create_app(&self, app: &str, config: Value) -> anyhow::Result<Value> {
+        self.post(&format!("/apps/{app}"), config).await?.ok()
+    }
+
+    pub async fn update_app(&self, app: &str, fields: Value) -> anyhow::Result<Value> {
+        self.put(&format!("/apps/{app}/update"), fields).await?.ok()
+    }
+
+    /// `stop`, `start` or `restart`.
+    pub async fn app_action(&self, app: &str, action: &str) -> anyhow::Result<Value> {
+        self.post(&format!("/apps/{app}/{action}"), json!({}))
+            .await?
+            .ok()
+    }
+
+    pub async fn delete_app(&self, app: &str) -> anyhow::Result<Value> {
+        self.delete(&format!("/apps/{app}")).await?.ok()
+    }
+
+    pub async fn create_group(&self, group: &str, apps: &[&str]) -> anyhow::Result<Value> {
+        self.post(&format!("/device_groups/{group}"), json!({ "apps": apps }))
+            .await?
+            .ok()
+    }
+
+    pub async fn update_group(&self, group: &str, apps: &[&str]) -> anyhow::Result<Value> {
+        self.put(
+            &format!("/device_groups/{group}/update"),
+            json!({ "apps": apps }),
+        )
+        .await?
+        .ok()
+    }
+
+    pub async fn prune_group(&self, group: &str) -> anyhow::Result<Value> {
+        self.post(&format!("/device_groups/{group}/prune"), json!({}))
+            .await?
+            .ok()
+    }
+
+    pub async fn delete_group(&self, group: &str) -> anyhow::Result<Value> {
+        self.delete(&format!("/device_groups/{group}")).await?.ok()
+    }
+}

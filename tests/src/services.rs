@@ -1,0 +1,56 @@
+//! Where the real services are, with the defaults `scripts/services.sh` starts them on.
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+/// RabbitMQ.
+pub fn amqp_url() -> String {
+    env_or(
+        "NEBULA_TEST_AMQP_URL",
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+    )
+}
+
+/// The MongoDB-wire server.
+pub fn mongo_url() -> String {
+    env_or("NEBULA_TEST_MONGO_URL", "mongodb://127.0.0.1:27017")
+}
+
+/// The local registry, `host:port`.
+pub fn registry() -> String {
+    env_or("NEBULA_TEST_REGISTRY", "127.0.0.1:5000")
+}
+
+pub fn registry_user() -> String {
+    env_or("NEBULA_TEST_REGISTRY_USER", "nebula")
+}
+
+pub fn registry_password() -> String {
+    env_or("NEBULA_TEST_REGISTRY_PASSWORD", "nebula-registry")
+}
+
+/// The busybox test image, version 1 or 2 (`/version` holds the number; httpd on port 8000).
+pub fn test_image(version: u32) -> String {
+    format!("{}/nebula/test:{version}", registry())
+}
+
+/// The test image with a HEALTHCHECK.
+pub fn healthy_test_image() -> String {
+    format!("{}/nebula/test-healthy:1", registry())
+}
+
+/// The Docker engine.
+pub fn docker() -> anyhow::Result<bollard::Docker> {
+    Ok(bollard::Docker::connect_with_local_defaults()?)
+}
+
+/// Registry credentials in the form bollard takes.
+pub fn registry_credentials() -> bollard::auth::DockerCredentials {
+    bollard::auth::DockerCredentials {
+        username: Some(registry_user()),
+        password: Some(registry_password()),
+        serveraddress: Some(registry()),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,248 @@
+//! Scenarios 4 and 9: control planes killed with SIGKILL under a stream of writes lose no
+//! acknowledged change, and devices end up exactly at the store's state.
+
+mod support;
+
+use nebula_tests::rest::Rest;
+use nebula_tests::services::test_image;
+use nebula_tests::system::{Agent, AgentMode, ControlPlane, StoreKind};
+use nebula_tests::unique_name;
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use support::{Scenario, app_id};
+
+/// What one client saw acknowledged: (value written, app_id in the 2xx reply).
+type Acknowledged = Vec<(u32, u64)>;
+
+/// Writes `K=1..=writes` to `app`, one at a time, through whichever of `endpoints` answers,
+/// retrying a write whose request failed (its outcome unknown) until one gets a reply.
+async fn write_stream(
+    endpoints: Vec<Rest>,
+    app: String,
+    writes: u32,
+    acknowledged_total: Arc<AtomicUsize>,
+) -> Acknowledged {
+    let mut acknowledged = Vec::new();
+    let mut endpoint = 0;
+    for value in 1..=writes {
+        let started = Instant::now();
+        loop {
+            let rest = &endpoints[endpoint % endpoints.len()];
+            match rest
+                .put(
+                    &format!("/apps/{app}/update"),
+                    json!({"env_vars": {"K": value.to_string()}}),
+                )
+                .await
+            {
+                Ok(reply) if reply.status == 202 => {
+                    acknowledged.push((value, app_id(&reply.body)));
+                    acknowledged_total.fetch_add(1, Ordering::SeqCst);
+                    break;
+                }
+                // Not acknowledged (refused, reset, 5xx while failing hard): try again, on the
+                // next endpoint when there are several.
+                _ => {
+                    endpoint += 1;
+                    assert!(
+                        started.elapsed() < support::DEADLINE,
+                        "no control plane answered for {:?}",
+                        support::DEADLINE
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        endpoint += 1;
+    }
+    acknowledged
+}
+
+/// Every acknowledged revision is new and increasing, and the store holds the last write.
+async fn assert_nothing_lost(rest: &Rest, app: &str, acknowledged: &Acknowledged) -> u64 {
+    for pair in acknowledged.windows(2) {
+        assert!(
+            pair[1].1 > pair[0].1,
+            "{app}: revisions of acknowledged writes must increase: {pair:?}"
+        );
+    }
+    let (last_value, last_id) = *acknowledged.last().expect("writes acknowledged");
+    let document = rest
+        .get(&format!("/apps/{app}"))
+        .await
+        .expect("get")
+        .ok()
+        .expect("app exists");
+    assert_eq!(
+        document["env_vars"]["K"],
+        json!(last_value.to_string()),
+        "{app}: last acknowledged write lost"
+    );
+    assert_eq!(
+        app_id(&document),
+        last_id,
+        "{app}: store revision differs from the last acknowledged one"
+    );
+    last_id
+}
+
+/// Scenario 4: SIGKILL of the only control plane during 500 writes from four clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_plane_killed_during_500_writes_loses_no_acknowledged_write() {
+    let scenario = Scenario::new("cp-sigkill");
+    let control_plane = scenario.control_plane("cp").await;
+    let rest = control_plane.rest();
+    let apps: Vec<String> = (0..4)
+        .map(|index| scenario.app_name(&format!("w{index}")))
+        .collect();
+    let group = unique_name("group");
+    for app in &apps {
+        rest.create_app(app, json!({"docker_image": test_image(1)}))
+            .await
+            .expect("create");
+    }
+    let app_names: Vec<&str> = apps.iter().map(String::as_str).collect();
+    rest.create_group(&group, &app_names).await.expect("group");
+    let _agent = Agent::start(
+        "device-writes",
+        &AgentMode::Group(group.clone()),
+        &scenario.vhost.amqp_url(),
+        &scenario.directory,
+    )
+    .await;
+
+    let total = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let clients: Vec<_> = apps
+        .iter()
+        .map(|app| {
+            tokio::spawn(write_stream(
+                vec![rest.clone()],
+                app.clone(),
+                125,
+                Arc::clone(&total),
+            ))
+        })
+        .collect();
+    nebula_tests::wait_for("150 acknowledged writes", support::DEADLINE, || {
+        let total = Arc::clone(&total);
+        async move { (total.load(Ordering::SeqCst) >= 150).then_some(()) }
+    })
+    .await
+    .expect("writes flow");
+    control_plane.process.kill().await;
+    let mut results = Vec::new();
+    for client in clients {
+        results.push(client.await.expect("client task"));
+    }
+    scenario.report("500 writes with a SIGKILL", start);
+    assert!(control_plane.process.exits() >= 1);
+    control_plane
+        .wait_ready()
+        .await
+        .expect("control plane back");
+
+    let start = Instant::now();
+    for (app, acknowledged) in apps.iter().zip(&results) {
+        assert_eq!(acknowledged.len(), 125);
+        let last_id = assert_nothing_lost(&rest, app, acknowledged).await;
+        let containers = scenario.converged(app, 1, last_id).await;
+        assert_eq!(
+            containers[0].env.get("K").map(String::as_str),
+            Some("125"),
+            "{app} on the device"
+        );
+    }
+    scenario.report("devices equal the store", start);
+}
+
+/// Scenario 9: two control planes on one MongoDB-wire store and one broker; writes through
+/// either reach the agents, and killing one loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_control_planes_share_the_work_and_survive_losing_one() {
+    let scenario = Scenario::new("two-cps");
+    let store = StoreKind::Mongo(unique_name("nebula_e2e").replace('-', "_"));
+    let first = ControlPlane::start(
+        "cp-a",
+        &store,
+        &scenario.vhost.amqp_url(),
+        &scenario.directory,
+    )
+    .await
+    .expect("cp a");
+    let second = ControlPlane::start(
+        "cp-b",
+        &store,
+        &scenario.vhost.amqp_url(),
+        &scenario.directory,
+    )
+    .await
+    .expect("cp b");
+    let apps: Vec<String> = (0..2)
+        .map(|index| scenario.app_name(&format!("two{index}")))
+        .collect();
+    let group = unique_name("group");
+    for (index, app) in apps.iter().enumerate() {
+        let rest = if index == 0 {
+            first.rest()
+        } else {
+            second.rest()
+        };
+        rest.create_app(app, json!({"docker_image": test_image(1)}))
+            .await
+            .expect("create");
+    }
+    let app_names: Vec<&str> = apps.iter().map(String::as_str).collect();
+    second
+        .rest()
+        .create_group(&group, &app_names)
+        .await
+        .expect("group");
+    let _agent = Agent::start(
+        "device-two",
+        &AgentMode::Group(group.clone()),
+        &scenario.vhost.amqp_url(),
+        &scenario.directory,
+    )
+    .await;
+    for app in &apps {
+        scenario.converged(app, 1, 1).await;
+    }
+
+    let total = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let clients: Vec<_> = apps
+        .iter()
+        .map(|app| {
+            tokio::spawn(write_stream(
+                vec![first.rest(), second.rest()],
+                app.clone(),
+                60,
+                Arc::clone(&total),
+            ))
+        })
+        .collect();
+    nebula_tests::wait_for("40 acknowledged writes", support::DEADLINE, || {
+        let total = Arc::clone(&total);
+        async move { (total.load(Ordering::SeqCst) >= 40).then_some(()) }
+    })
+    .await
+    .expect("writes flow");
+    // SIGKILL and keep it down: the survivor carries on alone.
+    first.process.stop(Duration::ZERO).await;
+    let mut results = Vec::new();
+    for client in clients {
+        results.push(client.await.expect("client task"));
+    }
+    scenario.report("120 writes over 2 instances, one killed", start);
+
+    let start = Instant::now();
+    for (app, acknowledged) in apps.iter().zip(&results) {
+        let last_id = assert_nothing_lost(&second.rest(), app, acknowledged).await;
+        let containers = scenario.converged(app, 1, last_id).await;
+        assert_eq!(containers[0].env.get("K").map(String::as_str), Some("60"));
+    }
+    scenario.report("devices equal the store (survivor)", start);
+}
