@@ -1,122 +1,249 @@
 #!/usr/bin/env bash
-# Starts, stops or shows the local services Nebula's tests and `scripts/up.sh` use, each on
-# 127.0.0.1, and waits until each answers:
-#   RabbitMQ :5672 (MQTT plugin :1883), the Docker engine, a registry :5000 with htpasswd
-#   auth, a MongoDB-wire server :27017.
-# Starting what already runs is harmless. Usage: services.sh start|stop|status
+# Starts, stops and reports the local services that Nebula's tests and scripts/up.sh use:
+#   rabbitmq    RabbitMQ, AMQP on 127.0.0.1:5672 and MQTT (plugin) on 127.0.0.1:1883
+#   docker      the Docker engine (dockerd), socket /var/run/docker.sock
+#   registry    a Docker registry on 127.0.0.1:5000 with htpasswd (bcrypt) auth, user and
+#               password from scripts/env.sh (NEBULA_TEST_REGISTRY_USER/PASSWORD)
+#   mongo       nx-27017, a MongoDB-wire server (SQLite underneath), on 127.0.0.1:27017
+# Usage: scripts/services.sh start|stop|restart|status [SERVICE...]   (default: all four)
+#        scripts/services.sh clean    removes the containers and networks Nebula agents left behind
+# `start` is idempotent: it starts only what does not answer yet and returns once every service
+# answers. There is no systemd on the sandboxes this runs on, so each daemon is started directly,
+# in its own session (setsid), so that the caller's Ctrl-C or exit does not take it down.
+# Logs: $NEBULA_LOG_DIR/<service>.log (plus RabbitMQ's own under /var/log/rabbitmq).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+NEBULA_SCRIPT=services
 # shellcheck source=scripts/env.sh
 source scripts/env.sh
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
-dir=$NEBULA_SERVICES_DIR
-logs=$dir/logs
-mkdir -p "$logs"
+run_dir=$NEBULA_SERVICES_DIR/run
+log_dir=$NEBULA_LOG_DIR
+registry_conf_dir=$NEBULA_SERVICES_DIR/registry
+mongo_data_dir=$NEBULA_SERVICES_DIR/mongo
+ALL_SERVICES=(rabbitmq docker registry mongo)
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# spawn NAME COMMAND...: runs COMMAND detached, output appended to NAME's log, pid in run_dir.
+# The pid is written by the process itself before exec, so it is right whatever setsid does.
+spawn() {
+  local name=$1
+  shift
+  mkdir -p "$run_dir" "$log_dir"
+  # No stale pid for wait_until to mistake for a dead daemon before the new one writes its own.
+  rm -f "$run_dir/$name.pid"
+  printf '\n=== %s: starting %s\n' "$(date -u +%FT%TZ)" "$*" >>"$log_dir/$name.log"
+  # From /, so that no daemon holds on to (or writes into) the work tree it was started from.
+  # shellcheck disable=SC2016 # expanded by the inner bash
+  (cd / && exec setsid bash -c 'echo $$ >"$0"; exec "$@"' "$run_dir/$name.pid" "$@") \
+    >>"$log_dir/$name.log" 2>&1 </dev/null &
+}
 
-# wait_until <what> <log file> <command...>: polls for up to 60 s.
-wait_until() {
-  local what=$1 log=$2
-  shift 2
-  for _ in $(seq 1 300); do
-    if "$@" >/dev/null 2>&1; then return 0; fi
-    sleep 0.2
+# adopt_listener NAME PORT PROCESS: when NAME has no live pid file but PROCESS listens on PORT
+# (started by hand or by an older version of this script), take that pid, so stop stops it.
+adopt_listener() {
+  local pid
+  pid_alive "$run_dir/$1.pid" && return 0
+  pid=$(listener_pid "$2" "$3") || return 0
+  mkdir -p "$run_dir"
+  echo "$pid" >"$run_dir/$1.pid"
+}
+
+# write_if_changed FILE CONTENT: leaves FILE (and its mtime) alone when it already holds CONTENT.
+write_if_changed() {
+  if [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; then return 0; fi
+  mkdir -p "$(dirname "$1")"
+  printf '%s\n' "$2" >"$1"
+}
+
+# --- RabbitMQ ---------------------------------------------------------------------------------
+# Node name rabbit@localhost rather than rabbit@<hostname>: a sandbox's hostname may not
+# resolve. It goes in rabbitmq-env.conf, which rabbitmqctl reads too, so `rabbitmqctl` works
+# from any shell (tests use it to close connections, for instance).
+rabbitmq_configure() {
+  write_if_changed /etc/rabbitmq/rabbitmq-env.conf "# Written by Nebula's scripts/services.sh.
+NODENAME=rabbit@localhost"
+  write_if_changed /etc/rabbitmq/rabbitmq.conf "# Written by Nebula's scripts/services.sh: loopback only (guest logs in only there anyway).
+listeners.tcp.default = 127.0.0.1:5672
+mqtt.listeners.tcp.default = 127.0.0.1:1883"
+  # The same content as `rabbitmq-plugins enable --offline rabbitmq_mqtt` writes, without booting
+  # an Erlang VM for it (two seconds saved on every start).
+  write_if_changed /etc/rabbitmq/enabled_plugins '[rabbitmq_mqtt].'
+  chown rabbitmq:rabbitmq /etc/rabbitmq/rabbitmq-env.conf /etc/rabbitmq/rabbitmq.conf /etc/rabbitmq/enabled_plugins
+}
+rabbitmq_ready() { port_open 127.0.0.1 5672 && port_open 127.0.0.1 1883; }
+rabbitmq_start() {
+  # A running broker's configuration is left alone: rewriting the node name under it would cut
+  # rabbitmqctl (and the tests using it) off from it. `restart rabbitmq` applies ours.
+  port_open 127.0.0.1 5672 && return 0
+  rabbitmq_configure
+  # Debian's wrapper switches to the rabbitmq user; in the foreground (no -detached) its
+  # start-up errors land in our log instead of being lost.
+  spawn rabbitmq /usr/sbin/rabbitmq-server
+}
+rabbitmq_wait() {
+  wait_until 90 "$log_dir/rabbitmq.log" RabbitMQ "$run_dir/rabbitmq.pid" rabbitmq_ready ||
+    { echo "(RabbitMQ's own log: /var/log/rabbitmq/rabbit@localhost.log)" >&2; return 1; }
+}
+rabbitmq_stop() {
+  if port_open 127.0.0.1 5672; then
+    # `shutdown` returns once the Erlang VM has exited. A broker started before this script
+    # configured the node name runs as rabbit@<short hostname>: that name is tried second.
+    rabbitmqctl shutdown >>"$log_dir/rabbitmq.log" 2>&1 ||
+      rabbitmqctl -n "rabbit@$(hostname -s)" shutdown >>"$log_dir/rabbitmq.log" 2>&1 ||
+      say "rabbitmqctl could not reach the broker; stopping it by its pid"
+  fi
+  stop_pid "$run_dir/rabbitmq.pid" RabbitMQ 30
+  local pid
+  if pid=$(listener_pid 5672 beam.smp); then kill -TERM "$pid" 2>/dev/null || true; fi
+}
+rabbitmq_status() { rabbitmq_ready && echo "running (pid $(listener_pid 5672 beam.smp), node $(rabbitmq_node), AMQP 127.0.0.1:5672, MQTT 127.0.0.1:1883)"; }
+# The node name from the configuration file (what a bare `rabbitmqctl` talks to).
+rabbitmq_node() { sed -n 's/^NODENAME=//p' /etc/rabbitmq/rabbitmq-env.conf 2>/dev/null | grep . || echo "rabbit@$(hostname -s)"; }
+
+# --- Docker engine ----------------------------------------------------------------------------
+# dockerd writes its own pid file, /var/run/docker.pid, which also covers an engine that was
+# started some other way.
+docker_ready() { docker info >/dev/null 2>&1; }
+docker_start() {
+  docker_ready && return 0
+  # Pid files left by a dockerd and containerd that were killed (not stopped): dockerd refuses
+  # to start beside the one, and waits in vain for the socket of the other.
+  local pid_file
+  for pid_file in /var/run/docker.pid /var/run/docker/containerd/containerd.pid; do
+    pid_alive "$pid_file" || rm -f "$pid_file"
   done
-  echo "services: $what did not come up; its log ($log) ends with:" >&2
-  tail -n 30 "$log" >&2 || true
-  return 1
+  spawn docker dockerd
 }
-
-start_rabbitmq() {
-  if rabbitmqctl -q status >/dev/null 2>&1; then return 0; fi
-  # Offline enabling works before the node runs and persists in enabled_plugins.
-  rabbitmq-plugins --offline enable rabbitmq_mqtt >/dev/null
-  rabbitmq-server -detached >>"$logs/rabbitmq.log" 2>&1 || true
-  wait_until "RabbitMQ" /var/log/rabbitmq rabbitmqctl -q await_startup
-  wait_until "RabbitMQ AMQP port" /var/log/rabbitmq port_open 5672
-  wait_until "RabbitMQ MQTT port" /var/log/rabbitmq port_open 1883
+docker_wait() { wait_until 60 "$log_dir/docker.log" "the Docker engine" "$run_dir/docker.pid" docker_ready; }
+docker_stop() {
+  # dockerd stops its containers first (10 s grace each, in parallel), hence the long wait.
+  stop_pid /var/run/docker.pid dockerd 60
+  stop_pid "$run_dir/docker.pid" dockerd 5
 }
+docker_status() { docker_ready && echo "running (pid $(cat /var/run/docker.pid 2>/dev/null), $(docker version -f 'server {{.Server.Version}}' 2>/dev/null))"; }
 
-start_docker() {
-  if docker info >/dev/null 2>&1; then return 0; fi
-  # No systemd in containers and CI sandboxes: run the engine directly.
-  nohup dockerd >>"$logs/dockerd.log" 2>&1 &
-  echo $! >"$dir/dockerd.pid"
-  wait_until "the Docker engine" "$logs/dockerd.log" docker info
-}
-
-start_registry() {
-  if port_open 5000; then return 0; fi
-  mkdir -p "$dir/registry"
-  # bcrypt, the only hash the registry's htpasswd backend accepts.
-  htpasswd -Bbn "$NEBULA_TEST_REGISTRY_USER" "$NEBULA_TEST_REGISTRY_PASSWORD" >"$dir/registry.htpasswd"
-  cat >"$dir/registry.yml" <<EOT
+# --- Docker registry --------------------------------------------------------------------------
+# Debian's docker-registry (distribution 2.8) with our own config: loopback, htpasswd auth,
+# storage in $NEBULA_TEST_REGISTRY_DIR. Plain HTTP is fine: dockerd treats 127.0.0.0/8 as an
+# insecure registry by default.
+registry_ready() { [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$NEBULA_TEST_REGISTRY/v2/")" = 401 ]; }
+registry_configure() {
+  mkdir -p "$registry_conf_dir" "$NEBULA_TEST_REGISTRY_DIR"
+  # htpasswd -v checks the password against the file; only a mismatch rewrites it (bcrypt is slow).
+  if ! htpasswd -vb "$registry_conf_dir/htpasswd" "$NEBULA_TEST_REGISTRY_USER" "$NEBULA_TEST_REGISTRY_PASSWORD" >/dev/null 2>&1; then
+    htpasswd -Bbn "$NEBULA_TEST_REGISTRY_USER" "$NEBULA_TEST_REGISTRY_PASSWORD" >"$registry_conf_dir/htpasswd"
+  fi
+  write_if_changed "$registry_conf_dir/config.yml" "# Written by Nebula's scripts/services.sh.
 version: 0.1
 log:
-  level: warn
+  level: info
+  fields:
+    service: nebula-test-registry
 storage:
   filesystem:
-    rootdirectory: $dir/registry
+    rootdirectory: $NEBULA_TEST_REGISTRY_DIR
   delete:
     enabled: true
 http:
   addr: $NEBULA_TEST_REGISTRY
+  # Only signs upload state between requests of one push; a test registry needs no real secret.
+  secret: nebula-test-registry
 auth:
   htpasswd:
     realm: nebula-test-registry
-    path: $dir/registry.htpasswd
-EOT
-  nohup docker-registry serve "$dir/registry.yml" >>"$logs/registry.log" 2>&1 &
-  echo $! >"$dir/registry.pid"
-  wait_until "the registry" "$logs/registry.log" port_open 5000
+    path: $registry_conf_dir/htpasswd"
 }
-
-start_mongo() {
-  if port_open 27017; then return 0; fi
-  mkdir -p "$dir/mongo"
-  nohup "$NEBULA_VENV/bin/nx-27017" --data-dir "$dir/mongo" --host 127.0.0.1 --port 27017 \
-    --log-file "$logs/nx-27017.log" --pid-file "$dir/nx-27017.pid" >>"$logs/nx-27017.out" 2>&1 &
-  echo $! >"$dir/mongo.pid"
-  wait_until "the MongoDB-wire server" "$logs/nx-27017.out" port_open 27017
-}
-
-stop_pid() {
-  local pid_file=$dir/$1.pid
-  if [ -f "$pid_file" ]; then
-    kill "$(cat "$pid_file")" 2>/dev/null || true
-    rm -f "$pid_file"
+registry_start() {
+  registry_ready && return 0
+  if port_open "${NEBULA_TEST_REGISTRY%:*}" "${NEBULA_TEST_REGISTRY#*:}"; then
+    die "something else answers on $NEBULA_TEST_REGISTRY without asking for credentials (Debian's own docker-registry service? 'systemctl disable --now docker-registry')"
   fi
+  registry_configure
+  spawn registry docker-registry serve "$registry_conf_dir/config.yml"
 }
+registry_wait() { wait_until 30 "$log_dir/registry.log" "the Docker registry" "$run_dir/registry.pid" registry_ready; }
+registry_stop() {
+  adopt_listener registry "${NEBULA_TEST_REGISTRY#*:}" docker-registry
+  stop_pid "$run_dir/registry.pid" docker-registry 10
+}
+registry_status() { registry_ready && echo "running (pid $(listener_pid "${NEBULA_TEST_REGISTRY#*:}" docker-registry), http://$NEBULA_TEST_REGISTRY, user $NEBULA_TEST_REGISTRY_USER, data $NEBULA_TEST_REGISTRY_DIR)"; }
 
+# --- MongoDB-wire server (nx-27017) -------------------------------------------------------------
+# nx-27017 has its own --daemon mode; running it in the foreground under spawn instead keeps
+# its pid and output where the other services' are. --data-dir: one SQLite file per database.
+mongo_ready() { port_open 127.0.0.1 27017; }
+mongo_start() {
+  mongo_ready && return 0
+  command -v nx-27017 >/dev/null || die "nx-27017 not found: run scripts/setup.sh"
+  mkdir -p "$mongo_data_dir"
+  # nx-27017 refuses to start while its pid file names a live (or not yet reaped) process; with
+  # the port closed no instance serves, so a leftover file is stale.
+  pid_alive "$run_dir/nx-27017.pid" || rm -f "$run_dir/nx-27017.pid"
+  # It logs to stderr as well as to --log-file: /dev/null there, or every line shows twice.
+  spawn mongo nx-27017 --host 127.0.0.1 --port 27017 --data-dir "$mongo_data_dir" \
+    --log-file /dev/null --pid-file "$run_dir/nx-27017.pid"
+}
+mongo_wait() { wait_until 30 "$log_dir/mongo.log" "nx-27017 (MongoDB wire)" "$run_dir/mongo.pid" mongo_ready; }
+mongo_stop() {
+  adopt_listener mongo 27017 nx-27017
+  stop_pid "$run_dir/mongo.pid" nx-27017 10
+  rm -f "$run_dir/nx-27017.pid"
+}
+mongo_status() { mongo_ready && echo "running (pid $(listener_pid 27017 nx-27017), $NEBULA_TEST_MONGO_URL, data $mongo_data_dir)"; }
+
+# ---------------------------------------------------------------------------------------------
+command=${1:-}
+[ $# -gt 0 ] && shift
+services=("$@")
+[ ${#services[@]} -gt 0 ] || services=("${ALL_SERVICES[@]}")
+for service in "${services[@]}"; do
+  case " ${ALL_SERVICES[*]} " in *" $service "*) ;; *) die "unknown service '$service' (known: ${ALL_SERVICES[*]})" ;; esac
+done
+[ "$(id -u)" -eq 0 ] || die "run as root (it starts system daemons)"
+
+start() {
+  local started=$SECONDS service failed=()
+  # Launch everything first, then wait: the daemons boot in parallel (RabbitMQ takes longest).
+  for service in "${services[@]}"; do "${service}_start"; done
+  for service in "${services[@]}"; do "${service}_wait" || failed+=("$service"); done
+  [ ${#failed[@]} -eq 0 ] || die "not running: ${failed[*]}"
+  say "running: ${services[*]} ($((SECONDS - started)) s)"
+}
+stop() {
+  local service
+  for service in "${services[@]}"; do "${service}_stop"; done
+  say "stopped: ${services[*]}"
+}
+# Removes what Nebula agents left in the Docker engine: containers and networks labelled
+# orchestrator=nebula. Their restart policy (unless-stopped) brings them back whenever dockerd
+# starts, so a killed test run's apps would otherwise keep running, and holding host ports.
+clean() {
+  docker_ready || die "the Docker engine is not running: scripts/services.sh start docker"
+  local containers networks
+  containers=$(docker ps -aq --filter label=orchestrator=nebula)
+  # shellcheck disable=SC2086 # one id per word
+  [ -z "$containers" ] || docker rm -f $containers >/dev/null
+  networks=$(docker network ls -q --filter label=orchestrator=nebula)
+  # shellcheck disable=SC2086
+  [ -z "$networks" ] || docker network rm $networks >/dev/null
+  say "removed $(wc -w <<<"$containers") containers and $(wc -w <<<"$networks") networks labelled orchestrator=nebula"
+}
 status() {
-  printf '%-22s %s\n' "RabbitMQ (5672/1883)" "$(port_open 5672 && port_open 1883 && echo up || echo down)"
-  printf '%-22s %s\n' "Docker engine" "$(docker info >/dev/null 2>&1 && echo up || echo down)"
-  printf '%-22s %s\n' "registry (5000)" "$(port_open 5000 && echo up || echo down)"
-  printf '%-22s %s\n' "MongoDB-wire (27017)" "$(port_open 27017 && echo up || echo down)"
+  local service state all_up=0
+  for service in "${services[@]}"; do
+    state=$("${service}_status" 2>/dev/null) || { state=stopped; all_up=3; }
+    printf '%-9s %s\n' "$service" "$state"
+  done
+  return "$all_up"
 }
 
-case "${1:-}" in
-  start)
-    start_rabbitmq
-    start_docker
-    start_registry
-    start_mongo
-    status
-    ;;
-  stop)
-    rabbitmqctl -q stop >/dev/null 2>&1 || true
-    stop_pid mongo
-    stop_pid registry
-    stop_pid dockerd
-    for _ in $(seq 1 50); do docker info >/dev/null 2>&1 || break; sleep 0.2; done
-    status
-    ;;
-  status)
-    status
-    ;;
-  *)
-    echo "usage: $0 start|stop|status" >&2
-    exit 64
-    ;;
+case "$command" in
+  start) start ;;
+  stop) stop ;;
+  restart) stop; start ;;
+  status) status ;;
+  clean) clean ;;
+  *) echo "usage: $0 start|stop|restart|status [${ALL_SERVICES[*]}] | clean" >&2; exit 2 ;;
 esac

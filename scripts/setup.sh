@@ -1,67 +1,107 @@
 #!/usr/bin/env bash
-# Installs everything Nebula's build and tests need on a fresh Debian/Ubuntu machine.
-# Idempotent and fast when everything is there: each step checks before it installs.
+# Installs everything Nebula's build and tests need on a fresh Debian/Ubuntu machine:
+#   Debian packages   the real services the tests run against (RabbitMQ, Docker engine, registry),
+#                     busybox for the test images, qemu-user to run the ARM agents here, htpasswd
+#   Rust              rustup + stable, rustfmt, clippy, the agent's cross targets, cargo-zigbuild
+#   Python venv       nx-27017 (MongoDB-wire server for the tests), ziglang (cargo-zigbuild's linker)
+# Idempotent and fast (about a second) when everything is there: every step checks before it
+# installs, and `apt-get update` only runs when a package is missing.
+# Usage: scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+NEBULA_SCRIPT=setup
 # shellcheck source=scripts/env.sh
 source scripts/env.sh
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
-say() { printf 'setup: %s\n' "$*"; }
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+# Pinned so that every machine (developers', CI's) gets the same tools.
+NX_27017_VERSION=0.8.1
+# zig 0.13 is the release cargo-zigbuild is most tested with; newer ones changed their CLI.
+ZIGLANG_VERSION=0.13.0
+RUST_TARGETS=(aarch64-unknown-linux-musl aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
+              x86_64-unknown-linux-musl riscv64gc-unknown-linux-gnu)
 
-# Debian packages: the real services the tests run against, busybox for the test image,
-# qemu-user to run the ARM agents here, htpasswd for the registry, iproute2 and curl.
+# --- Debian packages -----------------------------------------------------------------------
+# The libc6-*-cross packages are the ARM and RISC-V glibc loaders and libraries, so that the
+# glibc-target agents run here too: qemu-arm -L /usr/arm-linux-gnueabihf, qemu-aarch64 -L
+# /usr/aarch64-linux-gnu, qemu-riscv64 -L /usr/riscv64-linux-gnu (the musl ones need no -L).
 packages=(rabbitmq-server docker.io docker-registry busybox-static qemu-user apache2-utils
-          iproute2 curl ca-certificates python3 python3-venv tar)
+          iproute2 iptables curl ca-certificates tar python3 python3-venv
+          libc6-armhf-cross libc6-arm64-cross libc6-riscv64-cross)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || missing+=("$package")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
-  as_root apt-get update -qq
-  # Services must not be started by the package scripts: scripts/services.sh starts them.
-  as_root env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Another apt run (a machine's own provisioning, say) may hold the lock: wait for it
+  # instead of failing.
+  apt=(apt-get -o DPkg::Lock::Timeout=900 -y -qq)
+  as_root "${apt[@]}" update
+  # The package scripts must not start the services (on a machine with systemd they would,
+  # with Debian's defaults): scripts/services.sh starts them with this project's settings.
+  # A policy-rc.d that says "no" is Debian's way to ask that; ours is removed afterwards.
+  policy_added=no
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
+    as_root chmod +x /usr/sbin/policy-rc.d
+    policy_added=yes
+  fi
+  as_root env DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1 "${apt[@]}" install --no-install-recommends "${missing[@]}" >/dev/null
+  [ "$policy_added" = no ] || as_root rm -f /usr/sbin/policy-rc.d
 fi
 
-# Rust: rustup's own downloads are reachable; the toolchain file pins nothing beyond stable.
-if ! command -v cargo >/dev/null 2>&1; then
+# --- Rust ------------------------------------------------------------------------------------
+# rustup's own downloads are reachable; a machine without it gets the minimal stable profile.
+if ! command -v rustup >/dev/null 2>&1; then
   say "installing rustup and the stable toolchain"
-  curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --no-modify-path
   # shellcheck disable=SC1091
   source "$HOME/.cargo/env"
 fi
+rustc --version >/dev/null 2>&1 || rustup default stable
 installed_components=$(rustup component list --installed 2>/dev/null || true)
 for component in rustfmt clippy; do
-  grep -q "^$component" <<<"$installed_components" || rustup component add "$component"
+  grep -q "^$component" <<<"$installed_components" || { say "adding component $component"; rustup component add "$component"; }
 done
 installed_targets=$(rustup target list --installed)
-for target in aarch64-unknown-linux-musl aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf \
-              x86_64-unknown-linux-musl riscv64gc-unknown-linux-gnu; do
+for target in "${RUST_TARGETS[@]}"; do
   grep -qx "$target" <<<"$installed_targets" || { say "adding target $target"; rustup target add "$target"; }
 done
 
-# Python tools in a venv: the MongoDB-wire test server and zig (cargo-zigbuild's linker).
-python=$(command -v python3)
-if [ ! -x "$NEBULA_VENV/bin/python" ]; then
-  say "creating $NEBULA_VENV"
+# --- Python tools in a venv ------------------------------------------------------------------
+# Whichever python3 the machine has (pyenv's here, /usr/bin/python3 on a plain Debian). A venv
+# whose interpreter vanished (pyenv version removed, say) is made anew.
+if ! "$NEBULA_VENV/bin/python" -c '' 2>/dev/null; then
+  python=$(command -v python3) || die "python3 not found"
+  say "creating $NEBULA_VENV with $python"
+  as_root rm -rf "$NEBULA_VENV"
   as_root "$python" -m venv "$NEBULA_VENV"
 fi
-if ! "$NEBULA_VENV/bin/python" -c 'import nx_27017, ziglang' 2>/dev/null; then
-  say "installing nx-27017 and ziglang"
-  as_root "$NEBULA_VENV/bin/pip" install -q --disable-pip-version-check 'nx-27017==0.8.1' 'ziglang==0.13.0'
+if ! "$NEBULA_VENV/bin/python" - "$NX_27017_VERSION" "$ZIGLANG_VERSION" 2>/dev/null <<'EOF'
+import sys
+from importlib.metadata import version
+sys.exit(version("nx-27017") != sys.argv[1] or version("ziglang") != sys.argv[2])
+EOF
+then
+  say "installing nx-27017 $NX_27017_VERSION and ziglang $ZIGLANG_VERSION"
+  as_root "$NEBULA_VENV/bin/pip" install -q --disable-pip-version-check \
+    "nx-27017==$NX_27017_VERSION" "ziglang==$ZIGLANG_VERSION"
 fi
-# cargo-zigbuild finds zig through the ziglang Python package or a `zig` on PATH.
-if [ ! -x "$NEBULA_VENV/bin/zig" ]; then
-  cat >"$NEBULA_VENV/bin/zig" <<EOT
-#!/bin/sh
-exec "$NEBULA_VENV/bin/python" -m ziglang "\$@"
-EOT
-  chmod +x "$NEBULA_VENV/bin/zig"
+# Only these commands go on PATH (scripts/env.sh adds nebula-bin): cargo-zigbuild runs `zig`,
+# scripts/services.sh runs `nx-27017`.
+bin=$NEBULA_VENV/nebula-bin
+if [ ! -x "$bin/zig" ] || [ ! -x "$bin/nx-27017" ]; then
+  as_root mkdir -p "$bin"
+  printf '#!/bin/sh\nexec "%s/bin/python" -m ziglang "$@"\n' "$NEBULA_VENV" | as_root tee "$bin/zig" >/dev/null
+  as_root chmod +x "$bin/zig"
+  as_root ln -sfn "$NEBULA_VENV/bin/nx-27017" "$bin/nx-27017"
 fi
 
+# --- cargo-zigbuild (builds the release agents for every target) ------------------------------
 if ! command -v cargo-zigbuild >/dev/null 2>&1; then
-  say "installing cargo-zigbuild"
+  say "installing cargo-zigbuild (a few minutes)"
   cargo install --quiet --locked cargo-zigbuild
 fi
 

@@ -12,6 +12,8 @@ pub const ORCHESTRATOR_VALUE: &str = "nebula";
 pub const LABEL_APP_NAME: &str = "app_name";
 /// Label holding the app revision the container was created for.
 pub const LABEL_APP_ID: &str = "app_id";
+/// Label holding the id of the device whose agent created the container.
+pub const LABEL_DEVICE_ID: &str = "device_id";
 /// Label holding a cron job's name on its containers.
 pub const LABEL_CRON_JOB_NAME: &str = "cron_job_name";
 

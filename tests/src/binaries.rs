@@ -15,13 +15,16 @@ pub fn binary(name: &'static str) -> PathBuf {
         other => panic!("unknown binary {other}"),
     };
     cell.get_or_init(|| {
-        // Test executables live in target/<profile>/deps; binaries one level up.
+        // Test executables live in target/<profile>/deps, binaries (nebula-bench) in
+        // target/<profile>: the workspace's binaries are in target/<profile> either way.
         let executable = std::env::current_exe().expect("current_exe");
-        let profile_dir = executable
+        let mut profile_dir = executable
             .parent()
-            .and_then(|deps| deps.parent())
-            .expect("test executable inside target/<profile>/deps")
+            .expect("executable in a directory")
             .to_path_buf();
+        if profile_dir.ends_with("deps") {
+            profile_dir.pop();
+        }
         let path = profile_dir.join(name);
         let status = std::process::Command::new(env!("CARGO"))
             .args(["build", "--quiet", "--package", package, "--bin", name])

@@ -5,8 +5,10 @@
 //! `scripts/test-image.sh`. Both are run by the README's test command. Every address can be
 //! overridden through the environment, and every default is on 127.0.0.1.
 
+pub mod bench;
 pub mod binaries;
 pub mod docker;
+pub mod fleet;
 pub mod process;
 pub mod proxy;
 pub mod rest;

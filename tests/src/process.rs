@@ -23,6 +23,7 @@ pub struct Supervised {
 struct Inner {
     name: String,
     program: PathBuf,
+    arguments: Vec<String>,
     env: Mutex<BTreeMap<String, String>>,
     log_path: PathBuf,
     child: Mutex<Option<Child>>,
@@ -43,9 +44,21 @@ impl Supervised {
         env: BTreeMap<String, String>,
         log_dir: &Path,
     ) -> Self {
+        Self::start_with_arguments(name, program, Vec::new(), env, log_dir).await
+    }
+
+    /// Like `start`, with command-line arguments (e.g. a binary run under qemu-user).
+    pub async fn start_with_arguments(
+        name: &str,
+        program: PathBuf,
+        arguments: Vec<String>,
+        env: BTreeMap<String, String>,
+        log_dir: &Path,
+    ) -> Self {
         let inner = Arc::new(Inner {
             name: name.to_string(),
             program,
+            arguments,
             env: Mutex::new(env),
             log_path: log_dir.join(format!("{name}.log")),
             child: Mutex::new(None),
@@ -103,6 +116,18 @@ impl Supervised {
         tokio::spawn(async move { watcher.supervise(generation).await });
     }
 
+    /// The process id of the running process, if any.
+    pub async fn pid(&self) -> Option<u32> {
+        self.inner.child.lock().await.as_ref().and_then(Child::id)
+    }
+
+    /// Resident memory of the running process in KiB (VmRSS), if it runs.
+    pub async fn resident_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid().await?)).ok()?;
+        let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
     /// Exits the supervisor restarted the process after: crashes, fail-hard exits and the
     /// SIGKILLs of `kill`.
     pub fn exits(&self) -> u32 {
@@ -133,6 +158,7 @@ impl Inner {
             .open(&self.log_path)
             .expect("open process log");
         let child = Command::new(&self.program)
+            .args(&self.arguments)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(&env)

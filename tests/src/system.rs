@@ -142,6 +142,27 @@ impl Agent {
         directory: &std::path::Path,
         extra_env: &[(&str, &str)],
     ) -> Self {
+        Self::start_command(
+            device_id,
+            mode,
+            amqp_url,
+            directory,
+            extra_env,
+            &[binary("nebula-agent").to_string_lossy().into_owned()],
+        )
+        .await
+    }
+
+    /// Runs the agent through `command` (program and arguments; the agent binary last), e.g.
+    /// `["qemu-aarch64", "target/aarch64-unknown-linux-musl/agent-release/nebula-agent"]`.
+    pub async fn start_command(
+        device_id: &str,
+        mode: &AgentMode,
+        amqp_url: &str,
+        directory: &std::path::Path,
+        extra_env: &[(&str, &str)],
+        command: &[String],
+    ) -> Self {
         let state_dir = directory.join(format!("state-{device_id}"));
         let mut env = BTreeMap::from([
             ("NEBULA_AMQP_URL".to_string(), amqp_url.to_string()),
@@ -172,9 +193,11 @@ impl Agent {
         for (key, value) in extra_env {
             env.insert((*key).to_string(), (*value).to_string());
         }
-        let process = Supervised::start(
+        let (program, arguments) = command.split_first().expect("a command");
+        let process = Supervised::start_with_arguments(
             &format!("agent-{device_id}"),
-            binary("nebula-agent"),
+            PathBuf::from(program),
+            arguments.to_vec(),
             env,
             directory,
         )

@@ -119,10 +119,10 @@ impl ReportTap {
     ) -> DeviceReport {
         let result = tokio::time::timeout(deadline, async {
             while let Some(Ok(delivery)) = self.consumer.next().await {
-                if let Ok(Message::DeviceReport(report)) = decode(&delivery.data) {
-                    if accept(&report) {
-                        return Some(report);
-                    }
+                if let Ok(Message::DeviceReport(report)) = decode(&delivery.data)
+                    && accept(&report)
+                {
+                    return Some(report);
                 }
             }
             None

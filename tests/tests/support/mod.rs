@@ -92,7 +92,8 @@ impl Scenario {
             step,
             since.elapsed().as_secs_f64()
         );
-        println!("convergence: {line}");
+        // On stderr: the test harness shows it with --nocapture; the file keeps it either way.
+        eprintln!("convergence: {line}");
         let path = PathBuf::from(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../target/e2e-convergence.txt"

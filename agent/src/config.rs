@@ -1,0 +1,394 @@
+//! Configuration from the environment (DESIGN §5), parsed into a validated [`Config`] before
+//! any I/O. Parsing goes through [`Environment`] so tests feed a map instead of mutating the
+//! process environment.
+
+use crate::error::ConfigError;
+use nebula_protocol::Name;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where configuration values come from.
+pub trait Environment {
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnvironment;
+
+impl Environment for ProcessEnvironment {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+impl Environment for HashMap<String, String> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).cloned()
+    }
+}
+
+impl Environment for HashMap<&str, &str> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).map(|value| value.to_string())
+    }
+}
+
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/nebula-agent";
+pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+pub const DEFAULT_REPORT_INTERVAL_SECS: u64 = 60;
+
+/// What the agent follows: one device group, or a fixed list of apps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    Group(Name),
+    Apps(Vec<Name>),
+}
+
+/// Which container runtime realises the desired state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeKind {
+    Docker,
+    Simulated,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Credentials for the private registry apps pull from.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryAuth {
+    pub host: String,
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    // The password must never reach a log line through a `?config` field.
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("RegistryAuth")
+            .field("host", &self.host)
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The agent's validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub amqp_url: String,
+    pub device_id: Name,
+    pub hostname: String,
+    pub mode: Mode,
+    pub state_dir: PathBuf,
+    pub runtime: RuntimeKind,
+    pub docker_host: String,
+    pub registry: Option<RegistryAuth>,
+    pub max_restart_wait: Duration,
+    pub report_interval: Duration,
+    pub log_format: LogFormat,
+    /// How long to wait for a sync reply before asking again.
+    pub sync_timeout: Duration,
+    /// Ceiling of the retry backoff (connect, unknown app, Docker errors).
+    pub max_backoff: Duration,
+    /// How often the reconciler re-checks containers without a change (unhealthy ones).
+    pub resync_interval: Duration,
+}
+
+impl Config {
+    /// Reads and validates the configuration; `hostname` is the default device id.
+    pub fn from_env(environment: &impl Environment, hostname: &str) -> Result<Self, ConfigError> {
+        let non_empty = |key: &str| {
+            environment
+                .get(key)
+                .filter(|value| !value.trim().is_empty())
+        };
+
+        let group = non_empty("NEBULA_DEVICE_GROUP").or_else(|| non_empty("DEVICE_GROUP"));
+        let apps = non_empty("NEBULA_APPS").or_else(|| non_empty("APP_NAME"));
+        let mode = match (group, apps) {
+            (Some(_), Some(_)) => return Err(ConfigError::BothModes),
+            (None, None) => return Err(ConfigError::NoMode),
+            (Some(group), None) => Mode::Group(parse_name("NEBULA_DEVICE_GROUP", group.trim())?),
+            (None, Some(apps)) => {
+                let mut names: Vec<Name> = Vec::new();
+                for app in apps.split(',').map(str::trim).filter(|app| !app.is_empty()) {
+                    let name = parse_name("NEBULA_APPS", app)?;
+                    if !names.contains(&name) {
+                        names.push(name);
+                    }
+                }
+                if names.is_empty() {
+                    return Err(ConfigError::Invalid {
+                        variable: "NEBULA_APPS",
+                        reason: "no app names".into(),
+                    });
+                }
+                Mode::Apps(names)
+            }
+        };
+
+        let device_id = match non_empty("NEBULA_DEVICE_ID") {
+            Some(id) => parse_name("NEBULA_DEVICE_ID", id.trim())?,
+            None => parse_name("NEBULA_DEVICE_ID", hostname).map_err(|_| ConfigError::Invalid {
+                variable: "NEBULA_DEVICE_ID",
+                reason: format!(
+                    "unset, and the host name {hostname:?} is not a valid device id; set it explicitly"
+                ),
+            })?,
+        };
+
+        let amqp_url = non_empty("NEBULA_AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.into());
+        if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
+            return Err(ConfigError::Invalid {
+                variable: "NEBULA_AMQP_URL",
+                reason: "must start with amqp:// or amqps://".into(),
+            });
+        }
+        if let Err(reason) = amqp_url.parse::<lapin::uri::AMQPUri>() {
+            return Err(ConfigError::Invalid {
+                variable: "NEBULA_AMQP_URL",
+                reason,
+            });
+        }
+        if amqp_url.starts_with("amqps://") && !cfg!(feature = "tls") {
+            return Err(ConfigError::Invalid {
+                variable: "NEBULA_AMQP_URL",
+                reason: "amqps:// needs an agent built with the `tls` feature".into(),
+            });
+        }
+
+        let runtime = match non_empty("NEBULA_RUNTIME").as_deref().map(str::trim) {
+            None | Some("docker") => RuntimeKind::Docker,
+            Some("simulated") => RuntimeKind::Simulated,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    variable: "NEBULA_RUNTIME",
+                    reason: format!("{other:?}: expected docker or simulated"),
+                });
+            }
+        };
+
+        let log_format = match non_empty("NEBULA_LOG_FORMAT").as_deref().map(str::trim) {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    variable: "NEBULA_LOG_FORMAT",
+                    reason: format!("{other:?}: expected text or json"),
+                });
+            }
+        };
+
+        let registry = match (
+            non_empty("NEBULA_REGISTRY_HOST"),
+            non_empty("NEBULA_REGISTRY_USER"),
+            non_empty("NEBULA_REGISTRY_PASSWORD"),
+        ) {
+            (None, None, None) => None,
+            (Some(host), Some(user), Some(password)) => Some(RegistryAuth {
+                host,
+                user,
+                password,
+            }),
+            _ => {
+                return Err(ConfigError::Invalid {
+                    variable: "NEBULA_REGISTRY_HOST",
+                    reason: "set NEBULA_REGISTRY_HOST, NEBULA_REGISTRY_USER and NEBULA_REGISTRY_PASSWORD together".into(),
+                });
+            }
+        };
+
+        let report_interval = parse_seconds(
+            environment,
+            "NEBULA_REPORT_INTERVAL_SECS",
+            DEFAULT_REPORT_INTERVAL_SECS,
+        )?;
+        if report_interval.is_zero() {
+            return Err(ConfigError::Invalid {
+                variable: "NEBULA_REPORT_INTERVAL_SECS",
+                reason: "must be at least 1".into(),
+            });
+        }
+
+        Ok(Self {
+            amqp_url,
+            device_id,
+            hostname: hostname.to_string(),
+            mode,
+            state_dir: non_empty("NEBULA_STATE_DIR")
+                .map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), PathBuf::from),
+            runtime,
+            docker_host: non_empty("DOCKER_HOST").unwrap_or_else(|| DEFAULT_DOCKER_HOST.into()),
+            registry,
+            max_restart_wait: parse_seconds(environment, "NEBULA_MAX_RESTART_WAIT_SECS", 0)?,
+            report_interval,
+            log_format,
+            sync_timeout: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(30),
+            resync_interval: Duration::from_secs(15),
+        })
+    }
+
+    /// A short label for logs: the group, or the comma-joined apps.
+    pub fn mode_label(&self) -> String {
+        match &self.mode {
+            Mode::Group(group) => format!("group {group}"),
+            Mode::Apps(apps) => format!(
+                "apps {}",
+                apps.iter().map(Name::as_str).collect::<Vec<_>>().join(",")
+            ),
+        }
+    }
+}
+
+fn parse_name(variable: &'static str, value: &str) -> Result<Name, ConfigError> {
+    Name::new(value).map_err(|error| ConfigError::Invalid {
+        variable,
+        reason: format!("{value:?}: {error}"),
+    })
+}
+
+fn parse_seconds(
+    environment: &impl Environment,
+    variable: &'static str,
+    default: u64,
+) -> Result<Duration, ConfigError> {
+    match environment
+        .get(variable)
+        .filter(|value| !value.trim().is_empty())
+    {
+        None => Ok(Duration::from_secs(default)),
+        Some(value) => value
+            .trim()
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|_| ConfigError::Invalid {
+                variable,
+                reason: format!("{value:?} is not a whole number of seconds"),
+            }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let environment: HashMap<&str, &str> = pairs.iter().copied().collect();
+        Config::from_env(&environment, "host-1")
+    }
+
+    #[test]
+    fn group_mode_with_defaults() {
+        let config = parse(&[("NEBULA_DEVICE_GROUP", "edge")]).expect("valid");
+        assert_eq!(config.mode, Mode::Group(Name::new("edge").expect("name")));
+        assert_eq!(config.device_id, "host-1");
+        assert_eq!(config.amqp_url, DEFAULT_AMQP_URL);
+        assert_eq!(config.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(config.runtime, RuntimeKind::Docker);
+        assert_eq!(config.docker_host, DEFAULT_DOCKER_HOST);
+        assert_eq!(config.report_interval, Duration::from_secs(60));
+        assert_eq!(config.max_restart_wait, Duration::ZERO);
+        assert_eq!(config.log_format, LogFormat::Text);
+        assert!(config.registry.is_none());
+    }
+
+    #[test]
+    fn app_mode_from_either_variable() {
+        let config = parse(&[("NEBULA_APPS", "web, api,web")]).expect("valid");
+        assert_eq!(
+            config.mode,
+            Mode::Apps(vec![
+                Name::new("web").expect("name"),
+                Name::new("api").expect("name")
+            ])
+        );
+        let seed = parse(&[("APP_NAME", "legacy")]).expect("valid");
+        assert_eq!(
+            seed.mode,
+            Mode::Apps(vec![Name::new("legacy").expect("name")])
+        );
+        let alias = parse(&[("DEVICE_GROUP", "g")]).expect("valid");
+        assert_eq!(alias.mode, Mode::Group(Name::new("g").expect("name")));
+    }
+
+    #[test]
+    fn exactly_one_mode() {
+        assert!(matches!(parse(&[]), Err(ConfigError::NoMode)));
+        assert!(matches!(
+            parse(&[("NEBULA_DEVICE_GROUP", "  ")]),
+            Err(ConfigError::NoMode)
+        ));
+        assert!(matches!(
+            parse(&[("NEBULA_DEVICE_GROUP", "g"), ("APP_NAME", "a")]),
+            Err(ConfigError::BothModes)
+        ));
+        assert!(matches!(
+            parse(&[("NEBULA_APPS", ",,")]),
+            Err(ConfigError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn every_variable_is_read_and_validated() {
+        let config = parse(&[
+            ("NEBULA_DEVICE_GROUP", "g"),
+            ("NEBULA_AMQP_URL", "amqp://u:p@broker:5672/vh"),
+            ("NEBULA_DEVICE_ID", "pi-7"),
+            ("NEBULA_STATE_DIR", "/tmp/state"),
+            ("NEBULA_RUNTIME", "simulated"),
+            ("DOCKER_HOST", "unix:///run/docker.sock"),
+            ("NEBULA_REGISTRY_HOST", "127.0.0.1:5000"),
+            ("NEBULA_REGISTRY_USER", "nebula"),
+            ("NEBULA_REGISTRY_PASSWORD", "secret"),
+            ("NEBULA_MAX_RESTART_WAIT_SECS", "5"),
+            ("NEBULA_REPORT_INTERVAL_SECS", "7"),
+            ("NEBULA_LOG_FORMAT", "json"),
+        ])
+        .expect("valid");
+        assert_eq!(config.device_id, "pi-7");
+        assert_eq!(config.state_dir, PathBuf::from("/tmp/state"));
+        assert_eq!(config.runtime, RuntimeKind::Simulated);
+        assert_eq!(config.docker_host, "unix:///run/docker.sock");
+        assert_eq!(config.max_restart_wait, Duration::from_secs(5));
+        assert_eq!(config.report_interval, Duration::from_secs(7));
+        assert_eq!(config.log_format, LogFormat::Json);
+        let registry = config.registry.expect("registry");
+        assert_eq!(registry.user, "nebula");
+        assert!(!format!("{registry:?}").contains("secret"));
+
+        for bad in [
+            ("NEBULA_RUNTIME", "podman"),
+            ("NEBULA_LOG_FORMAT", "xml"),
+            ("NEBULA_REPORT_INTERVAL_SECS", "0"),
+            ("NEBULA_REPORT_INTERVAL_SECS", "soon"),
+            ("NEBULA_MAX_RESTART_WAIT_SECS", "-1"),
+            ("NEBULA_DEVICE_ID", "bad id"),
+            ("NEBULA_AMQP_URL", "http://broker"),
+            ("NEBULA_AMQP_URL", "amqp://broker:notaport/"),
+            ("NEBULA_REGISTRY_USER", "only-user"),
+        ] {
+            assert!(
+                matches!(
+                    parse(&[("NEBULA_DEVICE_GROUP", "g"), bad]),
+                    Err(ConfigError::Invalid { .. })
+                ),
+                "{bad:?} should be rejected"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_hostname_needs_an_explicit_device_id() {
+        let environment: HashMap<&str, &str> = [("NEBULA_DEVICE_GROUP", "g")].into_iter().collect();
+        assert!(Config::from_env(&environment, "bad host").is_err());
+    }
+}

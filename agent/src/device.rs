@@ -1,0 +1,160 @@
+//! Facts about the device: host name, CPU cores, memory, root disk and CPU usage, read from
+//! `/proc` and `statvfs` — no shelling out, nothing that needs a library the size budget
+//! cannot afford.
+
+use nebula_protocol::ResourceUsage;
+use nebula_protocol::placement::DeviceCapacity;
+
+/// The host name (the default device id).
+pub fn hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// CPU cores (online) and total memory.
+pub fn capacity() -> DeviceCapacity {
+    let cpu_cores = std::thread::available_parallelism()
+        .map_or(1, |cores| u32::try_from(cores.get()).unwrap_or(u32::MAX));
+    let memory_mb = read_meminfo().map_or(0, |memory| memory.total_bytes / (1024 * 1024));
+    DeviceCapacity {
+        cpu_cores,
+        memory_mb,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Memory {
+    pub total_bytes: u64,
+    pub available_bytes: u64,
+}
+
+/// Parses `/proc/meminfo`: `MemTotal` and `MemAvailable`, in kB.
+pub fn parse_meminfo(text: &str) -> Option<Memory> {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .map(|kilobytes| kilobytes * 1024)
+    };
+    let total_bytes = field("MemTotal:")?;
+    let available_bytes = field("MemAvailable:").or_else(|| field("MemFree:"))?;
+    Some(Memory {
+        total_bytes,
+        available_bytes,
+    })
+}
+
+fn read_meminfo() -> Option<Memory> {
+    parse_meminfo(&std::fs::read_to_string("/proc/meminfo").ok()?)
+}
+
+/// Busy and total jiffies from the `cpu` line of `/proc/stat`.
+pub fn parse_cpu_times(text: &str) -> Option<(u64, u64)> {
+    let line = text.lines().find(|line| line.starts_with("cpu "))?;
+    let values: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|value| value.parse().ok())
+        .collect();
+    let total: u64 = values.iter().sum();
+    // idle + iowait are not busy time.
+    let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
+    Some((total.saturating_sub(idle), total))
+}
+
+/// Measures CPU usage between two reports.
+#[derive(Debug, Default)]
+pub struct CpuSampler {
+    previous: Option<(u64, u64)>,
+}
+
+impl CpuSampler {
+    /// Percentage of CPU busy since the previous call (since boot on the first call).
+    pub fn sample(&mut self) -> f32 {
+        let Some(current) = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|text| parse_cpu_times(&text))
+        else {
+            return 0.0;
+        };
+        let (busy_before, total_before) = self.previous.unwrap_or((0, 0));
+        self.previous = Some(current);
+        let busy = current.0.saturating_sub(busy_before);
+        let total = current.1.saturating_sub(total_before);
+        if total == 0 {
+            0.0
+        } else {
+            // Precision loss is irrelevant for a percentage in a report.
+            (busy as f64 * 100.0 / total as f64) as f32
+        }
+    }
+}
+
+/// Memory, root disk and CPU usage for a report.
+pub fn resource_usage(cpu: &mut CpuSampler) -> ResourceUsage {
+    let capacity = capacity();
+    let memory = read_meminfo().unwrap_or(Memory {
+        total_bytes: 0,
+        available_bytes: 0,
+    });
+    let (root_disk_total_bytes, root_disk_used_bytes) = rustix::fs::statvfs("/")
+        .map(|stats| {
+            let total = stats.f_blocks.saturating_mul(stats.f_frsize);
+            let free = stats.f_bfree.saturating_mul(stats.f_frsize);
+            (total, total.saturating_sub(free))
+        })
+        .unwrap_or((0, 0));
+    ResourceUsage {
+        cpu_cores: capacity.cpu_cores,
+        cpu_percent: cpu.sample(),
+        memory_total_bytes: memory.total_bytes,
+        memory_used_bytes: memory.total_bytes.saturating_sub(memory.available_bytes),
+        root_disk_total_bytes,
+        root_disk_used_bytes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_meminfo() {
+        let text = "MemTotal:        3999000 kB\nMemFree:          100000 kB\nMemAvailable:    2000000 kB\n";
+        assert_eq!(
+            parse_meminfo(text),
+            Some(Memory {
+                total_bytes: 3_999_000 * 1024,
+                available_bytes: 2_000_000 * 1024
+            })
+        );
+        assert_eq!(parse_meminfo("nonsense"), None);
+    }
+
+    #[test]
+    fn parses_cpu_times() {
+        let text = "cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3 4\n";
+        assert_eq!(parse_cpu_times(text), Some((150, 1000)));
+        assert_eq!(parse_cpu_times("intr 1"), None);
+    }
+
+    #[test]
+    fn reads_this_machine() {
+        let capacity = capacity();
+        assert!(capacity.cpu_cores >= 1);
+        assert!(capacity.memory_mb > 0);
+        assert!(!hostname().is_empty());
+        let usage = resource_usage(&mut CpuSampler::default());
+        assert!(usage.root_disk_total_bytes >= usage.root_disk_used_bytes);
+        assert!(usage.memory_total_bytes >= usage.memory_used_bytes);
+        assert!((0.0..=100.0).contains(&usage.cpu_percent));
+    }
+}

@@ -1,0 +1,122 @@
+//! `nebula-agent`: the daemon on each device (DESIGN §2, §3, §5).
+//!
+//! It follows one device group or a list of apps over AMQP, persists the desired state it
+//! is told before acknowledging, and drives a container runtime towards it with a sans-I/O
+//! reconciler. The crate is a library first: `main.rs` only reads the configuration, starts
+//! logging and calls [`run`]; a fleet simulator calls [`run`] thousands of times in one
+//! process with [`runtime::simulated::SimulatedRuntime`] (no process-global state here).
+//!
+//! Codemap:
+//! * [`config`] — environment → validated [`config::Config`].
+//! * [`state`] — desired state, its revision rules, atomic persistence.
+//! * [`reconcile`] — (desired, observed) → actions; pure.
+//! * [`supervisor`] — shared state, per-app workers executing plans.
+//! * [`runtime`] — the container runtime trait, Docker and simulated implementations.
+//! * [`transport`] — AMQP boot flow, sync, consumption, reports.
+//! * [`report`], [`device`] — device reports and the host facts in them.
+
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod reconcile;
+pub mod report;
+pub mod runtime;
+pub mod state;
+pub mod supervisor;
+pub mod transport;
+
+pub use config::Config;
+pub use error::{AgentError, AmqpError, ConfigError, DockerError, StateError};
+pub use runtime::ContainerRuntime;
+
+use config::Mode;
+use state::{DesiredState, StateStore};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How long shutdown waits for workers to finish the container operation in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Runs one agent until `shutdown` is cancelled (`Ok`) or a non-trivial error (`Err`; the
+/// supervisor restarts the process). Containers are left running either way.
+pub async fn run<R: ContainerRuntime>(
+    config: Config,
+    runtime: R,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    let store = StateStore::new(&config.state_dir);
+    let loader = store.clone();
+    let (mut desired, warning) = tokio::task::spawn_blocking(move || loader.load())
+        .await
+        .map_err(|error| AgentError::Task(error.to_string()))??;
+    if let Some(warning) = warning {
+        tracing::error!(error = %warning, "state file was corrupt; moved it aside, starting empty and re-syncing");
+    }
+    keep_configured(&mut desired, &config.mode);
+    tracing::info!(
+        device = %config.device_id,
+        mode = %config.mode_label(),
+        apps = desired.apps.len(),
+        "starting nebula-agent {}",
+        report::AGENT_VERSION
+    );
+
+    let persisted: Vec<_> = desired.apps.keys().cloned().collect();
+    let group_mode = matches!(config.mode, Mode::Group(_));
+    // The agent's own token: cancelled on external shutdown and when the transport fails, so
+    // workers stop either way.
+    let agent_shutdown = shutdown.child_token();
+    let shared = supervisor::Shared::new(config, runtime, store, desired, agent_shutdown.clone());
+    // Converge what was persisted before the broker answers: a device keeps running its
+    // apps offline, and containers already at their revision are left alone.
+    for app in &persisted {
+        shared.wake(app);
+    }
+    if group_mode {
+        shared.tasks.spawn(shared.clone().prune_loop());
+    }
+
+    let mut result = transport::amqp::run(shared.clone()).await;
+    if let Some(fatal) = shared.take_fatal() {
+        result = Err(fatal.into());
+    }
+    if let Err(error) = &result {
+        tracing::error!(error = %error, "stopping");
+    }
+    agent_shutdown.cancel();
+    shared.tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, shared.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("workers did not stop within the grace period");
+    }
+    tracing::info!("stopped; app containers keep running");
+    result
+}
+
+/// Drops persisted state that the current configuration no longer asks for (the device was
+/// moved to another group, or an app was removed from `NEBULA_APPS`).
+fn keep_configured(desired: &mut DesiredState, mode: &Mode) {
+    match mode {
+        Mode::Apps(apps) => {
+            desired.group = None;
+            desired.last_pruned = None;
+            desired.apps.retain(|app, _| apps.contains(app));
+        }
+        Mode::Group(group) => {
+            if desired
+                .group
+                .as_ref()
+                .is_some_and(|held| &held.device_group != group)
+            {
+                desired.group = None;
+                desired.last_pruned = None;
+                desired.apps.clear();
+            }
+        }
+    }
+}

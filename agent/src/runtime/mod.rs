@@ -1,0 +1,232 @@
+//! The container runtime: a thin adapter the executor drives. [`docker::DockerRuntime`]
+//! talks to the Docker engine; [`simulated::SimulatedRuntime`] keeps containers in memory for
+//! the fleet simulator and for fast tests. One contract suite (`tests/runtime_contract.rs`)
+//! runs against both.
+
+pub mod docker;
+pub mod simulated;
+
+use crate::error::DockerError;
+use crate::reconcile::ObservedContainer;
+use nebula_protocol::model::NEBULA_NETWORK;
+use nebula_protocol::placement::{
+    self, DeviceCapacity, LABEL_APP_ID, LABEL_APP_NAME, LABEL_ORCHESTRATOR, ORCHESTRATOR_VALUE,
+};
+use nebula_protocol::{AppConfig, Name};
+use std::collections::BTreeMap;
+use std::future::Future;
+
+/// Everything needed to create one container of an app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub app_name: Name,
+    /// `docker_image` in canonical form (tag defaulted to `latest`).
+    pub image: String,
+    pub labels: BTreeMap<String, String>,
+    pub env: Vec<String>,
+    /// (host port, container port), TCP.
+    pub ports: Vec<(u16, u16)>,
+    pub volumes: Vec<String>,
+    pub devices: Vec<String>,
+    pub privileged: bool,
+    pub network: NetworkPlan,
+}
+
+/// Where a container's network interfaces go (API.md `networks`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetworkPlan {
+    /// `host` or `none` listed first: that network mode alone.
+    Mode(String),
+    /// Created on the `nebula` bridge (made if missing), then connected to `extra`.
+    Nebula { extra: Vec<String> },
+}
+
+impl NetworkPlan {
+    pub fn from_networks(networks: &[String]) -> Self {
+        match networks.first().map(String::as_str) {
+            Some(mode @ ("host" | "none")) => Self::Mode(mode.to_string()),
+            _ => Self::Nebula {
+                extra: networks
+                    .iter()
+                    .filter(|network| network.as_str() != NEBULA_NETWORK)
+                    .cloned()
+                    .collect(),
+            },
+        }
+    }
+}
+
+impl ContainerSpec {
+    /// The spec of container `index` of `app`.
+    pub fn for_app(app: &AppConfig, index: u32) -> Result<Self, DockerError> {
+        let invalid = |reason: String| DockerError::InvalidSpec {
+            app: app.app_name.to_string(),
+            reason,
+        };
+        let image = app.image().map_err(|error| invalid(error.to_string()))?;
+        let ports = placement::published_ports(&app.starting_ports, index)
+            .map_err(|error| invalid(error.to_string()))?
+            .into_iter()
+            .map(|port| (port.host, port.container))
+            .collect();
+        let labels = BTreeMap::from([
+            (
+                LABEL_ORCHESTRATOR.to_string(),
+                ORCHESTRATOR_VALUE.to_string(),
+            ),
+            (LABEL_APP_NAME.to_string(), app.app_name.to_string()),
+            (LABEL_APP_ID.to_string(), app.app_id.to_string()),
+        ]);
+        Ok(Self {
+            name: placement::container_name(&app.app_name, index),
+            app_name: app.app_name.clone(),
+            image: image.canonical(),
+            labels,
+            env: app
+                .env_vars
+                .iter()
+                .map(|(key, value)| format!("{key}={value}"))
+                .collect(),
+            ports,
+            volumes: app.volumes.clone(),
+            devices: app.devices.clone(),
+            privileged: app.privileged,
+            network: NetworkPlan::from_networks(&app.networks),
+        })
+    }
+}
+
+/// How an image was made available.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageOutcome {
+    Pulled,
+    /// The pull failed but a local copy exists: the device keeps working offline, and the
+    /// failure is reported.
+    LocalFallback {
+        pull_error: String,
+    },
+}
+
+/// What the executor needs from a container runtime. Futures are `Send` so that a
+/// simulator can run thousands of agents on a multi-threaded runtime.
+pub trait ContainerRuntime: Send + Sync + 'static {
+    /// CPU cores and memory, for `containers_per`.
+    fn capacity(&self) -> DeviceCapacity;
+
+    /// Whether reports carry this host's real memory, disk and CPU usage. A simulated
+    /// device reports its configured capacity instead: thousands of simulated agents in one
+    /// process would otherwise all report the simulator's host.
+    fn reports_host_resources(&self) -> bool {
+        true
+    }
+
+    /// Every Nebula-managed container (label `orchestrator=nebula`), any state.
+    fn list_containers(
+        &self,
+    ) -> impl Future<Output = Result<Vec<ObservedContainer>, DockerError>> + Send;
+
+    /// One container by name, `None` when it does not exist.
+    fn inspect_container(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<ObservedContainer>, DockerError>> + Send;
+
+    /// Pulls `image` (canonical reference); falls back to a local copy.
+    fn ensure_image(
+        &self,
+        image: &str,
+    ) -> impl Future<Output = Result<ImageOutcome, DockerError>> + Send;
+
+    /// Creates and starts a container. A leftover container of the same name is replaced.
+    fn create_container(
+        &self,
+        spec: &ContainerSpec,
+    ) -> impl Future<Output = Result<(), DockerError>> + Send;
+
+    /// Stops and removes a container; a missing one is not an error.
+    fn remove_container(&self, name: &str) -> impl Future<Output = Result<(), DockerError>> + Send;
+
+    fn start_container(&self, name: &str) -> impl Future<Output = Result<(), DockerError>> + Send;
+
+    fn restart_container(&self, name: &str)
+    -> impl Future<Output = Result<(), DockerError>> + Send;
+
+    /// Removes every image no container uses (not only dangling ones).
+    fn prune_images(&self) -> impl Future<Output = Result<(), DockerError>> + Send;
+}
+
+/// The observed containers of one app.
+pub fn containers_of<'a>(
+    containers: &'a [ObservedContainer],
+    app: &'a Name,
+) -> impl Iterator<Item = &'a ObservedContainer> + 'a {
+    containers
+        .iter()
+        .filter(move |container| &container.app_name == app)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nebula_protocol::PortMapping;
+
+    #[test]
+    fn spec_carries_every_app_field() {
+        let mut app = AppConfig::new(
+            Name::new("web").expect("name"),
+            "127.0.0.1:5000/nebula/test",
+        );
+        app.app_id = 3;
+        app.starting_ports = vec![
+            PortMapping::Same(8000),
+            PortMapping::Mapped {
+                host: 9000,
+                container: 80,
+            },
+        ];
+        app.env_vars.insert("A".into(), "b=c".into());
+        app.volumes = vec!["/data:/data:ro".into()];
+        app.devices = vec!["/dev/null:/dev/x".into()];
+        app.privileged = true;
+        let spec = ContainerSpec::for_app(&app, 2).expect("spec");
+        assert_eq!(spec.name, "web-3");
+        assert_eq!(spec.image, "127.0.0.1:5000/nebula/test:latest");
+        assert_eq!(spec.ports, vec![(8002, 8000), (9002, 80)]);
+        assert_eq!(spec.env, vec!["A=b=c"]);
+        assert_eq!(spec.labels["orchestrator"], "nebula");
+        assert_eq!(spec.labels["app_name"], "web");
+        assert_eq!(spec.labels["app_id"], "3");
+        assert_eq!(spec.volumes, app.volumes);
+        assert_eq!(spec.devices, app.devices);
+        assert!(spec.privileged);
+        assert_eq!(
+            spec.network,
+            NetworkPlan::Nebula {
+                extra: vec!["bridge".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn network_plans() {
+        let plan = |networks: &[&str]| {
+            NetworkPlan::from_networks(&networks.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+        };
+        assert_eq!(plan(&[]), NetworkPlan::Nebula { extra: vec![] });
+        assert_eq!(plan(&["host"]), NetworkPlan::Mode("host".into()));
+        assert_eq!(plan(&["none", "x"]), NetworkPlan::Mode("none".into()));
+        assert_eq!(
+            plan(&["nebula", "a", "b"]),
+            NetworkPlan::Nebula {
+                extra: vec!["a".into(), "b".into()]
+            }
+        );
+        assert_eq!(
+            plan(&["a", "host"]),
+            NetworkPlan::Nebula {
+                extra: vec!["a".into(), "host".into()]
+            }
+        );
+    }
+}

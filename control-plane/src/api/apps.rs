@@ -1,0 +1,164 @@
+//! `/api/v2/apps` handlers.
+
+use super::dto::{self, AppPatch};
+use super::errors::ApiError;
+use super::{AppState, Body, PathName, ok, require};
+use crate::auth::{Permission, Principal};
+use crate::service::ServiceError;
+use axum::Extension;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use nebula_protocol::{AppConfig, Name};
+use serde_json::json;
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response> {
+    require(&principal, Permission::ListApps)?;
+    let apps = state.service.list_apps().await?;
+    Ok(ok(StatusCode::OK, json!({"apps": apps})))
+}
+
+pub async fn read(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    PathName(app): PathName,
+) -> Result<Response> {
+    require(&principal, Permission::ReadApp(app.as_str()))?;
+    match state.service.get_app(&app).await? {
+        Some(config) => Ok(ok(StatusCode::OK, dto::app_json(&config))),
+        None => Err(ServiceError::AppNotFound(app).into()),
+    }
+}
+
+/// A full config from a body: omitted fields take their defaults, `docker_image` is required.
+fn full_config(app: &Name, body: &[u8]) -> Result<AppConfig> {
+    let object = dto::parse_object(body)?;
+    let patch = dto::parse_app(&object, app)?;
+    if patch.docker_image.is_none() {
+        return Err(ApiError::missing(&["docker_image"]));
+    }
+    let mut config = AppConfig::new(app.clone(), "");
+    patch.apply(&mut config);
+    dto::validate_app(&config)?;
+    Ok(config)
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    PathName(app): PathName,
+    Body(body): Body,
+) -> Result<Response> {
+    require(&principal, Permission::WriteApp(app.as_str()))?;
+    // v2 answers "exists" before looking at the body.
+    if state.service.get_app(&app).await?.is_some() {
+        return Err(ServiceError::AppExists(app).into());
+    }
+    let config = full_config(&app, &body)?;
+    let config = state.service.create_app(config).await?;
+    Ok(ok(StatusCode::OK, dto::app_json(&config)))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    PathName(app): PathName,
+) -> Result<Response> {
+    require(&principal, Permission::WriteApp(app.as_str()))?;
+    state.service.delete_app(&app).await?;
+    Ok(ok(StatusCode::OK, json!({})))
+}
+
+/// Applies `change` to the stored app and answers `202` with the new document.
+async fn change(
+    state: &AppState,
+    principal: &Principal,
+    app: &Name,
+    change: impl Fn(&AppConfig) -> Result<AppConfig>,
+) -> Result<Response> {
+    require(principal, Permission::WriteApp(app.as_str()))?;
+    let config = state.service.update_app(app, change).await?;
+    Ok(ok(StatusCode::ACCEPTED, dto::app_json(&config)))
+}
+
+pub async fn start(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    PathName(app): PathName,
+) -> Result<Response> {
+    change(&state, &principal, &app, |current| {
+        Ok(AppConfig {
+            running: true,
+            ..current.clone()
+        })
+    })
+    .await
+}
+
+pub async fn stop(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    PathName(app): PathName,
+) -> Result<Response> {
+    change(&state, &principal, &app, |current| {
+        Ok(AppConfig {
+            running: false,
+            ..current.clone()
+        })
+    })
+    .await
+}
+
+/// A restart is a new revision of the same config: agents recreate the containers.
+pub async fn restart(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    PathName(app): PathName,
+) -> Result<Response> {
+    change(&state, &principal, &app, |current| {
+        if current.running {
+            Ok(current.clone())
+        } else {
+            Err(ServiceError::NotRunning(current.app_name.clone()).into())
+        }
+    })
+    .await
+}
+
+pub async fn full_update(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    PathName(app): PathName,
+    Body(body): Body,
+) -> Result<Response> {
+    require(&principal, Permission::WriteApp(app.as_str()))?;
+    let config = full_config(&app, &body)?;
+    change(&state, &principal, &app, |_| Ok(config.clone())).await
+}
+
+pub async fn partial_update(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    PathName(app): PathName,
+    Body(body): Body,
+) -> Result<Response> {
+    require(&principal, Permission::WriteApp(app.as_str()))?;
+    let object = dto::parse_object(&body)?;
+    let patch: AppPatch = dto::parse_app(&object, &app)?;
+    if patch.is_empty() {
+        return Err(ApiError::malformed());
+    }
+    // Validation needs the merged config, so it runs inside the read-modify-write.
+    change(&state, &principal, &app, |current| {
+        let mut config = current.clone();
+        patch.clone().apply(&mut config);
+        dto::validate_app(&config)?;
+        Ok(config)
+    })
+    .await
+}

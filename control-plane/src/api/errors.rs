@@ -1,0 +1,125 @@
+//! JSON error answers. Every 4xx and 5xx carries a JSON body with the v2 keys clients test
+//! for; nothing here is ever plain text.
+
+use crate::service::ServiceError;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// An error answer: a status and its JSON body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, body: Value) -> Self {
+        Self { status, body }
+    }
+
+    /// `400 {"missing_parameters": true}`: malformed JSON, or an empty partial update.
+    pub fn malformed() -> Self {
+        Self::new(StatusCode::BAD_REQUEST, json!({"missing_parameters": true}))
+    }
+
+    pub fn missing(fields: &[&str]) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            json!({"missing_parameters": fields}),
+        )
+    }
+
+    pub fn unknown(fields: Vec<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            json!({"unknown_parameters": fields}),
+        )
+    }
+
+    pub fn invalid(fields: Vec<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            json!({"invalid_parameters": fields}),
+        )
+    }
+
+    pub fn invalid_name(name: &str) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, json!({"invalid_name": name}))
+    }
+
+    pub fn invalid_port() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            json!({"starting_ports": "invalid port"}),
+        )
+    }
+
+    pub fn port_shape() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            json!({"starting_ports": "can only be a list containing integers or dicts"}),
+        )
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, json!({"authenticated": false}))
+    }
+
+    pub fn forbidden() -> Self {
+        Self::new(StatusCode::FORBIDDEN, json!({"access_allowed": false}))
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, json!({"not_found": true}))
+    }
+
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            json!({"method_not_allowed": true}),
+        )
+    }
+
+    pub fn too_large() -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            json!({"payload_too_large": true, "max_bytes": super::MAX_BODY_BYTES}),
+        )
+    }
+
+    pub fn unavailable(what: &str) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": format!("{what} unavailable")}),
+        )
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(error: ServiceError) -> Self {
+        let forbidden = |body| Self::new(StatusCode::FORBIDDEN, body);
+        match error {
+            ServiceError::AppNotFound(_) => forbidden(json!({"app_exists": false})),
+            ServiceError::AppExists(_) => forbidden(json!({"app_exists": true})),
+            ServiceError::GroupNotFound(_) => forbidden(json!({"device_group_exists": false})),
+            ServiceError::GroupExists(_) => forbidden(json!({"device_group_exists": true})),
+            ServiceError::CronJobNotFound(_) => forbidden(json!({"cron_job_exists": false})),
+            ServiceError::NotRunning(_) => forbidden(json!({"running_before_restart": false})),
+            ServiceError::Store(error) => {
+                tracing::error!(error = %error, "store error answering a request");
+                Self::unavailable("store")
+            }
+            ServiceError::Amqp(error) => {
+                tracing::error!(error = %error, "broker error answering a request");
+                Self::unavailable("broker")
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body)).into_response()
+    }
+}

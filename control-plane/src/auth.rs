@@ -1,0 +1,223 @@
+//! Authentication and authorization.
+//!
+//! Authentication turns a request's `Authorization` header into a [`Principal`]; handlers
+//! then ask [`Principal::allows`] about a [`Permission`]. Today the only principal is the
+//! local admin from configuration (it may do everything); users and user groups (API.md)
+//! will add a `User` principal whose permissions are the union over its groups, without
+//! changing handlers. Authentication runs before any handler or cache (API.md difference 1).
+//!
+//! Secrets are compared in constant time over SHA-256 digests, so neither the content nor the
+//! length of the configured secret leaks through timing (API.md difference 7).
+
+use base64::Engine;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// The admin from `NEBULA_ADMIN_*`: every permission.
+    LocalAdmin,
+    /// Authentication is disabled (`NEBULA_AUTH_ENABLED=false`, development only).
+    Anonymous,
+}
+
+/// What a request needs. Object permissions are `ro` for reads and `rw` for writes
+/// (`rw` implies `ro`); prunes need `pruning_allowed`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Permission<'a> {
+    Status,
+    ReadApp(&'a str),
+    WriteApp(&'a str),
+    ListApps,
+    ReadDeviceGroup(&'a str),
+    WriteDeviceGroup(&'a str),
+    ListDeviceGroups,
+    Prune,
+}
+
+impl Principal {
+    pub fn allows(&self, permission: &Permission<'_>) -> bool {
+        match self {
+            // The local admin and a development instance may do everything; the match
+            // stays exhaustive so a new principal must decide for every permission.
+            Self::LocalAdmin | Self::Anonymous => {
+                let _ = permission;
+                true
+            }
+        }
+    }
+}
+
+/// Configured credentials of the local admin.
+#[derive(Clone, Default)]
+pub struct AdminCredentials {
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for AdminCredentials {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never log secrets.
+        formatter
+            .debug_struct("AdminCredentials")
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+fn digest(value: &[u8]) -> [u8; 32] {
+    Sha256::digest(value).into()
+}
+
+fn equal(provided: &[u8], expected: &[u8; 32]) -> bool {
+    bool::from(digest(provided).ct_eq(expected))
+}
+
+/// Checks `Authorization` headers against the configuration.
+#[derive(Clone)]
+pub struct Authenticator {
+    enabled: bool,
+    basic: Option<(String, [u8; 32])>,
+    token: Option<[u8; 32]>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Authenticator")
+            .field("enabled", &self.enabled)
+            .field("basic", &self.basic.is_some())
+            .field("token", &self.token.is_some())
+            .finish()
+    }
+}
+
+impl Authenticator {
+    pub fn new(enabled: bool, credentials: &AdminCredentials) -> Self {
+        let basic = match (&credentials.user, &credentials.password) {
+            (Some(user), Some(password)) => Some((user.clone(), digest(password.as_bytes()))),
+            _ => None,
+        };
+        Self {
+            enabled,
+            basic,
+            token: credentials
+                .token
+                .as_deref()
+                .map(|token| digest(token.as_bytes())),
+        }
+    }
+
+    /// The principal for an `Authorization` header value, or `None` when it is missing or wrong.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Option<Principal> {
+        if !self.enabled {
+            return Some(Principal::Anonymous);
+        }
+        let (scheme, value) = authorization?.trim().split_once(' ')?;
+        let value = value.trim();
+        if scheme.eq_ignore_ascii_case("basic") {
+            let (user, expected) = self.basic.as_ref()?;
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(value)
+                .ok()?;
+            let decoded = String::from_utf8(decoded).ok()?;
+            let (given_user, given_password) = decoded.split_once(':')?;
+            // Both halves are always compared, so a wrong user name costs the same time.
+            let user_ok = equal(given_user.as_bytes(), &digest(user.as_bytes()));
+            let password_ok = equal(given_password.as_bytes(), expected);
+            (user_ok & password_ok).then_some(Principal::LocalAdmin)
+        } else if scheme.eq_ignore_ascii_case("bearer") {
+            let expected = self.token.as_ref()?;
+            equal(value.as_bytes(), expected).then_some(Principal::LocalAdmin)
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn authenticator() -> Authenticator {
+        Authenticator::new(
+            true,
+            &AdminCredentials {
+                user: Some("nebula".into()),
+                password: Some("secret".into()),
+                token: Some("tok".into()),
+            },
+        )
+    }
+
+    fn basic(user: &str, password: &str) -> String {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        )
+    }
+
+    #[test]
+    fn accepts_the_admin_by_basic_and_bearer() {
+        let auth = authenticator();
+        assert_eq!(
+            auth.authenticate(Some(&basic("nebula", "secret"))),
+            Some(Principal::LocalAdmin)
+        );
+        assert_eq!(
+            auth.authenticate(Some("Bearer tok")),
+            Some(Principal::LocalAdmin)
+        );
+        assert_eq!(
+            auth.authenticate(Some("bearer tok")),
+            Some(Principal::LocalAdmin)
+        );
+    }
+
+    #[test]
+    fn rejects_everything_else() {
+        let auth = authenticator();
+        for header in [
+            None,
+            Some(basic("nebula", "wrong")),
+            Some(basic("other", "secret")),
+            Some(basic("nebula", "secret2")),
+            Some("Bearer tok2".to_string()),
+            Some("Bearer".to_string()),
+            Some("Basic !!!".to_string()),
+            Some("Digest abc".to_string()),
+        ] {
+            assert_eq!(auth.authenticate(header.as_deref()), None, "{header:?}");
+        }
+    }
+
+    #[test]
+    fn missing_secrets_never_match() {
+        let auth = Authenticator::new(true, &AdminCredentials::default());
+        assert_eq!(auth.authenticate(Some("Bearer ")), None);
+        assert_eq!(auth.authenticate(Some(&basic("", ""))), None);
+    }
+
+    #[test]
+    fn disabled_lets_anyone_in() {
+        let auth = Authenticator::new(false, &AdminCredentials::default());
+        assert_eq!(auth.authenticate(None), Some(Principal::Anonymous));
+    }
+
+    #[test]
+    fn debug_redacts_secrets() {
+        let text = format!(
+            "{:?}",
+            AdminCredentials {
+                user: Some("u".into()),
+                password: Some("hunter2".into()),
+                token: Some("tok".into())
+            }
+        );
+        assert!(!text.contains("hunter2") && !text.contains("tok\""));
+    }
+}

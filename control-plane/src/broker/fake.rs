@@ -1,0 +1,120 @@
+//! An in-memory [`Publisher`] that records everything, for in-process tests: they assert
+//! "exactly one `AppChanged` at revision N" and "nothing published on bad input".
+
+use super::Publisher;
+use crate::error::AmqpError;
+use async_trait::async_trait;
+use nebula_protocol::Message;
+use std::collections::BTreeSet;
+use std::sync::{Mutex, MutexGuard};
+
+/// What the fake broker holds.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct FakeState {
+    pub exchanges: BTreeSet<String>,
+    /// `(destination, source)` exchange bindings.
+    pub bindings: BTreeSet<(String, String)>,
+    /// Every confirmed publish, in order: `(exchange, message)`.
+    pub published: Vec<(String, Message)>,
+    /// When set, every operation fails as if the broker had gone away.
+    pub broken: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct FakeBroker {
+    state: Mutex<FakeState>,
+}
+
+impl FakeBroker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, FakeState> {
+        // A poisoned lock only means a test panicked while holding it; the data is still usable.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A copy of the current state.
+    pub fn snapshot(&self) -> FakeState {
+        self.lock().clone()
+    }
+
+    /// Makes every later operation fail (or work again).
+    pub fn set_broken(&self, broken: bool) {
+        self.lock().broken = broken;
+    }
+
+    fn check(&self, operation: &'static str) -> Result<MutexGuard<'_, FakeState>, AmqpError> {
+        let state = self.lock();
+        if state.broken {
+            return Err(AmqpError::Operation {
+                operation,
+                reason: "fake broker is broken".into(),
+            });
+        }
+        Ok(state)
+    }
+}
+
+#[async_trait]
+impl Publisher for FakeBroker {
+    async fn declare_exchange(&self, exchange: &str) -> Result<(), AmqpError> {
+        self.check("exchange.declare")?
+            .exchanges
+            .insert(exchange.to_string());
+        Ok(())
+    }
+
+    async fn delete_exchange(&self, exchange: &str) -> Result<(), AmqpError> {
+        let mut state = self.check("exchange.delete")?;
+        state.exchanges.remove(exchange);
+        // RabbitMQ drops an exchange's bindings with it.
+        state
+            .bindings
+            .retain(|(destination, source)| destination != exchange && source != exchange);
+        Ok(())
+    }
+
+    async fn bind_exchange(&self, destination: &str, source: &str) -> Result<(), AmqpError> {
+        let mut state = self.check("exchange.bind")?;
+        if !state.exchanges.contains(destination) || !state.exchanges.contains(source) {
+            // RabbitMQ closes the channel with 404 here; a real broker error, so fail too.
+            return Err(AmqpError::Operation {
+                operation: "exchange.bind",
+                reason: format!("no exchange {destination} or {source}"),
+            });
+        }
+        state
+            .bindings
+            .insert((destination.to_string(), source.to_string()));
+        Ok(())
+    }
+
+    async fn unbind_exchange(&self, destination: &str, source: &str) -> Result<(), AmqpError> {
+        self.check("exchange.unbind")?
+            .bindings
+            .remove(&(destination.to_string(), source.to_string()));
+        Ok(())
+    }
+
+    async fn publish(&self, exchange: &str, message: &Message) -> Result<(), AmqpError> {
+        let mut state = self.check("basic.publish")?;
+        if !state.exchanges.contains(exchange) {
+            return Err(AmqpError::NotConfirmed {
+                exchange: exchange.to_string(),
+                reason: "no such exchange".into(),
+            });
+        }
+        state
+            .published
+            .push((exchange.to_string(), message.clone()));
+        Ok(())
+    }
+
+    fn is_connected(&self) -> bool {
+        !self.lock().broken
+    }
+}

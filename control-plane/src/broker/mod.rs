@@ -1,0 +1,36 @@
+//! The broker side of a change: exchanges, exchange-to-exchange bindings and confirmed
+//! publishes (DESIGN §3).
+//!
+//! [`Publisher`] is what the service needs from the broker; [`amqp::AmqpBroker`] implements it
+//! with lapin and [`fake::FakeBroker`] records every call for in-process tests. Exchange and
+//! queue names come only from `nebula_protocol::names`.
+
+pub mod amqp;
+pub mod fake;
+
+use crate::error::AmqpError;
+use async_trait::async_trait;
+use nebula_protocol::Message;
+
+#[async_trait]
+pub trait Publisher: Send + Sync + std::fmt::Debug {
+    /// Declares a durable fanout exchange (idempotent).
+    async fn declare_exchange(&self, exchange: &str) -> Result<(), AmqpError>;
+
+    /// Deletes an exchange (idempotent: a missing exchange is not an error).
+    async fn delete_exchange(&self, exchange: &str) -> Result<(), AmqpError>;
+
+    /// Binds `source` to `destination` so that what is published on `source` also reaches
+    /// `destination`'s queues (idempotent).
+    async fn bind_exchange(&self, destination: &str, source: &str) -> Result<(), AmqpError>;
+
+    /// Removes a binding made by [`Publisher::bind_exchange`] (idempotent).
+    async fn unbind_exchange(&self, destination: &str, source: &str) -> Result<(), AmqpError>;
+
+    /// Publishes `message` persistently on `exchange` and waits for the broker's confirm. A
+    /// nack or a lost connection is an error.
+    async fn publish(&self, exchange: &str, message: &Message) -> Result<(), AmqpError>;
+
+    /// Whether the connection is up (for `/readyz`).
+    fn is_connected(&self) -> bool;
+}

@@ -1,0 +1,335 @@
+//! Configuration from the environment (DESIGN §6), parsed and validated into [`Config`]
+//! before any I/O. Parsing goes through [`Environment`] so tests feed a map.
+
+use crate::auth::AdminCredentials;
+use crate::error::ConfigError;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where variables come from.
+pub trait Environment {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnvironment;
+
+impl Environment for ProcessEnvironment {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Environment for HashMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+impl Environment for HashMap<&str, &str> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).map(|value| value.to_string())
+    }
+}
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const DEFAULT_DATA_DIR: &str = "./nebula-data";
+pub const DEFAULT_MONGO_DB: &str = "nebula";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    Embedded { data_dir: PathBuf },
+    Mongo { url: String, database: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub amqp_url: String,
+    pub store: StoreConfig,
+    pub auth_enabled: bool,
+    pub admin: AdminCredentials,
+    pub log_format: LogFormat,
+    /// How often the outbox looks for unconfirmed changes (`NEBULA_OUTBOX_INTERVAL_SECS`).
+    pub outbox_interval: Duration,
+    /// Unacknowledged sync requests one instance holds (`NEBULA_SYNC_PREFETCH`).
+    pub sync_prefetch: u16,
+    /// How long in-flight requests may take to finish at shutdown (`NEBULA_SHUTDOWN_GRACE_SECS`).
+    pub shutdown_grace: Duration,
+}
+
+/// A variable's value, with empty treated as unset (a common way to "unset" in compose files).
+fn value(environment: &impl Environment, name: &str) -> Option<String> {
+    environment
+        .var(name)
+        .filter(|value| !value.trim().is_empty())
+}
+
+fn parsed<T: std::str::FromStr>(
+    environment: &impl Environment,
+    name: &'static str,
+    default: T,
+) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match value(environment, name) {
+        None => Ok(default),
+        Some(text) => text
+            .trim()
+            .parse()
+            .map_err(|error: T::Err| ConfigError::Invalid {
+                variable: name,
+                reason: format!("{text:?}: {error}"),
+            }),
+    }
+}
+
+fn boolean(
+    environment: &impl Environment,
+    name: &'static str,
+    default: bool,
+) -> Result<bool, ConfigError> {
+    match value(environment, name).map(|text| text.trim().to_ascii_lowercase()) {
+        None => Ok(default),
+        Some(text) => match text.as_str() {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" => Ok(false),
+            _ => Err(ConfigError::Invalid {
+                variable: name,
+                reason: format!("{text:?} is not true or false"),
+            }),
+        },
+    }
+}
+
+impl Config {
+    pub fn from_environment(environment: &impl Environment) -> Result<Self, ConfigError> {
+        let listen_text =
+            value(environment, "NEBULA_LISTEN").unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen = listen_text
+            .trim()
+            .parse()
+            .map_err(|error| ConfigError::Invalid {
+                variable: "NEBULA_LISTEN",
+                reason: format!("{listen_text:?}: {error}"),
+            })?;
+        let amqp_url =
+            value(environment, "NEBULA_AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.into());
+        if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
+            return Err(ConfigError::Invalid {
+                variable: "NEBULA_AMQP_URL",
+                reason: "must start with amqp:// or amqps://".into(),
+            });
+        }
+        let store = match value(environment, "NEBULA_STORE").as_deref().map(str::trim) {
+            None | Some("embedded") => StoreConfig::Embedded {
+                data_dir: PathBuf::from(
+                    value(environment, "NEBULA_DATA_DIR")
+                        .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+                ),
+            },
+            Some("mongodb") => {
+                let url = value(environment, "NEBULA_MONGO_URL").ok_or(ConfigError::Missing {
+                    variable: "NEBULA_MONGO_URL",
+                    when: "when NEBULA_STORE=mongodb",
+                })?;
+                if !(url.starts_with("mongodb://") || url.starts_with("mongodb+srv://")) {
+                    return Err(ConfigError::Invalid {
+                        variable: "NEBULA_MONGO_URL",
+                        reason: "must start with mongodb:// or mongodb+srv://".into(),
+                    });
+                }
+                let database = value(environment, "NEBULA_MONGO_DB")
+                    .unwrap_or_else(|| DEFAULT_MONGO_DB.into());
+                StoreConfig::Mongo { url, database }
+            }
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    variable: "NEBULA_STORE",
+                    reason: format!("{other:?} is not embedded or mongodb"),
+                });
+            }
+        };
+        let auth_enabled = boolean(environment, "NEBULA_AUTH_ENABLED", true)?;
+        let admin = AdminCredentials {
+            user: value(environment, "NEBULA_ADMIN_USER"),
+            password: value(environment, "NEBULA_ADMIN_PASSWORD"),
+            token: value(environment, "NEBULA_ADMIN_TOKEN"),
+        };
+        match (&admin.user, &admin.password) {
+            (Some(_), None) => {
+                return Err(ConfigError::Missing {
+                    variable: "NEBULA_ADMIN_PASSWORD",
+                    when: "when NEBULA_ADMIN_USER is set",
+                });
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Missing {
+                    variable: "NEBULA_ADMIN_USER",
+                    when: "when NEBULA_ADMIN_PASSWORD is set",
+                });
+            }
+            _ => {}
+        }
+        if auth_enabled && admin.user.is_none() && admin.token.is_none() {
+            return Err(ConfigError::Missing {
+                variable: "NEBULA_ADMIN_USER",
+                when: "(with NEBULA_ADMIN_PASSWORD, or NEBULA_ADMIN_TOKEN) unless NEBULA_AUTH_ENABLED=false",
+            });
+        }
+        let log_format = match value(environment, "NEBULA_LOG_FORMAT")
+            .as_deref()
+            .map(str::trim)
+        {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    variable: "NEBULA_LOG_FORMAT",
+                    reason: format!("{other:?} is not text or json"),
+                });
+            }
+        };
+        let outbox_secs: f64 = parsed(environment, "NEBULA_OUTBOX_INTERVAL_SECS", 5.0)?;
+        let grace_secs: f64 = parsed(environment, "NEBULA_SHUTDOWN_GRACE_SECS", 20.0)?;
+        let seconds = |variable: &'static str, secs: f64| {
+            if secs.is_finite() && secs > 0.0 && secs < 86_400.0 {
+                Ok(Duration::from_secs_f64(secs))
+            } else {
+                Err(ConfigError::Invalid {
+                    variable,
+                    reason: format!("{secs} is not between 0 and 86400 seconds"),
+                })
+            }
+        };
+        let sync_prefetch: u16 = parsed(environment, "NEBULA_SYNC_PREFETCH", 32)?;
+        if sync_prefetch == 0 {
+            return Err(ConfigError::Invalid {
+                variable: "NEBULA_SYNC_PREFETCH",
+                reason: "must be at least 1 (0 would mean unbounded)".into(),
+            });
+        }
+        Ok(Self {
+            listen,
+            amqp_url,
+            store,
+            auth_enabled,
+            admin,
+            log_format,
+            outbox_interval: seconds("NEBULA_OUTBOX_INTERVAL_SECS", outbox_secs)?,
+            sync_prefetch,
+            shutdown_grace: seconds("NEBULA_SHUTDOWN_GRACE_SECS", grace_secs)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&'static str, &'static str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<&str, &str> = pairs.iter().copied().collect();
+        Config::from_environment(&map)
+    }
+
+    #[test]
+    fn defaults_with_an_admin() {
+        let config = config(&[
+            ("NEBULA_ADMIN_USER", "nebula"),
+            ("NEBULA_ADMIN_PASSWORD", "nebula"),
+        ])
+        .expect("valid");
+        assert_eq!(config.listen, "0.0.0.0:8080".parse().expect("addr"));
+        assert_eq!(config.amqp_url, DEFAULT_AMQP_URL);
+        assert_eq!(
+            config.store,
+            StoreConfig::Embedded {
+                data_dir: PathBuf::from("./nebula-data")
+            }
+        );
+        assert!(config.auth_enabled);
+        assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(config.outbox_interval, Duration::from_secs(5));
+        assert_eq!(config.sync_prefetch, 32);
+    }
+
+    #[test]
+    fn mongodb_needs_a_url() {
+        assert_eq!(
+            config(&[
+                ("NEBULA_STORE", "mongodb"),
+                ("NEBULA_AUTH_ENABLED", "false")
+            ])
+            .err(),
+            Some(ConfigError::Missing {
+                variable: "NEBULA_MONGO_URL",
+                when: "when NEBULA_STORE=mongodb"
+            })
+        );
+        let config = config(&[
+            ("NEBULA_STORE", "mongodb"),
+            ("NEBULA_MONGO_URL", "mongodb://db:27017"),
+            ("NEBULA_ADMIN_TOKEN", "t"),
+        ])
+        .expect("valid");
+        assert_eq!(
+            config.store,
+            StoreConfig::Mongo {
+                url: "mongodb://db:27017".into(),
+                database: "nebula".into()
+            }
+        );
+    }
+
+    #[test]
+    fn auth_needs_credentials_unless_disabled() {
+        assert!(matches!(config(&[]), Err(ConfigError::Missing { .. })));
+        assert!(config(&[("NEBULA_AUTH_ENABLED", "false")]).is_ok());
+        assert!(config(&[("NEBULA_ADMIN_TOKEN", "t")]).is_ok());
+        assert!(matches!(
+            config(&[("NEBULA_ADMIN_USER", "u")]),
+            Err(ConfigError::Missing {
+                variable: "NEBULA_ADMIN_PASSWORD",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        let base = [("NEBULA_AUTH_ENABLED", "false")];
+        for (name, bad) in [
+            ("NEBULA_LISTEN", "nowhere"),
+            ("NEBULA_AMQP_URL", "http://x"),
+            ("NEBULA_STORE", "sqlite"),
+            ("NEBULA_LOG_FORMAT", "xml"),
+            ("NEBULA_AUTH_ENABLED", "maybe"),
+            ("NEBULA_OUTBOX_INTERVAL_SECS", "0"),
+            ("NEBULA_OUTBOX_INTERVAL_SECS", "soon"),
+            ("NEBULA_SYNC_PREFETCH", "0"),
+            ("NEBULA_SYNC_PREFETCH", "70000"),
+        ] {
+            let mut pairs = base.to_vec();
+            pairs.retain(|(key, _)| *key != name);
+            pairs.push((name, bad));
+            if name == "NEBULA_AUTH_ENABLED" {
+                pairs.push(("NEBULA_ADMIN_TOKEN", "t"));
+            }
+            assert!(
+                matches!(config(&pairs), Err(ConfigError::Invalid { variable, .. }) if variable == name),
+                "{name}={bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! The error types of each layer. Each says whether retrying the same operation can help, so
+//! callers decide between retrying, answering the client, or failing hard (DESIGN §3).
+
+/// Whether an operation that failed may succeed when tried again unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// A later attempt may succeed (a timeout, a connection that may come back).
+    Helps,
+    /// The same input fails the same way (bad data, a conflict the caller must resolve).
+    Useless,
+}
+
+/// Errors of the store layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{kind} {name} already exists")]
+    AlreadyExists { kind: &'static str, name: String },
+    #[error("{kind} {name} does not exist")]
+    NotFound { kind: &'static str, name: String },
+    /// Another writer changed the object since it was read: re-read and try again.
+    #[error("{kind} {name} changed concurrently (expected version {expected})")]
+    Conflict {
+        kind: &'static str,
+        name: String,
+        expected: u64,
+    },
+    #[error("stored {kind} {name} is corrupt: {reason}")]
+    Corrupt {
+        kind: &'static str,
+        name: String,
+        reason: String,
+    },
+    /// The database cannot be reached or failed; the instance fails hard.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    pub fn retry(&self) -> Retry {
+        match self {
+            Self::Conflict { .. } | Self::Unavailable(_) => Retry::Helps,
+            Self::AlreadyExists { .. } | Self::NotFound { .. } | Self::Corrupt { .. } => {
+                Retry::Useless
+            }
+        }
+    }
+
+    /// True when the store itself is in trouble, rather than the request.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Self::Unavailable(_) | Self::Corrupt { .. })
+    }
+}
+
+/// Errors talking to the broker. Every one of them ends the instance (fail hard).
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpError {
+    #[error("cannot connect to the broker: {0}")]
+    Connect(String),
+    #[error("broker operation {operation} failed: {reason}")]
+    Operation {
+        operation: &'static str,
+        reason: String,
+    },
+    #[error("publish to {exchange} was not confirmed: {reason}")]
+    NotConfirmed { exchange: String, reason: String },
+    #[error("broker connection lost: {0}")]
+    ConnectionLost(String),
+}
+
+impl AmqpError {
+    pub fn retry(&self) -> Retry {
+        // A new connection (after the supervisor restarts the process) may succeed.
+        Retry::Helps
+    }
+}
+
+/// Invalid configuration: the process exits with code 64 before doing any I/O.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{variable} is invalid: {reason}")]
+    Invalid {
+        variable: &'static str,
+        reason: String,
+    },
+    #[error("{variable} is required {when}")]
+    Missing {
+        variable: &'static str,
+        when: &'static str,
+    },
+}
+
+impl ConfigError {
+    pub fn retry(&self) -> Retry {
+        Retry::Useless
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_classification() {
+        assert_eq!(StoreError::Unavailable("x".into()).retry(), Retry::Helps);
+        assert_eq!(
+            StoreError::AlreadyExists {
+                kind: "app",
+                name: "a".into()
+            }
+            .retry(),
+            Retry::Useless
+        );
+        assert_eq!(AmqpError::ConnectionLost("x".into()).retry(), Retry::Helps);
+        assert_eq!(
+            ConfigError::Missing {
+                variable: "X",
+                when: "always"
+            }
+            .retry(),
+            Retry::Useless
+        );
+    }
+}

@@ -1,0 +1,168 @@
+//! Nebula's control plane: the v2 REST API over an embedded or MongoDB store, every change
+//! published to RabbitMQ with confirms, and agents' sync requests answered (DESIGN §1, §6).
+//!
+//! Codemap: [`config`] (environment → validated [`config::Config`]), [`store`] (the `Store`
+//! trait and its backends), [`broker`] (the `Publisher` trait, lapin and a fake), [`service`]
+//! (the change logic: store write → confirmed publish → outbox flag cleared), [`api`] (axum
+//! routes and JSON), [`auth`], [`sync`] (the sync responder), [`outbox`], [`shutdown`].
+//!
+//! Architecture invariant: instances share nothing but the store and the broker, so any
+//! number of them can run behind a load balancer.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod error;
+pub mod outbox;
+pub mod service;
+pub mod shutdown;
+pub mod store;
+pub mod sync;
+
+use crate::api::AppState;
+use crate::auth::Authenticator;
+use crate::broker::amqp::AmqpBroker;
+use crate::config::{Config, StoreConfig};
+use crate::error::{AmqpError, StoreError};
+use crate::service::{Service, ServiceError};
+use crate::shutdown::Shutdown;
+use crate::store::Store;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::task::TaskTracker;
+
+/// How often the store is pinged, so an instance whose database is gone fails hard even
+/// when idle.
+const STORE_WATCH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Why the control plane stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Amqp(#[from] AmqpError),
+    #[error("outbox: {0}")]
+    Outbox(#[from] ServiceError),
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("http server failed: {0}")]
+    Serve(std::io::Error),
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// Opens the configured store.
+pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match config {
+        StoreConfig::Embedded { data_dir } => {
+            Arc::new(store::embedded::EmbeddedStore::open(data_dir)?)
+        }
+        StoreConfig::Mongo { url, database } => {
+            Arc::new(store::mongo::MongoStore::connect(url, database).await?)
+        }
+    })
+}
+
+/// Runs the control plane until `shutdown` is cancelled (graceful, `Ok`) or a fatal error
+/// (`Err`, the process must exit non-zero).
+pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
+    let store = open_store(&config.store).await?;
+    tracing::info!(backend = store.backend(), "store open");
+    let broker = AmqpBroker::connect(&config.amqp_url).await?;
+    tracing::info!("broker connected");
+    let service = Service::new(
+        Arc::clone(&store),
+        Arc::new(broker.clone()),
+        shutdown.clone(),
+    );
+
+    // Changes a previous instance stored but never got confirmed go out before anything new.
+    outbox::run_once(&service).await?;
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| RunError::Listen {
+            address: config.listen,
+            source,
+        })?;
+    let address = listener.local_addr().map_err(RunError::Serve)?;
+    tracing::info!(address = %address, "listening");
+
+    let tasks = TaskTracker::new();
+    {
+        let broker = broker.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(error) = broker.watch(shutdown.token().clone()).await {
+                shutdown.fail(&error);
+            }
+        });
+    }
+    {
+        let store = Arc::clone(&store);
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move { watch_store(store, shutdown).await });
+    }
+    tasks.spawn(outbox::run(
+        service.clone(),
+        config.outbox_interval,
+        shutdown.clone(),
+    ));
+    {
+        let (broker, service, shutdown) = (broker.clone(), service.clone(), shutdown.clone());
+        let prefetch = config.sync_prefetch;
+        tasks.spawn(async move {
+            if let Err(error) = sync::run(broker, service, prefetch, shutdown.clone()).await {
+                shutdown.fail(&error);
+            }
+        });
+    }
+    tasks.close();
+
+    let state = AppState {
+        service,
+        authenticator: Authenticator::new(config.auth_enabled, &config.admin),
+    };
+    let token = shutdown.token().clone();
+    let serve = axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(token.clone().cancelled_owned());
+    let grace = config.shutdown_grace;
+    tokio::select! {
+        served = serve => served.map_err(RunError::Serve)?,
+        () = async { token.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(grace_secs = grace.as_secs_f64(), "requests still in flight after the grace period");
+        }
+    }
+    // Background tasks watch the same token; give them the rest of the grace period.
+    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+        tracing::warn!("background tasks did not stop in time");
+    }
+    broker.close().await;
+    match shutdown.fatal_reason() {
+        Some(reason) => Err(RunError::Fatal(reason)),
+        None => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
+}
+
+async fn watch_store(store: Arc<dyn Store>, shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            () = shutdown.token().cancelled() => return,
+            () = tokio::time::sleep(STORE_WATCH_INTERVAL) => {}
+        }
+        if let Err(error) = store.ping().await {
+            shutdown.fail(&error);
+            return;
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! An in-memory [`Store`] for in-process tests. It passes the same contract suite as the
+//! real backends, so router tests that use it exercise the real store semantics.
+
+use super::{Kind, Record, Store};
+use crate::error::StoreError;
+use async_trait::async_trait;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    tables: Mutex<HashMap<Kind, BTreeMap<String, Record>>>,
+    /// When set, every call fails as if the database had gone away.
+    unavailable: AtomicBool,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes every later call fail with `StoreError::Unavailable` (or work again).
+    pub fn set_unavailable(&self, unavailable: bool) {
+        self.unavailable.store(unavailable, Ordering::SeqCst);
+    }
+
+    fn with_table<R>(
+        &self,
+        kind: Kind,
+        action: impl FnOnce(&mut BTreeMap<String, Record>) -> R,
+    ) -> Result<R, StoreError> {
+        if self.unavailable.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("memory store switched off".into()));
+        }
+        let mut tables = self
+            .tables
+            .lock()
+            .map_err(|_| StoreError::Unavailable("memory store lock poisoned".into()))?;
+        Ok(action(tables.entry(kind).or_default()))
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.with_table(Kind::App, |_| ())
+    }
+
+    async fn get(&self, kind: Kind, name: &str) -> Result<Option<Record>, StoreError> {
+        self.with_table(kind, |table| table.get(name).cloned())
+    }
+
+    async fn list(&self, kind: Kind) -> Result<Vec<Record>, StoreError> {
+        self.with_table(kind, |table| table.values().cloned().collect())
+    }
+
+    async fn insert(&self, kind: Kind, record: &Record) -> Result<(), StoreError> {
+        self.with_table(kind, |table| {
+            if table.contains_key(&record.name) {
+                return Err(StoreError::AlreadyExists {
+                    kind: kind.label(),
+                    name: record.name.clone(),
+                });
+            }
+            let mut record = record.clone();
+            record.version = 1;
+            table.insert(record.name.clone(), record);
+            Ok(())
+        })?
+    }
+
+    async fn replace(
+        &self,
+        kind: Kind,
+        expected_version: u64,
+        record: &Record,
+    ) -> Result<u64, StoreError> {
+        self.with_table(kind, |table| {
+            let current = table
+                .get_mut(&record.name)
+                .ok_or_else(|| StoreError::NotFound {
+                    kind: kind.label(),
+                    name: record.name.clone(),
+                })?;
+            if current.version != expected_version {
+                return Err(StoreError::Conflict {
+                    kind: kind.label(),
+                    name: record.name.clone(),
+                    expected: expected_version,
+                });
+            }
+            *current = Record {
+                version: expected_version + 1,
+                ..record.clone()
+            };
+            Ok(expected_version + 1)
+        })?
+    }
+
+    async fn clear_pending(
+        &self,
+        kind: Kind,
+        name: &str,
+        version: u64,
+    ) -> Result<bool, StoreError> {
+        self.with_table(kind, |table| match table.get_mut(name) {
+            Some(current) if current.version == version => {
+                current.pending_publish = false;
+                true
+            }
+            _ => false,
+        })
+    }
+
+    async fn delete(
+        &self,
+        kind: Kind,
+        name: &str,
+        expected_version: u64,
+    ) -> Result<(), StoreError> {
+        self.with_table(kind, |table| match table.get(name) {
+            None => Err(StoreError::NotFound {
+                kind: kind.label(),
+                name: name.to_string(),
+            }),
+            Some(current) if current.version != expected_version => Err(StoreError::Conflict {
+                kind: kind.label(),
+                name: name.to_string(),
+                expected: expected_version,
+            }),
+            Some(_) => {
+                table.remove(name);
+                Ok(())
+            }
+        })?
+    }
+
+    async fn pending(&self, kind: Kind) -> Result<Vec<Record>, StoreError> {
+        self.with_table(kind, |table| {
+            table
+                .values()
+                .filter(|record| record.pending_publish)
+                .cloned()
+                .collect()
+        })
+    }
+}

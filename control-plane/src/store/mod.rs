@@ -1,0 +1,298 @@
+//! The store: where apps and device groups live, with their revisions and outbox flags.
+//!
+//! [`Store`] is a small object-safe trait over opaque records, implemented by the embedded
+//! database ([`embedded`]), MongoDB ([`mongo`]) and an in-memory map for tests ([`memory`]);
+//! one contract suite (`tests/support/store_contract.rs`) runs against all of them. Typed
+//! documents ([`AppDocument`], [`GroupDocument`]) are converted to and from records here, so
+//! neither the REST DTOs nor the protocol's wire types dictate the stored layout.
+//!
+//! Concurrency: every record carries a `version`. [`Store::replace`] is a compare-and-swap on
+//! it that writes `version + 1` together with the new body in one atomic operation, so two
+//! writers never produce the same version and neither update is lost (the loser re-reads and
+//! retries). The domain revisions (`app_id`, ...) live in the body and are bumped by the
+//! service in that same write.
+
+pub mod embedded;
+pub mod memory;
+pub mod mongo;
+
+use crate::error::StoreError;
+use async_trait::async_trait;
+use nebula_protocol::{AppConfig, ContainersPer, DeviceGroup, Name, PortMapping, Revision};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The collections of the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    App,
+    DeviceGroup,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 2] = [Kind::App, Kind::DeviceGroup];
+
+    /// Table or collection name.
+    pub fn collection(self) -> &'static str {
+        match self {
+            Self::App => "apps",
+            Self::DeviceGroup => "device_groups",
+        }
+    }
+
+    /// Singular, for error messages and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::App => "app",
+            Self::DeviceGroup => "device_group",
+        }
+    }
+}
+
+/// One stored object as the backends see it: a name, bookkeeping, and an opaque JSON body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub name: String,
+    /// Compare-and-swap token: 1 on insert, +1 on every [`Store::replace`].
+    pub version: u64,
+    /// Outbox flag: set in the same write as a change, cleared once its publish is confirmed.
+    pub pending_publish: bool,
+    /// The object is being deleted: invisible to readers, kept until the broker knows.
+    pub tombstone: bool,
+    /// The typed document, serialised as JSON text.
+    pub body: String,
+}
+
+/// The backends' interface. Every method is one atomic operation.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Which backend this is, for logs.
+    fn backend(&self) -> &'static str;
+
+    /// Checks that the database answers (for `/readyz` and the liveness watchdog).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    async fn get(&self, kind: Kind, name: &str) -> Result<Option<Record>, StoreError>;
+
+    /// Every record of a kind, tombstones included, sorted by name.
+    async fn list(&self, kind: Kind) -> Result<Vec<Record>, StoreError>;
+
+    /// Creates a record at version 1 (`record.version` is ignored).
+    /// `AlreadyExists` when the name is taken, by a tombstone too.
+    async fn insert(&self, kind: Kind, record: &Record) -> Result<(), StoreError>;
+
+    /// Replaces the record iff its version is still `expected_version`, writing version
+    /// `expected_version + 1`. `Conflict` when it changed, `NotFound` when it is gone.
+    async fn replace(
+        &self,
+        kind: Kind,
+        expected_version: u64,
+        record: &Record,
+    ) -> Result<u64, StoreError>;
+
+    /// Clears the outbox flag iff the record is still at `version`. Does not change the
+    /// version: the body is untouched, so a writer that read the flagged record loses nothing.
+    /// Returns whether the flag was cleared.
+    async fn clear_pending(&self, kind: Kind, name: &str, version: u64)
+    -> Result<bool, StoreError>;
+
+    /// Removes the record iff it is still at `expected_version`.
+    async fn delete(&self, kind: Kind, name: &str, expected_version: u64)
+    -> Result<(), StoreError>;
+
+    /// Records with the outbox flag set, sorted by name.
+    async fn pending(&self, kind: Kind) -> Result<Vec<Record>, StoreError>;
+}
+
+/// A typed document with the record bookkeeping around it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored<T> {
+    pub version: u64,
+    pub pending_publish: bool,
+    pub tombstone: bool,
+    pub document: T,
+}
+
+/// Stored form of an app. Mirrors [`AppConfig`] with plain, self-describing field types.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppDocument {
+    pub app_name: String,
+    pub app_id: Revision,
+    pub docker_image: String,
+    pub starting_ports: Vec<StoredPort>,
+    pub containers_per: StoredContainersPer,
+    pub env_vars: BTreeMap<String, String>,
+    pub running: bool,
+    pub networks: Vec<String>,
+    pub volumes: Vec<String>,
+    pub devices: Vec<String>,
+    pub privileged: bool,
+    pub rolling_restart: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StoredPort {
+    pub host: u16,
+    pub container: u16,
+    /// True for v2's plain-int form, so a read returns what was written.
+    pub same: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredContainersPer {
+    pub key: String,
+    pub value: u32,
+}
+
+/// Stored form of a device group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupDocument {
+    pub device_group: String,
+    pub device_group_id: Revision,
+    pub prune_id: Revision,
+    pub apps: Vec<String>,
+    pub cron_jobs: Vec<String>,
+}
+
+fn corrupt(kind: Kind, name: &str, reason: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        kind: kind.label(),
+        name: name.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn name_of(kind: Kind, value: &str) -> Result<Name, StoreError> {
+    Name::new(value).map_err(|error| corrupt(kind, value, error))
+}
+
+impl From<&AppConfig> for AppDocument {
+    fn from(config: &AppConfig) -> Self {
+        Self {
+            app_name: config.app_name.to_string(),
+            app_id: config.app_id,
+            docker_image: config.docker_image.clone(),
+            starting_ports: config
+                .starting_ports
+                .iter()
+                .map(|mapping| StoredPort {
+                    host: mapping.host_base(),
+                    container: mapping.container_port(),
+                    same: matches!(mapping, PortMapping::Same(_)),
+                })
+                .collect(),
+            containers_per: StoredContainersPer {
+                key: config.containers_per.key().to_string(),
+                value: config.containers_per.value(),
+            },
+            env_vars: config.env_vars.clone(),
+            running: config.running,
+            networks: config.networks.clone(),
+            volumes: config.volumes.clone(),
+            devices: config.devices.clone(),
+            privileged: config.privileged,
+            rolling_restart: config.rolling_restart,
+        }
+    }
+}
+
+impl AppDocument {
+    pub fn to_config(&self) -> Result<AppConfig, StoreError> {
+        let kind = Kind::App;
+        Ok(AppConfig {
+            app_name: name_of(kind, &self.app_name)?,
+            app_id: self.app_id,
+            docker_image: self.docker_image.clone(),
+            starting_ports: self
+                .starting_ports
+                .iter()
+                .map(|port| {
+                    if port.same {
+                        PortMapping::Same(port.container)
+                    } else {
+                        PortMapping::Mapped {
+                            host: port.host,
+                            container: port.container,
+                        }
+                    }
+                })
+                .collect(),
+            containers_per: ContainersPer::from_key(
+                &self.containers_per.key,
+                self.containers_per.value,
+            )
+            .ok_or_else(|| corrupt(kind, &self.app_name, "unknown containers_per key"))?,
+            env_vars: self.env_vars.clone(),
+            running: self.running,
+            networks: self.networks.clone(),
+            volumes: self.volumes.clone(),
+            devices: self.devices.clone(),
+            privileged: self.privileged,
+            rolling_restart: self.rolling_restart,
+        })
+    }
+}
+
+impl From<&DeviceGroup> for GroupDocument {
+    fn from(group: &DeviceGroup) -> Self {
+        Self {
+            device_group: group.device_group.to_string(),
+            device_group_id: group.device_group_id,
+            prune_id: group.prune_id,
+            apps: group.apps.iter().map(ToString::to_string).collect(),
+            cron_jobs: group.cron_jobs.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+impl GroupDocument {
+    pub fn to_group(&self) -> Result<DeviceGroup, StoreError> {
+        let kind = Kind::DeviceGroup;
+        let names = |values: &[String]| {
+            values
+                .iter()
+                .map(|value| name_of(kind, value))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(DeviceGroup {
+            device_group: name_of(kind, &self.device_group)?,
+            device_group_id: self.device_group_id,
+            prune_id: self.prune_id,
+            apps: names(&self.apps)?,
+            cron_jobs: names(&self.cron_jobs)?,
+        })
+    }
+}
+
+/// Builds a record from a typed document.
+pub fn to_record<T: Serialize>(
+    kind: Kind,
+    name: &str,
+    document: &T,
+    pending_publish: bool,
+    tombstone: bool,
+) -> Result<Record, StoreError> {
+    let body = serde_json::to_string(document).map_err(|error| corrupt(kind, name, error))?;
+    Ok(Record {
+        name: name.to_string(),
+        version: 0,
+        pending_publish,
+        tombstone,
+        body,
+    })
+}
+
+/// Parses a record's body into a typed document.
+pub fn from_record<T: for<'de> Deserialize<'de>>(
+    kind: Kind,
+    record: Record,
+) -> Result<Stored<T>, StoreError> {
+    let document =
+        serde_json::from_str(&record.body).map_err(|error| corrupt(kind, &record.name, error))?;
+    Ok(Stored {
+        version: record.version,
+        pending_publish: record.pending_publish,
+        tombstone: record.tombstone,
+        document,
+    })
+}

@@ -1,0 +1,277 @@
+//! The MongoDB store, for many control-plane instances sharing one database.
+//!
+//! One collection per kind, one document per object: `{_id: name, name, version,
+//! pending_publish, tombstone, body}`. Every write is a single-document operation (insert,
+//! whole-document replace or delete) filtered on `{_id, version}`, which MongoDB applies
+//! atomically: that is the compare-and-swap. Whole-document replaces, not `$set` updates,
+//! keep field types exactly as written on every MongoDB-wire server. The body is the typed
+//! document's JSON text, so the stored layout is the same as in the embedded store.
+
+use super::{Kind, Record, Store};
+use crate::error::StoreError;
+use async_trait::async_trait;
+use futures_util::TryStreamExt;
+use mongodb::bson::{Document, doc};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::{Client, Collection, Database, IndexModel};
+use std::time::Duration;
+
+/// MongoDB's duplicate key error code.
+const DUPLICATE_KEY: i32 = 11000;
+
+#[derive(Debug, Clone)]
+pub struct MongoStore {
+    database: Database,
+}
+
+fn unavailable(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(error.to_string())
+}
+
+fn version_to_bson(kind: Kind, name: &str, version: u64) -> Result<i64, StoreError> {
+    i64::try_from(version).map_err(|_| StoreError::Corrupt {
+        kind: kind.label(),
+        name: name.to_string(),
+        reason: format!("version {version} does not fit in an int64"),
+    })
+}
+
+fn to_document(kind: Kind, record: &Record, version: u64) -> Result<Document, StoreError> {
+    Ok(doc! {
+        "_id": &record.name,
+        "name": &record.name,
+        "version": version_to_bson(kind, &record.name, version)?,
+        "pending_publish": record.pending_publish,
+        "tombstone": record.tombstone,
+        "body": &record.body,
+    })
+}
+
+fn from_document(kind: Kind, document: &Document) -> Result<Record, StoreError> {
+    let name = document.get_str("_id").unwrap_or_default().to_string();
+    let corrupt = |reason: String| StoreError::Corrupt {
+        kind: kind.label(),
+        name: name.clone(),
+        reason,
+    };
+    // Some servers hand back small integers as int32; accept both widths.
+    let version = match document.get("version") {
+        Some(mongodb::bson::Bson::Int64(value)) => u64::try_from(*value).ok(),
+        Some(mongodb::bson::Bson::Int32(value)) => u64::try_from(*value).ok(),
+        _ => None,
+    }
+    .ok_or_else(|| corrupt("missing or invalid version".into()))?;
+    Ok(Record {
+        name: name.clone(),
+        version,
+        pending_publish: document
+            .get_bool("pending_publish")
+            .map_err(|error| corrupt(error.to_string()))?,
+        tombstone: document
+            .get_bool("tombstone")
+            .map_err(|error| corrupt(error.to_string()))?,
+        body: document
+            .get_str("body")
+            .map_err(|error| corrupt(error.to_string()))?
+            .to_string(),
+    })
+}
+
+impl MongoStore {
+    /// Connects, checks the server answers, and creates the indexes.
+    pub async fn connect(url: &str, database: &str) -> Result<Self, StoreError> {
+        let mut options = ClientOptions::parse(url).await.map_err(unavailable)?;
+        options.app_name = Some("nebula-control-plane".into());
+        // Fail fast when the server is gone: the instance exits and its supervisor retries.
+        options.server_selection_timeout = Some(Duration::from_secs(10));
+        let client = Client::with_options(options).map_err(unavailable)?;
+        let store = Self {
+            database: client.database(database),
+        };
+        store.ping().await?;
+        store.create_indexes().await?;
+        Ok(store)
+    }
+
+    fn collection(&self, kind: Kind) -> Collection<Document> {
+        self.database.collection(kind.collection())
+    }
+
+    async fn create_indexes(&self) -> Result<(), StoreError> {
+        for kind in Kind::ALL {
+            let unique_name = IndexModel::builder()
+                .keys(doc! {"name": 1})
+                .options(
+                    IndexOptions::builder()
+                        .unique(true)
+                        .name("name_unique".to_string())
+                        .build(),
+                )
+                .build();
+            let pending = IndexModel::builder()
+                .keys(doc! {"pending_publish": 1})
+                .options(
+                    IndexOptions::builder()
+                        .name("pending_publish".to_string())
+                        .build(),
+                )
+                .build();
+            self.collection(kind)
+                .create_indexes([unique_name, pending])
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn find(&self, kind: Kind, filter: Document) -> Result<Vec<Record>, StoreError> {
+        let cursor = self
+            .collection(kind)
+            .find(filter)
+            .sort(doc! {"_id": 1})
+            .await
+            .map_err(unavailable)?;
+        let documents: Vec<Document> = cursor.try_collect().await.map_err(unavailable)?;
+        let mut records = documents
+            .iter()
+            .map(|document| from_document(kind, document))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Sorted here as well, so the order never depends on the server honouring `sort`.
+        records.sort_by(|left, right| left.name.cmp(&right.name));
+        Ok(records)
+    }
+
+    /// Tells a failed CAS apart: the object is gone, or it changed.
+    async fn cas_failure(&self, kind: Kind, name: &str, expected: u64) -> StoreError {
+        match self.get(kind, name).await {
+            Ok(Some(_)) => StoreError::Conflict {
+                kind: kind.label(),
+                name: name.to_string(),
+                expected,
+            },
+            Ok(None) => StoreError::NotFound {
+                kind: kind.label(),
+                name: name.to_string(),
+            },
+            Err(error) => error,
+        }
+    }
+}
+
+#[async_trait]
+impl Store for MongoStore {
+    fn backend(&self) -> &'static str {
+        "mongodb"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.database
+            .run_command(doc! {"ping": 1})
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn get(&self, kind: Kind, name: &str) -> Result<Option<Record>, StoreError> {
+        let found = self
+            .collection(kind)
+            .find_one(doc! {"_id": name})
+            .await
+            .map_err(unavailable)?;
+        found
+            .as_ref()
+            .map(|document| from_document(kind, document))
+            .transpose()
+    }
+
+    async fn list(&self, kind: Kind) -> Result<Vec<Record>, StoreError> {
+        self.find(kind, doc! {}).await
+    }
+
+    async fn insert(&self, kind: Kind, record: &Record) -> Result<(), StoreError> {
+        let document = to_document(kind, record, 1)?;
+        match self.collection(kind).insert_one(document).await {
+            Ok(_) => Ok(()),
+            Err(error) => match &*error.kind {
+                ErrorKind::Write(WriteFailure::WriteError(write))
+                    if write.code == DUPLICATE_KEY =>
+                {
+                    Err(StoreError::AlreadyExists {
+                        kind: kind.label(),
+                        name: record.name.clone(),
+                    })
+                }
+                _ => Err(unavailable(error)),
+            },
+        }
+    }
+
+    async fn replace(
+        &self,
+        kind: Kind,
+        expected_version: u64,
+        record: &Record,
+    ) -> Result<u64, StoreError> {
+        let new_version = expected_version + 1;
+        let filter = doc! {
+            "_id": &record.name,
+            "version": version_to_bson(kind, &record.name, expected_version)?,
+        };
+        let result = self
+            .collection(kind)
+            .replace_one(filter, to_document(kind, record, new_version)?)
+            .await
+            .map_err(unavailable)?;
+        if result.matched_count == 1 {
+            Ok(new_version)
+        } else {
+            Err(self.cas_failure(kind, &record.name, expected_version).await)
+        }
+    }
+
+    async fn clear_pending(
+        &self,
+        kind: Kind,
+        name: &str,
+        version: u64,
+    ) -> Result<bool, StoreError> {
+        let Some(mut current) = self.get(kind, name).await? else {
+            return Ok(false);
+        };
+        if current.version != version || !current.pending_publish {
+            return Ok(false);
+        }
+        current.pending_publish = false;
+        let filter = doc! {"_id": name, "version": version_to_bson(kind, name, version)?};
+        let result = self
+            .collection(kind)
+            .replace_one(filter, to_document(kind, &current, version)?)
+            .await
+            .map_err(unavailable)?;
+        Ok(result.matched_count == 1)
+    }
+
+    async fn delete(
+        &self,
+        kind: Kind,
+        name: &str,
+        expected_version: u64,
+    ) -> Result<(), StoreError> {
+        let filter = doc! {"_id": name, "version": version_to_bson(kind, name, expected_version)?};
+        let result = self
+            .collection(kind)
+            .delete_one(filter)
+            .await
+            .map_err(unavailable)?;
+        if result.deleted_count == 1 {
+            Ok(())
+        } else {
+            Err(self.cas_failure(kind, name, expected_version).await)
+        }
+    }
+
+    async fn pending(&self, kind: Kind) -> Result<Vec<Record>, StoreError> {
+        self.find(kind, doc! {"pending_publish": true}).await
+    }
+}

@@ -1,0 +1,176 @@
+//! The sync responder: answers agents' `SyncRequest`s from `nebula.sync` (DESIGN §3).
+//!
+//! Every instance consumes the queue (competing consumers) with a bounded prefetch and
+//! answers up to that many requests at once. Replies go to the request's `reply_to` through
+//! the default exchange (RabbitMQ's direct reply-to), with the request's correlation id. A
+//! message that is not a valid sync request is rejected without requeue and logged, never
+//! retried forever.
+
+use crate::broker::amqp::AmqpBroker;
+use crate::error::AmqpError;
+use crate::service::{Service, ServiceError};
+use crate::shutdown::Shutdown;
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel};
+use nebula_protocol::{
+    Message, SyncReply, SyncRequest, SyncResult, SyncTarget, decode, encode, names,
+};
+
+/// The answer to one sync request: the current state, or an explicit not-found.
+pub async fn answer(service: &Service, request: &SyncRequest) -> Result<SyncResult, ServiceError> {
+    Ok(match &request.target {
+        SyncTarget::App(app) => match service.get_app(app).await? {
+            Some(config) => SyncResult::App(config),
+            None => SyncResult::NotFound,
+        },
+        SyncTarget::DeviceGroup(group) => match service.group_state(group).await? {
+            Some(state) => SyncResult::Group(state),
+            None => SyncResult::NotFound,
+        },
+    })
+}
+
+/// Consumes `nebula.sync` until shutdown. Broker errors end the instance.
+pub async fn run(
+    broker: AmqpBroker,
+    service: Service,
+    prefetch: u16,
+    shutdown: Shutdown,
+) -> Result<(), AmqpError> {
+    let channel = broker.create_channel().await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .map_err(|error| AmqpError::Operation {
+            operation: "basic.qos",
+            reason: error.to_string(),
+        })?;
+    let consumer = channel
+        .basic_consume(
+            names::SYNC_QUEUE.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|error| AmqpError::Operation {
+            operation: "basic.consume",
+            reason: error.to_string(),
+        })?;
+    tracing::info!(
+        queue = names::SYNC_QUEUE,
+        prefetch,
+        "sync responder consuming"
+    );
+    let token = shutdown.token().clone();
+    let outcome = std::sync::Mutex::new(Ok(()));
+    consumer
+        .take_until(token.cancelled())
+        .for_each_concurrent(usize::from(prefetch), |delivery| {
+            let channel = channel.clone();
+            let service = service.clone();
+            let shutdown = shutdown.clone();
+            let outcome = &outcome;
+            async move {
+                let result = match delivery {
+                    Ok(delivery) => handle(&channel, &service, delivery).await,
+                    Err(error) => Err(AmqpError::ConnectionLost(error.to_string())),
+                };
+                if let Err(error) = result {
+                    shutdown.fail(&error);
+                    if let Ok(mut slot) = outcome.lock() {
+                        *slot = Err(error);
+                    }
+                }
+            }
+        })
+        .await;
+    outcome
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn amqp(operation: &'static str) -> impl FnOnce(lapin::Error) -> AmqpError {
+    move |error| AmqpError::Operation {
+        operation,
+        reason: error.to_string(),
+    }
+}
+
+async fn handle(channel: &Channel, service: &Service, delivery: Delivery) -> Result<(), AmqpError> {
+    let request = match decode(&delivery.data) {
+        Ok(Message::SyncRequest(request)) => request,
+        Ok(other) => {
+            tracing::warn!(
+                kind = other.kind(),
+                "not a sync request on the sync queue, rejected"
+            );
+            return reject(&delivery).await;
+        }
+        Err(error) => {
+            tracing::warn!(error = %error, bytes = delivery.data.len(), "undecodable sync request, rejected");
+            return reject(&delivery).await;
+        }
+    };
+    let Some(reply_to) = delivery.properties.reply_to().clone() else {
+        tracing::warn!(device = %request.device_id, "sync request without reply_to, rejected");
+        return reject(&delivery).await;
+    };
+    let result = match answer(service, &request).await {
+        Ok(result) => result,
+        Err(error) => {
+            // The store failed (the service has started the shutdown): let another
+            // instance answer.
+            tracing::error!(error = %error, device = %request.device_id, "cannot answer sync request");
+            delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await
+                .map_err(amqp("basic.nack"))?;
+            return Ok(());
+        }
+    };
+    let found = !matches!(result, SyncResult::NotFound);
+    let correlation_id = delivery
+        .properties
+        .correlation_id()
+        .clone()
+        .unwrap_or_else(|| request.correlation_id.as_str().into());
+    let reply = Message::SyncReply(SyncReply {
+        correlation_id: request.correlation_id.clone(),
+        result,
+    });
+    // Direct reply-to does not support confirms; the agent times out and asks again.
+    channel
+        .basic_publish(
+            "".into(),
+            reply_to,
+            BasicPublishOptions::default(),
+            &encode(&reply),
+            BasicProperties::default().with_correlation_id(correlation_id),
+        )
+        .await
+        .map_err(amqp("basic.publish"))?;
+    delivery
+        .ack(BasicAckOptions::default())
+        .await
+        .map_err(amqp("basic.ack"))?;
+    tracing::debug!(device = %request.device_id, target = ?request.target, found, "sync request answered");
+    Ok(())
+}
+
+async fn reject(delivery: &Delivery) -> Result<(), AmqpError> {
+    delivery
+        .reject(BasicRejectOptions { requeue: false })
+        .await
+        .map(|_| ())
+        .map_err(amqp("basic.reject"))
+}

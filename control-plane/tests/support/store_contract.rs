@@ -1,0 +1,303 @@
+//! The contract every `Store` implementation must keep, run against each of them
+//! (`store_contract.rs` for the in-memory and embedded stores, `mongo_store.rs` for MongoDB).
+//! Each function takes a fresh, empty store.
+
+use nebula_control_plane::error::StoreError;
+use nebula_control_plane::store::{Kind, Record, Store};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+fn record(name: &str, body: &str, pending: bool) -> Record {
+    Record {
+        name: name.to_string(),
+        version: 0,
+        pending_publish: pending,
+        tombstone: false,
+        body: body.to_string(),
+    }
+}
+
+pub async fn insert_get_list(store: Arc<dyn Store>) {
+    store.ping().await.expect("ping");
+    assert_eq!(store.get(Kind::App, "web").await.expect("get"), None);
+    store
+        .insert(Kind::App, &record("web", r#"{"a":1}"#, true))
+        .await
+        .expect("insert");
+    store
+        .insert(Kind::App, &record("api", r#"{"b":true}"#, false))
+        .await
+        .expect("insert");
+    let web = store
+        .get(Kind::App, "web")
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(web.version, 1, "insert writes version 1");
+    assert_eq!(web.body, r#"{"a":1}"#);
+    assert!(web.pending_publish && !web.tombstone);
+    let names: Vec<String> = store
+        .list(Kind::App)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|record| record.name)
+        .collect();
+    assert_eq!(names, vec!["api", "web"], "sorted by name");
+    // Kinds are separate namespaces.
+    assert!(
+        store
+            .list(Kind::DeviceGroup)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    store
+        .insert(Kind::DeviceGroup, &record("web", "{}", false))
+        .await
+        .expect("same name, other kind");
+}
+
+pub async fn names_are_unique(store: Arc<dyn Store>) {
+    store
+        .insert(Kind::App, &record("web", "{}", false))
+        .await
+        .expect("insert");
+    let again = store
+        .insert(Kind::App, &record("web", r#"{"x":2}"#, true))
+        .await;
+    assert!(
+        matches!(again, Err(StoreError::AlreadyExists { .. })),
+        "{again:?}"
+    );
+    let kept = store
+        .get(Kind::App, "web")
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!((kept.body.as_str(), kept.version), ("{}", 1));
+}
+
+pub async fn replace_is_compare_and_swap(store: Arc<dyn Store>) {
+    store
+        .insert(Kind::App, &record("web", "v1", false))
+        .await
+        .expect("insert");
+    let version = store
+        .replace(Kind::App, 1, &record("web", "v2", true))
+        .await
+        .expect("replace");
+    assert_eq!(version, 2);
+    let stale = store
+        .replace(Kind::App, 1, &record("web", "stale", false))
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::Conflict { .. })),
+        "{stale:?}"
+    );
+    let current = store
+        .get(Kind::App, "web")
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(
+        (
+            current.body.as_str(),
+            current.version,
+            current.pending_publish
+        ),
+        ("v2", 2, true)
+    );
+    let missing = store
+        .replace(Kind::App, 1, &record("nope", "x", false))
+        .await;
+    assert!(
+        matches!(missing, Err(StoreError::NotFound { .. })),
+        "{missing:?}"
+    );
+    // Tombstones are written like any change.
+    let mut tombstone = record("web", "v2", true);
+    tombstone.tombstone = true;
+    store
+        .replace(Kind::App, 2, &tombstone)
+        .await
+        .expect("tombstone");
+    let current = store
+        .get(Kind::App, "web")
+        .await
+        .expect("get")
+        .expect("kept");
+    assert!(current.tombstone);
+    assert_eq!(current.version, 3);
+}
+
+pub async fn outbox_flag(store: Arc<dyn Store>) {
+    store
+        .insert(Kind::App, &record("a", "1", true))
+        .await
+        .expect("insert");
+    store
+        .insert(Kind::App, &record("b", "1", false))
+        .await
+        .expect("insert");
+    store
+        .insert(Kind::DeviceGroup, &record("g", "1", true))
+        .await
+        .expect("insert");
+    let pending: Vec<String> = store
+        .pending(Kind::App)
+        .await
+        .expect("pending")
+        .into_iter()
+        .map(|record| record.name)
+        .collect();
+    assert_eq!(pending, vec!["a"]);
+    // A newer version exists: the flag stays for its writer to clear.
+    store
+        .replace(Kind::App, 1, &record("a", "2", true))
+        .await
+        .expect("replace");
+    assert!(!store.clear_pending(Kind::App, "a", 1).await.expect("clear"));
+    assert_eq!(store.pending(Kind::App).await.expect("pending").len(), 1);
+    assert!(store.clear_pending(Kind::App, "a", 2).await.expect("clear"));
+    let a = store
+        .get(Kind::App, "a")
+        .await
+        .expect("get")
+        .expect("exists");
+    assert!(!a.pending_publish);
+    assert_eq!(
+        (a.version, a.body.as_str()),
+        (2, "2"),
+        "clearing keeps version and body"
+    );
+    assert!(store.pending(Kind::App).await.expect("pending").is_empty());
+    assert!(
+        !store
+            .clear_pending(Kind::App, "missing", 1)
+            .await
+            .expect("clear")
+    );
+    assert_eq!(
+        store
+            .pending(Kind::DeviceGroup)
+            .await
+            .expect("pending")
+            .len(),
+        1
+    );
+}
+
+pub async fn delete_is_compare_and_swap(store: Arc<dyn Store>) {
+    store
+        .insert(Kind::App, &record("web", "1", false))
+        .await
+        .expect("insert");
+    store
+        .replace(Kind::App, 1, &record("web", "2", false))
+        .await
+        .expect("replace");
+    let stale = store.delete(Kind::App, "web", 1).await;
+    assert!(
+        matches!(stale, Err(StoreError::Conflict { .. })),
+        "{stale:?}"
+    );
+    store.delete(Kind::App, "web", 2).await.expect("delete");
+    assert_eq!(store.get(Kind::App, "web").await.expect("get"), None);
+    let gone = store.delete(Kind::App, "web", 2).await;
+    assert!(matches!(gone, Err(StoreError::NotFound { .. })), "{gone:?}");
+    // The name is free again, and starts over at version 1.
+    store
+        .insert(Kind::App, &record("web", "new", false))
+        .await
+        .expect("insert again");
+    assert_eq!(
+        store
+            .get(Kind::App, "web")
+            .await
+            .expect("get")
+            .expect("exists")
+            .version,
+        1
+    );
+}
+
+/// N writers doing read-modify-write loops on one object: every increment lands exactly
+/// once, and no two writers ever got the same new version.
+pub async fn concurrent_writers_lose_nothing(store: Arc<dyn Store>) {
+    const WRITERS: u64 = 16;
+    store
+        .insert(Kind::App, &record("counter", "0", false))
+        .await
+        .expect("insert");
+    let mut tasks = Vec::new();
+    for _ in 0..WRITERS {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let current = store
+                    .get(Kind::App, "counter")
+                    .await
+                    .expect("get")
+                    .expect("exists");
+                let count: u64 = current.body.parse().expect("number");
+                let next = record("counter", &(count + 1).to_string(), true);
+                match store.replace(Kind::App, current.version, &next).await {
+                    Ok(version) => return version,
+                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(error) => panic!("replace failed: {error}"),
+                }
+            }
+        }));
+    }
+    let mut versions = BTreeSet::new();
+    for task in tasks {
+        let version = task.await.expect("writer");
+        assert!(versions.insert(version), "version {version} produced twice");
+    }
+    let last = store
+        .get(Kind::App, "counter")
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(last.version, 1 + WRITERS);
+    assert_eq!(last.body, WRITERS.to_string(), "no lost update");
+    assert_eq!(versions, (2..=1 + WRITERS).collect::<BTreeSet<_>>());
+}
+
+/// Runs every contract function, each on a fresh store from `make`.
+#[macro_export]
+macro_rules! store_contract_tests {
+    ($make:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn insert_get_list() {
+            let (store, _guard) = $make.await;
+            store_contract::insert_get_list(store).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn names_are_unique() {
+            let (store, _guard) = $make.await;
+            store_contract::names_are_unique(store).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn replace_is_compare_and_swap() {
+            let (store, _guard) = $make.await;
+            store_contract::replace_is_compare_and_swap(store).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn outbox_flag() {
+            let (store, _guard) = $make.await;
+            store_contract::outbox_flag(store).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn delete_is_compare_and_swap() {
+            let (store, _guard) = $make.await;
+            store_contract::delete_is_compare_and_swap(store).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn concurrent_writers_lose_nothing() {
+            let (store, _guard) = $make.await;
+            store_contract::concurrent_writers_lose_nothing(store).await;
+        }
+    };
+}

@@ -1,0 +1,84 @@
+//! `fanout`: N agents in one device group; a stream of app updates through the REST API;
+//! for each update, the time from its 2xx to "applied" on every agent.
+
+use super::Options;
+use super::fleet_setup::FleetBench;
+use super::stats::Percentiles;
+use crate::fleet::Fleet;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+pub async fn run(options: &Options) -> anyhow::Result<serde_json::Value> {
+    let agents = options.number("agents", 100)? as usize;
+    let updates = options.number("updates", 20)?;
+    let deadline = Duration::from_secs(options.number("deadline-secs", 120)?);
+    let bench = FleetBench::prepare("fanout").await?;
+    let app = bench.app_name();
+
+    eprintln!("fanout: starting {agents} agents");
+    let booted = Instant::now();
+    let fleet = Fleet::start(
+        agents,
+        &bench.group,
+        &bench.vhost.amqp_url(),
+        &bench.state_root,
+        3600,
+    )?;
+    fleet.wait_applied(&app, 1, booted, deadline).await?;
+    let boot_secs = booted.elapsed().as_secs_f64();
+    eprintln!("fanout: {agents} agents converged in {boot_secs:.2} s; sending {updates} updates");
+
+    let rest = bench.control_plane.rest();
+    let (mut per_agent, mut per_update, mut from_request) = (Vec::new(), Vec::new(), Vec::new());
+    for update in 0..updates {
+        let sent = Instant::now();
+        let reply = rest
+            .update_app(
+                &bench.app,
+                json!({"env_vars": {"UPDATE": update.to_string()}}),
+            )
+            .await?;
+        let acknowledged = Instant::now();
+        let revision = reply["app_id"]
+            .as_u64()
+            .ok_or_else(|| anyhow::anyhow!("no app_id in {reply}"))?;
+        // Measured from the request: the control plane answers only after the broker
+        // confirmed the publish, so fast agents often apply before the 2xx is even read.
+        let latencies = fleet.wait_applied(&app, revision, sent, deadline).await?;
+        let rest_latency = acknowledged - sent;
+        per_update.push(
+            latencies
+                .iter()
+                .copied()
+                .max()
+                .unwrap_or_default()
+                .saturating_sub(rest_latency),
+        );
+        from_request.extend(latencies.iter().copied());
+        per_agent.extend(
+            latencies
+                .into_iter()
+                .map(|latency| latency.saturating_sub(rest_latency)),
+        );
+    }
+    let restarts = fleet.restarts();
+    fleet.stop().await;
+    bench
+        .control_plane
+        .process
+        .stop(Duration::from_secs(10))
+        .await;
+    Ok(json!({
+        "scenario": "fanout",
+        "parameters": {"agents": agents, "updates": updates},
+        "agents": agents,
+        "updates": updates,
+        "boot_converged_secs": boot_secs,
+        // From the 2xx to applied, per (update, agent); 0 where the agent was faster than the 2xx.
+        "latency_ms": Percentiles::of(&mut per_agent),
+        // From sending the request to applied, per (update, agent): includes the REST call.
+        "latency_from_request_ms": Percentiles::of(&mut from_request),
+        "all_agents_applied_ms": Percentiles::of(&mut per_update),
+        "agent_restarts": restarts,
+    }))
+}

@@ -1,0 +1,146 @@
+//! The release agents on their real targets: the aarch64 and armv7 builds of
+//! `cargo xtask dist` run under qemu-user against the local RabbitMQ, control plane and
+//! Docker engine (the engine socket is just a unix socket), sync a group, run its app's
+//! container and report. Then the resident memory of a native release agent idle with ten
+//! containers under management, printed as a figure.
+//!
+//! Ignored in a plain `cargo test`: they need the release artifacts. `scripts/test.sh`
+//! builds them and runs these with `--ignored`.
+
+mod support;
+
+use nebula_tests::services::test_image;
+use nebula_tests::system::{Agent, AgentMode};
+use nebula_tests::unique_name;
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use support::Scenario;
+use support::amqp::{ReportTap, applied};
+
+fn release_binary(triple: &str) -> PathBuf {
+    let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target"))
+        .join(triple)
+        .join("agent-release/nebula-agent");
+    assert!(
+        path.exists(),
+        "{} missing: run `cargo xtask dist --target {triple}` first",
+        path.display()
+    );
+    path
+}
+
+/// Runs the `triple` agent through `launcher` and checks it converges and reports.
+async fn smoke(triple: &str, launcher: &[&str]) {
+    let scenario = Scenario::new(&format!(
+        "qemu-{}",
+        triple.split('-').next().unwrap_or(triple)
+    ));
+    let control_plane = scenario.control_plane("cp").await;
+    let rest = control_plane.rest();
+    let app = scenario.app_name("qemu");
+    let group = unique_name("group");
+    rest.create_app(&app, json!({"docker_image": test_image(1)}))
+        .await
+        .expect("create");
+    rest.create_group(&group, &[&app]).await.expect("group");
+    let device = unique_name("qemu-device");
+    let mut tap = ReportTap::new(&scenario.vhost.amqp_url(), &device).await;
+    let mut command: Vec<String> = launcher.iter().map(|part| part.to_string()).collect();
+    command.push(release_binary(triple).to_string_lossy().into_owned());
+
+    let start = Instant::now();
+    let agent = Agent::start_command(
+        &device,
+        &AgentMode::Group(group),
+        &scenario.vhost.amqp_url(),
+        &scenario.directory,
+        &[],
+        &command,
+    )
+    .await;
+    scenario.converged(&app, 1, 1).await;
+    let report = tap
+        .wait(support::DEADLINE, |report| applied(report, &app, 1))
+        .await;
+    scenario.report(&format!("{triple} under {}", launcher[0]), start);
+    assert_eq!(report.device_id.as_str(), device);
+    assert!(
+        report.resources.memory_total_bytes > 0,
+        "the report carries device resources: {report:?}"
+    );
+    assert_eq!(agent.process.exits(), 0, "{}", agent.process.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs `cargo xtask dist`; run by scripts/test.sh"]
+async fn aarch64_musl_agent_runs_under_qemu() {
+    smoke("aarch64-unknown-linux-musl", &["qemu-aarch64"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs `cargo xtask dist`; run by scripts/test.sh"]
+async fn armv7_gnueabihf_agent_runs_under_qemu() {
+    // Dynamically linked against glibc: qemu needs the armhf loader and libc (libc6-armhf-cross).
+    smoke(
+        "armv7-unknown-linux-gnueabihf",
+        &["qemu-arm", "-L", "/usr/arm-linux-gnueabihf"],
+    )
+    .await;
+}
+
+/// Resident memory of the native (x86_64 musl) release agent, idle, managing ten
+/// containers. Measured natively: under qemu-user the figure would be the emulator's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs `cargo xtask dist`; run by scripts/test.sh"]
+async fn idle_agent_footprint_with_ten_containers() {
+    let scenario = Scenario::new("footprint");
+    let control_plane = scenario.control_plane("cp").await;
+    let rest = control_plane.rest();
+    let app = scenario.app_name("footprint");
+    let group = unique_name("group");
+    rest.create_app(
+        &app,
+        json!({"docker_image": test_image(1), "containers_per": {"server": 10}}),
+    )
+    .await
+    .expect("create");
+    rest.create_group(&group, &[&app]).await.expect("group");
+    let device = unique_name("footprint-device");
+    let binary = release_binary("x86_64-unknown-linux-musl")
+        .to_string_lossy()
+        .into_owned();
+    let agent = Agent::start_command(
+        &device,
+        &AgentMode::Group(group),
+        &scenario.vhost.amqp_url(),
+        &scenario.directory,
+        &[],
+        &[binary],
+    )
+    .await;
+    scenario.converged(&app, 10, 1).await;
+    // Idle: converged, then a few report periods with nothing to do.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let resident = agent.process.resident_kib().await.expect("agent running");
+    eprintln!(
+        "footprint: idle x86_64-musl agent with 10 containers: {:.2} MiB resident (target 8 MiB)",
+        resident as f64 / 1024.0
+    );
+    let path = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../target/e2e-convergence.txt"
+    ));
+    let _ = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut file| {
+            std::io::Write::write_all(
+                &mut file,
+                format!("footprint idle agent, 10 containers: {resident} KiB resident\n")
+                    .as_bytes(),
+            )
+        });
+    assert_eq!(agent.process.exits(), 0, "{}", agent.process.log());
+}
