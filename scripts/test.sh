@@ -28,13 +28,29 @@ step "dependency invariants"
 cargo xtask check-deps
 
 step "tests"
+rm -f target/e2e-convergence.txt
 # Real-service tests share one broker, engine and database server; names are unique per
 # test, so they run in parallel like the rest.
 cargo test --locked --workspace --all-targets
 
-if [ -f scripts/test-extra.sh ]; then
-  step "release artifacts and smoke tests"
-  bash scripts/test-extra.sh
+step "release agents: size budget, qemu smoke test, footprint"
+# The aarch64 and armv7 agents (and the native musl one, for the memory figure) with the
+# agent's size profile; dist fails when a target is over its size budget.
+cargo xtask dist --target aarch64-unknown-linux-musl --target armv7-unknown-linux-gnueabihf \
+  --target x86_64-unknown-linux-musl
+cargo test --locked -p nebula-tests --test release_smoke -- --ignored --nocapture
+
+step "benchmarks at a small size (figures, no timing assertions)"
+cargo build --locked --release -p nebula-tests -p nebula-control-plane
+for scenario in fanout sync-storm; do
+  target/release/nebula-bench "$scenario" --agents 100
+done
+target/release/nebula-bench rest --seconds 3 --concurrency 16
+target/release/nebula-bench footprint
+
+if [ -f target/e2e-convergence.txt ]; then
+  step "convergence times"
+  cat target/e2e-convergence.txt
 fi
 
 step "done in $((SECONDS - started)) s"

@@ -68,8 +68,7 @@ impl Supervised {
             running: AtomicBool::new(true),
         });
         inner.spawn().await;
-        let watcher = Arc::clone(&inner);
-        tokio::spawn(async move { watcher.supervise(0).await });
+        tokio::spawn(Inner::supervise(Arc::downgrade(&inner), 0));
         Self { inner }
     }
 
@@ -112,8 +111,7 @@ impl Supervised {
         let generation = self.inner.generation.fetch_add(1, Ordering::SeqCst) + 1;
         self.inner.running.store(true, Ordering::SeqCst);
         self.inner.spawn().await;
-        let watcher = Arc::clone(&self.inner);
-        tokio::spawn(async move { watcher.supervise(generation).await });
+        tokio::spawn(Inner::supervise(Arc::downgrade(&self.inner), generation));
     }
 
     /// The process id of the running process, if any.
@@ -172,28 +170,32 @@ impl Inner {
         *self.child.lock().await = Some(child);
     }
 
-    async fn supervise(self: Arc<Self>, generation: u32) {
-        let current = || {
-            self.running.load(Ordering::SeqCst)
-                && self.generation.load(Ordering::SeqCst) == generation
-        };
+    /// Restarts the process whenever it exits. Holds only a weak reference: when the test
+    /// drops its last handle, the process is killed (see `Drop`) instead of living on and
+    /// re-creating containers behind the test's clean-up.
+    async fn supervise(weak: std::sync::Weak<Self>, generation: u32) {
         loop {
             tokio::time::sleep(Duration::from_millis(50)).await;
+            let Some(this) = weak.upgrade() else { return };
+            let current = || {
+                this.running.load(Ordering::SeqCst)
+                    && this.generation.load(Ordering::SeqCst) == generation
+            };
             if !current() {
                 return;
             }
             let exited = {
-                let mut guard = self.child.lock().await;
+                let mut guard = this.child.lock().await;
                 match guard.as_mut().map(Child::try_wait) {
                     Some(Ok(Some(_))) | Some(Err(_)) | None => true,
                     Some(Ok(None)) => false,
                 }
             };
             if exited && current() {
-                self.exits.fetch_add(1, Ordering::SeqCst);
+                this.exits.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(RESTART_DELAY).await;
                 if current() {
-                    self.spawn().await;
+                    this.spawn().await;
                 }
             }
         }
@@ -202,8 +204,18 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // kill_on_drop on the child does the rest.
         self.running.store(false, Ordering::SeqCst);
+        // SIGKILL now and wait a moment for it to land, so that a scenario's clean-up that
+        // runs right after never races a dying agent.
+        if let Some(child) = self.child.get_mut().as_mut() {
+            let _ = child.start_kill();
+            for _ in 0..50 {
+                if matches!(child.try_wait(), Ok(Some(_)) | Err(_)) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
     }
 }
 

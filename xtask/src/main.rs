@@ -5,7 +5,10 @@
 //! * `dist [--target <triple>]...` — size-optimised agent release artifacts in `dist/`, with a
 //!   size table and the size budget checked.
 //!
-#![allow(clippy::print_stdout, reason = "a developer tool: its reports go to stdout")]
+#![allow(
+    clippy::print_stdout,
+    reason = "a developer tool: its reports go to stdout"
+)]
 
 //! Plain `std` and the tools the set-up script installs (cargo-zigbuild, tar, sha256sum):
 //! xtask must build in seconds on a fresh machine.
