@@ -17,8 +17,9 @@ source scripts/lib.sh
 
 # Pinned so that every machine (developers', CI's) gets the same tools.
 NX_27017_VERSION=0.8.1
-# zig 0.13 is the release cargo-zigbuild is most tested with; newer ones changed their CLI.
-ZIGLANG_VERSION=0.13.0
+# zig 0.14: 0.13 (LLVM 18) cannot assemble glibc's riscv64 start.S (`.cfi_label`), so the
+# riscv64gc-unknown-linux-gnu agent needs 0.14; aarch64, armv7 and x86_64 build with it alike.
+ZIGLANG_VERSION=0.14.1
 RUST_TARGETS=(aarch64-unknown-linux-musl aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
               x86_64-unknown-linux-musl riscv64gc-unknown-linux-gnu)
 

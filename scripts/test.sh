@@ -33,12 +33,15 @@ rm -f target/e2e-convergence.txt
 # test, so they run in parallel like the rest.
 cargo test --locked --workspace --all-targets
 
-step "release agents: size budget, qemu smoke test, footprint"
-# The aarch64 and armv7 agents (and the native musl one, for the memory figure) with the
-# agent's size profile; dist fails when a target is over its size budget.
-cargo xtask dist --target aarch64-unknown-linux-musl --target armv7-unknown-linux-gnueabihf \
-  --target x86_64-unknown-linux-musl
+step "release agents: every target, size budget, qemu smoke test, footprint"
+# The agent for every target of targets/ with its size profile; dist fails when a target is
+# over its size budget. The aarch64 and armv7 ones then run under qemu, the native one gives
+# the memory figure.
+cargo xtask dist
 cargo test --locked -p nebula-tests --test release_smoke -- --ignored --nocapture
+
+step "container images FROM scratch"
+bash scripts/images.sh
 
 step "benchmarks at a small size (figures, no timing assertions)"
 cargo build --locked --release -p nebula-tests -p nebula-control-plane

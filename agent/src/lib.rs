@@ -14,10 +14,12 @@
 //! * [`runtime`] — the container runtime trait, Docker and simulated implementations.
 //! * [`transport`] — AMQP boot flow, sync, consumption, reports.
 //! * [`report`], [`device`] — device reports and the host facts in them.
+//! * [`build_info`] — what `--version` prints.
 
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+pub mod build_info;
 pub mod config;
 pub mod device;
 pub mod error;

@@ -5,14 +5,52 @@
 use nebula_agent::config::{Config, LogFormat, ProcessEnvironment, RuntimeKind};
 use nebula_agent::runtime::docker::DockerRuntime;
 use nebula_agent::runtime::simulated::SimulatedRuntime;
-use nebula_agent::{AgentError, device};
+use nebula_agent::{AgentError, build_info, device};
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
 /// sysexits.h EX_USAGE: the configuration is wrong, restarting will not help.
 const EXIT_CONFIG: u8 = 64;
 
+const USAGE: &str = "\
+usage: nebula-agent [--version | --help]
+
+Configured through the environment (see the agent README and DESIGN §5):
+  NEBULA_DEVICE_GROUP             follow a device group (group mode), or
+  NEBULA_APPS (or APP_NAME)       follow a comma-separated list of apps (app mode)
+  NEBULA_AMQP_URL                 broker URL (default amqp://guest:guest@127.0.0.1:5672/%2f)
+  NEBULA_DEVICE_ID                device id (default: the hostname)
+  NEBULA_STATE_DIR                where desired state is persisted (default /var/lib/nebula-agent)
+  NEBULA_RUNTIME                  docker (default) or simulated
+  NEBULA_REGISTRY_HOST/USER/PASSWORD   registry login for image pulls
+  NEBULA_MAX_RESTART_WAIT_SECS    random wait before restarts and updates
+  NEBULA_REPORT_INTERVAL_SECS     device report period
+  NEBULA_LOG_FORMAT               text (default) or json; RUST_LOG filters
+";
+
 fn main() -> ExitCode {
+    // The agent takes no arguments besides these two: everything else is environment, so
+    // a stray argument is a mistake to report rather than ignore.
+    if let Some(argument) = std::env::args().nth(1) {
+        #[allow(
+            clippy::print_stdout,
+            reason = "--version and --help answer on stdout, like every command-line tool"
+        )]
+        return match argument.as_str() {
+            "--version" | "-V" => {
+                println!("{}", build_info::version_line());
+                ExitCode::SUCCESS
+            }
+            "--help" | "-h" => {
+                print!("{USAGE}");
+                ExitCode::SUCCESS
+            }
+            other => {
+                eprintln!("nebula-agent: unknown argument {other:?}\n\n{USAGE}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        };
+    }
     let config = match Config::from_env(&ProcessEnvironment, &device::hostname()) {
         Ok(config) => config,
         Err(error) => {

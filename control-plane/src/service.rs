@@ -52,6 +52,7 @@ pub struct Service {
     store: Arc<dyn Store>,
     broker: Arc<dyn Publisher>,
     shutdown: Shutdown,
+    publishing: InFlight,
 }
 
 type StoredApp = Stored<AppConfig>;
@@ -63,6 +64,7 @@ impl Service {
             store,
             broker,
             shutdown,
+            publishing: InFlight::default(),
         }
     }
 
@@ -230,6 +232,7 @@ impl Service {
 
     /// Creates an app at revision 1 (`config.app_id` is overwritten).
     pub async fn create_app(&self, mut config: AppConfig) -> Result<AppConfig, ServiceError> {
+        let _publishing = self.publishing.enter(Kind::App, config.app_name.as_str());
         config.app_id = 1;
         let record = self.app_record(&config, false)?;
         loop {
@@ -262,6 +265,7 @@ impl Service {
         name: &Name,
         change: impl Fn(&AppConfig) -> Result<AppConfig, E>,
     ) -> Result<AppConfig, E> {
+        let _publishing = self.publishing.enter(Kind::App, name.as_str());
         let (config, version) = loop {
             let current = match self.read_app(name).await? {
                 Some(stored) if !stored.tombstone => stored,
@@ -294,6 +298,7 @@ impl Service {
     /// Deletes an app: tombstone, then `AppDeleted`, removal from every group, and the
     /// exchange (see [`Service::finish_app_delete`]).
     pub async fn delete_app(&self, name: &Name) -> Result<(), ServiceError> {
+        let _publishing = self.publishing.enter(Kind::App, name.as_str());
         let tombstone = loop {
             let current = match self.read_app(name).await? {
                 Some(stored) if !stored.tombstone => stored,
@@ -430,6 +435,9 @@ impl Service {
     }
 
     pub async fn create_group(&self, mut group: DeviceGroup) -> Result<DeviceGroup, ServiceError> {
+        let _publishing = self
+            .publishing
+            .enter(Kind::DeviceGroup, group.device_group.as_str());
         group.device_group_id = 1;
         group.prune_id = 1;
         self.check_members(&group).await?;
@@ -512,6 +520,7 @@ impl Service {
         change: impl Fn(&DeviceGroup) -> Result<DeviceGroup, E>,
         check_members: bool,
     ) -> Result<DeviceGroup, E> {
+        let _publishing = self.publishing.enter(Kind::DeviceGroup, name.as_str());
         let (group, previous_apps, version) = loop {
             let current = match self.read_group(name).await? {
                 Some(stored) if !stored.tombstone => stored,
@@ -611,6 +620,7 @@ impl Service {
     }
 
     pub async fn delete_group(&self, name: &Name) -> Result<(), ServiceError> {
+        let _publishing = self.publishing.enter(Kind::DeviceGroup, name.as_str());
         let tombstone = loop {
             let current = match self.read_group(name).await? {
                 Some(stored) if !stored.tombstone => stored,
@@ -701,7 +711,10 @@ impl Service {
                 let key = (kind, record.name.clone(), record.version);
                 let stale = only_seen.is_none_or(|previous| previous.contains(&key));
                 seen.insert(key);
-                if !stale {
+                // A publish of ours still waiting for its confirm (a broker routing one message
+                // to ten thousand durable queues takes seconds) is not lost: republishing it
+                // would only double the broker's load when it is already the bottleneck.
+                if !stale || self.publishing.contains(kind, &record.name) {
                     continue;
                 }
                 self.republish(kind, record).await?;
@@ -739,6 +752,52 @@ impl Service {
             }
         }
         Ok(())
+    }
+}
+
+/// The objects this instance is writing and publishing right now, so that its own outbox
+/// pass leaves their flags to the request that set them. Counted: two requests may write the
+/// same object at once.
+#[derive(Debug, Clone, Default)]
+struct InFlight(Arc<std::sync::Mutex<std::collections::HashMap<(Kind, String), usize>>>);
+
+impl InFlight {
+    fn enter(&self, kind: Kind, name: &str) -> InFlightGuard {
+        let key = (kind, name.to_string());
+        *self.lock().entry(key.clone()).or_default() += 1;
+        InFlightGuard {
+            registry: self.clone(),
+            key,
+        }
+    }
+
+    fn contains(&self, kind: Kind, name: &str) -> bool {
+        self.lock().contains_key(&(kind, name.to_string()))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<(Kind, String), usize>> {
+        // The map stays consistent even if a holder panicked: every update is one statement.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Leaves the [`InFlight`] registry when the request ends, however it ends.
+struct InFlightGuard {
+    registry: InFlight,
+    key: (Kind, String),
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        let mut map = self.registry.lock();
+        if let Some(count) = map.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.key);
+            }
+        }
     }
 }
 

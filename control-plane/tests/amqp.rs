@@ -336,3 +336,72 @@ async fn bad_configuration_exits_64_before_any_io() {
         .expect("status");
     assert_eq!(status.code(), Some(64));
 }
+
+/// The arguments RabbitMQ holds for `queue` in `vhost`, as rabbitmqctl renders them.
+fn queue_arguments(vhost: &TestVhost, queue: &str) -> Option<serde_json::Value> {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args(["list_queues", "-p", &vhost.name, "name", "arguments"])
+        .args(["--formatter", "json", "-q"])
+        .output()
+        .expect("rabbitmqctl");
+    assert!(output.status.success(), "{output:?}");
+    let queues: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).expect("json");
+    queues
+        .into_iter()
+        .find(|entry| entry["name"] == queue)
+        .map(|entry| entry["arguments"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reports_queue_is_bounded_and_an_older_unbounded_one_is_kept() {
+    // A fresh broker: the queue is declared with a length limit and a TTL.
+    let vhost = TestVhost::create();
+    let data = tempfile::tempdir().expect("tempdir");
+    let control_plane = ControlPlane::start(embedded(&vhost, data.path())).await;
+    let arguments = queue_arguments(&vhost, names::REPORTS_QUEUE).expect("declared");
+    let text = arguments.to_string();
+    for expected in ["x-max-length", "drop-head", "x-message-ttl"] {
+        assert!(text.contains(expected), "{expected} missing in {text}");
+    }
+    control_plane.terminate().await;
+
+    // A broker where an earlier version declared it without limits: start anyway.
+    let vhost = TestVhost::create();
+    let connection = connect(&vhost.url).await;
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .queue_declare(
+            names::REPORTS_QUEUE.into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("declare unbounded");
+    let data = tempfile::tempdir().expect("tempdir");
+    let control_plane = ControlPlane::start(embedded(&vhost, data.path())).await;
+    let (status, _) = call(
+        &http(),
+        Method::POST,
+        &control_plane.url("/apps/after-reports"),
+        Some(json!({"docker_image": "nginx"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", control_plane.logs());
+    assert!(
+        control_plane
+            .logs()
+            .contains("reports queue exists with other arguments"),
+        "{}",
+        control_plane.logs()
+    );
+    // Left as it was: redeclaring it would need deleting it, and with it unread reports.
+    let arguments = queue_arguments(&vhost, names::REPORTS_QUEUE).expect("still there");
+    assert!(
+        !arguments.to_string().contains("x-max-length"),
+        "{arguments}"
+    );
+    control_plane.terminate().await;
+}

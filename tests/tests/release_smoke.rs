@@ -1,8 +1,9 @@
 //! The release agents on their real targets: the aarch64 and armv7 builds of
 //! `cargo xtask dist` run under qemu-user against the local RabbitMQ, control plane and
 //! Docker engine (the engine socket is just a unix socket), sync a group, run its app's
-//! container and report. Then the resident memory of a native release agent idle with ten
-//! containers under management, printed as a figure.
+//! container and report; the riscv64 build prints its version under qemu. Then the resident
+//! memory of a native release agent idle with ten containers under management, printed as a
+//! figure.
 //!
 //! Ignored in a plain `cargo test`: they need the release artifacts. `scripts/test.sh`
 //! builds them and runs these with `--ignored`.
@@ -48,6 +49,7 @@ async fn smoke(triple: &str, launcher: &[&str]) {
     let mut tap = ReportTap::new(&scenario.vhost.amqp_url(), &device).await;
     let mut command: Vec<String> = launcher.iter().map(|part| part.to_string()).collect();
     command.push(release_binary(triple).to_string_lossy().into_owned());
+    check_version(&command, triple);
 
     let start = Instant::now();
     let agent = Agent::start_command(
@@ -72,6 +74,23 @@ async fn smoke(triple: &str, launcher: &[&str]) {
     assert_eq!(agent.process.exits(), 0, "{}", agent.process.log());
 }
 
+/// `--version` names the version and the target the binary was built for.
+fn check_version(command: &[String], triple: &str) {
+    let output = std::process::Command::new(&command[0])
+        .args(&command[1..])
+        .arg("--version")
+        .output()
+        .expect("run --version");
+    let line = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "--version failed: {output:?}");
+    assert!(
+        line.starts_with(concat!("nebula-agent ", env!("CARGO_PKG_VERSION")))
+            && line.contains(triple),
+        "--version of the {triple} build: {line}"
+    );
+    eprintln!("{triple}: {}", line.trim());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs `cargo xtask dist`; run by scripts/test.sh"]
 async fn aarch64_musl_agent_runs_under_qemu() {
@@ -87,6 +106,24 @@ async fn armv7_gnueabihf_agent_runs_under_qemu() {
         &["qemu-arm", "-L", "/usr/arm-linux-gnueabihf"],
     )
     .await;
+}
+
+/// The RISC-V build starts under qemu and identifies itself (the full smoke test runs for
+/// the two ARM targets, the boards most fleets have).
+#[test]
+#[ignore = "needs `cargo xtask dist`; run by scripts/test.sh"]
+fn riscv64_agent_starts_under_qemu() {
+    let triple = "riscv64gc-unknown-linux-gnu";
+    let binary = release_binary(triple).to_string_lossy().into_owned();
+    check_version(
+        &[
+            "qemu-riscv64".into(),
+            "-L".into(),
+            "/usr/riscv64-linux-gnu".into(),
+            binary,
+        ],
+        triple,
+    );
 }
 
 /// Resident memory of the native (x86_64 musl) release agent, idle, managing ten

@@ -14,7 +14,7 @@ use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeBindOptions, ExchangeDeclareOptions,
     ExchangeDeleteOptions, ExchangeUnbindOptions, QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use nebula_protocol::{Message, encode, names};
 use std::time::Duration;
@@ -25,6 +25,10 @@ pub const PERSISTENT: u8 = 2;
 /// How often connecting is tried at start before giving up (the supervisor restarts us).
 const CONNECT_ATTEMPTS: u32 = 6;
 const CONNECT_BACKOFF_CAP: Duration = Duration::from_secs(8);
+/// Bounds of the reports queue (see `declare_reports_queue`): ten minutes of a
+/// 10,000-device fleet's minutely reports, about 50 MB of broker memory.
+const REPORTS_MAX_LENGTH: i64 = 100_000;
+const REPORTS_TTL_MS: i64 = 3_600_000;
 
 fn operation(operation: &'static str) -> impl FnOnce(lapin::Error) -> AmqpError {
     move |error| AmqpError::Operation {
@@ -96,10 +100,7 @@ impl AmqpBroker {
             )
             .await
             .map_err(operation("exchange.declare"))?;
-        self.channel
-            .queue_declare(names::REPORTS_QUEUE.into(), durable, FieldTable::default())
-            .await
-            .map_err(operation("queue.declare"))?;
+        self.declare_reports_queue().await?;
         self.channel
             .queue_bind(
                 names::REPORTS_QUEUE.into(),
@@ -110,6 +111,58 @@ impl AmqpBroker {
             )
             .await
             .map_err(operation("queue.bind"))?;
+        Ok(())
+    }
+
+    /// The reports queue, bounded: nothing consumes it yet (report ingestion comes with
+    /// users and cron jobs), and ten thousand devices reporting every minute would otherwise
+    /// fill the broker until its memory alarm blocks every publisher, changes included. The
+    /// newest reports are kept; an hour-old report is worthless anyway.
+    ///
+    /// A queue declared earlier without these arguments makes the broker refuse the
+    /// declaration (and close the channel): then the existing queue is used as it is, with a
+    /// warning, rather than refusing to start.
+    async fn declare_reports_queue(&self) -> Result<(), AmqpError> {
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            "x-max-length".into(),
+            AMQPValue::LongLongInt(REPORTS_MAX_LENGTH),
+        );
+        arguments.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("drop-head".into()),
+        );
+        arguments.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(REPORTS_TTL_MS),
+        );
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        // Its own channel: a refused declaration closes the channel it was made on.
+        let channel = self.create_channel().await?;
+        let Err(error) = channel
+            .queue_declare(names::REPORTS_QUEUE.into(), durable, arguments)
+            .await
+        else {
+            let _ = channel.close(200, "OK".into()).await;
+            return Ok(());
+        };
+        tracing::warn!(error = %error, queue = names::REPORTS_QUEUE, "the reports queue exists with other arguments; using it unbounded (delete it to let it be re-created bounded)");
+        let channel = self.create_channel().await?;
+        channel
+            .queue_declare(
+                names::REPORTS_QUEUE.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..durable
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(operation("queue.declare reports (passive)"))?;
+        let _ = channel.close(200, "OK".into()).await;
         Ok(())
     }
 

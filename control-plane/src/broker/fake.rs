@@ -23,6 +23,8 @@ pub struct FakeState {
 #[derive(Debug, Default)]
 pub struct FakeBroker {
     state: Mutex<FakeState>,
+    /// How long each publish waits for its "confirm" (a slow broker), if set.
+    confirm_delay: Mutex<Option<std::time::Duration>>,
 }
 
 impl FakeBroker {
@@ -40,6 +42,14 @@ impl FakeBroker {
     /// A copy of the current state.
     pub fn snapshot(&self) -> FakeState {
         self.lock().clone()
+    }
+
+    /// Makes every later publish wait `delay` before it is confirmed.
+    pub fn set_confirm_delay(&self, delay: Option<std::time::Duration>) {
+        *self
+            .confirm_delay
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = delay;
     }
 
     /// Makes every later operation fail (or work again).
@@ -101,6 +111,13 @@ impl Publisher for FakeBroker {
     }
 
     async fn publish(&self, exchange: &str, message: &Message) -> Result<(), AmqpError> {
+        let delay = *self
+            .confirm_delay
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
         let mut state = self.check("basic.publish")?;
         if !state.exchanges.contains(exchange) {
             return Err(AmqpError::NotConfirmed {

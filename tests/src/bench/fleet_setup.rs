@@ -17,7 +17,17 @@ pub struct FleetBench {
 
 impl FleetBench {
     pub async fn prepare(label: &str) -> anyhow::Result<Self> {
+        Self::prepare_with(
+            label,
+            json!({"docker_image": crate::services::test_image(1)}),
+        )
+        .await
+    }
+
+    /// As [`FleetBench::prepare`], with the app created from `app_body` (REST JSON).
+    pub async fn prepare_with(label: &str, app_body: serde_json::Value) -> anyhow::Result<Self> {
         raise_open_files_limit();
+        raise_map_count();
         let vhost = Vhost::create(&unique_name(&format!("bench-{label}")))?;
         let directory = scratch_dir(&format!("bench-{label}"));
         let control_plane = ControlPlane::start(
@@ -30,11 +40,7 @@ impl FleetBench {
         let rest = control_plane.rest();
         let app = unique_name("bench-app");
         let group = unique_name("bench-group");
-        rest.create_app(
-            &app,
-            json!({"docker_image": "127.0.0.1:5000/nebula/test:1"}),
-        )
-        .await?;
+        rest.create_app(&app, app_body).await?;
         rest.create_group(&group, &[&app]).await?;
         // Agent state on tmpfs where there is one: see `Fleet::start`.
         let shm = std::path::Path::new("/dev/shm");
@@ -68,5 +74,28 @@ pub fn raise_open_files_limit() {
         if let Err(error) = setrlimit(Resource::Nofile, limit) {
             eprintln!("nebula-bench: could not raise the open files limit: {error}");
         }
+    }
+}
+
+/// lapin runs each connection's I/O loop on its own thread, and every thread costs a few
+/// memory mappings (stack, guard pages, signal stack): ten thousand agents in one process
+/// exceed Linux's default of 65,530 mappings per process, and thread creation fails with
+/// ENOMEM. Raised (system-wide; needs root) to 262,144 when lower, with a line saying so.
+pub fn raise_map_count() {
+    const PATH: &str = "/proc/sys/vm/max_map_count";
+    const WANTED: u64 = 262_144;
+    let current: u64 = std::fs::read_to_string(PATH)
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(WANTED);
+    if current >= WANTED {
+        return;
+    }
+    match std::fs::write(PATH, WANTED.to_string()) {
+        Ok(()) => eprintln!("nebula-bench: raised vm.max_map_count from {current} to {WANTED}"),
+        Err(error) => eprintln!(
+            "nebula-bench: vm.max_map_count is {current} and cannot be raised ({error}): \
+             more than about 8,000 agents will fail to start threads"
+        ),
     }
 }
