@@ -11,6 +11,7 @@
 
 use crate::broker::Publisher;
 use crate::error::{AmqpError, StoreError};
+use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::store::{
     AppDocument, GroupDocument, Kind, Record, Store, Stored, from_record, to_record,
@@ -53,6 +54,7 @@ pub struct Service {
     broker: Arc<dyn Publisher>,
     shutdown: Shutdown,
     publishing: InFlight,
+    metrics: Arc<Metrics>,
 }
 
 type StoredApp = Stored<AppConfig>;
@@ -65,7 +67,22 @@ impl Service {
             broker,
             shutdown,
             publishing: InFlight::default(),
+            metrics: Arc::default(),
         }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Publishes one message with a confirm and counts it.
+    async fn publish(&self, exchange: &str, message: &Message) -> Result<(), ServiceError> {
+        self.broker
+            .publish(exchange, message)
+            .await
+            .map_err(|error| self.broker_error(error))?;
+        self.metrics.change_published();
+        Ok(())
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -341,10 +358,7 @@ impl Service {
             app_name: config.app_name.clone(),
             app_id: config.app_id,
         };
-        self.broker
-            .publish(&exchange, &message)
-            .await
-            .map_err(|error| self.broker_error(error))?;
+        self.publish(&exchange, &message).await?;
         for group_name in self.groups_containing(&config.app_name).await? {
             let removed = self
                 .update_group(&group_name, |group| {
@@ -398,10 +412,8 @@ impl Service {
             .declare_exchange(&exchange)
             .await
             .map_err(|error| self.broker_error(error))?;
-        self.broker
-            .publish(&exchange, &Message::AppChanged(config.clone()))
+        self.publish(&exchange, &Message::AppChanged(config.clone()))
             .await
-            .map_err(|error| self.broker_error(error))
     }
 
     async fn clear_pending(
@@ -613,10 +625,8 @@ impl Service {
             apps,
             cron_jobs: Vec::new(),
         };
-        self.broker
-            .publish(&group_exchange, &Message::DeviceGroupChanged(state))
+        self.publish(&group_exchange, &Message::DeviceGroupChanged(state))
             .await
-            .map_err(|error| self.broker_error(error))
     }
 
     pub async fn delete_group(&self, name: &Name) -> Result<(), ServiceError> {
@@ -661,10 +671,7 @@ impl Service {
             device_group: group.device_group.clone(),
             device_group_id: group.device_group_id,
         };
-        self.broker
-            .publish(&exchange, &message)
-            .await
-            .map_err(|error| self.broker_error(error))?;
+        self.publish(&exchange, &message).await?;
         // Deleting the exchange drops its bindings with it.
         self.broker
             .delete_exchange(&exchange)
@@ -751,6 +758,7 @@ impl Service {
                 tracing::info!(device_group = %name, "outbox: republished");
             }
         }
+        self.metrics.outbox_republished();
         Ok(())
     }
 }

@@ -111,16 +111,16 @@ async fn handle(channel: &Channel, service: &Service, delivery: Delivery) -> Res
                 kind = other.kind(),
                 "not a sync request on the sync queue, rejected"
             );
-            return reject(&delivery).await;
+            return reject(service, &delivery).await;
         }
         Err(error) => {
             tracing::warn!(error = %error, bytes = delivery.data.len(), "undecodable sync request, rejected");
-            return reject(&delivery).await;
+            return reject(service, &delivery).await;
         }
     };
     let Some(reply_to) = delivery.properties.reply_to().clone() else {
         tracing::warn!(device = %request.device_id, "sync request without reply_to, rejected");
-        return reject(&delivery).await;
+        return reject(service, &delivery).await;
     };
     let result = match answer(service, &request).await {
         Ok(result) => result,
@@ -163,11 +163,13 @@ async fn handle(channel: &Channel, service: &Service, delivery: Delivery) -> Res
         .ack(BasicAckOptions::default())
         .await
         .map_err(amqp("basic.ack"))?;
+    service.metrics().sync_answered(found);
     tracing::debug!(device = %request.device_id, target = ?request.target, found, "sync request answered");
     Ok(())
 }
 
-async fn reject(delivery: &Delivery) -> Result<(), AmqpError> {
+async fn reject(service: &Service, delivery: &Delivery) -> Result<(), AmqpError> {
+    service.metrics().sync_rejected();
     delivery
         .reject(BasicRejectOptions { requeue: false })
         .await

@@ -236,19 +236,60 @@ async fn sync_requests_get_the_current_state() {
         assert_eq!(sync(&connection, target).await.result, SyncResult::NotFound);
     }
     // A poison message is rejected, not retried, and the responder keeps going.
+    // (Published with a confirm and without direct reply-to, which a channel that does not
+    // consume it may not use: the broker would close the channel and drop the message.)
     let channel = connection.create_channel().await.expect("channel");
     channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    let confirm = channel
         .basic_publish(
             "".into(),
             names::SYNC_QUEUE.into(),
             lapin::options::BasicPublishOptions::default(),
             b"garbage",
-            lapin::BasicProperties::default().with_reply_to(names::DIRECT_REPLY_TO.into()),
+            lapin::BasicProperties::default().with_reply_to("nobody".into()),
         )
         .await
-        .expect("publish");
+        .expect("publish")
+        .await
+        .expect("confirm");
+    assert!(confirm.is_ack(), "{confirm:?}");
     let reply = sync(&connection, SyncTarget::App(name("web"))).await;
     assert!(matches!(reply.result, SyncResult::App(_)));
+
+    // `/metrics` counts what the responder did: three found, two not found, one rejected.
+    // The counters move after the reply is sent, so give the last ones a moment.
+    let expected = [
+        ("nebula_sync_requests_answered_total{result=\"found\"}", 3),
+        (
+            "nebula_sync_requests_answered_total{result=\"not_found\"}",
+            2,
+        ),
+        ("nebula_sync_requests_rejected_total", 1),
+        ("nebula_changes_published_total", 3),
+    ];
+    let read = |body: &str| {
+        expected.map(|(name, _)| (name, nebula_control_plane::metrics::sample(body, name)))
+    };
+    let mut counters = read("");
+    for _ in 0..50 {
+        let body = client
+            .get(format!("http://{}/metrics", control_plane.address))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        counters = read(&body);
+        if counters == expected.map(|(name, value)| (name, Some(value))) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(counters, expected.map(|(name, value)| (name, Some(value))));
     let status = control_plane.terminate().await;
     assert!(status.success(), "{status:?}");
 }

@@ -183,6 +183,76 @@ async fn status_and_authentication() {
     assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
 }
 
+/// App `web` (revision 2, stopped) in group `edge`: three confirmed publishes.
+async fn stopped_web_in_group_edge() -> Harness {
+    let harness = harness();
+    harness
+        .call(
+            "POST",
+            "/api/v2/apps/web",
+            Some(json!({"docker_image": "nginx"})),
+        )
+        .await;
+    harness.call("POST", "/api/v2/apps/web/stop", None).await;
+    harness
+        .call(
+            "POST",
+            "/api/v2/device_groups/edge",
+            Some(json!({"apps": ["web"]})),
+        )
+        .await;
+    harness
+}
+
+#[tokio::test]
+async fn metrics_count_confirmed_publishes_and_need_no_credentials() {
+    let harness = stopped_web_in_group_edge().await;
+    // A write the broker refuses is not counted.
+    harness.broker.set_broken(true);
+    harness.call("POST", "/api/v2/apps/web/start", None).await;
+    harness.broker.set_broken(false);
+
+    let request = Request::builder()
+        .uri("/metrics")
+        .body(Body::empty())
+        .expect("request");
+    let response = harness
+        .router
+        .clone()
+        .oneshot(request)
+        .await
+        .expect("infallible");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.as_bytes()),
+        Some(&b"text/plain; version=0.0.4"[..])
+    );
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let body = String::from_utf8(bytes.to_vec()).expect("utf-8");
+    let published = harness.published().len() as u64;
+    assert_eq!(published, 3, "{:?}", harness.published());
+    assert_eq!(
+        nebula_control_plane::metrics::sample(&body, "nebula_changes_published_total"),
+        Some(published),
+        "{body}"
+    );
+    assert_eq!(
+        nebula_control_plane::metrics::sample(
+            &body,
+            "nebula_sync_requests_answered_total{result=\"found\"}"
+        ),
+        Some(0)
+    );
+}
+
 #[tokio::test]
 async fn app_lifecycle_publishes_every_revision_once() {
     let harness = harness();
@@ -1097,22 +1167,7 @@ async fn broker_failure_fails_the_request_and_the_instance() {
 async fn sync_answers_from_the_store() {
     use nebula_control_plane::sync::answer;
     use nebula_protocol::{Name, SyncRequest, SyncResult, SyncTarget};
-    let harness = harness();
-    harness
-        .call(
-            "POST",
-            "/api/v2/apps/web",
-            Some(json!({"docker_image": "nginx"})),
-        )
-        .await;
-    harness.call("POST", "/api/v2/apps/web/stop", None).await;
-    harness
-        .call(
-            "POST",
-            "/api/v2/device_groups/edge",
-            Some(json!({"apps": ["web"]})),
-        )
-        .await;
+    let harness = stopped_web_in_group_edge().await;
     let service = Service::new(
         Arc::clone(&harness.store) as Arc<dyn Store>,
         Arc::clone(&harness.broker) as Arc<dyn Publisher>,

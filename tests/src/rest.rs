@@ -77,6 +77,34 @@ impl Rest {
         Ok(Reply { status, body })
     }
 
+    /// The control plane's `/metrics` body (Prometheus text; no credentials needed).
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        let root = self.base.trim_end_matches("/api/v2");
+        let response = self.client.get(format!("{root}/metrics")).send().await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "GET /metrics: HTTP {}",
+            response.status()
+        );
+        Ok(response.text().await?)
+    }
+
+    /// Sync requests the control plane has answered (found or not) since it started.
+    pub async fn sync_requests_answered(&self) -> anyhow::Result<u64> {
+        // Black-box on purpose: the counter's name is the contract, not the crate's parser.
+        let body = self.metrics().await?;
+        let counted: Vec<u64> = body
+            .lines()
+            .filter(|line| line.starts_with("nebula_sync_requests_answered_total{"))
+            .filter_map(|line| line.rsplit_once(' ')?.1.parse().ok())
+            .collect();
+        anyhow::ensure!(
+            counted.len() == 2,
+            "/metrics lacks the found and not_found sync counters:\n{body}"
+        );
+        Ok(counted.iter().sum())
+    }
+
     pub async fn get(&self, path: &str) -> anyhow::Result<Reply> {
         self.call(reqwest::Method::GET, path, None).await
     }

@@ -131,6 +131,14 @@ async fn readyz(State(state): State<AppState>) -> Response {
     )
 }
 
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.service.metrics().render(),
+    )
+        .into_response()
+}
+
 async fn not_found() -> ApiError {
     ApiError::not_found()
 }
@@ -181,6 +189,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .nest("/api/v2", api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -25,6 +25,8 @@ pub const PERSISTENT: u8 = 2;
 /// How often connecting is tried at start before giving up (the supervisor restarts us).
 const CONNECT_ATTEMPTS: u32 = 6;
 const CONNECT_BACKOFF_CAP: Duration = Duration::from_secs(8);
+/// How long a stopping instance waits for the broker to confirm its connection close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bounds of the reports queue (see `declare_reports_queue`): ten minutes of a
 /// 10,000-device fleet's minutely reports, about 50 MB of broker memory.
 const REPORTS_MAX_LENGTH: i64 = 100_000;
@@ -192,9 +194,21 @@ impl AmqpBroker {
     }
 
     /// Closes the connection cleanly at shutdown.
+    /// Closes the connection politely, waiting at most [`CLOSE_TIMEOUT`] for the broker's
+    /// close-ok: a broker too busy to answer must not keep a stopping instance alive (the
+    /// socket closes with the process anyway).
     pub async fn close(&self) {
-        if let Err(error) = self.connection.close(200, "shutdown".into()).await {
-            tracing::debug!(error = %error, "closing the broker connection failed");
+        match tokio::time::timeout(CLOSE_TIMEOUT, self.connection.close(200, "shutdown".into()))
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::debug!(error = %error, "closing the broker connection failed");
+            }
+            Err(_) => tracing::warn!(
+                timeout_secs = CLOSE_TIMEOUT.as_secs(),
+                "the broker did not confirm the connection close; exiting anyway"
+            ),
         }
     }
 }

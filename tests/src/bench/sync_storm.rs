@@ -1,11 +1,12 @@
 //! `sync-storm`: N agents booting at once, and again after a RabbitMQ restart: the time until
 //! every agent has synced and converged, broker memory and CPU during the storm, and sync
-//! requests answered per second.
+//! requests answered per second (counted by the control plane, retries included).
 
 use super::Options;
 use super::broker::BrokerSampler;
 use super::fleet_setup::FleetBench;
 use crate::fleet::Fleet;
+use crate::rest::Rest;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,9 @@ pub async fn run(options: &Options) -> anyhow::Result<serde_json::Value> {
     let app = bench.app_name();
 
     eprintln!("sync-storm: booting {agents} agents at once");
+    let rest = bench.control_plane.rest();
     let sampler = BrokerSampler::start();
+    let syncs = SyncCounter::start(rest.clone()).await?;
     let booted = Instant::now();
     let fleet = Fleet::start(
         agents,
@@ -28,10 +31,12 @@ pub async fn run(options: &Options) -> anyhow::Result<serde_json::Value> {
     fleet.wait_applied(&app, 1, booted, deadline).await?;
     let boot_secs = booted.elapsed().as_secs_f64();
     let boot_broker = sampler.stop().await;
+    let boot_syncs = syncs.stop().await?;
     eprintln!("sync-storm: all synced in {boot_secs:.2} s; restarting RabbitMQ");
 
     // Every agent loses its connection, fails hard, and boots again through the full sync.
     let sampler = BrokerSampler::start();
+    let syncs = SyncCounter::start(rest.clone()).await?;
     let restarted = Instant::now();
     for arguments in [["stop_app"], ["start_app"]] {
         let status = std::process::Command::new("rabbitmqctl")
@@ -40,7 +45,6 @@ pub async fn run(options: &Options) -> anyhow::Result<serde_json::Value> {
         anyhow::ensure!(status.success(), "rabbitmqctl {arguments:?} failed");
     }
     // A change made right after the restart proves each agent re-synced and consumes again.
-    let rest = bench.control_plane.rest();
     let revision = loop {
         match rest
             .update_app(&bench.app, json!({"env_vars": {"AFTER": "restart"}}))
@@ -62,6 +66,7 @@ pub async fn run(options: &Options) -> anyhow::Result<serde_json::Value> {
         .await?;
     let restart_secs = restarted.elapsed().as_secs_f64();
     let restart_broker = sampler.stop().await;
+    let restart_syncs = syncs.stop().await?;
     let restarts = fleet.restarts();
     fleet.stop().await;
     bench
@@ -75,14 +80,77 @@ pub async fn run(options: &Options) -> anyhow::Result<serde_json::Value> {
         "agents": agents,
         "boot": {
             "all_synced_secs": boot_secs,
-            "sync_requests_per_sec": agents as f64 / boot_secs,
+            "sync_requests": boot_syncs.json(boot_secs),
             "broker": boot_broker,
         },
         "after_broker_restart": {
             "all_resynced_and_converged_secs": restart_secs,
-            "sync_requests_per_sec": agents as f64 / restart_secs,
+            "sync_requests": restart_syncs.json(restart_secs),
             "broker": restart_broker,
             "agent_restarts": restarts,
         },
     }))
+}
+
+/// Follows the control plane's count of answered sync requests during one phase.
+struct SyncCounter {
+    running: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<SyncCount>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SyncCount {
+    answered: u64,
+    /// The most answered in one sampling second.
+    peak_per_sec: u64,
+}
+
+impl SyncCounter {
+    async fn start(rest: Rest) -> anyhow::Result<Self> {
+        let first = rest.sync_requests_answered().await?;
+        let running = tokio_util::sync::CancellationToken::new();
+        let token = running.clone();
+        let task = tokio::spawn(async move {
+            let (mut last, mut answered, mut peak_per_sec) = (first, 0, 0);
+            loop {
+                let stopped = tokio::select! {
+                    () = token.cancelled() => true,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => false,
+                };
+                // A broker restart ends the control plane too (it fails hard and its
+                // supervisor restarts it): unanswered samples are skipped, and a count
+                // lower than the last one is a fresh process counting from zero.
+                if let Ok(now) = rest.sync_requests_answered().await {
+                    let delta = if now >= last { now - last } else { now };
+                    answered += delta;
+                    if !stopped {
+                        peak_per_sec = peak_per_sec.max(delta);
+                    }
+                    last = now;
+                }
+                if stopped {
+                    return Ok(SyncCount {
+                        answered,
+                        peak_per_sec,
+                    });
+                }
+            }
+        });
+        Ok(Self { running, task })
+    }
+
+    async fn stop(self) -> anyhow::Result<SyncCount> {
+        self.running.cancel();
+        self.task.await?
+    }
+}
+
+impl SyncCount {
+    fn json(&self, secs: f64) -> serde_json::Value {
+        json!({
+            "answered": self.answered,
+            "per_sec": self.answered as f64 / secs,
+            "peak_per_sec": self.peak_per_sec,
+        })
+    }
 }
