@@ -82,7 +82,7 @@ impl Metrics {
 }
 
 /// Reads the value of one sample (`name` with its labels, as rendered) from a `/metrics`
-/// body; for clients such as `nebula-bench`.
+/// body; for this crate's tests (`nebula-bench` reads the text itself, as a scraper would).
 pub fn sample(body: &str, name: &str) -> Option<u64> {
     body.lines()
         .filter(|line| !line.starts_with('#'))

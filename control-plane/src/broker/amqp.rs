@@ -193,7 +193,6 @@ impl AmqpBroker {
         }
     }
 
-    /// Closes the connection cleanly at shutdown.
     /// Closes the connection politely, waiting at most [`CLOSE_TIMEOUT`] for the broker's
     /// close-ok: a broker too busy to answer must not keep a stopping instance alive (the
     /// socket closes with the process anyway).
