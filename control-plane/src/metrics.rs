@@ -7,15 +7,32 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The counters, shared by the REST handlers, the outbox and the sync responder.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
+    /// When this process started counting, so a reader can tell a restarted instance (whose
+    /// counters began again at zero) from one that merely answered nothing new.
+    started: SystemTime,
     sync_found: AtomicU64,
     sync_not_found: AtomicU64,
     sync_rejected: AtomicU64,
     changes_published: AtomicU64,
     outbox_republished: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            started: SystemTime::now(),
+            sync_found: AtomicU64::default(),
+            sync_not_found: AtomicU64::default(),
+            sync_rejected: AtomicU64::default(),
+            changes_published: AtomicU64::default(),
+            outbox_republished: AtomicU64::default(),
+        }
+    }
 }
 
 impl Metrics {
@@ -47,7 +64,16 @@ impl Metrics {
     /// The Prometheus text exposition (format 0.0.4) of every counter.
     pub fn render(&self) -> String {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        let mut out = String::new();
+        let started = self
+            .started
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        let mut out = format!(
+            "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n\
+             # TYPE process_start_time_seconds gauge\n\
+             process_start_time_seconds {started:.3}\n"
+        );
         let mut counter = |name: &str, help: &str, samples: &[(&str, u64)]| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             for (labels, value) in samples {
@@ -118,5 +144,13 @@ mod tests {
         assert_eq!(read("nebula_outbox_republished_total"), Some(2));
         assert_eq!(read("nebula_no_such_counter"), None);
         assert!(body.contains("# TYPE nebula_changes_published_total counter\n"));
+        let started: f64 = body
+            .lines()
+            .find_map(|line| line.strip_prefix("process_start_time_seconds "))
+            .expect("start time")
+            .parse()
+            .expect("seconds");
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock");
+        assert!((now.as_secs_f64() - started).abs() < 60.0, "{started}");
     }
 }

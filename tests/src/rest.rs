@@ -10,6 +10,13 @@ pub struct Rest {
     password: String,
 }
 
+/// The control plane's count of answered sync requests, and which process counted them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncAnswered {
+    pub started: String,
+    pub answered: u64,
+}
+
 /// A response: status and JSON body.
 #[derive(Debug, Clone)]
 pub struct Reply {
@@ -89,9 +96,10 @@ impl Rest {
         Ok(response.text().await?)
     }
 
-    /// Sync requests the control plane has answered (found or not) since it started.
-    pub async fn sync_requests_answered(&self) -> anyhow::Result<u64> {
-        // Black-box on purpose: the counter's name is the contract, not the crate's parser.
+    /// Sync requests the control plane has answered (found or not) since it started, and
+    /// when that was (`process_start_time_seconds`, which tells a restart apart).
+    pub async fn sync_requests_answered(&self) -> anyhow::Result<SyncAnswered> {
+        // Black-box on purpose: the metric names are the contract, not the crate's parser.
         let body = self.metrics().await?;
         let counted: Vec<u64> = body
             .lines()
@@ -102,7 +110,15 @@ impl Rest {
             counted.len() == 2,
             "/metrics lacks the found and not_found sync counters:\n{body}"
         );
-        Ok(counted.iter().sum())
+        let started = body
+            .lines()
+            .find_map(|line| line.strip_prefix("process_start_time_seconds "))
+            .ok_or_else(|| anyhow::anyhow!("/metrics lacks process_start_time_seconds"))?
+            .to_string();
+        Ok(SyncAnswered {
+            started,
+            answered: counted.iter().sum(),
+        })
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Reply> {

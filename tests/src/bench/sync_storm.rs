@@ -39,8 +39,10 @@ pub async fn run(options: &Options) -> anyhow::Result<serde_json::Value> {
     let syncs = SyncCounter::start(rest.clone()).await?;
     let restarted = Instant::now();
     for arguments in [["stop_app"], ["start_app"]] {
+        // Its chatter goes to stderr: stdout holds only the scenario's JSON line.
         let status = std::process::Command::new("rabbitmqctl")
             .args(arguments)
+            .stdout(std::io::stderr())
             .status()?;
         anyhow::ensure!(status.success(), "rabbitmqctl {arguments:?} failed");
     }
@@ -101,7 +103,7 @@ struct SyncCounter {
 #[derive(Debug, Clone, Copy)]
 struct SyncCount {
     answered: u64,
-    /// The most answered in one sampling second.
+    /// The most answered within one sampling interval (a second, or the shorter last one).
     peak_per_sec: u64,
 }
 
@@ -118,14 +120,17 @@ impl SyncCounter {
                     () = tokio::time::sleep(Duration::from_secs(1)) => false,
                 };
                 // A broker restart ends the control plane too (it fails hard and its
-                // supervisor restarts it): unanswered samples are skipped, and a count
-                // lower than the last one is a fresh process counting from zero.
+                // supervisor restarts it): unanswered samples are skipped, and another start
+                // time is a fresh process counting from zero.
                 if let Ok(now) = rest.sync_requests_answered().await {
-                    let delta = if now >= last { now - last } else { now };
+                    let delta = if now.started == last.started {
+                        now.answered.saturating_sub(last.answered)
+                    } else {
+                        now.answered
+                    };
                     answered += delta;
-                    if !stopped {
-                        peak_per_sec = peak_per_sec.max(delta);
-                    }
+                    // The last interval is shorter than a second: still a count within one.
+                    peak_per_sec = peak_per_sec.max(delta);
                     last = now;
                 }
                 if stopped {
