@@ -109,7 +109,7 @@ impl Metrics {
 
 /// Reads the value of one sample (`name` with its labels, as rendered) from a `/metrics`
 /// body; for this crate's tests (`nebula-bench` reads the text itself, as a scraper would).
-pub fn sample(body: &str, name: &str) -> Option<u64> {
+pub fn sample<T: std::str::FromStr>(body: &str, name: &str) -> Option<T> {
     body.lines()
         .filter(|line| !line.starts_with('#'))
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
@@ -130,7 +130,7 @@ mod tests {
         metrics.outbox_republished();
         metrics.outbox_republished();
         let body = metrics.render();
-        let read = |name| sample(&body, name);
+        let read = |name| sample::<u64>(&body, name);
         assert_eq!(
             read("nebula_sync_requests_answered_total{result=\"found\"}"),
             Some(2)
@@ -144,12 +144,7 @@ mod tests {
         assert_eq!(read("nebula_outbox_republished_total"), Some(2));
         assert_eq!(read("nebula_no_such_counter"), None);
         assert!(body.contains("# TYPE nebula_changes_published_total counter\n"));
-        let started: f64 = body
-            .lines()
-            .find_map(|line| line.strip_prefix("process_start_time_seconds "))
-            .expect("start time")
-            .parse()
-            .expect("seconds");
+        let started: f64 = sample(&body, "process_start_time_seconds").expect("start time");
         let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock");
         assert!((now.as_secs_f64() - started).abs() < 60.0, "{started}");
     }

@@ -271,7 +271,12 @@ async fn sync_requests_get_the_current_state() {
         ("nebula_changes_published_total", 3),
     ];
     let read = |body: &str| {
-        expected.map(|(name, _)| (name, nebula_control_plane::metrics::sample(body, name)))
+        expected.map(|(name, _)| {
+            (
+                name,
+                nebula_control_plane::metrics::sample::<u64>(body, name),
+            )
+        })
     };
     let mut counters = read("");
     for _ in 0..50 {

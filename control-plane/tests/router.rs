@@ -70,13 +70,14 @@ struct Answer {
 }
 
 impl Harness {
-    async fn raw(
+    /// Sends one request; answers status, content type and body bytes.
+    async fn fetch(
         &self,
         method: &str,
         path: &str,
         body: Vec<u8>,
         authorization: Option<&str>,
-    ) -> Answer {
+    ) -> (StatusCode, String, axum::body::Bytes) {
         let mut request = Request::builder().method(method).uri(path);
         if let Some(value) = authorization {
             request = request.header(header::AUTHORIZATION, value);
@@ -101,6 +102,18 @@ impl Harness {
             .await
             .expect("body")
             .to_bytes();
+        (status, content_type, bytes)
+    }
+
+    /// Sends one request to a JSON endpoint.
+    async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+        authorization: Option<&str>,
+    ) -> Answer {
+        let (status, content_type, bytes) = self.fetch(method, path, body, authorization).await;
         assert_eq!(
             content_type, "application/json",
             "{method} {path} -> {status}"
@@ -212,40 +225,21 @@ async fn metrics_count_confirmed_publishes_and_need_no_credentials() {
     harness.call("POST", "/api/v2/apps/web/start", None).await;
     harness.broker.set_broken(false);
 
-    let request = Request::builder()
-        .uri("/metrics")
-        .body(Body::empty())
-        .expect("request");
-    let response = harness
-        .router
-        .clone()
-        .oneshot(request)
-        .await
-        .expect("infallible");
-    assert_eq!(response.status(), StatusCode::OK);
+    let (status, content_type, bytes) = harness.fetch("GET", "/metrics", Vec::new(), None).await;
     assert_eq!(
-        response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .map(|v| v.as_bytes()),
-        Some(&b"text/plain; version=0.0.4"[..])
+        (status, content_type.as_str()),
+        (StatusCode::OK, "text/plain; version=0.0.4")
     );
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
     let body = String::from_utf8(bytes.to_vec()).expect("utf-8");
     let published = harness.published().len() as u64;
     assert_eq!(published, 3, "{:?}", harness.published());
     assert_eq!(
-        nebula_control_plane::metrics::sample(&body, "nebula_changes_published_total"),
+        nebula_control_plane::metrics::sample::<u64>(&body, "nebula_changes_published_total"),
         Some(published),
         "{body}"
     );
     assert_eq!(
-        nebula_control_plane::metrics::sample(
+        nebula_control_plane::metrics::sample::<u64>(
             &body,
             "nebula_sync_requests_answered_total{result=\"found\"}"
         ),
