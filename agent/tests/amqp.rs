@@ -131,6 +131,7 @@ impl ControlPlane {
                 let reply = Message::SyncReply(SyncReply {
                     correlation_id: request.correlation_id.clone(),
                     result,
+                    store_id: nebula_protocol::StoreId(1),
                 });
                 let reply_to = delivery.properties.reply_to().clone().expect("reply_to");
                 let correlation_id = delivery
@@ -428,6 +429,7 @@ async fn app_mode_boot_flow_changes_poison_delete_and_recreate() {
             &Message::AppDeleted {
                 app_name: app.clone(),
                 app_id: 3,
+                incarnation: 0,
             },
         )
         .await;
@@ -601,6 +603,7 @@ async fn group_mode_follows_membership_member_changes_prune_and_delete() {
             &Message::DeviceGroupDeleted {
                 device_group: group.clone(),
                 device_group_id: 2,
+                incarnation: 0,
             },
         )
         .await;

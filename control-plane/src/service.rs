@@ -357,6 +357,7 @@ impl Service {
         let message = Message::AppDeleted {
             app_name: config.app_name.clone(),
             app_id: config.app_id,
+            incarnation: config.incarnation,
         };
         self.publish(&exchange, &message).await?;
         for group_name in self.groups_containing(&config.app_name).await? {
@@ -670,6 +671,7 @@ impl Service {
         let message = Message::DeviceGroupDeleted {
             device_group: group.device_group.clone(),
             device_group_id: group.device_group_id,
+            incarnation: group.incarnation,
         };
         self.publish(&exchange, &message).await?;
         // Deleting the exchange drops its bindings with it.

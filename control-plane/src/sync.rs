@@ -147,6 +147,7 @@ async fn handle(channel: &Channel, service: &Service, delivery: Delivery) -> Res
     let reply = Message::SyncReply(SyncReply {
         correlation_id: request.correlation_id.clone(),
         result,
+        store_id: nebula_protocol::StoreId(0),
     });
     // Direct reply-to does not support confirms; the agent times out and asks again.
     channel

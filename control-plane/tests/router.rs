@@ -404,7 +404,7 @@ async fn app_lifecycle_publishes_every_revision_once() {
     let (exchange, last) = harness.published().pop().expect("published");
     assert_eq!(exchange, "nebula.app.web");
     assert!(
-        matches!(last, Message::AppDeleted { ref app_name, app_id: 7 } if app_name == "web"),
+        matches!(last, Message::AppDeleted { ref app_name, app_id: 7, .. } if app_name == "web"),
         "{last:?}"
     );
     assert!(
@@ -1172,6 +1172,7 @@ async fn sync_answers_from_the_store() {
         target,
         correlation_id: "c1".into(),
         agent_version: "test".into(),
+        known_store: None,
     };
     let name = |value: &str| Name::new(value).expect("name");
     match answer(&service, &request(SyncTarget::App(name("web"))))

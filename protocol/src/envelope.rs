@@ -8,8 +8,11 @@ use crate::model::ValidationError;
 
 /// The two bytes every envelope starts with.
 pub const MAGIC: [u8; 2] = *b"NB";
-/// The format this crate writes and reads.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// The format this crate writes and reads. Version 2 appended incarnations to every object
+/// and delete, and store identities to sync requests and replies; a receiver of version 1
+/// rejects version 2 messages as unsupported instead of misreading them (postcard bodies
+/// with appended fields inside nested structs are not readable by an older decoder).
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Bytes before the postcard body.
 pub const HEADER_LEN: usize = 3;
 
@@ -73,6 +76,7 @@ mod tests {
         Message::SyncReply(SyncReply {
             correlation_id: "c".into(),
             result: SyncResult::NotFound,
+            store_id: crate::StoreId(7),
         })
     }
 
@@ -80,7 +84,7 @@ mod tests {
     fn round_trips() {
         let message = reply();
         let bytes = encode(&message);
-        assert_eq!(&bytes[..3], b"NB\x01");
+        assert_eq!(&bytes[..3], b"NB\x02");
         assert_eq!(decode(&bytes), Ok(message));
     }
 
@@ -90,12 +94,12 @@ mod tests {
         assert_eq!(decode(b"NB"), Err(DecodeError::TooShort(2)));
         assert_eq!(decode(b"XB\x01\x05"), Err(DecodeError::BadMagic(*b"XB")));
         assert_eq!(
-            decode(b"NB\x02\x05"),
-            Err(DecodeError::UnsupportedVersion(2))
+            decode(b"NB\x01\x05"),
+            Err(DecodeError::UnsupportedVersion(1))
         );
-        assert!(matches!(decode(b"NB\x01"), Err(DecodeError::Malformed(_))));
+        assert!(matches!(decode(b"NB\x02"), Err(DecodeError::Malformed(_))));
         assert!(matches!(
-            decode(b"NB\x01\x63"),
+            decode(b"NB\x02\x63"),
             Err(DecodeError::Malformed(_))
         ));
         let mut trailing = encode(&reply());
@@ -116,6 +120,7 @@ mod tests {
         let good = Message::AppDeleted {
             app_name: Name::new("abc").expect("name"),
             app_id: 1,
+            incarnation: 1,
         };
         let mut bytes = encode(&good);
         // The name's bytes follow the variant tag and the length prefix; corrupt one.

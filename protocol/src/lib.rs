@@ -10,6 +10,7 @@
 pub mod cron;
 pub mod envelope;
 pub mod image;
+pub mod legacy;
 pub mod message;
 pub mod model;
 pub mod names;
@@ -18,10 +19,11 @@ pub mod placement;
 pub use envelope::{DecodeError, MAGIC, PROTOCOL_VERSION, decode, encode};
 pub use image::{ImageRef, ImageRefError};
 pub use message::{
-    AppReport, ContainerReport, DeviceReport, GroupState, Message, ResourceUsage, SyncReply,
-    SyncRequest, SyncResult, SyncTarget,
+    AppReport, ContainerReport, DeviceReport, GroupState, Message, ResourceUsage, StoreId,
+    SyncReply, SyncRequest, SyncResult, SyncTarget,
 };
 pub use model::{
-    AppConfig, ContainersPer, CronJob, DeviceGroup, PortMapping, Revision, ValidationError,
+    AppConfig, ContainersPer, CronJob, DeviceGroup, Incarnation, ObjectVersion, PortMapping,
+    Revision, ValidationError,
 };
 pub use names::{Name, NameError};

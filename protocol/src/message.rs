@@ -4,7 +4,9 @@
 //! receiver can apply any message on its own and ignore one that is not newer than what it
 //! holds (DESIGN §2). Append-only: add variants and fields at the end, never reorder.
 
-use crate::model::{AppConfig, CronJob, DeviceGroup, Revision, ValidationError};
+use crate::model::{
+    AppConfig, CronJob, DeviceGroup, Incarnation, ObjectVersion, Revision, ValidationError,
+};
 use crate::names::Name;
 use serde::{Deserialize, Serialize};
 
@@ -14,13 +16,20 @@ pub enum Message {
     /// An app was created or changed: its full config at a new revision.
     AppChanged(AppConfig),
     /// An app was deleted; devices stop and remove its containers.
-    AppDeleted { app_name: Name, app_id: Revision },
+    AppDeleted {
+        app_name: Name,
+        app_id: Revision,
+        /// Appended in protocol version 2.
+        incarnation: Incarnation,
+    },
     /// A device group was created or changed, with the full config of every member.
     DeviceGroupChanged(GroupState),
     /// A device group was deleted; its devices stop and remove every app of it.
     DeviceGroupDeleted {
         device_group: Name,
         device_group_id: Revision,
+        /// Appended in protocol version 2.
+        incarnation: Incarnation,
     },
     /// An agent asks for the current state of one app or group.
     SyncRequest(SyncRequest),
@@ -31,6 +40,23 @@ pub enum Message {
 }
 
 impl Message {
+    /// The version a delete message removes, for the revision rules of DESIGN §2.
+    pub fn deleted_version(&self) -> Option<ObjectVersion> {
+        match self {
+            Self::AppDeleted {
+                app_id,
+                incarnation,
+                ..
+            } => Some(ObjectVersion::new(*incarnation, *app_id)),
+            Self::DeviceGroupDeleted {
+                device_group_id,
+                incarnation,
+                ..
+            } => Some(ObjectVersion::new(*incarnation, *device_group_id)),
+            _ => None,
+        }
+    }
+
     /// The kind of message, for logs.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -79,6 +105,35 @@ impl GroupState {
     }
 }
 
+/// The identity of a store, fixed when the store is first initialised (DESIGN §2). Sync
+/// replies carry it, so that an agent can tell "not found" from the store it has always
+/// synced with (authoritative: remove) from "not found" from some other, perhaps empty,
+/// store (never acted on). Shown as 32 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct StoreId(pub u128);
+
+impl StoreId {
+    /// Parses the 32 hex digits [`StoreId`]'s `Display` writes.
+    pub fn parse_hex(text: &str) -> Option<Self> {
+        if text.len() != 32 || !text.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+            return None;
+        }
+        u128::from_str_radix(text, 16).ok().map(Self)
+    }
+}
+
+impl std::fmt::Display for StoreId {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{:032x}", self.0)
+    }
+}
+
+impl std::fmt::Debug for StoreId {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "StoreId({self})")
+    }
+}
+
 /// What a sync request asks about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SyncTarget {
@@ -93,19 +148,25 @@ pub struct SyncRequest {
     /// Echoed in the reply; also set as the AMQP correlation id.
     pub correlation_id: String,
     pub agent_version: String,
+    /// The store the agent last synced with, if any (appended in protocol version 2): a
+    /// control plane answering from another store can tell, and say so (`/readyz`).
+    pub known_store: Option<StoreId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncReply {
     pub correlation_id: String,
     pub result: SyncResult,
+    /// The store the answer comes from (appended in protocol version 2).
+    pub store_id: StoreId,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SyncResult {
     App(AppConfig),
     Group(GroupState),
-    /// No such app or group (yet): the agent waits and asks again.
+    /// No such app or group (yet): the agent waits and asks again. Authoritative only from
+    /// the store the agent already knows (see [`StoreId`]).
     NotFound,
 }
 

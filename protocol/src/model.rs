@@ -13,6 +13,36 @@ use std::collections::BTreeMap;
 /// Starts at 1 on create and goes up by exactly 1 on every change.
 pub type Revision = u64;
 
+/// Which life of a name an object is: fixed when the object is created, and greater for
+/// every later re-create under the same name (the store hands them out, see the control
+/// plane's store). Revisions restart at 1 on a re-create, so only (incarnation, revision)
+/// tells a re-created object from the one that was deleted. 0 is what objects and containers
+/// of protocol version 1, which had no incarnation, are read as.
+pub type Incarnation = u64;
+
+/// The identity of one version of an object, ordered by incarnation, then revision: a
+/// message is newer than what an agent holds exactly when its `ObjectVersion` is greater.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ObjectVersion {
+    pub incarnation: Incarnation,
+    pub revision: Revision,
+}
+
+impl ObjectVersion {
+    pub fn new(incarnation: Incarnation, revision: Revision) -> Self {
+        Self {
+            incarnation,
+            revision,
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectVersion {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{}/{}", self.incarnation, self.revision)
+    }
+}
+
 /// Networks an app joins when the client does not say (the v2 default).
 pub const DEFAULT_NETWORKS: [&str; 2] = ["nebula", "bridge"];
 /// The bridge network the agent creates when missing and attaches containers to first.
@@ -164,6 +194,8 @@ pub struct AppConfig {
     pub devices: Vec<String>,
     pub privileged: bool,
     pub rolling_restart: bool,
+    /// Appended in protocol version 2.
+    pub incarnation: Incarnation,
 }
 
 impl AppConfig {
@@ -182,7 +214,13 @@ impl AppConfig {
             devices: Vec::new(),
             privileged: false,
             rolling_restart: false,
+            incarnation: 0,
         }
+    }
+
+    /// (incarnation, `app_id`).
+    pub fn version(&self) -> ObjectVersion {
+        ObjectVersion::new(self.incarnation, self.app_id)
     }
 
     /// The parsed image reference; only fails for a config that was never validated.
@@ -284,6 +322,8 @@ pub struct DeviceGroup {
     pub prune_id: Revision,
     pub apps: Vec<Name>,
     pub cron_jobs: Vec<Name>,
+    /// Appended in protocol version 2.
+    pub incarnation: Incarnation,
 }
 
 impl DeviceGroup {
@@ -294,7 +334,14 @@ impl DeviceGroup {
             prune_id: 1,
             apps: Vec::new(),
             cron_jobs: Vec::new(),
+            incarnation: 0,
         }
+    }
+
+    /// (incarnation, `device_group_id`). `prune_id` is not part of it: a prune request
+    /// changes only `prune_id`, and is recognised by that alone.
+    pub fn version(&self) -> ObjectVersion {
+        ObjectVersion::new(self.incarnation, self.device_group_id)
     }
 
     pub fn validate(&self) -> Result<(), ValidationError> {
@@ -325,6 +372,8 @@ pub struct CronJob {
     pub volumes: Vec<String>,
     pub devices: Vec<String>,
     pub privileged: bool,
+    /// Appended in protocol version 2.
+    pub incarnation: Incarnation,
 }
 
 impl CronJob {
@@ -344,7 +393,13 @@ impl CronJob {
             volumes: Vec::new(),
             devices: Vec::new(),
             privileged: false,
+            incarnation: 0,
         }
+    }
+
+    /// (incarnation, `cron_job_id`).
+    pub fn version(&self) -> ObjectVersion {
+        ObjectVersion::new(self.incarnation, self.cron_job_id)
     }
 
     pub fn validate(&self) -> Result<(), ValidationError> {
@@ -444,6 +499,19 @@ mod tests {
             ..job
         };
         assert!(matches!(bad.validate(), Err(ValidationError::Schedule(_))));
+    }
+
+    #[test]
+    fn versions_order_by_incarnation_first() {
+        let old = ObjectVersion::new(5, 90);
+        let recreated = ObjectVersion::new(6, 1);
+        assert!(recreated > old);
+        assert!(ObjectVersion::new(6, 2) > recreated);
+        let mut app = app();
+        app.incarnation = 6;
+        app.app_id = 2;
+        assert_eq!(app.version(), ObjectVersion::new(6, 2));
+        assert_eq!(app.version().to_string(), "6/2");
     }
 
     #[test]

@@ -16,6 +16,11 @@ pub const LABEL_APP_ID: &str = "app_id";
 pub const LABEL_DEVICE_ID: &str = "device_id";
 /// Label holding a cron job's name on its containers.
 pub const LABEL_CRON_JOB_NAME: &str = "cron_job_name";
+/// Label holding the app's incarnation the container was created for (absent on containers
+/// of protocol version 1, read as 0).
+pub const LABEL_INCARNATION: &str = "incarnation";
+/// Label holding [`config_hash`] of the config the container was created from.
+pub const LABEL_CONFIG_HASH: &str = "config_hash";
 
 /// What the agent knows about the device when sizing an app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +92,79 @@ pub fn published_ports(
         .collect()
 }
 
+/// A short, stable fingerprint of everything an app's config says: 16 hex digits of FNV-1a
+/// (64 bit) over a canonical byte stream of its fields. Containers are labelled with it, so
+/// that a container whose (incarnation, revision) labels match the desired ones but which
+/// was created from another config (a store that reused the numbers) is still replaced.
+///
+/// Stable across releases by construction: the stream is written field by field here, not
+/// by a serialiser, and a field added to [`AppConfig`] later must join it only when its
+/// value differs from its default, so that upgrading an agent never makes every container
+/// look outdated.
+pub fn config_hash(app: &AppConfig) -> String {
+    let mut hasher = Fnv1a::default();
+    hasher.text(app.app_name.as_str());
+    hasher.number(app.incarnation);
+    hasher.number(app.app_id);
+    hasher.text(&app.docker_image);
+    hasher.number(app.starting_ports.len() as u64);
+    for mapping in &app.starting_ports {
+        let (tag, host, container) = match *mapping {
+            PortMapping::Same(port) => (0, port, port),
+            PortMapping::Mapped { host, container } => (1, host, container),
+        };
+        hasher.number(tag);
+        hasher.number(u64::from(host));
+        hasher.number(u64::from(container));
+    }
+    hasher.text(app.containers_per.key());
+    hasher.number(u64::from(app.containers_per.value()));
+    hasher.number(app.env_vars.len() as u64);
+    for (key, value) in &app.env_vars {
+        hasher.text(key);
+        hasher.text(value);
+    }
+    hasher.number(u64::from(app.running));
+    for list in [&app.networks, &app.volumes, &app.devices] {
+        hasher.number(list.len() as u64);
+        for item in list {
+            hasher.text(item);
+        }
+    }
+    hasher.number(u64::from(app.privileged));
+    hasher.number(u64::from(app.rolling_restart));
+    format!("{:016x}", hasher.0)
+}
+
+/// FNV-1a, 64 bit: no dependency, and plenty for telling configs apart (not a security
+/// boundary: whoever can label containers can also start them).
+struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv1a {
+    fn bytes(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 ^= u64::from(*byte);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn number(&mut self, value: u64) {
+        self.bytes(&value.to_le_bytes());
+    }
+
+    /// Length-prefixed, so that ("ab", "c") and ("a", "bc") differ.
+    fn text(&mut self, value: &str) {
+        self.number(value.len() as u64);
+        self.bytes(value.as_bytes());
+    }
+}
+
 /// Checks that `count` containers of `app` all get valid host ports.
 pub fn validate_port_range(app: &AppConfig, count: u32) -> Result<(), ValidationError> {
     published_ports(&app.starting_ports, count.saturating_sub(1)).map(|_| ())
@@ -139,6 +217,83 @@ mod tests {
         }
         // An app whose name continues with a dash is not confused with another's containers.
         assert_eq!(container_index(&app, "web-api-1"), None);
+    }
+
+    #[test]
+    fn config_hash_is_stable_and_sees_every_field() {
+        let app = AppConfig::new(Name::new("web").expect("name"), "nginx");
+        // Pinned: a change of this value makes every container of every fleet look
+        // outdated after an agent upgrade (see `config_hash`).
+        assert_eq!(config_hash(&app), "f08f864e3aadb6c5");
+        let variants: Vec<AppConfig> = vec![
+            AppConfig {
+                incarnation: 1,
+                ..app.clone()
+            },
+            AppConfig {
+                app_id: 2,
+                ..app.clone()
+            },
+            AppConfig {
+                docker_image: "nginx:2".into(),
+                ..app.clone()
+            },
+            AppConfig {
+                starting_ports: vec![PortMapping::Same(80)],
+                ..app.clone()
+            },
+            AppConfig {
+                starting_ports: vec![PortMapping::Mapped {
+                    host: 80,
+                    container: 80,
+                }],
+                ..app.clone()
+            },
+            AppConfig {
+                containers_per: ContainersPer::Instance(1),
+                ..app.clone()
+            },
+            AppConfig {
+                env_vars: [("A".to_string(), "1".to_string())].into(),
+                ..app.clone()
+            },
+            AppConfig {
+                running: false,
+                ..app.clone()
+            },
+            AppConfig {
+                networks: vec!["nebula".into()],
+                ..app.clone()
+            },
+            AppConfig {
+                volumes: vec!["/a:/b".into()],
+                ..app.clone()
+            },
+            AppConfig {
+                devices: vec!["/a:/b".into()],
+                ..app.clone()
+            },
+            AppConfig {
+                privileged: true,
+                ..app.clone()
+            },
+            AppConfig {
+                rolling_restart: true,
+                ..app.clone()
+            },
+        ];
+        let mut hashes: Vec<String> = variants.iter().map(config_hash).collect();
+        hashes.push(config_hash(&app));
+        let count = hashes.len();
+        hashes.sort();
+        hashes.dedup();
+        assert_eq!(hashes.len(), count, "every field changes the hash");
+        // Moving bytes between adjacent strings changes it too.
+        let mut left = app.clone();
+        left.env_vars = [("AB".to_string(), "C".to_string())].into();
+        let mut right = app.clone();
+        right.env_vars = [("A".to_string(), "BC".to_string())].into();
+        assert_ne!(config_hash(&left), config_hash(&right));
     }
 
     #[test]

@@ -85,7 +85,13 @@ fn decoder_survives_random_and_mutated_input() {
             ) => rejected += 1,
         }
     }
-    assert_eq!(decoded + rejected, ITERATIONS);
+    // The loop's real check is that nothing above panicked. These two make sure it tested
+    // both paths: some mutations must still decode (so the decoder was driven deep into valid
+    // bodies, not only stopped at the header), and most must be rejected.
+    assert!(
+        decoded > ITERATIONS / 100,
+        "too few mutations decoded ({decoded}): the loop no longer reaches valid bodies"
+    );
     assert!(
         rejected > ITERATIONS / 2,
         "mutations should mostly be rejected, got {rejected}"

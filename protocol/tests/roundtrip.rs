@@ -17,6 +17,10 @@ fn revision() -> impl Strategy<Value = Revision> {
     1..u64::MAX
 }
 
+fn incarnation() -> impl Strategy<Value = Incarnation> {
+    any::<u64>()
+}
+
 fn port() -> impl Strategy<Value = u16> {
     1..=u16::MAX
 }
@@ -58,6 +62,7 @@ fn app() -> impl Strategy<Value = AppConfig> {
             image(),
             vec(port_mapping(), 0..4),
             containers_per(),
+            incarnation(),
         ),
         (
             btree_map("[A-Z_]{1,8}", ".{0,16}", 0..4),
@@ -70,7 +75,7 @@ fn app() -> impl Strategy<Value = AppConfig> {
     )
         .prop_map(
             |(
-                (app_name, app_id, docker_image, starting_ports, containers_per),
+                (app_name, app_id, docker_image, starting_ports, containers_per, incarnation),
                 (env_vars, running, networks, volumes, privileged, rolling_restart),
             )| {
                 let mut networks: Vec<String> = networks.into_iter().map(String::from).collect();
@@ -90,6 +95,7 @@ fn app() -> impl Strategy<Value = AppConfig> {
                     devices: Vec::new(),
                     privileged,
                     rolling_restart,
+                    incarnation,
                 }
             },
         )
@@ -102,11 +108,13 @@ fn cron_job() -> impl Strategy<Value = CronJob> {
         image(),
         any::<bool>(),
         prop_oneof![Just("*/5 * * * *"), Just("0 3 * * 1-5")],
+        incarnation(),
     )
         .prop_map(
-            |(cron_job_name, cron_job_id, docker_image, running, schedule)| CronJob {
+            |(cron_job_name, cron_job_id, docker_image, running, schedule, incarnation)| CronJob {
                 cron_job_id,
                 running,
+                incarnation,
                 ..CronJob::new(cron_job_name, schedule, docker_image)
             },
         )
@@ -126,9 +134,10 @@ fn group_state() -> impl Strategy<Value = GroupState> {
         revision(),
         vec(app(), 0..3),
         vec(cron_job(), 0..2),
+        incarnation(),
     )
         .prop_map(
-            |(device_group, device_group_id, prune_id, apps, cron_jobs)| GroupState {
+            |(device_group, device_group_id, prune_id, apps, cron_jobs, incarnation)| GroupState {
                 group: DeviceGroup {
                     device_group,
                     device_group_id,
@@ -140,6 +149,7 @@ fn group_state() -> impl Strategy<Value = GroupState> {
                             .map(|job| job.cron_job_name.clone())
                             .collect(),
                     ),
+                    incarnation,
                 },
                 apps,
                 cron_jobs,
@@ -198,17 +208,29 @@ fn report() -> impl Strategy<Value = DeviceReport> {
 fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
         app().prop_map(Message::AppChanged),
-        (name(), revision())
-            .prop_map(|(app_name, app_id)| Message::AppDeleted { app_name, app_id }),
-        group_state().prop_map(Message::DeviceGroupChanged),
-        (name(), revision()).prop_map(|(device_group, device_group_id)| {
-            Message::DeviceGroupDeleted {
-                device_group,
-                device_group_id,
+        (name(), revision(), incarnation()).prop_map(|(app_name, app_id, incarnation)| {
+            Message::AppDeleted {
+                app_name,
+                app_id,
+                incarnation,
             }
         }),
-        (name(), name(), any::<bool>(), ".{0,36}").prop_map(
-            |(device_id, target, group, correlation_id)| {
+        group_state().prop_map(Message::DeviceGroupChanged),
+        (name(), revision(), incarnation()).prop_map(
+            |(device_group, device_group_id, incarnation)| Message::DeviceGroupDeleted {
+                device_group,
+                device_group_id,
+                incarnation,
+            }
+        ),
+        (
+            name(),
+            name(),
+            any::<bool>(),
+            ".{0,36}",
+            proptest::option::of(any::<u128>())
+        )
+            .prop_map(|(device_id, target, group, correlation_id, known_store)| {
                 Message::SyncRequest(SyncRequest {
                     device_id,
                     target: if group {
@@ -218,21 +240,25 @@ fn message() -> impl Strategy<Value = Message> {
                     },
                     correlation_id,
                     agent_version: "0.1.0".into(),
+                    known_store: known_store.map(StoreId),
                 })
-            }
-        ),
+            }),
         (
             ".{0,36}",
             prop_oneof![
                 app().prop_map(SyncResult::App),
                 group_state().prop_map(SyncResult::Group),
                 Just(SyncResult::NotFound),
-            ]
+            ],
+            any::<u128>()
         )
-            .prop_map(|(correlation_id, result)| Message::SyncReply(SyncReply {
-                correlation_id,
-                result
-            })),
+            .prop_map(
+                |(correlation_id, result, store_id)| Message::SyncReply(SyncReply {
+                    correlation_id,
+                    result,
+                    store_id: StoreId(store_id),
+                })
+            ),
         report().prop_map(Message::DeviceReport),
     ]
 }

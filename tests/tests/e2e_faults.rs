@@ -158,11 +158,17 @@ async fn a_change_during_the_boot_sync_is_not_missed() {
             prune_id: group_document["prune_id"].as_u64().expect("prune_id"),
             apps: vec![Name::new(app.as_str()).expect("name")],
             cron_jobs: vec![],
+            incarnation: 0,
         },
         apps: vec![stale_app],
         cron_jobs: vec![],
     };
-    held.reply(&channel, SyncResult::Group(stale)).await;
+    held.reply(
+        &channel,
+        SyncResult::Group(stale),
+        nebula_protocol::StoreId(0),
+    )
+    .await;
     let containers = scenario.converged(&app, 1, 2).await;
     assert_eq!(containers[0].image, test_image(2));
     scenario.report("change during boot sync", start);

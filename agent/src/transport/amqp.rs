@@ -319,6 +319,7 @@ async fn sync<R: ContainerRuntime>(
             target: target.sync_target(),
             correlation_id: correlation_id.clone(),
             agent_version: AGENT_VERSION.to_string(),
+            known_store: None,
         });
         channel
             .basic_publish(
@@ -470,14 +471,24 @@ async fn handle<R: ContainerRuntime>(
             tracing::info!(app = %app, revision, applied = !changes.is_empty(), "app changed");
             changes
         }
-        (Target::App(app), Message::AppDeleted { app_name, app_id }) if &app_name == app => {
+        (
+            Target::App(app),
+            Message::AppDeleted {
+                app_name, app_id, ..
+            },
+        ) if &app_name == app => {
             deleted = true;
             tracing::info!(app = %app, revision = app_id, "app deleted");
             shared
                 .update(|state| state.remove_app(&app_name, Some(app_id)))
                 .await?
         }
-        (Target::Group(_), Message::AppDeleted { app_name, app_id }) => {
+        (
+            Target::Group(_),
+            Message::AppDeleted {
+                app_name, app_id, ..
+            },
+        ) => {
             tracing::info!(app = %app_name, revision = app_id, "app deleted");
             shared
                 .update(|state| state.remove_app(&app_name, Some(app_id)))
@@ -501,6 +512,7 @@ async fn handle<R: ContainerRuntime>(
             Message::DeviceGroupDeleted {
                 device_group,
                 device_group_id,
+                ..
             },
         ) if &device_group == group => {
             deleted = true;

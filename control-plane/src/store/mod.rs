@@ -18,7 +18,9 @@ pub mod mongo;
 
 use crate::error::StoreError;
 use async_trait::async_trait;
-use nebula_protocol::{AppConfig, ContainersPer, DeviceGroup, Name, PortMapping, Revision};
+use nebula_protocol::{
+    AppConfig, ContainersPer, DeviceGroup, Incarnation, Name, PortMapping, Revision,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -128,6 +130,10 @@ pub struct AppDocument {
     pub devices: Vec<String>,
     pub privileged: bool,
     pub rolling_restart: bool,
+    /// Absent in records written before incarnations existed: those read as 0, as agents
+    /// read containers of that era.
+    #[serde(default)]
+    pub incarnation: Incarnation,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -152,6 +158,8 @@ pub struct GroupDocument {
     pub prune_id: Revision,
     pub apps: Vec<String>,
     pub cron_jobs: Vec<String>,
+    #[serde(default)]
+    pub incarnation: Incarnation,
 }
 
 fn corrupt(kind: Kind, name: &str, reason: impl std::fmt::Display) -> StoreError {
@@ -192,6 +200,7 @@ impl From<&AppConfig> for AppDocument {
             devices: config.devices.clone(),
             privileged: config.privileged,
             rolling_restart: config.rolling_restart,
+            incarnation: config.incarnation,
         }
     }
 }
@@ -229,6 +238,7 @@ impl AppDocument {
             devices: self.devices.clone(),
             privileged: self.privileged,
             rolling_restart: self.rolling_restart,
+            incarnation: self.incarnation,
         })
     }
 }
@@ -241,6 +251,7 @@ impl From<&DeviceGroup> for GroupDocument {
             prune_id: group.prune_id,
             apps: group.apps.iter().map(ToString::to_string).collect(),
             cron_jobs: group.cron_jobs.iter().map(ToString::to_string).collect(),
+            incarnation: group.incarnation,
         }
     }
 }
@@ -260,6 +271,7 @@ impl GroupDocument {
             prune_id: self.prune_id,
             apps: names(&self.apps)?,
             cron_jobs: names(&self.cron_jobs)?,
+            incarnation: self.incarnation,
         })
     }
 }

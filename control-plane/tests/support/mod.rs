@@ -324,6 +324,7 @@ pub async fn sync(
         target,
         correlation_id: correlation_id.clone(),
         agent_version: "test".into(),
+        known_store: None,
     });
     channel
         .basic_publish(

@@ -27,11 +27,15 @@ pub fn app() -> AppConfig {
         devices: vec!["/dev/i2c-1:/dev/i2c-1".into()],
         privileged: false,
         rolling_restart: true,
+        incarnation: 1_764_460_800_000_001,
     }
 }
 
 pub fn cron_job() -> CronJob {
-    CronJob::new(name("backup"), "*/5 * * * *", "busybox")
+    CronJob {
+        incarnation: 5,
+        ..CronJob::new(name("backup"), "*/5 * * * *", "busybox")
+    }
 }
 
 pub fn group_state() -> GroupState {
@@ -42,6 +46,7 @@ pub fn group_state() -> GroupState {
             prune_id: 2,
             apps: vec![name("web")],
             cron_jobs: vec![name("backup")],
+            incarnation: 9,
         },
         apps: vec![app()],
         cron_jobs: vec![cron_job()],
@@ -57,6 +62,7 @@ pub fn every_variant() -> Vec<(&'static str, Message)> {
             Message::AppDeleted {
                 app_name: name("web"),
                 app_id: 8,
+                incarnation: 1_764_460_800_000_001,
             },
         ),
         (
@@ -68,6 +74,7 @@ pub fn every_variant() -> Vec<(&'static str, Message)> {
             Message::DeviceGroupDeleted {
                 device_group: name("edge"),
                 device_group_id: 4,
+                incarnation: 9,
             },
         ),
         (
@@ -77,6 +84,7 @@ pub fn every_variant() -> Vec<(&'static str, Message)> {
                 target: SyncTarget::DeviceGroup(name("edge")),
                 correlation_id: "c1".into(),
                 agent_version: "0.1.0".into(),
+                known_store: Some(StoreId(0x0123_4567_89ab_cdef_0011_2233_4455_6677)),
             }),
         ),
         (
@@ -84,6 +92,7 @@ pub fn every_variant() -> Vec<(&'static str, Message)> {
             Message::SyncReply(SyncReply {
                 correlation_id: "c1".into(),
                 result: SyncResult::App(app()),
+                store_id: StoreId(0x0123_4567_89ab_cdef_0011_2233_4455_6677),
             }),
         ),
         (

@@ -199,10 +199,16 @@ pub async fn hold_next_sync_request(channel: &Channel) -> HeldSync {
 
 impl HeldSync {
     /// Answers the held request with `result`, as a control plane would.
-    pub async fn reply(self, channel: &Channel, result: nebula_protocol::SyncResult) {
+    pub async fn reply(
+        self,
+        channel: &Channel,
+        result: nebula_protocol::SyncResult,
+        store_id: nebula_protocol::StoreId,
+    ) {
         let message = Message::SyncReply(nebula_protocol::SyncReply {
             correlation_id: self.correlation_id.clone(),
             result,
+            store_id,
         });
         channel
             .basic_publish(
