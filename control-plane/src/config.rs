@@ -66,6 +66,24 @@ pub struct Config {
     pub sync_prefetch: u16,
     /// How long in-flight requests may take to finish at shutdown (`NEBULA_SHUTDOWN_GRACE_SECS`).
     pub shutdown_grace: Duration,
+    /// How long a publish may wait for the broker's confirm before the instance fails hard
+    /// (`NEBULA_PUBLISH_TIMEOUT_SECS`): a broker alarm blocks publishers indefinitely.
+    pub publish_timeout: Duration,
+    /// Time limits and the connection cap of the HTTP server.
+    pub http: HttpLimits,
+}
+
+/// What the HTTP server allows each client, so that slow or many clients cannot hold an
+/// instance's memory and file descriptors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Until the request headers are in (`NEBULA_HTTP_HEADER_TIMEOUT_SECS`).
+    pub header_read_timeout: Duration,
+    /// From the headers to the whole answer (`NEBULA_REQUEST_TIMEOUT_SECS`). Longer than the
+    /// publish timeout: a write waits for the store and the confirm.
+    pub request_timeout: Duration,
+    /// Connections served at once (`NEBULA_MAX_CONNECTIONS`); more wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 /// A variable's value, with empty treated as unset (a common way to "unset" in compose files).
@@ -213,6 +231,26 @@ impl Config {
                 })
             }
         };
+        let publish_secs: f64 = parsed(environment, "NEBULA_PUBLISH_TIMEOUT_SECS", 30.0)?;
+        let header_secs: f64 = parsed(environment, "NEBULA_HTTP_HEADER_TIMEOUT_SECS", 10.0)?;
+        let request_secs: f64 = parsed(environment, "NEBULA_REQUEST_TIMEOUT_SECS", 60.0)?;
+        let publish_timeout = seconds("NEBULA_PUBLISH_TIMEOUT_SECS", publish_secs)?;
+        let request_timeout = seconds("NEBULA_REQUEST_TIMEOUT_SECS", request_secs)?;
+        if request_timeout <= publish_timeout {
+            return Err(ConfigError::Invalid {
+                variable: "NEBULA_REQUEST_TIMEOUT_SECS",
+                reason: format!(
+                    "{request_secs} s must be longer than NEBULA_PUBLISH_TIMEOUT_SECS ({publish_secs} s): a write waits for the confirm"
+                ),
+            });
+        }
+        let max_connections: usize = parsed(environment, "NEBULA_MAX_CONNECTIONS", 1024)?;
+        if max_connections == 0 {
+            return Err(ConfigError::Invalid {
+                variable: "NEBULA_MAX_CONNECTIONS",
+                reason: "must be at least 1".into(),
+            });
+        }
         let sync_prefetch: u16 = parsed(environment, "NEBULA_SYNC_PREFETCH", 32)?;
         if sync_prefetch == 0 {
             return Err(ConfigError::Invalid {
@@ -230,6 +268,12 @@ impl Config {
             outbox_interval: seconds("NEBULA_OUTBOX_INTERVAL_SECS", outbox_secs)?,
             sync_prefetch,
             shutdown_grace: seconds("NEBULA_SHUTDOWN_GRACE_SECS", grace_secs)?,
+            publish_timeout,
+            http: HttpLimits {
+                header_read_timeout: seconds("NEBULA_HTTP_HEADER_TIMEOUT_SECS", header_secs)?,
+                request_timeout,
+                max_connections,
+            },
         })
     }
 }
@@ -262,6 +306,15 @@ mod tests {
         assert_eq!(config.log_format, LogFormat::Text);
         assert_eq!(config.outbox_interval, Duration::from_secs(5));
         assert_eq!(config.sync_prefetch, 32);
+        assert_eq!(config.publish_timeout, Duration::from_secs(30));
+        assert_eq!(
+            config.http,
+            HttpLimits {
+                header_read_timeout: Duration::from_secs(10),
+                request_timeout: Duration::from_secs(60),
+                max_connections: 1024,
+            }
+        );
     }
 
     #[test]
@@ -319,6 +372,10 @@ mod tests {
             ("NEBULA_OUTBOX_INTERVAL_SECS", "soon"),
             ("NEBULA_SYNC_PREFETCH", "0"),
             ("NEBULA_SYNC_PREFETCH", "70000"),
+            ("NEBULA_PUBLISH_TIMEOUT_SECS", "0"),
+            ("NEBULA_HTTP_HEADER_TIMEOUT_SECS", "-1"),
+            ("NEBULA_REQUEST_TIMEOUT_SECS", "5"),
+            ("NEBULA_MAX_CONNECTIONS", "0"),
         ] {
             let mut pairs = base.to_vec();
             pairs.retain(|(key, _)| *key != name);

@@ -11,7 +11,7 @@ pub enum Retry {
 }
 
 /// Errors of the store layer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("{kind} {name} already exists")]
     AlreadyExists { kind: &'static str, name: String },
@@ -45,14 +45,19 @@ impl StoreError {
         }
     }
 
-    /// True when the store itself is in trouble, rather than the request.
+    /// True when the store itself is in trouble, rather than the request. A corrupt record
+    /// is not: it is an error of that one object (answered 500, skipped by the outbox,
+    /// rejected in sync), and ending the instance over it would only crash-loop every
+    /// instance on the same record.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, Self::Unavailable(_) | Self::Corrupt { .. })
+        matches!(self, Self::Unavailable(_))
     }
 }
 
-/// Errors talking to the broker. Every one of them ends the instance (fail hard).
-#[derive(Debug, thiserror::Error)]
+/// Errors talking to the broker. Every one of them ends the instance (fail hard), except
+/// [`AmqpError::NotFound`]: an exchange another instance just deleted is that object's race,
+/// not a broker failure.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum AmqpError {
     #[error("cannot connect to the broker: {0}")]
     Connect(String),
@@ -65,12 +70,29 @@ pub enum AmqpError {
     NotConfirmed { exchange: String, reason: String },
     #[error("broker connection lost: {0}")]
     ConnectionLost(String),
+    /// The broker answered 404: the exchange does not exist (any more). Only the channel of
+    /// that operation was closed.
+    #[error("broker operation {operation} on {target}: not found")]
+    NotFound {
+        operation: &'static str,
+        target: String,
+    },
 }
 
 impl AmqpError {
     pub fn retry(&self) -> Retry {
         // A new connection (after the supervisor restarts the process) may succeed.
         Retry::Helps
+    }
+
+    /// The object's race (see [`AmqpError::NotFound`]), not a broker failure.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::NotFound { .. })
+    }
+
+    /// Whether the instance must end over this error.
+    pub fn is_fatal(&self) -> bool {
+        !self.is_not_found()
     }
 }
 

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod metrics;
 pub mod outbox;
 pub mod service;
@@ -63,6 +64,13 @@ pub enum RunError {
 pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
     Ok(match config {
         StoreConfig::Embedded { data_dir } => {
+            // The default is relative: started from another directory, a control plane opens
+            // another (empty) store. Say where it is, absolutely.
+            let absolute = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.clone());
+            if data_dir.is_relative() {
+                tracing::warn!(data_dir = %absolute.display(), "NEBULA_DATA_DIR is relative; the store is where the control plane was started from");
+            }
+            tracing::info!(data_dir = %absolute.display(), "opening the embedded store");
             Arc::new(store::embedded::EmbeddedStore::open(data_dir)?)
         }
         StoreConfig::Mongo { url, database } => {
@@ -75,16 +83,26 @@ pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreErr
 /// (`Err`, the process must exit non-zero).
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
     let store = open_store(&config.store).await?;
-    tracing::info!(backend = store.backend(), "store open");
-    let broker = AmqpBroker::connect(&config.amqp_url).await?;
+    tracing::info!(backend = store.backend(), store_id = %store.identity(), "store open");
+    let broker = AmqpBroker::connect(&config.amqp_url, config.publish_timeout).await?;
     tracing::info!("broker connected");
     let service = Service::new(
         Arc::clone(&store),
         Arc::new(broker.clone()),
         shutdown.clone(),
     );
+    if service.store_is_empty().await? {
+        // Normal on a first start. Next to other instances serving the same broker it means
+        // this one is on the wrong data directory or database: agents that synced with them
+        // show up in /readyz (`foreign_stores`) and the log, and they never act on a "not
+        // found" from this store.
+        tracing::warn!(store_id = %store.identity(), "the store is empty");
+    }
 
-    // Changes a previous instance stored but never got confirmed go out before anything new.
+    // The broker's bindings as the store says (whatever happened while no instance ran), then
+    // changes a previous instance stored but never got confirmed, before anything new.
+    let groups = service.reconcile_topology().await?;
+    tracing::info!(groups, "broker topology reconciled with the store");
     outbox::run_once(&service).await?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -131,16 +149,15 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
         service,
         authenticator: Authenticator::new(config.auth_enabled, &config.admin),
     };
-    let token = shutdown.token().clone();
-    let serve = axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(token.clone().cancelled_owned());
     let grace = config.shutdown_grace;
-    tokio::select! {
-        served = serve => served.map_err(RunError::Serve)?,
-        () = async { token.cancelled().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!(grace_secs = grace.as_secs_f64(), "requests still in flight after the grace period");
-        }
-    }
+    http::serve(
+        listener,
+        api::router(state),
+        config.http,
+        shutdown.token().clone(),
+        grace,
+    )
+    .await;
     // Background tasks watch the same token; give them the rest of the grace period.
     if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
         tracing::warn!("background tasks did not stop in time");

@@ -20,6 +20,12 @@ pub struct Metrics {
     sync_rejected: AtomicU64,
     changes_published: AtomicU64,
     outbox_republished: AtomicU64,
+    writes: AtomicU64,
+    write_batches: AtomicU64,
+    corrupt_records: AtomicU64,
+    outbox_skipped_corrupt: AtomicU64,
+    sync_corrupt: AtomicU64,
+    sync_foreign_store: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -31,6 +37,12 @@ impl Default for Metrics {
             sync_rejected: AtomicU64::default(),
             changes_published: AtomicU64::default(),
             outbox_republished: AtomicU64::default(),
+            writes: AtomicU64::default(),
+            write_batches: AtomicU64::default(),
+            corrupt_records: AtomicU64::default(),
+            outbox_skipped_corrupt: AtomicU64::default(),
+            sync_corrupt: AtomicU64::default(),
+            sync_foreign_store: AtomicU64::default(),
         }
     }
 }
@@ -59,6 +71,35 @@ impl Metrics {
     /// The outbox finished a change whose publish had not been confirmed.
     pub fn outbox_republished(&self) {
         self.outbox_republished.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One store write carried `changes` combined changes of one object.
+    pub fn write_batch(&self, changes: usize) {
+        self.write_batches.fetch_add(1, Ordering::Relaxed);
+        self.writes.fetch_add(
+            u64::try_from(changes).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// A stored record could not be read back (its body does not parse or breaks the rules).
+    pub fn corrupt_record(&self) {
+        self.corrupt_records.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The outbox skipped a flagged record because it is corrupt.
+    pub fn outbox_skipped_corrupt(&self) {
+        self.outbox_skipped_corrupt.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A sync request was rejected because what it asks about is corrupt in the store.
+    pub fn sync_corrupt(&self) {
+        self.sync_corrupt.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A sync request came from an agent that last synced with another store.
+    pub fn sync_foreign_store(&self) {
+        self.sync_foreign_store.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition (format 0.0.4) of every counter.
@@ -103,6 +144,36 @@ impl Metrics {
             "Unconfirmed changes the outbox finished.",
             &[("", get(&self.outbox_republished))],
         );
+        counter(
+            "nebula_writes_total",
+            "Update requests written (several concurrent ones of one object share a store write).",
+            &[("", get(&self.writes))],
+        );
+        counter(
+            "nebula_write_batches_total",
+            "Store writes that carried update requests.",
+            &[("", get(&self.write_batches))],
+        );
+        counter(
+            "nebula_corrupt_records_total",
+            "Reads of a stored record that could not be parsed or broke the rules.",
+            &[("", get(&self.corrupt_records))],
+        );
+        counter(
+            "nebula_outbox_skipped_corrupt_total",
+            "Flagged records the outbox skipped because they are corrupt.",
+            &[("", get(&self.outbox_skipped_corrupt))],
+        );
+        counter(
+            "nebula_sync_requests_corrupt_total",
+            "Sync requests rejected because the app or group is corrupt in the store.",
+            &[("", get(&self.sync_corrupt))],
+        );
+        counter(
+            "nebula_sync_foreign_store_total",
+            "Sync requests from agents that last synced with another store than this instance's.",
+            &[("", get(&self.sync_foreign_store))],
+        );
         out
     }
 }
@@ -129,6 +200,13 @@ mod tests {
         metrics.change_published();
         metrics.outbox_republished();
         metrics.outbox_republished();
+        metrics.write_batch(3);
+        metrics.write_batch(1);
+        metrics.corrupt_record();
+        metrics.outbox_skipped_corrupt();
+        metrics.sync_corrupt();
+        metrics.sync_foreign_store();
+        metrics.sync_foreign_store();
         let body = metrics.render();
         let read = |name| sample::<u64>(&body, name);
         assert_eq!(
@@ -142,6 +220,12 @@ mod tests {
         assert_eq!(read("nebula_sync_requests_rejected_total"), Some(1));
         assert_eq!(read("nebula_changes_published_total"), Some(1));
         assert_eq!(read("nebula_outbox_republished_total"), Some(2));
+        assert_eq!(read("nebula_writes_total"), Some(4));
+        assert_eq!(read("nebula_write_batches_total"), Some(2));
+        assert_eq!(read("nebula_corrupt_records_total"), Some(1));
+        assert_eq!(read("nebula_outbox_skipped_corrupt_total"), Some(1));
+        assert_eq!(read("nebula_sync_requests_corrupt_total"), Some(1));
+        assert_eq!(read("nebula_sync_foreign_store_total"), Some(2));
         assert_eq!(read("nebula_no_such_counter"), None);
         assert!(body.contains("# TYPE nebula_changes_published_total counter\n"));
         let started: f64 = sample(&body, "process_start_time_seconds").expect("start time");

@@ -2,12 +2,15 @@
 //!
 //! Every instance consumes the queue (competing consumers) with a bounded prefetch and
 //! answers up to that many requests at once. Replies go to the request's `reply_to` through
-//! the default exchange (RabbitMQ's direct reply-to), with the request's correlation id. A
-//! message that is not a valid sync request is rejected without requeue and logged, never
-//! retried forever.
+//! the default exchange (RabbitMQ's direct reply-to), with the request's correlation id and
+//! this store's identity (DESIGN §2: an agent acts on "not found" only from the store it
+//! knows). A message that is not a valid sync request is rejected without requeue and
+//! logged, never retried forever; so is a request for an object whose record is corrupt (the
+//! agent keeps what it has and asks again later). The consumer ending for any reason ends
+//! the instance: an instance that no longer answers syncs must not stay ready.
 
 use crate::broker::amqp::AmqpBroker;
-use crate::error::AmqpError;
+use crate::error::{AmqpError, StoreError};
 use crate::service::{Service, ServiceError};
 use crate::shutdown::Shutdown;
 use futures_util::StreamExt;
@@ -70,8 +73,12 @@ pub async fn run(
     );
     let token = shutdown.token().clone();
     let outcome = std::sync::Mutex::new(Ok(()));
+    let mut cancelled = false;
     consumer
-        .take_until(token.cancelled())
+        .take_until(async {
+            token.cancelled().await;
+            cancelled = true;
+        })
         .for_each_concurrent(usize::from(prefetch), |delivery| {
             let channel = channel.clone();
             let service = service.clone();
@@ -91,9 +98,19 @@ pub async fn run(
             }
         })
         .await;
-    outcome
+    let outcome = outcome
         .into_inner()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if outcome.is_ok() && !cancelled {
+        // The broker cancelled the consumer (the queue was deleted, a cluster node holding
+        // it went away) or the channel closed: without this the instance would stay ready
+        // while answering nothing.
+        return Err(AmqpError::ConnectionLost(format!(
+            "the consumer of {} ended",
+            names::SYNC_QUEUE
+        )));
+    }
+    outcome
 }
 
 fn amqp(operation: &'static str) -> impl FnOnce(lapin::Error) -> AmqpError {
@@ -122,8 +139,24 @@ async fn handle(channel: &Channel, service: &Service, delivery: Delivery) -> Res
         tracing::warn!(device = %request.device_id, "sync request without reply_to, rejected");
         return reject(service, &delivery).await;
     };
+    if let Some(known) = request.known_store
+        && known != service.store().identity()
+    {
+        service.foreign_store_seen(known);
+    }
     let result = match answer(service, &request).await {
         Ok(result) => result,
+        Err(ServiceError::Store(error @ StoreError::Corrupt { .. })) => {
+            // Not an answer the agent could act on, and not one another instance could give
+            // better: rejected, counted, logged. The agent keeps what it has and asks again.
+            tracing::error!(error = %error, device = %request.device_id, "sync request for a corrupt record, rejected");
+            service.metrics().sync_corrupt();
+            return delivery
+                .reject(BasicRejectOptions { requeue: false })
+                .await
+                .map(|_| ())
+                .map_err(amqp("basic.reject"));
+        }
         Err(error) => {
             // The store failed (the service has started the shutdown): let another
             // instance answer.
@@ -147,7 +180,7 @@ async fn handle(channel: &Channel, service: &Service, delivery: Delivery) -> Res
     let reply = Message::SyncReply(SyncReply {
         correlation_id: request.correlation_id.clone(),
         result,
-        store_id: nebula_protocol::StoreId(0),
+        store_id: service.store().identity(),
     });
     // Direct reply-to does not support confirms; the agent times out and asks again.
     channel

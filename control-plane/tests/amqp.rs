@@ -72,7 +72,11 @@ async fn rest_writes_reach_app_and_group_queues_exactly_once() {
             "exactly one message on {queue}: {messages:?}"
         );
         let (message, delivery_mode) = &messages[0];
-        assert_eq!(*delivery_mode, Some(2), "persistent");
+        assert_eq!(
+            *delivery_mode,
+            Some(1),
+            "transient: the store is the truth (DESIGN §3)"
+        );
         match message {
             Message::AppChanged(config) => {
                 assert_eq!(
@@ -327,7 +331,7 @@ async fn interrupted_publish_is_republished_at_start() {
     // The outbox runs before the instance listens, so the message is already there.
     let messages = drain(&channel, &queue).await;
     assert!(
-        matches!(&messages[..], [(Message::AppChanged(config), Some(2))] if config.app_id == 2 && !config.running),
+        matches!(&messages[..], [(Message::AppChanged(config), Some(1))] if config.app_id == 2 && !config.running),
         "{messages:?}"
     );
     let status = control_plane.terminate().await;

@@ -47,7 +47,12 @@ mod embedded {
             };
             store.insert(Kind::App, &record).await.expect("insert");
         }
+        let identity = {
+            let store = EmbeddedStore::open(directory.path()).expect("reopen");
+            store.identity()
+        };
         let store = EmbeddedStore::open(directory.path()).expect("reopen");
+        assert_eq!(store.identity(), identity, "the identity is fixed at init");
         let record = store
             .get(Kind::App, "web")
             .await

@@ -79,7 +79,7 @@ async fn change(
     state: &AppState,
     principal: &Principal,
     app: &Name,
-    change: impl Fn(&AppConfig) -> Result<AppConfig>,
+    change: impl Fn(&AppConfig) -> Result<AppConfig> + Send + Sync + 'static,
 ) -> Result<Response> {
     require(principal, Permission::WriteApp(app.as_str()))?;
     let config = state.service.update_app(app, change).await?;
@@ -138,7 +138,7 @@ pub async fn full_update(
 ) -> Result<Response> {
     require(&principal, Permission::WriteApp(app.as_str()))?;
     let config = full_config(&app, &body)?;
-    change(&state, &principal, &app, |_| Ok(config.clone())).await
+    change(&state, &principal, &app, move |_| Ok(config.clone())).await
 }
 
 pub async fn partial_update(
@@ -154,7 +154,7 @@ pub async fn partial_update(
         return Err(ApiError::malformed());
     }
     // Validation needs the merged config, so it runs inside the read-modify-write.
-    change(&state, &principal, &app, |current| {
+    change(&state, &principal, &app, move |current| {
         let mut config = current.clone();
         patch.clone().apply(&mut config);
         dto::validate_app(&config)?;

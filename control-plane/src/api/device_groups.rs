@@ -119,7 +119,7 @@ async fn update(
 ) -> Result<Response> {
     let document = state
         .service
-        .update_group(group, |current| {
+        .update_group(group, move |current| {
             let mut document = current.clone();
             patch.clone().apply(&mut document);
             Ok::<_, ApiError>(document)

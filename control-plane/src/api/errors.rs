@@ -1,6 +1,7 @@
 //! JSON error answers. Every 4xx and 5xx carries a JSON body with the v2 keys clients test
 //! for; nothing here is ever plain text.
 
+use crate::error::StoreError;
 use crate::service::ServiceError;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -94,6 +95,23 @@ impl ApiError {
             json!({"error": format!("{what} unavailable")}),
         )
     }
+
+    /// `500`: the stored object cannot be read back. Only that object answers this; the
+    /// instance and every other object keep working.
+    pub fn corrupt(kind: &str, name: &str) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"error": format!("the stored {kind} {name} is corrupt; see the control plane's log"), "corrupt": true}),
+        )
+    }
+
+    /// `503`: the request took longer than the control plane allows.
+    pub fn timed_out(seconds: f64) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": format!("the request did not finish within {seconds} s"), "timed_out": true}),
+        )
+    }
 }
 
 impl From<ServiceError> for ApiError {
@@ -106,6 +124,9 @@ impl From<ServiceError> for ApiError {
             ServiceError::GroupExists(_) => forbidden(json!({"device_group_exists": true})),
             ServiceError::CronJobNotFound(_) => forbidden(json!({"cron_job_exists": false})),
             ServiceError::NotRunning(_) => forbidden(json!({"running_before_restart": false})),
+            ServiceError::Store(StoreError::Corrupt { kind, name, .. }) => {
+                Self::corrupt(kind, &name)
+            }
             ServiceError::Store(error) => {
                 tracing::error!(error = %error, "store error answering a request");
                 Self::unavailable("store")
@@ -113,6 +134,11 @@ impl From<ServiceError> for ApiError {
             ServiceError::Amqp(error) => {
                 tracing::error!(error = %error, "broker error answering a request");
                 Self::unavailable("broker")
+            }
+            // Both mean the instance is stopping before the outcome was known.
+            ServiceError::Rejected | ServiceError::Interrupted => {
+                tracing::error!(error = %error, "write interrupted answering a request");
+                Self::unavailable("control plane")
             }
         }
     }

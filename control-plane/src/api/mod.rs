@@ -117,17 +117,39 @@ async fn healthz() -> Response {
     ok(StatusCode::OK, json!({"alive": true}))
 }
 
+/// Ready when the store and the broker answer. The detail says which store this instance
+/// serves, whether it is empty, and which other stores agents asking it synced with before:
+/// an instance started on an empty store next to a running fleet shows up here (and in the
+/// log) as soon as one agent asks it.
 async fn readyz(State(state): State<AppState>) -> Response {
-    let store = state.service.store().ping().await.is_ok();
-    let broker = state.service.broker().is_connected();
+    let service = &state.service;
+    let store = service.store().ping().await.is_ok();
+    let broker = service.broker().is_connected();
     let status = if store && broker {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let empty = if store {
+        service.store_is_empty().await.ok()
+    } else {
+        None
+    };
+    let foreign: Vec<String> = service
+        .foreign_stores()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     ok(
         status,
-        json!({"ready": store && broker, "store": store, "broker": broker}),
+        json!({
+            "ready": store && broker,
+            "store": store,
+            "broker": broker,
+            "store_id": service.store().identity().to_string(),
+            "store_empty": empty,
+            "foreign_stores": foreign,
+        }),
     )
 }
 

@@ -1,9 +1,16 @@
 //! The lapin implementation of [`Publisher`], and the connection every broker task shares.
 //!
-//! One connection per instance. Changes go through one channel in confirm mode: each publish
-//! waits for its own confirm, so a 2xx is only sent for a change the broker has taken
-//! responsibility for. Any error on the connection ends the instance (DESIGN §3 "fail
+//! One connection per instance, and a pool of channels in confirm mode: each operation
+//! borrows a channel of its own, so concurrent requests publish in parallel, and a channel
+//! error — RabbitMQ closes the channel on a 404, when another instance has just deleted the
+//! exchange — ends only that one operation, as that object's race ([`AmqpError::NotFound`]),
+//! never the other requests in flight. Each publish waits for its own confirm, at most the
+//! configured time, so a 2xx is only sent for a change the broker has taken; a missing
+//! confirm fails hard. Any error on the connection ends the instance (DESIGN §3 "fail
 //! hard"); [`AmqpBroker::watch`] turns a connection error into that.
+//!
+//! Change messages are transient (DESIGN §3): the store is the truth, every agent syncs on
+//! every connect, so broker durability buys nothing but fsyncs.
 
 use super::Publisher;
 use crate::error::AmqpError;
@@ -20,8 +27,10 @@ use nebula_protocol::{Message, encode, names};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// AMQP delivery mode of messages that survive a broker restart.
-pub const PERSISTENT: u8 = 2;
+/// AMQP delivery mode of messages that do not survive a broker restart.
+pub const TRANSIENT: u8 = 1;
+/// Idle channels kept for reuse; more are opened when more operations run at once.
+const MAX_IDLE_CHANNELS: usize = 64;
 /// How often connecting is tried at start before giving up (the supervisor restarts us).
 const CONNECT_ATTEMPTS: u32 = 6;
 const CONNECT_BACKOFF_CAP: Duration = Duration::from_secs(8);
@@ -39,17 +48,49 @@ fn operation(operation: &'static str) -> impl FnOnce(lapin::Error) -> AmqpError 
     }
 }
 
+/// AMQP reply code of a missing exchange or queue.
+const NOT_FOUND: u16 = 404;
+
+/// Maps a lapin error of one operation: 404 is [`AmqpError::NotFound`], anything else a
+/// failed operation.
+fn classify(operation: &'static str, target: &str) -> impl FnOnce(lapin::Error) -> AmqpError {
+    move |error| {
+        if reply_code(&error) == Some(NOT_FOUND) {
+            AmqpError::NotFound {
+                operation,
+                target: target.to_string(),
+            }
+        } else {
+            AmqpError::Operation {
+                operation,
+                reason: error.to_string(),
+            }
+        }
+    }
+}
+
+/// The AMQP reply code a broker answered an operation with, if that is what failed it.
+fn reply_code(error: &lapin::Error) -> Option<u16> {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => Some(amqp.get_id()),
+        _ => None,
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct AmqpBroker {
     connection: std::sync::Arc<Connection>,
+    /// Used for the fixed topology at start.
     channel: Channel,
+    idle: std::sync::Arc<std::sync::Mutex<Vec<Channel>>>,
+    publish_timeout: Duration,
 }
 
 impl AmqpBroker {
     /// Connects (retrying with capped exponential backoff and full jitter, so a fleet of
     /// instances coming back after a broker restart does not stampede it), opens the confirm
     /// channel and declares the fixed topology: the sync queue and the reports exchange/queue.
-    pub async fn connect(url: &str) -> Result<Self, AmqpError> {
+    pub async fn connect(url: &str, publish_timeout: Duration) -> Result<Self, AmqpError> {
         let mut attempt = 0;
         let connection = loop {
             attempt += 1;
@@ -76,6 +117,8 @@ impl AmqpBroker {
         let broker = Self {
             connection: std::sync::Arc::new(connection),
             channel,
+            idle: std::sync::Arc::default(),
+            publish_timeout,
         };
         broker.declare_fixed_topology().await?;
         Ok(broker)
@@ -176,6 +219,42 @@ impl AmqpBroker {
             .map_err(operation("channel.open"))
     }
 
+    /// A confirm-mode channel for one operation: an idle one, or a new one.
+    async fn borrow(&self) -> Result<Channel, AmqpError> {
+        loop {
+            let idle = self
+                .idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .pop();
+            match idle {
+                Some(channel) if channel.status().connected() => return Ok(channel),
+                Some(_) => continue,
+                None => break,
+            }
+        }
+        let channel = self.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(operation("confirm.select"))?;
+        Ok(channel)
+    }
+
+    /// Returns a channel after its operation; one the broker closed is dropped.
+    fn give_back(&self, channel: Channel) {
+        if !channel.status().connected() {
+            return;
+        }
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.len() < MAX_IDLE_CHANNELS {
+            idle.push(channel);
+        }
+    }
+
     /// Waits until the connection fails (returning the error) or `shutdown` is cancelled.
     pub async fn watch(&self, shutdown: CancellationToken) -> Result<(), AmqpError> {
         let mut events = self.connection.events_listener();
@@ -215,7 +294,8 @@ impl AmqpBroker {
 #[async_trait]
 impl Publisher for AmqpBroker {
     async fn declare_exchange(&self, exchange: &str) -> Result<(), AmqpError> {
-        self.channel
+        let channel = self.borrow().await?;
+        let result = channel
             .exchange_declare(
                 exchange.into(),
                 ExchangeKind::Fanout,
@@ -226,18 +306,29 @@ impl Publisher for AmqpBroker {
                 FieldTable::default(),
             )
             .await
-            .map_err(operation("exchange.declare"))
+            .map_err(classify("exchange.declare", exchange));
+        self.give_back(channel);
+        result
     }
 
     async fn delete_exchange(&self, exchange: &str) -> Result<(), AmqpError> {
-        self.channel
+        let channel = self.borrow().await?;
+        let result = match channel
             .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
             .await
-            .map_err(operation("exchange.delete"))
+            .map_err(classify("exchange.delete", exchange))
+        {
+            // Already gone (another instance finished the same delete): what was asked.
+            Err(error) if error.is_not_found() => Ok(()),
+            other => other,
+        };
+        self.give_back(channel);
+        result
     }
 
     async fn bind_exchange(&self, destination: &str, source: &str) -> Result<(), AmqpError> {
-        self.channel
+        let channel = self.borrow().await?;
+        let result = channel
             .exchange_bind(
                 destination.into(),
                 source.into(),
@@ -246,11 +337,17 @@ impl Publisher for AmqpBroker {
                 FieldTable::default(),
             )
             .await
-            .map_err(operation("exchange.bind"))
+            .map_err(classify(
+                "exchange.bind",
+                &format!("{source} -> {destination}"),
+            ));
+        self.give_back(channel);
+        result
     }
 
     async fn unbind_exchange(&self, destination: &str, source: &str) -> Result<(), AmqpError> {
-        self.channel
+        let channel = self.borrow().await?;
+        let result = channel
             .exchange_unbind(
                 destination.into(),
                 source.into(),
@@ -259,7 +356,12 @@ impl Publisher for AmqpBroker {
                 FieldTable::default(),
             )
             .await
-            .map_err(operation("exchange.unbind"))
+            .map_err(classify(
+                "exchange.unbind",
+                &format!("{source} -> {destination}"),
+            ));
+        self.give_back(channel);
+        result
     }
 
     async fn publish(&self, exchange: &str, message: &Message) -> Result<(), AmqpError> {
@@ -268,26 +370,38 @@ impl Publisher for AmqpBroker {
             reason,
         };
         let payload = encode(message);
-        let confirmation = self
-            .channel
-            .basic_publish(
-                exchange.into(),
-                "".into(),
-                BasicPublishOptions::default(),
-                &payload,
-                BasicProperties::default()
-                    .with_delivery_mode(PERSISTENT)
-                    .with_content_type("application/x-nebula".into()),
-            )
-            .await
-            .map_err(|error| not_confirmed(error.to_string()))?
-            .await
-            .map_err(|error| not_confirmed(error.to_string()))?;
-        match confirmation {
-            Confirmation::Ack(_) => Ok(()),
-            Confirmation::Nack(_) => Err(not_confirmed("broker nacked the message".into())),
-            Confirmation::NotRequested => Err(not_confirmed("confirms are not enabled".into())),
-        }
+        let channel = self.borrow().await?;
+        let confirmed = async {
+            let confirm = channel
+                .basic_publish(
+                    exchange.into(),
+                    "".into(),
+                    BasicPublishOptions::default(),
+                    &payload,
+                    BasicProperties::default()
+                        .with_delivery_mode(TRANSIENT)
+                        .with_content_type("application/x-nebula".into()),
+                )
+                .await
+                .map_err(classify("basic.publish", exchange))?;
+            // A publish to a missing exchange closes the channel with 404; the pending
+            // confirm then fails with that error.
+            confirm.await.map_err(classify("basic.publish", exchange))
+        };
+        let result = match tokio::time::timeout(self.publish_timeout, confirmed).await {
+            Err(_) => Err(not_confirmed(format!(
+                "no confirm within {} s (a broker alarm blocks publishers?)",
+                self.publish_timeout.as_secs_f64()
+            ))),
+            Ok(Err(error)) => Err(error),
+            Ok(Ok(Confirmation::Ack(_))) => Ok(()),
+            Ok(Ok(Confirmation::Nack(_))) => Err(not_confirmed("broker nacked the message".into())),
+            Ok(Ok(Confirmation::NotRequested)) => {
+                Err(not_confirmed("confirms are not enabled".into()))
+            }
+        };
+        self.give_back(channel);
+        result
     }
 
     fn is_connected(&self) -> bool {

@@ -1,18 +1,31 @@
 //! The embedded store: a redb database file in `NEBULA_DATA_DIR`.
 //!
 //! redb commits are durable (fsync'd) and crash-safe, and it runs one write transaction at a
-//! time, so a compare-and-swap inside one write transaction is atomic. redb is blocking; every
-//! call runs on tokio's blocking pool. One control-plane instance per data directory (redb
-//! locks the file).
+//! time, so a compare-and-swap inside one write transaction is atomic. One control-plane
+//! instance per data directory (redb locks the file).
+//!
+//! Group commit: every write goes to one writer thread, which takes all the writes waiting
+//! at that moment and runs them in ONE transaction, each with its own compare-and-swap, and
+//! answers each only after that transaction committed. Twenty concurrent writers then cost one
+//! fsync, not twenty; a lone writer waits for nobody. Reads use their own read transactions
+//! on tokio's blocking pool and never wait for the writer.
 
-use super::{Kind, Record, Store};
+use super::{Kind, Record, Store, new_store_id, now_micros};
 use crate::error::StoreError;
 use async_trait::async_trait;
-use redb::{Database, ReadableTable, TableDefinition};
+use nebula_protocol::{Incarnation, StoreId};
+use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
+use tokio::sync::oneshot;
 
 const FILE_NAME: &str = "nebula.redb";
+/// Store-wide values: the identity and the last incarnation handed out.
+const META: TableDefinition<'static, &'static str, &'static [u8]> = TableDefinition::new("meta");
+const META_STORE_ID: &str = "store_id";
+const META_INCARNATION: &str = "last_incarnation";
+/// Most writes one transaction takes: bounds the latency a write adds to the others.
+const MAX_BATCH: usize = 256;
 
 fn table(kind: Kind) -> TableDefinition<'static, &'static str, &'static [u8]> {
     TableDefinition::new(kind.collection())
@@ -22,23 +35,106 @@ fn unavailable(error: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(error.to_string())
 }
 
+/// One write, run inside the shared transaction (or told that none could be begun). It
+/// returns what to tell its caller once the transaction's fate is known.
+type Job = Box<dyn FnOnce(Result<&WriteTransaction, &StoreError>) -> Completion + Send>;
+type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
 #[derive(Debug, Clone)]
 pub struct EmbeddedStore {
     database: Arc<Database>,
+    writer: Arc<Writer>,
+    identity: StoreId,
+}
+
+/// The writer thread's queue. Dropping the last store handle closes it and waits for the
+/// thread, so the database file is closed (and its lock released) when the store is gone:
+/// reopening the same directory right after works.
+#[derive(Debug)]
+struct Writer {
+    jobs: std::sync::Mutex<Option<mpsc::Sender<Job>>>,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Writer {
+    fn send(&self, job: Job) -> Result<(), StoreError> {
+        let jobs = self
+            .jobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        jobs.as_ref()
+            .and_then(|jobs| jobs.send(job).ok())
+            .ok_or_else(|| StoreError::Unavailable("the store's writer thread stopped".into()))
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let jobs = self
+            .jobs
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        drop(jobs.take());
+        let thread = self
+            .thread
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(thread) = thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the database in `directory`, creating the tables.
+    /// Opens (or creates) the database in `directory`: the tables, the identity of a new
+    /// store, and the writer thread.
     pub fn open(directory: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(directory).map_err(unavailable)?;
         let database = Database::create(directory.join(FILE_NAME)).map_err(unavailable)?;
         let transaction = database.begin_write().map_err(unavailable)?;
-        for kind in Kind::ALL {
-            transaction.open_table(table(kind)).map_err(unavailable)?;
-        }
+        let identity = {
+            for kind in Kind::ALL {
+                transaction.open_table(table(kind)).map_err(unavailable)?;
+            }
+            let mut meta = transaction.open_table(META).map_err(unavailable)?;
+            let existing = meta
+                .get(META_STORE_ID)
+                .map_err(unavailable)?
+                .map(|value| value.value().to_vec());
+            match existing {
+                Some(bytes) => {
+                    let bytes: [u8; 16] = bytes.as_slice().try_into().map_err(|_| {
+                        StoreError::Unavailable(format!(
+                            "{} holds a store id of {} bytes, not 16",
+                            directory.join(FILE_NAME).display(),
+                            bytes.len()
+                        ))
+                    })?;
+                    StoreId(u128::from_be_bytes(bytes))
+                }
+                None => {
+                    let identity = new_store_id();
+                    meta.insert(META_STORE_ID, identity.0.to_be_bytes().as_slice())
+                        .map_err(unavailable)?;
+                    identity
+                }
+            }
+        };
         transaction.commit().map_err(unavailable)?;
+        let database = Arc::new(database);
+        let (sender, jobs) = mpsc::channel();
+        let thread_database = Arc::clone(&database);
+        let thread = std::thread::Builder::new()
+            .name("nebula-store-writer".into())
+            .spawn(move || write_loop(&thread_database, &jobs))
+            .map_err(unavailable)?;
         Ok(Self {
-            database: Arc::new(database),
+            database,
+            writer: Arc::new(Writer {
+                jobs: std::sync::Mutex::new(Some(sender)),
+                thread: std::sync::Mutex::new(Some(thread)),
+            }),
+            identity,
         })
     }
 
@@ -50,6 +146,64 @@ impl EmbeddedStore {
         tokio::task::spawn_blocking(move || work(&database))
             .await
             .map_err(unavailable)?
+    }
+
+    /// Runs `work` in the next group-committed transaction and answers once it committed.
+    async fn write<R: Send + 'static>(
+        &self,
+        work: impl FnOnce(&WriteTransaction) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (answer, answered) = oneshot::channel();
+        let job: Job = Box::new(move |transaction| match transaction {
+            Ok(transaction) => {
+                let result = work(transaction);
+                Box::new(move |committed: Result<(), StoreError>| {
+                    let _ = answer.send(committed.and(result));
+                })
+            }
+            Err(error) => {
+                let _ = answer.send(Err(error.clone()));
+                Box::new(|_| {})
+            }
+        });
+        self.writer.send(job)?;
+        answered
+            .await
+            .map_err(|_| StoreError::Unavailable("the store's writer thread stopped".into()))?
+    }
+}
+
+/// The writer thread: waits for a write, takes every other one already waiting, runs them in
+/// one transaction and commits once. Ends when the store is dropped.
+fn write_loop(database: &Database, jobs: &mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let transaction = match database.begin_write() {
+            Ok(transaction) => transaction,
+            Err(error) => {
+                // Nothing runs: each write is told why.
+                let error = unavailable(error);
+                for job in batch {
+                    // The job answered already; its completion has nothing left to say.
+                    drop(job(Err(&error)));
+                }
+                continue;
+            }
+        };
+        // A job whose own check failed (a conflict, say) changed nothing before failing, so
+        // the others commit unaffected.
+        let completions: Vec<Completion> =
+            batch.into_iter().map(|job| job(Ok(&transaction))).collect();
+        let committed = transaction.commit().map_err(unavailable);
+        for completion in completions {
+            completion(committed.clone());
+        }
     }
 }
 
@@ -65,36 +219,32 @@ fn encode(record: &Record) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(record).map_err(unavailable)
 }
 
-/// Runs `change` on the current record inside one write transaction and commits what it
-/// returns: `Some(record)` to write, `None` to delete. The closure's error aborts.
+/// Runs `change` on the current record inside `transaction` and applies what it returns:
+/// `Some(Some(record))` to write, `Some(None)` to delete, `None` to leave it. The closure's
+/// error aborts this change only.
 fn modify<R>(
-    database: &Database,
+    transaction: &WriteTransaction,
     kind: Kind,
     name: &str,
     change: impl FnOnce(Option<Record>) -> Result<(Option<Option<Record>>, R), StoreError>,
 ) -> Result<R, StoreError> {
-    let transaction = database.begin_write().map_err(unavailable)?;
-    let result = {
-        let mut opened = transaction.open_table(table(kind)).map_err(unavailable)?;
-        let current = match opened.get(name).map_err(unavailable)? {
-            Some(guard) => Some(decode(kind, name, guard.value())?),
-            None => None,
-        };
-        let (write, result) = change(current)?;
-        match write {
-            Some(Some(record)) => {
-                opened
-                    .insert(name, encode(&record)?.as_slice())
-                    .map_err(unavailable)?;
-            }
-            Some(None) => {
-                opened.remove(name).map_err(unavailable)?;
-            }
-            None => {}
-        }
-        result
+    let mut opened = transaction.open_table(table(kind)).map_err(unavailable)?;
+    let current = match opened.get(name).map_err(unavailable)? {
+        Some(guard) => Some(decode(kind, name, guard.value())?),
+        None => None,
     };
-    transaction.commit().map_err(unavailable)?;
+    let (write, result) = change(current)?;
+    match write {
+        Some(Some(record)) => {
+            opened
+                .insert(name, encode(&record)?.as_slice())
+                .map_err(unavailable)?;
+        }
+        Some(None) => {
+            opened.remove(name).map_err(unavailable)?;
+        }
+        None => {}
+    }
     Ok(result)
 }
 
@@ -108,7 +258,15 @@ fn read_all(
     let mut records = Vec::new();
     for entry in opened.iter().map_err(unavailable)? {
         let (key, value) = entry.map_err(unavailable)?;
-        let record = decode(kind, key.value(), value.value())?;
+        // A record whose bookkeeping does not parse is still listed by name (as a corrupt
+        // object) rather than failing the whole listing: corruption is that object's error.
+        let record = decode(kind, key.value(), value.value()).unwrap_or_else(|_| Record {
+            name: key.value().to_string(),
+            version: 0,
+            pending_publish: false,
+            tombstone: false,
+            body: String::new(),
+        });
         if !only_pending || record.pending_publish {
             records.push(record);
         }
@@ -116,10 +274,46 @@ fn read_all(
     Ok(records)
 }
 
+fn conflict(kind: Kind, name: &str, expected: u64) -> StoreError {
+    StoreError::Conflict {
+        kind: kind.label(),
+        name: name.to_string(),
+        expected,
+    }
+}
+
+fn not_found(kind: Kind, name: &str) -> StoreError {
+    StoreError::NotFound {
+        kind: kind.label(),
+        name: name.to_string(),
+    }
+}
+
 #[async_trait]
 impl Store for EmbeddedStore {
     fn backend(&self) -> &'static str {
         "embedded"
+    }
+
+    fn identity(&self) -> StoreId {
+        self.identity
+    }
+
+    async fn next_incarnation(&self) -> Result<Incarnation, StoreError> {
+        let floor = now_micros();
+        self.write(move |transaction| {
+            let mut meta = transaction.open_table(META).map_err(unavailable)?;
+            let last = meta
+                .get(META_INCARNATION)
+                .map_err(unavailable)?
+                .and_then(|value| <[u8; 8]>::try_from(value.value()).ok())
+                .map_or(0, u64::from_be_bytes);
+            let next = last.saturating_add(1).max(floor);
+            meta.insert(META_INCARNATION, next.to_be_bytes().as_slice())
+                .map_err(unavailable)?;
+            Ok(next)
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -153,9 +347,9 @@ impl Store for EmbeddedStore {
             version: 1,
             ..record.clone()
         };
-        self.blocking(move |database| {
+        self.write(move |transaction| {
             let name = record.name.clone();
-            modify(database, kind, &name, |current| match current {
+            modify(transaction, kind, &name, |current| match current {
                 Some(_) => Err(StoreError::AlreadyExists {
                     kind: kind.label(),
                     name: name.clone(),
@@ -176,36 +370,29 @@ impl Store for EmbeddedStore {
             version: expected_version + 1,
             ..record.clone()
         };
-        self.blocking(move |database| {
+        self.write(move |transaction| {
             let name = record.name.clone();
-            modify(database, kind, &name, |current| match current {
-                None => Err(StoreError::NotFound {
-                    kind: kind.label(),
-                    name: name.clone(),
-                }),
-                Some(current) if current.version != expected_version => Err(StoreError::Conflict {
-                    kind: kind.label(),
-                    name: name.clone(),
-                    expected: expected_version,
-                }),
+            modify(transaction, kind, &name, |current| match current {
+                None => Err(not_found(kind, &name)),
+                Some(current) if current.version != expected_version => {
+                    Err(conflict(kind, &name, expected_version))
+                }
                 Some(_) => Ok((Some(Some(record)), expected_version + 1)),
             })
         })
         .await
     }
 
-    async fn clear_pending(
-        &self,
-        kind: Kind,
-        name: &str,
-        version: u64,
-    ) -> Result<bool, StoreError> {
-        let name = name.to_string();
-        self.blocking(move |database| {
-            modify(database, kind, &name, |current| match current {
-                Some(mut current) if current.version == version => {
-                    current.pending_publish = false;
-                    Ok((Some(Some(current)), true))
+    async fn clear_pending(&self, kind: Kind, record: &Record) -> Result<bool, StoreError> {
+        let cleared = Record {
+            pending_publish: false,
+            ..record.clone()
+        };
+        self.write(move |transaction| {
+            let name = cleared.name.clone();
+            modify(transaction, kind, &name, |current| match current {
+                Some(current) if current.version == cleared.version => {
+                    Ok((Some(Some(cleared)), true))
                 }
                 _ => Ok((None, false)),
             })
@@ -220,17 +407,12 @@ impl Store for EmbeddedStore {
         expected_version: u64,
     ) -> Result<(), StoreError> {
         let name = name.to_string();
-        self.blocking(move |database| {
-            modify(database, kind, &name, |current| match current {
-                None => Err(StoreError::NotFound {
-                    kind: kind.label(),
-                    name: name.clone(),
-                }),
-                Some(current) if current.version != expected_version => Err(StoreError::Conflict {
-                    kind: kind.label(),
-                    name: name.clone(),
-                    expected: expected_version,
-                }),
+        self.write(move |transaction| {
+            modify(transaction, kind, &name, |current| match current {
+                None => Err(not_found(kind, &name)),
+                Some(current) if current.version != expected_version => {
+                    Err(conflict(kind, &name, expected_version))
+                }
                 Some(_) => Ok((Some(None), ())),
             })
         })

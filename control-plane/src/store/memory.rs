@@ -1,23 +1,48 @@
 //! An in-memory [`Store`] for in-process tests. It passes the same contract suite as the
 //! real backends, so router tests that use it exercise the real store semantics.
 
-use super::{Kind, Record, Store};
+use super::{Kind, Record, Store, new_store_id, now_micros};
 use crate::error::StoreError;
 use async_trait::async_trait;
+use nebula_protocol::{Incarnation, StoreId};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryStore {
     tables: Mutex<HashMap<Kind, BTreeMap<String, Record>>>,
     /// When set, every call fails as if the database had gone away.
     unavailable: AtomicBool,
+    identity: StoreId,
+    last_incarnation: AtomicU64,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self {
+            tables: Mutex::default(),
+            unavailable: AtomicBool::default(),
+            identity: new_store_id(),
+            last_incarnation: AtomicU64::default(),
+        }
+    }
 }
 
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Overwrites a record's body as it is, bypassing every check: for tests that need a
+    /// corrupt record.
+    pub fn put_raw(&self, kind: Kind, record: Record) {
+        if let Ok(mut tables) = self.tables.lock() {
+            tables
+                .entry(kind)
+                .or_default()
+                .insert(record.name.clone(), record);
+        }
     }
 
     /// Makes every later call fail with `StoreError::Unavailable` (or work again).
@@ -45,6 +70,22 @@ impl MemoryStore {
 impl Store for MemoryStore {
     fn backend(&self) -> &'static str {
         "memory"
+    }
+
+    fn identity(&self) -> StoreId {
+        self.identity
+    }
+
+    async fn next_incarnation(&self) -> Result<Incarnation, StoreError> {
+        self.with_table(Kind::App, |_| ())?;
+        let floor = now_micros();
+        let previous = self
+            .last_incarnation
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+                Some(last.saturating_add(1).max(floor))
+            })
+            .unwrap_or_default();
+        Ok(previous.saturating_add(1).max(floor))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -102,15 +143,13 @@ impl Store for MemoryStore {
         })?
     }
 
-    async fn clear_pending(
-        &self,
-        kind: Kind,
-        name: &str,
-        version: u64,
-    ) -> Result<bool, StoreError> {
-        self.with_table(kind, |table| match table.get_mut(name) {
-            Some(current) if current.version == version => {
-                current.pending_publish = false;
+    async fn clear_pending(&self, kind: Kind, record: &Record) -> Result<bool, StoreError> {
+        self.with_table(kind, |table| match table.get_mut(&record.name) {
+            Some(current) if current.version == record.version => {
+                *current = Record {
+                    pending_publish: false,
+                    ..record.clone()
+                };
                 true
             }
             _ => false,

@@ -10,7 +10,13 @@
 //! it that writes `version + 1` together with the new body in one atomic operation, so two
 //! writers never produce the same version and neither update is lost (the loser re-reads and
 //! retries). The domain revisions (`app_id`, ...) live in the body and are bumped by the
-//! service in that same write.
+//! service in that same write. Within one instance the service never races itself (it
+//! combines concurrent writes of one object, see `service::write`), so conflicts only come
+//! from other instances.
+//!
+//! Identity: every store has a [`StoreId`], made when it is first initialised and never
+//! changed, which sync replies carry (DESIGN §2), and hands out incarnations
+//! ([`Store::next_incarnation`]) that only ever go up.
 
 pub mod embedded;
 pub mod memory;
@@ -19,7 +25,7 @@ pub mod mongo;
 use crate::error::StoreError;
 use async_trait::async_trait;
 use nebula_protocol::{
-    AppConfig, ContainersPer, DeviceGroup, Incarnation, Name, PortMapping, Revision,
+    AppConfig, ContainersPer, DeviceGroup, Incarnation, Name, PortMapping, Revision, StoreId,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -71,6 +77,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Which backend this is, for logs.
     fn backend(&self) -> &'static str;
 
+    /// The store's identity, read (or made) when the store was opened.
+    fn identity(&self) -> StoreId;
+
+    /// A new incarnation for an object being created: greater than every incarnation this
+    /// store handed out before, and at least the current time in microseconds since the Unix
+    /// epoch, so that a store set up later (a restored backup, a migration) still hands out
+    /// greater ones than an older store did. One atomic operation.
+    async fn next_incarnation(&self) -> Result<Incarnation, StoreError>;
+
     /// Checks that the database answers (for `/readyz` and the liveness watchdog).
     async fn ping(&self) -> Result<(), StoreError>;
 
@@ -92,11 +107,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         record: &Record,
     ) -> Result<u64, StoreError>;
 
-    /// Clears the outbox flag iff the record is still at `version`. Does not change the
-    /// version: the body is untouched, so a writer that read the flagged record loses nothing.
-    /// Returns whether the flag was cleared.
-    async fn clear_pending(&self, kind: Kind, name: &str, version: u64)
-    -> Result<bool, StoreError>;
+    /// Clears the outbox flag iff the record is still at `record.version`, writing
+    /// `record.body` with it. The version does not change, so the body written must say the
+    /// same as the one at that version (the service only drops hints from it, such as a
+    /// group's exchanges left to unbind): a writer that read the flagged record loses
+    /// nothing. Returns whether the flag was cleared.
+    async fn clear_pending(&self, kind: Kind, record: &Record) -> Result<bool, StoreError>;
 
     /// Removes the record iff it is still at `expected_version`.
     async fn delete(&self, kind: Kind, name: &str, expected_version: u64)
@@ -160,6 +176,26 @@ pub struct GroupDocument {
     pub cron_jobs: Vec<String>,
     #[serde(default)]
     pub incarnation: Incarnation,
+    /// Apps whose exchange may still be bound to the group's exchange although they are no
+    /// longer members: written with the change that removed them, cleared with the outbox
+    /// flag once the broker has unbound them. The broker's bindings are derived from the
+    /// store this way, whatever order concurrent requests reached the broker in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unbind: Vec<String>,
+}
+
+/// A new, random store identity (for a store being initialised).
+pub fn new_store_id() -> StoreId {
+    StoreId(u128::from(fastrand::u64(..)) << 64 | u128::from(fastrand::u64(..)))
+}
+
+/// The current time in microseconds since the Unix epoch: the floor of a new incarnation.
+pub fn now_micros() -> Incarnation {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX)
+        })
 }
 
 fn corrupt(kind: Kind, name: &str, reason: impl std::fmt::Display) -> StoreError {
@@ -252,6 +288,7 @@ impl From<&DeviceGroup> for GroupDocument {
             apps: group.apps.iter().map(ToString::to_string).collect(),
             cron_jobs: group.cron_jobs.iter().map(ToString::to_string).collect(),
             incarnation: group.incarnation,
+            unbind: Vec::new(),
         }
     }
 }

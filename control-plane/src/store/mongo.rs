@@ -4,25 +4,42 @@
 //! pending_publish, tombstone, body}`. Every write is a single-document operation (insert,
 //! whole-document replace or delete) filtered on `{_id, version}`, which MongoDB applies
 //! atomically: that is the compare-and-swap. Whole-document replaces, not `$set` updates,
-//! keep field types exactly as written on every MongoDB-wire server. The body is the typed
-//! document's JSON text, so the stored layout is the same as in the embedded store.
+//! keep field types exactly as written on every MongoDB-wire server (a `$set` of a boolean
+//! stores an integer on some). The body is the typed document's JSON text, so the stored
+//! layout is the same as in the embedded store.
+//!
+//! Made for a replica set or a sharded cluster behind `mongos` (DESIGN §7): every write is
+//! acknowledged by a majority and journaled, every read is majority-committed (so a write a
+//! client saw acknowledged is never rolled back by a failover, and no instance acts on one
+//! that could be), writes are retried once by the driver across a primary change, and every
+//! query is by `_id`, the natural shard key. A standalone server accepts the same concerns.
+//!
+//! Store-wide values live in the `nebula_meta` collection: the store's identity
+//! (`{_id: "store", store_id}`) and the last incarnation handed out (`{_id: "incarnation"}`).
 
 use super::{Kind, Record, Store};
+use super::{new_store_id, now_micros};
 use crate::error::StoreError;
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
-use mongodb::bson::{Document, doc};
+use mongodb::bson::{Bson, Document, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
-use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::options::{
+    Acknowledgment, ClientOptions, IndexOptions, ReadConcern, ReturnDocument, WriteConcern,
+};
 use mongodb::{Client, Collection, Database, IndexModel};
+use nebula_protocol::{Incarnation, StoreId};
 use std::time::Duration;
 
 /// MongoDB's duplicate key error code.
 const DUPLICATE_KEY: i32 = 11000;
+/// The collection of store-wide values.
+const META: &str = "nebula_meta";
 
 #[derive(Debug, Clone)]
 pub struct MongoStore {
     database: Database,
+    identity: StoreId,
 }
 
 fn unavailable(error: impl std::fmt::Display) -> StoreError {
@@ -56,12 +73,8 @@ fn from_document(kind: Kind, document: &Document) -> Result<Record, StoreError> 
         reason,
     };
     // Some servers hand back small integers as int32; accept both widths.
-    let version = match document.get("version") {
-        Some(mongodb::bson::Bson::Int64(value)) => u64::try_from(*value).ok(),
-        Some(mongodb::bson::Bson::Int32(value)) => u64::try_from(*value).ok(),
-        _ => None,
-    }
-    .ok_or_else(|| corrupt("missing or invalid version".into()))?;
+    let version = integer(document.get("version"))
+        .ok_or_else(|| corrupt("missing or invalid version".into()))?;
     Ok(Record {
         name: name.clone(),
         version,
@@ -78,20 +91,96 @@ fn from_document(kind: Kind, document: &Document) -> Result<Record, StoreError> 
     })
 }
 
+/// A non-negative integer field, whichever width the server chose (some hand back small
+/// values as int32).
+fn integer(value: Option<&Bson>) -> Option<u64> {
+    match value {
+        Some(Bson::Int64(value)) => u64::try_from(*value).ok(),
+        Some(Bson::Int32(value)) => u64::try_from(*value).ok(),
+        _ => None,
+    }
+}
+
 impl MongoStore {
-    /// Connects, checks the server answers, and creates the indexes.
+    /// Connects, checks the server answers, creates the indexes and reads (or makes) the
+    /// store's identity.
+    ///
+    /// The URL's own options win where it sets them (`w`, `readConcernLevel`, `retryWrites`),
+    /// so an operator can still choose; the defaults here are what DESIGN §2 needs.
     pub async fn connect(url: &str, database: &str) -> Result<Self, StoreError> {
         let mut options = ClientOptions::parse(url).await.map_err(unavailable)?;
         options.app_name = Some("nebula-control-plane".into());
         // Fail fast when the server is gone: the instance exits and its supervisor retries.
         options.server_selection_timeout = Some(Duration::from_secs(10));
+        if options.write_concern.is_none() {
+            options.write_concern = Some(
+                WriteConcern::builder()
+                    .w(Acknowledgment::Majority)
+                    .journal(true)
+                    .w_timeout(Duration::from_secs(10))
+                    .build(),
+            );
+        }
+        if options.read_concern.is_none() {
+            options.read_concern = Some(ReadConcern::majority());
+        }
+        if options.retry_writes.is_none() {
+            options.retry_writes = Some(true);
+        }
         let client = Client::with_options(options).map_err(unavailable)?;
-        let store = Self {
-            database: client.database(database),
+        let database = client.database(database);
+        let mut store = Self {
+            database,
+            identity: StoreId(0),
         };
         store.ping().await?;
         store.create_indexes().await?;
+        store.identity = store.read_or_make_identity().await?;
         Ok(store)
+    }
+
+    fn meta(&self) -> Collection<Document> {
+        self.database.collection(META)
+    }
+
+    /// The identity in `nebula_meta`, made by whichever instance initialises the store first
+    /// (a second one racing it gets a duplicate key and reads the winner's).
+    async fn read_or_make_identity(&self) -> Result<StoreId, StoreError> {
+        let read = || async {
+            let found = self
+                .meta()
+                .find_one(doc! {"_id": "store"})
+                .await
+                .map_err(unavailable)?;
+            found
+                .map(|document| {
+                    document
+                        .get_str("store_id")
+                        .ok()
+                        .and_then(StoreId::parse_hex)
+                        .ok_or_else(|| {
+                            StoreError::Unavailable(format!(
+                                "{META} holds an invalid store id: {document}"
+                            ))
+                        })
+                })
+                .transpose()
+        };
+        if let Some(identity) = read().await? {
+            return Ok(identity);
+        }
+        let identity = new_store_id();
+        match self
+            .meta()
+            .insert_one(doc! {"_id": "store", "store_id": identity.to_string()})
+            .await
+        {
+            Ok(_) => Ok(identity),
+            Err(error) if is_duplicate_key(&error) => read().await?.ok_or_else(|| {
+                StoreError::Unavailable("the store id vanished while being read".into())
+            }),
+            Err(error) => Err(unavailable(error)),
+        }
     }
 
     fn collection(&self, kind: Kind) -> Collection<Document> {
@@ -159,10 +248,43 @@ impl MongoStore {
     }
 }
 
+fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
+    matches!(
+        &*error.kind,
+        ErrorKind::Write(WriteFailure::WriteError(write)) if write.code == DUPLICATE_KEY
+    )
+}
+
 #[async_trait]
 impl Store for MongoStore {
     fn backend(&self) -> &'static str {
         "mongodb"
+    }
+
+    fn identity(&self) -> StoreId {
+        self.identity
+    }
+
+    async fn next_incarnation(&self) -> Result<Incarnation, StoreError> {
+        // Two single-document operations, each atomic: raise the counter to the clock (a
+        // no-op once it is ahead), then take the next value. Concurrent callers on any
+        // number of instances each get their own value from `$inc`.
+        let floor = i64::try_from(now_micros()).unwrap_or(i64::MAX);
+        self.meta()
+            .update_one(doc! {"_id": "incarnation"}, doc! {"$max": {"value": floor}})
+            .upsert(true)
+            .await
+            .map_err(unavailable)?;
+        let updated = self
+            .meta()
+            .find_one_and_update(doc! {"_id": "incarnation"}, doc! {"$inc": {"value": 1i64}})
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(unavailable)?;
+        updated
+            .as_ref()
+            .and_then(|document| integer(document.get("value")))
+            .ok_or_else(|| StoreError::Unavailable("the incarnation counter vanished".into()))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -193,17 +315,11 @@ impl Store for MongoStore {
         let document = to_document(kind, record, 1)?;
         match self.collection(kind).insert_one(document).await {
             Ok(_) => Ok(()),
-            Err(error) => match &*error.kind {
-                ErrorKind::Write(WriteFailure::WriteError(write))
-                    if write.code == DUPLICATE_KEY =>
-                {
-                    Err(StoreError::AlreadyExists {
-                        kind: kind.label(),
-                        name: record.name.clone(),
-                    })
-                }
-                _ => Err(unavailable(error)),
-            },
+            Err(error) if is_duplicate_key(&error) => Err(StoreError::AlreadyExists {
+                kind: kind.label(),
+                name: record.name.clone(),
+            }),
+            Err(error) => Err(unavailable(error)),
         }
     }
 
@@ -230,23 +346,20 @@ impl Store for MongoStore {
         }
     }
 
-    async fn clear_pending(
-        &self,
-        kind: Kind,
-        name: &str,
-        version: u64,
-    ) -> Result<bool, StoreError> {
-        let Some(mut current) = self.get(kind, name).await? else {
-            return Ok(false);
+    async fn clear_pending(&self, kind: Kind, record: &Record) -> Result<bool, StoreError> {
+        // One whole-document replace filtered on the version: no read first, and the flag
+        // stays a boolean on every server.
+        let cleared = Record {
+            pending_publish: false,
+            ..record.clone()
         };
-        if current.version != version || !current.pending_publish {
-            return Ok(false);
-        }
-        current.pending_publish = false;
-        let filter = doc! {"_id": name, "version": version_to_bson(kind, name, version)?};
+        let filter = doc! {
+            "_id": &record.name,
+            "version": version_to_bson(kind, &record.name, record.version)?,
+        };
         let result = self
             .collection(kind)
-            .replace_one(filter, to_document(kind, &current, version)?)
+            .replace_one(filter, to_document(kind, &cleared, record.version)?)
             .await
             .map_err(unavailable)?;
         Ok(result.matched_count == 1)

@@ -157,9 +157,23 @@ pub async fn outbox_flag(store: Arc<dyn Store>) {
         .replace(Kind::App, 1, &record("a", "2", true))
         .await
         .expect("replace");
-    assert!(!store.clear_pending(Kind::App, "a", 1).await.expect("clear"));
+    let at = |version: u64, body: &str| Record {
+        version,
+        ..record("a", body, true)
+    };
+    assert!(
+        !store
+            .clear_pending(Kind::App, &at(1, "1"))
+            .await
+            .expect("clear")
+    );
     assert_eq!(store.pending(Kind::App).await.expect("pending").len(), 1);
-    assert!(store.clear_pending(Kind::App, "a", 2).await.expect("clear"));
+    assert!(
+        store
+            .clear_pending(Kind::App, &at(2, "2"))
+            .await
+            .expect("clear")
+    );
     let a = store
         .get(Kind::App, "a")
         .await
@@ -174,9 +188,29 @@ pub async fn outbox_flag(store: Arc<dyn Store>) {
     assert!(store.pending(Kind::App).await.expect("pending").is_empty());
     assert!(
         !store
-            .clear_pending(Kind::App, "missing", 1)
+            .clear_pending(Kind::App, &record("missing", "1", true))
             .await
             .expect("clear")
+    );
+    // The body written with the cleared flag is the one given (a hint dropped from it).
+    store
+        .replace(Kind::App, 2, &record("a", "3 with hint", true))
+        .await
+        .expect("replace");
+    assert!(
+        store
+            .clear_pending(Kind::App, &at(3, "3"))
+            .await
+            .expect("clear")
+    );
+    let a = store
+        .get(Kind::App, "a")
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(
+        (a.version, a.body.as_str(), a.pending_publish),
+        (3, "3", false)
     );
     assert_eq!(
         store
@@ -265,6 +299,80 @@ pub async fn concurrent_writers_lose_nothing(store: Arc<dyn Store>) {
     assert_eq!(versions, (2..=1 + WRITERS).collect::<BTreeSet<_>>());
 }
 
+/// Incarnations only go up, never repeat (concurrent callers included), and are at least
+/// the current time in microseconds; the identity is fixed for the store's life.
+pub async fn identity_and_incarnations(store: Arc<dyn Store>) {
+    let identity = store.identity();
+    assert_ne!(identity.0, 0, "an identity was made");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_micros() as u64;
+    let first = store.next_incarnation().await.expect("incarnation");
+    assert!(first >= now, "{first} is below the clock {now}");
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            for _ in 0..8 {
+                mine.push(store.next_incarnation().await.expect("incarnation"));
+            }
+            mine
+        }));
+    }
+    let mut all = BTreeSet::new();
+    for task in tasks {
+        let mine = task.await.expect("task");
+        assert!(mine.windows(2).all(|pair| pair[1] > pair[0]), "{mine:?}");
+        for incarnation in mine {
+            assert!(incarnation > first);
+            assert!(all.insert(incarnation), "{incarnation} handed out twice");
+        }
+    }
+    assert_eq!(all.len(), 128);
+    assert_eq!(store.identity(), identity);
+}
+
+/// Writes to many objects at once (the embedded store commits them together): each gets
+/// its own outcome, a conflict in one fails only that one.
+pub async fn concurrent_writes_of_many_objects(store: Arc<dyn Store>) {
+    const OBJECTS: usize = 32;
+    let mut tasks = Vec::new();
+    for index in 0..OBJECTS {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let name = format!("o{index}");
+            store
+                .insert(Kind::App, &record(&name, "1", true))
+                .await
+                .expect("insert");
+            // Every other object also gets a stale write that must fail on its own.
+            if index % 2 == 0 {
+                let stale = store.replace(Kind::App, 7, &record(&name, "x", true)).await;
+                assert!(
+                    matches!(stale, Err(StoreError::Conflict { .. })),
+                    "{stale:?}"
+                );
+            }
+            store
+                .replace(Kind::App, 1, &record(&name, "2", false))
+                .await
+                .expect("replace")
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.expect("task"), 2);
+    }
+    let records = store.list(Kind::App).await.expect("list");
+    assert_eq!(records.len(), OBJECTS);
+    assert!(
+        records
+            .iter()
+            .all(|record| record.version == 2 && record.body == "2")
+    );
+}
+
 /// Runs every contract function, each on a fresh store from `make`.
 #[macro_export]
 macro_rules! store_contract_tests {
@@ -298,6 +406,16 @@ macro_rules! store_contract_tests {
         async fn concurrent_writers_lose_nothing() {
             let (store, _guard) = $make.await;
             store_contract::concurrent_writers_lose_nothing(store).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn identity_and_incarnations() {
+            let (store, _guard) = $make.await;
+            store_contract::identity_and_incarnations(store).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn concurrent_writes_of_many_objects() {
+            let (store, _guard) = $make.await;
+            store_contract::concurrent_writes_of_many_objects(store).await;
         }
     };
 }

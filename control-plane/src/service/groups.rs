@@ -1,0 +1,247 @@
+//! The broker side of a device group's lifecycle, and its topology: the exchange
+//! `nebula.group.<group>`, with the exchange of every member app bound to it, so that one
+//! publish per app change reaches every group that lists the app.
+//!
+//! Topology is derived from the store and reconciled idempotently (DESIGN §2): a group's
+//! record lists its members and the apps it may still have to unbind (`detach`, written with
+//! the change that removed them); after every group write the broker is brought in step with
+//! that record, and then the record is read again — if another instance wrote the group
+//! meanwhile, its bindings may have reached the broker before ours, so the latest record is
+//! applied again. The outbox does the same for unconfirmed writes, and every instance for
+//! every group at start. The order in which concurrent requests reach the broker never
+//! decides what is bound.
+
+use super::resource::{Lifecycle, Resource};
+use super::write::{Writes, remove_tombstone};
+use super::{Service, ServiceError, Stored};
+use crate::store::Kind;
+use async_trait::async_trait;
+use nebula_protocol::{DeviceGroup, Message, Name, names};
+
+/// How many times a group write re-reads its record to repair bindings that raced another
+/// instance's write of the same group. Each round needs another instance to write the group
+/// again within one round trip, so a few are plenty.
+const TOPOLOGY_ROUNDS: usize = 5;
+
+#[async_trait]
+impl Lifecycle for DeviceGroup {
+    fn writes(service: &Service) -> &Writes<Self> {
+        &service.groups
+    }
+
+    /// Only apps new to the group must exist (removing a deleted app must work), and no cron
+    /// job can be listed yet: cron jobs come with a later issue, so none exists.
+    async fn check(
+        service: &Service,
+        previous: Option<&Self>,
+        next: &Self,
+    ) -> Result<(), ServiceError> {
+        for app in &next.apps {
+            let known = previous.is_some_and(|previous| previous.apps.contains(app));
+            if !known && !app_is_live(service, app).await? {
+                return Err(ServiceError::AppNotFound(app.clone()));
+            }
+        }
+        if let Some(job) = next.cron_jobs.first() {
+            return Err(ServiceError::CronJobNotFound(job.clone()));
+        }
+        Ok(())
+    }
+
+    async fn publish(service: &Service, stored: &Stored<Self>) -> Result<(), ServiceError> {
+        reconcile_topology(service, &stored.document, &stored.detach).await?;
+        let state = GroupStateOf(&stored.document).read(service).await?;
+        service
+            .publish(
+                &names::group_exchange(&stored.document.device_group),
+                &Message::DeviceGroupChanged(state),
+            )
+            .await?;
+        settle_topology(service, stored).await
+    }
+
+    /// A group that lists an app which no longer exists (deleted while this write checked
+    /// its members) leaves it.
+    async fn repair(
+        service: &Service,
+        stored: &Stored<Self>,
+    ) -> Result<Option<Self>, ServiceError> {
+        let mut gone = Vec::new();
+        for app in &stored.document.apps {
+            if !app_is_live(service, app).await? {
+                gone.push(app.clone());
+            }
+        }
+        if gone.is_empty() {
+            return Ok(None);
+        }
+        tracing::warn!(device_group = %stored.document.device_group, apps = ?gone, "the group lists deleted apps; removing them");
+        let mut next = stored.document.clone();
+        next.apps.retain(|app| !gone.contains(app));
+        Ok(Some(next))
+    }
+
+    async fn finish_delete(service: &Service, tombstone: Stored<Self>) -> Result<(), ServiceError> {
+        let group = &tombstone.document;
+        let exchange = names::group_exchange(&group.device_group);
+        service
+            .broker
+            .declare_exchange(&exchange)
+            .await
+            .map_err(|error| service.broker_error(error))?;
+        let message = Message::DeviceGroupDeleted {
+            device_group: group.device_group.clone(),
+            device_group_id: group.device_group_id,
+            incarnation: group.incarnation,
+        };
+        match service.publish(&exchange, &message).await {
+            Err(ServiceError::Amqp(error)) if error.is_not_found() => {}
+            result => result?,
+        }
+        // Deleting the exchange drops its bindings with it.
+        service
+            .broker
+            .delete_exchange(&exchange)
+            .await
+            .map_err(|error| service.broker_error(error))?;
+        remove_tombstone(service, &tombstone).await?;
+        tracing::info!(device_group = %group.device_group, version = %group.version(), "device group deleted");
+        Ok(())
+    }
+}
+
+/// A group's state as its devices get it: the group and the full config of each member.
+struct GroupStateOf<'a>(&'a DeviceGroup);
+
+impl GroupStateOf<'_> {
+    async fn read(&self, service: &Service) -> Result<nebula_protocol::GroupState, ServiceError> {
+        let mut apps = Vec::with_capacity(self.0.apps.len());
+        for app in &self.0.apps {
+            if let Some(config) = service.get_app(app).await? {
+                apps.push(config);
+            }
+        }
+        Ok(nebula_protocol::GroupState {
+            group: self.0.clone(),
+            apps,
+            cron_jobs: Vec::new(),
+        })
+    }
+}
+
+/// Whether a live record of the app exists. Its body is not parsed: a corrupt app is still
+/// a member (its devices keep what they have), it just cannot be published.
+async fn app_is_live(service: &Service, app: &Name) -> Result<bool, ServiceError> {
+    Ok(service
+        .store
+        .get(Kind::App, app.as_str())
+        .await
+        .map_err(|error| service.store_error(error))?
+        .is_some_and(|record| !record.tombstone))
+}
+
+/// Makes the broker's bindings of `group` what its record says: every live member's
+/// exchange bound to the group's exchange, every app of `detach` unbound. Idempotent.
+pub(crate) async fn reconcile_topology(
+    service: &Service,
+    group: &DeviceGroup,
+    detach: &[Name],
+) -> Result<(), ServiceError> {
+    let broker = &service.broker;
+    let group_exchange = names::group_exchange(&group.device_group);
+    broker
+        .declare_exchange(&group_exchange)
+        .await
+        .map_err(|error| service.broker_error(error))?;
+    for app in &group.apps {
+        if !app_is_live(service, app).await? {
+            continue;
+        }
+        let app_exchange = names::app_exchange(app);
+        // The app's exchange exists unless its create is still in the outbox; declaring is
+        // idempotent and keeps the bind from failing.
+        broker
+            .declare_exchange(&app_exchange)
+            .await
+            .map_err(|error| service.broker_error(error))?;
+        match broker.bind_exchange(&group_exchange, &app_exchange).await {
+            Ok(()) => {}
+            // Deleted by another instance between the declare and the bind: that delete
+            // removes the app from the group, and its exchange took its bindings with it.
+            Err(error) if error.is_not_found() => {}
+            Err(error) => return Err(service.broker_error(error)),
+        }
+    }
+    for app in detach.iter().filter(|app| !group.apps.contains(app)) {
+        match broker
+            .unbind_exchange(&group_exchange, &names::app_exchange(app))
+            .await
+        {
+            // A deleted app's exchange took its bindings with it.
+            Ok(()) => {}
+            Err(error) if error.is_not_found() => {}
+            Err(error) => return Err(service.broker_error(error)),
+        }
+    }
+    Ok(())
+}
+
+/// After this instance reconciled `written`, reads the group again: while another instance
+/// has written it since, applies the latest record once more, unbinding whatever this write
+/// bound that the latest does not list (see the module docs).
+async fn settle_topology(
+    service: &Service,
+    written: &Stored<DeviceGroup>,
+) -> Result<(), ServiceError> {
+    let name = &written.document.device_group;
+    let mut touched: Vec<Name> = written.document.links();
+    touched.extend(written.detach.iter().cloned());
+    let mut seen = written.version;
+    for _ in 0..TOPOLOGY_ROUNDS {
+        let latest = match service.read::<DeviceGroup>(name).await? {
+            // Deleted: dropping its exchange dropped every binding.
+            None => return Ok(()),
+            Some(stored) if stored.tombstone => return Ok(()),
+            Some(stored) => stored,
+        };
+        if latest.version == seen {
+            return Ok(());
+        }
+        let mut detach = latest.detach.clone();
+        detach.extend(
+            touched
+                .iter()
+                .filter(|app| !latest.document.apps.contains(app))
+                .cloned(),
+        );
+        detach.sort();
+        detach.dedup();
+        tracing::info!(device_group = %name, ours = written.version, latest = latest.version, "group written concurrently; reconciling its bindings again");
+        reconcile_topology(service, &latest.document, &detach).await?;
+        touched.extend(latest.document.links());
+        touched.extend(latest.detach.iter().cloned());
+        seen = latest.version;
+    }
+    tracing::warn!(device_group = %name, "group kept changing while its bindings were reconciled; the outbox reconciles it again");
+    Ok(())
+}
+
+/// Every live group's bindings, from the store (at start: whatever happened while no
+/// instance was running, the broker ends up as the store says).
+pub(crate) async fn reconcile_every_group(service: &Service) -> Result<usize, ServiceError> {
+    let mut reconciled = 0;
+    for name in service.list_groups().await? {
+        let Ok(name) = Name::new(name) else { continue };
+        match service.read::<DeviceGroup>(&name).await {
+            Ok(Some(stored)) if !stored.tombstone => {
+                reconcile_topology(service, &stored.document, &stored.detach).await?;
+                reconciled += 1;
+            }
+            Ok(_) => {}
+            // Corrupt: counted and logged by `read`; the rest go on.
+            Err(ServiceError::Store(crate::error::StoreError::Corrupt { .. })) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(reconciled)
+}

@@ -1,0 +1,438 @@
+//! The one write path of every kind (DESIGN §3, STYLE §13): store write (revision bumped,
+//! outbox flag set, one atomic operation) → broker work and a confirmed publish → answer →
+//! outbox flag cleared.
+//!
+//! Concurrent writes of one object in this instance are combined: they queue on the
+//! object's slot, and whichever task runs next takes the whole queue, applies the changes one
+//! after another to the current document (each getting its own revision), writes the result
+//! in ONE compare-and-swap, publishes the final state ONCE, and answers each writer with the
+//! document at its own revision. Twenty clients updating one app cost one store round trip
+//! and one confirm per batch instead of a compare-and-swap storm, and revisions still go up
+//! by exactly one per acknowledged change. Only another instance can make the
+//! compare-and-swap fail; then the batch is applied again to what that instance wrote.
+//!
+//! Each batch runs in a task of its own: a caller that goes away (a client disconnecting, a
+//! request timeout) never abandons a half-done write of other callers.
+
+use super::resource::{Lifecycle, Resource};
+use super::{Service, ServiceError, Stored};
+use crate::error::StoreError;
+use crate::store::Record;
+use nebula_protocol::Name;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::oneshot;
+
+/// A change function: the new document from the current one, or a rejection whose reason
+/// the caller kept (see [`Service::update`]). Called again when the batch is re-applied.
+pub(crate) type ChangeFn<R> = Box<dyn Fn(&R) -> Result<R, Rejected> + Send + Sync>;
+
+/// Marks a change its caller refused; the caller holds its own error.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rejected;
+
+pub(crate) enum Change<R> {
+    Create(R),
+    Update { change: ChangeFn<R>, revise: bool },
+    Delete,
+}
+
+impl<R> Change<R> {
+    fn is_update(&self) -> bool {
+        matches!(self, Self::Update { .. })
+    }
+}
+
+struct Op<R> {
+    change: Change<R>,
+    done: oneshot::Sender<Result<Option<R>, ServiceError>>,
+}
+
+/// The write queues of one kind, one slot per object name.
+pub(crate) struct Writes<R> {
+    slots: Mutex<HashMap<Name, Arc<Slot<R>>>>,
+}
+
+impl<R> Default for Writes<R> {
+    fn default() -> Self {
+        Self {
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<R> std::fmt::Debug for Writes<R> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Writes")
+            .field("objects", &lock(&self.slots).len())
+            .finish()
+    }
+}
+
+struct Slot<R> {
+    queue: Mutex<Vec<Op<R>>>,
+    /// Held by the task that runs the queue, so one object's batches never overlap.
+    runner: tokio::sync::Mutex<()>,
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section is a push, a take or a map update: consistent even after a panic.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl<R: Lifecycle> Writes<R> {
+    fn slot(&self, name: &Name) -> Arc<Slot<R>> {
+        Arc::clone(lock(&self.slots).entry(name.clone()).or_insert_with(|| {
+            Arc::new(Slot {
+                queue: Mutex::new(Vec::new()),
+                runner: tokio::sync::Mutex::new(()),
+            })
+        }))
+    }
+
+    /// Drops the slot of an object nobody is writing, so that the map does not grow with
+    /// every name ever written.
+    fn release(&self, name: &Name, slot: &Arc<Slot<R>>) {
+        let mut slots = lock(&self.slots);
+        // The map's reference and ours: nobody else holds it, and nobody can take it
+        // while the map is locked.
+        if Arc::strong_count(slot) == 2 && lock(&slot.queue).is_empty() {
+            slots.remove(name);
+        }
+    }
+
+    /// Queues `change` on `name`'s slot and waits for its outcome.
+    pub(crate) async fn submit(
+        &self,
+        service: &Service,
+        name: &Name,
+        change: Change<R>,
+    ) -> Result<Option<R>, ServiceError> {
+        let slot = self.slot(name);
+        let (done, outcome) = oneshot::channel();
+        lock(&slot.queue).push(Op { change, done });
+        let service = service.clone();
+        let name = name.clone();
+        tokio::spawn(async move {
+            let runner = slot.runner.lock().await;
+            let batch = std::mem::take(&mut *lock(&slot.queue));
+            if !batch.is_empty() {
+                run(&service, &name, batch).await;
+            }
+            drop(runner);
+            R::writes(&service).release(&name, &slot);
+        });
+        outcome
+            .await
+            .unwrap_or_else(|_| Err(ServiceError::Interrupted))
+    }
+}
+
+/// Runs a batch in order: consecutive updates together, each create or delete on its own.
+async fn run<R: Lifecycle>(service: &Service, name: &Name, batch: Vec<Op<R>>) {
+    let _publishing = service.publishing.enter(R::KIND, name.as_str());
+    let mut ops = batch.into_iter().peekable();
+    while let Some(op) = ops.next() {
+        match op.change {
+            Change::Create(document) => {
+                let result = create(service, document).await.map(Some);
+                let _ = op.done.send(result);
+            }
+            Change::Delete => {
+                let result = delete::<R>(service, name).await.map(|()| None);
+                let _ = op.done.send(result);
+            }
+            Change::Update { .. } => {
+                let mut updates = vec![op];
+                while ops.peek().is_some_and(|next| next.change.is_update()) {
+                    updates.extend(ops.next());
+                }
+                update(service, name, updates).await;
+            }
+        }
+    }
+}
+
+/// A record of `document` as the write path stores it: flagged for the outbox.
+fn record_of<R: Resource>(
+    document: &R,
+    detach: &[Name],
+    tombstone: bool,
+) -> Result<Record, StoreError> {
+    Ok(Record {
+        name: document.name().to_string(),
+        version: 0,
+        pending_publish: true,
+        tombstone,
+        body: document.to_body(detach)?,
+    })
+}
+
+async fn create<R: Lifecycle>(service: &Service, mut document: R) -> Result<R, ServiceError> {
+    R::check(service, None, &document).await?;
+    let incarnation = service
+        .store
+        .next_incarnation()
+        .await
+        .map_err(|error| service.store_error(error))?;
+    document.created(incarnation);
+    let record = record_of(&document, &[], false).map_err(|error| service.store_error(error))?;
+    loop {
+        match service.store.insert(R::KIND, &record).await {
+            Ok(()) => break,
+            Err(StoreError::AlreadyExists { .. }) => {
+                // A tombstone of an unfinished delete holds the name: finish it, then retry.
+                match service.read::<R>(document.name()).await? {
+                    Some(stored) if stored.tombstone => R::finish_delete(service, stored).await?,
+                    Some(_) => return Err(R::exists(document.name().clone())),
+                    None => {}
+                }
+            }
+            Err(error) => return Err(service.store_error(error)),
+        }
+    }
+    let stored = Stored {
+        version: 1,
+        pending_publish: true,
+        tombstone: false,
+        document: document.clone(),
+        detach: Vec::new(),
+    };
+    tracing::info!(kind = R::KIND.label(), name = %document.name(), version = %document.version(), "created");
+    publish_and_settle(service, stored).await?;
+    Ok(document)
+}
+
+/// Applies a batch of updates (see the module docs) and answers each.
+async fn update<R: Lifecycle>(service: &Service, name: &Name, ops: Vec<Op<R>>) {
+    let mut ops = ops;
+    let written = loop {
+        let current = match service.read::<R>(name).await {
+            Ok(Some(stored)) if !stored.tombstone => stored,
+            Ok(_) => return answer_all(ops, || Err(R::not_found(name.clone()))),
+            Err(error) => return answer_all(ops, || Err(error.clone())),
+        };
+        let mut state = current.document.clone();
+        let mut outcomes: Vec<Result<R, ServiceError>> = Vec::with_capacity(ops.len());
+        for op in &ops {
+            let Change::Update { change, revise } = &op.change else {
+                unreachable!("an update batch holds updates only")
+            };
+            let outcome = match change(&state) {
+                Ok(mut next) => {
+                    next.follows(&state, *revise);
+                    match R::check(service, Some(&state), &next).await {
+                        Ok(()) => Ok(next),
+                        Err(error) => Err(error),
+                    }
+                }
+                Err(Rejected) => Err(ServiceError::Rejected),
+            };
+            if let Ok(next) = &outcome {
+                state = next.clone();
+            }
+            outcomes.push(outcome);
+        }
+        if outcomes.iter().all(Result::is_err) {
+            for (op, outcome) in ops.drain(..).zip(outcomes) {
+                let _ = op.done.send(outcome.map(Some));
+            }
+            return;
+        }
+        let detach = detach_list(&current, &state);
+        let record = match record_of(&state, &detach, false) {
+            Ok(record) => record,
+            Err(error) => {
+                let error = service.store_error(error);
+                return answer_all(ops, || Err(error.clone()));
+            }
+        };
+        match service
+            .store
+            .replace(R::KIND, current.version, &record)
+            .await
+        {
+            Ok(version) => {
+                let stored = Stored {
+                    version,
+                    pending_publish: true,
+                    tombstone: false,
+                    document: state,
+                    detach,
+                };
+                break (stored, outcomes);
+            }
+            // Another instance wrote in between: apply the batch again to what it wrote.
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(StoreError::NotFound { .. }) => {
+                return answer_all(ops, || Err(R::not_found(name.clone())));
+            }
+            Err(error) => {
+                let error = service.store_error(error);
+                return answer_all(ops, || Err(error.clone()));
+            }
+        }
+    };
+    let (stored, outcomes) = written;
+    tracing::info!(
+        kind = R::KIND.label(),
+        name = %name,
+        version = %stored.document.version(),
+        changes = outcomes.iter().filter(|outcome| outcome.is_ok()).count(),
+        "changed"
+    );
+    service.metrics.write_batch(outcomes.len());
+    let published = publish_and_settle(service, stored).await;
+    for (op, outcome) in ops.into_iter().zip(outcomes) {
+        let answer = match (&published, outcome) {
+            (Ok(()), outcome) => outcome.map(Some),
+            (Err(error), Ok(_)) => Err(error.clone()),
+            (Err(_), Err(error)) => Err(error),
+        };
+        let _ = op.done.send(answer);
+    }
+}
+
+/// The links to remove at the broker after this write: everything the previous version
+/// linked or still had to unlink, that the new one does not link.
+fn detach_list<R: Resource>(previous: &Stored<R>, next: &R) -> Vec<Name> {
+    let keep = next.links();
+    let mut detach: Vec<Name> = previous
+        .document
+        .links()
+        .into_iter()
+        .chain(previous.detach.iter().cloned())
+        .filter(|name| !keep.contains(name))
+        .collect();
+    detach.sort();
+    detach.dedup();
+    detach
+}
+
+fn answer_all<R>(ops: Vec<Op<R>>, outcome: impl Fn() -> Result<Option<R>, ServiceError>) {
+    for op in ops {
+        let _ = op.done.send(outcome());
+    }
+}
+
+/// Publishes a stored write, repairs what the store needs after it, and clears the outbox
+/// flag. A broker 404 means another instance deleted the object meanwhile: its own delete
+/// supersedes this write, so the caller hears that the object is gone.
+async fn publish_and_settle<R: Lifecycle>(
+    service: &Service,
+    stored: Stored<R>,
+) -> Result<(), ServiceError> {
+    let name = stored.document.name().clone();
+    match R::publish(service, &stored).await {
+        Ok(()) => {}
+        Err(ServiceError::Amqp(error)) if error.is_not_found() => {
+            tracing::info!(kind = R::KIND.label(), name = %name, error = %error, "deleted while being written");
+            return Err(R::not_found(name));
+        }
+        Err(error) => return Err(error),
+    }
+    clear_pending(service, &stored).await?;
+    let mut current = stored;
+    // A bounded number of follow-ups: each one is a new revision that is itself checked.
+    for _ in 0..4 {
+        let Some(mut next) = R::repair(service, &current).await? else {
+            return Ok(());
+        };
+        next.follows(&current.document, true);
+        let detach = detach_list(&current, &next);
+        let record =
+            record_of(&next, &detach, false).map_err(|error| service.store_error(error))?;
+        match service
+            .store
+            .replace(R::KIND, current.version, &record)
+            .await
+        {
+            Ok(version) => {
+                tracing::warn!(kind = R::KIND.label(), name = %name, version = %next.version(), "repaired after a concurrent change");
+                current = Stored {
+                    version,
+                    pending_publish: true,
+                    tombstone: false,
+                    document: next,
+                    detach,
+                };
+                R::publish(service, &current).await?;
+                clear_pending(service, &current).await?;
+            }
+            // Someone else wrote meanwhile; their write runs its own repair.
+            Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => return Ok(()),
+            Err(error) => return Err(service.store_error(error)),
+        }
+    }
+    Ok(())
+}
+
+/// Clears the outbox flag of a published write (and, with it, the links it had to remove:
+/// the broker has removed them). `false` from the store means a newer version exists, whose
+/// writer clears its own flag.
+pub(crate) async fn clear_pending<R: Resource>(
+    service: &Service,
+    stored: &Stored<R>,
+) -> Result<(), ServiceError> {
+    let mut record = record_of(&stored.document, &[], stored.tombstone)
+        .map_err(|error| service.store_error(error))?;
+    record.version = stored.version;
+    service
+        .store
+        .clear_pending(R::KIND, &record)
+        .await
+        .map(|_| ())
+        .map_err(|error| service.store_error(error))
+}
+
+async fn delete<R: Lifecycle>(service: &Service, name: &Name) -> Result<(), ServiceError> {
+    let tombstone = loop {
+        let current = match service.read::<R>(name).await? {
+            Some(stored) if !stored.tombstone => stored,
+            _ => return Err(R::not_found(name.clone())),
+        };
+        let record = record_of(&current.document, &current.detach, true)
+            .map_err(|error| service.store_error(error))?;
+        match service
+            .store
+            .replace(R::KIND, current.version, &record)
+            .await
+        {
+            Ok(version) => {
+                break Stored {
+                    version,
+                    pending_publish: true,
+                    tombstone: true,
+                    ..current
+                };
+            }
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(StoreError::NotFound { .. }) => return Err(R::not_found(name.clone())),
+            Err(error) => return Err(service.store_error(error)),
+        }
+    };
+    R::finish_delete(service, tombstone).await
+}
+
+/// Removes a tombstone whose delete the broker has heard about. Another instance finishing
+/// the same delete first is not an error.
+pub(crate) async fn remove_tombstone<R: Resource>(
+    service: &Service,
+    tombstone: &Stored<R>,
+) -> Result<(), ServiceError> {
+    match service
+        .store
+        .delete(
+            R::KIND,
+            tombstone.document.name().as_str(),
+            tombstone.version,
+        )
+        .await
+    {
+        Ok(()) | Err(StoreError::NotFound { .. } | StoreError::Conflict { .. }) => Ok(()),
+        Err(error) => Err(service.store_error(error)),
+    }
+}
