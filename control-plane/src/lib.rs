@@ -16,6 +16,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod error;
+pub mod gate;
 pub mod http;
 pub mod metrics;
 pub mod outbox;

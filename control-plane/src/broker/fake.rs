@@ -3,6 +3,7 @@
 
 use super::Publisher;
 use crate::error::AmqpError;
+use crate::gate::{Gate, Gates};
 use async_trait::async_trait;
 use nebula_protocol::Message;
 use std::collections::BTreeSet;
@@ -25,6 +26,7 @@ pub struct FakeBroker {
     state: Mutex<FakeState>,
     /// How long each publish waits for its "confirm" (a slow broker), if set.
     confirm_delay: Mutex<Option<std::time::Duration>>,
+    gates: Gates,
 }
 
 impl FakeBroker {
@@ -57,6 +59,19 @@ impl FakeBroker {
         self.lock().broken = broken;
     }
 
+    /// Holds the next `operation` (`exchange.bind`, `exchange.unbind`, `basic.publish`, ...)
+    /// on `target` (the source exchange of a bind or unbind, the exchange otherwise) until
+    /// the returned gate opens.
+    pub fn hold(&self, operation: &str, target: &str) -> Gate {
+        self.gates.hold(operation, target)
+    }
+
+    async fn gate(&self, operation: &str, target: &str) {
+        if let Some(gate) = self.gates.take(operation, target) {
+            gate.pass().await;
+        }
+    }
+
     fn check(&self, operation: &'static str) -> Result<MutexGuard<'_, FakeState>, AmqpError> {
         let state = self.lock();
         if state.broken {
@@ -79,6 +94,7 @@ impl Publisher for FakeBroker {
     }
 
     async fn delete_exchange(&self, exchange: &str) -> Result<(), AmqpError> {
+        self.gate("exchange.delete", exchange).await;
         let mut state = self.check("exchange.delete")?;
         state.exchanges.remove(exchange);
         // RabbitMQ drops an exchange's bindings with it.
@@ -89,12 +105,13 @@ impl Publisher for FakeBroker {
     }
 
     async fn bind_exchange(&self, destination: &str, source: &str) -> Result<(), AmqpError> {
+        self.gate("exchange.bind", source).await;
         let mut state = self.check("exchange.bind")?;
         if !state.exchanges.contains(destination) || !state.exchanges.contains(source) {
-            // RabbitMQ closes the channel with 404 here; a real broker error, so fail too.
-            return Err(AmqpError::Operation {
+            // RabbitMQ answers 404 and closes that channel.
+            return Err(AmqpError::NotFound {
                 operation: "exchange.bind",
-                reason: format!("no exchange {destination} or {source}"),
+                target: format!("{source} -> {destination}"),
             });
         }
         state
@@ -104,6 +121,7 @@ impl Publisher for FakeBroker {
     }
 
     async fn unbind_exchange(&self, destination: &str, source: &str) -> Result<(), AmqpError> {
+        self.gate("exchange.unbind", source).await;
         self.check("exchange.unbind")?
             .bindings
             .remove(&(destination.to_string(), source.to_string()));
@@ -118,11 +136,12 @@ impl Publisher for FakeBroker {
         if let Some(delay) = delay {
             tokio::time::sleep(delay).await;
         }
+        self.gate("basic.publish", exchange).await;
         let mut state = self.check("basic.publish")?;
         if !state.exchanges.contains(exchange) {
-            return Err(AmqpError::NotConfirmed {
-                exchange: exchange.to_string(),
-                reason: "no such exchange".into(),
+            return Err(AmqpError::NotFound {
+                operation: "basic.publish",
+                target: exchange.to_string(),
             });
         }
         state

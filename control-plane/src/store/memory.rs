@@ -3,6 +3,7 @@
 
 use super::{Kind, Record, Store, new_store_id, now_micros};
 use crate::error::StoreError;
+use crate::gate::{Gate, Gates};
 use async_trait::async_trait;
 use nebula_protocol::{Incarnation, StoreId};
 use std::collections::{BTreeMap, HashMap};
@@ -16,6 +17,7 @@ pub struct MemoryStore {
     unavailable: AtomicBool,
     identity: StoreId,
     last_incarnation: AtomicU64,
+    gates: Gates,
 }
 
 impl Default for MemoryStore {
@@ -25,6 +27,7 @@ impl Default for MemoryStore {
             unavailable: AtomicBool::default(),
             identity: new_store_id(),
             last_incarnation: AtomicU64::default(),
+            gates: Gates::default(),
         }
     }
 }
@@ -32,6 +35,11 @@ impl Default for MemoryStore {
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Holds the next replace of `name` (of any kind) until the returned gate opens.
+    pub fn hold_replace(&self, name: &str) -> Gate {
+        self.gates.hold("replace", name)
     }
 
     /// Overwrites a record's body as it is, bypassing every check: for tests that need a
@@ -121,6 +129,9 @@ impl Store for MemoryStore {
         expected_version: u64,
         record: &Record,
     ) -> Result<u64, StoreError> {
+        if let Some(gate) = self.gates.take("replace", &record.name) {
+            gate.pass().await;
+        }
         self.with_table(kind, |table| {
             let current = table
                 .get_mut(&record.name)
