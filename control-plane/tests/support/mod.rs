@@ -305,6 +305,19 @@ pub async fn sync(
     connection: &Connection,
     target: nebula_protocol::SyncTarget,
 ) -> nebula_protocol::SyncReply {
+    sync_within(connection, target, None, DEADLINE)
+        .await
+        .expect("sync reply in time")
+}
+
+/// Like [`sync`], as an agent that last synced with `known_store`; `None` when no reply
+/// came within `wait`.
+pub async fn sync_within(
+    connection: &Connection,
+    target: nebula_protocol::SyncTarget,
+    known_store: Option<nebula_protocol::StoreId>,
+    wait: Duration,
+) -> Option<nebula_protocol::SyncReply> {
     let channel = connection.create_channel().await.expect("channel");
     let mut replies = channel
         .basic_consume(
@@ -324,7 +337,7 @@ pub async fn sync(
         target,
         correlation_id: correlation_id.clone(),
         agent_version: "test".into(),
-        known_store: None,
+        known_store,
     });
     channel
         .basic_publish(
@@ -338,9 +351,9 @@ pub async fn sync(
         )
         .await
         .expect("publish sync request");
-    let delivery = tokio::time::timeout(DEADLINE, replies.next())
+    let delivery = tokio::time::timeout(wait, replies.next())
         .await
-        .expect("sync reply in time")
+        .ok()?
         .expect("reply stream open")
         .expect("delivery");
     assert_eq!(
@@ -356,8 +369,19 @@ pub async fn sync(
     match decode(&delivery.data).expect("decode reply") {
         Message::SyncReply(reply) => {
             assert_eq!(reply.correlation_id, correlation_id);
-            reply
+            Some(reply)
         }
         other => panic!("not a sync reply: {other:?}"),
     }
+}
+
+/// `GET` of an unauthenticated endpoint (`/readyz`, `/metrics`) as text.
+pub async fn get_text(address: &str, path: &str) -> (u16, String) {
+    let response = http()
+        .get(format!("http://{address}{path}"))
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("body"))
 }

@@ -1,0 +1,322 @@
+//! The real binary and the real broker when something is wrong: a corrupt record, the sync
+//! consumer cancelled, an agent from another store asking, a 404 on one channel, and clients
+//! that are slow or too many. Each test has its own RabbitMQ vhost and data directory.
+
+mod support;
+
+use lapin::options::QueueDeleteOptions;
+use nebula_control_plane::broker::Publisher;
+use nebula_control_plane::broker::amqp::AmqpBroker;
+use nebula_control_plane::metrics::sample;
+use nebula_control_plane::store::embedded::EmbeddedStore;
+use nebula_control_plane::store::{Kind, Record, Store};
+use nebula_protocol::{Message, Name, StoreId, SyncResult, SyncTarget, names};
+use reqwest::Method;
+use serde_json::json;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use support::{
+    ControlPlane, DEADLINE, TestVhost, call, connect, get_text, http, sync, sync_within,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn embedded(vhost: &TestVhost, data_dir: &std::path::Path) -> HashMap<&'static str, String> {
+    HashMap::from([
+        ("NEBULA_AMQP_URL", vhost.url.clone()),
+        ("NEBULA_DATA_DIR", data_dir.display().to_string()),
+    ])
+}
+
+fn name(value: &str) -> Name {
+    Name::new(value).expect("name")
+}
+
+async fn metric(address: &str, sample_name: &str) -> Option<u64> {
+    sample(&get_text(address, "/metrics").await.1, sample_name)
+}
+
+/// Defect 5 on the real system: a corrupt record in the store the instance starts on. The
+/// instance starts (the outbox skips it), answers 500 for that object only, rejects sync
+/// requests for it without a reply, counts all of it, and keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_record_never_takes_the_instance_down() {
+    let vhost = TestVhost::create();
+    let data = tempfile::tempdir().expect("tempdir");
+    {
+        let store = EmbeddedStore::open(data.path()).expect("store");
+        store
+            .insert(
+                Kind::App,
+                &Record {
+                    name: "bad".into(),
+                    version: 0,
+                    pending_publish: true,
+                    tombstone: false,
+                    body: "{\"app_name\": \"bad\", \"docker_image\": 7".into(),
+                },
+            )
+            .await
+            .expect("insert");
+    }
+    let control_plane = ControlPlane::start(embedded(&vhost, data.path())).await;
+    let client = http();
+    let (status, body) = call(&client, Method::GET, &control_plane.url("/apps/bad"), None).await;
+    assert_eq!((status, &body["corrupt"]), (500, &json!(true)), "{body}");
+    let (status, _) = call(
+        &client,
+        Method::POST,
+        &control_plane.url("/apps/good"),
+        Some(json!({"docker_image": "nginx"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, body) = call(&client, Method::GET, &control_plane.url("/apps"), None).await;
+    assert_eq!((status, body), (200, json!({"apps": ["bad", "good"]})));
+
+    let connection = connect(&vhost.url).await;
+    let unanswered = sync_within(
+        &connection,
+        SyncTarget::App(name("bad")),
+        None,
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(unanswered.is_none(), "{unanswered:?}");
+    assert!(matches!(
+        sync(&connection, SyncTarget::App(name("good")))
+            .await
+            .result,
+        SyncResult::App(_)
+    ));
+    let address = control_plane.address.clone();
+    assert_eq!(
+        metric(&address, "nebula_sync_requests_corrupt_total").await,
+        Some(1)
+    );
+    assert_eq!(
+        metric(&address, "nebula_outbox_skipped_corrupt_total").await,
+        Some(1),
+        "the start's outbox pass skipped it"
+    );
+    assert!(metric(&address, "nebula_corrupt_records_total").await >= Some(3));
+    let status = control_plane.terminate().await;
+    assert!(status.success(), "it was still running: {status:?}");
+}
+
+/// Defect 6: the sync consumer ending (here: the queue deleted under it) ends the instance
+/// with an error instead of leaving it ready and deaf.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_sync_consumer_ends_the_instance() {
+    let vhost = TestVhost::create();
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut control_plane = ControlPlane::start(embedded(&vhost, data.path())).await;
+    let connection = connect(&vhost.url).await;
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .queue_delete(names::SYNC_QUEUE.into(), QueueDeleteOptions::default())
+        .await
+        .expect("queue.delete");
+    let status = control_plane.wait().await;
+    assert!(!status.success(), "exit status {status:?}");
+    assert!(
+        control_plane
+            .logs()
+            .contains("the consumer of nebula.sync ended"),
+        "{}",
+        control_plane.logs()
+    );
+}
+
+/// Defect 3: sync replies carry the store's identity; an agent that synced with another
+/// store shows up in `/readyz` and the metrics of the instance it asks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_replies_carry_the_store_identity_and_foreign_stores_are_reported() {
+    let vhost = TestVhost::create();
+    let data = tempfile::tempdir().expect("tempdir");
+    let control_plane = ControlPlane::start(embedded(&vhost, data.path())).await;
+    let (status, readyz) = get_text(&control_plane.address, "/readyz").await;
+    let readyz: serde_json::Value = serde_json::from_str(&readyz).expect("json");
+    assert_eq!(status, 200);
+    assert_eq!(readyz["store_empty"], json!(true));
+    assert_eq!(readyz["foreign_stores"], json!([]));
+    let ours = StoreId::parse_hex(readyz["store_id"].as_str().expect("store_id")).expect("hex");
+
+    let connection = connect(&vhost.url).await;
+    let reply = sync_within(
+        &connection,
+        SyncTarget::DeviceGroup(name("edge")),
+        Some(ours),
+        DEADLINE,
+    )
+    .await
+    .expect("reply");
+    assert_eq!((reply.store_id, reply.result), (ours, SyncResult::NotFound));
+    assert_eq!(
+        metric(&control_plane.address, "nebula_sync_foreign_store_total").await,
+        Some(0)
+    );
+
+    let other = StoreId(0x00ab_cdef);
+    let reply = sync_within(
+        &connection,
+        SyncTarget::DeviceGroup(name("edge")),
+        Some(other),
+        DEADLINE,
+    )
+    .await
+    .expect("reply");
+    assert_eq!(reply.store_id, ours);
+    let (_, readyz) = get_text(&control_plane.address, "/readyz").await;
+    let readyz: serde_json::Value = serde_json::from_str(&readyz).expect("json");
+    assert_eq!(readyz["foreign_stores"], json!([other.to_string()]));
+    assert_eq!(
+        metric(&control_plane.address, "nebula_sync_foreign_store_total").await,
+        Some(1)
+    );
+    assert!(control_plane.logs().contains("another store"));
+    control_plane.terminate().await;
+
+    // The identity is the store's, not the process's.
+    let again = ControlPlane::start(embedded(&vhost, data.path())).await;
+    let (_, readyz) = get_text(&again.address, "/readyz").await;
+    let readyz: serde_json::Value = serde_json::from_str(&readyz).expect("json");
+    assert_eq!(readyz["store_id"], json!(ours.to_string()));
+    again.terminate().await;
+}
+
+/// Defect 8 at the adapter: a publish to an exchange that does not exist fails alone, with
+/// NotFound; twenty publishes in flight on the same connection at the time are confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_404_closes_only_its_own_channel() {
+    let vhost = TestVhost::create();
+    let broker = AmqpBroker::connect(&vhost.url, Duration::from_secs(10))
+        .await
+        .expect("connect");
+    broker.declare_exchange("e").await.expect("declare");
+    let message = Message::AppDeleted {
+        app_name: name("x"),
+        app_id: 1,
+        incarnation: 1,
+    };
+    let mut publishes = Vec::new();
+    for _ in 0..20 {
+        let broker = broker.clone();
+        let message = message.clone();
+        publishes.push(tokio::spawn(
+            async move { broker.publish("e", &message).await },
+        ));
+    }
+    let missing = broker.publish("missing", &message).await;
+    assert!(
+        missing.as_ref().is_err_and(|error| error.is_not_found()),
+        "{missing:?}"
+    );
+    for publish in publishes {
+        publish.await.expect("join").expect("confirmed");
+    }
+    assert!(broker.is_connected());
+    let bind = broker.bind_exchange("e", "missing").await;
+    assert!(bind.is_err_and(|error| error.is_not_found()));
+    broker
+        .delete_exchange("missing")
+        .await
+        .expect("deleting a missing exchange is what was asked");
+    broker.publish("e", &message).await.expect("still works");
+    broker.close().await;
+}
+
+/// Defect 7: headers must arrive in time, a request must be answered in time (JSON 503),
+/// and only so many connections are served at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_many_clients_are_bounded() {
+    let vhost = TestVhost::create();
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut environment = embedded(&vhost, data.path());
+    environment.insert("NEBULA_HTTP_HEADER_TIMEOUT_SECS", "1".into());
+    environment.insert("NEBULA_PUBLISH_TIMEOUT_SECS", "1".into());
+    environment.insert("NEBULA_REQUEST_TIMEOUT_SECS", "2".into());
+    let control_plane = ControlPlane::start(environment).await;
+
+    // Headers never finished: the connection is closed after the header timeout.
+    let mut stalled = tokio::net::TcpStream::connect(&control_plane.address)
+        .await
+        .expect("connect");
+    stalled
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    let mut buffer = Vec::new();
+    let read =
+        tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut buffer)).await;
+    assert!(read.is_ok(), "still open after 10 s");
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "closed after {:?}, before the timeout",
+        started.elapsed()
+    );
+
+    // A body that never finishes: a JSON 503 after the request timeout.
+    let mut slow = tokio::net::TcpStream::connect(&control_plane.address)
+        .await
+        .expect("connect");
+    let authorization = base64_basic(support::USER, support::PASSWORD);
+    slow.write_all(
+        format!(
+            "POST /api/v2/apps/slow HTTP/1.1\r\nHost: x\r\nAuthorization: {authorization}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"docker_"
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("write");
+    let started = Instant::now();
+    let mut answer = vec![0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut answer))
+        .await
+        .expect("answered within 10 s")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("\"timed_out\":true"), "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(1800));
+    let client = http();
+    let (status, _) = call(&client, Method::GET, &control_plane.url("/apps/slow"), None).await;
+    assert_eq!(status, 403, "nothing was created");
+    control_plane.terminate().await;
+
+    // At most two connections at once: a third waits until one closes.
+    let mut environment = embedded(&vhost, data.path());
+    environment.insert("NEBULA_MAX_CONNECTIONS", "2".into());
+    let control_plane = ControlPlane::start(environment).await;
+    let first = tokio::net::TcpStream::connect(&control_plane.address)
+        .await
+        .expect("connect");
+    let _second = tokio::net::TcpStream::connect(&control_plane.address)
+        .await
+        .expect("connect");
+    let quick = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("client");
+    let url = format!("http://{}/healthz", control_plane.address);
+    assert!(
+        quick.get(&url).send().await.is_err(),
+        "a third connection was served"
+    );
+    drop(first);
+    let served = quick
+        .get(&url)
+        .send()
+        .await
+        .expect("served once one closed");
+    assert_eq!(served.status(), 200);
+    control_plane.terminate().await;
+}
+
+fn base64_basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
