@@ -257,12 +257,12 @@ async fn the_outbox_unbinds_what_a_group_write_removed() {
             .await
             .expect("app");
     }
-    let mut group = system
+    system
         .first
         .create_group(DeviceGroup::new(name("g")))
         .await
         .expect("group");
-    group = system
+    let mut group = system
         .first
         .update_group(&name("g"), set_members(&["old"]))
         .await
@@ -386,7 +386,7 @@ async fn re_created_objects_get_a_new_incarnation() {
         .create_group(DeviceGroup::new(name("g")))
         .await
         .expect("group");
-    assert!(group.incarnation >= again.incarnation + 1);
+    assert!(group.incarnation > again.incarnation);
 }
 
 /// Defect 5: one corrupt record is an error of that object only: reads of it fail, other
