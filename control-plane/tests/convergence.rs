@@ -533,3 +533,52 @@ async fn concurrent_writers_on_two_instances_lose_nothing() {
     assert_eq!(stored.env_vars.len(), 2 * PER_INSTANCE, "no change lost");
     system.assert_alive();
 }
+
+/// What an instance remembers of an object it wrote (or read) before another instance
+/// deleted and re-created it never lands on the new incarnation: record versions keep going
+/// up across incarnations, so the compare-and-swap fails and the write re-reads.
+#[tokio::test]
+async fn a_stale_view_of_a_deleted_incarnation_is_never_written_back() {
+    let system = two_instances();
+    let update = |service: &Service, key: &'static str| {
+        let service = service.clone();
+        async move {
+            service
+                .update_app(&name("web"), move |current: &AppConfig| {
+                    let mut next = current.clone();
+                    next.env_vars.insert(key.into(), "1".into());
+                    Ok::<_, ServiceError>(next)
+                })
+                .await
+                .expect("update")
+        }
+    };
+    let old = system
+        .first
+        .create_app(AppConfig::new(name("web"), "nginx"))
+        .await
+        .expect("create");
+    for key in ["A", "B", "C"] {
+        update(&system.first, key).await;
+    }
+    system
+        .second
+        .delete_app(&name("web"))
+        .await
+        .expect("delete");
+    let new = system
+        .second
+        .create_app(AppConfig::new(name("web"), "nginx:2"))
+        .await
+        .expect("re-create");
+    for key in ["X", "Y", "Z"] {
+        update(&system.second, key).await;
+    }
+    let written = update(&system.first, "LATE").await;
+    assert_eq!(written.incarnation, new.incarnation);
+    assert_ne!(written.incarnation, old.incarnation);
+    assert_eq!(written.app_id, 5);
+    assert_eq!(written.docker_image, "nginx:2");
+    let keys: Vec<&str> = written.env_vars.keys().map(String::as_str).collect();
+    assert_eq!(keys, vec!["LATE", "X", "Y", "Z"]);
+}

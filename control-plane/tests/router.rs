@@ -1369,10 +1369,14 @@ async fn interrupted_delete_is_finished_by_the_outbox() {
             ("nebula.group.edge", "device_group_changed")
         ]
     );
-    assert_eq!(
-        harness.store.get(Kind::App, "web").await.expect("get"),
-        None
-    );
+    // The tombstone stays, finished (see `Record::tombstone`).
+    let tombstone = harness
+        .store
+        .get(Kind::App, "web")
+        .await
+        .expect("get")
+        .expect("tombstone kept");
+    assert!(tombstone.tombstone && !tombstone.pending_publish);
     let group = harness
         .call("GET", "/api/v2/device_groups/edge", None)
         .await;

@@ -3,7 +3,7 @@
 //! group, drop the exchange).
 
 use super::resource::Lifecycle;
-use super::write::{Writes, remove_tombstone};
+use super::write::{Writes, finish_tombstone};
 use super::{Service, ServiceError, Stored};
 use crate::error::StoreError;
 use crate::store::Kind;
@@ -68,7 +68,7 @@ impl Lifecycle for AppConfig {
             .delete_exchange(&exchange)
             .await
             .map_err(|error| service.broker_error(error))?;
-        remove_tombstone(service, &tombstone).await?;
+        finish_tombstone(service, &tombstone).await?;
         tracing::info!(app = %config.app_name, version = %config.version(), "app deleted");
         Ok(())
     }

@@ -12,7 +12,7 @@
 //! decides what is bound.
 
 use super::resource::{Lifecycle, Resource};
-use super::write::{Writes, remove_tombstone};
+use super::write::{Writes, finish_tombstone};
 use super::{Service, ServiceError, Stored};
 use crate::store::Kind;
 use async_trait::async_trait;
@@ -104,7 +104,7 @@ impl Lifecycle for DeviceGroup {
             .delete_exchange(&exchange)
             .await
             .map_err(|error| service.broker_error(error))?;
-        remove_tombstone(service, &tombstone).await?;
+        finish_tombstone(service, &tombstone).await?;
         tracing::info!(device_group = %group.device_group, version = %group.version(), "device group deleted");
         Ok(())
     }

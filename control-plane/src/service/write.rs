@@ -13,6 +13,12 @@
 //!
 //! Each batch runs in a task of its own: a caller that goes away (a client disconnecting, a
 //! request timeout) never abandons a half-done write of other callers.
+//!
+//! Two round trips stay off a write's path: the slot remembers what this instance last
+//! wrote, so a batch goes straight to the compare-and-swap (which fails, and the batch
+//! re-reads, only if another instance wrote since), and the outbox flag is cleared after the
+//! callers were answered (a flag left set only makes the outbox republish a state agents
+//! already have).
 
 use super::resource::{Lifecycle, Resource};
 use super::{Service, ServiceError, Stored};
@@ -72,8 +78,9 @@ impl<R> std::fmt::Debug for Writes<R> {
 
 struct Slot<R> {
     queue: Mutex<Vec<Op<R>>>,
-    /// Held by the task that runs the queue, so one object's batches never overlap.
-    runner: tokio::sync::Mutex<()>,
+    /// Held by the task that runs the queue, so one object's batches never overlap. It
+    /// guards what this instance last wrote of the object, `None` when unknown.
+    runner: tokio::sync::Mutex<Option<Stored<R>>>,
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -88,7 +95,7 @@ impl<R: Lifecycle> Writes<R> {
         Arc::clone(lock(&self.slots).entry(name.clone()).or_insert_with(|| {
             Arc::new(Slot {
                 queue: Mutex::new(Vec::new()),
-                runner: tokio::sync::Mutex::new(()),
+                runner: tokio::sync::Mutex::new(None),
             })
         }))
     }
@@ -117,12 +124,12 @@ impl<R: Lifecycle> Writes<R> {
         let service = service.clone();
         let name = name.clone();
         tokio::spawn(async move {
-            let runner = slot.runner.lock().await;
+            let mut last = slot.runner.lock().await;
             let batch = std::mem::take(&mut *lock(&slot.queue));
             if !batch.is_empty() {
-                run(&service, &name, batch).await;
+                run(&service, &name, batch, &mut last).await;
             }
-            drop(runner);
+            drop(last);
             R::writes(&service).release(&name, &slot);
         });
         outcome
@@ -132,16 +139,31 @@ impl<R: Lifecycle> Writes<R> {
 }
 
 /// Runs a batch in order: consecutive updates together, each create or delete on its own.
-async fn run<R: Lifecycle>(service: &Service, name: &Name, batch: Vec<Op<R>>) {
+/// `last` is what this instance last wrote of the object, kept up to date here.
+async fn run<R: Lifecycle>(
+    service: &Service,
+    name: &Name,
+    batch: Vec<Op<R>>,
+    last: &mut Option<Stored<R>>,
+) {
     let _publishing = service.publishing.enter(R::KIND, name.as_str());
     let mut ops = batch.into_iter().peekable();
     while let Some(op) = ops.next() {
         match op.change {
             Change::Create(document) => {
-                let result = create(service, document).await.map(Some);
-                let _ = op.done.send(result);
+                *last = None;
+                match create(service, document).await {
+                    Ok(stored) => {
+                        let _ = op.done.send(Ok(Some(stored.document.clone())));
+                        *last = settle(service, stored).await;
+                    }
+                    Err(error) => {
+                        let _ = op.done.send(Err(error));
+                    }
+                }
             }
             Change::Delete => {
+                *last = None;
                 let result = delete::<R>(service, name).await.map(|()| None);
                 let _ = op.done.send(result);
             }
@@ -150,7 +172,8 @@ async fn run<R: Lifecycle>(service: &Service, name: &Name, batch: Vec<Op<R>>) {
                 while ops.peek().is_some_and(|next| next.change.is_update()) {
                     updates.extend(ops.next());
                 }
-                update(service, name, updates).await;
+                let known = last.take();
+                *last = update(service, name, updates, known).await;
             }
         }
     }
@@ -171,7 +194,11 @@ fn record_of<R: Resource>(
     })
 }
 
-async fn create<R: Lifecycle>(service: &Service, mut document: R) -> Result<R, ServiceError> {
+/// Stores and publishes a new object; the caller answers, then settles it.
+async fn create<R: Lifecycle>(
+    service: &Service,
+    mut document: R,
+) -> Result<Stored<R>, ServiceError> {
     R::check(service, None, &document).await?;
     let incarnation = service
         .store
@@ -180,40 +207,65 @@ async fn create<R: Lifecycle>(service: &Service, mut document: R) -> Result<R, S
         .map_err(|error| service.store_error(error))?;
     document.created(incarnation);
     let record = record_of(&document, &[], false).map_err(|error| service.store_error(error))?;
-    loop {
+    let version = loop {
         match service.store.insert(R::KIND, &record).await {
-            Ok(()) => break,
-            Err(StoreError::AlreadyExists { .. }) => {
-                // A tombstone of an unfinished delete holds the name: finish it, then retry.
-                match service.read::<R>(document.name()).await? {
-                    Some(stored) if stored.tombstone => R::finish_delete(service, stored).await?,
-                    Some(_) => return Err(R::exists(document.name().clone())),
-                    None => {}
-                }
-            }
+            Ok(()) => break 1,
+            Err(StoreError::AlreadyExists { .. }) => {}
             Err(error) => return Err(service.store_error(error)),
         }
-    }
+        // The name had an object before: re-create over its tombstone, so that the record's
+        // versions keep going up (see `Record::tombstone`).
+        let Some(tombstone) = service.read::<R>(document.name()).await? else {
+            continue;
+        };
+        if !tombstone.tombstone {
+            return Err(R::exists(document.name().clone()));
+        }
+        let version = tombstone.version;
+        if tombstone.pending_publish {
+            // A delete an instance died in the middle of: finish it first.
+            R::finish_delete(service, tombstone).await?;
+        }
+        match service.store.replace(R::KIND, version, &record).await {
+            Ok(version) => break version,
+            Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => continue,
+            Err(error) => return Err(service.store_error(error)),
+        }
+    };
     let stored = Stored {
-        version: 1,
+        version,
         pending_publish: true,
         tombstone: false,
-        document: document.clone(),
+        document,
         detach: Vec::new(),
     };
-    tracing::info!(kind = R::KIND.label(), name = %document.name(), version = %document.version(), "created");
-    publish_and_settle(service, stored).await?;
-    Ok(document)
+    tracing::info!(kind = R::KIND.label(), name = %stored.document.name(), version = %stored.document.version(), "created");
+    publish(service, &stored).await?;
+    Ok(stored)
 }
 
-/// Applies a batch of updates (see the module docs) and answers each.
-async fn update<R: Lifecycle>(service: &Service, name: &Name, ops: Vec<Op<R>>) {
-    let mut ops = ops;
-    let written = loop {
-        let current = match service.read::<R>(name).await {
-            Ok(Some(stored)) if !stored.tombstone => stored,
-            Ok(_) => return answer_all(ops, || Err(R::not_found(name.clone()))),
-            Err(error) => return answer_all(ops, || Err(error.clone())),
+/// Applies a batch of updates (see the module docs), answers each, and returns what was
+/// written (`None` when nothing was, or it is unknown).
+async fn update<R: Lifecycle>(
+    service: &Service,
+    name: &Name,
+    mut ops: Vec<Op<R>>,
+    mut known: Option<Stored<R>>,
+) -> Option<Stored<R>> {
+    let (stored, outcomes) = loop {
+        let current = match known.take() {
+            Some(current) => current,
+            None => match service.read::<R>(name).await {
+                Ok(Some(stored)) if !stored.tombstone => stored,
+                Ok(_) => {
+                    answer_all(ops, || Err(R::not_found(name.clone())));
+                    return None;
+                }
+                Err(error) => {
+                    answer_all(ops, || Err(error.clone()));
+                    return None;
+                }
+            },
         };
         let mut state = current.document.clone();
         let mut outcomes: Vec<Result<R, ServiceError>> = Vec::with_capacity(ops.len());
@@ -224,10 +276,7 @@ async fn update<R: Lifecycle>(service: &Service, name: &Name, ops: Vec<Op<R>>) {
             let outcome = match change(&state) {
                 Ok(mut next) => {
                     next.follows(&state, *revise);
-                    match R::check(service, Some(&state), &next).await {
-                        Ok(()) => Ok(next),
-                        Err(error) => Err(error),
-                    }
+                    R::check(service, Some(&state), &next).await.map(|()| next)
                 }
                 Err(Rejected) => Err(ServiceError::Rejected),
             };
@@ -240,14 +289,15 @@ async fn update<R: Lifecycle>(service: &Service, name: &Name, ops: Vec<Op<R>>) {
             for (op, outcome) in ops.drain(..).zip(outcomes) {
                 let _ = op.done.send(outcome.map(Some));
             }
-            return;
+            return Some(current);
         }
         let detach = detach_list(&current, &state);
         let record = match record_of(&state, &detach, false) {
             Ok(record) => record,
             Err(error) => {
                 let error = service.store_error(error);
-                return answer_all(ops, || Err(error.clone()));
+                answer_all(ops, || Err(error.clone()));
+                return None;
             }
         };
         match service
@@ -265,19 +315,21 @@ async fn update<R: Lifecycle>(service: &Service, name: &Name, ops: Vec<Op<R>>) {
                 };
                 break (stored, outcomes);
             }
-            // Another instance wrote in between: apply the batch again to what it wrote.
+            // Another instance wrote in between (or what this one remembered is out of
+            // date): apply the batch again to what the store holds.
             Err(StoreError::Conflict { .. }) => continue,
             Err(StoreError::NotFound { .. }) => {
-                return answer_all(ops, || Err(R::not_found(name.clone())));
+                answer_all(ops, || Err(R::not_found(name.clone())));
+                return None;
             }
             Err(error) => {
                 let error = service.store_error(error);
-                return answer_all(ops, || Err(error.clone()));
+                answer_all(ops, || Err(error.clone()));
+                return None;
             }
         }
     };
-    let (stored, outcomes) = written;
-    tracing::info!(
+    tracing::debug!(
         kind = R::KIND.label(),
         name = %name,
         version = %stored.document.version(),
@@ -285,7 +337,7 @@ async fn update<R: Lifecycle>(service: &Service, name: &Name, ops: Vec<Op<R>>) {
         "changed"
     );
     service.metrics.write_batch(outcomes.len());
-    let published = publish_and_settle(service, stored).await;
+    let published = publish(service, &stored).await;
     for (op, outcome) in ops.into_iter().zip(outcomes) {
         let answer = match (&published, outcome) {
             (Ok(()), outcome) => outcome.map(Some),
@@ -293,6 +345,10 @@ async fn update<R: Lifecycle>(service: &Service, name: &Name, ops: Vec<Op<R>>) {
             (Err(_), Err(error)) => Err(error),
         };
         let _ = op.done.send(answer);
+    }
+    match published {
+        Ok(()) => settle(service, stored).await,
+        Err(_) => None,
     }
 }
 
@@ -318,28 +374,51 @@ fn answer_all<R>(ops: Vec<Op<R>>, outcome: impl Fn() -> Result<Option<R>, Servic
     }
 }
 
-/// Publishes a stored write, repairs what the store needs after it, and clears the outbox
-/// flag. A broker 404 means another instance deleted the object meanwhile: its own delete
-/// supersedes this write, so the caller hears that the object is gone.
-async fn publish_and_settle<R: Lifecycle>(
+/// Publishes a stored write. A broker 404 means another instance deleted the object
+/// meanwhile: its own delete supersedes this write, so the caller hears that the object is
+/// gone.
+async fn publish<R: Lifecycle>(service: &Service, stored: &Stored<R>) -> Result<(), ServiceError> {
+    match R::publish(service, stored).await {
+        Ok(()) => Ok(()),
+        Err(ServiceError::Amqp(error)) if error.is_not_found() => {
+            let name = stored.document.name().clone();
+            tracing::info!(kind = R::KIND.label(), name = %name, error = %error, "deleted while being written");
+            Err(R::not_found(name))
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// After the callers were answered: clears the outbox flag, and makes the follow-up
+/// change the store needs, if any (see [`Lifecycle::repair`]). Returns what the store then
+/// holds as far as this instance knows; `None` when unknown. Failures here are logged: a
+/// fatal one has already started the shutdown, and the outbox finishes what was left.
+async fn settle<R: Lifecycle>(service: &Service, stored: Stored<R>) -> Option<Stored<R>> {
+    let name = stored.document.name().clone();
+    match settle_inner(service, stored).await {
+        Ok(current) => current,
+        Err(error) => {
+            tracing::warn!(kind = R::KIND.label(), name = %name, error = %error, "settling a write failed; the outbox finishes it");
+            None
+        }
+    }
+}
+
+async fn settle_inner<R: Lifecycle>(
     service: &Service,
     stored: Stored<R>,
-) -> Result<(), ServiceError> {
-    let name = stored.document.name().clone();
-    match R::publish(service, &stored).await {
-        Ok(()) => {}
-        Err(ServiceError::Amqp(error)) if error.is_not_found() => {
-            tracing::info!(kind = R::KIND.label(), name = %name, error = %error, "deleted while being written");
-            return Err(R::not_found(name));
-        }
-        Err(error) => return Err(error),
-    }
+) -> Result<Option<Stored<R>>, ServiceError> {
     clear_pending(service, &stored).await?;
-    let mut current = stored;
+    // The store now holds it without the flag and without the links it had to remove.
+    let mut current = Stored {
+        pending_publish: false,
+        detach: Vec::new(),
+        ..stored
+    };
     // A bounded number of follow-ups: each one is a new revision that is itself checked.
     for _ in 0..4 {
         let Some(mut next) = R::repair(service, &current).await? else {
-            return Ok(());
+            return Ok(Some(current));
         };
         next.follows(&current.document, true);
         let detach = detach_list(&current, &next);
@@ -351,7 +430,7 @@ async fn publish_and_settle<R: Lifecycle>(
             .await
         {
             Ok(version) => {
-                tracing::warn!(kind = R::KIND.label(), name = %name, version = %next.version(), "repaired after a concurrent change");
+                tracing::warn!(kind = R::KIND.label(), name = %next.name(), version = %next.version(), "repaired after a concurrent change");
                 current = Stored {
                     version,
                     pending_publish: true,
@@ -359,15 +438,17 @@ async fn publish_and_settle<R: Lifecycle>(
                     document: next,
                     detach,
                 };
-                R::publish(service, &current).await?;
+                publish(service, &current).await?;
                 clear_pending(service, &current).await?;
+                current.pending_publish = false;
+                current.detach.clear();
             }
             // Someone else wrote meanwhile; their write runs its own repair.
-            Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => return Ok(()),
+            Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => return Ok(None),
             Err(error) => return Err(service.store_error(error)),
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Clears the outbox flag of a published write (and, with it, the links it had to remove:
@@ -417,22 +498,12 @@ async fn delete<R: Lifecycle>(service: &Service, name: &Name) -> Result<(), Serv
     R::finish_delete(service, tombstone).await
 }
 
-/// Removes a tombstone whose delete the broker has heard about. Another instance finishing
-/// the same delete first is not an error.
-pub(crate) async fn remove_tombstone<R: Resource>(
+/// Marks a delete the broker has heard about as finished: the tombstone stays, without its
+/// outbox flag. Another instance finishing the same delete first, or a re-create already
+/// over it, is not an error.
+pub(crate) async fn finish_tombstone<R: Resource>(
     service: &Service,
     tombstone: &Stored<R>,
 ) -> Result<(), ServiceError> {
-    match service
-        .store
-        .delete(
-            R::KIND,
-            tombstone.document.name().as_str(),
-            tombstone.version,
-        )
-        .await
-    {
-        Ok(()) | Err(StoreError::NotFound { .. } | StoreError::Conflict { .. }) => Ok(()),
-        Err(error) => Err(service.store_error(error)),
-    }
+    clear_pending(service, tombstone).await
 }

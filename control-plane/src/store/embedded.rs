@@ -400,25 +400,6 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn delete(
-        &self,
-        kind: Kind,
-        name: &str,
-        expected_version: u64,
-    ) -> Result<(), StoreError> {
-        let name = name.to_string();
-        self.write(move |transaction| {
-            modify(transaction, kind, &name, |current| match current {
-                None => Err(not_found(kind, &name)),
-                Some(current) if current.version != expected_version => {
-                    Err(conflict(kind, &name, expected_version))
-                }
-                Some(_) => Ok((Some(None), ())),
-            })
-        })
-        .await
-    }
-
     async fn pending(&self, kind: Kind) -> Result<Vec<Record>, StoreError> {
         self.blocking(move |database| read_all(database, kind, true))
             .await

@@ -167,29 +167,6 @@ impl Store for MemoryStore {
         })
     }
 
-    async fn delete(
-        &self,
-        kind: Kind,
-        name: &str,
-        expected_version: u64,
-    ) -> Result<(), StoreError> {
-        self.with_table(kind, |table| match table.get(name) {
-            None => Err(StoreError::NotFound {
-                kind: kind.label(),
-                name: name.to_string(),
-            }),
-            Some(current) if current.version != expected_version => Err(StoreError::Conflict {
-                kind: kind.label(),
-                name: name.to_string(),
-                expected: expected_version,
-            }),
-            Some(_) => {
-                table.remove(name);
-                Ok(())
-            }
-        })?
-    }
-
     async fn pending(&self, kind: Kind) -> Result<Vec<Record>, StoreError> {
         self.with_table(kind, |table| {
             table

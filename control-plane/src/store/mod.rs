@@ -65,7 +65,10 @@ pub struct Record {
     pub version: u64,
     /// Outbox flag: set in the same write as a change, cleared once its publish is confirmed.
     pub pending_publish: bool,
-    /// The object is being deleted: invisible to readers, kept until the broker knows.
+    /// The object is deleted: invisible to readers. The record stays (its outbox flag cleared
+    /// once the broker knows), so that a re-created object continues its record's versions
+    /// and a compare-and-swap based on a read of the old incarnation can never succeed
+    /// against the new one.
     pub tombstone: bool,
     /// The typed document, serialised as JSON text.
     pub body: String,
@@ -113,10 +116,6 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// group's exchanges left to unbind): a writer that read the flagged record loses
     /// nothing. Returns whether the flag was cleared.
     async fn clear_pending(&self, kind: Kind, record: &Record) -> Result<bool, StoreError>;
-
-    /// Removes the record iff it is still at `expected_version`.
-    async fn delete(&self, kind: Kind, name: &str, expected_version: u64)
-    -> Result<(), StoreError>;
 
     /// Records with the outbox flag set, sorted by name.
     async fn pending(&self, kind: Kind) -> Result<Vec<Record>, StoreError>;

@@ -365,25 +365,6 @@ impl Store for MongoStore {
         Ok(result.matched_count == 1)
     }
 
-    async fn delete(
-        &self,
-        kind: Kind,
-        name: &str,
-        expected_version: u64,
-    ) -> Result<(), StoreError> {
-        let filter = doc! {"_id": name, "version": version_to_bson(kind, name, expected_version)?};
-        let result = self
-            .collection(kind)
-            .delete_one(filter)
-            .await
-            .map_err(unavailable)?;
-        if result.deleted_count == 1 {
-            Ok(())
-        } else {
-            Err(self.cas_failure(kind, name, expected_version).await)
-        }
-    }
-
     async fn pending(&self, kind: Kind) -> Result<Vec<Record>, StoreError> {
         self.find(kind, doc! {"pending_publish": true}).await
     }

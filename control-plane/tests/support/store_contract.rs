@@ -222,37 +222,54 @@ pub async fn outbox_flag(store: Arc<dyn Store>) {
     );
 }
 
-pub async fn delete_is_compare_and_swap(store: Arc<dyn Store>) {
+/// A deleted object's record stays as a tombstone and a re-create replaces it: the record's
+/// versions keep going up across incarnations, so a compare-and-swap based on a read of the
+/// old object fails against the new one.
+pub async fn tombstones_keep_versions_going_up(store: Arc<dyn Store>) {
     store
-        .insert(Kind::App, &record("web", "1", false))
+        .insert(Kind::App, &record("web", "old", false))
         .await
         .expect("insert");
+    let mut tombstone = record("web", "old", true);
+    tombstone.tombstone = true;
     store
-        .replace(Kind::App, 1, &record("web", "2", false))
+        .replace(Kind::App, 1, &tombstone)
         .await
-        .expect("replace");
-    let stale = store.delete(Kind::App, "web", 1).await;
+        .expect("tombstone");
+    tombstone.version = 2;
+    assert!(
+        store
+            .clear_pending(Kind::App, &tombstone)
+            .await
+            .expect("clear")
+    );
+    let again = store.insert(Kind::App, &record("web", "new", true)).await;
+    assert!(
+        matches!(again, Err(StoreError::AlreadyExists { .. })),
+        "{again:?}"
+    );
+    assert_eq!(
+        store
+            .replace(Kind::App, 2, &record("web", "new", true))
+            .await
+            .expect("re-create over the tombstone"),
+        3
+    );
+    let stale = store
+        .replace(Kind::App, 1, &record("web", "stale", false))
+        .await;
     assert!(
         matches!(stale, Err(StoreError::Conflict { .. })),
         "{stale:?}"
     );
-    store.delete(Kind::App, "web", 2).await.expect("delete");
-    assert_eq!(store.get(Kind::App, "web").await.expect("get"), None);
-    let gone = store.delete(Kind::App, "web", 2).await;
-    assert!(matches!(gone, Err(StoreError::NotFound { .. })), "{gone:?}");
-    // The name is free again, and starts over at version 1.
-    store
-        .insert(Kind::App, &record("web", "new", false))
+    let current = store
+        .get(Kind::App, "web")
         .await
-        .expect("insert again");
+        .expect("get")
+        .expect("exists");
     assert_eq!(
-        store
-            .get(Kind::App, "web")
-            .await
-            .expect("get")
-            .expect("exists")
-            .version,
-        1
+        (current.version, current.body.as_str(), current.tombstone),
+        (3, "new", false)
     );
 }
 
@@ -398,9 +415,9 @@ macro_rules! store_contract_tests {
             store_contract::outbox_flag(store).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn delete_is_compare_and_swap() {
+        async fn tombstones_keep_versions_going_up() {
             let (store, _guard) = $make.await;
-            store_contract::delete_is_compare_and_swap(store).await;
+            store_contract::tombstones_keep_versions_going_up(store).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn concurrent_writers_lose_nothing() {
