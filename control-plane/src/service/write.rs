@@ -155,7 +155,8 @@ async fn run<R: Lifecycle>(
                 match create(service, document).await {
                     Ok(stored) => {
                         let _ = op.done.send(Ok(Some(stored.document.clone())));
-                        *last = settle(service, stored).await;
+                        *last = Some(stored.clone());
+                        spawn_settle(service, stored);
                     }
                     Err(error) => {
                         let _ = op.done.send(Err(error));
@@ -347,7 +348,10 @@ async fn update<R: Lifecycle>(
         let _ = op.done.send(answer);
     }
     match published {
-        Ok(()) => settle(service, stored).await,
+        Ok(()) => {
+            spawn_settle(service, stored.clone());
+            Some(stored)
+        }
         Err(_) => None,
     }
 }
@@ -389,36 +393,29 @@ async fn publish<R: Lifecycle>(service: &Service, stored: &Stored<R>) -> Result<
     }
 }
 
-/// After the callers were answered: clears the outbox flag, and makes the follow-up
-/// change the store needs, if any (see [`Lifecycle::repair`]). Returns what the store then
-/// holds as far as this instance knows; `None` when unknown. Failures here are logged: a
-/// fatal one has already started the shutdown, and the outbox finishes what was left.
-async fn settle<R: Lifecycle>(service: &Service, stored: Stored<R>) -> Option<Stored<R>> {
-    let name = stored.document.name().clone();
-    match settle_inner(service, stored).await {
-        Ok(current) => current,
-        Err(error) => {
+/// After the callers were answered: clears the outbox flag, and makes the follow-up change
+/// the store needs, if any (see [`Lifecycle::repair`]), in a task of its own, so that the
+/// object's next batch does not wait for it. Both are compare-and-swaps on the version:
+/// when the next batch wrote first, the flag is that batch's to clear and the repair its to
+/// make. Failures are logged: a fatal one has already started the shutdown, and the outbox
+/// finishes what was left.
+fn spawn_settle<R: Lifecycle>(service: &Service, stored: Stored<R>) {
+    let service = service.clone();
+    tokio::spawn(async move {
+        let name = stored.document.name().clone();
+        if let Err(error) = settle(&service, stored).await {
             tracing::warn!(kind = R::KIND.label(), name = %name, error = %error, "settling a write failed; the outbox finishes it");
-            None
         }
-    }
+    });
 }
 
-async fn settle_inner<R: Lifecycle>(
-    service: &Service,
-    stored: Stored<R>,
-) -> Result<Option<Stored<R>>, ServiceError> {
+async fn settle<R: Lifecycle>(service: &Service, stored: Stored<R>) -> Result<(), ServiceError> {
     clear_pending(service, &stored).await?;
-    // The store now holds it without the flag and without the links it had to remove.
-    let mut current = Stored {
-        pending_publish: false,
-        detach: Vec::new(),
-        ..stored
-    };
+    let mut current = stored;
     // A bounded number of follow-ups: each one is a new revision that is itself checked.
     for _ in 0..4 {
         let Some(mut next) = R::repair(service, &current).await? else {
-            return Ok(Some(current));
+            return Ok(());
         };
         next.follows(&current.document, true);
         let detach = detach_list(&current, &next);
@@ -440,15 +437,13 @@ async fn settle_inner<R: Lifecycle>(
                 };
                 publish(service, &current).await?;
                 clear_pending(service, &current).await?;
-                current.pending_publish = false;
-                current.detach.clear();
             }
             // Someone else wrote meanwhile; their write runs its own repair.
-            Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => return Ok(None),
+            Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => return Ok(()),
             Err(error) => return Err(service.store_error(error)),
         }
     }
-    Ok(None)
+    Ok(())
 }
 
 /// Clears the outbox flag of a published write (and, with it, the links it had to remove:
