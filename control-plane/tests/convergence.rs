@@ -188,6 +188,16 @@ async fn an_app_deleted_while_a_group_adds_it_leaves_the_group() {
         "A's answer is its own revision"
     );
 
+    // The repair follows the answer (it is a write of its own).
+    eventually("the group repaired", || async {
+        system
+            .first
+            .get_group(&name("g"))
+            .await
+            .expect("read")
+            .is_some_and(|group| group.apps.is_empty())
+    })
+    .await;
     let stored = system
         .first
         .get_group(&name("g"))
