@@ -72,12 +72,24 @@ impl Supervised {
         Self { inner }
     }
 
-    /// SIGKILL: the process dies at once, mid-whatever; the supervisor restarts it.
-    pub async fn kill(&self) {
-        if let Some(child) = self.inner.child.lock().await.as_mut() {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-        }
+    /// SIGKILL: the process dies at once, mid-whatever; the supervisor restarts it. Returns
+    /// how it ended (`signal() == Some(9)` when the kill landed).
+    pub async fn kill(&self) -> Option<std::process::ExitStatus> {
+        let mut guard = self.inner.child.lock().await;
+        let child = guard.as_mut()?;
+        let _ = child.start_kill();
+        child.wait().await.ok()
+    }
+
+    /// SIGKILL, and no restart: the process is gone as a machine that lost power is. (Not
+    /// `stop`, which asks politely first.)
+    pub async fn kill_and_stay_down(&self) -> Option<std::process::ExitStatus> {
+        self.inner.running.store(false, Ordering::SeqCst);
+        self.inner.generation.fetch_add(1, Ordering::SeqCst);
+        let mut guard = self.inner.child.lock().await;
+        let child = guard.as_mut()?;
+        let _ = child.start_kill();
+        child.wait().await.ok()
     }
 
     /// Stops supervising and sends SIGTERM, waiting up to `grace` before SIGKILL.

@@ -9,6 +9,7 @@ use nebula_tests::services::test_image;
 use nebula_tests::system::{Agent, AgentMode};
 use nebula_tests::unique_name;
 use serde_json::json;
+use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 use support::amqp::{
     ReportTap, applied, connect, hold_next_sync_request, publish_raw, queue_depth,
@@ -222,7 +223,21 @@ async fn an_agent_killed_mid_change_converges_without_restarting_finished_contai
     .await
     .expect("change starts");
     let start = Instant::now();
-    agent.process.kill().await;
+    let killed = agent.process.kill().await.expect("the agent was running");
+    assert_eq!(killed.signal(), Some(9), "SIGKILL landed: {killed:?}");
+    // Frozen as the kill left it (the supervisor restarts the agent 300 ms later): the
+    // change must have been under way, not finished.
+    let at_kill = nebula_tests::docker::app_containers(&scenario.docker, &app)
+        .await
+        .expect("list");
+    assert!(
+        !support::is_converged(&app, &at_kill, 4, 2),
+        "the kill landed after the change had finished: {:?}",
+        at_kill
+            .iter()
+            .map(|c| (&c.name, c.app_id))
+            .collect::<Vec<_>>()
+    );
     let converged = identities(&scenario.converged(&app, 4, 2).await);
     scenario.report("converge after SIGKILL mid-change", start);
     assert!(agent.process.exits() >= 1);
@@ -233,7 +248,14 @@ async fn an_agent_killed_mid_change_converges_without_restarting_finished_contai
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs();
-    agent.process.kill().await;
+    assert_eq!(
+        agent
+            .process
+            .kill()
+            .await
+            .and_then(|status| status.signal()),
+        Some(9)
+    );
     tap.wait(DEADLINE, |report| {
         report.report_creation_time >= restarted_at && applied(report, &app, 2)
     })

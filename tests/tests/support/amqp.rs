@@ -222,3 +222,90 @@ impl HeldSync {
             .expect("publish reply");
     }
 }
+
+/// Every `AppChanged` published on some apps' exchanges, recorded from before the first
+/// write: what the broker confirmed (a control plane answers 2xx only after the confirm), so
+/// a scenario can compare each acknowledged write with what went out.
+pub struct ChangeTap {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<nebula_protocol::AppConfig>>>,
+    _connection: Connection,
+}
+
+impl ChangeTap {
+    pub async fn new(url: &str, apps: &[String]) -> Self {
+        let (connection, channel) = connect(url).await;
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare tap queue");
+        for app in apps {
+            let exchange =
+                names::app_exchange(&nebula_protocol::Name::new(app.as_str()).expect("name"));
+            channel
+                .exchange_declare(
+                    exchange.as_str().into(),
+                    lapin::ExchangeKind::Fanout,
+                    lapin::options::ExchangeDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .expect("declare app exchange");
+            channel
+                .queue_bind(
+                    queue.name().as_str().into(),
+                    exchange.as_str().into(),
+                    "".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .expect("bind tap");
+        }
+        let mut consumer = channel
+            .basic_consume(
+                queue.name().as_str().into(),
+                "change-tap".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume tap");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&seen);
+        tokio::spawn(async move {
+            while let Some(Ok(delivery)) = consumer.next().await {
+                if let Ok(Message::AppChanged(config)) = decode(&delivery.data) {
+                    sink.lock().expect("tap lock").push(config);
+                }
+            }
+        });
+        Self {
+            seen,
+            _connection: connection,
+        }
+    }
+
+    /// The configs of `app` published so far, in order.
+    pub fn published(&self, app: &str) -> Vec<nebula_protocol::AppConfig> {
+        self.seen
+            .lock()
+            .expect("tap lock")
+            .iter()
+            .filter(|config| config.app_name == app)
+            .cloned()
+            .collect()
+    }
+}
