@@ -103,8 +103,9 @@ struct SyncCounter {
 #[derive(Debug, Clone, Copy)]
 struct SyncCount {
     answered: u64,
-    /// The most answered within one sampling interval (a second, or the shorter last one).
-    peak_per_sec: u64,
+    /// The highest rate over one sampling interval, as answered in it divided by its real
+    /// length (about a second; the last one is shorter, a slow `/metrics` makes one longer).
+    peak_per_sec: f64,
 }
 
 impl SyncCounter {
@@ -113,7 +114,8 @@ impl SyncCounter {
         let running = tokio_util::sync::CancellationToken::new();
         let token = running.clone();
         let task = tokio::spawn(async move {
-            let (mut last, mut answered, mut peak_per_sec) = (first, 0, 0);
+            let (mut last, mut answered, mut peak_per_sec) = (first, 0, 0.0f64);
+            let mut sampled = std::time::Instant::now();
             loop {
                 let stopped = tokio::select! {
                     () = token.cancelled() => true,
@@ -129,8 +131,11 @@ impl SyncCounter {
                         now.answered
                     };
                     answered += delta;
-                    // The last interval is shorter than a second: still a count within one.
-                    peak_per_sec = peak_per_sec.max(delta);
+                    let interval = sampled.elapsed().as_secs_f64();
+                    sampled = std::time::Instant::now();
+                    if interval > 0.0 {
+                        peak_per_sec = peak_per_sec.max(delta as f64 / interval);
+                    }
                     last = now;
                 }
                 if stopped {
