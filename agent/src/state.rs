@@ -283,6 +283,7 @@ mod tests {
             group,
             apps: configs,
             cron_jobs: Vec::new(),
+            unavailable: Vec::new(),
         }
     }
 

@@ -505,6 +505,7 @@ async fn group_mode_follows_membership_member_changes_prune_and_delete() {
             group: document,
             apps,
             cron_jobs: Vec::new(),
+            unavailable: Vec::new(),
         }
     };
     let mut a1 = app_config(&app_a, 1, image);

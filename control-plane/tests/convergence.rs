@@ -502,6 +502,34 @@ async fn a_corrupt_record_is_an_error_of_that_object_only() {
         answer,
         Err(ServiceError::Store(StoreError::Corrupt { .. }))
     ));
+
+    // A group that lists it still reaches its devices, with the corrupt member marked
+    // unavailable (devices keep what they hold for it) rather than left out (they would
+    // remove it).
+    let mut group = DeviceGroup::new(name("g"));
+    group.apps = vec![name("good"), name("bad")];
+    service.create_group(group).await.expect("group");
+    let group_sync = SyncRequest {
+        target: SyncTarget::DeviceGroup(name("g")),
+        ..request
+    };
+    match nebula_control_plane::sync::answer(service, &group_sync).await {
+        Ok(nebula_protocol::SyncResult::Group(state)) => {
+            assert_eq!(state.unavailable, vec![name("bad")]);
+            let apps: Vec<&str> = state.apps.iter().map(|app| app.app_name.as_str()).collect();
+            assert_eq!(apps, vec!["good"]);
+            state.validate().expect("a valid state");
+        }
+        other => panic!("{other:?}"),
+    }
+    let published = system.broker.snapshot().published;
+    assert!(
+        published.iter().any(|(_, message)| matches!(
+            message,
+            Message::DeviceGroupChanged(state) if state.unavailable == vec![name("bad")]
+        )),
+        "{published:?}"
+    );
     system.assert_alive();
 }
 

@@ -95,12 +95,23 @@ pub struct GroupState {
     pub group: DeviceGroup,
     pub apps: Vec<AppConfig>,
     pub cron_jobs: Vec<CronJob>,
+    /// Members whose config the control plane could not read (a corrupt record): a device
+    /// keeps whatever it holds for them, since leaving them out of `apps` would tell it to
+    /// remove them. Appended in protocol version 2.
+    pub unavailable: Vec<Name>,
 }
 
 impl GroupState {
     pub fn validate(&self) -> Result<(), ValidationError> {
         self.group.validate()?;
         self.apps.iter().try_for_each(AppConfig::validate)?;
+        for app in &self.unavailable {
+            if !self.group.apps.contains(app)
+                || self.apps.iter().any(|config| &config.app_name == app)
+            {
+                return Err(ValidationError::Unavailable(app.to_string()));
+            }
+        }
         self.cron_jobs.iter().try_for_each(CronJob::validate)
     }
 }

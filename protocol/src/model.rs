@@ -79,6 +79,8 @@ pub enum ValidationError {
     Schedule(String),
     #[error("{0} is listed twice")]
     Duplicate(String),
+    #[error("{0} is marked unavailable but is not a member, or its config is present")]
+    Unavailable(String),
 }
 
 /// How a container's ports are published; `i` is the container's 0-based index on the device.

@@ -153,6 +153,7 @@ fn group_state() -> impl Strategy<Value = GroupState> {
                 },
                 apps,
                 cron_jobs,
+                unavailable: Vec::new(),
             },
         )
 }

@@ -163,6 +163,7 @@ async fn a_change_during_the_boot_sync_is_not_missed() {
         },
         apps: vec![stale_app],
         cron_jobs: vec![],
+        unavailable: vec![],
     };
     held.reply(
         &channel,

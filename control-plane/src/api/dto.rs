@@ -240,6 +240,8 @@ pub fn validation_error(error: &ValidationError) -> ApiError {
         ValidationError::Mount { field, .. } => field,
         ValidationError::Name { .. } | ValidationError::Duplicate(_) => "networks",
         ValidationError::Schedule(_) => "schedule",
+        // Only group states carry an unavailable list; no REST body does.
+        ValidationError::Unavailable(_) => "apps",
     };
     ApiError::invalid(vec![field.to_string()])
 }

@@ -50,7 +50,7 @@ impl Lifecycle for DeviceGroup {
 
     async fn publish(service: &Service, stored: &Stored<Self>) -> Result<(), ServiceError> {
         reconcile_topology(service, &stored.document, &stored.detach).await?;
-        let state = GroupStateOf(&stored.document).read(service).await?;
+        let state = group_state(service, &stored.document).await?;
         service
             .publish(
                 &names::group_exchange(&stored.document.device_group),
@@ -110,23 +110,32 @@ impl Lifecycle for DeviceGroup {
     }
 }
 
-/// A group's state as its devices get it: the group and the full config of each member.
-struct GroupStateOf<'a>(&'a DeviceGroup);
-
-impl GroupStateOf<'_> {
-    async fn read(&self, service: &Service) -> Result<nebula_protocol::GroupState, ServiceError> {
-        let mut apps = Vec::with_capacity(self.0.apps.len());
-        for app in &self.0.apps {
-            if let Some(config) = service.get_app(app).await? {
-                apps.push(config);
+/// A group's state as its devices get it: the group, the full config of each member, and
+/// the members whose record is corrupt (devices keep what they hold for those: one corrupt
+/// app must not stop the group's other apps from reaching its devices, nor remove it).
+pub(crate) async fn group_state(
+    service: &Service,
+    group: &DeviceGroup,
+) -> Result<nebula_protocol::GroupState, ServiceError> {
+    let mut apps = Vec::with_capacity(group.apps.len());
+    let mut unavailable = Vec::new();
+    for app in &group.apps {
+        match service.get_app(app).await {
+            Ok(Some(config)) => apps.push(config),
+            // Deleted a moment ago, its delete is removing it from the group.
+            Ok(None) => {}
+            Err(ServiceError::Store(crate::error::StoreError::Corrupt { .. })) => {
+                unavailable.push(app.clone());
             }
+            Err(error) => return Err(error),
         }
-        Ok(nebula_protocol::GroupState {
-            group: self.0.clone(),
-            apps,
-            cron_jobs: Vec::new(),
-        })
     }
+    Ok(nebula_protocol::GroupState {
+        group: group.clone(),
+        apps,
+        cron_jobs: Vec::new(),
+        unavailable,
+    })
 }
 
 /// Whether a live record of the app exists. Its body is not parsed: a corrupt app is still

@@ -266,29 +266,21 @@ impl Service {
         Ok(true)
     }
 
-    /// A group with the current config of every member app (for `/info` and sync). A member
-    /// deleted a moment ago may still be listed until its delete removes it from the group;
-    /// leaving it out is what the group will say next. A corrupt member is an error: leaving
-    /// it out would tell every device of the group to remove it.
+    /// A group with the current config of every member app it can read (for `/info`).
     pub async fn group_info(&self, name: &Name) -> Result<Option<GroupInfo>, ServiceError> {
-        let Some(group) = self.get_group(name).await? else {
-            return Ok(None);
-        };
-        let mut apps = Vec::with_capacity(group.apps.len());
-        for app in &group.apps {
-            if let Some(config) = self.get_app(app).await? {
-                apps.push(config);
-            }
-        }
-        Ok(Some(GroupInfo { group, apps }))
+        Ok(self.group_state(name).await?.map(|state| GroupInfo {
+            group: state.group,
+            apps: state.apps,
+        }))
     }
 
+    /// A group as its devices get it (sync, and every publish of the group), see
+    /// [`groups::group_state`].
     pub async fn group_state(&self, name: &Name) -> Result<Option<GroupState>, ServiceError> {
-        Ok(self.group_info(name).await?.map(|info| GroupState {
-            group: info.group,
-            apps: info.apps,
-            cron_jobs: Vec::new(),
-        }))
+        match self.get_group(name).await? {
+            Some(group) => Ok(Some(groups::group_state(self, &group).await?)),
+            None => Ok(None),
+        }
     }
 
     // ----- writes ------------------------------------------------------------------------

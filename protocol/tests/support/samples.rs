@@ -44,12 +44,13 @@ pub fn group_state() -> GroupState {
             device_group: name("edge"),
             device_group_id: 3,
             prune_id: 2,
-            apps: vec![name("web")],
+            apps: vec![name("web"), name("broken")],
             cron_jobs: vec![name("backup")],
             incarnation: 9,
         },
         apps: vec![app()],
         cron_jobs: vec![cron_job()],
+        unavailable: vec![name("broken")],
     }
 }
 
