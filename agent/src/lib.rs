@@ -10,7 +10,8 @@
 //! * [`config`] — environment → validated [`config::Config`].
 //! * [`state`] — desired state, its revision rules, atomic persistence.
 //! * [`reconcile`] — (desired, observed) → actions; pure.
-//! * [`supervisor`] — shared state, per-app workers executing plans.
+//! * [`executor`] — one observe → plan → execute pass.
+//! * [`supervisor`] — shared state, per-app workers running passes, the prune task.
 //! * [`runtime`] — the container runtime trait, Docker and simulated implementations.
 //! * [`transport`] — AMQP boot flow, sync, consumption, reports.
 //! * [`report`], [`device`] — device reports and the host facts in them.
@@ -23,6 +24,7 @@ pub mod build_info;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod executor;
 pub mod reconcile;
 pub mod report;
 pub mod runtime;
