@@ -77,6 +77,11 @@ impl<R: ContainerRuntime> Shared<R> {
         self.desired.lock().await.clone()
     }
 
+    /// The store of the last sync reply that found its target (sent as `known_store`).
+    pub async fn known_store(&self) -> Option<nebula_protocol::StoreId> {
+        self.desired.lock().await.store_id
+    }
+
     pub async fn desired_app(&self, app: &Name) -> Option<AppConfig> {
         self.desired.lock().await.apps.get(app).cloned()
     }
