@@ -1,6 +1,7 @@
 //! Configuration from the environment (DESIGN §5), parsed into a validated [`Config`] before
-//! any I/O. Parsing goes through [`Environment`] so tests feed a map instead of mutating the
-//! process environment.
+//! any other I/O. Parsing goes through [`Environment`] so tests feed a map instead of mutating
+//! the process environment, and the host facts it needs (the machine id, the host name) come
+//! in as a [`HostIdentity`] read by the caller.
 
 use crate::error::ConfigError;
 use nebula_protocol::Name;
@@ -39,6 +40,26 @@ pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/nebula-agent";
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
 pub const DEFAULT_REPORT_INTERVAL_SECS: u64 = 60;
+pub const DEFAULT_MAX_BACKOFF_SECS: u64 = 30;
+
+/// Facts about the host the configuration depends on, read once by `main`
+/// ([`crate::device::host_identity`]) so that parsing stays free of I/O.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostIdentity {
+    /// Reported to the control plane; never the device id (every stock Raspberry Pi OS
+    /// card is called `raspberrypi`).
+    pub hostname: String,
+    /// The first of `/etc/machine-id` and `/var/lib/dbus/machine-id` that exists and is not
+    /// empty: the default device id.
+    pub machine_id: Option<MachineId>,
+}
+
+/// The contents of a machine-id file, with where they came from (for error messages).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineId {
+    pub path: PathBuf,
+    pub contents: String,
+}
 
 /// What the agent follows: one device group, or a fixed list of apps.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,17 +115,23 @@ pub struct Config {
     pub max_restart_wait: Duration,
     pub report_interval: Duration,
     pub log_format: LogFormat,
-    /// How long to wait for a sync reply before asking again.
+    /// How long to wait for the first sync reply before asking again; each further attempt
+    /// of one boot flow waits twice as long, up to `max_sync_timeout`.
     pub sync_timeout: Duration,
-    /// Ceiling of the retry backoff (connect, unknown app, Docker errors).
+    pub max_sync_timeout: Duration,
+    /// Ceiling of every retry backoff (reconnect, unknown app, locked queue, Docker errors):
+    /// `NEBULA_MAX_BACKOFF_SECS`.
     pub max_backoff: Duration,
     /// How often the reconciler re-checks containers without a change (unhealthy ones).
     pub resync_interval: Duration,
 }
 
 impl Config {
-    /// Reads and validates the configuration; `hostname` is the default device id.
-    pub fn from_env(environment: &impl Environment, hostname: &str) -> Result<Self, ConfigError> {
+    /// Reads and validates the configuration. The device id defaults to the host's machine id.
+    pub fn from_env(
+        environment: &impl Environment,
+        host: &HostIdentity,
+    ) -> Result<Self, ConfigError> {
         let non_empty = |key: &str| {
             environment
                 .get(key)
@@ -137,12 +164,7 @@ impl Config {
 
         let device_id = match non_empty("NEBULA_DEVICE_ID") {
             Some(id) => parse_name("NEBULA_DEVICE_ID", id.trim())?,
-            None => parse_name("NEBULA_DEVICE_ID", hostname).map_err(|_| ConfigError::Invalid {
-                variable: "NEBULA_DEVICE_ID",
-                reason: format!(
-                    "unset, and the host name {hostname:?} is not a valid device id; set it explicitly"
-                ),
-            })?,
+            None => device_id_from_machine_id(host.machine_id.as_ref())?,
         };
 
         let amqp_url = non_empty("NEBULA_AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.into());
@@ -218,10 +240,22 @@ impl Config {
             });
         }
 
+        let max_backoff = parse_seconds(
+            environment,
+            "NEBULA_MAX_BACKOFF_SECS",
+            DEFAULT_MAX_BACKOFF_SECS,
+        )?;
+        if max_backoff.is_zero() {
+            return Err(ConfigError::Invalid {
+                variable: "NEBULA_MAX_BACKOFF_SECS",
+                reason: "must be at least 1".into(),
+            });
+        }
+
         Ok(Self {
             amqp_url,
             device_id,
-            hostname: hostname.to_string(),
+            hostname: host.hostname.clone(),
             mode,
             state_dir: non_empty("NEBULA_STATE_DIR")
                 .map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), PathBuf::from),
@@ -232,7 +266,8 @@ impl Config {
             report_interval,
             log_format,
             sync_timeout: Duration::from_secs(10),
-            max_backoff: Duration::from_secs(30),
+            max_sync_timeout: Duration::from_secs(160),
+            max_backoff,
             resync_interval: Duration::from_secs(15),
         })
     }
@@ -246,6 +281,34 @@ impl Config {
                 apps.iter().map(Name::as_str).collect::<Vec<_>>().join(",")
             ),
         }
+    }
+}
+
+/// The default device id: the machine id, 32 hex digits (`machine-id(5)`).
+/// Anything else — no file, or the `uninitialized` placeholder of an image that never
+/// booted with systemd — would give many devices one id, so it is a configuration error.
+fn device_id_from_machine_id(machine_id: Option<&MachineId>) -> Result<Name, ConfigError> {
+    let Some(machine_id) = machine_id else {
+        return Err(ConfigError::Invalid {
+            variable: "NEBULA_DEVICE_ID",
+            reason: "unset, and neither /etc/machine-id nor /var/lib/dbus/machine-id exists; \
+                     set NEBULA_DEVICE_ID to a unique id for this device (1-64 of A-Z a-z 0-9 _ . -)"
+                .into(),
+        });
+    };
+    let contents = machine_id.contents.trim();
+    let valid = contents.len() == 32 && contents.bytes().all(|byte| byte.is_ascii_hexdigit());
+    match Name::new(contents) {
+        Ok(name) if valid => Ok(name),
+        _ => Err(ConfigError::Invalid {
+            variable: "NEBULA_DEVICE_ID",
+            reason: format!(
+                "unset, and {} holds {contents:?}, not a machine id (32 hex digits); \
+                 set NEBULA_DEVICE_ID to a unique id for this device, or regenerate the machine id \
+                 (systemd-machine-id-setup)",
+                machine_id.path.display()
+            ),
+        }),
     }
 }
 
@@ -281,16 +344,32 @@ fn parse_seconds(
 mod tests {
     use super::*;
 
+    const MACHINE_ID: &str = "3d1219c7c4c5404aaa1f6d2a48adfda4";
+
+    fn host(machine_id: Option<&str>) -> HostIdentity {
+        HostIdentity {
+            hostname: "raspberrypi".into(),
+            machine_id: machine_id.map(|contents| MachineId {
+                path: PathBuf::from("/etc/machine-id"),
+                contents: contents.into(),
+            }),
+        }
+    }
+
     fn parse(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let environment: HashMap<&str, &str> = pairs.iter().copied().collect();
-        Config::from_env(&environment, "host-1")
+        Config::from_env(&environment, &host(Some(&format!("{MACHINE_ID}\n"))))
     }
 
     #[test]
     fn group_mode_with_defaults() {
         let config = parse(&[("NEBULA_DEVICE_GROUP", "edge")]).expect("valid");
         assert_eq!(config.mode, Mode::Group(Name::new("edge").expect("name")));
-        assert_eq!(config.device_id, "host-1");
+        // The machine id, not the host name: every stock Raspberry Pi OS card is
+        // `raspberrypi` (issue 12, defect 9).
+        assert_eq!(config.device_id, MACHINE_ID);
+        assert_eq!(config.hostname, "raspberrypi");
+        assert_eq!(config.max_backoff, Duration::from_secs(30));
         assert_eq!(config.amqp_url, DEFAULT_AMQP_URL);
         assert_eq!(config.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
         assert_eq!(config.runtime, RuntimeKind::Docker);
@@ -352,8 +431,10 @@ mod tests {
             ("NEBULA_MAX_RESTART_WAIT_SECS", "5"),
             ("NEBULA_REPORT_INTERVAL_SECS", "7"),
             ("NEBULA_LOG_FORMAT", "json"),
+            ("NEBULA_MAX_BACKOFF_SECS", "300"),
         ])
         .expect("valid");
+        assert_eq!(config.max_backoff, Duration::from_secs(300));
         assert_eq!(config.device_id, "pi-7");
         assert_eq!(config.state_dir, PathBuf::from("/tmp/state"));
         assert_eq!(config.runtime, RuntimeKind::Simulated);
@@ -375,6 +456,8 @@ mod tests {
             ("NEBULA_AMQP_URL", "http://broker"),
             ("NEBULA_AMQP_URL", "amqp://broker:notaport/"),
             ("NEBULA_REGISTRY_USER", "only-user"),
+            ("NEBULA_MAX_BACKOFF_SECS", "0"),
+            ("NEBULA_MAX_BACKOFF_SECS", "a while"),
         ] {
             assert!(
                 matches!(
@@ -387,8 +470,27 @@ mod tests {
     }
 
     #[test]
-    fn invalid_hostname_needs_an_explicit_device_id() {
+    fn without_a_usable_machine_id_the_device_id_must_be_set() {
         let environment: HashMap<&str, &str> = [("NEBULA_DEVICE_GROUP", "g")].into_iter().collect();
-        assert!(Config::from_env(&environment, "bad host").is_err());
+        for machine_id in [
+            None,
+            Some("uninitialized"),
+            Some("not hex at all"),
+            Some("3d1219c7c4c5404aaa1f6d2a48adfda"),
+        ] {
+            let error = Config::from_env(&environment, &host(machine_id))
+                .expect_err("no usable machine id");
+            assert!(
+                error.to_string().contains("set NEBULA_DEVICE_ID"),
+                "{machine_id:?}: {error}"
+            );
+        }
+        // An explicit id needs no machine id.
+        let explicit: HashMap<&str, &str> =
+            [("NEBULA_DEVICE_GROUP", "g"), ("NEBULA_DEVICE_ID", "pi-7")]
+                .into_iter()
+                .collect();
+        let config = Config::from_env(&explicit, &host(None)).expect("valid");
+        assert_eq!(config.device_id, "pi-7");
     }
 }

@@ -1,16 +1,42 @@
-//! Facts about the device: host name, CPU cores, memory, root disk and CPU usage, read from
-//! `/proc` and `statvfs` — no shelling out, nothing that needs a library the size budget
-//! cannot afford.
+//! Facts about the device: machine id, host name, CPU cores, memory, root disk and CPU
+//! usage, read from `/etc`, `/proc` and `statvfs` — no shelling out, nothing that needs a
+//! library the size budget cannot afford.
 
+use crate::config::{HostIdentity, MachineId};
 use nebula_protocol::ResourceUsage;
 use nebula_protocol::placement::DeviceCapacity;
+use std::path::Path;
 
-/// The host name (the default device id).
+/// Where the machine id is looked for, in order: systemd's, then D-Bus's (older systems and
+/// some containers only have the latter).
+pub const MACHINE_ID_FILES: [&str; 2] = ["/etc/machine-id", "/var/lib/dbus/machine-id"];
+
+/// The host name (reported, never the device id).
 pub fn hostname() -> String {
     rustix::system::uname()
         .nodename()
         .to_string_lossy()
         .into_owned()
+}
+
+/// The host name and the machine id the configuration defaults the device id to.
+pub fn host_identity() -> HostIdentity {
+    HostIdentity {
+        hostname: hostname(),
+        machine_id: read_machine_id(MACHINE_ID_FILES.iter().map(Path::new)),
+    }
+}
+
+/// The first of `files` that can be read and is not blank (an image built for first-boot
+/// setup ships an empty `/etc/machine-id`).
+pub fn read_machine_id<'a>(files: impl IntoIterator<Item = &'a Path>) -> Option<MachineId> {
+    files.into_iter().find_map(|path| {
+        let contents = std::fs::read_to_string(path).ok()?;
+        (!contents.trim().is_empty()).then(|| MachineId {
+            path: path.to_path_buf(),
+            contents,
+        })
+    })
 }
 
 /// CPU cores (online) and total memory.
@@ -125,6 +151,26 @@ pub fn resource_usage(cpu: &mut CpuSampler) -> ResourceUsage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn machine_id_comes_from_the_first_file_that_has_one() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let (etc, dbus) = (
+            directory.path().join("etc-machine-id"),
+            directory.path().join("dbus-machine-id"),
+        );
+        let files = [etc.as_path(), dbus.as_path()];
+        assert_eq!(read_machine_id(files), None);
+        std::fs::write(&dbus, "0123456789abcdef0123456789abcdef\n").expect("write");
+        // An empty /etc/machine-id (first boot not done) falls back to D-Bus's.
+        std::fs::write(&etc, "\n").expect("write");
+        let found = read_machine_id(files).expect("dbus machine id");
+        assert_eq!(found.path, dbus);
+        std::fs::write(&etc, "fedcba9876543210fedcba9876543210\n").expect("write");
+        let found = read_machine_id(files).expect("etc machine id");
+        assert_eq!(found.path, etc);
+        assert_eq!(found.contents.trim(), "fedcba9876543210fedcba9876543210");
+    }
 
     #[test]
     fn parses_meminfo() {

@@ -20,13 +20,13 @@ pub enum ConfigError {
     },
 }
 
-/// Errors talking to the broker.
+/// Errors talking to the broker. None of them ends the agent: a failed boot flow starts
+/// over on a new channel, a lost connection is re-established (DESIGN §3), so whether one
+/// is worth retrying is decided by whether the connection is still up, not by the variant.
 #[derive(Debug, thiserror::Error)]
 pub enum AmqpError {
     #[error("invalid broker URL: {0}")]
     InvalidUrl(String),
-    #[error("cannot connect to the broker: {0}")]
-    Connect(#[source] lapin::Error),
     #[error("{operation} failed: {source}")]
     Operation {
         operation: &'static str,
@@ -37,32 +37,13 @@ pub enum AmqpError {
     ConnectionLost(String),
     #[error("the consumer of {queue} was cancelled by the broker")]
     ConsumerCancelled { queue: String },
-}
-
-impl AmqpError {
-    /// Whether the same operation can succeed on a later attempt in this process. Only a
-    /// failed initial connect is: everything after start fails hard and the supervisor
-    /// restarts the agent, whose boot flow re-converges.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Connect(_))
-    }
-
-    /// True when the broker closed the channel because an exchange or queue does not exist
-    /// (404 NOT_FOUND): the app or group is not created yet.
-    pub fn is_not_found(&self) -> bool {
-        match self {
-            Self::Operation { source, .. } => is_not_found(source),
-            _ => false,
-        }
-    }
-}
-
-/// True for a channel closed with 404 NOT_FOUND.
-pub(crate) fn is_not_found(error: &lapin::Error) -> bool {
-    match error.kind() {
-        lapin::ErrorKind::ProtocolError(amqp_error) => amqp_error.get_id() == 404,
-        _ => false,
-    }
+    #[error("{operation} got no answer within {seconds} s")]
+    Timeout {
+        operation: &'static str,
+        seconds: u64,
+    },
+    #[error("the broker refused {operation} (nack)")]
+    Nacked { operation: &'static str },
 }
 
 /// Errors from the container runtime (Docker or simulated).
@@ -97,7 +78,7 @@ impl DockerError {
     }
 }
 
-/// Errors persisting the desired state.
+/// Errors persisting the desired state: the only errors that end the agent after start.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("cannot write state file {path}: {source}")]

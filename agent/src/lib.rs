@@ -8,11 +8,13 @@
 //!
 //! Codemap:
 //! * [`config`] — environment → validated [`config::Config`].
-//! * [`state`] — desired state, its revision rules, atomic persistence.
+//! * [`state`] — desired state, its version and sync rules, the versioned state file.
 //! * [`reconcile`] — (desired, observed) → actions; pure.
-//! * [`supervisor`] — shared state, per-app workers executing plans.
+//! * [`executor`] — one observe → plan → execute pass.
+//! * [`supervisor`] — shared state, per-app workers running passes, the prune task.
 //! * [`runtime`] — the container runtime trait, Docker and simulated implementations.
-//! * [`transport`] — AMQP boot flow, sync, consumption, reports.
+//! * [`transport`] — what a message does ([`transport::dispatch`]); AMQP connection,
+//!   reconnects, boot flow, sync, consumption, reports.
 //! * [`report`], [`device`] — device reports and the host facts in them.
 //! * [`build_info`] — what `--version` prints.
 
@@ -23,6 +25,7 @@ pub mod build_info;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod executor;
 pub mod reconcile;
 pub mod report;
 pub mod runtime;
@@ -42,8 +45,9 @@ use tokio_util::sync::CancellationToken;
 /// How long shutdown waits for workers to finish the container operation in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-/// Runs one agent until `shutdown` is cancelled (`Ok`) or a non-trivial error (`Err`; the
-/// supervisor restarts the process). Containers are left running either way.
+/// Runs one agent until `shutdown` is cancelled (`Ok`) or its desired state cannot be
+/// persisted (`Err`; the supervisor restarts the process). A lost broker connection is not
+/// an error: the transport reconnects. Containers are left running either way.
 pub async fn run<R: ContainerRuntime>(
     config: Config,
     runtime: R,
@@ -107,9 +111,12 @@ fn keep_configured(desired: &mut DesiredState, mode: &Mode) {
         Mode::Apps(apps) => {
             desired.group = None;
             desired.last_pruned = None;
+            desired.deleted_groups.clear();
             desired.apps.retain(|app, _| apps.contains(app));
+            desired.deleted_apps.retain(|app, _| apps.contains(app));
         }
         Mode::Group(group) => {
+            desired.deleted_groups.retain(|deleted, _| deleted == group);
             if desired
                 .group
                 .as_ref()
@@ -118,6 +125,7 @@ fn keep_configured(desired: &mut DesiredState, mode: &Mode) {
                 desired.group = None;
                 desired.last_pruned = None;
                 desired.apps.clear();
+                desired.deleted_apps.clear();
             }
         }
     }

@@ -19,12 +19,14 @@ Configured through the environment (see the agent README and DESIGN §5):
   NEBULA_DEVICE_GROUP             follow a device group (group mode), or
   NEBULA_APPS (or APP_NAME)       follow a comma-separated list of apps (app mode)
   NEBULA_AMQP_URL                 broker URL (default amqp://guest:guest@127.0.0.1:5672/%2f)
-  NEBULA_DEVICE_ID                device id (default: the hostname)
+  NEBULA_DEVICE_ID                device id (default: /etc/machine-id, else /var/lib/dbus/machine-id;
+                                  two agents with one id are refused by the broker)
   NEBULA_STATE_DIR                where desired state is persisted (default /var/lib/nebula-agent)
   NEBULA_RUNTIME                  docker (default) or simulated
   NEBULA_REGISTRY_HOST/USER/PASSWORD   registry login for image pulls
   NEBULA_MAX_RESTART_WAIT_SECS    random wait before restarts and updates
   NEBULA_REPORT_INTERVAL_SECS     device report period
+  NEBULA_MAX_BACKOFF_SECS         ceiling of every retry wait, reconnects included (default 30)
   NEBULA_LOG_FORMAT               text (default) or json; RUST_LOG filters
 ";
 
@@ -51,7 +53,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    let config = match Config::from_env(&ProcessEnvironment, &device::hostname()) {
+    let config = match Config::from_env(&ProcessEnvironment, &device::host_identity()) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("nebula-agent: configuration error: {error}");

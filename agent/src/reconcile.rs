@@ -3,12 +3,15 @@
 //!
 //! The planner is pure so that every case (grow, shrink, replace, rolling replace at any
 //! size, stopped apps, unhealthy containers, apps removed from the group) is unit-tested
-//! without Docker or a broker. The executor in [`crate::worker`] runs the actions in order
-//! and re-plans from a fresh observation after any error or desired-state change, so an
-//! interrupted plan is never left half-applied: the next plan finishes it.
+//! without Docker or a broker. The executor in [`crate::supervisor`] runs the actions in
+//! order and re-plans from a fresh observation after any error or desired-state change, so
+//! an interrupted plan is never left half-applied: the next plan finishes it.
+//!
+//! Which containers are current is decided by their labels (see [`is_current`]): revision,
+//! incarnation and the hash of the config they were created from.
 
-use nebula_protocol::placement::{DeviceCapacity, container_count, container_index};
-use nebula_protocol::{AppConfig, Name, Revision};
+use nebula_protocol::placement::{DeviceCapacity, config_hash, container_count, container_index};
+use nebula_protocol::{AppConfig, Incarnation, Name, Revision};
 use std::collections::BTreeMap;
 
 /// Docker's health of a container with a HEALTHCHECK.
@@ -36,6 +39,10 @@ pub struct ObservedContainer {
     pub app_name: Name,
     /// The `app_id` label: the revision the container was created for.
     pub app_id: Option<Revision>,
+    /// The `incarnation` label; absent on containers of the previous release (read as 0).
+    pub incarnation: Option<Incarnation>,
+    /// The `config_hash` label; absent on containers of the previous release.
+    pub config_hash: Option<String>,
     pub image: String,
     /// Docker's state word: `running`, `exited`, `created`, `restarting`, ...
     pub state: String,
@@ -75,6 +82,21 @@ pub enum Action {
     Restart { name: String },
 }
 
+/// Whether `container` was created for exactly `app`'s desired config, `desired_hash` being
+/// `config_hash(app)`: same revision and same incarnation (a missing label is incarnation
+/// 0), and — when it has one — the same config hash. A container without the hash label was
+/// created by the previous release and is kept (an agent upgrade restarts nothing), but
+/// containers of another incarnation are never taken for current ones: a re-created app
+/// starts again at revision 1, the revision alone cannot tell it from the deleted one.
+pub fn is_current(container: &ObservedContainer, app: &AppConfig, desired_hash: &str) -> bool {
+    container.app_id == Some(app.app_id)
+        && container.incarnation.unwrap_or(0) == app.incarnation
+        && container
+            .config_hash
+            .as_deref()
+            .is_none_or(|hash| hash == desired_hash)
+}
+
 /// The containers an app needs on this device.
 pub fn desired_count(app: &AppConfig, capacity: DeviceCapacity) -> u32 {
     if app.running {
@@ -101,6 +123,7 @@ pub fn plan_app(
             .collect();
     };
     let count = desired_count(app, capacity);
+    let desired_hash = config_hash(app);
 
     let mut by_index: BTreeMap<u32, &ObservedContainer> = BTreeMap::new();
     let mut removals = Vec::new();
@@ -125,14 +148,14 @@ pub fn plan_app(
     let mut not_ready = Vec::new();
     for index in 0..count {
         if let Some(container) = by_index.get(&index)
-            && container.app_id == Some(app.app_id)
+            && is_current(container, app, &desired_hash)
             && !container.is_ready()
         {
             not_ready.push(index);
         }
         match by_index.get(&index) {
             None => missing.push(index),
-            Some(container) if container.app_id != Some(app.app_id) => {
+            Some(container) if !is_current(container, app, &desired_hash) => {
                 outdated.push((index, container.name.clone()));
             }
             Some(container) if container.health == Some(Health::Unhealthy) => {
@@ -208,18 +231,37 @@ pub fn plan_app(
     actions
 }
 
-/// The revision an app's containers are at: the desired one when nothing is left to do
-/// (including "no containers" for a stopped app), else the oldest revision among them.
+/// Whether the app is where it should be: nothing left to plan but repairs (restarting an
+/// unhealthy container, starting a stopped one), which do not change what runs.
+pub fn is_converged(
+    desired: Option<&AppConfig>,
+    capacity: DeviceCapacity,
+    observed: &[ObservedContainer],
+) -> bool {
+    plan_app(desired, capacity, observed)
+        .iter()
+        .all(|action| matches!(action, Action::Restart { .. } | Action::Start { .. }))
+}
+
+/// The revision an app's containers are at, for reports: the desired one when converged
+/// (including "no containers" for a stopped app); otherwise the oldest revision among them.
+/// A container of another incarnation than the desired one has no revision in this one's
+/// numbering, so then the answer is `None` ("not at any revision of this app yet") rather
+/// than a number that could coincide with the desired revision.
 pub fn applied_revision(
     desired: Option<&AppConfig>,
     capacity: DeviceCapacity,
     observed: &[ObservedContainer],
 ) -> Option<Revision> {
-    let converged = plan_app(desired, capacity, observed)
-        .iter()
-        .all(|action| matches!(action, Action::Restart { .. } | Action::Start { .. }));
     match desired {
-        Some(app) if converged => Some(app.app_id),
+        Some(app) if is_converged(desired, capacity, observed) => Some(app.app_id),
+        Some(app)
+            if observed
+                .iter()
+                .any(|container| container.incarnation.unwrap_or(0) != app.incarnation) =>
+        {
+            None
+        }
         _ => observed
             .iter()
             .filter_map(|container| container.app_id)
@@ -252,11 +294,15 @@ mod tests {
         app
     }
 
+    /// Container `index` at `revision` of incarnation 0, without a config hash label (as
+    /// the previous release labelled them; the hash is tested on its own below).
     fn container(index: u32, revision: Revision) -> ObservedContainer {
         ObservedContainer {
             name: format!("web-{}", index + 1),
             app_name: Name::new("web").expect("name"),
             app_id: Some(revision),
+            incarnation: Some(0),
+            config_hash: None,
             image: "nginx:latest".into(),
             state: "running".into(),
             health: None,
@@ -278,7 +324,10 @@ mod tests {
                 Action::Create { index } | Action::Replace { index, .. } => {
                     let name = format!("web-{}", index + 1);
                     observed.retain(|container| container.name != name);
-                    observed.push(container(*index, app.app_id));
+                    let mut created = container(*index, app.app_id);
+                    created.incarnation = Some(app.incarnation);
+                    created.config_hash = Some(config_hash(app));
+                    observed.push(created);
                 }
                 Action::Remove { name } => observed.retain(|container| &container.name != name),
                 Action::Start { name } | Action::Restart { name } => {
@@ -627,6 +676,84 @@ mod tests {
                 .count(),
             4
         );
+    }
+
+    #[test]
+    fn containers_of_another_incarnation_are_replaced_even_at_the_same_revision() {
+        // Issue 12, defect 2: "web" was deleted at revision 1 and re-created (incarnation 1)
+        // at revision 1 again. Revision labels alone would keep the old containers.
+        let mut recreated = app(1, 2, false);
+        recreated.incarnation = 1;
+        recreated.docker_image = "nginx:2".into();
+        // One container of the deleted incarnation 0 from the previous release (no
+        // incarnation label), one labelled incarnation 0 by this release.
+        let mut observed = containers(2, 1);
+        observed[0].incarnation = None;
+        let plan = plan_app(Some(&recreated), DEVICE, &observed);
+        assert_eq!(
+            plan,
+            vec![
+                Action::RandomWait,
+                Action::EnsureImage,
+                Action::Replace {
+                    index: 0,
+                    name: "web-1".into()
+                },
+                Action::Replace {
+                    index: 1,
+                    name: "web-2".into()
+                },
+            ]
+        );
+        assert!(!is_converged(Some(&recreated), DEVICE, &observed));
+        // Not "at revision 1": that would be the deleted app's revision 1.
+        assert_eq!(applied_revision(Some(&recreated), DEVICE, &observed), None);
+        let after = simulate(&recreated, observed, &plan);
+        assert!(plan_app(Some(&recreated), DEVICE, &after).is_empty());
+        assert_eq!(applied_revision(Some(&recreated), DEVICE, &after), Some(1));
+    }
+
+    #[test]
+    fn containers_of_the_previous_release_at_the_desired_revision_are_kept() {
+        // No incarnation and no config hash label: an agent upgrade restarts nothing.
+        let desired = app(4, 2, false);
+        let mut observed = containers(2, 4);
+        for container in &mut observed {
+            container.incarnation = None;
+            container.config_hash = None;
+        }
+        assert!(plan_app(Some(&desired), DEVICE, &observed).is_empty());
+        assert_eq!(applied_revision(Some(&desired), DEVICE, &observed), Some(4));
+    }
+
+    #[test]
+    fn a_container_from_another_config_at_the_same_version_is_replaced() {
+        let desired = app(3, 1, false);
+        let mut observed = containers(1, 3);
+        observed[0].config_hash = Some(config_hash(&desired));
+        assert!(plan_app(Some(&desired), DEVICE, &observed).is_empty());
+        // Same incarnation and revision, but created from other settings (a store that
+        // handed the numbers out twice): not current.
+        observed[0].config_hash = Some("0123456789abcdef".into());
+        assert!(
+            plan_app(Some(&desired), DEVICE, &observed).contains(&Action::Replace {
+                index: 0,
+                name: "web-1".into()
+            })
+        );
+        assert!(!is_converged(Some(&desired), DEVICE, &observed));
+    }
+
+    #[test]
+    fn repairs_do_not_make_an_app_unconverged_but_missing_containers_do() {
+        let desired = app(2, 2, false);
+        let mut observed = containers(2, 2);
+        observed[0].state = "exited".into();
+        assert!(is_converged(Some(&desired), DEVICE, &observed));
+        observed.pop();
+        assert!(!is_converged(Some(&desired), DEVICE, &observed));
+        assert!(is_converged(None, DEVICE, &[]));
+        assert!(!is_converged(None, DEVICE, &containers(1, 2)));
     }
 
     #[test]

@@ -37,7 +37,9 @@ pub async fn build<R: ContainerRuntime>(shared: &Shared<R>, cpu: &mut CpuSampler
             let observed: Vec<_> = containers_of(&containers, &app).cloned().collect();
             let applied = reconcile::applied_revision(config, capacity, &observed);
             let desired_revision = config.map(|config| config.app_id);
-            if applied != desired_revision || !observed.is_empty() && config.is_none() {
+            // Judged on the containers' labels (incarnation and config hash included), not
+            // on revision numbers: a re-created app's revision 1 is not the deleted one's.
+            if !reconcile::is_converged(config, capacity, &observed) {
                 updated = false;
             }
             AppReport {

@@ -2,38 +2,24 @@
 //!
 //! Transports update the desired state through [`Shared::update`], which persists it before
 //! returning (so the caller may then acknowledge the message), and wakes the worker of each
-//! changed app. One worker per app (the seed's thread per app) plans with
-//! [`crate::reconcile::plan_app`] and executes the actions; an error or a desired-state change
-//! mid-plan leads to a fresh observation and a new plan, so nothing stays half-applied.
+//! changed app. One worker per app (the seed's thread per app) runs
+//! [`crate::executor::Pass`]es; an error or a desired-state change mid-plan leads to a fresh
+//! observation and a new plan, so nothing stays half-applied.
 
 use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::error::{DockerError, StateError};
-use crate::reconcile::{self, Action};
-use crate::runtime::{ContainerRuntime, ContainerSpec, ImageOutcome, containers_of};
+use crate::error::StateError;
+use crate::executor::{Pass, PassGuard, PassOutcome};
+use crate::reconcile;
+use crate::runtime::ContainerRuntime;
 use crate::state::{Changes, DesiredState, StateStore};
 use nebula_protocol::{AppConfig, Name, Revision};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// How long a rolling restart waits for one container to run (and be healthy).
-const READY_TIMEOUT: Duration = Duration::from_secs(120);
-const READY_POLL: Duration = Duration::from_millis(250);
-
-/// What one reconcile pass did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
-    /// Nothing to do.
-    Idle,
-    /// The whole plan ran.
-    Applied,
-    /// The desired state changed (or shutdown began) mid-plan; re-plan at once.
-    Interrupted,
-}
 
 /// State shared by the transport, the workers and the reporter of one agent.
 #[derive(Debug)]
@@ -89,6 +75,11 @@ impl<R: ContainerRuntime> Shared<R> {
     /// A copy of the desired state.
     pub async fn desired(&self) -> DesiredState {
         self.desired.lock().await.clone()
+    }
+
+    /// The store of the last sync reply that found its target (sent as `known_store`).
+    pub async fn known_store(&self) -> Option<nebula_protocol::StoreId> {
+        self.desired.lock().await.store_id
     }
 
     pub async fn desired_app(&self, app: &Name) -> Option<AppConfig> {
@@ -194,8 +185,8 @@ impl<R: ContainerRuntime> Shared<R> {
         };
     }
 
-    /// One app's reconcile loop: plan, execute, then sleep until woken, the periodic
-    /// re-check (unhealthy containers) or shutdown. Errors back off and retry.
+    /// One app's reconcile loop: a pass, then sleep until woken, the periodic re-check
+    /// (unhealthy containers) or shutdown. Errors back off and retry.
     async fn app_worker(self: Arc<Self>, app: Name, notify: Arc<Notify>) {
         let mut backoff = Backoff::new(Duration::from_secs(1), self.config.max_backoff);
         loop {
@@ -203,11 +194,20 @@ impl<R: ContainerRuntime> Shared<R> {
                 return;
             }
             let desired = self.desired_app(&app).await;
-            let wait = match self.reconcile_app(&app, desired.as_ref()).await {
-                Ok(Outcome::Interrupted) => continue,
+            let pass = Pass {
+                runtime: &self.runtime,
+                app: &app,
+                desired: desired.as_ref(),
+                max_restart_wait: self.config.max_restart_wait,
+                shutdown: &self.shutdown,
+            };
+            let mut pull_note = None;
+            let wait = match pass.run(self.as_ref(), &mut pull_note).await {
+                Ok(PassOutcome::Interrupted) => continue,
                 Ok(outcome) => {
                     backoff.reset();
-                    if outcome == Outcome::Applied {
+                    if outcome == PassOutcome::Applied {
+                        self.set_error(&app, pull_note);
                         self.report_now.notify_one();
                     }
                     self.config.resync_interval
@@ -225,51 +225,6 @@ impl<R: ContainerRuntime> Shared<R> {
                 () = tokio::time::sleep(wait) => {}
             }
         }
-    }
-
-    /// Observes, plans and executes once.
-    async fn reconcile_app(
-        &self,
-        app: &Name,
-        desired: Option<&AppConfig>,
-    ) -> Result<Outcome, DockerError> {
-        let capacity = self.runtime.capacity();
-        let all = self.runtime.list_containers().await?;
-        let observed: Vec<_> = containers_of(&all, app).cloned().collect();
-        let plan = reconcile::plan_app(desired, capacity, &observed);
-        if plan.is_empty() {
-            return Ok(Outcome::Idle);
-        }
-        let revision = desired.map(|app| app.app_id);
-        tracing::info!(app = %app, revision = ?revision, actions = plan.len(), "applying");
-        let mut pull_note = None;
-        for action in plan {
-            // A newer desired state makes the rest of this plan moot; finishing the current
-            // action and re-planning keeps every container consistent.
-            let current = self
-                .desired
-                .lock()
-                .await
-                .apps
-                .get(app)
-                .map(|app| app.app_id);
-            if current != revision || self.shutdown.is_cancelled() {
-                return Ok(Outcome::Interrupted);
-            }
-            execute(
-                &self.runtime,
-                app,
-                desired,
-                &action,
-                self.config.max_restart_wait,
-                &self.shutdown,
-                &mut pull_note,
-            )
-            .await?;
-        }
-        self.set_error(app, pull_note);
-        tracing::info!(app = %app, revision = ?revision, "applied");
-        Ok(Outcome::Applied)
     }
 
     /// Group mode: prunes unused images whenever the group's `prune_id` goes up.
@@ -325,124 +280,10 @@ impl<R: ContainerRuntime> Shared<R> {
     }
 }
 
-/// Runs one action. `pull_note` collects a failed pull that fell back to a local image, for
-/// the app's report.
-pub async fn execute<R: ContainerRuntime>(
-    runtime: &R,
-    app: &Name,
-    desired: Option<&AppConfig>,
-    action: &Action,
-    max_restart_wait: Duration,
-    shutdown: &CancellationToken,
-    pull_note: &mut Option<String>,
-) -> Result<(), DockerError> {
-    let spec = |index: u32| -> Result<ContainerSpec, DockerError> {
-        let config = desired.ok_or_else(|| DockerError::InvalidSpec {
-            app: app.to_string(),
-            reason: "no desired config".into(),
-        })?;
-        ContainerSpec::for_app(config, index)
-    };
-    match action {
-        Action::RandomWait => {
-            if !max_restart_wait.is_zero() {
-                let ceiling = u64::try_from(max_restart_wait.as_millis()).unwrap_or(u64::MAX);
-                let wait = Duration::from_millis(fastrand::u64(0..=ceiling));
-                tracing::info!(app = %app, wait_ms = wait.as_millis() as u64, "waiting before replacing containers");
-                tokio::select! {
-                    () = shutdown.cancelled() => {}
-                    () = tokio::time::sleep(wait) => {}
-                }
-            }
-        }
-        Action::EnsureImage => {
-            let image = spec(0)?.image;
-            match runtime.ensure_image(&image).await? {
-                ImageOutcome::Pulled => *pull_note = None,
-                ImageOutcome::LocalFallback { pull_error } => {
-                    *pull_note = Some(format!(
-                        "pull of {image} failed, running the local copy: {pull_error}"
-                    ));
-                }
-            }
-        }
-        Action::Create { index } => runtime.create_container(&spec(*index)?).await?,
-        Action::Replace { index, name } => {
-            let spec = spec(*index)?;
-            runtime.remove_container(name).await?;
-            runtime.create_container(&spec).await?;
-        }
-        Action::AwaitReady { index } => await_ready(runtime, &spec(*index)?.name, shutdown).await?,
-        Action::Remove { name } => runtime.remove_container(name).await?,
-        Action::Start { name } => {
-            tracing::info!(app = %app, container = %name, "starting a stopped container");
-            runtime.start_container(name).await?;
-        }
-        Action::Restart { name } => {
-            tracing::warn!(app = %app, container = %name, "restarting an unhealthy container");
-            runtime.restart_container(name).await?;
-        }
+/// A worker's plan is moot as soon as the app's desired config is no longer the one it was
+/// made for (any field: a sync reply may change a config without a newer version).
+impl<R: ContainerRuntime> PassGuard for Shared<R> {
+    async fn still_wanted(&self, app: &Name, planned_for: Option<&AppConfig>) -> bool {
+        self.desired.lock().await.apps.get(app) == planned_for
     }
-    Ok(())
-}
-
-/// Waits until a container runs and, with a health check, is healthy.
-async fn await_ready<R: ContainerRuntime>(
-    runtime: &R,
-    name: &str,
-    shutdown: &CancellationToken,
-) -> Result<(), DockerError> {
-    let started = Instant::now();
-    loop {
-        if let Some(container) = runtime.inspect_container(name).await?
-            && container.is_ready()
-        {
-            return Ok(());
-        }
-        if started.elapsed() >= READY_TIMEOUT || shutdown.is_cancelled() {
-            return Err(DockerError::NotReady {
-                name: name.to_string(),
-                wanted: "running and healthy",
-                seconds: READY_TIMEOUT.as_secs(),
-            });
-        }
-        tokio::time::sleep(READY_POLL).await;
-    }
-}
-
-/// Observes, plans and executes until the app is converged (or `max_passes` plans ran):
-/// the reconcile loop of one app without the worker around it, for tests and tools.
-pub async fn converge_app<R: ContainerRuntime>(
-    runtime: &R,
-    app: &Name,
-    desired: Option<&AppConfig>,
-    max_passes: usize,
-) -> Result<Option<String>, DockerError> {
-    let shutdown = CancellationToken::new();
-    let mut pull_note = None;
-    for _ in 0..max_passes {
-        let all = runtime.list_containers().await?;
-        let observed: Vec<_> = containers_of(&all, app).cloned().collect();
-        let plan = reconcile::plan_app(desired, runtime.capacity(), &observed);
-        if plan.is_empty() {
-            return Ok(pull_note);
-        }
-        for action in &plan {
-            execute(
-                runtime,
-                app,
-                desired,
-                action,
-                Duration::ZERO,
-                &shutdown,
-                &mut pull_note,
-            )
-            .await?;
-        }
-    }
-    Err(DockerError::Operation {
-        operation: "converge",
-        target: app.to_string(),
-        reason: format!("not converged after {max_passes} plans"),
-    })
 }

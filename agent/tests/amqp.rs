@@ -4,6 +4,7 @@
 //!
 //! Each test runs in its own RabbitMQ virtual host (made with `rabbitmqctl`), so a control
 //! plane consuming `nebula.sync` on `/` at the same time cannot answer this test's requests.
+//! The tests named after issue 12's defects failed on the code before the fix.
 
 mod common;
 
@@ -18,8 +19,8 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 use nebula_agent::runtime::simulated::SimulatedRuntime;
 use nebula_protocol::names::{self, REPORTS_EXCHANGE, SYNC_QUEUE};
 use nebula_protocol::{
-    AppConfig, DeviceGroup, GroupState, Message, Name, SyncReply, SyncResult, SyncTarget, decode,
-    encode,
+    AppConfig, DeviceGroup, GroupState, Message, Name, StoreId, SyncReply, SyncRequest, SyncResult,
+    SyncTarget, decode, encode,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,26 +29,30 @@ use tokio_util::sync::CancellationToken;
 
 const CONVERGE: Duration = Duration::from_secs(30);
 
-/// A throwaway virtual host, deleted on drop.
+/// Runs `rabbitmqctl` and returns its standard output; panics when it fails.
+fn rabbitmqctl(arguments: &[&str]) -> String {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args(arguments)
+        .output()
+        .expect("rabbitmqctl (the tests need the local RabbitMQ of scripts/services.sh)");
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {arguments:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A throwaway virtual host, deleted on drop (with the users made for it).
 struct VirtualHost {
     name: String,
     url: String,
+    users: Vec<String>,
 }
 
 impl VirtualHost {
     fn create() -> Self {
         let name = unique("nebula-agent-test");
-        let rabbitmqctl = |arguments: &[&str]| {
-            let output = std::process::Command::new("rabbitmqctl")
-                .args(arguments)
-                .output()
-                .expect("rabbitmqctl (the tests need the local RabbitMQ of scripts/services.sh)");
-            assert!(
-                output.status.success(),
-                "rabbitmqctl {arguments:?}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        };
         rabbitmqctl(&["-q", "add_vhost", &name]);
         rabbitmqctl(&[
             "-q",
@@ -59,9 +64,96 @@ impl VirtualHost {
             ".*",
             ".*",
         ]);
-        let base = env_or("NEBULA_TEST_AMQP_HOST", "127.0.0.1:5672");
-        let url = format!("amqp://guest:guest@{base}/{name}");
-        Self { name, url }
+        let url = format!("amqp://guest:guest@{}/{name}", broker_address());
+        Self {
+            name,
+            url,
+            users: Vec::new(),
+        }
+    }
+
+    /// A user of this virtual host with the rights a locked-down device has: configure only
+    /// its own queues (`nebula.device.*`), read and write everything. Returns its URL.
+    fn device_user(&mut self) -> String {
+        let user = unique("nebula-device");
+        let password = format!("{:016x}", fastrand::u64(..));
+        rabbitmqctl(&["-q", "add_user", &user, &password]);
+        self.users.push(user.clone());
+        rabbitmqctl(&[
+            "-q",
+            "set_permissions",
+            "-p",
+            &self.name,
+            &user,
+            "^nebula\\.device\\.",
+            ".*",
+            ".*",
+        ]);
+        format!(
+            "amqp://{user}:{password}@{}/{}",
+            broker_address(),
+            self.name
+        )
+    }
+
+    /// Closes the broker connection of `device`'s agent, as a broker failover or a network
+    /// drop would. Returns how many connections were closed.
+    fn close_agent_connections(&self, device: &Name) -> usize {
+        let connections = rabbitmqctl(&[
+            "--silent",
+            "list_connections",
+            "-p",
+            &self.name,
+            "pid",
+            "client_properties",
+        ]);
+        let marker = format!("nebula-agent {device}");
+        let mut closed = 0;
+        for line in connections.lines().filter(|line| line.contains(&marker)) {
+            let pid = line.split_whitespace().next().expect("pid column");
+            rabbitmqctl(&["-q", "close_connection", pid, "test: connection dropped"]);
+            closed += 1;
+        }
+        closed
+    }
+
+    /// Messages in `queue`, ready or unacknowledged. Asked of `rabbitmqctl`: a passive
+    /// declare from another connection is refused on an exclusive queue.
+    fn queue_messages(&self, queue: &str) -> Option<u32> {
+        let queues = rabbitmqctl(&[
+            "--silent",
+            "list_queues",
+            "-p",
+            &self.name,
+            "name",
+            "messages",
+        ]);
+        queues.lines().find_map(|line| {
+            let mut columns = line.split_whitespace();
+            (columns.next() == Some(queue)).then(|| columns.next()?.parse().ok())?
+        })
+    }
+
+    /// `durable` and `exclusive` of `queue`, as the broker lists them.
+    fn queue_properties(&self, queue: &str) -> Option<(bool, bool)> {
+        let queues = rabbitmqctl(&[
+            "--silent",
+            "list_queues",
+            "-p",
+            &self.name,
+            "name",
+            "durable",
+            "exclusive",
+        ]);
+        queues.lines().find_map(|line| {
+            let columns: Vec<&str> = line.split_whitespace().collect();
+            (columns.first() == Some(&queue)).then(|| {
+                (
+                    columns.get(1) == Some(&"true"),
+                    columns.get(2) == Some(&"true"),
+                )
+            })
+        })
     }
 }
 
@@ -70,7 +162,24 @@ impl Drop for VirtualHost {
         let _ = std::process::Command::new("rabbitmqctl")
             .args(["-q", "delete_vhost", &self.name])
             .output();
+        for user in &self.users {
+            let _ = std::process::Command::new("rabbitmqctl")
+                .args(["-q", "delete_user", user])
+                .output();
+        }
     }
+}
+
+fn broker_address() -> String {
+    env_or("NEBULA_TEST_AMQP_HOST", "127.0.0.1:5672")
+}
+
+/// A sync request as the control plane received it.
+#[derive(Debug, Clone)]
+struct ReceivedRequest {
+    request: SyncRequest,
+    /// The AMQP `expiration` property.
+    expiration: Option<String>,
 }
 
 /// The test's stand-in for the control plane.
@@ -79,7 +188,9 @@ struct ControlPlane {
     _connection: Connection,
     /// The sync reply per target; absent targets answer `NotFound`.
     replies: Arc<Mutex<HashMap<String, SyncResult>>>,
-    sync_requests: Arc<Mutex<u32>>,
+    /// The store the replies come from.
+    store: Arc<Mutex<StoreId>>,
+    requests: Arc<Mutex<Vec<ReceivedRequest>>>,
 }
 
 fn target_key(target: &SyncTarget) -> String {
@@ -114,14 +225,22 @@ impl ControlPlane {
             .await
             .expect("consume sync queue");
         let replies: Arc<Mutex<HashMap<String, SyncResult>>> = Arc::default();
-        let sync_requests: Arc<Mutex<u32>> = Arc::default();
-        let (answers, counter) = (replies.clone(), sync_requests.clone());
+        let store = Arc::new(Mutex::new(StoreId(1)));
+        let received: Arc<Mutex<Vec<ReceivedRequest>>> = Arc::default();
+        let (answers, answering_store, log) = (replies.clone(), store.clone(), received.clone());
         tokio::spawn(async move {
             while let Some(Ok(delivery)) = requests.next().await {
                 let Ok(Message::SyncRequest(request)) = decode(&delivery.data) else {
                     continue;
                 };
-                *counter.lock().expect("lock") += 1;
+                log.lock().expect("lock").push(ReceivedRequest {
+                    request: request.clone(),
+                    expiration: delivery
+                        .properties
+                        .expiration()
+                        .as_ref()
+                        .map(|expiration| expiration.to_string()),
+                });
                 let result = answers
                     .lock()
                     .expect("lock")
@@ -131,7 +250,7 @@ impl ControlPlane {
                 let reply = Message::SyncReply(SyncReply {
                     correlation_id: request.correlation_id.clone(),
                     result,
-                    store_id: nebula_protocol::StoreId(1),
+                    store_id: *answering_store.lock().expect("lock"),
                 });
                 let reply_to = delivery.properties.reply_to().clone().expect("reply_to");
                 let correlation_id = delivery
@@ -157,8 +276,28 @@ impl ControlPlane {
             channel,
             _connection: connection,
             replies,
-            sync_requests,
+            store,
+            requests: received,
         }
+    }
+
+    /// Answers from `store` from now on.
+    fn set_store(&self, store: StoreId) {
+        *self.store.lock().expect("lock") = store;
+    }
+
+    fn received(&self) -> Vec<ReceivedRequest> {
+        self.requests.lock().expect("lock").clone()
+    }
+
+    /// Waits until at least `count` sync requests arrived in total.
+    async fn requests_reach(&self, count: usize) {
+        let requests = self.requests.clone();
+        wait_for(&format!("{count} sync requests"), CONVERGE, move || {
+            let requests = requests.clone();
+            async move { requests.lock().expect("lock").len() >= count }
+        })
+        .await;
     }
 
     fn answer(&self, target: SyncTarget, result: Option<SyncResult>) {
@@ -258,22 +397,6 @@ impl ControlPlane {
             .await
             .expect("consume reports")
     }
-
-    /// Messages waiting in a queue.
-    async fn queue_depth(&self, queue: &str) -> u32 {
-        self.channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("passive declare")
-            .message_count()
-    }
 }
 
 fn app_config(app: &Name, revision: u64, image: &str) -> AppConfig {
@@ -333,12 +456,7 @@ async fn app_mode_boot_flow_changes_poison_delete_and_recreate() {
         shutdown.clone(),
     ));
 
-    let requests = control_plane.sync_requests.clone();
-    wait_for("a sync request for the unknown app", CONVERGE, move || {
-        let requests = requests.clone();
-        async move { *requests.lock().expect("lock") >= 1 }
-    })
-    .await;
+    control_plane.requests_reach(1).await;
     assert!(runtime.container_names(&app).is_empty());
 
     // Created: the exchange appears and sync answers with revision 1.
@@ -387,10 +505,9 @@ async fn app_mode_boot_flow_changes_poison_delete_and_recreate() {
             .any(|operation| operation.contains("stale"))
     );
     assert!(!agent.is_finished());
-    let cp = &control_plane;
-    let queue_name = queue.clone();
+    let (vhost_ref, queue_name) = (&vhost, queue.clone());
     wait_for("the queue drained (nothing requeued)", CONVERGE, || async {
-        cp.queue_depth(&queue_name).await == 0
+        vhost_ref.queue_messages(&queue_name) == Some(0)
     })
     .await;
 
@@ -436,26 +553,40 @@ async fn app_mode_boot_flow_changes_poison_delete_and_recreate() {
     control_plane.delete_exchange(&exchange).await;
     removed(&runtime, &app).await;
 
-    // Re-created at revision 1: accepted although lower than the revision held before.
+    // Re-created: a new incarnation, at revision 1 again.
     control_plane.declare_exchange(&exchange).await;
+    let mut recreated = app_config(&app, 1, "127.0.0.1:5000/nebula/test:2");
+    recreated.incarnation = 1;
     control_plane.answer(
         SyncTarget::App(app.clone()),
-        Some(SyncResult::App(app_config(
-            &app,
-            1,
-            "127.0.0.1:5000/nebula/test:2",
-        ))),
+        Some(SyncResult::App(recreated.clone())),
     );
     applied(&runtime, &app, 1).await;
     assert_eq!(
         runtime.spec(&format!("{app}-1")).expect("container").image,
         "127.0.0.1:5000/nebula/test:2"
     );
-    // And follows changes again on its re-bound queue.
+    // A late change of the deleted incarnation is ignored; the new one's changes apply on
+    // the re-bound queue.
     control_plane
-        .publish(&exchange, &Message::AppChanged(app_config(&app, 2, image)))
+        .publish(
+            &exchange,
+            &Message::AppChanged(app_config(&app, 3, "busybox:deleted")),
+        )
+        .await;
+    let mut recreated_2 = recreated.clone();
+    recreated_2.app_id = 2;
+    recreated_2.docker_image = image.into();
+    control_plane
+        .publish(&exchange, &Message::AppChanged(recreated_2))
         .await;
     applied(&runtime, &app, 2).await;
+    assert!(
+        !runtime
+            .operations()
+            .iter()
+            .any(|operation| operation.contains("busybox:deleted"))
+    );
 
     shutdown.cancel();
     let result = tokio::time::timeout(Duration::from_secs(10), agent)
@@ -618,15 +749,464 @@ async fn group_mode_follows_membership_member_changes_prune_and_delete() {
     assert!(result.is_ok(), "{result:?}");
 }
 
+/// An agent's configuration for these tests: simulated runtime, its own state directory.
+fn agent_config(
+    mode: (&str, &str),
+    device: &Name,
+    url: &str,
+    state_dir: &std::path::Path,
+) -> nebula_agent::Config {
+    config(&[
+        mode,
+        ("NEBULA_DEVICE_ID", device.as_str()),
+        ("NEBULA_AMQP_URL", url),
+        ("NEBULA_STATE_DIR", state_dir.to_str().expect("utf-8 path")),
+        ("NEBULA_RUNTIME", "simulated"),
+        ("NEBULA_REPORT_INTERVAL_SECS", "1"),
+    ])
+}
+
+/// Stops an in-process agent and checks that it stopped cleanly.
+async fn stop(
+    shutdown: CancellationToken,
+    agent: tokio::task::JoinHandle<Result<(), nebula_agent::AgentError>>,
+) {
+    shutdown.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(15), agent)
+        .await
+        .expect("the agent stops")
+        .expect("task");
+    assert!(result.is_ok(), "{result:?}");
+}
+
+fn start(
+    config: nebula_agent::Config,
+    runtime: &SimulatedRuntime,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), nebula_agent::AgentError>>,
+) {
+    let shutdown = CancellationToken::new();
+    let agent = tokio::spawn(nebula_agent::run(config, runtime.clone(), shutdown.clone()));
+    (shutdown, agent)
+}
+
+/// Issue 12, defect 1: a device is down while a member app changes and the group does not;
+/// its queue is gone (exclusive: it died with the connection), so only the boot sync can
+/// tell it. The sync reply carries the group at the same revision.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_connection_ends_the_agent_with_an_error() {
+async fn a_member_app_changed_while_the_device_was_down_converges_at_an_unchanged_group_revision() {
+    let vhost = VirtualHost::create();
+    let control_plane = ControlPlane::start(&vhost.url).await;
+    let group = Name::new(unique("group")).expect("name");
+    let app = Name::new(unique("member")).expect("name");
+    let device = Name::new(unique("device")).expect("name");
+    control_plane
+        .declare_exchange(&names::group_exchange(&group))
+        .await;
+    let group_state = |member: AppConfig| {
+        let mut document = DeviceGroup::new(group.clone());
+        document.device_group_id = 4;
+        document.apps = vec![member.app_name.clone()];
+        GroupState {
+            group: document,
+            apps: vec![member],
+            cron_jobs: Vec::new(),
+            unavailable: Vec::new(),
+        }
+    };
+    let before = app_config(&app, 1, "127.0.0.1:5000/nebula/test:1");
+    control_plane.answer(
+        SyncTarget::DeviceGroup(group.clone()),
+        Some(SyncResult::Group(group_state(before))),
+    );
+    let state_dir = tempfile::tempdir().expect("tempdir");
+    let agent_config = agent_config(
+        ("NEBULA_DEVICE_GROUP", group.as_str()),
+        &device,
+        &vhost.url,
+        state_dir.path(),
+    );
+    let runtime = SimulatedRuntime::new();
+    let (shutdown, agent) = start(agent_config.clone(), &runtime);
+    applied(&runtime, &app, 1).await;
+    stop(shutdown, agent).await;
+
+    // While the device is down: the app changes, the group document does not.
+    let mut after = app_config(&app, 2, "127.0.0.1:5000/nebula/test:2");
+    after.env_vars.insert("WHILE".into(), "down".into());
+    control_plane.answer(
+        SyncTarget::DeviceGroup(group.clone()),
+        Some(SyncResult::Group(group_state(after))),
+    );
+    let (shutdown, agent) = start(agent_config, &runtime);
+    applied(&runtime, &app, 2).await;
+    let spec = runtime.spec(&format!("{app}-1")).expect("container");
+    assert_eq!(spec.image, "127.0.0.1:5000/nebula/test:2");
+    assert_eq!(spec.env, vec!["WHILE=down"]);
+    stop(shutdown, agent).await;
+}
+
+/// Issue 12, defect 3: "not found" removes apps only when it comes from the store the agent
+/// synced with; from any other store (a second control plane on an empty store) the agent
+/// keeps its apps and asks again, telling the store it knows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_found_from_an_unknown_store_keeps_the_apps_and_from_the_known_store_removes_them() {
+    let vhost = VirtualHost::create();
+    let control_plane = ControlPlane::start(&vhost.url).await;
+    let app = Name::new(unique("kept")).expect("name");
+    let device = Name::new(unique("device")).expect("name");
+    let known = StoreId(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+    control_plane
+        .declare_exchange(&names::app_exchange(&app))
+        .await;
+    control_plane.set_store(known);
+    control_plane.answer(
+        SyncTarget::App(app.clone()),
+        Some(SyncResult::App(app_config(
+            &app,
+            3,
+            "127.0.0.1:5000/nebula/test:1",
+        ))),
+    );
+    let state_dir = tempfile::tempdir().expect("tempdir");
+    let agent_config = agent_config(
+        ("NEBULA_APPS", app.as_str()),
+        &device,
+        &vhost.url,
+        state_dir.path(),
+    );
+    let runtime = SimulatedRuntime::new();
+    let (shutdown, agent) = start(agent_config.clone(), &runtime);
+    applied(&runtime, &app, 3).await;
+    stop(shutdown, agent).await;
+
+    // A control plane on an empty store answers while the device restarts.
+    control_plane.set_store(StoreId(0xe));
+    control_plane.answer(SyncTarget::App(app.clone()), None);
+    let seen = control_plane.received().len();
+    let (shutdown, agent) = start(agent_config, &runtime);
+    // Two more requests: the agent got the first "not found", kept going, and asked again.
+    control_plane.requests_reach(seen + 2).await;
+    assert_eq!(runtime.applied_revision(&app), Some(3), "apps must be kept");
+    let operations = runtime.operations();
+    assert!(
+        !operations
+            .iter()
+            .any(|operation| operation.starts_with("remove")),
+        "{operations:?}"
+    );
+    for received in &control_plane.received()[seen..] {
+        assert_eq!(received.request.known_store, Some(known));
+        assert!(received.expiration.is_some(), "sync requests expire");
+    }
+
+    // The known store says the app is gone: now it goes.
+    control_plane.set_store(known);
+    removed(&runtime, &app).await;
+    assert!(!agent.is_finished());
+    stop(shutdown, agent).await;
+}
+
+/// Issue 12, defect 9: a second agent with the same device id (a cloned SD card) is refused
+/// the queue, says what to do, and never shares the first agent's changes; it takes over
+/// once the first one is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_device_id_is_refused_and_the_first_agent_keeps_every_change() {
+    let vhost = VirtualHost::create();
+    let control_plane = ControlPlane::start(&vhost.url).await;
+    let app = Name::new(unique("dup")).expect("name");
+    let device = Name::new(unique("cloned")).expect("name");
+    let exchange = names::app_exchange(&app);
+    let image = "127.0.0.1:5000/nebula/test:1";
+    control_plane.declare_exchange(&exchange).await;
+    control_plane.answer(
+        SyncTarget::App(app.clone()),
+        Some(SyncResult::App(app_config(&app, 1, image))),
+    );
+    let first_state = tempfile::tempdir().expect("tempdir");
+    let runtime = SimulatedRuntime::new();
+    let (shutdown, first) = start(
+        agent_config(
+            ("NEBULA_APPS", app.as_str()),
+            &device,
+            &vhost.url,
+            first_state.path(),
+        ),
+        &runtime,
+    );
+    applied(&runtime, &app, 1).await;
+
+    // The clone: the real binary, so that what it logs is what an operator reads.
+    let second_state = tempfile::tempdir().expect("tempdir");
+    let log_path = second_state.path().join("agent.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_nebula-agent"))
+        .env_clear()
+        .env("NEBULA_APPS", app.as_str())
+        .env("NEBULA_DEVICE_ID", device.as_str())
+        .env("NEBULA_AMQP_URL", &vhost.url)
+        .env("NEBULA_STATE_DIR", second_state.path().join("state"))
+        .env("NEBULA_RUNTIME", "simulated")
+        .env("NEBULA_MAX_BACKOFF_SECS", "1")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .spawn()
+        .expect("start the second agent");
+    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    wait_for("the second agent reports the duplicate", CONVERGE, || {
+        let text = read_log();
+        async move { text.contains("RESOURCE_LOCKED") }
+    })
+    .await;
+    let text = read_log();
+    for advice in [
+        "another agent runs with this device id",
+        "NEBULA_DEVICE_ID",
+        "/etc/machine-id",
+        "has not yet dropped",
+    ] {
+        assert!(text.contains(advice), "missing {advice:?} in:\n{text}");
+    }
+
+    // Every change reaches the first agent: each one is awaited before the next is sent,
+    // so a queue shared round-robin would strand one of them with the clone.
+    for revision in 2..=7 {
+        control_plane
+            .publish(
+                &exchange,
+                &Message::AppChanged(app_config(&app, revision, image)),
+            )
+            .await;
+        applied(&runtime, &app, revision).await;
+    }
+    let text = read_log();
+    assert!(
+        !text.contains("app changed"),
+        "the clone got a change:\n{text}"
+    );
+    assert!(
+        !second_state.path().join("state").exists(),
+        "the clone must not have synced or persisted anything"
+    );
+    assert_eq!(second.try_wait().expect("wait"), None, "no crash loop");
+
+    // The first agent goes away: the clone is no longer refused and follows the app.
+    stop(shutdown, first).await;
+    wait_for("the second agent takes over", CONVERGE, || {
+        let text = read_log();
+        async move { text.contains("synced; consuming changes") }
+    })
+    .await;
+    let _ = second.kill();
+    let _ = second.wait();
+}
+
+/// Upgrade: the previous release left a durable queue (with `x-expires`) of the same name;
+/// the agent replaces it with its exclusive, non-durable queue and follows changes on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_durable_queue_of_the_previous_release_is_replaced() {
+    let vhost = VirtualHost::create();
+    let control_plane = ControlPlane::start(&vhost.url).await;
+    let app = Name::new(unique("upgraded")).expect("name");
+    let device = Name::new(unique("device")).expect("name");
+    let exchange = names::app_exchange(&app);
+    let queue = names::app_queue(&device, &app);
+    let image = "127.0.0.1:5000/nebula/test:1";
+    control_plane.declare_exchange(&exchange).await;
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        names::QUEUE_EXPIRES_ARGUMENT.into(),
+        lapin::types::AMQPValue::LongInt(
+            i32::try_from(names::AGENT_QUEUE_EXPIRES_MS).expect("fits"),
+        ),
+    );
+    control_plane
+        .channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            arguments,
+        )
+        .await
+        .expect("declare the previous release's queue");
+    control_plane
+        .channel
+        .queue_bind(
+            queue.as_str().into(),
+            exchange.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind it");
+    control_plane
+        .publish(&exchange, &Message::AppChanged(app_config(&app, 1, image)))
+        .await;
+    assert_eq!(vhost.queue_properties(&queue), Some((true, false)));
+
+    control_plane.answer(
+        SyncTarget::App(app.clone()),
+        Some(SyncResult::App(app_config(&app, 2, image))),
+    );
+    let state_dir = tempfile::tempdir().expect("tempdir");
+    let runtime = SimulatedRuntime::new();
+    let (shutdown, agent) = start(
+        agent_config(
+            ("NEBULA_APPS", app.as_str()),
+            &device,
+            &vhost.url,
+            state_dir.path(),
+        ),
+        &runtime,
+    );
+    applied(&runtime, &app, 2).await;
+    // Now exclusive and not durable.
+    assert_eq!(vhost.queue_properties(&queue), Some((false, true)));
+    control_plane
+        .publish(&exchange, &Message::AppChanged(app_config(&app, 3, image)))
+        .await;
+    applied(&runtime, &app, 3).await;
+    stop(shutdown, agent).await;
+    // Exclusive: gone with the agent's connection.
+    let vhost_ref = &vhost;
+    let queue_ref = &queue;
+    wait_for(
+        "the queue gone with the connection",
+        CONVERGE,
+        || async move { vhost_ref.queue_properties(queue_ref).is_none() },
+    )
+    .await;
+}
+
+/// Issue 12, defect 10: on a slow link the reply to the first sync request arrives after
+/// the agent asked again. It is accepted; requests expire in the broker after their
+/// timeout, which grows from attempt to attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_reply_to_an_earlier_attempt_is_accepted() {
+    let vhost = VirtualHost::create();
+    let connection = Connection::connect(&vhost.url, ConnectionProperties::default())
+        .await
+        .expect("connect");
+    let channel = connection.create_channel().await.expect("channel");
+    let app = Name::new(unique("slow")).expect("name");
+    let device = Name::new(unique("device")).expect("name");
+    let exchange = names::app_exchange(&app);
+    channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare exchange");
+    channel
+        .queue_declare(
+            SYNC_QUEUE.into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare sync queue");
+    let mut requests = channel
+        .basic_consume(
+            SYNC_QUEUE.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume sync queue");
+
+    let state_dir = tempfile::tempdir().expect("tempdir");
+    let runtime = SimulatedRuntime::new();
+    let (shutdown, agent) = start(
+        agent_config(
+            ("NEBULA_APPS", app.as_str()),
+            &device,
+            &vhost.url,
+            state_dir.path(),
+        ),
+        &runtime,
+    );
+    let mut next_request = async || {
+        let delivery = tokio::time::timeout(CONVERGE, requests.next())
+            .await
+            .expect("a sync request in time")
+            .expect("stream")
+            .expect("delivery");
+        delivery.ack(BasicAckOptions::default()).await.expect("ack");
+        let Ok(Message::SyncRequest(request)) = decode(&delivery.data) else {
+            panic!("not a sync request");
+        };
+        (request, delivery.properties)
+    };
+    let (first, first_properties) = next_request().await;
+    // The link is slow: the agent times out (2 s in tests) and asks again before the
+    // first reply arrives; that second request is never answered.
+    let (second, second_properties) = next_request().await;
+    assert_ne!(first.correlation_id, second.correlation_id);
+    let reply = Message::SyncReply(SyncReply {
+        correlation_id: first.correlation_id.clone(),
+        result: SyncResult::App(app_config(&app, 1, "127.0.0.1:5000/nebula/test:1")),
+        store_id: StoreId(1),
+    });
+    channel
+        .basic_publish(
+            "".into(),
+            first_properties.reply_to().clone().expect("reply_to"),
+            BasicPublishOptions::default(),
+            &encode(&reply),
+            BasicProperties::default().with_correlation_id(first.correlation_id.as_str().into()),
+        )
+        .await
+        .expect("late reply");
+    applied(&runtime, &app, 1).await;
+
+    // Each request expires after its own timeout, and the timeout doubles.
+    let expiration = |properties: &BasicProperties| {
+        properties
+            .expiration()
+            .as_ref()
+            .map(|expiration| expiration.to_string())
+    };
+    assert_eq!(expiration(&first_properties).as_deref(), Some("2000"));
+    assert_eq!(expiration(&second_properties).as_deref(), Some("4000"));
+    // Synced: the agent consumes its queue.
+    let mut change = app_config(&app, 2, "127.0.0.1:5000/nebula/test:1");
+    change.env_vars.insert("AFTER".into(), "slow sync".into());
+    channel
+        .basic_publish(
+            exchange.as_str().into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            &encode(&Message::AppChanged(change)),
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish change");
+    applied(&runtime, &app, 2).await;
+    stop(shutdown, agent).await;
+}
+
+/// Issue 12, defect 11 and the delivery design: a lost connection does not end the agent.
+/// It reconnects in-process (apps keep running), declares, binds and syncs again, and so
+/// converges to a change made while it was disconnected — which no queue held for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_connection_is_re_established_and_a_change_made_meanwhile_converges() {
     let vhost = VirtualHost::create();
     let control_plane = ControlPlane::start(&vhost.url).await;
     let app = Name::new(unique("lost")).expect("name");
     let device = Name::new(unique("device")).expect("name");
-    control_plane
-        .declare_exchange(&names::app_exchange(&app))
-        .await;
+    let exchange = names::app_exchange(&app);
+    control_plane.declare_exchange(&exchange).await;
     control_plane.answer(
         SyncTarget::App(app.clone()),
         Some(SyncResult::App(app_config(
@@ -636,29 +1216,104 @@ async fn a_lost_connection_ends_the_agent_with_an_error() {
         ))),
     );
     let state_dir = tempfile::tempdir().expect("tempdir");
-    let state_path = state_dir.path().to_str().expect("utf-8").to_string();
-    let agent_config = config(&[
-        ("NEBULA_APPS", app.as_str()),
-        ("NEBULA_DEVICE_ID", device.as_str()),
-        ("NEBULA_AMQP_URL", &vhost.url),
-        ("NEBULA_STATE_DIR", &state_path),
-        ("NEBULA_RUNTIME", "simulated"),
-    ]);
     let runtime = SimulatedRuntime::new();
-    let agent = tokio::spawn(nebula_agent::run(
-        agent_config,
-        runtime.clone(),
-        CancellationToken::new(),
-    ));
+    let (shutdown, agent) = start(
+        agent_config(
+            ("NEBULA_APPS", app.as_str()),
+            &device,
+            &vhost.url,
+            state_dir.path(),
+        ),
+        &runtime,
+    );
     applied(&runtime, &app, 1).await;
-    // Deleting the virtual host closes every connection to it, as a broker failure would.
-    drop(control_plane);
-    drop(vhost);
-    let result = tokio::time::timeout(Duration::from_secs(20), agent)
+    let created = runtime.operations().len();
+
+    // The change happens in the store only; then the connection drops.
+    control_plane.answer(
+        SyncTarget::App(app.clone()),
+        Some(SyncResult::App(app_config(
+            &app,
+            2,
+            "127.0.0.1:5000/nebula/test:2",
+        ))),
+    );
+    let seen = control_plane.received().len();
+    assert_eq!(vhost.close_agent_connections(&device), 1);
+    applied(&runtime, &app, 2).await;
+    assert!(!agent.is_finished(), "the agent must not exit");
+    assert!(control_plane.received().len() > seen, "it synced again");
+    // The reconnected agent follows changes again.
+    control_plane
+        .publish(
+            &exchange,
+            &Message::AppChanged(app_config(&app, 3, "127.0.0.1:5000/nebula/test:2")),
+        )
+        .await;
+    applied(&runtime, &app, 3).await;
+    // Nothing but the two updates touched the containers (no restart of the app).
+    let operations = runtime.operations()[created..].to_vec();
+    assert_eq!(
+        operations
+            .iter()
+            .filter(|operation| operation.starts_with("create"))
+            .count(),
+        2,
+        "{operations:?}"
+    );
+    stop(shutdown, agent).await;
+}
+
+/// Reports are best effort, and a device account needs no configure rights beyond its own
+/// queues: with the reports exchange missing the agent runs on, and once the control plane
+/// declares it the reports arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_down_device_runs_without_the_reports_exchange_and_reports_once_it_exists() {
+    let mut vhost = VirtualHost::create();
+    let device_url = vhost.device_user();
+    let control_plane = ControlPlane::start(&vhost.url).await;
+    let app = Name::new(unique("reporting")).expect("name");
+    let device = Name::new(unique("device")).expect("name");
+    let exchange = names::app_exchange(&app);
+    let image = "127.0.0.1:5000/nebula/test:1";
+    control_plane.declare_exchange(&exchange).await;
+    control_plane.answer(
+        SyncTarget::App(app.clone()),
+        Some(SyncResult::App(app_config(&app, 1, image))),
+    );
+    let state_dir = tempfile::tempdir().expect("tempdir");
+    let runtime = SimulatedRuntime::new();
+    let (shutdown, agent) = start(
+        agent_config(
+            ("NEBULA_APPS", app.as_str()),
+            &device,
+            &device_url,
+            state_dir.path(),
+        ),
+        &runtime,
+    );
+    applied(&runtime, &app, 1).await;
+    // Reports go out every second, into a missing exchange: the agent keeps working.
+    control_plane
+        .publish(&exchange, &Message::AppChanged(app_config(&app, 2, image)))
+        .await;
+    applied(&runtime, &app, 2).await;
+    assert!(!agent.is_finished());
+
+    let mut reports = control_plane.report_queue(&device).await;
+    let delivery = tokio::time::timeout(CONVERGE, reports.next())
         .await
-        .expect("the agent fails hard")
-        .expect("task");
-    assert!(result.is_err());
-    // Its containers keep running for the supervisor's restart.
-    assert_eq!(runtime.applied_revision(&app), Some(1));
+        .expect("a report once the exchange exists")
+        .expect("stream")
+        .expect("delivery");
+    let Ok(Message::DeviceReport(report)) = decode(&delivery.data) else {
+        panic!("not a report");
+    };
+    assert_eq!(report.device_id, device);
+    assert_eq!(
+        delivery.properties.delivery_mode(),
+        &Some(1),
+        "reports are transient"
+    );
+    stop(shutdown, agent).await;
 }

@@ -6,7 +6,7 @@ mod common;
 
 use common::{config, unique, wait_for};
 use nebula_agent::runtime::simulated::SimulatedRuntime;
-use nebula_agent::state::{Authority, DesiredState, StateStore};
+use nebula_agent::state::{DesiredState, StateStore};
 use nebula_protocol::{AppConfig, ContainersPer, Name};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -19,7 +19,7 @@ async fn converges_persisted_state_with_the_broker_unreachable_and_restarts_noth
     let mut desired = AppConfig::new(app.clone(), "127.0.0.1:5000/nebula/test:1");
     desired.app_id = 3;
     desired.containers_per = ContainersPer::Server(2);
-    persisted.apply_app(desired, Authority::Sync);
+    persisted.apps.insert(app.clone(), desired);
     StateStore::new(state_dir.path())
         .save(&persisted)
         .expect("save");

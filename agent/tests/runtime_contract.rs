@@ -5,12 +5,14 @@
 
 use nebula_agent::config::RegistryAuth;
 use nebula_agent::error::DockerError;
+use nebula_agent::executor::converge_app;
 use nebula_agent::reconcile::ObservedContainer;
 use nebula_agent::runtime::docker::DockerRuntime;
 use nebula_agent::runtime::simulated::SimulatedRuntime;
 use nebula_agent::runtime::{ContainerRuntime, ContainerSpec, ImageOutcome};
-use nebula_agent::supervisor::converge_app;
-use nebula_protocol::placement::DeviceCapacity;
+use nebula_protocol::placement::{
+    DeviceCapacity, LABEL_CONFIG_HASH, LABEL_INCARNATION, config_hash,
+};
 use nebula_protocol::{AppConfig, ContainersPer, Name, PortMapping};
 
 fn env_or(name: &str, default: &str) -> String {
@@ -202,6 +204,7 @@ async fn creates_updates_and_stops<R: ContainerRuntime>(fixture: Fixture<R>) {
     let _cleanup = Cleanup(name.clone());
     let base_port = 20_000 + u16::try_from(fastrand::u32(0..20_000)).expect("port");
     let mut config = app(&name, &fixture.image_1, 1, 2);
+    config.incarnation = 3;
     config.starting_ports = vec![PortMapping::Mapped {
         host: base_port,
         container: 8000,
@@ -230,6 +233,12 @@ async fn creates_updates_and_stops<R: ContainerRuntime>(fixture: Fixture<R>) {
         .expect("inspect")
         .expect("exists");
     assert_eq!(inspected.app_id, Some(1));
+    // Labelled with what it was created from, and read back from the labels.
+    assert_eq!(inspected.incarnation, Some(config.incarnation));
+    assert_eq!(
+        inspected.config_hash.as_deref(),
+        Some(config_hash(&config).as_str())
+    );
     if fixture.serves_http {
         http_eventually(base_port, "1").await;
         http_eventually(base_port + 1, "1").await;
@@ -394,6 +403,59 @@ async fn operations_are_idempotent<R: ContainerRuntime>(fixture: Fixture<R>) {
     );
 }
 
+/// Issue 12, defect 2. Containers the previous release created (no incarnation or config
+/// hash label) are kept at their revision — an agent upgrade restarts nothing — but once
+/// the app is deleted and re-created (a new incarnation, revision 1 again), every one of
+/// them is replaced: old and new incarnations never run side by side.
+async fn other_incarnations_are_replaced_and_previous_release_containers_kept<
+    R: ContainerRuntime,
+>(
+    fixture: Fixture<R>,
+) {
+    let runtime = &fixture.runtime;
+    let name = unique("contract-incarnation");
+    let _cleanup = Cleanup(name.clone());
+    let old = app(&name, &fixture.image_1, 1, 2);
+    runtime.ensure_image(&fixture.image_1).await.expect("pull");
+    for index in 0..2 {
+        let mut spec = ContainerSpec::for_app(&old, index).expect("spec");
+        spec.labels.remove(LABEL_INCARNATION);
+        spec.labels.remove(LABEL_CONFIG_HASH);
+        runtime.create_container(&spec).await.expect("create");
+    }
+    let before = containers(runtime, &name).await;
+    assert!(
+        before
+            .iter()
+            .all(|c| c.incarnation.is_none() && c.config_hash.is_none())
+    );
+
+    // Upgraded agent, same desired config: nothing to do.
+    converge_app(runtime, &name, Some(&old), 1)
+        .await
+        .expect("already converged");
+    assert_eq!(containers(runtime, &name).await, before);
+
+    // Deleted and re-created under the same name: incarnation 1, revision 1 again.
+    let mut recreated = app(&name, &fixture.image_2, 1, 2);
+    recreated.incarnation = 1;
+    converge_app(runtime, &name, Some(&recreated), 3)
+        .await
+        .expect("converge");
+    let after = containers(runtime, &name).await;
+    assert_eq!(after.len(), 2);
+    for container in &after {
+        assert_eq!(container.image, fixture.image_2, "{container:?}");
+        assert_eq!(container.app_id, Some(1));
+        assert_eq!(container.incarnation, Some(1));
+        assert_eq!(
+            container.config_hash.as_deref(),
+            Some(config_hash(&recreated).as_str())
+        );
+    }
+    converge_app(runtime, &name, None, 2).await.expect("remove");
+}
+
 macro_rules! contract_suite {
     ($($test:ident),* $(,)?) => {
         mod simulated_runtime {
@@ -421,6 +483,7 @@ contract_suite!(
     unavailable_image_is_an_error,
     local_image_runs_when_registry_is_unreachable,
     operations_are_idempotent,
+    other_incarnations_are_replaced_and_previous_release_containers_kept,
 );
 
 #[tokio::test]

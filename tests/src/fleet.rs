@@ -2,7 +2,8 @@
 //! own broker connection, queue and sync, over the simulated container runtime.
 //!
 //! Each agent sits under its own restart loop, as under systemd on a device: when `run`
-//! fails hard (a lost broker connection), it is started again after a short delay.
+//! fails hard (its state cannot be written), it is started again after a short delay. A lost
+//! broker connection is not such a failure: the agent reconnects by itself.
 
 use nebula_agent::runtime::simulated::SimulatedRuntime;
 use nebula_protocol::{Name, Revision};
@@ -59,7 +60,11 @@ impl Fleet {
                 ("NEBULA_STATE_DIR", state_dir.to_str().unwrap_or_default()),
                 ("NEBULA_REPORT_INTERVAL_SECS", report_interval.as_str()),
             ]);
-            let config = nebula_agent::Config::from_env(&environment, &device_id)?;
+            let host = nebula_agent::config::HostIdentity {
+                hostname: device_id.clone(),
+                machine_id: None,
+            };
+            let config = nebula_agent::Config::from_env(&environment, &host)?;
             let runtime = SimulatedRuntime::new();
             devices.push(SimulatedDevice {
                 device_id: config.device_id.clone(),

@@ -12,7 +12,7 @@ use serde_json::json;
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 use support::amqp::{
-    ReportTap, applied, connect, hold_next_sync_request, publish_raw, queue_depth,
+    ReportTap, applied, connect, hold_next_sync_request, publish_raw, queue_messages,
 };
 use support::{DEADLINE, Scenario, app_config_from_document, app_id, identities};
 
@@ -138,13 +138,8 @@ async fn a_change_during_the_boot_sync_is_not_missed() {
         &Name::new(group.as_str()).expect("name"),
     );
     nebula_tests::wait_for("the change queued for the agent", DEADLINE, || {
-        let channel = channel.clone();
-        let queue = queue.clone();
-        async move {
-            queue_depth(&channel, &queue)
-                .await
-                .filter(|depth| *depth >= 1)
-        }
+        let depth = queue_messages(&scenario.vhost, &queue);
+        async move { depth.filter(|depth| *depth >= 1) }
     })
     .await
     .expect("change queued");
@@ -474,13 +469,8 @@ async fn poison_messages_are_rejected_without_a_crash_loop() {
         publish_raw(&channel, &queue, bytes).await;
     }
     nebula_tests::wait_for("poison consumed", DEADLINE, || {
-        let channel = channel.clone();
-        let queue = queue.clone();
-        async move {
-            queue_depth(&channel, &queue)
-                .await
-                .filter(|depth| *depth == 0)
-        }
+        let depth = queue_messages(&scenario.vhost, &queue);
+        async move { depth.filter(|depth| *depth == 0) }
     })
     .await
     .expect("agent drains its queue");

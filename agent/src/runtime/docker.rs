@@ -24,8 +24,7 @@ use futures_util::StreamExt;
 use nebula_protocol::ImageRef;
 use nebula_protocol::model::NEBULA_NETWORK;
 use nebula_protocol::placement::{
-    DeviceCapacity, LABEL_APP_ID, LABEL_APP_NAME, LABEL_DEVICE_ID, LABEL_ORCHESTRATOR,
-    ORCHESTRATOR_VALUE,
+    DeviceCapacity, LABEL_DEVICE_ID, LABEL_ORCHESTRATOR, ORCHESTRATOR_VALUE,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -280,18 +279,7 @@ fn observed(
     state: String,
     health: Option<Health>,
 ) -> Option<ObservedContainer> {
-    let labels = labels?;
-    let app_name = labels.get(LABEL_APP_NAME)?.parse().ok()?;
-    Some(ObservedContainer {
-        name,
-        app_name,
-        app_id: labels
-            .get(LABEL_APP_ID)
-            .and_then(|value| value.parse().ok()),
-        image: image.unwrap_or_default(),
-        state,
-        health,
-    })
+    super::observe_labels(name, labels?, image.unwrap_or_default(), state, health)
 }
 
 impl ContainerRuntime for DockerRuntime {

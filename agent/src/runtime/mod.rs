@@ -10,7 +10,8 @@ use crate::error::DockerError;
 use crate::reconcile::ObservedContainer;
 use nebula_protocol::model::NEBULA_NETWORK;
 use nebula_protocol::placement::{
-    self, DeviceCapacity, LABEL_APP_ID, LABEL_APP_NAME, LABEL_ORCHESTRATOR, ORCHESTRATOR_VALUE,
+    self, DeviceCapacity, LABEL_APP_ID, LABEL_APP_NAME, LABEL_CONFIG_HASH, LABEL_INCARNATION,
+    LABEL_ORCHESTRATOR, ORCHESTRATOR_VALUE,
 };
 use nebula_protocol::{AppConfig, Name};
 use std::collections::BTreeMap;
@@ -58,7 +59,9 @@ impl NetworkPlan {
 }
 
 impl ContainerSpec {
-    /// The spec of container `index` of `app`.
+    /// The spec of container `index` of `app`. Labels say what it was created from —
+    /// revision, incarnation and config hash — so that a later plan can tell a current
+    /// container from one of another revision, another life of the app, or other settings.
     pub fn for_app(app: &AppConfig, index: u32) -> Result<Self, DockerError> {
         let invalid = |reason: String| DockerError::InvalidSpec {
             app: app.app_name.to_string(),
@@ -77,6 +80,8 @@ impl ContainerSpec {
             ),
             (LABEL_APP_NAME.to_string(), app.app_name.to_string()),
             (LABEL_APP_ID.to_string(), app.app_id.to_string()),
+            (LABEL_INCARNATION.to_string(), app.incarnation.to_string()),
+            (LABEL_CONFIG_HASH.to_string(), placement::config_hash(app)),
         ]);
         Ok(Self {
             name: placement::container_name(&app.app_name, index),
@@ -156,6 +161,29 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     fn prune_images(&self) -> impl Future<Output = Result<(), DockerError>> + Send;
 }
 
+/// Reads the labels this agent sets back into an [`ObservedContainer`]; `None` for a
+/// container without an `app_name` label (not one of ours). Both runtimes use it, so they
+/// cannot disagree on what a label means.
+pub fn observe_labels(
+    name: String,
+    labels: &std::collections::HashMap<String, String>,
+    image: String,
+    state: String,
+    health: Option<crate::reconcile::Health>,
+) -> Option<ObservedContainer> {
+    let number = |label: &str| labels.get(label).and_then(|value| value.parse().ok());
+    Some(ObservedContainer {
+        name,
+        app_name: labels.get(LABEL_APP_NAME)?.parse().ok()?,
+        app_id: number(LABEL_APP_ID),
+        incarnation: number(LABEL_INCARNATION),
+        config_hash: labels.get(LABEL_CONFIG_HASH).cloned(),
+        image,
+        state,
+        health,
+    })
+}
+
 /// The observed containers of one app.
 pub fn containers_of<'a>(
     containers: &'a [ObservedContainer],
@@ -178,6 +206,7 @@ mod tests {
             "127.0.0.1:5000/nebula/test",
         );
         app.app_id = 3;
+        app.incarnation = 2;
         app.starting_ports = vec![
             PortMapping::Same(8000),
             PortMapping::Mapped {
@@ -197,6 +226,9 @@ mod tests {
         assert_eq!(spec.labels["orchestrator"], "nebula");
         assert_eq!(spec.labels["app_name"], "web");
         assert_eq!(spec.labels["app_id"], "3");
+        assert_eq!(spec.labels["incarnation"], "2");
+        assert_eq!(spec.labels["config_hash"], placement::config_hash(&app));
+        assert_eq!(spec.labels["config_hash"].len(), 16);
         assert_eq!(spec.volumes, app.volumes);
         assert_eq!(spec.devices, app.devices);
         assert!(spec.privileged);
@@ -205,6 +237,56 @@ mod tests {
             NetworkPlan::Nebula {
                 extra: vec!["bridge".into()]
             }
+        );
+    }
+
+    #[test]
+    fn labels_read_back_into_what_was_created() {
+        let mut app = AppConfig::new(Name::new("web").expect("name"), "nginx");
+        app.app_id = 7;
+        app.incarnation = 3;
+        let spec = ContainerSpec::for_app(&app, 0).expect("spec");
+        let labels = spec.labels.clone().into_iter().collect();
+        let observed = observe_labels(
+            spec.name.clone(),
+            &labels,
+            spec.image.clone(),
+            "running".into(),
+            None,
+        )
+        .expect("ours");
+        assert_eq!(observed.app_name, app.app_name);
+        assert_eq!(observed.app_id, Some(7));
+        assert_eq!(observed.incarnation, Some(3));
+        assert_eq!(
+            observed.config_hash.as_deref(),
+            Some(placement::config_hash(&app).as_str())
+        );
+        assert!(crate::reconcile::is_current(
+            &observed,
+            &app,
+            &placement::config_hash(&app)
+        ));
+
+        // A container of the previous release: no incarnation, no hash.
+        let old: std::collections::HashMap<String, String> = [
+            ("app_name".to_string(), "web".to_string()),
+            ("app_id".to_string(), "7".to_string()),
+        ]
+        .into();
+        let observed = observe_labels("web-1".into(), &old, "nginx".into(), "running".into(), None)
+            .expect("ours");
+        assert_eq!((observed.incarnation, observed.config_hash), (None, None));
+        // Not one of ours.
+        assert!(
+            observe_labels(
+                "x".into(),
+                &std::collections::HashMap::new(),
+                "nginx".into(),
+                "running".into(),
+                None
+            )
+            .is_none()
         );
     }
 

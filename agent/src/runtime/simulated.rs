@@ -5,8 +5,8 @@
 use super::{ContainerRuntime, ContainerSpec, ImageOutcome};
 use crate::error::DockerError;
 use crate::reconcile::{Health, ObservedContainer};
-use nebula_protocol::placement::{DeviceCapacity, LABEL_APP_ID};
-use nebula_protocol::{Name, Revision};
+use nebula_protocol::placement::DeviceCapacity;
+use nebula_protocol::{Name, ObjectVersion, Revision};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -117,6 +117,46 @@ impl SimulatedRuntime {
             .then_some(first)
     }
 
+    /// The (incarnation, revision) every container of `app` runs at, when they all agree
+    /// and run: tells a re-created app at revision 1 from the deleted one.
+    pub fn applied_version(&self, app: &Name) -> Option<ObjectVersion> {
+        let inner = self.lock();
+        let mut versions = inner
+            .containers
+            .values()
+            .filter(|(_, observed)| &observed.app_name == app)
+            .map(|(_, observed)| {
+                let revision = observed.app_id.filter(|_| observed.is_running())?;
+                Some(ObjectVersion::new(
+                    observed.incarnation.unwrap_or(0),
+                    revision,
+                ))
+            });
+        let first = versions.next()??;
+        versions
+            .all(|version| version == Some(first))
+            .then_some(first)
+    }
+
+    /// Adds a container as another agent (or the previous release) left it: `spec`'s
+    /// labels as they are, running. For tests of what the agent does with it.
+    pub fn adopt_container(&self, spec: &ContainerSpec) {
+        let labels = spec.labels.clone().into_iter().collect();
+        if let Some(observed) = super::observe_labels(
+            spec.name.clone(),
+            &labels,
+            spec.image.clone(),
+            "running".into(),
+            None,
+        ) {
+            let mut inner = self.lock();
+            inner.local.insert(spec.image.clone());
+            inner
+                .containers
+                .insert(spec.name.clone(), (spec.clone(), observed));
+        }
+    }
+
     /// The names of `app`'s containers.
     pub fn container_names(&self, app: &Name) -> Vec<String> {
         self.lock()
@@ -206,17 +246,20 @@ impl ContainerRuntime for SimulatedRuntime {
             .with_healthcheck
             .contains(&spec.image)
             .then_some(Health::Starting);
-        let observed = ObservedContainer {
-            name: spec.name.clone(),
-            app_name: spec.app_name.clone(),
-            app_id: spec
-                .labels
-                .get(LABEL_APP_ID)
-                .and_then(|revision| revision.parse().ok()),
-            image: spec.image.clone(),
-            state: "running".into(),
+        // Read back through the labels, as from Docker: what a container is, is what its
+        // labels say.
+        let labels = spec.labels.clone().into_iter().collect();
+        let observed = super::observe_labels(
+            spec.name.clone(),
+            &labels,
+            spec.image.clone(),
+            "running".into(),
             health,
-        };
+        )
+        .ok_or_else(|| DockerError::InvalidSpec {
+            app: spec.app_name.to_string(),
+            reason: "no app_name label".into(),
+        })?;
         inner.operations.push(format!("create {}", spec.name));
         inner
             .containers

@@ -2,6 +2,7 @@
 #![allow(dead_code)] // Each test binary uses a different subset.
 
 use nebula_agent::Config;
+use nebula_agent::config::HostIdentity;
 use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -41,9 +42,14 @@ pub fn config(pairs: &[(&str, &str)]) -> Config {
         .with_test_writer()
         .try_init();
     let environment: HashMap<&str, &str> = pairs.iter().copied().collect();
-    let mut config = Config::from_env(&environment, "test-host").expect("valid config");
+    let host = HostIdentity {
+        hostname: "test-host".into(),
+        machine_id: None,
+    };
+    let mut config = Config::from_env(&environment, &host).expect("valid config");
     config.max_backoff = Duration::from_millis(500);
     config.sync_timeout = Duration::from_secs(2);
+    config.max_sync_timeout = Duration::from_secs(8);
     config.resync_interval = Duration::from_millis(500);
     config
 }

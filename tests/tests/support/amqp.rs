@@ -19,7 +19,31 @@ pub async fn connect(url: &str) -> (Connection, Channel) {
     (connection, channel)
 }
 
-/// Messages ready in `queue` (declared passively: the queue must exist).
+/// Messages in `queue` (ready and unacknowledged) of `vhost`, or `None` when there is no
+/// such queue. Asked of `rabbitmqctl`, because agent queues are exclusive: a passive declare
+/// from the test's connection is refused (405 RESOURCE_LOCKED).
+pub fn queue_messages(vhost: &nebula_tests::vhost::Vhost, queue: &str) -> Option<u32> {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args([
+            "--silent",
+            "list_queues",
+            "-p",
+            &vhost.name,
+            "name",
+            "messages",
+        ])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|line| {
+            let mut columns = line.split_whitespace();
+            (columns.next() == Some(queue)).then(|| columns.next()?.parse().ok())?
+        })
+}
+
+/// Messages ready in `queue` (declared passively: the queue must exist and not be exclusive
+/// to another connection).
 pub async fn queue_depth(channel: &Channel, queue: &str) -> Option<u32> {
     let options = QueueDeclareOptions {
         passive: true,

@@ -1,0 +1,341 @@
+//! The boot flow of one target over one connection (DESIGN §3): declare the agent's
+//! exclusive queue, bind it, sync, apply the reply as authoritative, and only then consume —
+//! so a change made during the sync is already queued, and its version decides whether it
+//! still matters. The flow starts over on a new channel when the target is deleted, not
+//! found, or its queue cannot be had (another agent with this device id), with backoff; it
+//! ends when its connection does.
+
+use super::queue::{self, Declared, Refusal};
+use super::sync::request_sync;
+use super::{FlowEnd, agent_queue, exchange, operation, reply_code};
+use crate::backoff::Backoff;
+use crate::error::{AmqpError, StateError};
+use crate::runtime::ContainerRuntime;
+use crate::state::{StoreChange, SyncOutcome};
+use crate::supervisor::Shared;
+use crate::transport::Target;
+use crate::transport::dispatch::apply_change;
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions, QueueBindOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use nebula_protocol::{StoreId, decode};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Unacknowledged deliveries per agent queue: changes are applied one by one anyway.
+const PREFETCH: u16 = 16;
+
+/// Why a boot flow waits and starts over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// The agent queue cannot be had.
+    Refused(Refusal),
+    /// The sync reply did not find the target (or answered another one).
+    NotFound(SyncOutcome),
+    /// The target exists but its exchange does not yet (the control plane declares it).
+    ExchangeMissing,
+    /// Something on the channel failed; the connection is still up.
+    ChannelFailed,
+}
+
+/// How one pass of the boot flow ended.
+#[derive(Debug)]
+enum Step {
+    Stopped,
+    /// The target was deleted: start over at once.
+    StartOver,
+    RetryLater(Retry),
+}
+
+/// What can end a pass early: a failed state write ends the agent (fail hard: never
+/// acknowledge what was not persisted); a broker error ends the pass.
+#[derive(Debug, thiserror::Error)]
+enum FlowError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Amqp(#[from] AmqpError),
+}
+
+/// Follows `target` on `connection` until `stop` is cancelled (`Stopped`) or the
+/// connection is lost. Only a failed state write is an error.
+pub async fn follow<R: ContainerRuntime>(
+    shared: Arc<Shared<R>>,
+    connection: Arc<Connection>,
+    target: Target,
+    stop: CancellationToken,
+) -> Result<FlowEnd, StateError> {
+    let mut backoff = Backoff::new(Duration::from_secs(1), shared.config.max_backoff);
+    loop {
+        if stop.is_cancelled() {
+            return Ok(FlowEnd::Stopped);
+        }
+        let retry = match boot(&shared, &connection, &target, &stop).await {
+            Ok(Step::Stopped) => return Ok(FlowEnd::Stopped),
+            Ok(Step::StartOver) => {
+                tracing::info!(target = %target, "deleted; starting the boot flow over");
+                backoff.reset();
+                continue;
+            }
+            Ok(Step::RetryLater(retry)) => retry,
+            Err(FlowError::State(error)) => return Err(error),
+            Err(FlowError::Amqp(error)) => {
+                if !connection.status().connected() {
+                    return Ok(FlowEnd::ConnectionLost(error.to_string()));
+                }
+                tracing::warn!(target = %target, error = %error, "boot flow failed on its channel");
+                Retry::ChannelFailed
+            }
+        };
+        let delay = backoff.next_delay();
+        log_retry(&shared.config.device_id, &target, retry, delay);
+        tokio::select! {
+            () = stop.cancelled() => return Ok(FlowEnd::Stopped),
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+fn log_retry(device: &nebula_protocol::Name, target: &Target, retry: Retry, delay: Duration) {
+    let retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+    match retry {
+        Retry::Refused(Refusal::HeldByAnotherConnection) => tracing::error!(
+            device = %device,
+            target = %target,
+            retry_in_ms,
+            "the broker refused this agent's queue (RESOURCE_LOCKED): another connection holds it. \
+             Either another agent runs with this device id (for example a cloned SD card: give each \
+             device its own NEBULA_DEVICE_ID, or regenerate /etc/machine-id with \
+             `rm /etc/machine-id && systemd-machine-id-setup`), or the broker has not yet dropped \
+             this agent's previous connection (then this clears within a heartbeat). Not consuming \
+             changes until the queue is free; retrying"
+        ),
+        Retry::Refused(Refusal::EarlierReleaseQueueInUse) => tracing::error!(
+            device = %device,
+            target = %target,
+            retry_in_ms,
+            "an agent of an earlier release with this device id still consumes its durable queue, \
+             so it cannot be replaced: stop that agent (or give this device its own \
+             NEBULA_DEVICE_ID); retrying"
+        ),
+        Retry::NotFound(_) | Retry::ExchangeMissing => {
+            tracing::info!(target = %target, retry_in_ms, "waiting for it to be created; asking again");
+        }
+        Retry::ChannelFailed => {
+            tracing::warn!(target = %target, retry_in_ms, "retrying the boot flow on a new channel");
+        }
+    }
+}
+
+/// One pass: declare, bind, sync, apply, consume.
+async fn boot<R: ContainerRuntime>(
+    shared: &Arc<Shared<R>>,
+    connection: &Connection,
+    target: &Target,
+    stop: &CancellationToken,
+) -> Result<Step, FlowError> {
+    let queue = agent_queue(target, &shared.config.device_id);
+    let exchange = exchange(target);
+    let channel = match queue::declare_agent_queue(connection, &queue).await? {
+        Declared::Ready(channel) => channel,
+        Declared::Refused(refusal) => return Ok(Step::RetryLater(Retry::Refused(refusal))),
+    };
+    let bound = match channel
+        .queue_bind(
+            queue.as_str().into(),
+            exchange.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+    {
+        Ok(()) => true,
+        Err(error) if reply_code(&error) == Some(404) => {
+            tracing::info!(target = %target, exchange, "exchange does not exist (yet); asking the control plane");
+            false
+        }
+        Err(error) => return Err(operation("queue.bind")(error).into()),
+    };
+    // A 404 closed the channel; the sync needs an open one.
+    let channel = if bound {
+        channel
+    } else {
+        connection
+            .create_channel()
+            .await
+            .map_err(operation("channel.open"))?
+    };
+
+    let Some(reply) = request_sync(shared, &channel, target, stop).await? else {
+        close(&channel, "stopping").await;
+        return Ok(Step::Stopped);
+    };
+    let store = reply.store_id;
+    let sync_target = target.sync_target();
+    let mut outcome = SyncOutcome::Mismatched;
+    let changes = shared
+        .update(|state| {
+            let (changes, applied) = state.apply_sync(&sync_target, store, reply.result);
+            outcome = applied;
+            changes
+        })
+        .await?;
+    log_sync(target, store, outcome, changes.apps.len());
+    if matches!(target, Target::Group(_))
+        && matches!(outcome, SyncOutcome::Applied { .. } | SyncOutcome::Removed)
+    {
+        // Apps that left the group while the agent was away have containers but no
+        // desired config; their workers remove them.
+        shared.adopt_orphans().await;
+    }
+    if !outcome.found() {
+        close(&channel, "target not found").await;
+        return Ok(Step::RetryLater(Retry::NotFound(outcome)));
+    }
+    if !bound {
+        close(&channel, "exchange missing").await;
+        return Ok(Step::RetryLater(Retry::ExchangeMissing));
+    }
+
+    channel
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await
+        .map_err(operation("basic.qos"))?;
+    let mut consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(operation("basic.consume"))?;
+    tracing::info!(target = %target, queue, "synced; consuming changes");
+    loop {
+        let delivery = tokio::select! {
+            () = stop.cancelled() => {
+                close(&channel, "stopping").await;
+                return Ok(Step::Stopped);
+            }
+            delivery = consumer.next() => delivery,
+        };
+        let delivery = match delivery {
+            None => return Err(AmqpError::ConsumerCancelled { queue }.into()),
+            Some(Err(error)) => return Err(AmqpError::ConnectionLost(error.to_string()).into()),
+            Some(Ok(delivery)) => delivery,
+        };
+        if handle(shared, target, delivery).await? {
+            close(&channel, "target deleted").await;
+            return Ok(Step::StartOver);
+        }
+    }
+}
+
+/// Handles one delivery: decode, update and persist the desired state, then ack. Returns
+/// `true` when the target was deleted.
+async fn handle<R: ContainerRuntime>(
+    shared: &Arc<Shared<R>>,
+    target: &Target,
+    delivery: Delivery,
+) -> Result<bool, FlowError> {
+    let message = match decode(&delivery.data) {
+        Ok(message) => message,
+        Err(error) => {
+            // A poison message: rejecting without requeue (dead-lettered where configured)
+            // keeps it from coming back and crash-looping the agent.
+            tracing::warn!(target = %target, error = %error, bytes = delivery.data.len(), "rejecting a message that does not decode or validate");
+            delivery
+                .reject(BasicRejectOptions { requeue: false })
+                .await
+                .map_err(operation("basic.reject"))?;
+            return Ok(false);
+        }
+    };
+    let dispatched = apply_change(shared, target, message).await?;
+    // Acknowledged only now that the desired state is on disk.
+    delivery
+        .ack(BasicAckOptions::default())
+        .await
+        .map_err(operation("basic.ack"))?;
+    if !dispatched.changes.is_empty() {
+        shared.report_now.notify_one();
+    }
+    Ok(dispatched.target_deleted)
+}
+
+/// Logs what a sync reply did; a `NotFound` from a store the agent does not know is an
+/// operator's problem and says so loudly.
+fn log_sync(target: &Target, store: StoreId, outcome: SyncOutcome, changed_apps: usize) {
+    match outcome {
+        SyncOutcome::Applied {
+            store: StoreChange::Same,
+        } => tracing::info!(target = %target, store = %store, changed_apps, "synced"),
+        SyncOutcome::Applied {
+            store: StoreChange::First,
+        } => {
+            tracing::info!(target = %target, store = %store, changed_apps, "synced; this is the first store this agent synced with")
+        }
+        SyncOutcome::Applied {
+            store: StoreChange::Switched { from },
+        } => tracing::warn!(
+            target = %target,
+            previous_store = %from,
+            store = %store,
+            changed_apps,
+            "synced with a different store than before and applied its state (a restored backup, \
+             a migrated store, or a control plane pointed at another database?); from now on only \
+             this store may remove apps"
+        ),
+        SyncOutcome::Removed => tracing::info!(
+            target = %target,
+            store = %store,
+            changed_apps,
+            "the control plane's store has no such target: removed what was held for it"
+        ),
+        SyncOutcome::NotFoundElsewhere {
+            known: Some(known), ..
+        } => tracing::error!(
+            target = %target,
+            known_store = %known,
+            reply_store = %store,
+            "a control plane answered \"not found\" from store {store}, but this agent synced with \
+             store {known}: keeping every app running and asking again later. Check for a second \
+             control plane answering nebula.sync on an empty or wrong store (an empty \
+             NEBULA_DATA_DIR, for example the relative default started from another directory, or \
+             the wrong MongoDB database in NEBULA_MONGO_DB)"
+        ),
+        SyncOutcome::NotFoundElsewhere {
+            known: None,
+            held_anything: true,
+        } => tracing::error!(
+            target = %target,
+            reply_store = %store,
+            "a control plane answered \"not found\" from store {store}, and this agent has not \
+             synced with any store yet (state of an earlier release) to tell whether that is the \
+             right one: keeping every app running and asking again later. Check for a second \
+             control plane on an empty NEBULA_DATA_DIR or the wrong NEBULA_MONGO_DB; if the target \
+             was deleted on purpose, stop the agent, remove its state file (NEBULA_STATE_DIR) and \
+             the target's containers, and start it again"
+        ),
+        SyncOutcome::NotFoundElsewhere {
+            known: None,
+            held_anything: false,
+        } => tracing::info!(target = %target, store = %store, "unknown to the control plane"),
+        SyncOutcome::Mismatched => tracing::warn!(
+            target = %target,
+            store = %store,
+            "the sync reply is about something else (a control-plane bug); asking again later"
+        ),
+    }
+}
+
+async fn close(channel: &Channel, reason: &str) {
+    // Best effort: the channel may already be closed by the broker.
+    let _ = channel.close(200, reason.into()).await;
+}

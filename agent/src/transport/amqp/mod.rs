@@ -1,0 +1,229 @@
+//! The AMQP transport (DESIGN §3): one connection at a time, on it one boot flow per target
+//! ([`follow`]) and the reporter ([`reports`]).
+//!
+//! A lost connection does not end the agent: its workers and containers keep running, and
+//! the transport reconnects in-process — the first attempt of the process at once, every
+//! later one (the first after a loss included) after a full-jitter delay that grows up to
+//! `NEBULA_MAX_BACKOFF_SECS` ([`ReconnectSchedule`]) — then declares, binds, syncs and
+//! consumes again for every target. The agent queues are exclusive, so they died with the
+//! old connection; the sync of the new one is what makes up for every change missed
+//! meanwhile. Only a failed state write ends the agent with an error.
+
+mod follow;
+mod queue;
+mod reports;
+mod sync;
+
+pub use sync::SyncAttempts;
+
+use crate::backoff::ReconnectSchedule;
+use crate::config::Mode;
+use crate::error::{AgentError, AmqpError, StateError};
+use crate::runtime::ContainerRuntime;
+use crate::supervisor::Shared;
+use crate::transport::Target;
+use futures_util::StreamExt;
+use lapin::{Connection, ConnectionProperties};
+use nebula_protocol::Name;
+use nebula_protocol::names;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+
+/// How long one connection attempt may take before it counts as failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// The first reconnect after a loss waits up to this long (uniformly); later ones twice as
+/// long each, up to the configured cap.
+const RECONNECT_BASE: Duration = Duration::from_secs(1);
+/// How long the tasks of a lost connection get to wind down before they are aborted.
+const SESSION_WIND_DOWN: Duration = Duration::from_secs(10);
+/// Frame size asked for unless the URL sets `frame_max`. lapin keeps 32 frames of buffer
+/// each way, so RabbitMQ's default of 128 KiB costs 8 MiB of RSS; 16 KiB costs 1 MiB, and
+/// larger messages (a big group state) are simply split across frames.
+const DEFAULT_FRAME_MAX: u32 = 16 * 1024;
+
+/// How a task of a session ended.
+#[derive(Debug)]
+pub(crate) enum FlowEnd {
+    /// Its stop token was cancelled (shutdown, or the session is winding down).
+    Stopped,
+    /// The connection is gone.
+    ConnectionLost(String),
+}
+
+pub(crate) fn operation(operation: &'static str) -> impl FnOnce(lapin::Error) -> AmqpError {
+    move |source| AmqpError::Operation { operation, source }
+}
+
+/// The AMQP reply code of a channel or connection closed by the broker (404, 405, ...).
+pub(crate) fn reply_code(error: &lapin::Error) -> Option<u16> {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(amqp_error) => Some(amqp_error.get_id()),
+        _ => None,
+    }
+}
+
+/// The agent queue of `target` (DESIGN §3).
+pub(crate) fn agent_queue(target: &Target, device: &Name) -> String {
+    match target {
+        Target::App(app) => names::app_queue(device, app),
+        Target::Group(group) => names::group_queue(device, group),
+    }
+}
+
+/// The exchange `target`'s queue is bound to.
+pub(crate) fn exchange(target: &Target) -> String {
+    match target {
+        Target::App(app) => names::app_exchange(app),
+        Target::Group(group) => names::group_exchange(group),
+    }
+}
+
+/// How a session ended.
+enum SessionEnd {
+    Shutdown,
+    Lost(String),
+}
+
+/// Runs the transport until shutdown (`Ok`) or a failed state write (`Err`).
+pub async fn run<R: ContainerRuntime>(shared: Arc<Shared<R>>) -> Result<(), AgentError> {
+    let mut schedule = ReconnectSchedule::new(RECONNECT_BASE, shared.config.max_backoff);
+    let mut uri: lapin::uri::AMQPUri = shared
+        .config
+        .amqp_url
+        .parse()
+        .map_err(|reason: String| AmqpError::InvalidUrl(reason))?;
+    uri.query.frame_max.get_or_insert(DEFAULT_FRAME_MAX);
+    let properties = ConnectionProperties::default()
+        .with_connection_name(format!("nebula-agent {}", shared.config.device_id).into());
+    loop {
+        let delay = schedule.before_attempt();
+        if !delay.is_zero() {
+            tracing::info!(
+                retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                "connecting to the broker after a delay"
+            );
+            tokio::select! {
+                () = shared.shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+        let attempt = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Connection::connect_uri(uri.clone(), properties.clone()),
+        );
+        let connection = tokio::select! {
+            () = shared.shutdown.cancelled() => return Ok(()),
+            result = attempt => match result {
+                Ok(Ok(connection)) => connection,
+                Ok(Err(error)) => {
+                    tracing::warn!(error = %error, "broker unreachable; retrying");
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!(timeout_s = CONNECT_TIMEOUT.as_secs(), "broker did not answer; retrying");
+                    continue;
+                }
+            },
+        };
+        tracing::info!(device = %shared.config.device_id, "connected to the broker");
+        let connected_at = Instant::now();
+        match session(&shared, Arc::new(connection)).await? {
+            SessionEnd::Shutdown => return Ok(()),
+            SessionEnd::Lost(reason) => {
+                tracing::warn!(
+                    reason,
+                    "lost the broker connection; apps keep running, reconnecting"
+                );
+                schedule.session_ended(connected_at);
+            }
+        }
+    }
+}
+
+/// One connection's life: a boot flow per target and the reporter, until shutdown, the
+/// connection's loss, or a failed state write.
+async fn session<R: ContainerRuntime>(
+    shared: &Arc<Shared<R>>,
+    connection: Arc<Connection>,
+) -> Result<SessionEnd, StateError> {
+    let stop = shared.shutdown.child_token();
+    let mut events = connection.events_listener();
+    let mut tasks: JoinSet<Result<FlowEnd, StateError>> = JoinSet::new();
+    tasks.spawn({
+        let (shared, connection, stop) = (shared.clone(), connection.clone(), stop.clone());
+        async move { Ok(reports::report_loop(shared, connection, stop).await) }
+    });
+    let targets = match &shared.config.mode {
+        Mode::Group(group) => vec![Target::Group(group.clone())],
+        Mode::Apps(apps) => apps.iter().cloned().map(Target::App).collect(),
+    };
+    for target in targets {
+        tasks.spawn(follow::follow(
+            shared.clone(),
+            connection.clone(),
+            target,
+            stop.clone(),
+        ));
+    }
+    let end = loop {
+        tokio::select! {
+            () = shared.shutdown.cancelled() => break Ok(SessionEnd::Shutdown),
+            event = events.next() => match event {
+                // Channel-level (soft) errors, such as the expected 404 of binding to an
+                // exchange that does not exist yet, are handled by the operation that caused
+                // them; anything else means the connection is gone.
+                Some(lapin::Event::Error(error)) if error.is_amqp_soft_error() => {
+                    tracing::debug!(error = %error, "channel error");
+                }
+                Some(lapin::Event::Error(error)) => break Ok(SessionEnd::Lost(error.to_string())),
+                Some(lapin::Event::ConnectionBlocked(reason)) => {
+                    tracing::warn!(reason, "the broker blocked this connection");
+                }
+                Some(_) => {}
+                None => break Ok(SessionEnd::Lost("event stream ended".into())),
+            },
+            joined = tasks.join_next() => match joined {
+                Some(Ok(Ok(FlowEnd::Stopped))) => {}
+                Some(Ok(Ok(FlowEnd::ConnectionLost(reason)))) => break Ok(SessionEnd::Lost(reason)),
+                Some(Ok(Err(error))) => break Err(error),
+                Some(Err(error)) => {
+                    // A task panicked (a bug): start over on a new connection rather than
+                    // run with a target nobody follows.
+                    break Ok(SessionEnd::Lost(format!("a transport task failed: {error}")));
+                }
+                None => break Ok(SessionEnd::Shutdown),
+            },
+        }
+    };
+    // Let every task finish what it is doing (a state write must never be cut in half),
+    // then close the connection: cleanly on shutdown, so the broker requeues unacknowledged
+    // deliveries at once; a lost one has nothing to close.
+    stop.cancel();
+    let mut fatal = None;
+    let wind_down = async {
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok(Err(error)) = joined {
+                fatal.get_or_insert(error);
+            }
+        }
+    };
+    if tokio::time::timeout(SESSION_WIND_DOWN, wind_down)
+        .await
+        .is_err()
+    {
+        tracing::warn!("transport tasks did not stop in time; aborting them");
+        tasks.abort_all();
+    }
+    if connection.status().connected() {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            connection.close(200, "agent stopping or reconnecting".into()),
+        )
+        .await;
+    }
+    match fatal {
+        Some(error) if end.is_ok() => Err(error),
+        _ => end,
+    }
+}

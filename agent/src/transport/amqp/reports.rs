@@ -1,0 +1,111 @@
+//! Device reports over AMQP: best effort. A report is published at start, after every
+//! applied change and every report interval, transient, to the `nebula.reports` exchange
+//! without declaring it (a locked-down device account has no configure rights, and the
+//! control plane owns the exchange). A report that cannot be published — the exchange does
+//! not exist yet, the channel closed, no confirm — is logged and the next one tries again on
+//! a fresh channel: reports never stop the agent.
+
+use super::{FlowEnd, operation};
+use crate::device::CpuSampler;
+use crate::error::AmqpError;
+use crate::report;
+use crate::runtime::ContainerRuntime;
+use crate::supervisor::Shared;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel, Connection};
+use nebula_protocol::names::{self, REPORTS_EXCHANGE};
+use nebula_protocol::{Message, encode};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// AMQP delivery mode of transient messages: a lost report is replaced by the next one.
+const TRANSIENT: u8 = 1;
+/// How long the broker may take to confirm a report.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+/// Changes often come in bursts (a rolling restart): one report for the burst.
+const COALESCE: Duration = Duration::from_millis(200);
+
+/// Publishes reports on `connection` until `stop` is cancelled or the connection is lost.
+pub async fn report_loop<R: ContainerRuntime>(
+    shared: Arc<Shared<R>>,
+    connection: Arc<Connection>,
+    stop: CancellationToken,
+) -> FlowEnd {
+    let routing_key = names::report_routing_key(&shared.config.device_id);
+    let mut cpu = CpuSampler::default();
+    let mut channel: Option<Channel> = None;
+    let mut interval = tokio::time::interval(shared.config.report_interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return FlowEnd::Stopped,
+            _ = interval.tick() => {}
+            () = shared.report_now.notified() => {
+                tokio::select! {
+                    () = stop.cancelled() => return FlowEnd::Stopped,
+                    () = tokio::time::sleep(COALESCE) => {}
+                }
+            }
+        }
+        let report = report::build(&shared, &mut cpu).await;
+        let updated = report.updated;
+        let payload = encode(&Message::DeviceReport(report));
+        match publish(&connection, &mut channel, &routing_key, &payload).await {
+            Ok(()) => tracing::debug!(updated, "published device report"),
+            Err(error) if !connection.status().connected() => {
+                return FlowEnd::ConnectionLost(error.to_string());
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "device report not delivered; the next report tries again");
+            }
+        }
+    }
+}
+
+/// Publishes one report with a confirm, opening a channel if the last one is gone (a
+/// publish to a missing exchange closes it).
+async fn publish(
+    connection: &Connection,
+    channel: &mut Option<Channel>,
+    routing_key: &str,
+    payload: &[u8],
+) -> Result<(), AmqpError> {
+    let open = match channel.take().filter(|open| open.status().connected()) {
+        Some(open) => open,
+        None => {
+            let open = connection
+                .create_channel()
+                .await
+                .map_err(operation("channel.open"))?;
+            open.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(operation("confirm.select"))?;
+            open
+        }
+    };
+    let confirm = open
+        .basic_publish(
+            REPORTS_EXCHANGE.into(),
+            routing_key.into(),
+            BasicPublishOptions::default(),
+            payload,
+            BasicProperties::default().with_delivery_mode(TRANSIENT),
+        )
+        .await
+        .map_err(operation("basic.publish report"))?;
+    let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
+        .await
+        .map_err(|_| AmqpError::Timeout {
+            operation: "report confirm",
+            seconds: CONFIRM_TIMEOUT.as_secs(),
+        })?
+        .map_err(operation("report confirm"))?;
+    if confirmation.is_nack() {
+        return Err(AmqpError::Nacked {
+            operation: "basic.publish report",
+        });
+    }
+    *channel = Some(open);
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! The sync request (DESIGN §3, boot step 3): ask `nebula.sync` for the current state of the
+//! target over direct reply-to, and wait for the answer.
+//!
+//! On a slow link a reply can take longer than the timeout. Every attempt of one boot flow
+//! therefore shares a nonce, and a reply to any of them is accepted (issue 12, defect 10:
+//! discarding late replies made such a device ask forever). Each request expires in the
+//! broker after its own timeout, so an outage of the control plane leaves no backlog of
+//! stale requests in `nebula.sync` for it to answer when it comes back; and each attempt
+//! waits twice as long as the one before, up to a cap.
+
+use super::operation;
+use crate::error::AmqpError;
+use crate::report::AGENT_VERSION;
+use crate::runtime::ContainerRuntime;
+use crate::supervisor::Shared;
+use crate::transport::Target;
+use futures_util::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel};
+use nebula_protocol::names::{DIRECT_REPLY_TO, SYNC_QUEUE};
+use nebula_protocol::{Message, Name, SyncReply, SyncRequest, decode, encode};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Correlation ids and timeouts of the sync attempts of one boot flow.
+#[derive(Debug, Clone)]
+pub struct SyncAttempts {
+    /// `<device>-<nonce>-`: every attempt's correlation id starts with it.
+    prefix: String,
+    /// Attempts started so far.
+    attempts: u32,
+    first_timeout: Duration,
+    max_timeout: Duration,
+}
+
+impl SyncAttempts {
+    pub fn new(device: &Name, first_timeout: Duration, max_timeout: Duration) -> Self {
+        Self {
+            prefix: format!("{device}-{:016x}-", fastrand::u64(..)),
+            attempts: 0,
+            first_timeout,
+            max_timeout: max_timeout.max(first_timeout),
+        }
+    }
+
+    /// Starts the next attempt: its correlation id and how long to wait for a reply (also
+    /// the request's expiration in the broker).
+    pub fn next_attempt(&mut self) -> (String, Duration) {
+        self.attempts = self.attempts.saturating_add(1);
+        let doublings = (self.attempts - 1).min(16);
+        let timeout = self
+            .first_timeout
+            .saturating_mul(1 << doublings)
+            .min(self.max_timeout);
+        (format!("{}{}", self.prefix, self.attempts), timeout)
+    }
+
+    /// Whether `correlation_id` is that of an attempt of this boot flow.
+    pub fn answers(&self, correlation_id: &str) -> bool {
+        correlation_id
+            .strip_prefix(&self.prefix)
+            .and_then(|attempt| attempt.parse::<u32>().ok())
+            .is_some_and(|attempt| (1..=self.attempts).contains(&attempt))
+    }
+}
+
+/// Asks for the target's state until a reply to one of this flow's requests arrives;
+/// `None` when `stop` is cancelled first.
+pub async fn request_sync<R: ContainerRuntime>(
+    shared: &Shared<R>,
+    channel: &Channel,
+    target: &Target,
+    stop: &CancellationToken,
+) -> Result<Option<SyncReply>, AmqpError> {
+    // RabbitMQ's direct reply-to: consume the pseudo queue, without acks, on the channel that
+    // publishes, before publishing.
+    let mut replies = channel
+        .basic_consume(
+            DIRECT_REPLY_TO.into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(operation("basic.consume reply-to"))?;
+    let device = &shared.config.device_id;
+    let mut attempts = SyncAttempts::new(
+        device,
+        shared.config.sync_timeout,
+        shared.config.max_sync_timeout,
+    );
+    loop {
+        let (correlation_id, timeout) = attempts.next_attempt();
+        let known_store = shared.known_store().await;
+        let request = Message::SyncRequest(SyncRequest {
+            device_id: device.clone(),
+            target: target.sync_target(),
+            correlation_id: correlation_id.clone(),
+            agent_version: AGENT_VERSION.to_string(),
+            known_store,
+        });
+        let expiration = timeout.as_millis().to_string();
+        channel
+            .basic_publish(
+                "".into(),
+                SYNC_QUEUE.into(),
+                BasicPublishOptions::default(),
+                &encode(&request),
+                BasicProperties::default()
+                    .with_reply_to(DIRECT_REPLY_TO.into())
+                    .with_correlation_id(correlation_id.as_str().into())
+                    .with_expiration(expiration.as_str().into()),
+            )
+            .await
+            .map_err(operation("basic.publish sync request"))?;
+        tracing::debug!(target = %target, correlation_id, timeout_ms = timeout.as_millis() as u64, known_store = ?known_store, "sent sync request");
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return Ok(None),
+                () = &mut deadline => {
+                    tracing::warn!(target = %target, timeout_s = timeout.as_secs_f32(), "no sync reply yet; asking again (a reply to any earlier request still counts)");
+                    break;
+                }
+                delivery = replies.next() => match delivery {
+                    None => return Err(AmqpError::ConsumerCancelled { queue: DIRECT_REPLY_TO.into() }),
+                    Some(Err(error)) => return Err(AmqpError::ConnectionLost(error.to_string())),
+                    Some(Ok(delivery)) => match decode(&delivery.data) {
+                        Ok(Message::SyncReply(reply)) if attempts.answers(&reply.correlation_id) => {
+                            return Ok(Some(reply));
+                        }
+                        Ok(other) => tracing::warn!(target = %target, kind = other.kind(), "ignoring a reply to another request"),
+                        Err(error) => tracing::warn!(target = %target, error = %error, "ignoring a sync reply that does not decode"),
+                    },
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_attempt_of_a_flow_is_answerable_and_no_other() {
+        let device = Name::new("pi-7").expect("name");
+        let mut attempts =
+            SyncAttempts::new(&device, Duration::from_secs(10), Duration::from_secs(60));
+        let (first, _) = attempts.next_attempt();
+        let (second, _) = attempts.next_attempt();
+        assert!(
+            first.starts_with("pi-7-") && first.ends_with("-1"),
+            "{first}"
+        );
+        // A late reply to the first attempt is as good as one to the second (defect 10).
+        assert!(attempts.answers(&first));
+        assert!(attempts.answers(&second));
+        // Not an attempt that was never made, nor another flow's, nor garbage.
+        let prefix = first.strip_suffix('1').expect("attempt 1");
+        assert!(!attempts.answers(&format!("{prefix}3")));
+        assert!(!attempts.answers(&format!("{prefix}0")));
+        assert!(!attempts.answers(&format!("{prefix}x")));
+        let mut other_flow =
+            SyncAttempts::new(&device, Duration::from_secs(10), Duration::from_secs(60));
+        let (other, _) = other_flow.next_attempt();
+        assert!(!attempts.answers(&other));
+        assert!(!attempts.answers("pi-7"));
+        assert!(!attempts.answers(""));
+    }
+
+    #[test]
+    fn timeouts_double_up_to_the_cap() {
+        let device = Name::new("d").expect("name");
+        let mut attempts =
+            SyncAttempts::new(&device, Duration::from_secs(10), Duration::from_secs(60));
+        let timeouts: Vec<u64> = (0..6)
+            .map(|_| attempts.next_attempt().1.as_secs())
+            .collect();
+        assert_eq!(timeouts, vec![10, 20, 40, 60, 60, 60]);
+        // Many attempts never overflow.
+        for _ in 0..100 {
+            assert_eq!(attempts.next_attempt().1, Duration::from_secs(60));
+        }
+    }
+}
