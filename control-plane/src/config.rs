@@ -66,8 +66,9 @@ pub struct Config {
     pub sync_prefetch: u16,
     /// How long in-flight requests may take to finish at shutdown (`NEBULA_SHUTDOWN_GRACE_SECS`).
     pub shutdown_grace: Duration,
-    /// How long a publish may wait for the broker's confirm before the instance fails hard
-    /// (`NEBULA_PUBLISH_TIMEOUT_SECS`): a broker alarm blocks publishers indefinitely.
+    /// How long each broker operation of a write (declare, bind, the publish's confirm) may
+    /// take before the instance fails hard (`NEBULA_PUBLISH_TIMEOUT_SECS`): a broker alarm
+    /// blocks publishers indefinitely.
     pub publish_timeout: Duration,
     /// Time limits and the connection cap of the HTTP server.
     pub http: HttpLimits,

@@ -303,3 +303,92 @@ async fn two_control_planes_share_the_work_and_survive_losing_one() {
     }
     scenario.report("devices equal the store (survivor)", start);
 }
+
+/// Defect 7: a broker that takes the publish and never confirms it (here: a partition that
+/// swallows every byte, as a memory alarm blocks publishers) fails the write within the
+/// publish timeout — a 503, never a hang — and the instance exits. The write was stored
+/// first, so the next instance publishes it at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_that_is_never_confirmed_fails_hard_within_the_timeout() {
+    use nebula_tests::proxy::{Mode, PartitionProxy};
+    let scenario = Scenario::new("no-confirm");
+    let broker = {
+        let url = nebula_tests::services::amqp_url();
+        let authority = url
+            .split('@')
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or("127.0.0.1:5672")
+            .to_string();
+        std::net::ToSocketAddrs::to_socket_addrs(&authority)
+            .expect("broker address")
+            .next()
+            .expect("one address")
+    };
+    let proxy = PartitionProxy::start(broker, Mode::Forward)
+        .await
+        .expect("proxy");
+    let store = StoreKind::Embedded(scenario.directory.join("store"));
+    let control_plane = ControlPlane::start_with(
+        "cp",
+        &store,
+        &scenario.vhost.amqp_url_via(&proxy.address().to_string()),
+        &scenario.directory,
+        &[
+            ("NEBULA_PUBLISH_TIMEOUT_SECS", "2"),
+            ("NEBULA_REQUEST_TIMEOUT_SECS", "20"),
+        ],
+    )
+    .await
+    .expect("control plane");
+    let rest = control_plane.rest();
+    let app = scenario.app_name("unconfirmed");
+    rest.create_app(&app, json!({"docker_image": test_image(1)}))
+        .await
+        .expect("create");
+    let tap = ChangeTap::new(&scenario.vhost.amqp_url(), std::slice::from_ref(&app)).await;
+
+    proxy.set_mode(Mode::Blackhole);
+    let sent = Instant::now();
+    let answer = rest
+        .put(
+            &format!("/apps/{app}/update"),
+            json!({"env_vars": {"K": "1"}}),
+        )
+        .await
+        .expect("an answer, not a hang");
+    let waited = sent.elapsed();
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(15),
+        "answered after {waited:?}"
+    );
+    nebula_tests::wait_for("the instance to exit", support::DEADLINE, || {
+        let exits = control_plane.process.exits();
+        async move { (exits >= 1).then_some(()) }
+    })
+    .await
+    .expect("failed hard");
+    assert!(
+        control_plane.process.log().contains("within 2 s"),
+        "{}",
+        control_plane.process.log()
+    );
+
+    // The broker reachable again: the restarted instance publishes the stored write.
+    proxy.set_mode(Mode::Forward);
+    control_plane.wait_ready().await.expect("back");
+    nebula_tests::wait_for("the stored write published", support::DEADLINE, || {
+        let published = tap.published(&app);
+        async move {
+            published
+                .iter()
+                .any(|config| {
+                    config.app_id == 2 && config.env_vars.get("K").map(String::as_str) == Some("1")
+                })
+                .then_some(())
+        }
+    })
+    .await
+    .expect("the outbox publishes what was stored");
+}

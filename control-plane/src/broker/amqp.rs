@@ -219,6 +219,27 @@ impl AmqpBroker {
             .map_err(operation("channel.open"))
     }
 
+    /// Runs one broker operation of a write within the publish timeout: a broker that
+    /// stops answering (an alarm, a partition the heartbeat has not noticed yet) fails the
+    /// write and the instance instead of holding the request forever.
+    async fn limited<T>(
+        &self,
+        operation: &'static str,
+        work: impl std::future::Future<Output = Result<T, AmqpError>>,
+    ) -> Result<T, AmqpError> {
+        tokio::time::timeout(self.publish_timeout, work)
+            .await
+            .unwrap_or_else(|_| {
+                Err(AmqpError::Operation {
+                    operation,
+                    reason: format!(
+                        "no answer within {} s (a broker alarm or a partition?)",
+                        self.publish_timeout.as_secs_f64()
+                    ),
+                })
+            })
+    }
+
     /// A confirm-mode channel for one operation: an idle one, or a new one.
     async fn borrow(&self) -> Result<Channel, AmqpError> {
         loop {
@@ -233,12 +254,15 @@ impl AmqpBroker {
                 None => break,
             }
         }
-        let channel = self.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(operation("confirm.select"))?;
-        Ok(channel)
+        self.limited("channel.open", async {
+            let channel = self.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(operation("confirm.select"))?;
+            Ok(channel)
+        })
+        .await
     }
 
     /// Returns a channel after its operation; one the broker closed is dropped.
@@ -295,28 +319,34 @@ impl AmqpBroker {
 impl Publisher for AmqpBroker {
     async fn declare_exchange(&self, exchange: &str) -> Result<(), AmqpError> {
         let channel = self.borrow().await?;
-        let result = channel
-            .exchange_declare(
-                exchange.into(),
-                ExchangeKind::Fanout,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(classify("exchange.declare", exchange));
+        let declared = channel.exchange_declare(
+            exchange.into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        );
+        let result = self
+            .limited("exchange.declare", async {
+                declared
+                    .await
+                    .map_err(classify("exchange.declare", exchange))
+            })
+            .await;
         self.give_back(channel);
         result
     }
 
     async fn delete_exchange(&self, exchange: &str) -> Result<(), AmqpError> {
         let channel = self.borrow().await?;
-        let result = match channel
-            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+        let deleted = channel.exchange_delete(exchange.into(), ExchangeDeleteOptions::default());
+        let result = match self
+            .limited("exchange.delete", async {
+                deleted.await.map_err(classify("exchange.delete", exchange))
+            })
             .await
-            .map_err(classify("exchange.delete", exchange))
         {
             // Already gone (another instance finished the same delete): what was asked.
             Err(error) if error.is_not_found() => Ok(()),
