@@ -26,7 +26,28 @@ pub fn binary(name: &'static str) -> PathBuf {
             profile_dir.pop();
         }
         let path = profile_dir.join(name);
-        let status = std::process::Command::new(env!("CARGO"))
+        let mut command = std::process::Command::new(env!("CARGO"));
+        // `cargo test` gives the test process the variables of the package under test
+        // (CARGO_PKG_NAME=nebula-tests, CARGO_MANIFEST_DIR, ...). Build scripts that declare
+        // `rerun-if-env-changed` on them (ring's does) would see them change between this
+        // build and the next `cargo test`, and ring, rustls, mongodb and everything above
+        // them would be compiled again on every run. The build gets the shell's view.
+        for (variable, _) in std::env::vars_os() {
+            let variable = variable.to_string_lossy();
+            if variable.starts_with("CARGO_PKG_")
+                || variable.starts_with("CARGO_MANIFEST_")
+                || variable.starts_with("CARGO_BIN_EXE_")
+                || [
+                    "CARGO_CRATE_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                ]
+                .contains(&variable.as_ref())
+            {
+                command.env_remove(variable.as_ref());
+            }
+        }
+        let status = command
             .args(["build", "--quiet", "--package", package, "--bin", name])
             .args(if profile_dir.ends_with("release") {
                 vec!["--release"]
