@@ -1,5 +1,6 @@
-//! Finds the `nebula-agent` and `nebula-control-plane` binaries the tests run as real
-//! processes (so that they can be killed with SIGKILL and restarted like on a device).
+//! Finds the `nebula-agent`, `nebula-control-plane` and `nebula` (CLI) binaries the tests run
+//! as real processes (so that they can be killed with SIGKILL and restarted like on a device,
+//! and so that the CLI is tested as the program an operator runs).
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -9,9 +10,11 @@ use std::sync::OnceLock;
 pub fn binary(name: &'static str) -> PathBuf {
     static AGENT: OnceLock<PathBuf> = OnceLock::new();
     static CONTROL_PLANE: OnceLock<PathBuf> = OnceLock::new();
+    static CLI: OnceLock<PathBuf> = OnceLock::new();
     let (cell, package) = match name {
         "nebula-agent" => (&AGENT, "nebula-agent"),
         "nebula-control-plane" => (&CONTROL_PLANE, "nebula-control-plane"),
+        "nebula" => (&CLI, "nebula-cli"),
         other => panic!("unknown binary {other}"),
     };
     cell.get_or_init(|| {

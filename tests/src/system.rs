@@ -53,6 +53,17 @@ impl ControlPlane {
         amqp_url: &str,
         log_dir: &std::path::Path,
     ) -> anyhow::Result<Self> {
+        Self::start_with(name, store, amqp_url, log_dir, &[]).await
+    }
+
+    /// Like `start`, with more environment (e.g. `NEBULA_ADMIN_TOKEN`).
+    pub async fn start_with(
+        name: &str,
+        store: &StoreKind,
+        amqp_url: &str,
+        log_dir: &std::path::Path,
+        extra_env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let address = format!("127.0.0.1:{}", free_port());
         let mut env = BTreeMap::from([
             ("NEBULA_LISTEN".to_string(), address.clone()),
@@ -77,6 +88,9 @@ impl ControlPlane {
                 env.insert("NEBULA_MONGO_URL".into(), services::mongo_url());
                 env.insert("NEBULA_MONGO_DB".into(), database.clone());
             }
+        }
+        for (key, value) in extra_env {
+            env.insert((*key).to_string(), (*value).to_string());
         }
         let process = Supervised::start(name, binary("nebula-control-plane"), env, log_dir).await;
         let control_plane = Self { process, address };
