@@ -1,7 +1,8 @@
 //! Developer tasks: `cargo xtask <task>`.
 //!
 //! * `check-deps` — the dependency invariants of ARCHITECTURE.md: the protocol crate links
-//!   no I/O stack, the agent links no mongodb, axum or OpenSSL.
+//!   no I/O stack, the agent links no mongodb, axum or OpenSSL, the CLI no broker, store or
+//!   Docker client.
 //! * `dist [--target <triple>]...` — size-optimised agent release artifacts in `dist/`, with a
 //!   size table and the size budget checked.
 //!
