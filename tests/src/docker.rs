@@ -151,46 +151,61 @@ fn run_has_ended(name: &str) -> bool {
     unique_name_pid(name).is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
 }
 
-/// Removes what earlier, killed runs of a test left on the engine: images labelled
-/// `nebula.test=<test>`, and containers of agents whose device id was made by
-/// `unique_name(device_prefix)`. Returns how many objects it removed.
+/// Removes what earlier, killed runs of a test left on the engine: containers and images
+/// labelled `nebula.test=<test>` whose `nebula.test.run` has ended, and containers of agents
+/// whose device id was made by `unique_name(device_prefix)` for a run that has ended.
+/// Returns how many objects it removed.
 pub async fn remove_leftovers(
     docker: &bollard::Docker,
     test: &str,
-    device_prefix: &str,
+    device_prefix: Option<&str>,
 ) -> anyhow::Result<usize> {
     use bollard::query_parameters::{ListImagesOptionsBuilder, RemoveImageOptionsBuilder};
     let mut removed = 0;
-    let filters = HashMap::from([(
-        "label".to_string(),
-        vec![format!("{LABEL_ORCHESTRATOR}={ORCHESTRATOR_VALUE}")],
-    )]);
-    let containers = docker
-        .list_containers(Some(
-            ListContainersOptionsBuilder::default()
-                .all(true)
-                .filters(&filters)
-                .build(),
-        ))
-        .await?;
-    for container in containers {
-        let labels = container.labels.unwrap_or_default();
-        let leftover = labels
-            .get(nebula_protocol::placement::LABEL_DEVICE_ID)
-            .is_some_and(|device| {
-                device.starts_with(&format!("{device_prefix}-")) && run_has_ended(device)
+    let test_label = format!("{LABEL_TEST}={test}");
+    let mut leftover_containers = Vec::new();
+    for label in [
+        test_label.clone(),
+        format!("{LABEL_ORCHESTRATOR}={ORCHESTRATOR_VALUE}"),
+    ] {
+        let filters = HashMap::from([("label".to_string(), vec![label])]);
+        let containers = docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await?;
+        for container in containers {
+            let labels = container.labels.unwrap_or_default();
+            let of_an_ended_run = labels.get(LABEL_TEST_RUN).is_some_and(|run| {
+                labels.get(LABEL_TEST).is_some_and(|name| name == test) && run_has_ended(run)
             });
-        if let (true, Some(id)) = (leftover, container.id) {
-            docker
-                .remove_container(
-                    &id,
-                    Some(RemoveContainerOptionsBuilder::default().force(true).build()),
-                )
-                .await?;
-            removed += 1;
+            let of_an_ended_agent = device_prefix.is_some_and(|prefix| {
+                labels
+                    .get(nebula_protocol::placement::LABEL_DEVICE_ID)
+                    .is_some_and(|device| {
+                        device.starts_with(&format!("{prefix}-")) && run_has_ended(device)
+                    })
+            });
+            if let (true, Some(id)) = (of_an_ended_run || of_an_ended_agent, container.id) {
+                leftover_containers.push(id);
+            }
         }
     }
-    let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_TEST}={test}")])]);
+    leftover_containers.sort();
+    leftover_containers.dedup();
+    for id in leftover_containers {
+        docker
+            .remove_container(
+                &id,
+                Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+            )
+            .await?;
+        removed += 1;
+    }
+    let filters = HashMap::from([("label".to_string(), vec![test_label])]);
     let images = docker
         .list_images(Some(
             ListImagesOptionsBuilder::default()
@@ -199,11 +214,11 @@ pub async fn remove_leftovers(
         ))
         .await?;
     for image in images {
-        let leftover = image
+        if image
             .labels
             .get(LABEL_TEST_RUN)
-            .is_some_and(|run| run_has_ended(run));
-        if leftover {
+            .is_some_and(|run| run_has_ended(run))
+        {
             docker
                 .remove_image(
                     &image.id,
@@ -215,6 +230,15 @@ pub async fn remove_leftovers(
         }
     }
     Ok(removed)
+}
+
+/// The labels of a container or image a test creates on the engine itself: see
+/// [`remove_leftovers`].
+pub fn test_labels(test: &str, run: &str) -> HashMap<String, String> {
+    HashMap::from([
+        (LABEL_TEST.to_string(), test.to_string()),
+        (LABEL_TEST_RUN.to_string(), run.to_string()),
+    ])
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ const DEVICE_PREFIX: &str = "prune-device";
 async fn prune_removes_unused_images_only() {
     let scenario = Scenario::new("prune");
     let docker = &scenario.docker;
-    remove_leftovers(docker, TEST, DEVICE_PREFIX)
+    remove_leftovers(docker, TEST, Some(DEVICE_PREFIX))
         .await
         .expect("remove leftovers of earlier runs");
     let control_plane = scenario.control_plane("cp").await;
