@@ -30,10 +30,13 @@ pub fn run(
 ) -> Result<(), CliError> {
     // Completions need no control plane and no configuration: a broken config file must not
     // stop a user from installing them.
-    if let Command::Completions { shell } = cli.command {
-        clap_complete::generate(shell, &mut Cli::command(), "nebula", stdout);
-        return Ok(());
-    }
+    let command = match cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "nebula", stdout);
+            return Ok(());
+        }
+        command => command,
+    };
     let settings = config::load(&cli.global, environment)?;
     let client = client::Client::new(&settings)
         .map_err(|error| CliError::from_request(error, &error::Subject::None, &settings.url))?;
@@ -43,12 +46,12 @@ pub fn run(
         stdout,
         stdin,
     };
-    let result = match cli.command {
+    let result = match command {
         Command::Apps(command) => commands::apps::run(&mut context, command),
         Command::Groups(command) => commands::groups::run(&mut context, command),
         Command::Prune => commands::fleet::prune(&mut context),
         Command::Status => commands::fleet::status(&mut context),
-        Command::Completions { .. } => Ok(()),
+        Command::Completions { .. } => unreachable!("handled before the settings are loaded"),
     };
     context.stdout.flush()?;
     result

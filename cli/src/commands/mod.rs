@@ -1,4 +1,4 @@
-//! One module per kind of object; each command is one or two REST calls and a print.
+//! One module per kind of object; each command is one REST call and a print.
 
 pub mod apps;
 pub mod fleet;
