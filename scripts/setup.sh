@@ -55,9 +55,11 @@ fi
 
 # --- Rust ------------------------------------------------------------------------------------
 # rustup's own downloads are reachable; a machine without it gets the minimal stable profile.
+# rustup adds ~/.cargo/bin to the shell profiles (its default), so that `cargo` works in a new
+# shell, as the README's commands (`cargo xtask dist`, `cargo test ...`) expect.
 if ! command -v rustup >/dev/null 2>&1; then
   say "installing rustup and the stable toolchain"
-  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --no-modify-path
+  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
   # shellcheck disable=SC1091
   source "$HOME/.cargo/env"
 fi

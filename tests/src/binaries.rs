@@ -1,5 +1,6 @@
-//! Finds the `nebula-agent` and `nebula-control-plane` binaries the tests run as real
-//! processes (so that they can be killed with SIGKILL and restarted like on a device).
+//! Finds the `nebula-agent`, `nebula-control-plane` and `nebula` (CLI) binaries the tests run
+//! as real processes (so that they can be killed with SIGKILL and restarted like on a device,
+//! and so that the CLI is tested as the program an operator runs).
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -9,9 +10,11 @@ use std::sync::OnceLock;
 pub fn binary(name: &'static str) -> PathBuf {
     static AGENT: OnceLock<PathBuf> = OnceLock::new();
     static CONTROL_PLANE: OnceLock<PathBuf> = OnceLock::new();
+    static CLI: OnceLock<PathBuf> = OnceLock::new();
     let (cell, package) = match name {
         "nebula-agent" => (&AGENT, "nebula-agent"),
         "nebula-control-plane" => (&CONTROL_PLANE, "nebula-control-plane"),
+        "nebula" => (&CLI, "nebula-cli"),
         other => panic!("unknown binary {other}"),
     };
     cell.get_or_init(|| {
@@ -26,7 +29,28 @@ pub fn binary(name: &'static str) -> PathBuf {
             profile_dir.pop();
         }
         let path = profile_dir.join(name);
-        let status = std::process::Command::new(env!("CARGO"))
+        let mut command = std::process::Command::new(env!("CARGO"));
+        // `cargo test` gives the test process the variables of the package under test
+        // (CARGO_PKG_NAME=nebula-tests, CARGO_MANIFEST_DIR, ...). Build scripts that declare
+        // `rerun-if-env-changed` on them (ring's does) would see them change between this
+        // build and the next `cargo test`, and ring, rustls, mongodb and everything above
+        // them would be compiled again on every run. The build gets the shell's view.
+        for (variable, _) in std::env::vars_os() {
+            let variable = variable.to_string_lossy();
+            if variable.starts_with("CARGO_PKG_")
+                || variable.starts_with("CARGO_MANIFEST_")
+                || variable.starts_with("CARGO_BIN_EXE_")
+                || [
+                    "CARGO_CRATE_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                ]
+                .contains(&variable.as_ref())
+            {
+                command.env_remove(variable.as_ref());
+            }
+        }
+        let status = command
             .args(["build", "--quiet", "--package", package, "--bin", name])
             .args(if profile_dir.ends_with("release") {
                 vec!["--release"]

@@ -56,7 +56,7 @@ impl ControlPlane {
         Self::start_with(name, store, amqp_url, log_dir, &[]).await
     }
 
-    /// Like `start`, with more environment variables (time limits, say).
+    /// Like `start`, with more environment (time limits, `NEBULA_ADMIN_TOKEN`, ...).
     pub async fn start_with(
         name: &str,
         store: &StoreKind,

@@ -1,20 +1,33 @@
 //! Scenario 1, prune: raising a group's prune_id removes every unused image on its devices
 //! and nothing in use. In a test binary of its own, since it prunes the whole engine.
+//!
+//! It depends on nothing else on the engine: the unused image is one of its own (an empty
+//! file system imported under a unique name, labelled `nebula.test=e2e_prune`), so a
+//! container that some other program runs from the shared test image (the quick start's
+//! demo, another test) cannot keep it, and leftovers of killed earlier runs are removed first.
 
 mod support;
 
-use bollard::query_parameters::{CreateImageOptionsBuilder, TagImageOptionsBuilder};
+use bollard::query_parameters::CreateImageOptionsBuilder;
 use futures_util::StreamExt;
-use nebula_tests::services::{registry_credentials, test_image};
+use nebula_tests::docker::{LABEL_TEST, LABEL_TEST_RUN, remove_leftovers};
+use nebula_tests::services::test_image;
 use nebula_tests::system::{Agent, AgentMode};
 use nebula_tests::unique_name;
 use serde_json::json;
 use std::time::Instant;
 use support::{Scenario, identities};
 
+const TEST: &str = "e2e_prune";
+const DEVICE_PREFIX: &str = "prune-device";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_removes_unused_images_only() {
     let scenario = Scenario::new("prune");
+    let docker = &scenario.docker;
+    remove_leftovers(docker, TEST, Some(DEVICE_PREFIX))
+        .await
+        .expect("remove leftovers of earlier runs");
     let control_plane = scenario.control_plane("cp").await;
     let rest = control_plane.rest();
     let app = scenario.app_name("pruned");
@@ -24,43 +37,54 @@ async fn prune_removes_unused_images_only() {
         .expect("create");
     rest.create_group(&group, &[&app]).await.expect("group");
     let _agent = Agent::start(
-        "device-prune",
+        &unique_name(DEVICE_PREFIX),
         &AgentMode::Group(group.clone()),
         &scenario.vhost.amqp_url(),
         &scenario.directory,
     )
     .await;
     let running = identities(&scenario.converged(&app, 1, 1).await);
+    // The image in use, by id: a tag of it may come and go with other programs on the engine
+    // (another registry's copy of the same content, a test untagging the shared image).
+    let image_in_use = docker
+        .inspect_container(&running[0].1, None)
+        .await
+        .expect("inspect the app's container")
+        .image
+        .expect("the container's image id");
 
-    // An image no container uses, under a name of this test's own.
-    let docker = &scenario.docker;
-    let mut pull = docker.create_image(
+    // An image no container uses, of this test's own: an empty tar archive imported (nothing
+    // is pulled, and no other image shares its id), labelled with the test and this run.
+    let run = unique_name(TEST);
+    let victim_repository = format!("nebula-prune-victim-{run}").replace('_', "-");
+    let mut import = docker.create_image(
         Some(
             CreateImageOptionsBuilder::default()
-                .from_image(&test_image(1))
+                .from_src("-")
+                .repo(&victim_repository)
+                .tag("old")
+                .changes(vec![format!(
+                    "LABEL {LABEL_TEST}={TEST} {LABEL_TEST_RUN}={run}"
+                )])
                 .build(),
         ),
+        Some(bollard::body_full(vec![0_u8; 1024].into())),
         None,
-        Some(registry_credentials()),
     );
-    while let Some(progress) = pull.next().await {
-        progress.expect("pull");
+    while let Some(progress) = import.next().await {
+        progress.expect("import the victim image");
     }
-    let victim = format!("nebula-prune-victim-{}", unique_name("img"));
-    docker
-        .tag_image(
-            &test_image(1),
-            Some(
-                TagImageOptionsBuilder::default()
-                    .repo(&victim)
-                    .tag("old")
-                    .build(),
-            ),
-        )
+    let victim = format!("{victim_repository}:old");
+    let inspected = docker
+        .inspect_image(&victim)
         .await
-        .expect("tag");
-    let victim = format!("{victim}:old");
-    assert!(docker.inspect_image(&victim).await.is_ok());
+        .expect("victim imported");
+    let labels = inspected
+        .config
+        .and_then(|config| config.labels)
+        .unwrap_or_default();
+    assert_eq!(labels.get(LABEL_TEST).map(String::as_str), Some(TEST));
+    assert_eq!(labels.get(LABEL_TEST_RUN), Some(&run));
 
     let start = Instant::now();
     let pruned = rest.prune_group(&group).await.expect("prune");
@@ -74,8 +98,8 @@ async fn prune_removes_unused_images_only() {
     .expect("prune removes the unused image");
     scenario.report("prune", start);
     assert!(
-        docker.inspect_image(&test_image(2)).await.is_ok(),
-        "an image in use was pruned"
+        docker.inspect_image(&image_in_use).await.is_ok(),
+        "the image in use ({image_in_use}) was pruned"
     );
     assert_eq!(
         identities(&scenario.converged(&app, 1, 1).await),

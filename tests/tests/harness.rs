@@ -80,10 +80,12 @@ async fn a_container_runs_from_the_local_test_image() -> anyhow::Result<()> {
     let docker = services::docker()?;
     let image = services::test_image(1);
     pull(&docker, &image, Some(services::registry_credentials())).await?;
+    nebula_tests::docker::remove_leftovers(&docker, "harness", None).await?;
     let name = unique_name("harness");
     let config = bollard::models::ContainerCreateBody {
         image: Some(image.clone()),
         cmd: Some(vec!["/bin/busybox".into(), "cat".into(), "/version".into()]),
+        labels: Some(nebula_tests::docker::test_labels("harness", &name)),
         ..Default::default()
     };
     docker

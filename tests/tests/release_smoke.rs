@@ -3,7 +3,7 @@
 //! Docker engine (the engine socket is just a unix socket), sync a group, run its app's
 //! container and report; the riscv64 build prints its version under qemu. Then the resident
 //! memory of a native release agent idle with ten containers under management, printed as a
-//! figure.
+//! figure. And the static release CLI, natively and under qemu, against a control plane.
 //!
 //! Ignored in a plain `cargo test`: they need the release artifacts. `scripts/test.sh`
 //! builds them and runs these with `--ignored`.
@@ -124,6 +124,79 @@ fn riscv64_agent_starts_under_qemu() {
         ],
         triple,
     );
+}
+
+/// The static release CLI of `cargo xtask dist`, x86_64 natively and aarch64 under qemu-user,
+/// against a real control plane: status, then an app created, read and deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs `cargo xtask dist`; run by scripts/test.sh"]
+async fn release_cli_runs_on_both_targets() {
+    use nebula_tests::system::{ADMIN_PASSWORD, ADMIN_USER};
+    let scenario = Scenario::new("release-cli");
+    let control_plane = scenario.control_plane("cp").await;
+    let url = format!("http://{}", control_plane.address);
+    for (triple, launcher) in [
+        ("x86_64-unknown-linux-musl", None),
+        ("aarch64-unknown-linux-musl", Some("qemu-aarch64")),
+    ] {
+        let binary = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target"))
+            .join(triple)
+            .join("cli-release/nebula");
+        assert!(
+            binary.exists(),
+            "{} missing: run `cargo xtask dist --only cli --target {triple}` first",
+            binary.display()
+        );
+        let nebula = |arguments: &[&str]| {
+            let mut command = match launcher {
+                Some(qemu) => {
+                    let mut command = std::process::Command::new(qemu);
+                    command.arg(&binary);
+                    command
+                }
+                None => std::process::Command::new(&binary),
+            };
+            let output = command
+                .args(arguments)
+                .env_clear()
+                .env("HOME", &scenario.directory)
+                .env("NEBULA_URL", &url)
+                .env("NEBULA_USER", ADMIN_USER)
+                .env("NEBULA_PASSWORD", ADMIN_PASSWORD)
+                .output()
+                .expect("run the release CLI");
+            assert!(
+                output.status.success(),
+                "{triple}: nebula {arguments:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap_or_else(|error| {
+                panic!("{triple}: nebula {arguments:?} printed no JSON ({error})")
+            })
+        };
+        assert_eq!(
+            nebula(&["status", "-o", "json"]),
+            json!({"api_available": true})
+        );
+        let app = scenario.app_name("release-cli");
+        let image = test_image(1);
+        nebula(&[
+            "apps",
+            "create",
+            &app,
+            "--image",
+            &image,
+            "--running=false",
+            "-o",
+            "json",
+        ]);
+        assert_eq!(
+            nebula(&["apps", "get", &app, "-o", "json"])["docker_image"],
+            json!(image)
+        );
+        assert_eq!(nebula(&["apps", "delete", &app, "-o", "json"]), json!({}));
+        eprintln!("{triple}: the release CLI created, read and deleted {app}");
+    }
 }
 
 /// Resident memory of the native (x86_64 musl) release agent, idle, managing ten

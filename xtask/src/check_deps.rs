@@ -14,6 +14,21 @@ const RULES: &[(&str, &[&str], &str)] = &[
         &["mongodb", "axum", "openssl-sys", "openssl", "native-tls"],
         "the agent ships to small devices: no database driver, no web server, no OpenSSL",
     ),
+    (
+        "nebula-cli",
+        &[
+            "lapin",
+            "mongodb",
+            "bollard",
+            "rumqttc",
+            "redb",
+            "axum",
+            "openssl-sys",
+            "openssl",
+            "native-tls",
+        ],
+        "the CLI talks only REST: no broker, store or Docker client; TLS is rustls",
+    ),
 ];
 
 pub fn run() -> Result<(), String> {

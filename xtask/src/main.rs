@@ -1,9 +1,11 @@
 //! Developer tasks: `cargo xtask <task>`.
 //!
 //! * `check-deps` — the dependency invariants of ARCHITECTURE.md: the protocol crate links
-//!   no I/O stack, the agent links no mongodb, axum or OpenSSL.
-//! * `dist [--target <triple>]...` — size-optimised agent release artifacts in `dist/`, with a
-//!   size table and the size budget checked.
+//!   no I/O stack, the agent links no mongodb, axum or OpenSSL, the CLI no broker, store or
+//!   Docker client.
+//! * `dist [--target <triple>]... [--only agent|cli]` — release artifacts in `dist/`: the
+//!   size-optimised agent for every target (size budget checked) and the static `nebula` CLI
+//!   for x86_64 and aarch64 musl, with `SHA256SUMS` and a size table.
 //!
 #![allow(
     clippy::print_stdout,
@@ -24,14 +26,16 @@ fn main() -> ExitCode {
         Some("check-deps") => check_deps::run(),
         Some("dist") => dist::run(&arguments[1..]),
         _ => Err(format!(
-            "usage: cargo xtask check-deps | dist [--target <triple>]... [--no-budget]\n\
-             agent targets: {}",
+            "usage: cargo xtask check-deps | dist [--target <triple>]... [--only agent|cli] [--no-budget]\n\
+             agent targets: {}\n\
+             CLI targets: {}",
             dist::targets()
                 .unwrap_or_default()
                 .iter()
                 .map(|target| target.triple.clone())
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            dist::CLI_TARGETS.join(", ")
         )),
     };
     match result {

@@ -1,0 +1,277 @@
+//! The command line, as clap parses it: every command, flag and help text. Nothing here does
+//! I/O; what a command does is in [`crate::commands`].
+
+use crate::output::OutputFormat;
+use clap::{Args, Parser, Subcommand};
+use nebula_protocol::Name;
+use std::path::PathBuf;
+
+/// Shown at the end of `nebula --help`: scripts rely on these codes.
+const EXIT_CODES: &str = "\
+Configuration: flags > environment (NEBULA_URL, NEBULA_USER, NEBULA_PASSWORD, NEBULA_TOKEN,
+NEBULA_OUTPUT) > config file ($XDG_CONFIG_HOME/nebula/config.toml, else
+~/.config/nebula/config.toml, with the keys url, user, password, token, output).
+
+Exit codes: 0 ok, 1 control plane unreachable or failing, 2 usage or invalid request,
+3 not found, 4 unauthorized or forbidden, 5 already exists or conflicting state.";
+
+/// `nebula`: manage the apps and device groups of a Nebula control plane over its REST API.
+#[derive(Debug, Parser)]
+#[command(name = "nebula", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command takes. Each is optional here: config::resolve fills the gaps from
+/// the environment and the config file.
+#[derive(Debug, Clone, Default, Args)]
+pub struct GlobalArgs {
+    /// Control plane URL [env: NEBULA_URL] [default: http://127.0.0.1:8080]
+    #[arg(long, global = true, value_name = "URL")]
+    pub url: Option<String>,
+    /// User for HTTP basic authentication [env: NEBULA_USER]
+    #[arg(short = 'u', long, global = true, value_name = "USER")]
+    pub user: Option<String>,
+    /// Password for HTTP basic authentication [env: NEBULA_PASSWORD]
+    #[arg(short = 'p', long, global = true, value_name = "PASSWORD")]
+    pub password: Option<String>,
+    /// Bearer token, used when no user is set [env: NEBULA_TOKEN]
+    #[arg(long, global = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// Output format [env: NEBULA_OUTPUT] [default: table]
+    #[arg(short = 'o', long, global = true, value_enum, value_name = "FORMAT")]
+    pub output: Option<OutputFormat>,
+    /// Config file [env: NEBULA_CONFIG] [default: $XDG_CONFIG_HOME/nebula/config.toml]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apps: the containers every device of their groups runs
+    #[command(subcommand)]
+    Apps(AppsCommand),
+    /// Device groups: which apps the devices of a group run
+    #[command(subcommand)]
+    Groups(GroupsCommand),
+    /// Remove unused images on the devices of every group
+    Prune,
+    /// Check that the control plane answers and accepts the credentials
+    Status,
+    /// Print a shell completion script (bash: `nebula completions bash > /etc/bash_completion.d/nebula`)
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AppsCommand {
+    /// List the names of all apps
+    List,
+    /// Show an app
+    Get { name: Name },
+    /// Create an app (only --image is required)
+    Create {
+        name: Name,
+        #[command(flatten)]
+        fields: AppFields,
+    },
+    /// Change the given fields of an app (with --replace: set the whole app; omitted fields
+    /// reset to their defaults)
+    Update {
+        name: Name,
+        #[command(flatten)]
+        fields: AppFields,
+        /// Replace the whole app instead of changing only the given fields
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Delete an app: devices stop and remove its containers
+    Delete { name: Name },
+    /// Stop an app: devices stop and remove its containers
+    Stop { name: Name },
+    /// Start a stopped app
+    Start { name: Name },
+    /// Restart the containers of a running app
+    Restart { name: Name },
+}
+
+/// The fields of an app document (API.md), as flags. A list flag given only as `''` (for
+/// example `--network ''`) sends an empty list.
+#[derive(Debug, Clone, Default, Args)]
+pub struct AppFields {
+    /// Docker image, `[registry[:port]/][namespace/]name[:tag]`
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// Port, repeatable: `8080` (the same host port) or `HOST:CONTAINER` (`8081:8000`); the
+    /// host port goes up by one for each further container on a device
+    #[arg(long = "port", value_name = "[HOST:]CONTAINER")]
+    pub ports: Vec<String>,
+    /// Environment variable, repeatable
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Containers per device: `server=N`, `cpu=N` (per core) or `memory=MB` (one per MB)
+    #[arg(long, value_name = "KIND=N")]
+    pub containers_per: Option<String>,
+    /// Docker network, repeatable (default: nebula and bridge; `host` or `none` alone)
+    #[arg(long = "network", value_name = "NETWORK")]
+    pub networks: Vec<String>,
+    /// Bind mount, repeatable
+    #[arg(long = "volume", value_name = "HOST:CONTAINER[:ro|rw]")]
+    pub volumes: Vec<String>,
+    /// Device mapping, repeatable
+    #[arg(long = "device", value_name = "HOST:CONTAINER[:rwm]")]
+    pub devices: Vec<String>,
+    /// Privileged containers
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub privileged: Option<bool>,
+    /// Replace containers one at a time on a change (health-gated)
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub rolling_restart: Option<bool>,
+    /// Whether devices run the app (`--running=false` creates it stopped)
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub running: Option<bool>,
+    /// A JSON app document (`-` reads stdin); the flags above override its fields
+    #[arg(short = 'f', long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupsCommand {
+    /// List the names of all device groups
+    List,
+    /// Show a device group (with --info: the full documents of its apps)
+    Get {
+        name: Name,
+        /// The group's apps in full (GET /device_groups/<group>/info)
+        #[arg(long)]
+        info: bool,
+    },
+    /// Create a device group
+    Create {
+        name: Name,
+        /// Member apps, comma-separated or repeated
+        #[arg(long, value_name = "APP,...", value_delimiter = ',')]
+        apps: Vec<String>,
+    },
+    /// Set the apps of a device group (`--apps ''` removes them all)
+    Update {
+        name: Name,
+        /// Member apps, comma-separated or repeated; replaces the current list
+        #[arg(long, value_name = "APP,...", value_delimiter = ',', required = true)]
+        apps: Vec<String>,
+    },
+    /// Delete a device group
+    Delete { name: Name },
+    /// Remove unused images on the group's devices
+    Prune { name: Name },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(arguments: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("nebula").chain(arguments.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_go_before_or_after_the_command() {
+        let before =
+            parse(&["--url", "http://cp:1", "-u", "a", "-p", "b", "apps", "list"]).expect("parses");
+        let after = parse(&["apps", "list", "-o", "json", "--token", "t"]).expect("parses");
+        assert_eq!(before.global.url.as_deref(), Some("http://cp:1"));
+        assert_eq!(before.global.user.as_deref(), Some("a"));
+        assert_eq!(before.global.password.as_deref(), Some("b"));
+        assert_eq!(after.global.output, Some(OutputFormat::Json));
+        assert_eq!(after.global.token.as_deref(), Some("t"));
+        assert!(matches!(after.command, Command::Apps(AppsCommand::List)));
+    }
+
+    #[test]
+    fn app_flags_parse_into_fields() {
+        let cli = parse(&[
+            "apps",
+            "create",
+            "web",
+            "--image",
+            "nginx:1",
+            "--port",
+            "8081:80",
+            "--port",
+            "9000",
+            "--env",
+            "A=1",
+            "--containers-per",
+            "server=2",
+            "--network",
+            "host",
+            "--volume",
+            "/a:/b:ro",
+            "--device",
+            "/dev/x:/dev/x",
+            "--privileged",
+            "--rolling-restart=false",
+            "--running",
+            "false",
+        ])
+        .expect("parses");
+        let Command::Apps(AppsCommand::Create { name, fields }) = cli.command else {
+            panic!("not apps create: {cli:?}");
+        };
+        assert_eq!(name.as_ref(), "web");
+        assert_eq!(fields.image.as_deref(), Some("nginx:1"));
+        assert_eq!(fields.ports, ["8081:80", "9000"]);
+        assert_eq!(fields.env, ["A=1"]);
+        assert_eq!(fields.containers_per.as_deref(), Some("server=2"));
+        assert_eq!(fields.networks, ["host"]);
+        assert_eq!(fields.volumes, ["/a:/b:ro"]);
+        assert_eq!(fields.devices, ["/dev/x:/dev/x"]);
+        assert_eq!(fields.privileged, Some(true));
+        assert_eq!(fields.rolling_restart, Some(false));
+        assert_eq!(fields.running, Some(false));
+    }
+
+    #[test]
+    fn group_apps_are_comma_separated_or_repeated() {
+        let cli =
+            parse(&["groups", "create", "g", "--apps", "a,b", "--apps", "c"]).expect("parses");
+        let Command::Groups(GroupsCommand::Create { apps, .. }) = cli.command else {
+            panic!("not groups create");
+        };
+        assert_eq!(apps, ["a", "b", "c"]);
+        let cli = parse(&["groups", "update", "g", "--apps", ""]).expect("parses");
+        let Command::Groups(GroupsCommand::Update { apps, .. }) = cli.command else {
+            panic!("not groups update");
+        };
+        assert!(apps.iter().all(String::is_empty), "{apps:?}");
+    }
+
+    #[test]
+    fn usage_errors_are_reported_by_clap() {
+        for arguments in [
+            &["apps"][..],
+            &["apps", "get"],
+            &["apps", "get", "-bad"],
+            &["apps", "get", "has/slash"],
+            &["apps", "create", "web", "--privileged=maybe"],
+            &["groups", "update", "g"],
+            &["apps", "list", "-o", "xml"],
+            &["completions", "powershell7"],
+            &["frobnicate"],
+        ] {
+            let error = parse(arguments).expect_err(&format!("{arguments:?} must not parse"));
+            assert_eq!(error.exit_code(), 2, "{arguments:?}: {error}");
+        }
+    }
+}

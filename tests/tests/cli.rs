@@ -1,0 +1,487 @@
+//! The `nebula` binary against a real control plane (embedded store, a RabbitMQ vhost of the
+//! test's own): every command, the documents it prints, and the exit codes scripts rely on.
+//! Each run of `nebula` gets an empty environment, so the developer's own NEBULA_* variables
+//! and config file never leak in.
+
+use nebula_tests::binaries::binary;
+use nebula_tests::system::{ADMIN_PASSWORD, ADMIN_USER, ControlPlane, StoreKind, scratch_dir};
+use nebula_tests::unique_name;
+use nebula_tests::vhost::Vhost;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+const TOKEN: &str = "cli-test-token";
+
+/// One control plane and the environment `nebula` runs with against it.
+struct Fixture {
+    control_plane: ControlPlane,
+    home: PathBuf,
+    _vhost: Vhost,
+}
+
+impl Fixture {
+    async fn start(test: &str) -> Self {
+        let vhost = Vhost::create(&unique_name(&format!("cli-{test}"))).expect("create vhost");
+        let directory = scratch_dir(&format!("cli-{test}"));
+        let control_plane = ControlPlane::start_with(
+            "cp",
+            &StoreKind::Embedded(directory.join("store")),
+            &vhost.amqp_url(),
+            &directory,
+            &[("NEBULA_ADMIN_TOKEN", TOKEN)],
+        )
+        .await
+        .expect("control plane starts");
+        let home = directory.join("home");
+        std::fs::create_dir_all(&home).expect("home");
+        Self {
+            control_plane,
+            home,
+            _vhost: vhost,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.control_plane.address)
+    }
+
+    /// `nebula` with exactly `env` (plus HOME), no credentials unless given.
+    fn run(&self, arguments: &[&str], env: &[(&str, &str)]) -> Run {
+        let output = Command::new(binary("nebula"))
+            .args(arguments)
+            .env_clear()
+            .env("HOME", &self.home)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run nebula");
+        Run::new(arguments, output)
+    }
+
+    /// `nebula` as the admin, pointed at this control plane through the environment.
+    fn admin(&self, arguments: &[&str]) -> Run {
+        let url = self.url();
+        self.run(
+            arguments,
+            &[
+                ("NEBULA_URL", &url),
+                ("NEBULA_USER", ADMIN_USER),
+                ("NEBULA_PASSWORD", ADMIN_PASSWORD),
+            ],
+        )
+    }
+
+    /// The admin's `nebula ... -o json`, which must succeed; its document.
+    fn json(&self, arguments: &[&str]) -> Value {
+        let mut arguments = arguments.to_vec();
+        arguments.extend(["-o", "json"]);
+        self.admin(&arguments).success().json()
+    }
+}
+
+#[derive(Debug)]
+struct Run {
+    command: String,
+    output: Output,
+}
+
+impl Run {
+    fn new(arguments: &[&str], output: Output) -> Self {
+        Self {
+            command: format!("nebula {}", arguments.join(" ")),
+            output,
+        }
+    }
+
+    fn code(&self) -> Option<i32> {
+        self.output.status.code()
+    }
+
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+
+    fn success(self) -> Self {
+        self.exits(0)
+    }
+
+    /// Asserts the exit code; a failure shows what the command printed.
+    fn exits(self, code: i32) -> Self {
+        assert_eq!(
+            self.code(),
+            Some(code),
+            "{}\nstdout: {}\nstderr: {}",
+            self.command,
+            self.stdout(),
+            self.stderr()
+        );
+        self
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout()).unwrap_or_else(|error| {
+            panic!("{}: not JSON ({error}): {}", self.command, self.stdout())
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_lifecycle_through_the_cli() {
+    let fixture = Fixture::start("apps").await;
+    let app = unique_name("cli-app");
+    let app = app.as_str();
+
+    // Create with every kind of flag; the table shows the stored document.
+    let created = fixture
+        .admin(&[
+            "apps",
+            "create",
+            app,
+            "--image",
+            "127.0.0.1:5000/nebula/test:1",
+            "--port",
+            "18081:8000",
+            "--port",
+            "9000",
+            "--env",
+            "MODE=edge",
+            "--containers-per",
+            "server=2",
+            "--network",
+            "nebula",
+            "--volume",
+            "/tmp:/data:ro",
+            "--rolling-restart",
+            "--running=false",
+        ])
+        .success()
+        .stdout();
+    assert!(
+        created
+            .lines()
+            .any(|line| line.split_whitespace().collect::<Vec<_>>() == ["app_name", app]),
+        "{created}"
+    );
+    let document = fixture.json(&["apps", "get", app]);
+    assert_eq!(document["app_id"], json!(1));
+    assert_eq!(
+        document["docker_image"],
+        json!("127.0.0.1:5000/nebula/test:1")
+    );
+    assert_eq!(document["starting_ports"], json!([{"18081": "8000"}, 9000]));
+    assert_eq!(document["env_vars"], json!({"MODE": "edge"}));
+    assert_eq!(document["containers_per"], json!({"server": 2}));
+    assert_eq!(document["networks"], json!(["nebula"]));
+    assert_eq!(document["volumes"], json!(["/tmp:/data:ro"]));
+    assert_eq!(document["rolling_restart"], json!(true));
+    assert_eq!(document["running"], json!(false));
+
+    let yaml = fixture
+        .admin(&["apps", "get", app, "-o", "yaml"])
+        .success()
+        .stdout();
+    assert!(yaml.contains(&format!("app_name: {app}\n")), "{yaml}");
+    assert!(yaml.contains("- '18081': '8000'\n"), "{yaml}");
+
+    // A partial update changes only what is given.
+    let updated = fixture.json(&["apps", "update", app, "--env", "MODE=lab", "--privileged"]);
+    assert_eq!(updated["app_id"], json!(2));
+    assert_eq!(updated["env_vars"], json!({"MODE": "lab"}));
+    assert_eq!(updated["privileged"], json!(true));
+    assert_eq!(updated["starting_ports"], json!([{"18081": "8000"}, 9000]));
+    // --replace is the full update: what is not given goes back to its default.
+    let file = fixture.home.join("app.json");
+    std::fs::write(
+        &file,
+        r#"{"docker_image": "127.0.0.1:5000/nebula/test:2", "running": false}"#,
+    )
+    .expect("write app file");
+    let replaced = fixture.json(&[
+        "apps",
+        "update",
+        app,
+        "--replace",
+        "--file",
+        file.to_str().expect("utf-8 path"),
+    ]);
+    assert_eq!(replaced["app_id"], json!(3));
+    assert_eq!(
+        replaced["docker_image"],
+        json!("127.0.0.1:5000/nebula/test:2")
+    );
+    assert_eq!(replaced["starting_ports"], json!([]));
+    assert_eq!(replaced["privileged"], json!(false));
+
+    let list = fixture.json(&["apps", "list"]);
+    assert!(
+        list["apps"].as_array().expect("apps").contains(&json!(app)),
+        "{list}"
+    );
+    let table = fixture.admin(&["apps", "list"]).success().stdout();
+    assert!(
+        table.starts_with("APP\n") && table.lines().any(|line| line == app),
+        "{table}"
+    );
+
+    // Stopped apps cannot be restarted (5); start, restart and stop each bump app_id.
+    let restart = fixture.admin(&["apps", "restart", app]).exits(5);
+    assert!(
+        restart
+            .stderr()
+            .contains(&format!("nebula apps start {app}")),
+        "{}",
+        restart.stderr()
+    );
+    assert_eq!(
+        fixture.json(&["apps", "start", app])["running"],
+        json!(true)
+    );
+    assert_eq!(fixture.json(&["apps", "restart", app])["app_id"], json!(5));
+    let stopped = fixture.json(&["apps", "stop", app]);
+    assert_eq!(
+        (stopped["app_id"].clone(), stopped["running"].clone()),
+        (json!(6), json!(false))
+    );
+
+    // Exit codes: exists 5, invalid request 2, not found 3.
+    let exists = fixture
+        .admin(&["apps", "create", app, "--image", "x:1"])
+        .exits(5);
+    assert!(
+        exists.stderr().contains("already exists"),
+        "{}",
+        exists.stderr()
+    );
+    let other = unique_name("cli-other");
+    let missing_image = fixture.admin(&["apps", "create", &other]).exits(2);
+    assert!(
+        missing_image.stderr().contains("--image"),
+        "{}",
+        missing_image.stderr()
+    );
+    let bad_field = fixture.admin(&["apps", "update", app, "--containers-per", "server=9999"]);
+    assert_eq!(bad_field.code(), Some(2), "{}", bad_field.stderr());
+    let unknown = fixture.admin(&["apps", "get", &other]).exits(3);
+    assert!(
+        unknown
+            .stderr()
+            .contains(&format!("app {other} does not exist")),
+        "{}",
+        unknown.stderr()
+    );
+    fixture
+        .admin(&["apps", "update", &other, "--image", "x:1"])
+        .exits(3);
+    fixture.admin(&["apps", "delete", &other]).exits(3);
+
+    let deleted = fixture.admin(&["apps", "delete", app]).success().stdout();
+    assert_eq!(deleted.trim(), format!("deleted app {app}"));
+    fixture.admin(&["apps", "get", app]).exits(3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_and_prune_through_the_cli() {
+    let fixture = Fixture::start("groups").await;
+    let app = unique_name("cli-member");
+    let group = unique_name("cli-group");
+    let (app, group) = (app.as_str(), group.as_str());
+    fixture
+        .admin(&[
+            "apps",
+            "create",
+            app,
+            "--image",
+            "127.0.0.1:5000/nebula/test:1",
+        ])
+        .success();
+
+    // A group naming an app that does not exist: not found (3), and the group is not made.
+    let ghost = unique_name("cli-ghost");
+    let unknown_member = fixture
+        .admin(&[
+            "groups",
+            "create",
+            group,
+            "--apps",
+            &format!("{app},{ghost}"),
+        ])
+        .exits(3);
+    assert!(
+        unknown_member.stderr().contains("--apps"),
+        "{}",
+        unknown_member.stderr()
+    );
+    fixture.admin(&["groups", "get", group]).exits(3);
+
+    let created = fixture.json(&["groups", "create", group, "--apps", app]);
+    assert_eq!(created["apps"], json!([app]));
+    assert_eq!(
+        (
+            created["device_group_id"].clone(),
+            created["prune_id"].clone()
+        ),
+        (json!(1), json!(1))
+    );
+    fixture.admin(&["groups", "create", group]).exits(5);
+    let info = fixture
+        .admin(&["groups", "get", group, "--info"])
+        .success()
+        .stdout();
+    let row = info
+        .lines()
+        .find(|line| line.starts_with(app))
+        .unwrap_or_else(|| panic!("no row for {app}: {info}"));
+    assert!(row.contains("127.0.0.1:5000/nebula/test:1"), "{info}");
+    let list = fixture.json(&["groups", "list"]);
+    assert!(
+        list["device_groups"]
+            .as_array()
+            .expect("groups")
+            .contains(&json!(group))
+    );
+
+    let emptied = fixture.json(&["groups", "update", group, "--apps", ""]);
+    assert_eq!(emptied["apps"], json!([]));
+    assert_eq!(emptied["device_group_id"], json!(2));
+    let refilled = fixture.json(&["groups", "update", group, "--apps", app]);
+    assert_eq!(refilled["apps"], json!([app]));
+
+    // Prune: the group's prune_id goes up, by itself and with every group.
+    assert_eq!(
+        fixture.json(&["groups", "prune", group])["prune_id"],
+        json!(2)
+    );
+    let all = fixture.json(&["prune"]);
+    assert_eq!(all["prune_ids"][group], json!(3), "{all}");
+    let table = fixture.admin(&["prune"]).success().stdout();
+    assert!(
+        table
+            .lines()
+            .any(|line| line.split_whitespace().collect::<Vec<_>>() == [group, "4"]),
+        "{table}"
+    );
+    fixture.admin(&["groups", "prune", &ghost]).exits(3);
+
+    // Deleting an app takes it out of its groups.
+    fixture.admin(&["apps", "delete", app]).success();
+    assert_eq!(fixture.json(&["groups", "get", group])["apps"], json!([]));
+    let deleted = fixture
+        .admin(&["groups", "delete", group])
+        .success()
+        .stdout();
+    assert_eq!(deleted.trim(), format!("deleted device group {group}"));
+    fixture.admin(&["groups", "get", group]).exits(3);
+    fixture.admin(&["groups", "delete", group]).exits(3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_from_flags_environment_config_file_and_token() {
+    let fixture = Fixture::start("auth").await;
+    let url = fixture.url();
+    let url = url.as_str();
+
+    // No credentials, or wrong ones: 4, with what to set.
+    let anonymous = fixture.run(&["status"], &[("NEBULA_URL", url)]).exits(4);
+    assert!(
+        anonymous.stderr().contains("NEBULA_USER"),
+        "{}",
+        anonymous.stderr()
+    );
+    fixture
+        .run(
+            &["status", "-u", ADMIN_USER, "-p", "wrong"],
+            &[("NEBULA_URL", url)],
+        )
+        .exits(4);
+    fixture
+        .run(
+            &["apps", "list"],
+            &[("NEBULA_URL", url), ("NEBULA_TOKEN", "wrong")],
+        )
+        .exits(4);
+
+    // Flags, then environment, then the token.
+    let status = fixture
+        .run(
+            &[
+                "status",
+                "--url",
+                url,
+                "-u",
+                ADMIN_USER,
+                "-p",
+                ADMIN_PASSWORD,
+            ],
+            &[],
+        )
+        .success()
+        .stdout();
+    assert!(status.contains(url) && status.contains("true"), "{status}");
+    let by_token = fixture
+        .run(
+            &["status", "-o", "json"],
+            &[("NEBULA_URL", url), ("NEBULA_TOKEN", TOKEN)],
+        )
+        .success()
+        .json();
+    assert_eq!(by_token, json!({"api_available": true}));
+
+    // The config file under XDG_CONFIG_HOME, with a wrong password: flags and environment
+    // beat it key by key, and alone it fails.
+    let config_home = fixture.home.join("xdg");
+    std::fs::create_dir_all(config_home.join("nebula")).expect("config dir");
+    std::fs::write(
+        config_home.join("nebula/config.toml"),
+        format!(
+            "url = \"{url}\"\nuser = \"{ADMIN_USER}\"\npassword = \"wrong\"\noutput = \"json\"\n"
+        ),
+    )
+    .expect("write config");
+    let xdg = config_home.to_str().expect("utf-8 path");
+    fixture
+        .run(&["status"], &[("XDG_CONFIG_HOME", xdg)])
+        .exits(4);
+    let from_file = fixture
+        .run(
+            &["status"],
+            &[
+                ("XDG_CONFIG_HOME", xdg),
+                ("NEBULA_PASSWORD", ADMIN_PASSWORD),
+            ],
+        )
+        .success()
+        .json();
+    assert_eq!(
+        from_file,
+        json!({"api_available": true}),
+        "output = json from the file"
+    );
+    fixture
+        .run(
+            &["status", "-p", ADMIN_PASSWORD],
+            &[("XDG_CONFIG_HOME", xdg)],
+        )
+        .success();
+    fixture
+        .run(
+            &["status", "-p", "wrong"],
+            &[
+                ("XDG_CONFIG_HOME", xdg),
+                ("NEBULA_PASSWORD", ADMIN_PASSWORD),
+            ],
+        )
+        .exits(4);
+    // Without XDG_CONFIG_HOME: ~/.config/nebula/config.toml.
+    let home_config = fixture.home.join(".config/nebula");
+    std::fs::create_dir_all(&home_config).expect("config dir");
+    std::fs::write(
+        home_config.join("config.toml"),
+        format!("url = \"{url}\"\ntoken = \"{TOKEN}\"\n"),
+    )
+    .expect("write config");
+    fixture.run(&["apps", "list"], &[]).success();
+}
