@@ -114,8 +114,19 @@ impl Fleet {
     ) -> anyhow::Result<Vec<Duration>> {
         let mut pending: Vec<usize> = (0..self.devices.len()).collect();
         let mut latencies = Vec::with_capacity(self.devices.len());
+        let mut progress = Instant::now();
         loop {
             let now = Instant::now();
+            // The shape of a storm (how many applied when) says where its time goes.
+            if now.duration_since(progress) >= Duration::from_secs(2) {
+                progress = now;
+                eprintln!(
+                    "fleet: {app} at {revision}: {} of {} applied after {:.1} s",
+                    self.devices.len() - pending.len(),
+                    self.devices.len(),
+                    since.elapsed().as_secs_f64()
+                );
+            }
             pending.retain(|&index| {
                 let applied = self.devices[index]
                     .runtime

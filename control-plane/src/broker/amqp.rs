@@ -31,9 +31,14 @@ use tokio_util::sync::CancellationToken;
 pub const TRANSIENT: u8 = 1;
 /// Idle channels kept for reuse; more are opened when more operations run at once.
 const MAX_IDLE_CHANNELS: usize = 64;
-/// How often connecting is tried at start before giving up (the supervisor restarts us).
-const CONNECT_ATTEMPTS: u32 = 6;
-const CONNECT_BACKOFF_CAP: Duration = Duration::from_secs(8);
+/// How long connecting is tried at start before giving up (the supervisor restarts us).
+const CONNECT_PATIENCE: Duration = Duration::from_secs(60);
+/// The wait between two connection attempts: a short fixed part and up to as much again at
+/// random. A control plane is one of a few instances, not a fleet: what matters after a
+/// broker restart is answering the devices' sync requests as soon as the broker is back
+/// (each waits a limited time for its answer), not spreading a herd; exponential waits
+/// counted per refused attempt kept instances away for up to 8 s longer than the broker.
+const CONNECT_RETRY: Duration = Duration::from_millis(500);
 /// How long a stopping instance waits for the broker to confirm its connection close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bounds of the reports queue (see `declare_reports_queue`): ten minutes of a
@@ -87,19 +92,18 @@ pub struct AmqpBroker {
 }
 
 impl AmqpBroker {
-    /// Connects (retrying with capped exponential backoff and full jitter, so a fleet of
-    /// instances coming back after a broker restart does not stampede it), opens the confirm
-    /// channel and declares the fixed topology: the sync queue and the reports exchange/queue.
+    /// Connects (retrying about every second for up to a minute, see [`CONNECT_RETRY`]),
+    /// opens the confirm channel and declares the fixed topology: the sync queue and the
+    /// reports exchange/queue.
     pub async fn connect(url: &str, publish_timeout: Duration) -> Result<Self, AmqpError> {
-        let mut attempt = 0;
+        let started = std::time::Instant::now();
+        let mut attempt = 0u32;
         let connection = loop {
             attempt += 1;
             match Connection::connect(url, ConnectionProperties::default()).await {
                 Ok(connection) => break connection,
-                Err(error) if attempt < CONNECT_ATTEMPTS => {
-                    let ceiling =
-                        Duration::from_millis(250 * 2u64.pow(attempt)).min(CONNECT_BACKOFF_CAP);
-                    let delay = ceiling.mul_f64(fastrand::f64());
+                Err(error) if started.elapsed() < CONNECT_PATIENCE => {
+                    let delay = CONNECT_RETRY + CONNECT_RETRY.mul_f64(fastrand::f64());
                     tracing::warn!(error = %error, attempt, delay_ms = delay.as_millis() as u64, "broker connection failed, retrying");
                     tokio::time::sleep(delay).await;
                 }

@@ -3,9 +3,9 @@
 //!
 //! A lost connection does not end the agent: its workers and containers keep running, and
 //! the transport reconnects in-process — the first attempt of the process at once, every
-//! later one (the first after a loss included) after a full-jitter delay that grows up to
-//! `NEBULA_MAX_BACKOFF_SECS` ([`ReconnectSchedule`]) — then declares, binds, syncs and
-//! consumes again for every target. The agent queues are exclusive, so they died with the
+//! later one (the first after a loss included) after a full-jitter delay up to half the time
+//! the link has been down, at most `NEBULA_MAX_BACKOFF_SECS` ([`ReconnectSchedule`]) — then
+//! declares, binds, syncs and consumes again for every target. The agent queues are exclusive, so they died with the
 //! old connection; the sync of the new one is what makes up for every change missed
 //! meanwhile. Only a failed state write ends the agent with an error.
 
@@ -32,8 +32,8 @@ use tokio::task::JoinSet;
 
 /// How long one connection attempt may take before it counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-/// The first reconnect after a loss waits up to this long (uniformly); later ones twice as
-/// long each, up to the configured cap.
+/// The first reconnect after a loss waits up to this long (uniformly); later ones up to half
+/// the time the link has been down, at most the configured cap.
 const RECONNECT_BASE: Duration = Duration::from_secs(1);
 /// How long the tasks of a lost connection get to wind down before they are aborted.
 const SESSION_WIND_DOWN: Duration = Duration::from_secs(10);

@@ -1,5 +1,8 @@
-//! Device reports over AMQP: best effort. A report is published at start, after every
-//! applied change and every report interval, transient, to the `nebula.reports` exchange
+//! Device reports over AMQP: best effort. A report is published after every applied change
+//! (the boot sync's included) and every report interval after the connection came up — not
+//! at the connection itself: a fleet reconnecting after a broker restart would add one
+//! publish per device to the storm, for nothing the next change or interval does not say.
+//! Transient, to the `nebula.reports` exchange
 //! without declaring it (a locked-down device account has no configure rights, and the
 //! control plane owns the exchange). A report that cannot be published — the exchange does
 //! not exist yet, the channel closed, no confirm — is logged and the next one tries again on
@@ -35,7 +38,8 @@ pub async fn report_loop<R: ContainerRuntime>(
     let routing_key = names::report_routing_key(&shared.config.device_id);
     let mut cpu = CpuSampler::default();
     let mut channel: Option<Channel> = None;
-    let mut interval = tokio::time::interval(shared.config.report_interval);
+    let period = shared.config.report_interval;
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
