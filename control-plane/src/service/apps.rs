@@ -31,22 +31,12 @@ impl Lifecycle for AppConfig {
     async fn finish_delete(service: &Service, tombstone: Stored<Self>) -> Result<(), ServiceError> {
         let config = &tombstone.document;
         let exchange = names::app_exchange(&config.app_name);
-        // Declared first: publishing to a missing exchange would fail.
-        service
-            .broker
-            .declare_exchange(&exchange)
-            .await
-            .map_err(|error| service.broker_error(error))?;
         let message = Message::AppDeleted {
             app_name: config.app_name.clone(),
             app_id: config.app_id,
             incarnation: config.incarnation,
         };
-        match service.publish(&exchange, &message).await {
-            // Another instance is finishing the same delete and dropped the exchange.
-            Err(ServiceError::Amqp(error)) if error.is_not_found() => {}
-            result => result?,
-        }
+        service.publish_delete(&exchange, &message).await?;
         // Every group that lists the app leaves it. Read after the tombstone was written: a
         // group write that checked the app before then is caught by that write's repair.
         for group in groups_containing(service, &config.app_name).await? {
@@ -63,11 +53,7 @@ impl Lifecycle for AppConfig {
                 Err(error) => return Err(error),
             }
         }
-        service
-            .broker
-            .delete_exchange(&exchange)
-            .await
-            .map_err(|error| service.broker_error(error))?;
+        service.delete_exchange(&exchange).await?;
         finish_tombstone(service, &tombstone).await?;
         tracing::info!(app = %config.app_name, version = %config.version(), "app deleted");
         Ok(())

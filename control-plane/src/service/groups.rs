@@ -84,26 +84,14 @@ impl Lifecycle for DeviceGroup {
     async fn finish_delete(service: &Service, tombstone: Stored<Self>) -> Result<(), ServiceError> {
         let group = &tombstone.document;
         let exchange = names::group_exchange(&group.device_group);
-        service
-            .broker
-            .declare_exchange(&exchange)
-            .await
-            .map_err(|error| service.broker_error(error))?;
         let message = Message::DeviceGroupDeleted {
             device_group: group.device_group.clone(),
             device_group_id: group.device_group_id,
             incarnation: group.incarnation,
         };
-        match service.publish(&exchange, &message).await {
-            Err(ServiceError::Amqp(error)) if error.is_not_found() => {}
-            result => result?,
-        }
+        service.publish_delete(&exchange, &message).await?;
         // Deleting the exchange drops its bindings with it.
-        service
-            .broker
-            .delete_exchange(&exchange)
-            .await
-            .map_err(|error| service.broker_error(error))?;
+        service.delete_exchange(&exchange).await?;
         finish_tombstone(service, &tombstone).await?;
         tracing::info!(device_group = %group.device_group, version = %group.version(), "device group deleted");
         Ok(())

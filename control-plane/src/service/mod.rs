@@ -153,6 +153,32 @@ impl Service {
         Ok(())
     }
 
+    /// Tells the devices an object is gone: declares its exchange (a publish to a missing
+    /// one fails) and publishes the delete. Another instance finishing the same delete first,
+    /// and dropping the exchange in between, is not an error.
+    async fn publish_delete(
+        &self,
+        exchange: &str,
+        message: &nebula_protocol::Message,
+    ) -> Result<(), ServiceError> {
+        self.broker
+            .declare_exchange(exchange)
+            .await
+            .map_err(|error| self.broker_error(error))?;
+        match self.publish(exchange, message).await {
+            Err(ServiceError::Amqp(error)) if error.is_not_found() => Ok(()),
+            result => result,
+        }
+    }
+
+    /// Drops an object's exchange, and with it every binding to or from it.
+    async fn delete_exchange(&self, exchange: &str) -> Result<(), ServiceError> {
+        self.broker
+            .delete_exchange(exchange)
+            .await
+            .map_err(|error| self.broker_error(error))
+    }
+
     // ----- foreign stores ----------------------------------------------------------------
 
     /// Remembers that an agent asked this instance while holding state from another store:
