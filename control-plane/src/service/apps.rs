@@ -3,7 +3,7 @@
 //! group, drop the exchange).
 
 use super::resource::Lifecycle;
-use super::write::{Writes, finish_tombstone};
+use super::write::{Writes, clear_pending, delete_exchange_unless_revived};
 use super::{Service, ServiceError, Stored};
 use crate::error::StoreError;
 use crate::store::Kind;
@@ -14,6 +14,10 @@ use nebula_protocol::{AppConfig, DeviceGroup, Message, Name, names};
 impl Lifecycle for AppConfig {
     fn writes(service: &Service) -> &Writes<Self> {
         &service.apps
+    }
+
+    fn exchange(name: &Name) -> String {
+        names::app_exchange(name)
     }
 
     async fn publish(service: &Service, stored: &Stored<Self>) -> Result<(), ServiceError> {
@@ -53,8 +57,8 @@ impl Lifecycle for AppConfig {
                 Err(error) => return Err(error),
             }
         }
-        service.delete_exchange(&exchange).await?;
-        finish_tombstone(service, &tombstone).await?;
+        delete_exchange_unless_revived(service, &tombstone).await?;
+        clear_pending(service, &tombstone).await?;
         tracing::info!(app = %config.app_name, version = %config.version(), "app deleted");
         Ok(())
     }
@@ -70,14 +74,14 @@ async fn groups_containing(service: &Service, app: &Name) -> Result<Vec<Name>, S
         .map_err(|error| service.store_error(error))?;
     let mut groups = Vec::new();
     for record in records.into_iter().filter(|record| !record.tombstone) {
-        match <DeviceGroup as super::resource::Resource>::from_body(&record.name, &record.body) {
-            Ok((group, _)) if group.apps.contains(app) => groups.push(group.device_group),
-            Ok(_) => {}
-            Err(error @ StoreError::Corrupt { .. }) => {
-                service.metrics.corrupt_record();
-                tracing::error!(device_group = %record.name, error = %error, "corrupt group skipped while removing a deleted app from groups");
+        match service.parse::<DeviceGroup>(record) {
+            Ok(stored) if stored.document.apps.contains(app) => {
+                groups.push(stored.document.device_group);
             }
-            Err(error) => return Err(service.store_error(error)),
+            Ok(_) => {}
+            // Counted and logged by `parse`; the others still leave the app.
+            Err(ServiceError::Store(StoreError::Corrupt { .. })) => {}
+            Err(error) => return Err(error),
         }
     }
     Ok(groups)

@@ -93,6 +93,9 @@ pub struct Service {
     /// Set once the store was seen holding something, so that `/readyz` (polled by load
     /// balancers) lists a store only while it is empty, which is cheap.
     seen_non_empty: Arc<std::sync::atomic::AtomicBool>,
+    /// The write batches and their settling, so that shutdown waits for them before it
+    /// closes the broker connection.
+    tasks: tokio_util::task::TaskTracker,
 }
 
 impl Service {
@@ -107,7 +110,15 @@ impl Service {
             groups: Arc::default(),
             foreign_stores: Arc::default(),
             seen_non_empty: Arc::default(),
+            tasks: tokio_util::task::TaskTracker::new(),
         }
+    }
+
+    /// Waits up to `grace` for the writes still running (at shutdown, after the HTTP server
+    /// stopped taking requests). Returns whether they all finished.
+    pub async fn finish_writes(&self, grace: std::time::Duration) -> bool {
+        self.tasks.close();
+        tokio::time::timeout(grace, self.tasks.wait()).await.is_ok()
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -216,18 +227,24 @@ impl Service {
         else {
             return Ok(None);
         };
+        self.parse(record).map(Some)
+    }
+
+    /// A record as its typed document. A body that does not parse is counted, logged, and
+    /// that object's error.
+    fn parse<R: Resource>(&self, record: crate::store::Record) -> Result<Stored<R>, ServiceError> {
         let (document, detach) = R::from_body(&record.name, &record.body).map_err(|error| {
             self.metrics.corrupt_record();
-            tracing::error!(kind = R::KIND.label(), name = %name, error = %error, "corrupt record");
+            tracing::error!(kind = R::KIND.label(), name = %record.name, error = %error, "corrupt record");
             self.store_error(error)
         })?;
-        Ok(Some(Stored {
+        Ok(Stored {
             version: record.version,
             pending_publish: record.pending_publish,
             tombstone: record.tombstone,
             document,
             detach,
-        }))
+        })
     }
 
     /// The live (not tombstoned) object, if any.

@@ -31,10 +31,6 @@ fn table(kind: Kind) -> TableDefinition<'static, &'static str, &'static [u8]> {
     TableDefinition::new(kind.collection())
 }
 
-fn unavailable(error: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(error.to_string())
-}
-
 /// One write, run inside the shared transaction (or told that none could be begun). It
 /// returns what to tell its caller once the transaction's fate is known.
 type Job = Box<dyn FnOnce(Result<&WriteTransaction, &StoreError>) -> Completion + Send>;
@@ -89,17 +85,22 @@ impl EmbeddedStore {
     /// Opens (or creates) the database in `directory`: the tables, the identity of a new
     /// store, and the writer thread.
     pub fn open(directory: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(directory).map_err(unavailable)?;
-        let database = Database::create(directory.join(FILE_NAME)).map_err(unavailable)?;
-        let transaction = database.begin_write().map_err(unavailable)?;
+        std::fs::create_dir_all(directory).map_err(StoreError::unavailable)?;
+        let database =
+            Database::create(directory.join(FILE_NAME)).map_err(StoreError::unavailable)?;
+        let transaction = database.begin_write().map_err(StoreError::unavailable)?;
         let identity = {
             for kind in Kind::ALL {
-                transaction.open_table(table(kind)).map_err(unavailable)?;
+                transaction
+                    .open_table(table(kind))
+                    .map_err(StoreError::unavailable)?;
             }
-            let mut meta = transaction.open_table(META).map_err(unavailable)?;
+            let mut meta = transaction
+                .open_table(META)
+                .map_err(StoreError::unavailable)?;
             let existing = meta
                 .get(META_STORE_ID)
-                .map_err(unavailable)?
+                .map_err(StoreError::unavailable)?
                 .map(|value| value.value().to_vec());
             match existing {
                 Some(bytes) => {
@@ -115,19 +116,19 @@ impl EmbeddedStore {
                 None => {
                     let identity = new_store_id();
                     meta.insert(META_STORE_ID, identity.0.to_be_bytes().as_slice())
-                        .map_err(unavailable)?;
+                        .map_err(StoreError::unavailable)?;
                     identity
                 }
             }
         };
-        transaction.commit().map_err(unavailable)?;
+        transaction.commit().map_err(StoreError::unavailable)?;
         let database = Arc::new(database);
         let (sender, jobs) = mpsc::channel();
         let thread_database = Arc::clone(&database);
         let thread = std::thread::Builder::new()
             .name("nebula-store-writer".into())
             .spawn(move || write_loop(&thread_database, &jobs))
-            .map_err(unavailable)?;
+            .map_err(StoreError::unavailable)?;
         Ok(Self {
             database,
             writer: Arc::new(Writer {
@@ -145,7 +146,7 @@ impl EmbeddedStore {
         let database = Arc::clone(&self.database);
         tokio::task::spawn_blocking(move || work(&database))
             .await
-            .map_err(unavailable)?
+            .map_err(StoreError::unavailable)?
     }
 
     /// Runs `work` in the next group-committed transaction and answers once it committed.
@@ -188,7 +189,7 @@ fn write_loop(database: &Database, jobs: &mpsc::Receiver<Job>) {
             Ok(transaction) => transaction,
             Err(error) => {
                 // Nothing runs: each write is told why.
-                let error = unavailable(error);
+                let error = StoreError::unavailable(error);
                 for job in batch {
                     // The job answered already; its completion has nothing left to say.
                     drop(job(Err(&error)));
@@ -200,7 +201,7 @@ fn write_loop(database: &Database, jobs: &mpsc::Receiver<Job>) {
         // the others commit unaffected.
         let completions: Vec<Completion> =
             batch.into_iter().map(|job| job(Ok(&transaction))).collect();
-        let committed = transaction.commit().map_err(unavailable);
+        let committed = transaction.commit().map_err(StoreError::unavailable);
         for completion in completions {
             completion(committed.clone());
         }
@@ -208,42 +209,33 @@ fn write_loop(database: &Database, jobs: &mpsc::Receiver<Job>) {
 }
 
 fn decode(kind: Kind, name: &str, bytes: &[u8]) -> Result<Record, StoreError> {
-    serde_json::from_slice(bytes).map_err(|error| StoreError::Corrupt {
-        kind: kind.label(),
-        name: name.to_string(),
-        reason: error.to_string(),
-    })
+    serde_json::from_slice(bytes).map_err(|error| StoreError::corrupt(kind, name, error))
 }
 
 fn encode(record: &Record) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(record).map_err(unavailable)
+    serde_json::to_vec(record).map_err(StoreError::unavailable)
 }
 
-/// Runs `change` on the current record inside `transaction` and applies what it returns:
-/// `Some(Some(record))` to write, `Some(None)` to delete, `None` to leave it. The closure's
-/// error aborts this change only.
+/// Runs `change` on the current record inside `transaction` and writes what it returns
+/// (`None`: leave it). The closure's error aborts this change only; it changed nothing.
 fn modify<R>(
     transaction: &WriteTransaction,
     kind: Kind,
     name: &str,
-    change: impl FnOnce(Option<Record>) -> Result<(Option<Option<Record>>, R), StoreError>,
+    change: impl FnOnce(Option<Record>) -> Result<(Option<Record>, R), StoreError>,
 ) -> Result<R, StoreError> {
-    let mut opened = transaction.open_table(table(kind)).map_err(unavailable)?;
-    let current = match opened.get(name).map_err(unavailable)? {
+    let mut opened = transaction
+        .open_table(table(kind))
+        .map_err(StoreError::unavailable)?;
+    let current = match opened.get(name).map_err(StoreError::unavailable)? {
         Some(guard) => Some(decode(kind, name, guard.value())?),
         None => None,
     };
     let (write, result) = change(current)?;
-    match write {
-        Some(Some(record)) => {
-            opened
-                .insert(name, encode(&record)?.as_slice())
-                .map_err(unavailable)?;
-        }
-        Some(None) => {
-            opened.remove(name).map_err(unavailable)?;
-        }
-        None => {}
+    if let Some(record) = write {
+        opened
+            .insert(name, encode(&record)?.as_slice())
+            .map_err(StoreError::unavailable)?;
     }
     Ok(result)
 }
@@ -253,11 +245,13 @@ fn read_all(
     kind: Kind,
     only_pending: bool,
 ) -> Result<Vec<Record>, StoreError> {
-    let transaction = database.begin_read().map_err(unavailable)?;
-    let opened = transaction.open_table(table(kind)).map_err(unavailable)?;
+    let transaction = database.begin_read().map_err(StoreError::unavailable)?;
+    let opened = transaction
+        .open_table(table(kind))
+        .map_err(StoreError::unavailable)?;
     let mut records = Vec::new();
-    for entry in opened.iter().map_err(unavailable)? {
-        let (key, value) = entry.map_err(unavailable)?;
+    for entry in opened.iter().map_err(StoreError::unavailable)? {
+        let (key, value) = entry.map_err(StoreError::unavailable)?;
         // A record whose bookkeeping does not parse is still listed by name (as a corrupt
         // object) rather than failing the whole listing: corruption is that object's error.
         let record = decode(kind, key.value(), value.value()).unwrap_or_else(|_| Record {
@@ -302,15 +296,17 @@ impl Store for EmbeddedStore {
     async fn next_incarnation(&self) -> Result<Incarnation, StoreError> {
         let floor = now_micros();
         self.write(move |transaction| {
-            let mut meta = transaction.open_table(META).map_err(unavailable)?;
+            let mut meta = transaction
+                .open_table(META)
+                .map_err(StoreError::unavailable)?;
             let last = meta
                 .get(META_INCARNATION)
-                .map_err(unavailable)?
+                .map_err(StoreError::unavailable)?
                 .and_then(|value| <[u8; 8]>::try_from(value.value()).ok())
                 .map_or(0, u64::from_be_bytes);
             let next = last.saturating_add(1).max(floor);
             meta.insert(META_INCARNATION, next.to_be_bytes().as_slice())
-                .map_err(unavailable)?;
+                .map_err(StoreError::unavailable)?;
             Ok(next)
         })
         .await
@@ -318,7 +314,7 @@ impl Store for EmbeddedStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.blocking(|database| {
-            database.begin_read().map_err(unavailable)?;
+            database.begin_read().map_err(StoreError::unavailable)?;
             Ok(())
         })
         .await
@@ -327,9 +323,11 @@ impl Store for EmbeddedStore {
     async fn get(&self, kind: Kind, name: &str) -> Result<Option<Record>, StoreError> {
         let name = name.to_string();
         self.blocking(move |database| {
-            let transaction = database.begin_read().map_err(unavailable)?;
-            let opened = transaction.open_table(table(kind)).map_err(unavailable)?;
-            match opened.get(name.as_str()).map_err(unavailable)? {
+            let transaction = database.begin_read().map_err(StoreError::unavailable)?;
+            let opened = transaction
+                .open_table(table(kind))
+                .map_err(StoreError::unavailable)?;
+            match opened.get(name.as_str()).map_err(StoreError::unavailable)? {
                 Some(guard) => Ok(Some(decode(kind, &name, guard.value())?)),
                 None => Ok(None),
             }
@@ -354,7 +352,7 @@ impl Store for EmbeddedStore {
                     kind: kind.label(),
                     name: name.clone(),
                 }),
-                None => Ok((Some(Some(record)), ())),
+                None => Ok((Some(record), ())),
             })
         })
         .await
@@ -377,7 +375,7 @@ impl Store for EmbeddedStore {
                 Some(current) if current.version != expected_version => {
                     Err(conflict(kind, &name, expected_version))
                 }
-                Some(_) => Ok((Some(Some(record)), expected_version + 1)),
+                Some(_) => Ok((Some(record), expected_version + 1)),
             })
         })
         .await
@@ -391,9 +389,7 @@ impl Store for EmbeddedStore {
         self.write(move |transaction| {
             let name = cleared.name.clone();
             modify(transaction, kind, &name, |current| match current {
-                Some(current) if current.version == cleared.version => {
-                    Ok((Some(Some(cleared)), true))
-                }
+                Some(current) if current.version == cleared.version => Ok((Some(cleared), true)),
                 _ => Ok((None, false)),
             })
         })
