@@ -82,13 +82,7 @@ async fn measure_store(
 
     eprintln!("rest[{store}]: {readers} readers for {seconds} s");
     let base = format!("http://{}/api/v2", control_plane.address);
-    let reads = load(
-        &base,
-        Load::Reads(Arc::new(names)),
-        seconds,
-        readers,
-    )
-    .await?;
+    let reads = load(&base, Load::Reads(Arc::new(names)), seconds, readers).await?;
     let mut write_results = Vec::new();
     for &count in writers {
         eprintln!("rest[{store}]: {count} writers on {HOT_APP} for {seconds} s");
@@ -144,9 +138,11 @@ async fn measure_upstream(
     writers: &[usize],
 ) -> anyhow::Result<serde_json::Value> {
     let rest = Rest::new(address, ADMIN_USER, ADMIN_PASSWORD);
-    let names = create_apps(&rest, apps)
-        .await
-        .map_err(|error| anyhow::anyhow!("creating the apps on upstream at {address} (it needs an empty database): {error}"))?;
+    let names = create_apps(&rest, apps).await.map_err(|error| {
+        anyhow::anyhow!(
+            "creating the apps on upstream at {address} (it needs an empty database): {error}"
+        )
+    })?;
     let base = format!("http://{address}/api/v2");
     eprintln!("rest[upstream]: {readers} readers for {seconds} s");
     let reads = load(&base, Load::Reads(Arc::new(names)), seconds, readers).await?;
