@@ -7,9 +7,10 @@
 #
 # The manager's source is not vendored (no network here beyond package registries): clone
 # https://github.com/nebula-orchestrator/manager where you can and pass its directory. Its
-# Python dependencies come from PyPI into a venv of its own. It runs as its Dockerfile runs it:
-# gunicorn, one gevent worker (config/config.py), here on 127.0.0.1:18980 with basic auth and a
-# database of its own that is dropped afterwards. Not part of scripts/test.sh: it needs that
+# Python dependencies come from PyPI into a venv of its own. It runs as its Dockerfile runs it
+# (gunicorn, one gevent worker: config/config.py) except that its access log is off, which
+# only helps it; here on 127.0.0.1:18980 with basic auth and a database of its own that is
+# dropped afterwards. Not part of scripts/test.sh: it needs that
 # checkout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +33,7 @@ port_open 127.0.0.1 "$port" && die "127.0.0.1:$port is taken"
 
 venv="$upstream/.venv-bench"
 if [ ! -x "$venv/bin/gunicorn" ]; then
-  say "installing the manager's requirements into $venv"
+  say >&2 "installing the manager's requirements into $venv"
   python3 -m venv "$venv"
   # enum34, ipaddress and backports.ssl-match-hostname are Python 2 backports: on Python 3
   # enum34 shadows the standard library's enum and breaks the interpreter.
@@ -46,8 +47,10 @@ log=$(mktemp /tmp/nebula-upstream-manager.XXXXXX.log)
   cd "$upstream"
   export MONGO_URL="$mongo_url/$database" SCHEMA_NAME="$database" AUTH_ENABLED=true \
     BASIC_AUTH_USER=nebula BASIC_AUTH_PASSWORD=nebula-test
-  exec "$venv/bin/gunicorn" --config config/config.py --chdir "$upstream" \
-    --bind "127.0.0.1:$port" --access-logfile /dev/null manager:app
+  # config/config.py's settings, given here because its chdir is the image's /www; no access
+  # log (its config writes one line per request to stdout).
+  exec "$venv/bin/gunicorn" --config /dev/null --chdir "$upstream" --workers 1 \
+    --worker-class gevent --threads 1 --log-level error --bind "127.0.0.1:$port" manager:app
 ) >"$log" 2>&1 &
 manager=$!
 cleanup() {
@@ -63,7 +66,7 @@ until port_open 127.0.0.1 "$port"; do
   [ "$SECONDS" -lt "$deadline" ] || { tail -n 30 "$log" >&2; die "the manager did not listen within 60 s"; }
   sleep 0.2
 done
-say "upstream manager on 127.0.0.1:$port (log $log)"
+say "upstream manager on 127.0.0.1:$port (log $log)" >&2
 
 cargo build --locked --release -p nebula-tests -p nebula-control-plane
 target/release/nebula-bench rest --store mongodb --upstream "127.0.0.1:$port" "$@"
