@@ -121,6 +121,7 @@ fn amqp(operation: &'static str) -> impl FnOnce(lapin::Error) -> AmqpError {
 }
 
 async fn handle(channel: &Channel, service: &Service, delivery: Delivery) -> Result<(), AmqpError> {
+    let started = std::time::Instant::now();
     let request = match decode(&delivery.data) {
         Ok(Message::SyncRequest(request)) => request,
         Ok(other) => {
@@ -198,6 +199,7 @@ async fn handle(channel: &Channel, service: &Service, delivery: Delivery) -> Res
         .await
         .map_err(amqp("basic.ack"))?;
     service.metrics().sync_answered(found);
+    service.metrics().sync_latency(started.elapsed());
     tracing::debug!(device = %request.device_id, target = ?request.target, found, "sync request answered");
     Ok(())
 }

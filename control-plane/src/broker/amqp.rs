@@ -55,6 +55,11 @@ fn operation(operation: &'static str) -> impl FnOnce(lapin::Error) -> AmqpError 
 
 /// AMQP reply code of a missing exchange or queue.
 const NOT_FOUND: u16 = 404;
+/// AMQP reply code of an exclusive queue another connection owns.
+const RESOURCE_LOCKED: u16 = 405;
+/// Presence probes one instance runs at once: each takes a channel (the broker allows 2,047
+/// per connection by default) for two round trips.
+const MAX_CONCURRENT_PROBES: usize = 64;
 
 /// Maps a lapin error of one operation: 404 is [`AmqpError::NotFound`], anything else a
 /// failed operation.
@@ -89,6 +94,7 @@ pub struct AmqpBroker {
     channel: Channel,
     idle: std::sync::Arc<std::sync::Mutex<Vec<Channel>>>,
     publish_timeout: Duration,
+    probes: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl AmqpBroker {
@@ -123,6 +129,7 @@ impl AmqpBroker {
             channel,
             idle: std::sync::Arc::default(),
             publish_timeout,
+            probes: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_PROBES)),
         };
         broker.declare_fixed_topology().await?;
         Ok(broker)
@@ -440,5 +447,46 @@ impl Publisher for AmqpBroker {
 
     fn is_connected(&self) -> bool {
         self.connection.status().connected()
+    }
+
+    /// A passive declare on a channel of its own: RabbitMQ answers 405 RESOURCE_LOCKED for
+    /// an exclusive queue another connection (the agent's) owns, 404 when no such queue
+    /// exists; both close only that channel. Two round trips, no traffic to the device.
+    async fn queue_held(&self, queue: &str) -> Result<Option<bool>, AmqpError> {
+        let _permit = self
+            .probes
+            .acquire()
+            .await
+            .map_err(|_| AmqpError::ConnectionLost("the broker is closing".into()))?;
+        self.limited("queue.declare (presence)", async {
+            let channel = self.create_channel().await?;
+            let declared = channel
+                .queue_declare(
+                    queue.into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await;
+            match declared {
+                Ok(_) => {
+                    // The queue exists and nobody holds it exclusively (a durable queue of
+                    // the previous release): it says nothing about the device.
+                    let _ = channel.close(200, "OK".into()).await;
+                    Ok(None)
+                }
+                Err(error) => match reply_code(&error) {
+                    Some(RESOURCE_LOCKED) => Ok(Some(true)),
+                    Some(NOT_FOUND) => Ok(Some(false)),
+                    _ => Err(AmqpError::Operation {
+                        operation: "queue.declare (presence)",
+                        reason: error.to_string(),
+                    }),
+                },
+            }
+        })
+        .await
     }
 }
