@@ -134,6 +134,33 @@ impl VirtualHost {
         })
     }
 
+    /// Consumers of `queue`, as the broker lists them.
+    fn queue_consumers(&self, queue: &str) -> Option<u32> {
+        let queues = rabbitmqctl(&[
+            "--silent",
+            "list_queues",
+            "-p",
+            &self.name,
+            "name",
+            "consumers",
+        ]);
+        queues.lines().find_map(|line| {
+            let mut columns = line.split_whitespace();
+            (columns.next() == Some(queue)).then(|| columns.next()?.parse().ok())?
+        })
+    }
+
+    /// Waits until the agent consumes `queue`: a sync reply can be applied by a boot pass
+    /// that found the exchange missing and will bind on its next pass, so a change published
+    /// before then reaches no queue (the real control plane writes the store first, so the
+    /// next sync would carry it; this test's scripted answers do not).
+    async fn consumed(&self, queue: &str) {
+        wait_for(&format!("{queue} consumed"), CONVERGE, || async {
+            self.queue_consumers(queue) == Some(1)
+        })
+        .await;
+    }
+
     /// `durable` and `exclusive` of `queue`, as the broker lists them.
     fn queue_properties(&self, queue: &str) -> Option<(bool, bool)> {
         let queues = rabbitmqctl(&[
@@ -469,6 +496,7 @@ async fn app_mode_boot_flow_changes_poison_delete_and_recreate() {
 
     // The agent's queue exists, is bound, and follows changes.
     let queue = names::app_queue(&device, &app);
+    vhost.consumed(&queue).await;
     let mut change = app_config(&app, 2, image);
     change.env_vars.insert("REVISION".into(), "2".into());
     control_plane
@@ -568,6 +596,7 @@ async fn app_mode_boot_flow_changes_poison_delete_and_recreate() {
     );
     // A late change of the deleted incarnation is ignored; the new one's changes apply on
     // the re-bound queue.
+    vhost.consumed(&queue).await;
     control_plane
         .publish(
             &exchange,

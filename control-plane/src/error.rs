@@ -1,6 +1,8 @@
 //! The error types of each layer. Each says whether retrying the same operation can help, so
 //! callers decide between retrying, answering the client, or failing hard (DESIGN §3).
 
+use crate::store::Kind;
+
 /// Whether an operation that failed may succeed when tried again unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retry {
@@ -36,6 +38,20 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The stored `kind` `name` cannot be read back.
+    pub fn corrupt(kind: Kind, name: &str, reason: impl std::fmt::Display) -> Self {
+        Self::Corrupt {
+            kind: kind.label(),
+            name: name.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// The database failed or cannot be reached.
+    pub fn unavailable(reason: impl std::fmt::Display) -> Self {
+        Self::Unavailable(reason.to_string())
+    }
+
     pub fn retry(&self) -> Retry {
         match self {
             Self::Conflict { .. } | Self::Unavailable(_) => Retry::Helps,

@@ -50,8 +50,8 @@ pub enum RunError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Amqp(#[from] AmqpError),
-    #[error("outbox: {0}")]
-    Outbox(#[from] ServiceError),
+    #[error(transparent)]
+    Service(#[from] ServiceError),
     #[error("cannot listen on {address}: {source}")]
     Listen {
         address: std::net::SocketAddr,
@@ -162,7 +162,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
     tasks.close();
 
     let state = AppState {
-        service,
+        service: service.clone(),
         authenticator: Authenticator::new(config.auth_enabled, &config.admin),
     };
     let grace = config.shutdown_grace;
@@ -174,7 +174,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
         grace,
     )
     .await;
-    // Background tasks watch the same token; give them the rest of the grace period.
+    // Writes still running (a batch, its settling) finish on the open connection; background
+    // tasks watch the same token. Both get the grace period, then the connection closes.
+    if !service.finish_writes(grace).await {
+        tracing::warn!("writes still running after the grace period; the outbox finishes them");
+    }
     if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
         tracing::warn!("background tasks did not stop in time");
     }
@@ -194,7 +198,16 @@ async fn watch_store(store: Arc<dyn Store>, shutdown: Shutdown) {
             () = shutdown.token().cancelled() => return,
             () = tokio::time::sleep(STORE_WATCH_INTERVAL) => {}
         }
-        if let Err(error) = store.ping().await {
+        // A database that stops answering (rather than refusing) must fail the instance too.
+        let answered = tokio::time::timeout(STORE_WATCH_INTERVAL, store.ping())
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::unavailable(format!(
+                    "no answer to a ping within {} s",
+                    STORE_WATCH_INTERVAL.as_secs()
+                )))
+            });
+        if let Err(error) = answered {
             shutdown.fail(&error);
             return;
         }

@@ -9,7 +9,7 @@
 //! agent keeps what it has and asks again later). The consumer ending for any reason ends
 //! the instance: an instance that no longer answers syncs must not stay ready.
 
-use crate::broker::amqp::AmqpBroker;
+use crate::broker::amqp::{AmqpBroker, operation};
 use crate::error::{AmqpError, StoreError};
 use crate::service::{Service, ServiceError};
 use crate::shutdown::Shutdown;
@@ -50,10 +50,7 @@ pub async fn run(
     channel
         .basic_qos(prefetch, BasicQosOptions::default())
         .await
-        .map_err(|error| AmqpError::Operation {
-            operation: "basic.qos",
-            reason: error.to_string(),
-        })?;
+        .map_err(operation("basic.qos"))?;
     let consumer = channel
         .basic_consume(
             names::SYNC_QUEUE.into(),
@@ -62,10 +59,7 @@ pub async fn run(
             FieldTable::default(),
         )
         .await
-        .map_err(|error| AmqpError::Operation {
-            operation: "basic.consume",
-            reason: error.to_string(),
-        })?;
+        .map_err(operation("basic.consume"))?;
     tracing::info!(
         queue = names::SYNC_QUEUE,
         prefetch,
@@ -113,13 +107,6 @@ pub async fn run(
     outcome
 }
 
-fn amqp(operation: &'static str) -> impl FnOnce(lapin::Error) -> AmqpError {
-    move |error| AmqpError::Operation {
-        operation,
-        reason: error.to_string(),
-    }
-}
-
 async fn handle(channel: &Channel, service: &Service, delivery: Delivery) -> Result<(), AmqpError> {
     let started = std::time::Instant::now();
     let request = match decode(&delivery.data) {
@@ -156,7 +143,7 @@ async fn handle(channel: &Channel, service: &Service, delivery: Delivery) -> Res
                 .reject(BasicRejectOptions { requeue: false })
                 .await
                 .map(|_| ())
-                .map_err(amqp("basic.reject"));
+                .map_err(operation("basic.reject"));
         }
         Err(error) => {
             // The store failed (the service has started the shutdown): let another
@@ -168,7 +155,7 @@ async fn handle(channel: &Channel, service: &Service, delivery: Delivery) -> Res
                     ..BasicNackOptions::default()
                 })
                 .await
-                .map_err(amqp("basic.nack"))?;
+                .map_err(operation("basic.nack"))?;
             return Ok(());
         }
     };
@@ -193,11 +180,11 @@ async fn handle(channel: &Channel, service: &Service, delivery: Delivery) -> Res
             BasicProperties::default().with_correlation_id(correlation_id),
         )
         .await
-        .map_err(amqp("basic.publish"))?;
+        .map_err(operation("basic.publish"))?;
     delivery
         .ack(BasicAckOptions::default())
         .await
-        .map_err(amqp("basic.ack"))?;
+        .map_err(operation("basic.ack"))?;
     service.metrics().sync_answered(found);
     service.metrics().sync_latency(started.elapsed());
     tracing::debug!(device = %request.device_id, target = ?request.target, found, "sync request answered");
@@ -210,5 +197,5 @@ async fn reject(service: &Service, delivery: &Delivery) -> Result<(), AmqpError>
         .reject(BasicRejectOptions { requeue: false })
         .await
         .map(|_| ())
-        .map_err(amqp("basic.reject"))
+        .map_err(operation("basic.reject"))
 }

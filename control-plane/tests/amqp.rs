@@ -7,22 +7,12 @@ mod support;
 
 use nebula_control_plane::store::embedded::EmbeddedStore;
 use nebula_control_plane::store::{AppDocument, Kind, Store, to_record};
-use nebula_protocol::{AppConfig, Message, Name, SyncResult, SyncTarget, names};
+use nebula_protocol::{AppConfig, Message, SyncResult, SyncTarget, names};
 use reqwest::Method;
 use serde_json::json;
-use std::collections::HashMap;
-use support::{ControlPlane, TestVhost, bound_queue, call, connect, drain, http, sync};
-
-fn embedded(vhost: &TestVhost, data_dir: &std::path::Path) -> HashMap<&'static str, String> {
-    HashMap::from([
-        ("NEBULA_AMQP_URL", vhost.url.clone()),
-        ("NEBULA_DATA_DIR", data_dir.display().to_string()),
-    ])
-}
-
-fn name(value: &str) -> Name {
-    Name::new(value).expect("name")
-}
+use support::{
+    ControlPlane, TestVhost, bound_queue, call, connect, drain, embedded, http, name, sync,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rest_writes_reach_app_and_group_queues_exactly_once() {

@@ -632,3 +632,155 @@ async fn a_stale_view_of_a_deleted_incarnation_is_never_written_back() {
     let keys: Vec<&str> = written.env_vars.keys().map(String::as_str).collect();
     assert_eq!(keys, vec!["LATE", "X", "Y", "Z"]);
 }
+
+/// The outbox republishing a change while another instance deletes the object: the 404 is
+/// that object's race; the pass goes on and the instance keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_meets_a_deleted_exchange_without_failing() {
+    let system = two_instances();
+    system
+        .first
+        .create_app(AppConfig::new(name("x"), "nginx"))
+        .await
+        .expect("app");
+    // A change stored and never confirmed (its instance died).
+    let current = system
+        .store
+        .get(Kind::App, "x")
+        .await
+        .expect("get")
+        .expect("record");
+    system
+        .store
+        .replace(
+            Kind::App,
+            current.version,
+            &Record {
+                pending_publish: true,
+                ..current
+            },
+        )
+        .await
+        .expect("flag");
+    let late_publish = system.broker.hold("basic.publish", "nebula.app.x");
+    let first = system.first.clone();
+    let pass = tokio::spawn(async move { first.republish_pending(None).await });
+    within("the outbox's publish", late_publish.reached()).await;
+    within("B's delete", system.second.delete_app(&name("x")))
+        .await
+        .expect("delete");
+    late_publish.open();
+    let (handled, _) = within("the outbox pass", pass)
+        .await
+        .expect("join")
+        .expect("the pass does not fail");
+    assert_eq!(handled, 0);
+    system.assert_alive();
+}
+
+/// A delete finishing late (here: its announcement held) after the name was re-created by
+/// another instance must not drop the new incarnation's exchange.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_delete_never_drops_a_re_created_objects_exchange() {
+    let system = two_instances();
+    system
+        .first
+        .create_app(AppConfig::new(name("x"), "nginx"))
+        .await
+        .expect("app");
+    let late_announcement = system.broker.hold("basic.publish", "nebula.app.x");
+    let first = system.first.clone();
+    let deleting = tokio::spawn(async move { first.delete_app(&name("x")).await });
+    within("A's AppDeleted", late_announcement.reached()).await;
+    // B re-creates x meanwhile: it finishes the flagged delete itself and revives the name.
+    let recreated = within(
+        "B's create",
+        system
+            .second
+            .create_app(AppConfig::new(name("x"), "nginx:2")),
+    )
+    .await
+    .expect("re-create");
+    late_announcement.open();
+    within("A's delete", deleting)
+        .await
+        .expect("join")
+        .expect("delete");
+    assert!(
+        system.broker.snapshot().exchanges.contains("nebula.app.x"),
+        "the late delete dropped the re-created app's exchange"
+    );
+    let live = system
+        .first
+        .get_app(&name("x"))
+        .await
+        .expect("read")
+        .expect("x is live");
+    assert_eq!(live.version(), recreated.version());
+    system.assert_alive();
+}
+
+/// A group write that listed an app being deleted, left flagged by an instance that died
+/// before its repair: the outbox finishes it with the repair.
+#[tokio::test]
+async fn the_outbox_repairs_a_group_listing_a_deleted_app() {
+    let system = two_instances();
+    for app in ["x", "y"] {
+        system
+            .first
+            .create_app(AppConfig::new(name(app), "nginx"))
+            .await
+            .expect("app");
+    }
+    let mut created = DeviceGroup::new(name("g"));
+    created.apps = vec![name("x"), name("y")];
+    let created = system.first.create_group(created).await.expect("group");
+    // x is deleted, but (as if the group write had raced it) the group still lists it,
+    // flagged, with no instance left to repair it.
+    system.first.delete_app(&name("x")).await.expect("delete");
+    let current = system
+        .store
+        .get(Kind::DeviceGroup, "g")
+        .await
+        .expect("get")
+        .expect("record");
+    let mut stale = created.clone();
+    stale.device_group_id = 9;
+    system
+        .store
+        .replace(
+            Kind::DeviceGroup,
+            current.version,
+            &Record {
+                name: "g".into(),
+                version: 0,
+                pending_publish: true,
+                tombstone: false,
+                body: serde_json::to_string(&nebula_control_plane::store::GroupDocument::from(
+                    &stale,
+                ))
+                .expect("json"),
+            },
+        )
+        .await
+        .expect("replace");
+    let (handled, _) = system.second.republish_pending(None).await.expect("outbox");
+    assert_eq!(handled, 1);
+    let repaired = system
+        .first
+        .get_group(&name("g"))
+        .await
+        .expect("read")
+        .expect("group");
+    assert_eq!(repaired.apps, vec![name("y")]);
+    assert_eq!(repaired.device_group_id, 10);
+    assert!(
+        system
+            .store
+            .pending(Kind::DeviceGroup)
+            .await
+            .expect("pending")
+            .is_empty(),
+        "flag cleared once repaired"
+    );
+}

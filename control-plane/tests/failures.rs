@@ -10,26 +10,15 @@ use nebula_control_plane::broker::amqp::AmqpBroker;
 use nebula_control_plane::metrics::sample;
 use nebula_control_plane::store::embedded::EmbeddedStore;
 use nebula_control_plane::store::{Kind, Record, Store};
-use nebula_protocol::{Message, Name, StoreId, SyncResult, SyncTarget, names};
+use nebula_protocol::{Message, StoreId, SyncResult, SyncTarget, names};
 use reqwest::Method;
 use serde_json::json;
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use support::{
-    ControlPlane, DEADLINE, TestVhost, call, connect, get_text, http, sync, sync_within,
+    ControlPlane, DEADLINE, TestVhost, call, connect, embedded, get_text, http, name, sync,
+    sync_within,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn embedded(vhost: &TestVhost, data_dir: &std::path::Path) -> HashMap<&'static str, String> {
-    HashMap::from([
-        ("NEBULA_AMQP_URL", vhost.url.clone()),
-        ("NEBULA_DATA_DIR", data_dir.display().to_string()),
-    ])
-}
-
-fn name(value: &str) -> Name {
-    Name::new(value).expect("name")
-}
 
 async fn metric(address: &str, sample_name: &str) -> Option<u64> {
     sample(&get_text(address, "/metrics").await.1, sample_name)

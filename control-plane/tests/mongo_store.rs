@@ -46,3 +46,48 @@ async fn make() -> (Arc<dyn Store>, DropDatabase) {
 }
 
 store_contract_tests!(make());
+
+/// A document edited by hand so that even its bookkeeping does not parse: listings still
+/// work (it is listed by name), and reading it is that object's `Corrupt`.
+#[tokio::test]
+async fn a_malformed_document_is_that_objects_error() {
+    use nebula_control_plane::error::StoreError;
+    use nebula_control_plane::store::{Kind, Record};
+    let (store, guard) = make().await;
+    store
+        .insert(
+            Kind::App,
+            &Record {
+                name: "good".into(),
+                version: 0,
+                pending_publish: true,
+                tombstone: false,
+                body: "{}".into(),
+            },
+        )
+        .await
+        .expect("insert");
+    let client = mongodb::Client::with_uri_str(mongo_url())
+        .await
+        .expect("client");
+    client
+        .database(&guard.0)
+        .collection::<mongodb::bson::Document>("apps")
+        .insert_one(mongodb::bson::doc! {"_id": "bad", "version": "seven", "body": 3})
+        .await
+        .expect("raw insert");
+    let names: Vec<String> = store
+        .list(Kind::App)
+        .await
+        .expect("the listing survives")
+        .into_iter()
+        .map(|record| record.name)
+        .collect();
+    assert_eq!(names, vec!["bad", "good"]);
+    let pending = store.pending(Kind::App).await.expect("pending survives");
+    assert_eq!(pending.len(), 1);
+    assert!(matches!(
+        store.get(Kind::App, "bad").await,
+        Err(StoreError::Corrupt { .. })
+    ));
+}

@@ -12,7 +12,6 @@ mod openapi;
 
 use axum::body::Body;
 use axum::http::Request;
-use base64::Engine;
 use http_body_util::BodyExt;
 use nebula_control_plane::api::{AppState, router};
 use nebula_control_plane::auth::{AdminCredentials, Authenticator};

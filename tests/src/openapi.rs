@@ -222,7 +222,7 @@ pub fn template_of(document: &Value, path: &str) -> Option<String> {
 }
 
 /// The JSON schema of the answer `status` of an operation.
-pub fn response_schema<'a>(operation: &'a Value, status: u16) -> Option<&'a Value> {
+pub fn response_schema(operation: &Value, status: u16) -> Option<&Value> {
     operation
         .get("responses")?
         .get(status.to_string())?

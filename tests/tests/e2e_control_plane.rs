@@ -214,23 +214,8 @@ async fn a_control_plane_killed_during_500_writes_loses_no_acknowledged_write() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_control_planes_share_the_work_and_survive_losing_one() {
     let scenario = Scenario::new("two-cps");
-    let store = StoreKind::Mongo(unique_name("nebula_e2e").replace('-', "_"));
-    let first = ControlPlane::start(
-        "cp-a",
-        &store,
-        &scenario.vhost.amqp_url(),
-        &scenario.directory,
-    )
-    .await
-    .expect("cp a");
-    let second = ControlPlane::start(
-        "cp-b",
-        &store,
-        &scenario.vhost.amqp_url(),
-        &scenario.directory,
-    )
-    .await
-    .expect("cp b");
+    let (control_planes, _) = scenario.control_planes_on_mongo(&["cp-a", "cp-b"]).await;
+    let (first, second) = (&control_planes[0], &control_planes[1]);
     let apps: Vec<String> = (0..2)
         .map(|index| scenario.app_name(&format!("two{index}")))
         .collect();

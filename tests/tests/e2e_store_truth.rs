@@ -7,7 +7,7 @@ mod support;
 
 use nebula_tests::docker::{AppContainer, app_containers};
 use nebula_tests::services::test_image;
-use nebula_tests::system::{Agent, AgentMode, ControlPlane, StoreKind};
+use nebula_tests::system::{Agent, AgentMode, ControlPlane};
 use nebula_tests::{unique_name, wait_for};
 use serde_json::json;
 use std::collections::BTreeSet;
@@ -164,23 +164,8 @@ async fn a_control_plane_on_an_empty_store_removes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_control_planes_changing_one_group_leave_broker_store_and_device_agreeing() {
     let scenario = Scenario::new("group-race");
-    let store = StoreKind::Mongo(unique_name("nebula_e2e").replace('-', "_"));
-    let first = ControlPlane::start(
-        "cp-a",
-        &store,
-        &scenario.vhost.amqp_url(),
-        &scenario.directory,
-    )
-    .await
-    .expect("cp a");
-    let second = ControlPlane::start(
-        "cp-b",
-        &store,
-        &scenario.vhost.amqp_url(),
-        &scenario.directory,
-    )
-    .await
-    .expect("cp b");
+    let (control_planes, _) = scenario.control_planes_on_mongo(&["cp-a", "cp-b"]).await;
+    let (first, second) = (&control_planes[0], &control_planes[1]);
     let apps: Vec<String> = ["a", "b", "c"]
         .iter()
         .map(|app| scenario.app_name(app))
@@ -280,16 +265,8 @@ async fn two_control_planes_changing_one_group_leave_broker_store_and_device_agr
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_record_stays_that_apps_problem() {
     let scenario = Scenario::new("corrupt");
-    let database = unique_name("nebula_e2e").replace('-', "_");
-    let store = StoreKind::Mongo(database.clone());
-    let control_plane = ControlPlane::start(
-        "cp",
-        &store,
-        &scenario.vhost.amqp_url(),
-        &scenario.directory,
-    )
-    .await
-    .expect("cp");
+    let (control_planes, database) = scenario.control_planes_on_mongo(&["cp"]).await;
+    let control_plane = &control_planes[0];
     let rest = control_plane.rest();
     let (good, bad) = (scenario.app_name("good"), scenario.app_name("bad"));
     for app in [&good, &bad] {
@@ -351,7 +328,6 @@ async fn a_corrupt_record_stays_that_apps_problem() {
         "{}",
         control_plane.process.log()
     );
-    let _ = client.database(&database).drop().await;
 }
 
 async fn readyz(control_plane: &ControlPlane) -> serde_json::Value {

@@ -46,7 +46,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 const REPORTS_MAX_LENGTH: i64 = 100_000;
 const REPORTS_TTL_MS: i64 = 3_600_000;
 
-fn operation(operation: &'static str) -> impl FnOnce(lapin::Error) -> AmqpError {
+/// Maps a lapin error of one operation to [`AmqpError::Operation`].
+pub(crate) fn operation(operation: &'static str) -> impl FnOnce(lapin::Error) -> AmqpError {
     move |error| AmqpError::Operation {
         operation,
         reason: error.to_string(),
@@ -369,38 +370,38 @@ impl Publisher for AmqpBroker {
 
     async fn bind_exchange(&self, destination: &str, source: &str) -> Result<(), AmqpError> {
         let channel = self.borrow().await?;
-        let result = channel
-            .exchange_bind(
-                destination.into(),
-                source.into(),
-                "".into(),
-                ExchangeBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(classify(
-                "exchange.bind",
-                &format!("{source} -> {destination}"),
-            ));
+        let bound = channel.exchange_bind(
+            destination.into(),
+            source.into(),
+            "".into(),
+            ExchangeBindOptions::default(),
+            FieldTable::default(),
+        );
+        let target = format!("{source} -> {destination}");
+        let result = self
+            .limited("exchange.bind", async {
+                bound.await.map_err(classify("exchange.bind", &target))
+            })
+            .await;
         self.give_back(channel);
         result
     }
 
     async fn unbind_exchange(&self, destination: &str, source: &str) -> Result<(), AmqpError> {
         let channel = self.borrow().await?;
-        let result = channel
-            .exchange_unbind(
-                destination.into(),
-                source.into(),
-                "".into(),
-                ExchangeUnbindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(classify(
-                "exchange.unbind",
-                &format!("{source} -> {destination}"),
-            ));
+        let unbound = channel.exchange_unbind(
+            destination.into(),
+            source.into(),
+            "".into(),
+            ExchangeUnbindOptions::default(),
+            FieldTable::default(),
+        );
+        let target = format!("{source} -> {destination}");
+        let result = self
+            .limited("exchange.unbind", async {
+                unbound.await.map_err(classify("exchange.unbind", &target))
+            })
+            .await;
         self.give_back(channel);
         result
     }

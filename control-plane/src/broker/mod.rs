@@ -27,8 +27,9 @@ pub trait Publisher: Send + Sync + std::fmt::Debug {
     /// Removes a binding made by [`Publisher::bind_exchange`] (idempotent).
     async fn unbind_exchange(&self, destination: &str, source: &str) -> Result<(), AmqpError>;
 
-    /// Publishes `message` persistently on `exchange` and waits for the broker's confirm. A
-    /// nack or a lost connection is an error.
+    /// Publishes `message` (transient) on `exchange` and waits for the broker's confirm. A
+    /// nack, a lost connection or no confirm in time is an error; a missing exchange is
+    /// [`AmqpError::NotFound`].
     async fn publish(&self, exchange: &str, message: &Message) -> Result<(), AmqpError>;
 
     /// Whether the connection is up (for `/readyz`).

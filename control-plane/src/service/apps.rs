@@ -3,7 +3,7 @@
 //! group, drop the exchange).
 
 use super::resource::Lifecycle;
-use super::write::{Writes, finish_tombstone};
+use super::write::{Writes, clear_pending, delete_exchange_unless_revived};
 use super::{Service, ServiceError, Stored};
 use crate::error::StoreError;
 use crate::store::Kind;
@@ -14,6 +14,10 @@ use nebula_protocol::{AppConfig, DeviceGroup, Message, Name, names};
 impl Lifecycle for AppConfig {
     fn writes(service: &Service) -> &Writes<Self> {
         &service.apps
+    }
+
+    fn exchange(name: &Name) -> String {
+        names::app_exchange(name)
     }
 
     async fn publish(service: &Service, stored: &Stored<Self>) -> Result<(), ServiceError> {
@@ -31,22 +35,12 @@ impl Lifecycle for AppConfig {
     async fn finish_delete(service: &Service, tombstone: Stored<Self>) -> Result<(), ServiceError> {
         let config = &tombstone.document;
         let exchange = names::app_exchange(&config.app_name);
-        // Declared first: publishing to a missing exchange would fail.
-        service
-            .broker
-            .declare_exchange(&exchange)
-            .await
-            .map_err(|error| service.broker_error(error))?;
         let message = Message::AppDeleted {
             app_name: config.app_name.clone(),
             app_id: config.app_id,
             incarnation: config.incarnation,
         };
-        match service.publish(&exchange, &message).await {
-            // Another instance is finishing the same delete and dropped the exchange.
-            Err(ServiceError::Amqp(error)) if error.is_not_found() => {}
-            result => result?,
-        }
+        service.publish_delete(&exchange, &message).await?;
         // Every group that lists the app leaves it. Read after the tombstone was written: a
         // group write that checked the app before then is caught by that write's repair.
         for group in groups_containing(service, &config.app_name).await? {
@@ -63,12 +57,8 @@ impl Lifecycle for AppConfig {
                 Err(error) => return Err(error),
             }
         }
-        service
-            .broker
-            .delete_exchange(&exchange)
-            .await
-            .map_err(|error| service.broker_error(error))?;
-        finish_tombstone(service, &tombstone).await?;
+        delete_exchange_unless_revived(service, &tombstone).await?;
+        clear_pending(service, &tombstone).await?;
         tracing::info!(app = %config.app_name, version = %config.version(), "app deleted");
         Ok(())
     }
@@ -84,14 +74,14 @@ async fn groups_containing(service: &Service, app: &Name) -> Result<Vec<Name>, S
         .map_err(|error| service.store_error(error))?;
     let mut groups = Vec::new();
     for record in records.into_iter().filter(|record| !record.tombstone) {
-        match <DeviceGroup as super::resource::Resource>::from_body(&record.name, &record.body) {
-            Ok((group, _)) if group.apps.contains(app) => groups.push(group.device_group),
-            Ok(_) => {}
-            Err(error @ StoreError::Corrupt { .. }) => {
-                service.metrics.corrupt_record();
-                tracing::error!(device_group = %record.name, error = %error, "corrupt group skipped while removing a deleted app from groups");
+        match service.parse::<DeviceGroup>(record) {
+            Ok(stored) if stored.document.apps.contains(app) => {
+                groups.push(stored.document.device_group);
             }
-            Err(error) => return Err(service.store_error(error)),
+            Ok(_) => {}
+            // Counted and logged by `parse`; the others still leave the app.
+            Err(ServiceError::Store(StoreError::Corrupt { .. })) => {}
+            Err(error) => return Err(error),
         }
     }
     Ok(groups)

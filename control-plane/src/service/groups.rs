@@ -12,7 +12,7 @@
 //! decides what is bound.
 
 use super::resource::{Lifecycle, Resource};
-use super::write::{Writes, finish_tombstone};
+use super::write::{Writes, clear_pending, delete_exchange_unless_revived};
 use super::{Service, ServiceError, Stored};
 use crate::store::Kind;
 use async_trait::async_trait;
@@ -27,6 +27,10 @@ const TOPOLOGY_ROUNDS: usize = 5;
 impl Lifecycle for DeviceGroup {
     fn writes(service: &Service) -> &Writes<Self> {
         &service.groups
+    }
+
+    fn exchange(name: &Name) -> String {
+        names::group_exchange(name)
     }
 
     /// Only apps new to the group must exist (removing a deleted app must work), and no cron
@@ -84,27 +88,15 @@ impl Lifecycle for DeviceGroup {
     async fn finish_delete(service: &Service, tombstone: Stored<Self>) -> Result<(), ServiceError> {
         let group = &tombstone.document;
         let exchange = names::group_exchange(&group.device_group);
-        service
-            .broker
-            .declare_exchange(&exchange)
-            .await
-            .map_err(|error| service.broker_error(error))?;
         let message = Message::DeviceGroupDeleted {
             device_group: group.device_group.clone(),
             device_group_id: group.device_group_id,
             incarnation: group.incarnation,
         };
-        match service.publish(&exchange, &message).await {
-            Err(ServiceError::Amqp(error)) if error.is_not_found() => {}
-            result => result?,
-        }
+        service.publish_delete(&exchange, &message).await?;
         // Deleting the exchange drops its bindings with it.
-        service
-            .broker
-            .delete_exchange(&exchange)
-            .await
-            .map_err(|error| service.broker_error(error))?;
-        finish_tombstone(service, &tombstone).await?;
+        delete_exchange_unless_revived(service, &tombstone).await?;
+        clear_pending(service, &tombstone).await?;
         tracing::info!(device_group = %group.device_group, version = %group.version(), "device group deleted");
         Ok(())
     }
@@ -138,15 +130,19 @@ pub(crate) async fn group_state(
     })
 }
 
-/// Whether a live record of the app exists. Its body is not parsed: a corrupt app is still
-/// a member (its devices keep what they have), it just cannot be published.
+/// Whether a live record of the app exists. Its body is not parsed, and a record that cannot
+/// be read at all counts as existing: a corrupt app is still a member (its devices keep what
+/// they have), it just cannot be published.
 async fn app_is_live(service: &Service, app: &Name) -> Result<bool, ServiceError> {
-    Ok(service
-        .store
-        .get(Kind::App, app.as_str())
-        .await
-        .map_err(|error| service.store_error(error))?
-        .is_some_and(|record| !record.tombstone))
+    match service.store.get(Kind::App, app.as_str()).await {
+        Ok(record) => Ok(record.is_some_and(|record| !record.tombstone)),
+        // Even its bookkeeping unreadable: the record exists, and nothing says it is deleted.
+        Err(crate::error::StoreError::Corrupt { .. }) => {
+            service.metrics.corrupt_record();
+            Ok(true)
+        }
+        Err(error) => Err(service.store_error(error)),
+    }
 }
 
 /// Makes the broker's bindings of `group` what its record says: every live member's
@@ -208,9 +204,12 @@ async fn settle_topology(
     let mut seen = written.version;
     for _ in 0..TOPOLOGY_ROUNDS {
         let latest = match service.read::<DeviceGroup>(name).await? {
-            // Deleted: dropping its exchange dropped every binding.
             None => return Ok(()),
-            Some(stored) if stored.tombstone => return Ok(()),
+            // Deleted meanwhile. Its delete dropped the exchange, but maybe before this write
+            // declared it again: drop it again, unless it was re-created since.
+            Some(stored) if stored.tombstone => {
+                return delete_exchange_unless_revived(service, &stored).await;
+            }
             Some(stored) => stored,
         };
         if latest.version == seen {
@@ -231,7 +230,7 @@ async fn settle_topology(
         touched.extend(latest.detach.iter().cloned());
         seen = latest.version;
     }
-    tracing::warn!(device_group = %name, "group kept changing while its bindings were reconciled; the outbox reconciles it again");
+    tracing::warn!(device_group = %name, "group kept changing while its bindings were reconciled; each of those writes reconciles after itself, and every instance reconciles every group at start");
     Ok(())
 }
 

@@ -95,6 +95,9 @@ pub struct Service {
     /// Set once the store was seen holding something, so that `/readyz` (polled by load
     /// balancers) lists a store only while it is empty, which is cheap.
     seen_non_empty: Arc<std::sync::atomic::AtomicBool>,
+    /// The write batches and their settling, so that shutdown waits for them before it
+    /// closes the broker connection.
+    tasks: tokio_util::task::TaskTracker,
 }
 
 impl Service {
@@ -109,7 +112,15 @@ impl Service {
             groups: Arc::default(),
             foreign_stores: Arc::default(),
             seen_non_empty: Arc::default(),
+            tasks: tokio_util::task::TaskTracker::new(),
         }
+    }
+
+    /// Waits up to `grace` for the writes still running (at shutdown, after the HTTP server
+    /// stopped taking requests). Returns whether they all finished.
+    pub async fn finish_writes(&self, grace: std::time::Duration) -> bool {
+        self.tasks.close();
+        tokio::time::timeout(grace, self.tasks.wait()).await.is_ok()
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -157,6 +168,32 @@ impl Service {
         Ok(())
     }
 
+    /// Tells the devices an object is gone: declares its exchange (a publish to a missing
+    /// one fails) and publishes the delete. Another instance finishing the same delete first,
+    /// and dropping the exchange in between, is not an error.
+    async fn publish_delete(
+        &self,
+        exchange: &str,
+        message: &nebula_protocol::Message,
+    ) -> Result<(), ServiceError> {
+        self.broker
+            .declare_exchange(exchange)
+            .await
+            .map_err(|error| self.broker_error(error))?;
+        match self.publish(exchange, message).await {
+            Err(ServiceError::Amqp(error)) if error.is_not_found() => Ok(()),
+            result => result,
+        }
+    }
+
+    /// Drops an object's exchange, and with it every binding to or from it.
+    async fn delete_exchange(&self, exchange: &str) -> Result<(), ServiceError> {
+        self.broker
+            .delete_exchange(exchange)
+            .await
+            .map_err(|error| self.broker_error(error))
+    }
+
     // ----- foreign stores ----------------------------------------------------------------
 
     /// Remembers that an agent asked this instance while holding state from another store:
@@ -194,18 +231,24 @@ impl Service {
         else {
             return Ok(None);
         };
+        self.parse(record).map(Some)
+    }
+
+    /// A record as its typed document. A body that does not parse is counted, logged, and
+    /// that object's error.
+    fn parse<R: Resource>(&self, record: crate::store::Record) -> Result<Stored<R>, ServiceError> {
         let (document, detach) = R::from_body(&record.name, &record.body).map_err(|error| {
             self.metrics.corrupt_record();
-            tracing::error!(kind = R::KIND.label(), name = %name, error = %error, "corrupt record");
+            tracing::error!(kind = R::KIND.label(), name = %record.name, error = %error, "corrupt record");
             self.store_error(error)
         })?;
-        Ok(Some(Stored {
+        Ok(Stored {
             version: record.version,
             pending_publish: record.pending_publish,
             tombstone: record.tombstone,
             document,
             detach,
-        }))
+        })
     }
 
     /// The live (not tombstoned) object, if any.

@@ -1,9 +1,9 @@
 //! The outbox's work on the service: republish the current state of every object whose
 //! last publish was never confirmed, finish unfinished deletes, and reconcile topology.
 
-use super::groups::{reconcile_every_group, reconcile_topology};
-use super::resource::{Lifecycle, Resource};
-use super::write::{clear_pending, lock};
+use super::groups::reconcile_every_group;
+use super::resource::Lifecycle;
+use super::write::{lock, settle};
 use super::{Service, ServiceError};
 use crate::error::StoreError;
 use crate::store::{Kind, Record};
@@ -46,14 +46,21 @@ impl Service {
                 if !stale || self.publishing.contains(kind, &record.name) {
                     continue;
                 }
+                let name = record.name.clone();
                 let outcome = match kind {
                     Kind::App => self.republish::<AppConfig>(record).await,
                     Kind::DeviceGroup => self.republish::<DeviceGroup>(record).await,
                 };
                 match outcome {
-                    Ok(()) => handled += 1,
+                    Ok(true) => handled += 1,
+                    Ok(false) => {}
                     Err(ServiceError::Store(StoreError::Corrupt { .. })) => {
                         self.metrics.outbox_skipped_corrupt();
+                    }
+                    // Another instance deleted the object between this pass's read and its
+                    // publish: the object's race, and that delete supersedes the change.
+                    Err(ServiceError::Amqp(error)) if error.is_not_found() => {
+                        tracing::info!(kind = kind.label(), name = %name, error = %error, "outbox: deleted while being republished");
                     }
                     Err(error) => return Err(error),
                 }
@@ -62,51 +69,39 @@ impl Service {
         Ok((handled, seen))
     }
 
-    async fn republish<R: Lifecycle>(&self, record: Record) -> Result<(), ServiceError> {
+    /// Finishes one flagged write: whether there was still something to do.
+    async fn republish<R: Lifecycle>(&self, record: Record) -> Result<bool, ServiceError> {
         let name = Name::new(record.name.as_str()).map_err(|error| {
-            ServiceError::Store(StoreError::Corrupt {
-                kind: R::KIND.label(),
-                name: record.name.clone(),
-                reason: error.to_string(),
-            })
+            ServiceError::Store(StoreError::corrupt(R::KIND, &record.name, error))
         })?;
         // Read again through the typed path: the record may have moved on since the listing.
         let Some(stored) = self.read::<R>(&name).await? else {
-            return Ok(());
+            return Ok(false);
         };
         if !stored.pending_publish {
-            return Ok(());
+            return Ok(false);
         }
         if stored.tombstone {
             R::finish_delete(self, stored).await?;
         } else {
+            // The same as after a write: publish, then the follow-up repair and the flag.
             R::publish(self, &stored).await?;
-            clear_pending(self, &stored).await?;
+            settle(self, stored).await?;
         }
         tracing::info!(kind = R::KIND.label(), name = %name, "outbox: republished");
         self.metrics.outbox_republished();
-        Ok(())
+        Ok(true)
     }
 
     /// Reconciles the broker bindings of every live group with the store (at start).
     pub async fn reconcile_topology(&self) -> Result<usize, ServiceError> {
         reconcile_every_group(self).await
     }
-
-    /// Reconciles one group's bindings with its stored record (tests and tools).
-    pub async fn reconcile_group_topology(&self, name: &Name) -> Result<(), ServiceError> {
-        match self.read::<DeviceGroup>(name).await? {
-            Some(stored) if !stored.tombstone => {
-                reconcile_topology(self, &stored.document, &stored.detach).await
-            }
-            _ => Err(DeviceGroup::not_found(name.clone())),
-        }
-    }
 }
 
-/// The objects this instance is writing and publishing right now, so that its own outbox
-/// pass leaves their flags to the request that set them. Counted: two batches of one object
-/// never overlap, but a delete's group updates run while the app's own batch does.
+/// The objects this instance is writing and publishing right now (a batch, or the settling
+/// after it), so that its own outbox pass leaves their flags to the task that set them.
+/// Counted: a batch of an object and the settling of its previous batch can overlap.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct InFlight(Arc<Mutex<HashMap<(Kind, String), usize>>>);
 

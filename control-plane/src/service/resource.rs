@@ -51,6 +51,9 @@ pub(crate) trait Lifecycle: Resource {
     /// This kind's write queues.
     fn writes(service: &Service) -> &super::write::Writes<Self>;
 
+    /// The exchange of the object called `name`.
+    fn exchange(name: &Name) -> String;
+
     /// Checks a new or changed document against the rest of the store before it is written
     /// (a group's members must exist). `previous` is `None` on create.
     async fn check(
@@ -75,8 +78,9 @@ pub(crate) trait Lifecycle: Resource {
         Ok(None)
     }
 
-    /// The broker half of a delete and the removal of the tombstone. Idempotent, so the
-    /// outbox can finish a delete an instance died in the middle of.
+    /// The broker half of a delete, then the tombstone's outbox flag cleared (the tombstone
+    /// stays). Idempotent, so the outbox can finish a delete an instance died in the middle
+    /// of.
     async fn finish_delete(service: &Service, tombstone: Stored<Self>) -> Result<(), ServiceError>;
 }
 

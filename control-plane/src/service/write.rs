@@ -8,17 +8,19 @@
 //! in ONE compare-and-swap, publishes the final state ONCE, and answers each writer with the
 //! document at its own revision. Twenty clients updating one app cost one store round trip
 //! and one confirm per batch instead of a compare-and-swap storm, and revisions still go up
-//! by exactly one per acknowledged change. Only another instance can make the
-//! compare-and-swap fail; then the batch is applied again to what that instance wrote.
+//! by exactly one per acknowledged change. When the compare-and-swap fails (another instance,
+//! or this one's follow-up repair, wrote in between), the batch is applied again to what the
+//! store holds.
 //!
-//! Each batch runs in a task of its own: a caller that goes away (a client disconnecting, a
-//! request timeout) never abandons a half-done write of other callers.
+//! Each batch runs in a task of its own (tracked, so that shutdown waits for it): a caller
+//! that goes away (a client disconnecting, a request timeout) never abandons a half-done
+//! write of other callers.
 //!
-//! Two round trips stay off a write's path: the slot remembers what this instance last
-//! wrote, so a batch goes straight to the compare-and-swap (which fails, and the batch
-//! re-reads, only if another instance wrote since), and the outbox flag is cleared after the
-//! callers were answered (a flag left set only makes the outbox republish a state agents
-//! already have).
+//! Round trips kept off a write's path: while writes of an object keep coming (the slot
+//! lives while anyone waits on it), the slot remembers what the last batch wrote, so the next
+//! batch goes straight to the compare-and-swap; a lone writer reads first. And a write is
+//! answered before its outbox flag is cleared (a flag left set only makes the outbox
+//! republish a state agents already have).
 
 use super::resource::{Lifecycle, Resource};
 use super::{Service, ServiceError, Stored};
@@ -123,7 +125,8 @@ impl<R: Lifecycle> Writes<R> {
         lock(&slot.queue).push(Op { change, done });
         let service = service.clone();
         let name = name.clone();
-        tokio::spawn(async move {
+        let tasks = service.tasks.clone();
+        tasks.spawn(async move {
             let mut last = slot.runner.lock().await;
             let batch = std::mem::take(&mut *lock(&slot.queue));
             if !batch.is_empty() {
@@ -217,6 +220,8 @@ async fn create<R: Lifecycle>(
         // The name had an object before: re-create over its tombstone, so that the record's
         // versions keep going up (see `Record::tombstone`).
         let Some(tombstone) = service.read::<R>(document.name()).await? else {
+            // An insert of another instance not visible to this read yet: a moment later.
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             continue;
         };
         if !tombstone.tombstone {
@@ -227,6 +232,11 @@ async fn create<R: Lifecycle>(
             // A delete an instance died in the middle of: finish it first.
             R::finish_delete(service, tombstone).await?;
         }
+        // The new incarnation starts with a fresh exchange: one re-declared by a write that
+        // raced the old delete could still hold the old incarnation's bindings.
+        service
+            .delete_exchange(&R::exchange(document.name()))
+            .await?;
         match service.store.replace(R::KIND, version, &record).await {
             Ok(version) => break version,
             Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => continue,
@@ -254,6 +264,7 @@ async fn update<R: Lifecycle>(
     mut known: Option<Stored<R>>,
 ) -> Option<Stored<R>> {
     let (stored, outcomes) = loop {
+        let remembered = known.is_some();
         let current = match known.take() {
             Some(current) => current,
             None => match service.read::<R>(name).await {
@@ -287,35 +298,18 @@ async fn update<R: Lifecycle>(
             outcomes.push(outcome);
         }
         if outcomes.iter().all(Result::is_err) {
+            if remembered {
+                // Refused on what this instance remembered, which no compare-and-swap has
+                // checked: decide again on what the store holds.
+                continue;
+            }
             for (op, outcome) in ops.drain(..).zip(outcomes) {
                 let _ = op.done.send(outcome.map(Some));
             }
             return Some(current);
         }
-        let detach = detach_list(&current, &state);
-        let record = match record_of(&state, &detach, false) {
-            Ok(record) => record,
-            Err(error) => {
-                let error = service.store_error(error);
-                answer_all(ops, || Err(error.clone()));
-                return None;
-            }
-        };
-        match service
-            .store
-            .replace(R::KIND, current.version, &record)
-            .await
-        {
-            Ok(version) => {
-                let stored = Stored {
-                    version,
-                    pending_publish: true,
-                    tombstone: false,
-                    document: state,
-                    detach,
-                };
-                break (stored, outcomes);
-            }
+        match write_successor(service, &current, state).await {
+            Ok(stored) => break (stored, outcomes),
             // Another instance wrote in between (or what this one remembered is out of
             // date): apply the batch again to what the store holds.
             Err(StoreError::Conflict { .. }) => continue,
@@ -350,7 +344,11 @@ async fn update<R: Lifecycle>(
     match published {
         Ok(()) => {
             spawn_settle(service, stored.clone());
-            Some(stored)
+            // The broker has unbound what this write detached.
+            Some(Stored {
+                detach: Vec::new(),
+                ..stored
+            })
         }
         Err(_) => None,
     }
@@ -393,57 +391,71 @@ async fn publish<R: Lifecycle>(service: &Service, stored: &Stored<R>) -> Result<
     }
 }
 
-/// After the callers were answered: clears the outbox flag, and makes the follow-up change
-/// the store needs, if any (see [`Lifecycle::repair`]), in a task of its own, so that the
-/// object's next batch does not wait for it. Both are compare-and-swaps on the version:
-/// when the next batch wrote first, the flag is that batch's to clear and the repair its to
-/// make. Failures are logged: a fatal one has already started the shutdown, and the outbox
-/// finishes what was left.
+/// After the callers were answered, in a task of its own so that the object's next batch
+/// does not wait for it: [`settle`].
 fn spawn_settle<R: Lifecycle>(service: &Service, stored: Stored<R>) {
     let service = service.clone();
-    tokio::spawn(async move {
+    let tasks = service.tasks.clone();
+    tasks.spawn(async move {
         let name = stored.document.name().clone();
+        let _publishing = service.publishing.enter(R::KIND, name.as_str());
         if let Err(error) = settle(&service, stored).await {
-            tracing::warn!(kind = R::KIND.label(), name = %name, error = %error, "settling a write failed; the outbox finishes it");
+            tracing::warn!(kind = R::KIND.label(), name = %name, error = %error, "settling a write failed; its outbox flag stays for the outbox");
         }
     });
 }
 
-async fn settle<R: Lifecycle>(service: &Service, stored: Stored<R>) -> Result<(), ServiceError> {
-    clear_pending(service, &stored).await?;
+/// Makes the follow-up change the store needs, if any (see [`Lifecycle::repair`]), then
+/// clears the outbox flag of the last version written — in that order, so that a flag is
+/// only ever cleared once nothing is left to do, and an instance dying in between leaves the
+/// work to the outbox (which settles too). Everything is a compare-and-swap on the version:
+/// when another batch wrote first, the flag and the repair are its to handle.
+pub(crate) async fn settle<R: Lifecycle>(
+    service: &Service,
+    stored: Stored<R>,
+) -> Result<(), ServiceError> {
     let mut current = stored;
     // A bounded number of follow-ups: each one is a new revision that is itself checked.
     for _ in 0..4 {
         let Some(mut next) = R::repair(service, &current).await? else {
-            return Ok(());
+            break;
         };
         next.follows(&current.document, true);
-        let detach = detach_list(&current, &next);
-        let record =
-            record_of(&next, &detach, false).map_err(|error| service.store_error(error))?;
-        match service
-            .store
-            .replace(R::KIND, current.version, &record)
-            .await
-        {
-            Ok(version) => {
-                tracing::warn!(kind = R::KIND.label(), name = %next.name(), version = %next.version(), "repaired after a concurrent change");
-                current = Stored {
-                    version,
-                    pending_publish: true,
-                    tombstone: false,
-                    document: next,
-                    detach,
-                };
+        match write_successor(service, &current, next).await {
+            Ok(written) => {
+                tracing::warn!(kind = R::KIND.label(), name = %written.document.name(), version = %written.document.version(), "repaired after a concurrent change");
+                current = written;
                 publish(service, &current).await?;
-                clear_pending(service, &current).await?;
             }
             // Someone else wrote meanwhile; their write runs its own repair.
             Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => return Ok(()),
             Err(error) => return Err(service.store_error(error)),
         }
     }
-    Ok(())
+    clear_pending(service, &current).await
+}
+
+/// Writes `next` over `current` with one compare-and-swap on `current`'s version, flagged for
+/// the outbox, with the links it detaches. The store's error as it is (a conflict or a
+/// missing record is the caller's to decide on).
+async fn write_successor<R: Resource>(
+    service: &Service,
+    current: &Stored<R>,
+    next: R,
+) -> Result<Stored<R>, StoreError> {
+    let detach = detach_list(current, &next);
+    let record = record_of(&next, &detach, false)?;
+    let version = service
+        .store
+        .replace(R::KIND, current.version, &record)
+        .await?;
+    Ok(Stored {
+        version,
+        pending_publish: true,
+        tombstone: false,
+        document: next,
+        detach,
+    })
 }
 
 /// Clears the outbox flag of a published write (and, with it, the links it had to remove:
@@ -493,12 +505,21 @@ async fn delete<R: Lifecycle>(service: &Service, name: &Name) -> Result<(), Serv
     R::finish_delete(service, tombstone).await
 }
 
-/// Marks a delete the broker has heard about as finished: the tombstone stays, without its
-/// outbox flag. Another instance finishing the same delete first, or a re-create already
-/// over it, is not an error.
-pub(crate) async fn finish_tombstone<R: Resource>(
+/// Drops a deleted object's exchange (and with it every binding to and from it) — unless the
+/// record is no longer this tombstone: a re-create over it (here or on another instance)
+/// owns the exchange now, and dropping it would cut the new incarnation's devices off.
+pub(crate) async fn delete_exchange_unless_revived<R: Lifecycle>(
     service: &Service,
     tombstone: &Stored<R>,
 ) -> Result<(), ServiceError> {
-    clear_pending(service, tombstone).await
+    let name = tombstone.document.name();
+    match service.read::<R>(name).await {
+        Ok(Some(current)) if current.tombstone && current.version == tombstone.version => {}
+        Ok(_) => {
+            tracing::info!(kind = R::KIND.label(), name = %name, "re-created while its delete finished; its exchange stays");
+            return Ok(());
+        }
+        Err(error) => return Err(error),
+    }
+    service.delete_exchange(&R::exchange(name)).await
 }

@@ -35,10 +35,6 @@ fn table(kind: Kind) -> TableDefinition<'static, &'static str, &'static [u8]> {
     TableDefinition::new(kind.collection())
 }
 
-fn unavailable(error: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(error.to_string())
-}
-
 /// One write, run inside the shared transaction (or told that none could be begun). It
 /// returns what to tell its caller once the transaction's fate is known.
 type Job = Box<dyn FnOnce(Result<&WriteTransaction, &StoreError>) -> Completion + Send>;
@@ -93,18 +89,25 @@ impl EmbeddedStore {
     /// Opens (or creates) the database in `directory`: the tables, the identity of a new
     /// store, and the writer thread.
     pub fn open(directory: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(directory).map_err(unavailable)?;
-        let database = Database::create(directory.join(FILE_NAME)).map_err(unavailable)?;
-        let transaction = database.begin_write().map_err(unavailable)?;
+        std::fs::create_dir_all(directory).map_err(StoreError::unavailable)?;
+        let database =
+            Database::create(directory.join(FILE_NAME)).map_err(StoreError::unavailable)?;
+        let transaction = database.begin_write().map_err(StoreError::unavailable)?;
         let identity = {
             for kind in Kind::ALL {
-                transaction.open_table(table(kind)).map_err(unavailable)?;
+                transaction
+                    .open_table(table(kind))
+                    .map_err(StoreError::unavailable)?;
             }
-            transaction.open_table(DEVICES).map_err(unavailable)?;
-            let mut meta = transaction.open_table(META).map_err(unavailable)?;
+            transaction
+                .open_table(DEVICES)
+                .map_err(StoreError::unavailable)?;
+            let mut meta = transaction
+                .open_table(META)
+                .map_err(StoreError::unavailable)?;
             let existing = meta
                 .get(META_STORE_ID)
-                .map_err(unavailable)?
+                .map_err(StoreError::unavailable)?
                 .map(|value| value.value().to_vec());
             match existing {
                 Some(bytes) => {
@@ -120,19 +123,19 @@ impl EmbeddedStore {
                 None => {
                     let identity = new_store_id();
                     meta.insert(META_STORE_ID, identity.0.to_be_bytes().as_slice())
-                        .map_err(unavailable)?;
+                        .map_err(StoreError::unavailable)?;
                     identity
                 }
             }
         };
-        transaction.commit().map_err(unavailable)?;
+        transaction.commit().map_err(StoreError::unavailable)?;
         let database = Arc::new(database);
         let (sender, jobs) = mpsc::channel();
         let thread_database = Arc::clone(&database);
         let thread = std::thread::Builder::new()
             .name("nebula-store-writer".into())
             .spawn(move || write_loop(&thread_database, &jobs))
-            .map_err(unavailable)?;
+            .map_err(StoreError::unavailable)?;
         Ok(Self {
             database,
             writer: Arc::new(Writer {
@@ -150,7 +153,7 @@ impl EmbeddedStore {
         let database = Arc::clone(&self.database);
         tokio::task::spawn_blocking(move || work(&database))
             .await
-            .map_err(unavailable)?
+            .map_err(StoreError::unavailable)?
     }
 
     /// Runs `work` in the next group-committed transaction and answers once it committed.
@@ -193,7 +196,7 @@ fn write_loop(database: &Database, jobs: &mpsc::Receiver<Job>) {
             Ok(transaction) => transaction,
             Err(error) => {
                 // Nothing runs: each write is told why.
-                let error = unavailable(error);
+                let error = StoreError::unavailable(error);
                 for job in batch {
                     // The job answered already; its completion has nothing left to say.
                     drop(job(Err(&error)));
@@ -205,7 +208,7 @@ fn write_loop(database: &Database, jobs: &mpsc::Receiver<Job>) {
         // the others commit unaffected.
         let completions: Vec<Completion> =
             batch.into_iter().map(|job| job(Ok(&transaction))).collect();
-        let committed = transaction.commit().map_err(unavailable);
+        let committed = transaction.commit().map_err(StoreError::unavailable);
         for completion in completions {
             completion(committed.clone());
         }
@@ -213,42 +216,33 @@ fn write_loop(database: &Database, jobs: &mpsc::Receiver<Job>) {
 }
 
 fn decode(kind: Kind, name: &str, bytes: &[u8]) -> Result<Record, StoreError> {
-    serde_json::from_slice(bytes).map_err(|error| StoreError::Corrupt {
-        kind: kind.label(),
-        name: name.to_string(),
-        reason: error.to_string(),
-    })
+    serde_json::from_slice(bytes).map_err(|error| StoreError::corrupt(kind, name, error))
 }
 
 fn encode(record: &Record) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(record).map_err(unavailable)
+    serde_json::to_vec(record).map_err(StoreError::unavailable)
 }
 
-/// Runs `change` on the current record inside `transaction` and applies what it returns:
-/// `Some(Some(record))` to write, `Some(None)` to delete, `None` to leave it. The closure's
-/// error aborts this change only.
+/// Runs `change` on the current record inside `transaction` and writes what it returns
+/// (`None`: leave it). The closure's error aborts this change only; it changed nothing.
 fn modify<R>(
     transaction: &WriteTransaction,
     kind: Kind,
     name: &str,
-    change: impl FnOnce(Option<Record>) -> Result<(Option<Option<Record>>, R), StoreError>,
+    change: impl FnOnce(Option<Record>) -> Result<(Option<Record>, R), StoreError>,
 ) -> Result<R, StoreError> {
-    let mut opened = transaction.open_table(table(kind)).map_err(unavailable)?;
-    let current = match opened.get(name).map_err(unavailable)? {
+    let mut opened = transaction
+        .open_table(table(kind))
+        .map_err(StoreError::unavailable)?;
+    let current = match opened.get(name).map_err(StoreError::unavailable)? {
         Some(guard) => Some(decode(kind, name, guard.value())?),
         None => None,
     };
     let (write, result) = change(current)?;
-    match write {
-        Some(Some(record)) => {
-            opened
-                .insert(name, encode(&record)?.as_slice())
-                .map_err(unavailable)?;
-        }
-        Some(None) => {
-            opened.remove(name).map_err(unavailable)?;
-        }
-        None => {}
+    if let Some(record) = write {
+        opened
+            .insert(name, encode(&record)?.as_slice())
+            .map_err(StoreError::unavailable)?;
     }
     Ok(result)
 }
@@ -258,11 +252,13 @@ fn read_all(
     kind: Kind,
     only_pending: bool,
 ) -> Result<Vec<Record>, StoreError> {
-    let transaction = database.begin_read().map_err(unavailable)?;
-    let opened = transaction.open_table(table(kind)).map_err(unavailable)?;
+    let transaction = database.begin_read().map_err(StoreError::unavailable)?;
+    let opened = transaction
+        .open_table(table(kind))
+        .map_err(StoreError::unavailable)?;
     let mut records = Vec::new();
-    for entry in opened.iter().map_err(unavailable)? {
-        let (key, value) = entry.map_err(unavailable)?;
+    for entry in opened.iter().map_err(StoreError::unavailable)? {
+        let (key, value) = entry.map_err(StoreError::unavailable)?;
         // A record whose bookkeeping does not parse is still listed by name (as a corrupt
         // object) rather than failing the whole listing: corruption is that object's error.
         let record = decode(kind, key.value(), value.value()).unwrap_or_else(|_| Record {
@@ -307,15 +303,17 @@ impl Store for EmbeddedStore {
     async fn next_incarnation(&self) -> Result<Incarnation, StoreError> {
         let floor = now_micros();
         self.write(move |transaction| {
-            let mut meta = transaction.open_table(META).map_err(unavailable)?;
+            let mut meta = transaction
+                .open_table(META)
+                .map_err(StoreError::unavailable)?;
             let last = meta
                 .get(META_INCARNATION)
-                .map_err(unavailable)?
+                .map_err(StoreError::unavailable)?
                 .and_then(|value| <[u8; 8]>::try_from(value.value()).ok())
                 .map_or(0, u64::from_be_bytes);
             let next = last.saturating_add(1).max(floor);
             meta.insert(META_INCARNATION, next.to_be_bytes().as_slice())
-                .map_err(unavailable)?;
+                .map_err(StoreError::unavailable)?;
             Ok(next)
         })
         .await
@@ -323,7 +321,7 @@ impl Store for EmbeddedStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.blocking(|database| {
-            database.begin_read().map_err(unavailable)?;
+            database.begin_read().map_err(StoreError::unavailable)?;
             Ok(())
         })
         .await
@@ -332,9 +330,11 @@ impl Store for EmbeddedStore {
     async fn get(&self, kind: Kind, name: &str) -> Result<Option<Record>, StoreError> {
         let name = name.to_string();
         self.blocking(move |database| {
-            let transaction = database.begin_read().map_err(unavailable)?;
-            let opened = transaction.open_table(table(kind)).map_err(unavailable)?;
-            match opened.get(name.as_str()).map_err(unavailable)? {
+            let transaction = database.begin_read().map_err(StoreError::unavailable)?;
+            let opened = transaction
+                .open_table(table(kind))
+                .map_err(StoreError::unavailable)?;
+            match opened.get(name.as_str()).map_err(StoreError::unavailable)? {
                 Some(guard) => Ok(Some(decode(kind, &name, guard.value())?)),
                 None => Ok(None),
             }
@@ -359,7 +359,7 @@ impl Store for EmbeddedStore {
                     kind: kind.label(),
                     name: name.clone(),
                 }),
-                None => Ok((Some(Some(record)), ())),
+                None => Ok((Some(record), ())),
             })
         })
         .await
@@ -382,7 +382,7 @@ impl Store for EmbeddedStore {
                 Some(current) if current.version != expected_version => {
                     Err(conflict(kind, &name, expected_version))
                 }
-                Some(_) => Ok((Some(Some(record)), expected_version + 1)),
+                Some(_) => Ok((Some(record), expected_version + 1)),
             })
         })
         .await
@@ -396,9 +396,7 @@ impl Store for EmbeddedStore {
         self.write(move |transaction| {
             let name = cleared.name.clone();
             modify(transaction, kind, &name, |current| match current {
-                Some(current) if current.version == cleared.version => {
-                    Ok((Some(Some(cleared)), true))
-                }
+                Some(current) if current.version == cleared.version => Ok((Some(cleared), true)),
                 _ => Ok((None, false)),
             })
         })
@@ -413,9 +411,14 @@ impl Store for EmbeddedStore {
     async fn get_device(&self, device_id: &str) -> Result<Option<DeviceRecord>, StoreError> {
         let device_id = device_id.to_string();
         self.blocking(move |database| {
-            let transaction = database.begin_read().map_err(unavailable)?;
-            let opened = transaction.open_table(DEVICES).map_err(unavailable)?;
-            match opened.get(device_id.as_str()).map_err(unavailable)? {
+            let transaction = database.begin_read().map_err(StoreError::unavailable)?;
+            let opened = transaction
+                .open_table(DEVICES)
+                .map_err(StoreError::unavailable)?;
+            match opened
+                .get(device_id.as_str())
+                .map_err(StoreError::unavailable)?
+            {
                 Some(guard) => Ok(Some(decode_device(&device_id, guard.value())?)),
                 None => Ok(None),
             }
@@ -426,19 +429,21 @@ impl Store for EmbeddedStore {
     async fn list_devices(&self, query: &DeviceQuery) -> Result<Vec<DeviceRecord>, StoreError> {
         let query = query.clone();
         self.blocking(move |database| {
-            let transaction = database.begin_read().map_err(unavailable)?;
-            let opened = transaction.open_table(DEVICES).map_err(unavailable)?;
+            let transaction = database.begin_read().map_err(StoreError::unavailable)?;
+            let opened = transaction
+                .open_table(DEVICES)
+                .map_err(StoreError::unavailable)?;
             let entries = match &query.after {
                 Some(after) => opened.range::<&str>(after.as_str()..),
                 None => opened.range::<&str>(..),
             }
-            .map_err(unavailable)?;
+            .map_err(StoreError::unavailable)?;
             let mut records = Vec::new();
             for entry in entries {
                 if records.len() >= query.limit {
                     break;
                 }
-                let (key, value) = entry.map_err(unavailable)?;
+                let (key, value) = entry.map_err(StoreError::unavailable)?;
                 // A device record that does not parse is skipped, not fatal to the listing:
                 // the device's next report overwrites it.
                 let Ok(record) = decode_device(key.value(), value.value()) else {
@@ -460,16 +465,18 @@ impl Store for EmbeddedStore {
     ) -> Result<u64, StoreError> {
         let record = record.clone();
         self.write(move |transaction| {
-            let mut opened = transaction.open_table(DEVICES).map_err(unavailable)?;
+            let mut opened = transaction
+                .open_table(DEVICES)
+                .map_err(StoreError::unavailable)?;
             let name = record.device_id.clone();
-            let current = match opened.get(name.as_str()).map_err(unavailable)? {
-                // An unreadable record counts as version 0: the ingester, which got
-                // `Corrupt` reading it, overwrites it by expecting 0.
-                Some(guard) => {
-                    Some(decode_device(&name, guard.value()).map_or(0, |record| record.version))
-                }
-                None => None,
-            };
+            // An unreadable record counts as version 0: the ingester, which got `Corrupt`
+            // reading it, overwrites it by expecting 0.
+            let current = opened
+                .get(name.as_str())
+                .map_err(StoreError::unavailable)?
+                .map(|guard| {
+                    decode_device(&name, guard.value()).map_or(0, |record| record.version)
+                });
             let version = match (current, expected_version) {
                 (None, None) => 1,
                 (Some(_), None) => {
@@ -486,10 +493,10 @@ impl Store for EmbeddedStore {
                 (Some(current), Some(_)) => current + 1,
             };
             let written = DeviceRecord { version, ..record };
-            let bytes = serde_json::to_vec(&written).map_err(unavailable)?;
+            let bytes = serde_json::to_vec(&written).map_err(StoreError::unavailable)?;
             opened
                 .insert(name.as_str(), bytes.as_slice())
-                .map_err(unavailable)?;
+                .map_err(StoreError::unavailable)?;
             Ok(version)
         })
         .await
@@ -497,10 +504,12 @@ impl Store for EmbeddedStore {
 
     async fn expire_devices(&self, seen_before_ms: u64) -> Result<u64, StoreError> {
         self.write(move |transaction| {
-            let mut opened = transaction.open_table(DEVICES).map_err(unavailable)?;
+            let mut opened = transaction
+                .open_table(DEVICES)
+                .map_err(StoreError::unavailable)?;
             let mut expired = Vec::new();
-            for entry in opened.iter().map_err(unavailable)? {
-                let (key, value) = entry.map_err(unavailable)?;
+            for entry in opened.iter().map_err(StoreError::unavailable)? {
+                let (key, value) = entry.map_err(StoreError::unavailable)?;
                 let seen = decode_device(key.value(), value.value())
                     .map_or(0, |record| record.last_seen_ms);
                 if seen < seen_before_ms {
@@ -508,7 +517,9 @@ impl Store for EmbeddedStore {
                 }
             }
             for device in &expired {
-                opened.remove(device.as_str()).map_err(unavailable)?;
+                opened
+                    .remove(device.as_str())
+                    .map_err(StoreError::unavailable)?;
             }
             Ok(expired.len() as u64)
         })

@@ -265,15 +265,6 @@ pub struct DeviceResourcesDocument {
     pub root_disk_used_bytes: u64,
 }
 
-/// A typed document with the record bookkeeping around it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Stored<T> {
-    pub version: u64,
-    pub pending_publish: bool,
-    pub tombstone: bool,
-    pub document: T,
-}
-
 /// Stored form of an app. Mirrors [`AppConfig`] with plain, self-describing field types.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AppDocument {
@@ -341,16 +332,8 @@ pub fn now_micros() -> Incarnation {
         })
 }
 
-fn corrupt(kind: Kind, name: &str, reason: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt {
-        kind: kind.label(),
-        name: name.to_string(),
-        reason: reason.to_string(),
-    }
-}
-
 fn name_of(kind: Kind, value: &str) -> Result<Name, StoreError> {
-    Name::new(value).map_err(|error| corrupt(kind, value, error))
+    Name::new(value).map_err(|error| StoreError::corrupt(kind, value, error))
 }
 
 impl From<&AppConfig> for AppDocument {
@@ -409,7 +392,9 @@ impl AppDocument {
                 &self.containers_per.key,
                 self.containers_per.value,
             )
-            .ok_or_else(|| corrupt(kind, &self.app_name, "unknown containers_per key"))?,
+            .ok_or_else(|| {
+                StoreError::corrupt(kind, &self.app_name, "unknown containers_per key")
+            })?,
             env_vars: self.env_vars.clone(),
             running: self.running,
             networks: self.networks.clone(),
@@ -464,27 +449,13 @@ pub fn to_record<T: Serialize>(
     pending_publish: bool,
     tombstone: bool,
 ) -> Result<Record, StoreError> {
-    let body = serde_json::to_string(document).map_err(|error| corrupt(kind, name, error))?;
+    let body =
+        serde_json::to_string(document).map_err(|error| StoreError::corrupt(kind, name, error))?;
     Ok(Record {
         name: name.to_string(),
         version: 0,
         pending_publish,
         tombstone,
         body,
-    })
-}
-
-/// Parses a record's body into a typed document.
-pub fn from_record<T: for<'de> Deserialize<'de>>(
-    kind: Kind,
-    record: Record,
-) -> Result<Stored<T>, StoreError> {
-    let document =
-        serde_json::from_str(&record.body).map_err(|error| corrupt(kind, &record.name, error))?;
-    Ok(Stored {
-        version: record.version,
-        pending_publish: record.pending_publish,
-        tombstone: record.tombstone,
-        document,
     })
 }

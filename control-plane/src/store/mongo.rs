@@ -46,15 +46,13 @@ pub struct MongoStore {
     identity: StoreId,
 }
 
-fn unavailable(error: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(error.to_string())
-}
-
 fn version_to_bson(kind: Kind, name: &str, version: u64) -> Result<i64, StoreError> {
-    i64::try_from(version).map_err(|_| StoreError::Corrupt {
-        kind: kind.label(),
-        name: name.to_string(),
-        reason: format!("version {version} does not fit in an int64"),
+    i64::try_from(version).map_err(|_| {
+        StoreError::corrupt(
+            kind,
+            name,
+            format!("version {version} does not fit in an int64"),
+        )
     })
 }
 
@@ -71,11 +69,7 @@ fn to_document(kind: Kind, record: &Record, version: u64) -> Result<Document, St
 
 fn from_document(kind: Kind, document: &Document) -> Result<Record, StoreError> {
     let name = document.get_str("_id").unwrap_or_default().to_string();
-    let corrupt = |reason: String| StoreError::Corrupt {
-        kind: kind.label(),
-        name: name.clone(),
-        reason,
-    };
+    let corrupt = |reason: String| StoreError::corrupt(kind, &name, reason);
     // Some servers hand back small integers as int32; accept both widths.
     let version = integer(document.get("version"))
         .ok_or_else(|| corrupt("missing or invalid version".into()))?;
@@ -112,7 +106,9 @@ impl MongoStore {
     /// The URL's own options win where it sets them (`w`, `readConcernLevel`, `retryWrites`),
     /// so an operator can still choose; the defaults here are what DESIGN §2 needs.
     pub async fn connect(url: &str, database: &str) -> Result<Self, StoreError> {
-        let mut options = ClientOptions::parse(url).await.map_err(unavailable)?;
+        let mut options = ClientOptions::parse(url)
+            .await
+            .map_err(StoreError::unavailable)?;
         options.app_name = Some("nebula-control-plane".into());
         // Fail fast when the server is gone: the instance exits and its supervisor retries.
         options.server_selection_timeout = Some(Duration::from_secs(10));
@@ -131,7 +127,7 @@ impl MongoStore {
         if options.retry_writes.is_none() {
             options.retry_writes = Some(true);
         }
-        let client = Client::with_options(options).map_err(unavailable)?;
+        let client = Client::with_options(options).map_err(StoreError::unavailable)?;
         let database = client.database(database);
         let mut store = Self {
             database,
@@ -155,7 +151,7 @@ impl MongoStore {
                 .meta()
                 .find_one(doc! {"_id": "store"})
                 .await
-                .map_err(unavailable)?;
+                .map_err(StoreError::unavailable)?;
             found
                 .map(|document| {
                     document
@@ -183,7 +179,7 @@ impl MongoStore {
             Err(error) if is_duplicate_key(&error) => read().await?.ok_or_else(|| {
                 StoreError::Unavailable("the store id vanished while being read".into())
             }),
-            Err(error) => Err(unavailable(error)),
+            Err(error) => Err(StoreError::unavailable(error)),
         }
     }
 
@@ -191,17 +187,9 @@ impl MongoStore {
         self.database.collection(kind.collection())
     }
 
+    /// The outbox's query has an index; lookups by name use `_id`, unique by nature.
     async fn create_indexes(&self) -> Result<(), StoreError> {
         for kind in Kind::ALL {
-            let unique_name = IndexModel::builder()
-                .keys(doc! {"name": 1})
-                .options(
-                    IndexOptions::builder()
-                        .unique(true)
-                        .name("name_unique".to_string())
-                        .build(),
-                )
-                .build();
             let pending = IndexModel::builder()
                 .keys(doc! {"pending_publish": 1})
                 .options(
@@ -211,9 +199,9 @@ impl MongoStore {
                 )
                 .build();
             self.collection(kind)
-                .create_indexes([unique_name, pending])
+                .create_index(pending)
                 .await
-                .map_err(unavailable)?;
+                .map_err(StoreError::unavailable)?;
         }
         let index = |field: &str| {
             IndexModel::builder()
@@ -224,7 +212,7 @@ impl MongoStore {
         self.devices()
             .create_indexes([index("device_group"), index("last_seen_ms")])
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::unavailable)?;
         Ok(())
     }
 
@@ -238,12 +226,26 @@ impl MongoStore {
             .find(filter)
             .sort(doc! {"_id": 1})
             .await
-            .map_err(unavailable)?;
-        let documents: Vec<Document> = cursor.try_collect().await.map_err(unavailable)?;
-        let mut records = documents
+            .map_err(StoreError::unavailable)?;
+        let documents: Vec<Document> = cursor
+            .try_collect()
+            .await
+            .map_err(StoreError::unavailable)?;
+        // A document whose bookkeeping does not parse (edited by hand) is still listed by
+        // name, as a corrupt object, rather than failing the whole listing: corruption is
+        // that object's error (reading it answers `Corrupt`).
+        let mut records: Vec<Record> = documents
             .iter()
-            .map(|document| from_document(kind, document))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|document| {
+                from_document(kind, document).unwrap_or_else(|_| Record {
+                    name: document.get_str("_id").unwrap_or_default().to_string(),
+                    version: 0,
+                    pending_publish: false,
+                    tombstone: false,
+                    body: String::new(),
+                })
+            })
+            .collect();
         // Sorted here as well, so the order never depends on the server honouring `sort`.
         records.sort_by(|left, right| left.name.cmp(&right.name));
         Ok(records)
@@ -292,13 +294,13 @@ impl Store for MongoStore {
             .update_one(doc! {"_id": "incarnation"}, doc! {"$max": {"value": floor}})
             .upsert(true)
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::unavailable)?;
         let updated = self
             .meta()
             .find_one_and_update(doc! {"_id": "incarnation"}, doc! {"$inc": {"value": 1i64}})
             .return_document(ReturnDocument::After)
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::unavailable)?;
         updated
             .as_ref()
             .and_then(|document| integer(document.get("value")))
@@ -309,7 +311,7 @@ impl Store for MongoStore {
         self.database
             .run_command(doc! {"ping": 1})
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::unavailable)?;
         Ok(())
     }
 
@@ -318,7 +320,7 @@ impl Store for MongoStore {
             .collection(kind)
             .find_one(doc! {"_id": name})
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::unavailable)?;
         found
             .as_ref()
             .map(|document| from_document(kind, document))
@@ -337,7 +339,7 @@ impl Store for MongoStore {
                 kind: kind.label(),
                 name: record.name.clone(),
             }),
-            Err(error) => Err(unavailable(error)),
+            Err(error) => Err(StoreError::unavailable(error)),
         }
     }
 
@@ -356,7 +358,7 @@ impl Store for MongoStore {
             .collection(kind)
             .replace_one(filter, to_document(kind, record, new_version)?)
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::unavailable)?;
         if result.matched_count == 1 {
             Ok(new_version)
         } else {
@@ -379,7 +381,7 @@ impl Store for MongoStore {
             .collection(kind)
             .replace_one(filter, to_document(kind, &cleared, record.version)?)
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::unavailable)?;
         Ok(result.matched_count == 1)
     }
 
@@ -392,7 +394,7 @@ impl Store for MongoStore {
             .devices()
             .find_one(doc! {"_id": device_id})
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::unavailable)?;
         found.as_ref().map(device_from_document).transpose()
     }
 
@@ -418,10 +420,10 @@ impl Store for MongoStore {
         }
         let documents: Vec<Document> = find
             .await
-            .map_err(unavailable)?
+            .map_err(StoreError::unavailable)?
             .try_collect()
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::unavailable)?;
         // A document that does not parse is skipped: the device's next report replaces it.
         let mut records: Vec<DeviceRecord> = documents
             .iter()
@@ -449,7 +451,7 @@ impl Store for MongoStore {
                     kind: DEVICE,
                     name: name.clone(),
                 }),
-                Err(error) => Err(unavailable(error)),
+                Err(error) => Err(StoreError::unavailable(error)),
             };
         };
         let version = expected + 1;
@@ -464,7 +466,7 @@ impl Store for MongoStore {
             .devices()
             .replace_one(filter, device_to_document(record, version)?)
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::unavailable)?;
         if result.matched_count == 1 {
             return Ok(version);
         }
@@ -488,7 +490,7 @@ impl Store for MongoStore {
             .devices()
             .delete_many(doc! {"last_seen_ms": {"$lt": cutoff}})
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::unavailable)?;
         Ok(result.deleted_count)
     }
 }

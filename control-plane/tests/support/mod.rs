@@ -27,6 +27,18 @@ pub const PASSWORD: &str = "nebula";
 /// Longest wait for anything a test awaits; generous for a loaded 2-core machine.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
+/// The environment of a control plane on `vhost` with an embedded store in `data_dir`.
+pub fn embedded(vhost: &TestVhost, data_dir: &std::path::Path) -> HashMap<&'static str, String> {
+    HashMap::from([
+        ("NEBULA_AMQP_URL", vhost.url.clone()),
+        ("NEBULA_DATA_DIR", data_dir.display().to_string()),
+    ])
+}
+
+pub fn name(value: &str) -> nebula_protocol::Name {
+    nebula_protocol::Name::new(value).expect("name")
+}
+
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff)
 }

@@ -27,6 +27,8 @@ pub struct Scenario {
     pub docker: bollard::Docker,
     /// Apps whose containers are removed when the scenario ends.
     apps: std::sync::Mutex<Vec<String>>,
+    /// MongoDB(-wire) databases dropped when the scenario ends.
+    databases: std::sync::Mutex<Vec<String>>,
 }
 
 impl Scenario {
@@ -38,6 +40,7 @@ impl Scenario {
             directory: scratch_dir(name),
             docker: nebula_tests::services::docker().expect("docker"),
             apps: std::sync::Mutex::new(Vec::new()),
+            databases: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -46,6 +49,26 @@ impl Scenario {
         let name = unique_name(prefix);
         self.apps.lock().expect("apps lock").push(name.clone());
         name
+    }
+
+    /// Control planes called `names`, sharing one MongoDB(-wire) database of this scenario
+    /// (dropped when it ends) and its vhost; returns them and the database's name.
+    pub async fn control_planes_on_mongo(&self, names: &[&str]) -> (Vec<ControlPlane>, String) {
+        let database = unique_name("nebula_e2e").replace('-', "_");
+        self.databases
+            .lock()
+            .expect("databases lock")
+            .push(database.clone());
+        let store = StoreKind::Mongo(database.clone());
+        let mut control_planes = Vec::new();
+        for name in names {
+            control_planes.push(
+                ControlPlane::start(name, &store, &self.vhost.amqp_url(), &self.directory)
+                    .await
+                    .expect("control plane starts"),
+            );
+        }
+        (control_planes, database)
     }
 
     pub async fn control_plane(&self, name: &str) -> ControlPlane {
@@ -111,6 +134,7 @@ impl Scenario {
 impl Drop for Scenario {
     fn drop(&mut self) {
         let apps = std::mem::take(&mut *self.apps.lock().expect("apps lock"));
+        let databases = std::mem::take(&mut *self.databases.lock().expect("databases lock"));
         let docker = self.docker.clone();
         // Drop runs inside the test's runtime; clean up on a thread of its own.
         let _ = std::thread::spawn(move || {
@@ -121,6 +145,14 @@ impl Drop for Scenario {
             runtime.block_on(async {
                 for app in apps {
                     let _ = remove_app_containers(&docker, &app).await;
+                }
+                if !databases.is_empty()
+                    && let Ok(client) =
+                        mongodb::Client::with_uri_str(nebula_tests::services::mongo_url()).await
+                {
+                    for database in databases {
+                        let _ = client.database(&database).drop().await;
+                    }
                 }
             });
         })
