@@ -638,11 +638,18 @@ async fn a_stale_view_of_a_deleted_incarnation_is_never_written_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_outbox_meets_a_deleted_exchange_without_failing() {
     let system = two_instances();
+    // Written through the second instance: the first one's outbox pass would skip `x` while
+    // the create's settling (which may outlast the answer) is still in flight there.
     system
-        .first
+        .second
         .create_app(AppConfig::new(name("x"), "nginx"))
         .await
         .expect("app");
+    eventually("the create settled", || async {
+        let record = system.store.get(Kind::App, "x").await.expect("get");
+        record.is_some_and(|record| !record.pending_publish)
+    })
+    .await;
     // A change stored and never confirmed (its instance died).
     let current = system
         .store
