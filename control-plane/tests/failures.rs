@@ -19,6 +19,7 @@ use support::{
     sync_within,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 
 async fn metric(address: &str, sample_name: &str) -> Option<u64> {
     sample(&get_text(address, "/metrics").await.1, sample_name)
@@ -182,6 +183,12 @@ async fn a_404_closes_only_its_own_channel() {
         .await
         .expect("connect");
     broker.declare_exchange("e").await.expect("declare");
+    // What ends the instance when the connection fails must not fire on a channel's 404.
+    let watching = CancellationToken::new();
+    let watch = {
+        let (broker, watching) = (broker.clone(), watching.clone());
+        tokio::spawn(async move { broker.watch(watching).await })
+    };
     let message = Message::AppDeleted {
         app_name: name("x"),
         app_id: 1,
@@ -211,6 +218,14 @@ async fn a_404_closes_only_its_own_channel() {
         .await
         .expect("deleting a missing exchange is what was asked");
     broker.publish("e", &message).await.expect("still works");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !watch.is_finished(),
+        "a channel's 404 was taken for a lost connection: {:?}",
+        watch.await
+    );
+    watching.cancel();
+    watch.await.expect("join").expect("stopped cleanly");
     broker.close().await;
 }
 

@@ -347,6 +347,15 @@ impl AmqpBroker {
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 event = events.next() => match event {
+                    // lapin reports a channel the broker closed (a 404 when another instance
+                    // just deleted an exchange: that object's race, answered where it
+                    // happened) on the connection's events too; only the connection's own
+                    // failure ends the instance.
+                    Some(lapin::Event::Error(error))
+                        if error.is_amqp_soft_error() && self.connection.status().connected() =>
+                    {
+                        tracing::debug!(error = %error, "a channel was closed by the broker");
+                    }
                     Some(lapin::Event::Error(error)) => {
                         return Err(AmqpError::ConnectionLost(error.to_string()));
                     }

@@ -4,12 +4,18 @@
 //! durable store write plus a broker confirm, with an agent-like queue bound to the app's
 //! exchange and drained, so the confirm is for a message routed to a consumer.
 //!
+//! `--upstream <address>` runs the same reads and writes, with the same client, against a
+//! running upstream Nebula v2 manager (`scripts/bench-upstream.sh` starts one next to the
+//! MongoDB wire server): the side-by-side figure. Upstream publishes nothing, so its writes
+//! are a MongoDB update only.
+//!
 //! Not counted: TLS, authentication by token (basic auth is used), and the time an agent
 //! takes to apply a change (that is `fanout`).
 
 use super::Options;
 use super::stats::Percentiles;
-use crate::system::{ControlPlane, StoreKind, scratch_dir};
+use crate::rest::Rest;
+use crate::system::{ADMIN_PASSWORD, ADMIN_USER, ControlPlane, StoreKind, scratch_dir};
 use crate::unique_name;
 use crate::vhost::Vhost;
 use futures_util::StreamExt;
@@ -37,9 +43,14 @@ pub async fn run(options: &Options) -> anyhow::Result<serde_json::Value> {
         "both" => vec!["embedded", "mongodb"],
         "embedded" => vec!["embedded"],
         "mongodb" => vec!["mongodb"],
-        other => anyhow::bail!("--store must be embedded, mongodb or both, got {other:?}"),
+        "none" => vec![],
+        other => anyhow::bail!("--store must be embedded, mongodb, both or none, got {other:?}"),
     };
     let mut results = Vec::new();
+    let upstream = options.text("upstream", "");
+    if !upstream.is_empty() {
+        results.push(measure_upstream(&upstream, seconds, readers, apps, &writers).await?);
+    }
     for store in stores {
         results.push(measure_store(store, seconds, readers, apps, &writers).await?);
     }
@@ -65,33 +76,18 @@ async fn measure_store(
     };
     let control_plane = ControlPlane::start("cp", &kind, &vhost.amqp_url(), &directory).await?;
     let rest = control_plane.rest();
-    let mut names: Vec<String> = (0..apps)
-        .map(|index| format!("bench-app-{index}"))
-        .collect();
-    names.push(HOT_APP.to_string());
-    for name in &names {
-        rest.create_app(
-            name,
-            json!({"docker_image": "127.0.0.1:5000/nebula/test:1"}),
-        )
-        .await?;
-    }
+    let names = create_apps(&rest, apps).await?;
     let delivered = Arc::new(AtomicU64::new(0));
     let _agent_queue = drain_app_queue(&vhost.amqp_url(), HOT_APP, Arc::clone(&delivered)).await?;
 
     eprintln!("rest[{store}]: {readers} readers for {seconds} s");
-    let reads = load(
-        &control_plane,
-        Load::Reads(Arc::new(names)),
-        seconds,
-        readers,
-    )
-    .await?;
+    let base = format!("http://{}/api/v2", control_plane.address);
+    let reads = load(&base, Load::Reads(Arc::new(names)), seconds, readers).await?;
     let mut write_results = Vec::new();
     for &count in writers {
         eprintln!("rest[{store}]: {count} writers on {HOT_APP} for {seconds} s");
         let before = metrics(&control_plane).await?;
-        let (rate, latency, errors) = load(&control_plane, Load::Writes, seconds, count).await?;
+        let (rate, latency, errors) = load(&base, Load::Writes, seconds, count).await?;
         let after = metrics(&control_plane).await?;
         let batches = after.1.saturating_sub(before.1);
         let combined = after.0.saturating_sub(before.0);
@@ -112,6 +108,61 @@ async fn measure_store(
         "read_errors": reads.2,
         "writes": write_results,
         "messages_to_the_agent_queue": delivered.load(Ordering::Relaxed),
+    }))
+}
+
+/// `apps` apps plus [`HOT_APP`]; returns their names.
+async fn create_apps(rest: &Rest, apps: usize) -> anyhow::Result<Vec<String>> {
+    let mut names: Vec<String> = (0..apps)
+        .map(|index| format!("bench-app-{index}"))
+        .collect();
+    names.push(HOT_APP.to_string());
+    for name in &names {
+        rest.create_app(
+            name,
+            json!({"docker_image": "127.0.0.1:5000/nebula/test:1"}),
+        )
+        .await?;
+    }
+    Ok(names)
+}
+
+/// The same loads against upstream Nebula's manager at `address` (basic auth with the
+/// bench's admin credentials; `scripts/bench-upstream.sh` configures it so, on an empty
+/// database).
+async fn measure_upstream(
+    address: &str,
+    seconds: u64,
+    readers: usize,
+    apps: usize,
+    writers: &[usize],
+) -> anyhow::Result<serde_json::Value> {
+    let rest = Rest::new(address, ADMIN_USER, ADMIN_PASSWORD);
+    let names = create_apps(&rest, apps).await.map_err(|error| {
+        anyhow::anyhow!(
+            "creating the apps on upstream at {address} (it needs an empty database): {error}"
+        )
+    })?;
+    let base = format!("http://{address}/api/v2");
+    eprintln!("rest[upstream]: {readers} readers for {seconds} s");
+    let reads = load(&base, Load::Reads(Arc::new(names)), seconds, readers).await?;
+    let mut write_results = Vec::new();
+    for &count in writers {
+        eprintln!("rest[upstream]: {count} writers on {HOT_APP} for {seconds} s");
+        let (rate, latency, errors) = load(&base, Load::Writes, seconds, count).await?;
+        write_results.push(json!({
+            "writers": count,
+            "writes_per_sec": rate,
+            "latency": latency,
+            "errors": errors,
+        }));
+    }
+    Ok(json!({
+        "store": "upstream (Nebula v2 manager, MongoDB)",
+        "reads_per_sec": reads.0,
+        "read_latency": reads.1,
+        "read_errors": reads.2,
+        "writes": write_results,
     }))
 }
 
@@ -190,7 +241,7 @@ enum Load {
 /// Runs `clients` clients for `seconds`; returns (successful requests/s, their latencies,
 /// failed requests).
 async fn load(
-    control_plane: &ControlPlane,
+    base: &str,
     work: Load,
     seconds: u64,
     clients: usize,
@@ -198,7 +249,7 @@ async fn load(
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
         .build()?;
-    let base = format!("http://{}/api/v2", control_plane.address);
+    let base = base.to_string();
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -220,10 +271,7 @@ async fn load(
                 };
                 let sent = Instant::now();
                 match request
-                    .basic_auth(
-                        crate::system::ADMIN_USER,
-                        Some(crate::system::ADMIN_PASSWORD),
-                    )
+                    .basic_auth(ADMIN_USER, Some(ADMIN_PASSWORD))
                     .send()
                     .await
                 {
