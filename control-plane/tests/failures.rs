@@ -1,6 +1,6 @@
 //! The real binary and the real broker when something is wrong: a corrupt record, the sync
-//! consumer cancelled, an agent from another store asking, a 404 on one channel, presence
-//! probes, and clients that are slow or too many. Each test has its own RabbitMQ vhost and data directory.
+//! consumer cancelled, an agent from another store asking, a 404 on one channel, and clients
+//! that are slow or too many. Each test has its own RabbitMQ vhost and data directory.
 
 mod support;
 
@@ -226,58 +226,6 @@ async fn a_404_closes_only_its_own_channel() {
     );
     watching.cancel();
     watch.await.expect("join").expect("stopped cleanly");
-    broker.close().await;
-}
-
-/// Presence probes: an agent's exclusive queue answers held, a missing one not held, and the
-/// broker closing the probes' channels (405, 404) is no error of the instance's connection:
-/// its watch keeps running and the broker keeps working.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn presence_probes_never_end_the_instance() {
-    let vhost = TestVhost::create();
-    let broker = AmqpBroker::connect(&vhost.url, Duration::from_secs(10))
-        .await
-        .expect("connect");
-    let stop = tokio_util::sync::CancellationToken::new();
-    let watch = tokio::spawn({
-        let (broker, stop) = (broker.clone(), stop.clone());
-        async move { broker.watch(stop).await }
-    });
-    let agent = connect(&vhost.url).await;
-    let channel = agent.create_channel().await.expect("channel");
-    channel
-        .queue_declare(
-            "nebula.device.d1.apps.x".into(),
-            lapin::options::QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            lapin::types::FieldTable::default(),
-        )
-        .await
-        .expect("exclusive queue");
-    for _ in 0..3 {
-        let held = broker.queue_held("nebula.device.d1.apps.x").await;
-        assert_eq!(held.expect("probe"), Some(true));
-        let missing = broker.queue_held("nebula.device.d2.apps.x").await;
-        assert_eq!(missing.expect("probe"), Some(false));
-    }
-    broker.declare_exchange("e").await.expect("declare");
-    let message = Message::AppDeleted {
-        app_name: name("x"),
-        app_id: 1,
-        incarnation: 1,
-    };
-    broker.publish("e", &message).await.expect("still works");
-    assert!(!watch.is_finished(), "{:?}", watch.await);
-    agent.close(200, "OK".into()).await.expect("close");
-    let gone = broker.queue_held("nebula.device.d1.apps.x").await;
-    assert_eq!(gone.expect("probe"), Some(false));
-    stop.cancel();
-    watch
-        .await
-        .expect("join")
-        .expect("the watch ends without an error");
     broker.close().await;
 }
 

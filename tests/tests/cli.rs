@@ -515,11 +515,13 @@ async fn devices_and_rollout_through_the_cli() {
     fixture
         .admin(&["groups", "create", group, "--apps", app])
         .success();
-    let agent = Agent::start(
+    // Reports every second: offline is "no report for 3 intervals", 3 s.
+    let agent = Agent::start_with(
         device,
         &AgentMode::Group(group.to_string()),
         &fixture.vhost.amqp_url(),
         &fixture.directory,
+        &[("NEBULA_REPORT_INTERVAL_SECS", "1")],
     )
     .await;
     let document: Value = reqwest::Client::new()
@@ -568,7 +570,7 @@ async fn devices_and_rollout_through_the_cli() {
         &shown,
     );
     assert!(errors.is_empty(), "{errors:#?}");
-    assert_eq!(shown["online_by"], "broker", "{shown}");
+    assert_eq!(shown["report_interval_secs"], 1, "{shown}");
     assert_eq!(shown["mode"], "group");
     assert!(
         shown["target"]
@@ -660,15 +662,20 @@ async fn devices_and_rollout_through_the_cli() {
         "{metrics}"
     );
 
-    // The agent goes away: offline at once (its queue is gone), without waiting for three
-    // report intervals.
+    // The agent goes away: offline once no report came for 3 of its 1 s intervals.
     agent.process.kill_and_stay_down().await;
+    let stopped = std::time::Instant::now();
     wait_for("the device offline", Duration::from_secs(30), || {
         let shown = fixture.json(&["devices", "get", device]);
-        async move { (shown["online"] == false && shown["online_by"] == "broker").then_some(()) }
+        async move { (shown["online"] == false).then_some(()) }
     })
     .await
     .expect("offline");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(15),
+        "offline only after {:?}",
+        stopped.elapsed()
+    );
     let offline = fixture.json(&["devices", "list", "--offline"]);
     assert_eq!(offline["devices"][0]["device_id"], device, "{offline}");
     fixture

@@ -122,7 +122,6 @@ fn device_table(document: &Value) -> Table {
         "device_id",
         "hostname",
         "online",
-        "online_by",
         "mode",
         "device_group",
         "device_group_id",

@@ -28,12 +28,9 @@ pub const MAX_PAGE: usize = 1000;
 pub struct Device {
     pub device_id: String,
     pub hostname: String,
-    /// Connected now: its agent holds its queue on the broker (`online_by: broker`), or,
-    /// when the broker cannot tell, it reported within 3 of its report intervals
-    /// (`online_by: reports`).
+    /// A report of it arrived within the last 3 of its report intervals
+    /// (`report_interval_secs`).
     pub online: bool,
-    /// `broker` or `reports`.
-    pub online_by: String,
     /// When a control plane last received a report of it (Unix seconds).
     pub last_seen: f64,
     /// `group` or `apps`.
@@ -176,7 +173,6 @@ pub fn device_json(status: &DeviceStatus) -> Device {
         device_id: document.device_id.clone(),
         hostname: document.hostname.clone(),
         online: status.online,
-        online_by: status.presence.as_str().to_string(),
         last_seen: status.last_seen_ms as f64 / 1000.0,
         mode: document.mode.clone(),
         device_group: document.device_group.clone(),

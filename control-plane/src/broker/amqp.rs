@@ -56,11 +56,6 @@ pub(crate) fn operation(operation: &'static str) -> impl FnOnce(lapin::Error) ->
 
 /// AMQP reply code of a missing exchange or queue.
 const NOT_FOUND: u16 = 404;
-/// AMQP reply code of an exclusive queue another connection owns.
-const RESOURCE_LOCKED: u16 = 405;
-/// Presence probes one instance runs at once: each takes a channel (the broker allows 2,047
-/// per connection by default) for two round trips.
-const MAX_CONCURRENT_PROBES: usize = 64;
 
 /// Maps a lapin error of one operation: 404 is [`AmqpError::NotFound`], anything else a
 /// failed operation.
@@ -95,52 +90,6 @@ pub struct AmqpBroker {
     channel: Channel,
     idle: std::sync::Arc<std::sync::Mutex<Vec<Channel>>>,
     publish_timeout: Duration,
-    probes: std::sync::Arc<tokio::sync::Semaphore>,
-    presence: std::sync::Arc<PresenceConnection>,
-}
-
-/// The connection the presence probes run on, opened on first use and again after it
-/// failed. Not the shared one: the broker closes a probe's channel (404, 405), and an error
-/// on any channel of the shared connection ends the instance ([`AmqpBroker::watch`]).
-struct PresenceConnection {
-    url: String,
-    connection: tokio::sync::Mutex<Option<std::sync::Arc<Connection>>>,
-}
-
-impl std::fmt::Debug for PresenceConnection {
-    // The URL holds the broker's password.
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("PresenceConnection")
-            .finish_non_exhaustive()
-    }
-}
-
-impl PresenceConnection {
-    async fn get(&self) -> Result<std::sync::Arc<Connection>, AmqpError> {
-        let mut connection = self.connection.lock().await;
-        if let Some(open) = connection.as_ref().filter(|open| open.status().connected()) {
-            return Ok(std::sync::Arc::clone(open));
-        }
-        let open = std::sync::Arc::new(
-            Connection::connect(&self.url, ConnectionProperties::default())
-                .await
-                .map_err(|error| AmqpError::Connect(error.to_string()))?,
-        );
-        *connection = Some(std::sync::Arc::clone(&open));
-        Ok(open)
-    }
-
-    async fn close(&self) {
-        let Some(open) = self.connection.lock().await.take() else {
-            return;
-        };
-        if let Ok(Err(error)) =
-            tokio::time::timeout(CLOSE_TIMEOUT, open.close(200, "shutdown".into())).await
-        {
-            tracing::debug!(error = %error, "closing the presence connection failed");
-        }
-    }
 }
 
 impl AmqpBroker {
@@ -175,11 +124,6 @@ impl AmqpBroker {
             channel,
             idle: std::sync::Arc::default(),
             publish_timeout,
-            probes: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_PROBES)),
-            presence: std::sync::Arc::new(PresenceConnection {
-                url: url.to_string(),
-                connection: tokio::sync::Mutex::default(),
-            }),
         };
         broker.declare_fixed_topology().await?;
         Ok(broker)
@@ -370,7 +314,6 @@ impl AmqpBroker {
     /// close-ok: a broker too busy to answer must not keep a stopping instance alive (the
     /// socket closes with the process anyway).
     pub async fn close(&self) {
-        self.presence.close().await;
         match tokio::time::timeout(CLOSE_TIMEOUT, self.connection.close(200, "shutdown".into()))
             .await
         {
@@ -507,53 +450,5 @@ impl Publisher for AmqpBroker {
 
     fn is_connected(&self) -> bool {
         self.connection.status().connected()
-    }
-
-    /// A passive declare on a channel of its own, on the presence connection: RabbitMQ
-    /// answers 405 RESOURCE_LOCKED for an exclusive queue another connection (the agent's)
-    /// owns, 404 when no such queue exists; both close only that channel. Two round trips,
-    /// no traffic to the device.
-    async fn queue_held(&self, queue: &str) -> Result<Option<bool>, AmqpError> {
-        let _permit = self
-            .probes
-            .acquire()
-            .await
-            .map_err(|_| AmqpError::ConnectionLost("the broker is closing".into()))?;
-        self.limited("queue.declare (presence)", async {
-            let channel = self
-                .presence
-                .get()
-                .await?
-                .create_channel()
-                .await
-                .map_err(operation("channel.open (presence)"))?;
-            let declared = channel
-                .queue_declare(
-                    queue.into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await;
-            match declared {
-                Ok(_) => {
-                    // The queue exists and nobody holds it exclusively (a durable queue of
-                    // the previous release): it says nothing about the device.
-                    let _ = channel.close(200, "OK".into()).await;
-                    Ok(None)
-                }
-                Err(error) => match reply_code(&error) {
-                    Some(RESOURCE_LOCKED) => Ok(Some(true)),
-                    Some(NOT_FOUND) => Ok(Some(false)),
-                    _ => Err(AmqpError::Operation {
-                        operation: "queue.declare (presence)",
-                        reason: error.to_string(),
-                    }),
-                },
-            }
-        })
-        .await
     }
 }

@@ -19,9 +19,6 @@ pub struct FakeState {
     pub published: Vec<(String, Message)>,
     /// When set, every operation fails as if the broker had gone away.
     pub broken: bool,
-    /// Exclusive queues agents hold, when the test tracks presence at all (`None`: the
-    /// fake cannot tell, like a broker without the queue).
-    pub held_queues: Option<BTreeSet<String>>,
 }
 
 #[derive(Debug, Default)]
@@ -55,11 +52,6 @@ impl FakeBroker {
             .confirm_delay
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = delay;
-    }
-
-    /// Tracks presence: from now on exactly `queues` are held by connected agents.
-    pub fn set_held_queues(&self, queues: impl IntoIterator<Item = String>) {
-        self.lock().held_queues = Some(queues.into_iter().collect());
     }
 
     /// Makes every later operation fail (or work again).
@@ -160,13 +152,5 @@ impl Publisher for FakeBroker {
 
     fn is_connected(&self) -> bool {
         !self.lock().broken
-    }
-
-    async fn queue_held(&self, queue: &str) -> Result<Option<bool>, AmqpError> {
-        let state = self.check("queue.declare")?;
-        Ok(state
-            .held_queues
-            .as_ref()
-            .map(|queues| queues.contains(queue)))
     }
 }

@@ -34,13 +34,4 @@ pub trait Publisher: Send + Sync + std::fmt::Debug {
 
     /// Whether the connection is up (for `/readyz`).
     fn is_connected(&self) -> bool;
-
-    /// Whether a connected agent holds the exclusive queue `queue` right now: `Some(true)`
-    /// when another connection owns it, `Some(false)` when it does not exist, `None` when
-    /// the broker cannot tell (the queue exists without an owner, or this publisher cannot
-    /// ask). What the device inventory's "online" rests on (control-plane README, Devices).
-    async fn queue_held(&self, queue: &str) -> Result<Option<bool>, AmqpError> {
-        let _ = queue;
-        Ok(None)
-    }
 }

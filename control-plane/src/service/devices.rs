@@ -7,11 +7,11 @@
 //! `GET /api/v2/reports`, issue 14) belongs there too, next to the latest-report write, so
 //! that no second consumer ever competes for the same queue.
 //!
-//! Online: a connected agent holds its exclusive queue (`nebula.device.<id>.group.<g>`, or
-//! `.app.<a>` for its first app), and a passive declare tells whether it does without any
-//! traffic to the device ([`crate::broker::Publisher::queue_held`]). When the broker cannot
-//! tell, the report rule applies: no report for [`OFFLINE_AFTER_INTERVALS`] of the device's
-//! own report intervals means offline.
+//! Online: a report received within the last [`OFFLINE_AFTER_INTERVALS`] of the device's
+//! own report intervals (the report carries the agent's interval; a stored document without
+//! one counts [`DEFAULT_REPORT_INTERVAL_SECS`]). Decided from the registry alone, by the
+//! receiving control plane's clock: no broker round trip per device, whatever the fleet's
+//! size. An agent stopped or cut off shows offline within three of its intervals.
 
 use super::{Service, ServiceError};
 use crate::error::StoreError;
@@ -24,9 +24,11 @@ use nebula_protocol::{
 };
 use std::collections::BTreeMap;
 
-/// A device is offline after this many of its report intervals without a report (when the
-/// broker cannot say whether it is connected).
+/// A device is offline after this many of its report intervals without a report.
 pub const OFFLINE_AFTER_INTERVALS: u64 = 3;
+/// The interval assumed for a stored document that carries none (0): the agent's default
+/// (`NEBULA_REPORT_INTERVAL_SECS`).
+pub const DEFAULT_REPORT_INTERVAL_SECS: u64 = 60;
 /// Bounds of what one report may carry into the store: a misbehaving agent must not grow a
 /// record without limit.
 pub const MAX_APPS_PER_REPORT: usize = 256;
@@ -54,31 +56,12 @@ pub enum ReportError {
     TooLarge { device: String, reason: String },
 }
 
-/// How an instance decided that a device is online.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PresenceSource {
-    /// The device's exclusive queue is held (or gone): the broker said.
-    Broker,
-    /// From the age of its last report.
-    Reports,
-}
-
-impl PresenceSource {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Broker => "broker",
-            Self::Reports => "reports",
-        }
-    }
-}
-
 /// A device as the inventory shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceStatus {
     pub document: DeviceDocument,
     pub last_seen_ms: u64,
     pub online: bool,
-    pub presence: PresenceSource,
     /// Per reported app: where it stands against the store's current version.
     pub app_states: BTreeMap<String, AppState>,
 }
@@ -268,25 +251,24 @@ pub fn document_of(report: &DeviceReport) -> Result<DeviceDocument, ReportError>
     })
 }
 
-/// The exclusive queue whose owner is the device's agent, by its mode.
-pub fn presence_queue(document: &DeviceDocument) -> Option<String> {
-    let device = Name::new(document.device_id.as_str()).ok()?;
-    match document.mode.as_str() {
-        "group" => {
-            let group = Name::new(document.device_group.as_deref()?).ok()?;
-            Some(names::group_queue(&device, &group))
-        }
-        _ => {
-            let app = Name::new(document.configured_apps.first()?.as_str()).ok()?;
-            Some(names::app_queue(&device, &app))
-        }
-    }
+/// The presence rule: a report within the last [`OFFLINE_AFTER_INTERVALS`] of the device's
+/// report intervals (`report_interval_secs`, [`DEFAULT_REPORT_INTERVAL_SECS`] when 0).
+pub fn reported_recently(report_interval_secs: u64, last_seen_ms: u64, now_ms: u64) -> bool {
+    let interval_secs = if report_interval_secs == 0 {
+        DEFAULT_REPORT_INTERVAL_SECS
+    } else {
+        report_interval_secs
+    };
+    let interval_ms = interval_secs.saturating_mul(1000);
+    now_ms.saturating_sub(last_seen_ms) < interval_ms.saturating_mul(OFFLINE_AFTER_INTERVALS)
 }
 
-/// The report rule: a report within the last [`OFFLINE_AFTER_INTERVALS`] intervals.
-pub fn reported_recently(document: &DeviceDocument, last_seen_ms: u64, now_ms: u64) -> bool {
-    let interval_ms = document.report_interval_secs.max(1).saturating_mul(1000);
-    now_ms.saturating_sub(last_seen_ms) < interval_ms.saturating_mul(OFFLINE_AFTER_INTERVALS)
+/// The one field of a stored document that presence needs: `/metrics` counts the fleet
+/// without building every device's full document.
+#[derive(serde::Deserialize)]
+struct IntervalOnly {
+    #[serde(default)]
+    report_interval_secs: u64,
 }
 
 /// Where `app` stands on a device that reported `entry` for it, when the store's current
@@ -474,28 +456,6 @@ impl Service {
             .map_err(|error| self.store_error(error))
     }
 
-    /// Whether the device is online now, and how that was decided.
-    async fn presence(
-        &self,
-        document: &DeviceDocument,
-        last_seen_ms: u64,
-        now_ms: u64,
-    ) -> (bool, PresenceSource) {
-        if let Some(queue) = presence_queue(document) {
-            match self.broker.queue_held(&queue).await {
-                Ok(Some(held)) => return (held, PresenceSource::Broker),
-                Ok(None) => {}
-                Err(error) => {
-                    tracing::warn!(error = %error, device = %document.device_id, "presence probe failed; judging by reports");
-                }
-            }
-        }
-        (
-            reported_recently(document, last_seen_ms, now_ms),
-            PresenceSource::Reports,
-        )
-    }
-
     async fn status_of(
         &self,
         record: DeviceRecord,
@@ -510,13 +470,12 @@ impl Service {
                 return None;
             }
         };
-        let (online, presence) = self.presence(&document, record.last_seen_ms, now_ms).await;
+        let online = reported_recently(document.report_interval_secs, record.last_seen_ms, now_ms);
         let app_states = catalog.app_states(self, &document).await;
         Some(DeviceStatus {
             document,
             last_seen_ms: record.last_seen_ms,
             online,
-            presence,
             app_states,
         })
     }
@@ -537,7 +496,8 @@ impl Service {
     }
 
     /// A page of the inventory: group and app filters run in the store, the online filter
-    /// here (it asks the broker), reading further pages until this one is full.
+    /// here (presence depends on the time of asking), reading further pages until this one
+    /// is full.
     pub async fn devices(&self, filter: &DeviceFilter) -> Result<DevicePage, ServiceError> {
         let limit = filter.limit.max(1);
         let now = now_ms();
@@ -583,16 +543,29 @@ impl Service {
         }
     }
 
-    /// Online and offline devices of the whole registry (for `/metrics`).
+    /// Online and offline devices of the whole registry (for `/metrics`): one scan of the
+    /// registry per call, reading only each record's last-seen time and report interval (no
+    /// broker, no app or group lookups). Unreadable records are not counted, as the
+    /// inventory does not show them.
     pub async fn device_counts(&self) -> Result<(u64, u64), ServiceError> {
-        let page = self
-            .devices(&DeviceFilter {
-                limit: usize::MAX - 1,
-                ..DeviceFilter::default()
-            })
-            .await?;
-        let online = page.devices.iter().filter(|device| device.online).count() as u64;
-        Ok((online, page.devices.len() as u64 - online))
+        let records = self
+            .store
+            .list_devices(&DeviceQuery::default())
+            .await
+            .map_err(|error| self.store_error(error))?;
+        let now = now_ms();
+        let (mut online, mut offline) = (0u64, 0u64);
+        for record in records {
+            let Ok(interval) = serde_json::from_str::<IntervalOnly>(&record.body) else {
+                continue;
+            };
+            if reported_recently(interval.report_interval_secs, record.last_seen_ms, now) {
+                online += 1;
+            } else {
+                offline += 1;
+            }
+        }
+        Ok((online, offline))
     }
 
     /// Every device of the store's current version of `app` should run: app-mode devices
@@ -792,33 +765,22 @@ mod tests {
 
     #[test]
     fn the_report_rule_counts_three_of_the_devices_intervals() {
-        let mut document = sample();
-        document.report_interval_secs = 60;
-        assert!(reported_recently(&document, 1_000_000, 1_000_000 + 179_999));
-        assert!(!reported_recently(
-            &document,
-            1_000_000,
-            1_000_000 + 180_000
-        ));
+        assert!(reported_recently(60, 1_000_000, 1_000_000 + 179_999));
+        assert!(!reported_recently(60, 1_000_000, 1_000_000 + 180_000));
+        assert!(reported_recently(1, 1_000_000, 1_000_000 + 2_999));
+        assert!(!reported_recently(1, 1_000_000, 1_000_000 + 3_000));
+        // No interval stored: the agent's default.
+        assert!(reported_recently(0, 1_000_000, 1_000_000 + 179_999));
+        assert!(!reported_recently(0, 1_000_000, 1_000_000 + 180_000));
         // A report "from the future" (another instance's clock ahead) is recent.
-        assert!(reported_recently(&document, 2_000_000, 1_000_000));
+        assert!(reported_recently(60, 2_000_000, 1_000_000));
     }
 
     #[test]
-    fn presence_queues_are_the_agents_exclusive_queues() {
-        let mut document = sample();
-        assert_eq!(
-            presence_queue(&document).as_deref(),
-            Some("nebula.device.pi-1.group.edge")
-        );
-        document.mode = "apps".into();
-        document.configured_apps = vec!["web".into(), "api".into()];
-        assert_eq!(
-            presence_queue(&document).as_deref(),
-            Some("nebula.device.pi-1.app.web")
-        );
-        document.configured_apps.clear();
-        assert_eq!(presence_queue(&document), None);
+    fn metrics_read_the_interval_of_a_stored_document() {
+        let body = serde_json::to_string(&sample()).expect("serialise");
+        let interval: IntervalOnly = serde_json::from_str(&body).expect("parse");
+        assert_eq!(interval.report_interval_secs, 60);
     }
 
     #[test]
