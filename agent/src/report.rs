@@ -157,5 +157,6 @@ pub async fn build<R: ContainerRuntime>(shared: &Shared<R>, cpu: &mut CpuSampler
         session,
         sequence,
         device_group_incarnation: desired.group.as_ref().map(|group| group.incarnation),
+        stopping: false,
     }
 }

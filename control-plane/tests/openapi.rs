@@ -154,6 +154,7 @@ fn report(
         session: 42,
         sequence,
         device_group_incarnation: None,
+        stopping: false,
     }
 }
 

@@ -221,6 +221,9 @@ pub struct DeviceReport {
     pub sequence: u64,
     /// The incarnation of the device group the agent holds (group mode).
     pub device_group_incarnation: Option<Incarnation>,
+    /// The agent's last report before a graceful stop (best-effort): the control plane shows
+    /// the device offline at once instead of after three intervals.
+    pub stopping: bool,
 }
 
 /// An agent's configuration: a device group, or a list of apps.

@@ -220,6 +220,7 @@ fn report() -> impl Strategy<Value = DeviceReport> {
                 session: time ^ 0x5555,
                 sequence: time / 3,
                 device_group_incarnation: device_group.as_ref().map(|_| 1),
+                stopping: updated && time % 2 == 0,
             },
         )
 }

@@ -11,7 +11,8 @@
 //! own report intervals (the report carries the agent's interval; a stored document without
 //! one counts [`DEFAULT_REPORT_INTERVAL_SECS`]). Decided from the registry alone, by the
 //! receiving control plane's clock: no broker round trip per device, whatever the fleet's
-//! size. An agent stopped or cut off shows offline within three of its intervals.
+//! size. An agent stopped or cut off shows offline within three of its intervals; one that
+//! stops gracefully says so in a last report (best-effort) and shows offline at once.
 
 use super::{Service, ServiceError};
 use crate::error::StoreError;
@@ -215,6 +216,7 @@ pub fn document_of(report: &DeviceReport) -> Result<DeviceDocument, ReportError>
         updated: report.updated,
         session: report.session,
         sequence: report.sequence,
+        stopping: report.stopping,
         apps: report
             .apps
             .iter()
@@ -251,8 +253,19 @@ pub fn document_of(report: &DeviceReport) -> Result<DeviceDocument, ReportError>
     })
 }
 
-/// The presence rule: a report within the last [`OFFLINE_AFTER_INTERVALS`] of the device's
-/// report intervals (`report_interval_secs`, [`DEFAULT_REPORT_INTERVAL_SECS`] when 0).
+/// The presence rule: online iff the last report is not the agent's goodbye (`stopping`) and
+/// arrived within the last [`OFFLINE_AFTER_INTERVALS`] of the device's report intervals.
+pub fn is_online(
+    stopping: bool,
+    report_interval_secs: u64,
+    last_seen_ms: u64,
+    now_ms: u64,
+) -> bool {
+    !stopping && reported_recently(report_interval_secs, last_seen_ms, now_ms)
+}
+
+/// A report within the last [`OFFLINE_AFTER_INTERVALS`] of the device's report intervals
+/// (`report_interval_secs`, [`DEFAULT_REPORT_INTERVAL_SECS`] when 0).
 pub fn reported_recently(report_interval_secs: u64, last_seen_ms: u64, now_ms: u64) -> bool {
     let interval_secs = if report_interval_secs == 0 {
         DEFAULT_REPORT_INTERVAL_SECS
@@ -263,12 +276,14 @@ pub fn reported_recently(report_interval_secs: u64, last_seen_ms: u64, now_ms: u
     now_ms.saturating_sub(last_seen_ms) < interval_ms.saturating_mul(OFFLINE_AFTER_INTERVALS)
 }
 
-/// The one field of a stored document that presence needs: `/metrics` counts the fleet
-/// without building every device's full document.
+/// The fields of a stored document that presence needs: `/metrics` counts the fleet without
+/// building every device's full document.
 #[derive(serde::Deserialize)]
-struct IntervalOnly {
+struct PresenceFields {
     #[serde(default)]
     report_interval_secs: u64,
+    #[serde(default)]
+    stopping: bool,
 }
 
 /// Where `app` stands on a device that reported `entry` for it, when the store's current
@@ -470,7 +485,12 @@ impl Service {
                 return None;
             }
         };
-        let online = reported_recently(document.report_interval_secs, record.last_seen_ms, now_ms);
+        let online = is_online(
+            document.stopping,
+            document.report_interval_secs,
+            record.last_seen_ms,
+            now_ms,
+        );
         let app_states = catalog.app_states(self, &document).await;
         Some(DeviceStatus {
             document,
@@ -544,7 +564,8 @@ impl Service {
     }
 
     /// Online and offline devices of the whole registry (for `/metrics`): one scan of the
-    /// registry per call, reading only each record's last-seen time and report interval (no
+    /// registry per call, reading only each record's last-seen time, report interval and
+    /// goodbye flag (no
     /// broker, no app or group lookups). Unreadable records are not counted, as the
     /// inventory does not show them.
     pub async fn device_counts(&self) -> Result<(u64, u64), ServiceError> {
@@ -556,10 +577,15 @@ impl Service {
         let now = now_ms();
         let (mut online, mut offline) = (0u64, 0u64);
         for record in records {
-            let Ok(interval) = serde_json::from_str::<IntervalOnly>(&record.body) else {
+            let Ok(fields) = serde_json::from_str::<PresenceFields>(&record.body) else {
                 continue;
             };
-            if reported_recently(interval.report_interval_secs, record.last_seen_ms, now) {
+            if is_online(
+                fields.stopping,
+                fields.report_interval_secs,
+                record.last_seen_ms,
+                now,
+            ) {
                 online += 1;
             } else {
                 offline += 1;
@@ -777,10 +803,25 @@ mod tests {
     }
 
     #[test]
-    fn metrics_read_the_interval_of_a_stored_document() {
-        let body = serde_json::to_string(&sample()).expect("serialise");
-        let interval: IntervalOnly = serde_json::from_str(&body).expect("parse");
-        assert_eq!(interval.report_interval_secs, 60);
+    fn a_goodbye_report_is_offline_at_once() {
+        assert!(is_online(false, 60, 1_000_000, 1_000_001));
+        assert!(!is_online(true, 60, 1_000_000, 1_000_001));
+    }
+
+    #[test]
+    fn metrics_read_the_presence_fields_of_a_stored_document() {
+        let mut document = sample();
+        document.stopping = true;
+        let body = serde_json::to_string(&document).expect("serialise");
+        let fields: PresenceFields = serde_json::from_str(&body).expect("parse");
+        assert_eq!((fields.report_interval_secs, fields.stopping), (60, true));
+        // Records stored before the flag existed read as not stopping.
+        let old = body.replace(",\"stopping\":true", "");
+        assert_ne!(old, body);
+        let fields: PresenceFields = serde_json::from_str(&old).expect("parse");
+        assert!(!fields.stopping);
+        let document: DeviceDocument = serde_json::from_str(&old).expect("parse");
+        assert!(!document.stopping);
     }
 
     #[test]
@@ -811,6 +852,7 @@ mod tests {
             agent_uptime_secs: 0,
             report_interval_secs: 60,
             report_creation_time: 0,
+            stopping: false,
             updated: true,
             session: 1,
             sequence: 1,

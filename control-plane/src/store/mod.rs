@@ -231,6 +231,9 @@ pub struct DeviceDocument {
     pub sequence: u64,
     pub apps: Vec<DeviceAppDocument>,
     pub resources: DeviceResourcesDocument,
+    /// The agent's last report before a graceful stop: offline until its next report.
+    #[serde(default)]
+    pub stopping: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -143,6 +143,7 @@ pub fn every_variant() -> Vec<(&'static str, Message)> {
                 session: 0x0102_0304_0506_0708,
                 sequence: 5,
                 device_group_incarnation: Some(11),
+                stopping: false,
             }),
         ),
     ]
