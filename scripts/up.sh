@@ -105,6 +105,8 @@ $device in device group "$group". Deploy the demo app to this machine and see it
   export NEBULA_URL=http://$listen NEBULA_USER=$user NEBULA_PASSWORD=$password
   nebula apps create hello --image $NEBULA_TEST_IMAGE:1 --port 8081:8000
   nebula groups update $group --apps hello
+  nebula rollout status $group --watch
+  nebula devices list
   curl -s --retry 30 --retry-all-errors --retry-delay 1 http://127.0.0.1:8081/
 Stop with: scripts/up.sh stop
 EOT

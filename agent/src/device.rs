@@ -124,6 +124,61 @@ impl CpuSampler {
     }
 }
 
+/// What a report says about the host besides its load.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostFacts {
+    /// `PRETTY_NAME` of `/etc/os-release` (`Debian GNU/Linux 12 (bookworm)`).
+    pub os: String,
+    /// Kernel name and release (`Linux 6.1.0-18-arm64`).
+    pub kernel: String,
+    /// Seconds since boot.
+    pub uptime_secs: u64,
+}
+
+/// Where the operating system's name is looked for, in order (os-release(5)).
+const OS_RELEASE_FILES: [&str; 2] = ["/etc/os-release", "/usr/lib/os-release"];
+
+/// This host's facts; what cannot be read is left empty (a report is never refused for it).
+pub fn host_facts() -> HostFacts {
+    let uname = rustix::system::uname();
+    let kernel = format!(
+        "{} {}",
+        uname.sysname().to_string_lossy(),
+        uname.release().to_string_lossy()
+    );
+    HostFacts {
+        os: OS_RELEASE_FILES
+            .iter()
+            .find_map(|path| std::fs::read_to_string(path).ok())
+            .and_then(|text| parse_os_release(&text))
+            .unwrap_or_default(),
+        kernel: kernel.trim().to_string(),
+        uptime_secs: std::fs::read_to_string("/proc/uptime")
+            .ok()
+            .and_then(|text| parse_uptime(&text))
+            .unwrap_or(0),
+    }
+}
+
+/// `PRETTY_NAME` (else `NAME`) of an os-release file, unquoted.
+pub fn parse_os_release(text: &str) -> Option<String> {
+    let field = |key: &str| {
+        text.lines().find_map(|line| {
+            let value = line.trim().strip_prefix(key)?.strip_prefix('=')?;
+            let value = value.trim().trim_matches('"').trim_matches('\'');
+            (!value.is_empty()).then(|| value.to_string())
+        })
+    };
+    field("PRETTY_NAME").or_else(|| field("NAME"))
+}
+
+/// The whole seconds of the first number of `/proc/uptime` (`350735.47 234388.90`).
+pub fn parse_uptime(text: &str) -> Option<u64> {
+    let first = text.split_whitespace().next()?;
+    let seconds = first.split('.').next()?;
+    seconds.parse().ok()
+}
+
 /// Memory, root disk and CPU usage for a report.
 pub fn resource_usage(cpu: &mut CpuSampler) -> ResourceUsage {
     let capacity = capacity();
@@ -193,11 +248,30 @@ mod tests {
     }
 
     #[test]
+    fn parses_os_release_and_uptime() {
+        let text = "NAME=\"Debian GNU/Linux\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\n";
+        assert_eq!(
+            parse_os_release(text).as_deref(),
+            Some("Debian GNU/Linux 12 (bookworm)")
+        );
+        assert_eq!(
+            parse_os_release("NAME='Alpine Linux'\n").as_deref(),
+            Some("Alpine Linux")
+        );
+        assert_eq!(parse_os_release("ID=x\nPRETTY_NAME=\n"), None);
+        assert_eq!(parse_uptime("350735.47 234388.90\n"), Some(350_735));
+        assert_eq!(parse_uptime(""), None);
+    }
+
+    #[test]
     fn reads_this_machine() {
         let capacity = capacity();
         assert!(capacity.cpu_cores >= 1);
         assert!(capacity.memory_mb > 0);
         assert!(!hostname().is_empty());
+        let facts = host_facts();
+        assert!(facts.kernel.starts_with("Linux "), "{facts:?}");
+        assert!(facts.uptime_secs > 0, "{facts:?}");
         let usage = resource_usage(&mut CpuSampler::default());
         assert!(usage.root_disk_total_bytes >= usage.root_disk_used_bytes);
         assert!(usage.memory_total_bytes >= usage.memory_used_bytes);

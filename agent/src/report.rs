@@ -1,15 +1,45 @@
 //! Device reports (DESIGN §3): what the device is told to run, what it runs, and how loaded
-//! it is. Built from the desired state and one observation of the runtime.
+//! it is. Built from the desired state and one observation of the runtime. The control
+//! plane's device inventory and rollout status are made of these facts (issue 15).
 
 use crate::config::Mode;
 use crate::device::{self, CpuSampler};
 use crate::reconcile;
 use crate::runtime::{ContainerRuntime, containers_of};
 use crate::supervisor::Shared;
-use nebula_protocol::{AppReport, ContainerReport, DeviceReport, Name, ResourceUsage};
+use nebula_protocol::{AppReport, ContainerReport, DeviceMode, DeviceReport, Name, ResourceUsage};
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The agent's reporting session: a random id made at start and a sequence number per
+/// report, so that the control plane can order one device's reports without trusting the
+/// device's clock (boards without a real-time clock boot in 1970 until NTP answers).
+#[derive(Debug)]
+pub struct Session {
+    id: u64,
+    sequence: AtomicU64,
+    started: Instant,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Self {
+            id: fastrand::u64(..),
+            sequence: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Session {
+    /// The id and the next sequence number.
+    fn next(&self) -> (u64, u64) {
+        (self.id, self.sequence.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+}
 
 /// Builds a report of the device now.
 pub async fn build<R: ContainerRuntime>(shared: &Shared<R>, cpu: &mut CpuSampler) -> DeviceReport {
@@ -29,6 +59,16 @@ pub async fn build<R: ContainerRuntime>(shared: &Shared<R>, cpu: &mut CpuSampler
         apps.extend(configured.iter().cloned());
     }
 
+    // Restart counts need one inspection per container (Docker's list does not carry
+    // them); reports are made on changes and every interval, not in a hot loop.
+    let mut restart_counts = std::collections::HashMap::new();
+    for container in &containers {
+        if let Some(count) = shared.runtime.restart_count(&container.name).await {
+            restart_counts.insert(container.name.clone(), count);
+        }
+    }
+    let docker_version = shared.runtime.engine_version().await;
+
     let mut updated = list_error.is_none();
     let app_reports = apps
         .into_iter()
@@ -39,7 +79,8 @@ pub async fn build<R: ContainerRuntime>(shared: &Shared<R>, cpu: &mut CpuSampler
             let desired_revision = config.map(|config| config.app_id);
             // Judged on the containers' labels (incarnation and config hash included), not
             // on revision numbers: a re-created app's revision 1 is not the deleted one's.
-            if !reconcile::is_converged(config, capacity, &observed) {
+            let converged = reconcile::is_converged(config, capacity, &observed);
+            if !converged {
                 updated = false;
             }
             AppReport {
@@ -54,13 +95,25 @@ pub async fn build<R: ContainerRuntime>(shared: &Shared<R>, cpu: &mut CpuSampler
                         state: container.state.clone(),
                         health: container.health.map(|health| health.as_str().to_string()),
                         app_id: container.app_id,
+                        restart_count: restart_counts.get(&container.name).copied(),
+                        incarnation: container.incarnation,
                     })
                     .collect(),
                 error: shared.app_error(&app).or_else(|| list_error.clone()),
+                desired_incarnation: config.map(|config| config.incarnation),
+                converged: converged && list_error.is_none(),
             }
         })
         .collect();
 
+    let host = if shared.runtime.reports_host_resources() {
+        device::host_facts()
+    } else {
+        // A simulated device: thousands in one process would all report the simulator's
+        // host, which says nothing about them.
+        device::HostFacts::default()
+    };
+    let (session, sequence) = shared.report_session.next();
     let resources = if shared.runtime.reports_host_resources() {
         device::resource_usage(cpu)
     } else {
@@ -90,5 +143,20 @@ pub async fn build<R: ContainerRuntime>(shared: &Shared<R>, cpu: &mut CpuSampler
         agent_version: AGENT_VERSION.to_string(),
         apps: app_reports,
         resources,
+        target: crate::build_info::TARGET.to_string(),
+        os: host.os,
+        kernel: host.kernel,
+        docker_version,
+        uptime_secs: host.uptime_secs,
+        agent_uptime_secs: shared.report_session.started.elapsed().as_secs(),
+        report_interval_secs: shared.config.report_interval.as_secs(),
+        mode: match &shared.config.mode {
+            Mode::Group(group) => DeviceMode::Group(group.clone()),
+            Mode::Apps(apps) => DeviceMode::Apps(apps.clone()),
+        },
+        session,
+        sequence,
+        device_group_incarnation: desired.group.as_ref().map(|group| group.incarnation),
+        stopping: false,
     }
 }

@@ -33,6 +33,8 @@ pub struct Shared<R> {
     errors: Mutex<BTreeMap<Name, String>>,
     /// Wakes the reporter after an applied change.
     pub report_now: Notify,
+    /// Orders this agent's reports (see [`crate::report::Session`]).
+    pub report_session: crate::report::Session,
     /// Wakes the prune task after a group change.
     prune_now: Notify,
     pub shutdown: CancellationToken,
@@ -65,6 +67,7 @@ impl<R: ContainerRuntime> Shared<R> {
             workers: Mutex::new(HashMap::new()),
             errors: Mutex::new(BTreeMap::new()),
             report_now: Notify::new(),
+            report_session: crate::report::Session::default(),
             prune_now: Notify::new(),
             shutdown,
             tasks: TaskTracker::new(),

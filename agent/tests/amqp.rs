@@ -625,6 +625,20 @@ async fn app_mode_boot_flow_changes_poison_delete_and_recreate() {
     assert!(result.is_ok(), "{result:?}");
     // Shutdown leaves containers running.
     assert_eq!(runtime.applied_revision(&app), Some(2));
+    // The last report says goodbye (the control plane shows the device offline at once);
+    // none before it did.
+    let mut last = None;
+    while let Ok(Some(delivery)) =
+        tokio::time::timeout(Duration::from_secs(2), reports.next()).await
+    {
+        let Ok(Message::DeviceReport(report)) = decode(&delivery.expect("delivery").data) else {
+            panic!("not a report");
+        };
+        if let Some(earlier) = last.replace(report.stopping) {
+            assert!(!earlier, "a stopping report before the last one");
+        }
+    }
+    assert_eq!(last, Some(true), "the last report is the stopping one");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

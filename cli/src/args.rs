@@ -57,6 +57,12 @@ pub enum Command {
     /// Device groups: which apps the devices of a group run
     #[command(subcommand)]
     Groups(GroupsCommand),
+    /// The device inventory: what every agent last reported, and whether it is online
+    #[command(subcommand)]
+    Devices(DevicesCommand),
+    /// Whether a change reached the fleet
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// Remove unused images on the devices of every group
     Prune,
     /// Check that the control plane answers and accepts the credentials
@@ -171,6 +177,61 @@ pub enum GroupsCommand {
     Prune { name: Name },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum DevicesCommand {
+    /// List devices, sorted by id, one page at a time (`--all` for every page)
+    List {
+        /// Only devices of this device group
+        #[arg(long, value_name = "GROUP")]
+        group: Option<Name>,
+        /// Only devices configured for or running this app
+        #[arg(long, value_name = "APP")]
+        app: Option<Name>,
+        /// Only online devices
+        #[arg(long, conflicts_with = "offline")]
+        online: bool,
+        /// Only offline devices
+        #[arg(long)]
+        offline: bool,
+        /// Devices per page (1-1000)
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        limit: u16,
+        /// Start after this device id (the `next` of the previous page)
+        #[arg(long, value_name = "DEVICE")]
+        after: Option<Name>,
+        /// Every page, not only the first
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show a device: its agent, host, apps and containers
+    Get { device: Name },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// How many devices run the current revision of an app or device group, how many are
+    /// behind or failed, and which (exit code 1 when a device failed)
+    Status {
+        /// An app or a device group (`--app`/`--group` when both exist)
+        name: Name,
+        /// NAME is an app
+        #[arg(long, conflicts_with = "group")]
+        app: bool,
+        /// NAME is a device group
+        #[arg(long)]
+        group: bool,
+        /// Follow the rollout until every device is current or failed
+        #[arg(short = 'w', long)]
+        watch: bool,
+        /// With --watch: give up after this many seconds (exit code 1)
+        #[arg(long, value_name = "SECONDS", requires = "watch")]
+        timeout: Option<u64>,
+        /// With --watch: seconds between two looks
+        #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+        interval: f64,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,6 +319,51 @@ mod tests {
     }
 
     #[test]
+    fn device_and_rollout_flags_parse() {
+        let cli = parse(&[
+            "devices",
+            "list",
+            "--group",
+            "edge",
+            "--offline",
+            "--limit",
+            "5",
+            "--all",
+        ])
+        .expect("parses");
+        let Command::Devices(DevicesCommand::List {
+            group,
+            offline,
+            online,
+            limit,
+            all,
+            ..
+        }) = cli.command
+        else {
+            panic!("not devices list");
+        };
+        assert_eq!(group.as_ref().map(|name| name.as_str()), Some("edge"));
+        assert!(offline && !online && all);
+        assert_eq!(limit, 5);
+        let cli =
+            parse(&["rollout", "status", "local", "--watch", "--timeout", "60"]).expect("parses");
+        let Command::Rollout(RolloutCommand::Status {
+            name,
+            watch,
+            timeout,
+            app,
+            group,
+            ..
+        }) = cli.command
+        else {
+            panic!("not rollout status");
+        };
+        assert_eq!(name.as_str(), "local");
+        assert!(watch && !app && !group);
+        assert_eq!(timeout, Some(60));
+    }
+
+    #[test]
     fn usage_errors_are_reported_by_clap() {
         for arguments in [
             &["apps"][..],
@@ -269,6 +375,11 @@ mod tests {
             &["apps", "list", "-o", "xml"],
             &["completions", "powershell7"],
             &["frobnicate"],
+            &["devices", "list", "--online", "--offline"],
+            &["devices", "list", "--limit", "0"],
+            &["devices", "list", "--limit", "1001"],
+            &["rollout", "status", "x", "--app", "--group"],
+            &["rollout", "status", "x", "--timeout", "5"],
         ] {
             let error = parse(arguments).expect_err(&format!("{arguments:?} must not parse"));
             assert_eq!(error.exit_code(), 2, "{arguments:?}: {error}");

@@ -23,6 +23,7 @@ pub enum Subject {
     None,
     App(String),
     Group(String),
+    Device(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,7 +116,7 @@ pub fn classify(
     let (app, group) = match subject {
         Subject::App(name) => (Some(name.as_str()), None),
         Subject::Group(name) => (None, Some(name.as_str())),
-        Subject::None => (None, None),
+        Subject::None | Subject::Device(_) => (None, None),
     };
     if status == 401 {
         return CliError::Unauthorized(format!(
@@ -161,6 +162,15 @@ pub fn classify(
             ));
         }
         None => {}
+    }
+    if flag(body, "device_exists") == Some(false) {
+        let device = match subject {
+            Subject::Device(device) => device.as_str(),
+            _ => "<device>",
+        };
+        return CliError::NotFound(format!(
+            "device {device} has not reported (or was not seen for the expiry): `nebula devices list` shows the devices"
+        ));
     }
     if flag(body, "running_before_restart") == Some(false) {
         let app = app.unwrap_or("<app>");

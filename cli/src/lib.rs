@@ -49,6 +49,8 @@ pub fn run(
     let result = match command {
         Command::Apps(command) => commands::apps::run(&mut context, command),
         Command::Groups(command) => commands::groups::run(&mut context, command),
+        Command::Devices(command) => commands::devices::run(&mut context, command),
+        Command::Rollout(command) => commands::rollout::run(&mut context, command),
         Command::Prune => commands::fleet::prune(&mut context),
         Command::Status => commands::fleet::status(&mut context),
         Command::Completions { .. } => unreachable!("handled before the settings are loaded"),

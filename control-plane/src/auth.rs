@@ -34,6 +34,8 @@ pub enum Permission<'a> {
     WriteDeviceGroup(&'a str),
     ListDeviceGroups,
     Prune,
+    /// The device inventory (every device's report).
+    ListDevices,
 }
 
 impl Principal {

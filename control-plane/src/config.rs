@@ -72,7 +72,13 @@ pub struct Config {
     pub publish_timeout: Duration,
     /// Time limits and the connection cap of the HTTP server.
     pub http: HttpLimits,
+    /// A device whose last report is older than this is removed from the registry
+    /// (`NEBULA_DEVICE_EXPIRY_SECS`, default 30 days); it comes back with its next report.
+    pub device_expiry: Duration,
 }
+
+/// Default of `NEBULA_DEVICE_EXPIRY_SECS`: thirty days.
+pub const DEFAULT_DEVICE_EXPIRY_SECS: u64 = 30 * 24 * 3600;
 
 /// What the HTTP server allows each client, so that slow or many clients cannot hold an
 /// instance's memory and file descriptors.
@@ -259,7 +265,19 @@ impl Config {
                 reason: "must be at least 1 (0 would mean unbounded)".into(),
             });
         }
+        let device_expiry_secs: u64 = parsed(
+            environment,
+            "NEBULA_DEVICE_EXPIRY_SECS",
+            DEFAULT_DEVICE_EXPIRY_SECS,
+        )?;
+        if device_expiry_secs < 60 {
+            return Err(ConfigError::Invalid {
+                variable: "NEBULA_DEVICE_EXPIRY_SECS",
+                reason: format!("{device_expiry_secs} s is shorter than a minute"),
+            });
+        }
         Ok(Self {
+            device_expiry: Duration::from_secs(device_expiry_secs),
             listen,
             amqp_url,
             store,

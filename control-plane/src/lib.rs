@@ -4,7 +4,8 @@
 //! Codemap: [`config`] (environment → validated [`config::Config`]), [`store`] (the `Store`
 //! trait and its backends), [`broker`] (the `Publisher` trait, lapin and a fake), [`service`]
 //! (the change logic: store write → confirmed publish → outbox flag cleared), [`api`] (axum
-//! routes and JSON), [`auth`], [`sync`] (the sync responder), [`outbox`], [`shutdown`].
+//! routes and JSON), [`auth`], [`sync`] (the sync responder), [`reports`] (the report
+//! ingester), [`outbox`], [`shutdown`].
 //!
 //! Architecture invariant: instances share nothing but the store and the broker, so any
 //! number of them can run behind a load balancer.
@@ -20,6 +21,7 @@ pub mod gate;
 pub mod http;
 pub mod metrics;
 pub mod outbox;
+pub mod reports;
 pub mod service;
 pub mod shutdown;
 pub mod store;
@@ -144,6 +146,19 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
             }
         });
     }
+    {
+        let (broker, service, shutdown) = (broker.clone(), service.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            if let Err(error) = reports::run(broker, service, shutdown.clone()).await {
+                shutdown.fail(&error);
+            }
+        });
+    }
+    tasks.spawn(reports::expire(
+        service.clone(),
+        config.device_expiry,
+        shutdown.clone(),
+    ));
     tasks.close();
 
     let state = AppState {

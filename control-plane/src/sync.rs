@@ -108,6 +108,7 @@ pub async fn run(
 }
 
 async fn handle(channel: &Channel, service: &Service, delivery: Delivery) -> Result<(), AmqpError> {
+    let started = std::time::Instant::now();
     let request = match decode(&delivery.data) {
         Ok(Message::SyncRequest(request)) => request,
         Ok(other) => {
@@ -185,6 +186,7 @@ async fn handle(channel: &Channel, service: &Service, delivery: Delivery) -> Res
         .await
         .map_err(operation("basic.ack"))?;
     service.metrics().sync_answered(found);
+    service.metrics().sync_latency(started.elapsed());
     tracing::debug!(device = %request.device_id, target = ?request.target, found, "sync request answered");
     Ok(())
 }

@@ -484,7 +484,7 @@ async fn a_corrupt_record_is_an_error_of_that_object_only() {
         .expect("flag");
     let (handled, seen) = service.republish_pending(None).await.expect("outbox pass");
     assert_eq!((handled, seen.len()), (1, 3));
-    let metrics = service.metrics().render();
+    let metrics = service.metrics().render(&Default::default());
     assert!(
         metrics.contains("nebula_outbox_skipped_corrupt_total 2"),
         "{metrics}"

@@ -19,8 +19,8 @@ pub mod placement;
 pub use envelope::{DecodeError, MAGIC, PROTOCOL_VERSION, decode, encode};
 pub use image::{ImageRef, ImageRefError};
 pub use message::{
-    AppReport, ContainerReport, DeviceReport, GroupState, Message, ResourceUsage, StoreId,
-    SyncReply, SyncRequest, SyncResult, SyncTarget,
+    AppReport, ContainerReport, DeviceMode, DeviceReport, GroupState, Message, ResourceUsage,
+    StoreId, SyncReply, SyncRequest, SyncResult, SyncTarget,
 };
 pub use model::{
     AppConfig, ContainersPer, CronJob, DeviceGroup, Incarnation, ObjectVersion, PortMapping,

@@ -196,6 +196,41 @@ pub struct DeviceReport {
     pub agent_version: String,
     pub apps: Vec<AppReport>,
     pub resources: ResourceUsage,
+    // Appended in protocol version 2 (issue 15: the device inventory).
+    /// The target triple the agent was built for (`aarch64-unknown-linux-musl`).
+    pub target: String,
+    /// The operating system (`PRETTY_NAME` of `/etc/os-release`), empty when unknown.
+    pub os: String,
+    /// The kernel (`Linux 6.1.0-18-arm64`), empty when unknown.
+    pub kernel: String,
+    /// The Docker engine's version, `None` when the engine did not answer.
+    pub docker_version: Option<String>,
+    /// Seconds since the device booted.
+    pub uptime_secs: u64,
+    /// Seconds since the agent started.
+    pub agent_uptime_secs: u64,
+    /// How often the agent reports when nothing changes: the control plane's "no report for
+    /// three intervals" rule needs the agent's own interval.
+    pub report_interval_secs: u64,
+    /// What the agent was configured to run.
+    pub mode: DeviceMode,
+    /// Random, new at every agent start, and [`DeviceReport::sequence`] counting up within it:
+    /// reports of one device ingested by competing consumers can arrive out of order, and
+    /// the device's clock (a board without a real-time clock) cannot order them.
+    pub session: u64,
+    pub sequence: u64,
+    /// The incarnation of the device group the agent holds (group mode).
+    pub device_group_incarnation: Option<Incarnation>,
+    /// The agent's last report before a graceful stop (best-effort): the control plane shows
+    /// the device offline at once instead of after three intervals.
+    pub stopping: bool,
+}
+
+/// An agent's configuration: a device group, or a list of apps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeviceMode {
+    Group(Name),
+    Apps(Vec<Name>),
 }
 
 /// One app on one device.
@@ -207,6 +242,13 @@ pub struct AppReport {
     pub containers: Vec<ContainerReport>,
     /// The last error applying this app (a failed pull, a Docker error), if any.
     pub error: Option<String>,
+    // Appended in protocol version 2 (issue 15: rollout status).
+    /// The incarnation of the desired config: with `desired_revision`, the exact version the
+    /// device was told to run (a re-created app starts again at revision 1).
+    pub desired_incarnation: Option<Incarnation>,
+    /// The containers are exactly what the desired config asks for (count, revision,
+    /// incarnation, settings); `applied_revision` alone can match while one is missing.
+    pub converged: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -218,6 +260,12 @@ pub struct ContainerReport {
     /// `healthy`, `unhealthy`, `starting`, or `None` without a health check.
     pub health: Option<String>,
     pub app_id: Option<Revision>,
+    // Appended in protocol version 2.
+    /// How often Docker restarted the container (a crash loop shows here), `None` when the
+    /// runtime does not say.
+    pub restart_count: Option<u64>,
+    /// The `incarnation` label of the container.
+    pub incarnation: Option<Incarnation>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

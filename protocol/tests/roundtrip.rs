@@ -172,7 +172,7 @@ fn report() -> impl Strategy<Value = DeviceReport> {
             |(device_id, hostname, device_group, time, updated, apps, cpu_percent)| DeviceReport {
                 device_id,
                 hostname,
-                device_group,
+                device_group: device_group.clone(),
                 device_group_id: Some(1),
                 prune_id: None,
                 report_creation_time: time,
@@ -190,8 +190,12 @@ fn report() -> impl Strategy<Value = DeviceReport> {
                             state: "running".into(),
                             health: Some("healthy".into()),
                             app_id: revision,
+                            restart_count: Some(3),
+                            incarnation: Some(7),
                         }],
                         error: None,
+                        desired_incarnation: revision.map(|_| 7),
+                        converged: updated,
                     })
                     .collect(),
                 resources: ResourceUsage {
@@ -202,6 +206,21 @@ fn report() -> impl Strategy<Value = DeviceReport> {
                     root_disk_total_bytes: 1 << 35,
                     root_disk_used_bytes: 1 << 33,
                 },
+                target: "x86_64-unknown-linux-musl".into(),
+                os: String::new(),
+                kernel: "Linux 6.1".into(),
+                docker_version: None,
+                uptime_secs: time / 2,
+                agent_uptime_secs: time / 4,
+                report_interval_secs: 60,
+                mode: match &device_group {
+                    Some(group) => DeviceMode::Group(group.clone()),
+                    None => DeviceMode::Apps(Vec::new()),
+                },
+                session: time ^ 0x5555,
+                sequence: time / 3,
+                device_group_incarnation: device_group.as_ref().map(|_| 1),
+                stopping: updated && time % 2 == 0,
             },
         )
 }

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod binaries;
 pub mod docker;
 pub mod fleet;
+pub mod openapi;
 pub mod process;
 pub mod proxy;
 pub mod rest;

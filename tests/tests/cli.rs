@@ -4,12 +4,15 @@
 //! and config file never leak in.
 
 use nebula_tests::binaries::binary;
-use nebula_tests::system::{ADMIN_PASSWORD, ADMIN_USER, ControlPlane, StoreKind, scratch_dir};
-use nebula_tests::unique_name;
+use nebula_tests::system::{
+    ADMIN_PASSWORD, ADMIN_USER, Agent, AgentMode, ControlPlane, StoreKind, scratch_dir,
+};
 use nebula_tests::vhost::Vhost;
+use nebula_tests::{openapi, services, unique_name, wait_for};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 const TOKEN: &str = "cli-test-token";
 
@@ -17,7 +20,8 @@ const TOKEN: &str = "cli-test-token";
 struct Fixture {
     control_plane: ControlPlane,
     home: PathBuf,
-    _vhost: Vhost,
+    directory: PathBuf,
+    vhost: Vhost,
 }
 
 impl Fixture {
@@ -38,7 +42,8 @@ impl Fixture {
         Self {
             control_plane,
             home,
-            _vhost: vhost,
+            directory,
+            vhost,
         }
     }
 
@@ -484,4 +489,199 @@ async fn credentials_from_flags_environment_config_file_and_token() {
     )
     .expect("write config");
     fixture.run(&["apps", "list"], &[]).success();
+}
+
+/// The device inventory and rollout status through the CLI, with a real agent on the Docker
+/// engine: the device shows up online with its app at the current revision, `rollout status
+/// --watch` ends once a change reached it, every document the CLI prints fits the OpenAPI
+/// document, every request it made is an operation of it, and a stopped agent is offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_and_rollout_through_the_cli() {
+    let docker = services::docker().expect("docker");
+    nebula_tests::docker::remove_leftovers(&docker, "cli-fleet", Some("cli-fleet-dev"))
+        .await
+        .expect("remove leftovers");
+    let fixture = Fixture::start("fleet").await;
+    let (app, group, device) = (
+        unique_name("cli-fleet-app"),
+        unique_name("cli-fleet-g"),
+        unique_name("cli-fleet-dev"),
+    );
+    let (app, group, device) = (app.as_str(), group.as_str(), device.as_str());
+    let image = |version| services::test_image(version);
+    fixture
+        .admin(&["apps", "create", app, "--image", &image(1)])
+        .success();
+    fixture
+        .admin(&["groups", "create", group, "--apps", app])
+        .success();
+    // Reports every second: offline is "no report for 3 intervals", 3 s.
+    let agent = Agent::start_with(
+        device,
+        &AgentMode::Group(group.to_string()),
+        &fixture.vhost.amqp_url(),
+        &fixture.directory,
+        &[("NEBULA_REPORT_INTERVAL_SECS", "1")],
+    )
+    .await;
+    let document: Value = reqwest::Client::new()
+        .get(format!("{}/api/v2/openapi.json", fixture.url()))
+        .basic_auth(ADMIN_USER, Some(ADMIN_PASSWORD))
+        .send()
+        .await
+        .expect("openapi")
+        .json()
+        .await
+        .expect("json");
+
+    // The device appears, online, its app current at revision 1.
+    let at = |revision: u64| {
+        move |list: &Value| {
+            list["devices"].as_array().is_some_and(|devices| {
+                devices.iter().any(|entry| {
+                    entry["device_id"] == device
+                        && entry["online"] == true
+                        && entry["apps"][0]["rollout"] == "current"
+                        && entry["apps"][0]["applied_revision"] == revision
+                })
+            })
+        }
+    };
+    let list_path = format!("/api/v2/devices?limit=100&device_group={group}");
+    let listed = wait_for(
+        "the device online at revision 1",
+        Duration::from_secs(120),
+        || {
+            let list = fixture.json(&["devices", "list", "--group", group]);
+            let done = at(1)(&list);
+            async move { done.then_some(list) }
+        },
+    )
+    .await
+    .expect("device listed");
+    let errors = openapi::check_answer(&document, "get", &list_path, 200, &listed);
+    assert!(errors.is_empty(), "{errors:#?}");
+    let shown = fixture.json(&["devices", "get", device]);
+    let errors = openapi::check_answer(
+        &document,
+        "get",
+        &format!("/api/v2/devices/{device}"),
+        200,
+        &shown,
+    );
+    assert!(errors.is_empty(), "{errors:#?}");
+    assert_eq!(shown["report_interval_secs"], 1, "{shown}");
+    assert_eq!(shown["mode"], "group");
+    assert!(
+        shown["target"]
+            .as_str()
+            .is_some_and(|target| target.contains("linux")),
+        "{shown}"
+    );
+    assert!(
+        shown["kernel"]
+            .as_str()
+            .is_some_and(|kernel| kernel.starts_with("Linux ")),
+        "{shown}"
+    );
+    assert!(shown["docker_version"].is_string(), "{shown}");
+    assert_eq!(
+        shown["apps"][0]["containers"][0]["restart_count"], 0,
+        "{shown}"
+    );
+    assert_eq!(
+        shown["apps"][0]["containers"][0]["state"], "running",
+        "{shown}"
+    );
+    let table = fixture.admin(&["devices", "list"]).success().stdout();
+    assert!(
+        table.contains(device) && table.contains(&format!("{app} 1/1 current")),
+        "{table}"
+    );
+
+    // A change, followed until it reached the device.
+    fixture
+        .admin(&["apps", "update", app, "--image", &image(2)])
+        .success();
+    let watched = fixture
+        .admin(&["rollout", "status", group, "--watch", "--timeout", "120"])
+        .success()
+        .stdout();
+    assert!(watched.contains("1/1 current, 0 behind"), "{watched}");
+    let list = fixture.json(&["devices", "list", "--group", group]);
+    assert!(at(2)(&list), "after --watch ended: {list}");
+    let status = fixture.json(&["rollout", "status", app]);
+    let errors = openapi::check_answer(
+        &document,
+        "get",
+        &format!("/api/v2/apps/{app}/status"),
+        200,
+        &status,
+    );
+    assert!(errors.is_empty(), "{errors:#?}");
+    assert_eq!(
+        (status["current"].clone(), status["done"].clone()),
+        (json!(1), json!(true))
+    );
+
+    // Every request the CLI made (counted by route template in /metrics) is an operation
+    // of the document.
+    let metrics = reqwest::get(format!("{}/metrics", fixture.url()))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let mut routes = 0;
+    for line in metrics
+        .lines()
+        .filter(|line| line.starts_with("nebula_http_requests_total{"))
+    {
+        let route = line
+            .split("route=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("route");
+        let method = line
+            .split("method=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("method");
+        if route == "/metrics" || route == "/readyz" {
+            continue;
+        }
+        routes += 1;
+        assert!(
+            openapi::operation(&document, route, &method.to_ascii_lowercase()).is_some(),
+            "the CLI called {method} {route}, which the document does not have"
+        );
+    }
+    assert!(routes >= 6, "{metrics}");
+    assert!(
+        metrics.contains("nebula_devices{state=\"online\"} 1\n"),
+        "{metrics}"
+    );
+
+    // The agent goes away: offline once no report came for 3 of its 1 s intervals.
+    agent.process.kill_and_stay_down().await;
+    let stopped = std::time::Instant::now();
+    wait_for("the device offline", Duration::from_secs(30), || {
+        let shown = fixture.json(&["devices", "get", device]);
+        async move { (shown["online"] == false).then_some(()) }
+    })
+    .await
+    .expect("offline");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(15),
+        "offline only after {:?}",
+        stopped.elapsed()
+    );
+    let offline = fixture.json(&["devices", "list", "--offline"]);
+    assert_eq!(offline["devices"][0]["device_id"], device, "{offline}");
+    fixture
+        .admin(&["devices", "get", "no-such-device"])
+        .exits(3);
+    nebula_tests::docker::remove_app_containers(&docker, app)
+        .await
+        .expect("remove containers");
 }

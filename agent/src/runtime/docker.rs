@@ -552,6 +552,18 @@ impl ContainerRuntime for DockerRuntime {
         );
         Ok(())
     }
+
+    async fn restart_count(&self, name: &str) -> Option<u64> {
+        let response = self.docker.inspect_container(name, None).await.ok()?;
+        response
+            .restart_count
+            .and_then(|count| u64::try_from(count).ok())
+    }
+
+    async fn engine_version(&self) -> Option<String> {
+        self.negotiate().await.ok()?;
+        self.docker.version().await.ok()?.version
+    }
 }
 
 #[cfg(test)]

@@ -159,6 +159,18 @@ pub trait ContainerRuntime: Send + Sync + 'static {
 
     /// Removes every image no container uses (not only dangling ones).
     fn prune_images(&self) -> impl Future<Output = Result<(), DockerError>> + Send;
+
+    /// How often the runtime restarted a container (its restart policy after a crash), for
+    /// reports; `None` when unknown. Best effort: a failure is no error.
+    fn restart_count(&self, name: &str) -> impl Future<Output = Option<u64>> + Send {
+        let _ = name;
+        async { None }
+    }
+
+    /// The engine's version, for reports; `None` when unknown or unreachable.
+    fn engine_version(&self) -> impl Future<Output = Option<String>> + Send {
+        async { None }
+    }
 }
 
 /// Reads the labels this agent sets back into an [`ObservedContainer`]; `None` for a

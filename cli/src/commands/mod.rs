@@ -1,8 +1,10 @@
 //! One module per kind of object; each command is one REST call and a print.
 
 pub mod apps;
+pub mod devices;
 pub mod fleet;
 pub mod groups;
+pub mod rollout;
 
 use crate::client::Client;
 use crate::config::Settings;

@@ -2,6 +2,7 @@
 
 use super::dto::{self, AppPatch};
 use super::errors::ApiError;
+use super::schema;
 use super::{AppState, Body, PathName, ok, require};
 use crate::auth::{Permission, Principal};
 use crate::service::ServiceError;
@@ -14,6 +15,12 @@ use serde_json::json;
 
 type Result<T> = std::result::Result<T, ApiError>;
 
+#[utoipa::path(
+    get,
+    path = "/apps",
+    tag = "apps",
+    responses((status = 200, description = "The names of all apps", body = schema::AppList))
+)]
 pub async fn list(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -23,6 +30,13 @@ pub async fn list(
     Ok(ok(StatusCode::OK, json!({"apps": apps})))
 }
 
+#[utoipa::path(
+    get,
+    path = "/apps/{app}",
+    tag = "apps",
+    params(("app" = String, Path, description = "App name")),
+    responses((status = 200, description = "The app", body = schema::App), (status = 403, description = "No such app (`app_exists: false`) or not allowed", body = schema::Forbidden), (status = 400, description = "Invalid name", body = schema::InvalidName))
+)]
 pub async fn read(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -48,6 +62,14 @@ fn full_config(app: &Name, body: &[u8]) -> Result<AppConfig> {
     Ok(config)
 }
 
+#[utoipa::path(
+    post,
+    path = "/apps/{app}",
+    tag = "apps",
+    params(("app" = String, Path, description = "App name")),
+    request_body = schema::AppFields,
+    responses((status = 200, description = "Created at app_id 1", body = schema::App), (status = 400, description = "Missing docker_image, bad fields or ports", body = schema::BadRequest), (status = 403, description = "Exists already (`app_exists: true`), bad port shape, or not allowed", body = schema::Forbidden), (status = 413, description = "Body over 1 MiB", body = schema::TooLarge))
+)]
 pub async fn create(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -64,6 +86,13 @@ pub async fn create(
     Ok(ok(StatusCode::OK, dto::app_json(&config)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/apps/{app}",
+    tag = "apps",
+    params(("app" = String, Path, description = "App name")),
+    responses((status = 200, description = "Deleted", body = schema::Empty), (status = 400, description = "Invalid name", body = schema::InvalidName), (status = 403, description = "No such app, or not allowed", body = schema::Forbidden))
+)]
 pub async fn delete(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -86,6 +115,13 @@ async fn change(
     Ok(ok(StatusCode::ACCEPTED, dto::app_json(&config)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/apps/{app}/start",
+    tag = "apps",
+    params(("app" = String, Path, description = "App name")),
+    responses((status = 202, description = "running: true, app_id+1", body = schema::App), (status = 400, description = "Invalid name", body = schema::InvalidName), (status = 403, description = "No such app, or not allowed", body = schema::Forbidden))
+)]
 pub async fn start(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -100,6 +136,13 @@ pub async fn start(
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/apps/{app}/stop",
+    tag = "apps",
+    params(("app" = String, Path, description = "App name")),
+    responses((status = 202, description = "running: false, app_id+1", body = schema::App), (status = 400, description = "Invalid name", body = schema::InvalidName), (status = 403, description = "No such app, or not allowed", body = schema::Forbidden))
+)]
 pub async fn stop(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -115,6 +158,13 @@ pub async fn stop(
 }
 
 /// A restart is a new revision of the same config: agents recreate the containers.
+#[utoipa::path(
+    post,
+    path = "/apps/{app}/restart",
+    tag = "apps",
+    params(("app" = String, Path, description = "App name")),
+    responses((status = 202, description = "app_id+1: devices recreate the containers", body = schema::App), (status = 400, description = "Invalid name", body = schema::InvalidName), (status = 403, description = "No such app, stopped (`running_before_restart: false`), or not allowed", body = schema::Forbidden))
+)]
 pub async fn restart(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -130,6 +180,14 @@ pub async fn restart(
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/apps/{app}/update",
+    tag = "apps",
+    params(("app" = String, Path, description = "App name")),
+    request_body = schema::AppFields,
+    responses((status = 202, description = "Replaced: omitted fields reset, app_id+1", body = schema::App), (status = 400, description = "Missing docker_image, bad fields or ports", body = schema::BadRequest), (status = 403, description = "No such app, bad port shape, or not allowed", body = schema::Forbidden), (status = 413, description = "Body over 1 MiB", body = schema::TooLarge))
+)]
 pub async fn full_update(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -141,6 +199,14 @@ pub async fn full_update(
     change(&state, &principal, &app, move |_| Ok(config.clone())).await
 }
 
+#[utoipa::path(
+    method(put, patch),
+    path = "/apps/{app}/update",
+    tag = "apps",
+    params(("app" = String, Path, description = "App name")),
+    request_body = schema::AppFields,
+    responses((status = 202, description = "The given fields changed, app_id+1", body = schema::App), (status = 400, description = "Empty, unknown or wrongly typed fields, bad ports", body = schema::BadRequest), (status = 403, description = "No such app, bad port shape, or not allowed", body = schema::Forbidden), (status = 413, description = "Body over 1 MiB", body = schema::TooLarge))
+)]
 pub async fn partial_update(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,

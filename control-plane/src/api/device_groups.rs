@@ -2,6 +2,7 @@
 
 use super::dto::{self, GroupPatch};
 use super::errors::ApiError;
+use super::schema;
 use super::{AppState, Body, PathName, ok, require};
 use crate::auth::{Permission, Principal};
 use crate::service::ServiceError;
@@ -14,6 +15,12 @@ use serde_json::json;
 
 type Result<T> = std::result::Result<T, ApiError>;
 
+#[utoipa::path(
+    get,
+    path = "/device_groups",
+    tag = "device_groups",
+    responses((status = 200, description = "The names of all device groups", body = schema::GroupList))
+)]
 pub async fn list(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -23,6 +30,13 @@ pub async fn list(
     Ok(ok(StatusCode::OK, json!({"device_groups": groups})))
 }
 
+#[utoipa::path(
+    get,
+    path = "/device_groups/{group}",
+    tag = "device_groups",
+    params(("group" = String, Path, description = "Device group name")),
+    responses((status = 200, description = "The device group", body = schema::Group), (status = 400, description = "Invalid name", body = schema::InvalidName), (status = 403, description = "No such group (`device_group_exists: false`), or not allowed", body = schema::Forbidden))
+)]
 pub async fn read(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -35,6 +49,13 @@ pub async fn read(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/device_groups/{group}/info",
+    tag = "device_groups",
+    params(("group" = String, Path, description = "Device group name")),
+    responses((status = 200, description = "The group with its apps in full", body = schema::GroupInfo), (status = 400, description = "Invalid name", body = schema::InvalidName), (status = 403, description = "No such group, or not allowed", body = schema::Forbidden))
+)]
 pub async fn info(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -64,6 +85,14 @@ fn parse(body: &[u8]) -> Result<GroupPatch> {
     dto::parse_group(&object)
 }
 
+#[utoipa::path(
+    post,
+    path = "/device_groups/{group}",
+    tag = "device_groups",
+    params(("group" = String, Path, description = "Device group name")),
+    request_body = schema::GroupFields,
+    responses((status = 200, description = "Created at device_group_id 1", body = schema::Group), (status = 400, description = "Lists that are not lists, invalid names, unknown fields", body = schema::BadRequest), (status = 403, description = "Exists already, an unknown app, or not allowed", body = schema::Forbidden), (status = 413, description = "Body over 1 MiB", body = schema::TooLarge))
+)]
 pub async fn create(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -82,6 +111,14 @@ pub async fn create(
 }
 
 /// POST: the body is the full membership (omitted lists become empty).
+#[utoipa::path(
+    post,
+    path = "/device_groups/{group}/update",
+    tag = "device_groups",
+    params(("group" = String, Path, description = "Device group name")),
+    request_body = schema::GroupFields,
+    responses((status = 202, description = "Replaced (omitted lists become empty), device_group_id+1", body = schema::Group), (status = 400, description = "Lists that are not lists, invalid names, unknown fields", body = schema::BadRequest), (status = 403, description = "No such group, an unknown app, or not allowed", body = schema::Forbidden), (status = 413, description = "Body over 1 MiB", body = schema::TooLarge))
+)]
 pub async fn full_update(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -98,6 +135,14 @@ pub async fn full_update(
 }
 
 /// PUT/PATCH: only the given lists change.
+#[utoipa::path(
+    method(put, patch),
+    path = "/device_groups/{group}/update",
+    tag = "device_groups",
+    params(("group" = String, Path, description = "Device group name")),
+    request_body = schema::GroupFields,
+    responses((status = 202, description = "The given lists changed, device_group_id+1", body = schema::Group), (status = 400, description = "Empty body, lists that are not lists, invalid names, unknown fields", body = schema::BadRequest), (status = 403, description = "No such group, an unknown app, or not allowed", body = schema::Forbidden), (status = 413, description = "Body over 1 MiB", body = schema::TooLarge))
+)]
 pub async fn partial_update(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -128,6 +173,13 @@ async fn update(
     Ok(ok(StatusCode::ACCEPTED, dto::group_json(&document)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/device_groups/{group}",
+    tag = "device_groups",
+    params(("group" = String, Path, description = "Device group name")),
+    responses((status = 200, description = "Deleted", body = schema::Empty), (status = 400, description = "Invalid name", body = schema::InvalidName), (status = 403, description = "No such group, or not allowed", body = schema::Forbidden))
+)]
 pub async fn delete(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -138,6 +190,13 @@ pub async fn delete(
     Ok(ok(StatusCode::OK, json!({})))
 }
 
+#[utoipa::path(
+    post,
+    path = "/device_groups/{group}/prune",
+    tag = "device_groups",
+    params(("group" = String, Path, description = "Device group name")),
+    responses((status = 202, description = "prune_id+1: the devices remove unused images", body = schema::Group), (status = 400, description = "Invalid name", body = schema::InvalidName), (status = 403, description = "No such group, or not allowed", body = schema::Forbidden))
+)]
 pub async fn prune(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -148,6 +207,12 @@ pub async fn prune(
     Ok(ok(StatusCode::ACCEPTED, dto::group_json(&document)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/prune",
+    tag = "device_groups",
+    responses((status = 202, description = "Every group's new prune_id", body = schema::PruneIds), (status = 403, description = "Not allowed", body = schema::AccessDenied))
+)]
 pub async fn prune_all(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,

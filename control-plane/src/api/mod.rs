@@ -3,23 +3,35 @@
 //! Layout: [`router`] builds the routes; authentication is a middleware on `/api/v2` that
 //! runs before any handler; handlers parse with [`dto`], call the [`Service`], and render
 //! with [`dto`] again. Every answer, errors and unknown routes included, is JSON.
+//!
+//! Routes and the OpenAPI document come from one place: every handler carries a
+//! `#[utoipa::path]` annotation, and [`routes`] registers handlers only through
+//! `utoipa_axum::routes!`, which takes the path and methods from that annotation. A route
+//! is therefore served exactly when it is documented; `tests/openapi.rs` checks it anyway,
+//! and validates real answers against the document ([`openapi`]).
 
 pub mod apps;
 pub mod device_groups;
+pub mod devices;
 pub mod dto;
 pub mod errors;
+pub mod schema;
 
 use crate::auth::{Authenticator, Permission, Principal};
+use crate::metrics::Gauges;
 use crate::service::Service;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use errors::ApiError;
 use nebula_protocol::Name;
 use serde_json::{Value, json};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, ResponseBuilder, SecurityRequirement};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -108,11 +120,23 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/status",
+    tag = "status",
+    responses((status = 200, description = "The API answers and accepts the credentials", body = schema::ApiStatus))
+)]
 async fn status(Extension(principal): Extension<Principal>) -> Result<Response, ApiError> {
     require(&principal, Permission::Status)?;
     Ok(ok(StatusCode::OK, json!({"api_available": true})))
 }
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "The process is alive", body = schema::Alive))
+)]
 async fn healthz() -> Response {
     ok(StatusCode::OK, json!({"alive": true}))
 }
@@ -121,6 +145,15 @@ async fn healthz() -> Response {
 /// serves, whether it is empty, and which other stores agents asking it synced with before:
 /// an instance started on an empty store next to a running fleet shows up here (and in the
 /// log) as soon as one agent asks it.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Store and broker answer", body = schema::Ready),
+        (status = 503, description = "The store or the broker does not answer", body = schema::Ready),
+    )
+)]
 async fn readyz(State(state): State<AppState>) -> Response {
     let service = &state.service;
     let store = service.store().ping().await.is_ok();
@@ -153,12 +186,44 @@ async fn readyz(State(state): State<AppState>) -> Response {
     )
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text format 0.0.4: counts of this process and of the fleet, no names", body = String, content_type = "text/plain"))
+)]
 async fn metrics(State(state): State<AppState>) -> Response {
+    let service = &state.service;
+    let devices = service.device_counts().await.ok();
+    let gauges = Gauges {
+        devices_online: devices.map(|(online, _)| online),
+        devices_offline: devices.map(|(_, offline)| offline),
+        outbox_backlog: service.outbox_backlog().await.ok(),
+    };
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.service.metrics().render(),
+        service.metrics().render(&gauges),
     )
         .into_response()
+}
+
+/// Counts every routed request by its route template (never the names in the path) and
+/// status, with its latency: a route layer, so that the template is known.
+async fn count_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |path| path.as_str().to_string());
+    let method = request.method().to_string();
+    let response = next.run(request).await;
+    state.service.metrics().http_request(
+        &route,
+        &method,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 
 async fn not_found() -> ApiError {
@@ -169,50 +234,187 @@ async fn method_not_allowed() -> ApiError {
     ApiError::method_not_allowed()
 }
 
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "status",
+    responses((status = 200, description = "This document: OpenAPI 3.1 of every route", body = Object))
+)]
+async fn openapi_json(Extension(principal): Extension<Principal>) -> Result<Response, ApiError> {
+    require(&principal, Permission::Status)?;
+    Ok((StatusCode::OK, Json(openapi())).into_response())
+}
+
+/// The authenticated routes under `/api/v2`, each registered from its annotation.
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(status))
+        .routes(routes!(openapi_json))
+        .routes(routes!(apps::list))
+        .routes(routes!(apps::read, apps::create, apps::delete))
+        .routes(routes!(apps::start))
+        .routes(routes!(apps::stop))
+        .routes(routes!(apps::restart))
+        .routes(routes!(apps::full_update, apps::partial_update))
+        .routes(routes!(devices::app_status))
+        .routes(routes!(device_groups::list))
+        .routes(routes!(
+            device_groups::read,
+            device_groups::create,
+            device_groups::delete
+        ))
+        .routes(routes!(device_groups::info))
+        .routes(routes!(
+            device_groups::full_update,
+            device_groups::partial_update
+        ))
+        .routes(routes!(device_groups::prune))
+        .routes(routes!(devices::group_status))
+        .routes(routes!(device_groups::prune_all))
+        .routes(routes!(devices::list))
+        .routes(routes!(devices::read))
+}
+
+/// The unauthenticated operational routes.
+fn open_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+}
+
+/// Both, as served: `/api/v2` nested.
+fn routes() -> (Router<AppState>, Router<AppState>, OpenApi) {
+    let (api, api_document) = OpenApiRouter::new()
+        .nest("/api/v2", api_routes())
+        .split_for_parts();
+    let (open, open_document) = open_routes().split_for_parts();
+    let mut document = api_document;
+    document.merge(open_document);
+    (api, open, document)
+}
+
+/// The error bodies every authenticated operation may answer, whatever its own are.
+fn error_response(description: &str, schema: &str) -> RefOr<utoipa::openapi::Response> {
+    RefOr::T(
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name(schema)))
+                    .build(),
+            )
+            .build(),
+    )
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Nebula control plane",
+        description = "The Nebula v2 REST API (shared/API.md) and its extensions: device inventory, rollout status. Names are 1-64 characters of [A-Za-z0-9_.-] starting with a letter or digit. Every answer is JSON except /metrics.",
+    ),
+    components(schemas(
+        schema::Unauthenticated,
+        schema::AccessDenied,
+        schema::Corrupt,
+        schema::Unavailable,
+        schema::TooLarge,
+        schema::NotFound,
+    ))
+)]
+struct Components;
+
+/// The OpenAPI 3.1 document of every route [`router`] serves, built from the same
+/// annotations (once per process).
+pub fn openapi() -> OpenApi {
+    static DOCUMENT: std::sync::OnceLock<OpenApi> = std::sync::OnceLock::new();
+    DOCUMENT
+        .get_or_init(|| {
+            let (_, _, routes) = routes();
+            let mut document = <Components as utoipa::OpenApi>::openapi();
+            document.merge(routes);
+            document.info.version = env!("CARGO_PKG_VERSION").to_string();
+            let components = document.components.get_or_insert_with(Default::default);
+            components.add_security_scheme(
+                "basic",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Basic).build()),
+            );
+            components.add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+            for (path, item) in document.paths.paths.iter_mut() {
+                let authenticated = path.starts_with("/api/v2/");
+                for operation in [
+                    &mut item.get,
+                    &mut item.put,
+                    &mut item.post,
+                    &mut item.delete,
+                    &mut item.patch,
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    if !authenticated {
+                        operation.security = Some(Vec::new());
+                        continue;
+                    }
+                    operation.security = Some(vec![
+                        SecurityRequirement::new("basic", Vec::<String>::new()),
+                        SecurityRequirement::new("bearer", Vec::<String>::new()),
+                    ]);
+                    let responses = &mut operation.responses.responses;
+                    for (status, description, schema) in [
+                        ("401", "Missing or wrong credentials", "Unauthenticated"),
+                        ("403", "Not allowed", "AccessDenied"),
+                        ("500", "A stored object cannot be read back", "Corrupt"),
+                        (
+                            "503",
+                            "The store or the broker is unavailable, or the request timed out",
+                            "Unavailable",
+                        ),
+                    ] {
+                        responses
+                            .entry(status.to_string())
+                            .or_insert_with(|| error_response(description, schema));
+                    }
+                    if operation.request_body.is_some() {
+                        responses
+                            .entry("413".to_string())
+                            .or_insert_with(|| error_response("Body over 1 MiB", "TooLarge"));
+                        responses.entry("400".to_string()).or_insert_with(|| {
+                            error_response("Not a JSON object", "MissingParameters")
+                        });
+                    }
+                }
+            }
+            document
+        })
+        .clone()
+}
+
 /// The whole HTTP API.
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/status", get(status))
-        .route("/apps", get(apps::list))
-        .route(
-            "/apps/{app}",
-            get(apps::read).post(apps::create).delete(apps::delete),
-        )
-        .route("/apps/{app}/start", post(apps::start))
-        .route("/apps/{app}/stop", post(apps::stop))
-        .route("/apps/{app}/restart", post(apps::restart))
-        .route(
-            "/apps/{app}/update",
-            post(apps::full_update)
-                .put(apps::partial_update)
-                .patch(apps::partial_update),
-        )
-        .route("/device_groups", get(device_groups::list))
-        .route(
-            "/device_groups/{group}",
-            get(device_groups::read)
-                .post(device_groups::create)
-                .delete(device_groups::delete),
-        )
-        .route("/device_groups/{group}/info", get(device_groups::info))
-        .route(
-            "/device_groups/{group}/update",
-            post(device_groups::full_update)
-                .put(device_groups::partial_update)
-                .patch(device_groups::partial_update),
-        )
-        .route("/device_groups/{group}/prune", post(device_groups::prune))
-        .route("/prune", post(device_groups::prune_all))
+    let (api, open, _) = routes();
+    let api = api
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_request,
         ));
+    let open = open.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        count_request,
+    ));
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .nest("/api/v2", api)
+        .merge(open)
+        .merge(api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -3,7 +3,8 @@
 //! Codemap: [`resource`] (what a kind of object is: naming, versions, stored body, broker
 //! hooks), [`write`] (the one write path of every kind, with per-object combining), [`apps`]
 //! and [`groups`] (each kind's broker side; groups derive their exchange bindings from the
-//! store), [`outbox`] (republishing what was never confirmed, and topology at start).
+//! store), [`outbox`] (republishing what was never confirmed, and topology at start),
+//! [`devices`] (the device registry fed by reports, and rollout status).
 //!
 //! Failure policy: a store that is unreachable, or a broker that fails, ends the instance
 //! (the caller gets an error, the outbox of the next instance finishes the change). A
@@ -11,6 +12,7 @@
 //! in sync), and a broker 404 is that object's race with another instance.
 
 pub mod apps;
+pub mod devices;
 pub mod groups;
 pub mod outbox;
 pub(crate) mod resource;
@@ -156,10 +158,12 @@ impl Service {
         exchange: &str,
         message: &nebula_protocol::Message,
     ) -> Result<(), ServiceError> {
+        let started = Instant::now();
         self.broker
             .publish(exchange, message)
             .await
             .map_err(|error| self.broker_error(error))?;
+        self.metrics.confirm_latency(started.elapsed());
         self.metrics.change_published();
         Ok(())
     }
@@ -285,6 +289,20 @@ impl Service {
 
     pub async fn list_groups(&self) -> Result<Vec<String>, ServiceError> {
         self.live_names(Kind::DeviceGroup).await
+    }
+
+    /// Objects whose last change the broker has not confirmed yet (for `/metrics`).
+    pub async fn outbox_backlog(&self) -> Result<u64, ServiceError> {
+        let mut backlog = 0;
+        for kind in Kind::ALL {
+            backlog += self
+                .store
+                .pending(kind)
+                .await
+                .map_err(|error| self.store_error(error))?
+                .len() as u64;
+        }
+        Ok(backlog)
     }
 
     /// Whether the store holds no object at all (a new store, or one on the wrong path).

@@ -10,7 +10,7 @@
 //! fsync, not twenty; a lone writer waits for nobody. Reads use their own read transactions
 //! on tokio's blocking pool and never wait for the writer.
 
-use super::{Kind, Record, Store, new_store_id, now_micros};
+use super::{DeviceQuery, DeviceRecord, Kind, Record, Store, new_store_id, now_micros};
 use crate::error::StoreError;
 use async_trait::async_trait;
 use nebula_protocol::{Incarnation, StoreId};
@@ -24,6 +24,10 @@ const FILE_NAME: &str = "nebula.redb";
 const META: TableDefinition<'static, &'static str, &'static [u8]> = TableDefinition::new("meta");
 const META_STORE_ID: &str = "store_id";
 const META_INCARNATION: &str = "last_incarnation";
+/// The device registry: device id → JSON of a [`DeviceRecord`].
+const DEVICES: TableDefinition<'static, &'static str, &'static [u8]> =
+    TableDefinition::new("devices");
+const DEVICE: &str = "device";
 /// Most writes one transaction takes: bounds the latency a write adds to the others.
 const MAX_BATCH: usize = 256;
 
@@ -95,6 +99,9 @@ impl EmbeddedStore {
                     .open_table(table(kind))
                     .map_err(StoreError::unavailable)?;
             }
+            transaction
+                .open_table(DEVICES)
+                .map_err(StoreError::unavailable)?;
             let mut meta = transaction
                 .open_table(META)
                 .map_err(StoreError::unavailable)?;
@@ -400,4 +407,130 @@ impl Store for EmbeddedStore {
         self.blocking(move |database| read_all(database, kind, true))
             .await
     }
+
+    async fn get_device(&self, device_id: &str) -> Result<Option<DeviceRecord>, StoreError> {
+        let device_id = device_id.to_string();
+        self.blocking(move |database| {
+            let transaction = database.begin_read().map_err(StoreError::unavailable)?;
+            let opened = transaction
+                .open_table(DEVICES)
+                .map_err(StoreError::unavailable)?;
+            match opened
+                .get(device_id.as_str())
+                .map_err(StoreError::unavailable)?
+            {
+                Some(guard) => Ok(Some(decode_device(&device_id, guard.value())?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn list_devices(&self, query: &DeviceQuery) -> Result<Vec<DeviceRecord>, StoreError> {
+        let query = query.clone();
+        self.blocking(move |database| {
+            let transaction = database.begin_read().map_err(StoreError::unavailable)?;
+            let opened = transaction
+                .open_table(DEVICES)
+                .map_err(StoreError::unavailable)?;
+            let entries = match &query.after {
+                Some(after) => opened.range::<&str>(after.as_str()..),
+                None => opened.range::<&str>(..),
+            }
+            .map_err(StoreError::unavailable)?;
+            let mut records = Vec::new();
+            for entry in entries {
+                if records.len() >= query.limit {
+                    break;
+                }
+                let (key, value) = entry.map_err(StoreError::unavailable)?;
+                // A device record that does not parse is skipped, not fatal to the listing:
+                // the device's next report overwrites it.
+                let Ok(record) = decode_device(key.value(), value.value()) else {
+                    continue;
+                };
+                if query.matches(&record) {
+                    records.push(record);
+                }
+            }
+            Ok(records)
+        })
+        .await
+    }
+
+    async fn put_device(
+        &self,
+        record: &DeviceRecord,
+        expected_version: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        let record = record.clone();
+        self.write(move |transaction| {
+            let mut opened = transaction
+                .open_table(DEVICES)
+                .map_err(StoreError::unavailable)?;
+            let name = record.device_id.clone();
+            // An unreadable record counts as version 0: the ingester, which got `Corrupt`
+            // reading it, overwrites it by expecting 0.
+            let current = opened
+                .get(name.as_str())
+                .map_err(StoreError::unavailable)?
+                .map(|guard| {
+                    decode_device(&name, guard.value()).map_or(0, |record| record.version)
+                });
+            let version = match (current, expected_version) {
+                (None, None) => 1,
+                (Some(_), None) => {
+                    return Err(StoreError::AlreadyExists { kind: DEVICE, name });
+                }
+                (None, Some(_)) => return Err(StoreError::NotFound { kind: DEVICE, name }),
+                (Some(current), Some(expected)) if current != expected => {
+                    return Err(StoreError::Conflict {
+                        kind: DEVICE,
+                        name,
+                        expected,
+                    });
+                }
+                (Some(current), Some(_)) => current + 1,
+            };
+            let written = DeviceRecord { version, ..record };
+            let bytes = serde_json::to_vec(&written).map_err(StoreError::unavailable)?;
+            opened
+                .insert(name.as_str(), bytes.as_slice())
+                .map_err(StoreError::unavailable)?;
+            Ok(version)
+        })
+        .await
+    }
+
+    async fn expire_devices(&self, seen_before_ms: u64) -> Result<u64, StoreError> {
+        self.write(move |transaction| {
+            let mut opened = transaction
+                .open_table(DEVICES)
+                .map_err(StoreError::unavailable)?;
+            let mut expired = Vec::new();
+            for entry in opened.iter().map_err(StoreError::unavailable)? {
+                let (key, value) = entry.map_err(StoreError::unavailable)?;
+                let seen = decode_device(key.value(), value.value())
+                    .map_or(0, |record| record.last_seen_ms);
+                if seen < seen_before_ms {
+                    expired.push(key.value().to_string());
+                }
+            }
+            for device in &expired {
+                opened
+                    .remove(device.as_str())
+                    .map_err(StoreError::unavailable)?;
+            }
+            Ok(expired.len() as u64)
+        })
+        .await
+    }
+}
+
+fn decode_device(device_id: &str, bytes: &[u8]) -> Result<DeviceRecord, StoreError> {
+    serde_json::from_slice(bytes).map_err(|error| StoreError::Corrupt {
+        kind: DEVICE,
+        name: device_id.to_string(),
+        reason: error.to_string(),
+    })
 }

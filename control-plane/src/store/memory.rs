@@ -1,7 +1,7 @@
 //! An in-memory [`Store`] for in-process tests. It passes the same contract suite as the
 //! real backends, so router tests that use it exercise the real store semantics.
 
-use super::{Kind, Record, Store, new_store_id, now_micros};
+use super::{DeviceQuery, DeviceRecord, Kind, Record, Store, new_store_id, now_micros};
 use crate::error::StoreError;
 use crate::gate::{Gate, Gates};
 use async_trait::async_trait;
@@ -10,9 +10,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+/// The label of devices in errors.
+const DEVICE: &str = "device";
+
 #[derive(Debug)]
 pub struct MemoryStore {
     tables: Mutex<HashMap<Kind, BTreeMap<String, Record>>>,
+    devices: Mutex<BTreeMap<String, DeviceRecord>>,
     /// When set, every call fails as if the database had gone away.
     unavailable: AtomicBool,
     identity: StoreId,
@@ -24,6 +28,7 @@ impl Default for MemoryStore {
     fn default() -> Self {
         Self {
             tables: Mutex::default(),
+            devices: Mutex::default(),
             unavailable: AtomicBool::default(),
             identity: new_store_id(),
             last_incarnation: AtomicU64::default(),
@@ -71,6 +76,20 @@ impl MemoryStore {
             .lock()
             .map_err(|_| StoreError::Unavailable("memory store lock poisoned".into()))?;
         Ok(action(tables.entry(kind).or_default()))
+    }
+
+    fn with_devices<R>(
+        &self,
+        action: impl FnOnce(&mut BTreeMap<String, DeviceRecord>) -> R,
+    ) -> Result<R, StoreError> {
+        if self.unavailable.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("memory store switched off".into()));
+        }
+        let mut devices = self
+            .devices
+            .lock()
+            .map_err(|_| StoreError::Unavailable("memory store lock poisoned".into()))?;
+        Ok(action(&mut devices))
     }
 }
 
@@ -174,6 +193,72 @@ impl Store for MemoryStore {
                 .filter(|record| record.pending_publish)
                 .cloned()
                 .collect()
+        })
+    }
+
+    async fn get_device(&self, device_id: &str) -> Result<Option<DeviceRecord>, StoreError> {
+        self.with_devices(|devices| devices.get(device_id).cloned())
+    }
+
+    async fn list_devices(&self, query: &DeviceQuery) -> Result<Vec<DeviceRecord>, StoreError> {
+        self.with_devices(|devices| {
+            devices
+                .values()
+                .filter(|record| query.matches(record))
+                .take(query.limit)
+                .cloned()
+                .collect()
+        })
+    }
+
+    async fn put_device(
+        &self,
+        record: &DeviceRecord,
+        expected_version: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        self.with_devices(|devices| {
+            let current = devices
+                .get(&record.device_id)
+                .map(|current| current.version);
+            let version = match (current, expected_version) {
+                (None, None) => 1,
+                (Some(_), None) => {
+                    return Err(StoreError::AlreadyExists {
+                        kind: DEVICE,
+                        name: record.device_id.clone(),
+                    });
+                }
+                (None, Some(_)) => {
+                    return Err(StoreError::NotFound {
+                        kind: DEVICE,
+                        name: record.device_id.clone(),
+                    });
+                }
+                (Some(current), Some(expected)) if current != expected => {
+                    return Err(StoreError::Conflict {
+                        kind: DEVICE,
+                        name: record.device_id.clone(),
+                        expected,
+                    });
+                }
+                (Some(current), Some(_)) => current + 1,
+            };
+            devices.insert(
+                record.device_id.clone(),
+                DeviceRecord {
+                    version,
+                    ..record.clone()
+                },
+            );
+            Ok(version)
+        })?
+    }
+
+    async fn expire_devices(&self, seen_before_ms: u64) -> Result<u64, StoreError> {
+        self.with_devices(|devices| {
+            let before = devices.len();
+            devices.retain(|_, record| record.last_seen_ms >= seen_before_ms);
+            (before - devices.len()) as u64
         })
     }
 }

@@ -17,6 +17,13 @@
 //! Identity: every store has a [`StoreId`], made when it is first initialised and never
 //! changed, which sync replies carry (DESIGN §2), and hands out incarnations
 //! ([`Store::next_incarnation`]) that only ever go up.
+//!
+//! Devices: the device registry ([`DeviceRecord`], the `*_device*` methods) is a separate
+//! table of the same store, outside the write path: the latest report of every device,
+//! overwritten by each newer one (compare-and-swap on its own `version`), never published,
+//! never flagged for the outbox, never tombstoned. A device that stops reporting is removed
+//! by [`Store::expire_devices`] after `NEBULA_DEVICE_EXPIRY_SECS`, so the table holds the
+//! fleet that exists, not every device that ever did.
 
 pub mod embedded;
 pub mod memory;
@@ -119,6 +126,146 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Records with the outbox flag set, sorted by name.
     async fn pending(&self, kind: Kind) -> Result<Vec<Record>, StoreError>;
+
+    /// One device's record.
+    async fn get_device(&self, device_id: &str) -> Result<Option<DeviceRecord>, StoreError>;
+
+    /// The devices `query` selects, sorted by id: those whose id is greater than
+    /// `query.after`, at most `query.limit` of them.
+    async fn list_devices(&self, query: &DeviceQuery) -> Result<Vec<DeviceRecord>, StoreError>;
+
+    /// Writes a device record: with `expected_version` `None` it inserts at version 1
+    /// (`AlreadyExists` when the device is known), with `Some(v)` it replaces iff the record
+    /// is still at `v`, writing `v + 1` (`Conflict` otherwise, `NotFound` when it is gone).
+    /// Returns the version written.
+    async fn put_device(
+        &self,
+        record: &DeviceRecord,
+        expected_version: Option<u64>,
+    ) -> Result<u64, StoreError>;
+
+    /// Removes every device whose `last_seen_ms` is before `seen_before_ms`; how many.
+    async fn expire_devices(&self, seen_before_ms: u64) -> Result<u64, StoreError>;
+}
+
+/// A device's latest report as the backends see it: the indexed fields and an opaque body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    pub device_id: String,
+    /// Compare-and-swap token: 1 on insert, +1 on every write.
+    pub version: u64,
+    /// When a control plane last ingested a report of the device (its clock, Unix ms).
+    pub last_seen_ms: u64,
+    /// The device's group in group mode: filtered on by the store.
+    pub device_group: Option<String>,
+    /// Every app the device is configured for or reports: filtered on by the store.
+    pub apps: Vec<String>,
+    /// The typed document ([`DeviceDocument`]), serialised as JSON text.
+    pub body: String,
+}
+
+/// Which devices [`Store::list_devices`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceQuery {
+    pub device_group: Option<String>,
+    pub app: Option<String>,
+    /// Keyset paging: only ids greater than this.
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+impl Default for DeviceQuery {
+    fn default() -> Self {
+        Self {
+            device_group: None,
+            app: None,
+            after: None,
+            limit: usize::MAX,
+        }
+    }
+}
+
+impl DeviceQuery {
+    /// Whether `record` is selected (ignoring paging): how the embedded and memory stores
+    /// filter, and what MongoDB's query says.
+    pub fn matches(&self, record: &DeviceRecord) -> bool {
+        self.device_group
+            .as_ref()
+            .is_none_or(|group| record.device_group.as_ref() == Some(group))
+            && self
+                .app
+                .as_ref()
+                .is_none_or(|app| record.apps.iter().any(|known| known == app))
+            && self
+                .after
+                .as_ref()
+                .is_none_or(|after| record.device_id.as_str() > after.as_str())
+    }
+}
+
+/// Stored form of a device: its latest report, converted from the wire type at ingestion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceDocument {
+    pub device_id: String,
+    pub hostname: String,
+    /// `group` or `apps`.
+    pub mode: String,
+    pub device_group: Option<String>,
+    pub device_group_id: Option<Revision>,
+    pub device_group_incarnation: Option<Incarnation>,
+    pub prune_id: Option<Revision>,
+    /// App mode: the apps the agent is configured for.
+    pub configured_apps: Vec<String>,
+    pub agent_version: String,
+    pub target: String,
+    pub os: String,
+    pub kernel: String,
+    pub docker_version: Option<String>,
+    pub uptime_secs: u64,
+    pub agent_uptime_secs: u64,
+    pub report_interval_secs: u64,
+    /// The device's clock when it made the report (Unix seconds).
+    pub report_creation_time: u64,
+    pub updated: bool,
+    pub session: u64,
+    pub sequence: u64,
+    pub apps: Vec<DeviceAppDocument>,
+    pub resources: DeviceResourcesDocument,
+    /// The agent's last report before a graceful stop: offline until its next report.
+    #[serde(default)]
+    pub stopping: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceAppDocument {
+    pub app_name: String,
+    pub desired_incarnation: Option<Incarnation>,
+    pub desired_revision: Option<Revision>,
+    pub applied_revision: Option<Revision>,
+    pub converged: bool,
+    pub error: Option<String>,
+    pub containers: Vec<DeviceContainerDocument>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceContainerDocument {
+    pub name: String,
+    pub image: String,
+    pub state: String,
+    pub health: Option<String>,
+    pub app_id: Option<Revision>,
+    pub incarnation: Option<Incarnation>,
+    pub restart_count: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceResourcesDocument {
+    pub cpu_cores: u32,
+    pub cpu_percent: f32,
+    pub memory_total_bytes: u64,
+    pub memory_used_bytes: u64,
+    pub root_disk_total_bytes: u64,
+    pub root_disk_used_bytes: u64,
 }
 
 /// Stored form of an app. Mirrors [`AppConfig`] with plain, self-describing field types.

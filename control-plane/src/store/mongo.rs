@@ -17,7 +17,7 @@
 //! Store-wide values live in the `nebula_meta` collection: the store's identity
 //! (`{_id: "store", store_id}`) and the last incarnation handed out (`{_id: "incarnation"}`).
 
-use super::{Kind, Record, Store};
+use super::{DeviceQuery, DeviceRecord, Kind, Record, Store};
 use super::{new_store_id, now_micros};
 use crate::error::StoreError;
 use async_trait::async_trait;
@@ -35,6 +35,10 @@ use std::time::Duration;
 const DUPLICATE_KEY: i32 = 11000;
 /// The collection of store-wide values.
 const META: &str = "nebula_meta";
+/// The device registry: `{_id: device id, version, last_seen_ms, device_group, apps, body}`,
+/// indexed on the group (listings filter on it) and on `last_seen_ms` (expiry).
+const DEVICES: &str = "devices";
+const DEVICE: &str = "device";
 
 #[derive(Debug, Clone)]
 pub struct MongoStore {
@@ -199,7 +203,21 @@ impl MongoStore {
                 .await
                 .map_err(StoreError::unavailable)?;
         }
+        let index = |field: &str| {
+            IndexModel::builder()
+                .keys(doc! {field: 1})
+                .options(IndexOptions::builder().name(field.to_string()).build())
+                .build()
+        };
+        self.devices()
+            .create_indexes([index("device_group"), index("last_seen_ms")])
+            .await
+            .map_err(StoreError::unavailable)?;
         Ok(())
+    }
+
+    fn devices(&self) -> Collection<Document> {
+        self.database.collection(DEVICES)
     }
 
     async fn find(&self, kind: Kind, filter: Document) -> Result<Vec<Record>, StoreError> {
@@ -370,4 +388,155 @@ impl Store for MongoStore {
     async fn pending(&self, kind: Kind) -> Result<Vec<Record>, StoreError> {
         self.find(kind, doc! {"pending_publish": true}).await
     }
+
+    async fn get_device(&self, device_id: &str) -> Result<Option<DeviceRecord>, StoreError> {
+        let found = self
+            .devices()
+            .find_one(doc! {"_id": device_id})
+            .await
+            .map_err(StoreError::unavailable)?;
+        found.as_ref().map(device_from_document).transpose()
+    }
+
+    async fn list_devices(&self, query: &DeviceQuery) -> Result<Vec<DeviceRecord>, StoreError> {
+        let mut filter = doc! {};
+        if let Some(group) = &query.device_group {
+            filter.insert("device_group", group);
+        }
+        // The app filter runs here, not in the query: not every MongoDB-wire server matches
+        // an array field by one of its elements. Without it the limit can go to the server.
+        let server_limit = if query.app.is_none() {
+            i64::try_from(query.limit).ok()
+        } else {
+            None
+        };
+        if let Some(after) = &query.after {
+            filter.insert("_id", doc! {"$gt": after});
+        }
+        let devices = self.devices();
+        let mut find = devices.find(filter).sort(doc! {"_id": 1});
+        if let Some(limit) = server_limit {
+            find = find.limit(limit);
+        }
+        let documents: Vec<Document> = find
+            .await
+            .map_err(StoreError::unavailable)?
+            .try_collect()
+            .await
+            .map_err(StoreError::unavailable)?;
+        // A document that does not parse is skipped: the device's next report replaces it.
+        let mut records: Vec<DeviceRecord> = documents
+            .iter()
+            .filter_map(|document| device_from_document(document).ok())
+            .filter(|record| query.matches(record))
+            .collect();
+        // Sorted and cut here as well, so the answer never depends on the server honouring
+        // `sort` and `limit`.
+        records.sort_by(|left, right| left.device_id.cmp(&right.device_id));
+        records.truncate(query.limit);
+        Ok(records)
+    }
+
+    async fn put_device(
+        &self,
+        record: &DeviceRecord,
+        expected_version: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        let name = &record.device_id;
+        let Some(expected) = expected_version else {
+            let document = device_to_document(record, 1)?;
+            return match self.devices().insert_one(document).await {
+                Ok(_) => Ok(1),
+                Err(error) if is_duplicate_key(&error) => Err(StoreError::AlreadyExists {
+                    kind: DEVICE,
+                    name: name.clone(),
+                }),
+                Err(error) => Err(StoreError::unavailable(error)),
+            };
+        };
+        let version = expected + 1;
+        // A record at "version 0" is one that does not parse (see `device_from_document`):
+        // the ingester overwrites it whatever its stored version field says.
+        let filter = if expected == 0 {
+            doc! {"_id": name}
+        } else {
+            doc! {"_id": name, "version": device_version(name, expected)?}
+        };
+        let result = self
+            .devices()
+            .replace_one(filter, device_to_document(record, version)?)
+            .await
+            .map_err(StoreError::unavailable)?;
+        if result.matched_count == 1 {
+            return Ok(version);
+        }
+        match self.get_device(name).await {
+            Ok(Some(_)) | Err(StoreError::Corrupt { .. }) => Err(StoreError::Conflict {
+                kind: DEVICE,
+                name: name.clone(),
+                expected,
+            }),
+            Ok(None) => Err(StoreError::NotFound {
+                kind: DEVICE,
+                name: name.clone(),
+            }),
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn expire_devices(&self, seen_before_ms: u64) -> Result<u64, StoreError> {
+        let cutoff = i64::try_from(seen_before_ms).unwrap_or(i64::MAX);
+        let result = self
+            .devices()
+            .delete_many(doc! {"last_seen_ms": {"$lt": cutoff}})
+            .await
+            .map_err(StoreError::unavailable)?;
+        Ok(result.deleted_count)
+    }
+}
+
+fn device_version(device_id: &str, version: u64) -> Result<i64, StoreError> {
+    i64::try_from(version).map_err(|_| StoreError::Corrupt {
+        kind: DEVICE,
+        name: device_id.to_string(),
+        reason: format!("version {version} does not fit in an int64"),
+    })
+}
+
+fn device_to_document(record: &DeviceRecord, version: u64) -> Result<Document, StoreError> {
+    let last_seen = i64::try_from(record.last_seen_ms).unwrap_or(i64::MAX);
+    Ok(doc! {
+        "_id": &record.device_id,
+        "version": device_version(&record.device_id, version)?,
+        "last_seen_ms": last_seen,
+        "device_group": record.device_group.clone().map_or(Bson::Null, Bson::String),
+        "apps": &record.apps,
+        "body": &record.body,
+    })
+}
+
+fn device_from_document(document: &Document) -> Result<DeviceRecord, StoreError> {
+    let device_id = document.get_str("_id").unwrap_or_default().to_string();
+    let corrupt = |reason: &str| StoreError::Corrupt {
+        kind: DEVICE,
+        name: device_id.clone(),
+        reason: reason.to_string(),
+    };
+    Ok(DeviceRecord {
+        device_id: device_id.clone(),
+        version: integer(document.get("version")).ok_or_else(|| corrupt("invalid version"))?,
+        last_seen_ms: integer(document.get("last_seen_ms"))
+            .ok_or_else(|| corrupt("invalid last_seen_ms"))?,
+        device_group: document.get_str("device_group").ok().map(str::to_string),
+        apps: document
+            .get_array("apps")
+            .map_err(|_| corrupt("invalid apps"))?
+            .iter()
+            .filter_map(|app| app.as_str().map(str::to_string))
+            .collect(),
+        body: document
+            .get_str("body")
+            .map_err(|_| corrupt("invalid body"))?
+            .to_string(),
+    })
 }

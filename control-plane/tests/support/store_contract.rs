@@ -3,7 +3,7 @@
 //! Each function takes a fresh, empty store.
 
 use nebula_control_plane::error::StoreError;
-use nebula_control_plane::store::{Kind, Record, Store};
+use nebula_control_plane::store::{DeviceQuery, DeviceRecord, Kind, Record, Store};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -389,6 +389,171 @@ pub async fn concurrent_writes_of_many_objects(store: Arc<dyn Store>) {
     );
 }
 
+fn device(id: &str, group: Option<&str>, apps: &[&str], last_seen_ms: u64) -> DeviceRecord {
+    DeviceRecord {
+        device_id: id.to_string(),
+        version: 0,
+        last_seen_ms,
+        device_group: group.map(str::to_string),
+        apps: apps.iter().map(ToString::to_string).collect(),
+        body: format!(r#"{{"seen":{last_seen_ms}}}"#),
+    }
+}
+
+/// Devices: insert, compare-and-swap, a table of their own (not an object kind, never in
+/// the outbox, never counted as apps or groups).
+pub async fn devices_are_compared_and_swapped(store: Arc<dyn Store>) {
+    assert_eq!(store.get_device("pi-1").await.expect("get"), None);
+    assert_eq!(
+        store
+            .put_device(&device("pi-1", Some("edge"), &["web"], 10), None)
+            .await
+            .expect("insert"),
+        1
+    );
+    let again = store
+        .put_device(&device("pi-1", Some("edge"), &[], 11), None)
+        .await;
+    assert!(
+        matches!(again, Err(StoreError::AlreadyExists { .. })),
+        "{again:?}"
+    );
+    assert_eq!(
+        store
+            .put_device(&device("pi-1", Some("edge"), &["web", "api"], 20), Some(1))
+            .await
+            .expect("replace"),
+        2
+    );
+    let stale = store
+        .put_device(&device("pi-1", None, &[], 15), Some(1))
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::Conflict { .. })),
+        "{stale:?}"
+    );
+    let missing = store
+        .put_device(&device("pi-9", None, &[], 1), Some(1))
+        .await;
+    assert!(
+        matches!(missing, Err(StoreError::NotFound { .. })),
+        "{missing:?}"
+    );
+    let stored = store
+        .get_device("pi-1")
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(
+        stored,
+        DeviceRecord {
+            version: 2,
+            ..device("pi-1", Some("edge"), &["web", "api"], 20)
+        }
+    );
+    // Apart from the objects: no app, group or outbox flag came of it.
+    for kind in Kind::ALL {
+        assert!(store.list(kind).await.expect("list").is_empty());
+        assert!(store.pending(kind).await.expect("pending").is_empty());
+    }
+    assert!(store.get(Kind::App, "pi-1").await.expect("get").is_none());
+}
+
+/// Listing: sorted by id, filtered by group and by app, paged by the last id seen.
+pub async fn devices_are_filtered_and_paged(store: Arc<dyn Store>) {
+    for (id, group, apps) in [
+        ("d", Some("edge"), &["web"][..]),
+        ("a", Some("edge"), &["web", "api"][..]),
+        ("c", None, &["api"][..]),
+        ("b", Some("lab"), &[][..]),
+        ("e", Some("edge"), &[][..]),
+    ] {
+        store
+            .put_device(&device(id, group, apps, 1), None)
+            .await
+            .expect("insert");
+    }
+    let ids = |records: Vec<DeviceRecord>| -> Vec<String> {
+        records.into_iter().map(|record| record.device_id).collect()
+    };
+    let list = |query: DeviceQuery| {
+        let store = Arc::clone(&store);
+        async move { ids(store.list_devices(&query).await.expect("list")) }
+    };
+    assert_eq!(
+        list(DeviceQuery::default()).await,
+        ["a", "b", "c", "d", "e"]
+    );
+    let group = |group: &str| DeviceQuery {
+        device_group: Some(group.to_string()),
+        ..DeviceQuery::default()
+    };
+    assert_eq!(list(group("edge")).await, ["a", "d", "e"]);
+    assert_eq!(list(group("none")).await, Vec::<String>::new());
+    let app = DeviceQuery {
+        app: Some("api".into()),
+        ..DeviceQuery::default()
+    };
+    assert_eq!(list(app.clone()).await, ["a", "c"]);
+    assert_eq!(
+        list(DeviceQuery {
+            device_group: Some("edge".into()),
+            ..app
+        })
+        .await,
+        ["a"]
+    );
+    // Pages of two, each after the last id of the one before.
+    let page = |after: Option<&str>| DeviceQuery {
+        after: after.map(str::to_string),
+        limit: 2,
+        ..DeviceQuery::default()
+    };
+    assert_eq!(list(page(None)).await, ["a", "b"]);
+    assert_eq!(list(page(Some("b"))).await, ["c", "d"]);
+    assert_eq!(list(page(Some("d"))).await, ["e"]);
+    assert_eq!(list(page(Some("e"))).await, Vec::<String>::new());
+    assert_eq!(
+        list(DeviceQuery {
+            after: Some("a".into()),
+            limit: 2,
+            ..group("edge")
+        })
+        .await,
+        ["d", "e"]
+    );
+}
+
+/// Devices not seen since the cutoff are removed; the others stay.
+pub async fn devices_expire(store: Arc<dyn Store>) {
+    for (id, seen) in [("old", 100), ("edge", 200), ("new", 300)] {
+        store
+            .put_device(&device(id, None, &[], seen), None)
+            .await
+            .expect("insert");
+    }
+    assert_eq!(store.expire_devices(200).await.expect("expire"), 1);
+    assert_eq!(store.get_device("old").await.expect("get"), None);
+    assert!(store.get_device("edge").await.expect("get").is_some());
+    assert_eq!(store.expire_devices(200).await.expect("expire"), 0);
+    assert_eq!(store.expire_devices(u64::MAX).await.expect("expire"), 2);
+    assert!(
+        store
+            .list_devices(&DeviceQuery::default())
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    // An expired device that reports again is simply new.
+    assert_eq!(
+        store
+            .put_device(&device("old", None, &[], 400), None)
+            .await
+            .expect("insert"),
+        1
+    );
+}
+
 /// Runs every contract function, each on a fresh store from `make`.
 #[macro_export]
 macro_rules! store_contract_tests {
@@ -427,6 +592,21 @@ macro_rules! store_contract_tests {
         async fn identity_and_incarnations() {
             let (store, _guard) = $make.await;
             store_contract::identity_and_incarnations(store).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn devices_are_compared_and_swapped() {
+            let (store, _guard) = $make.await;
+            store_contract::devices_are_compared_and_swapped(store).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn devices_are_filtered_and_paged() {
+            let (store, _guard) = $make.await;
+            store_contract::devices_are_filtered_and_paged(store).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn devices_expire() {
+            let (store, _guard) = $make.await;
+            store_contract::devices_expire(store).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn concurrent_writes_of_many_objects() {

@@ -6,7 +6,9 @@
 //! without declaring it (a locked-down device account has no configure rights, and the
 //! control plane owns the exchange). A report that cannot be published — the exchange does
 //! not exist yet, the channel closed, no confirm — is logged and the next one tries again on
-//! a fresh channel: reports never stop the agent.
+//! a fresh channel: reports never stop the agent. On a graceful stop the agent sends one last
+//! report marked `stopping` (best-effort, time-limited), and the control plane shows the
+//! device offline at once rather than after three report intervals.
 
 use super::{FlowEnd, operation};
 use crate::device::CpuSampler;
@@ -28,6 +30,9 @@ const TRANSIENT: u8 = 1;
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 /// Changes often come in bursts (a rolling restart): one report for the burst.
 const COALESCE: Duration = Duration::from_millis(200);
+/// The longest a stopping agent spends on its goodbye report (well within the session's
+/// wind-down).
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Publishes reports on `connection` until `stop` is cancelled or the connection is lost.
 pub async fn report_loop<R: ContainerRuntime>(
@@ -43,11 +48,16 @@ pub async fn report_loop<R: ContainerRuntime>(
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            () = stop.cancelled() => return FlowEnd::Stopped,
+            () = stop.cancelled() => {
+                return goodbye(&shared, &connection, &mut channel, &routing_key, &mut cpu).await;
+            }
             _ = interval.tick() => {}
             () = shared.report_now.notified() => {
                 tokio::select! {
-                    () = stop.cancelled() => return FlowEnd::Stopped,
+                    () = stop.cancelled() => {
+                        return goodbye(&shared, &connection, &mut channel, &routing_key, &mut cpu)
+                            .await;
+                    }
                     () = tokio::time::sleep(COALESCE) => {}
                 }
             }
@@ -65,6 +75,34 @@ pub async fn report_loop<R: ContainerRuntime>(
             }
         }
     }
+}
+
+/// On a graceful stop (the agent shutting down, not a session ending for a reconnect), one
+/// last report marked `stopping`. Best-effort: a broker that does not confirm in
+/// [`GOODBYE_TIMEOUT`] only means the device shows offline after three intervals instead.
+async fn goodbye<R: ContainerRuntime>(
+    shared: &Shared<R>,
+    connection: &Connection,
+    channel: &mut Option<Channel>,
+    routing_key: &str,
+    cpu: &mut CpuSampler,
+) -> FlowEnd {
+    if !shared.shutdown.is_cancelled() || !connection.status().connected() {
+        return FlowEnd::Stopped;
+    }
+    let sent = tokio::time::timeout(GOODBYE_TIMEOUT, async {
+        let mut report = report::build(shared, cpu).await;
+        report.stopping = true;
+        let payload = encode(&Message::DeviceReport(report));
+        publish(connection, channel, routing_key, &payload).await
+    })
+    .await;
+    match sent {
+        Ok(Ok(())) => tracing::debug!("published the stopping report"),
+        Ok(Err(error)) => tracing::debug!(error = %error, "stopping report not delivered"),
+        Err(_) => tracing::debug!("stopping report not confirmed in time"),
+    }
+    FlowEnd::Stopped
 }
 
 /// Publishes one report with a confirm, opening a channel if the last one is gone (a

@@ -1,0 +1,293 @@
+//! The shapes of the v2 JSON bodies for the OpenAPI document (`GET /api/v2/openapi.json`).
+//!
+//! The v2 handlers parse and render JSON by hand ([`super::dto`]: every kind of bad input
+//! has its documented answer), so these types only describe what they read and write;
+//! `tests/openapi.rs` holds the two together by validating real answers of the router
+//! against the document. Every struct denies unknown fields, which the document says as
+//! `additionalProperties: false`: a key a handler adds without documenting it fails there.
+
+#![allow(
+    dead_code,
+    reason = "schema-only types: read by the OpenAPI derive, never constructed"
+)]
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+
+/// One entry of `starting_ports`: a port (`8080`: the same host and container port), or
+/// `{"<host>": "<container>"}`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum StartingPort {
+    Same(u16),
+    Mapped(BTreeMap<String, String>),
+}
+
+/// An app document (API.md "Apps").
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct App {
+    pub app_name: String,
+    /// The revision: 1 on create, +1 on every change.
+    pub app_id: u64,
+    pub docker_image: String,
+    pub starting_ports: Vec<StartingPort>,
+    /// One key: `server`/`instance`, `cpu`, `memory`/`mem`.
+    pub containers_per: BTreeMap<String, u32>,
+    pub env_vars: BTreeMap<String, String>,
+    pub running: bool,
+    pub networks: Vec<String>,
+    pub volumes: Vec<String>,
+    pub devices: Vec<String>,
+    pub privileged: bool,
+    pub rolling_restart: bool,
+}
+
+/// The fields a client may write (create and full update need `docker_image`; a partial
+/// update any non-empty subset).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppFields {
+    pub docker_image: Option<String>,
+    pub starting_ports: Option<Vec<StartingPort>>,
+    pub containers_per: Option<BTreeMap<String, u32>>,
+    pub env_vars: Option<BTreeMap<String, String>>,
+    pub running: Option<bool>,
+    pub networks: Option<Vec<String>>,
+    pub volumes: Option<Vec<String>>,
+    pub devices: Option<Vec<String>>,
+    pub privileged: Option<bool>,
+    pub rolling_restart: Option<bool>,
+    /// Accepted for v2 clients only when it equals the name in the path.
+    pub app_name: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppList {
+    pub apps: Vec<String>,
+}
+
+/// A device group document.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    pub device_group: String,
+    pub device_group_id: u64,
+    pub prune_id: u64,
+    pub apps: Vec<String>,
+    pub cron_jobs: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GroupFields {
+    pub apps: Option<Vec<String>>,
+    pub cron_jobs: Option<Vec<String>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GroupList {
+    pub device_groups: Vec<String>,
+}
+
+/// `GET /device_groups/<g>/info`: the group with its apps in full.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GroupInfo {
+    pub apps: Vec<App>,
+    pub apps_list: Vec<String>,
+    #[schema(value_type = Vec<Object>)]
+    pub cron_jobs: Vec<()>,
+    pub cron_jobs_list: Vec<String>,
+    pub prune_id: u64,
+    pub device_group_id: u64,
+}
+
+/// `POST /prune`: every group's new `prune_id`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PruneIds {
+    pub prune_ids: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiStatus {
+    pub api_available: bool,
+}
+
+/// `{}`: a delete's answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Alive {
+    pub alive: bool,
+}
+
+/// `GET /readyz`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Ready {
+    pub ready: bool,
+    pub store: bool,
+    pub broker: bool,
+    /// The store's identity, 32 hex digits.
+    pub store_id: String,
+    /// `null` when the store did not answer.
+    pub store_empty: Option<bool>,
+    /// Other stores agents asking this instance synced with (the last hour).
+    pub foreign_stores: Vec<String>,
+}
+
+// ----- error bodies --------------------------------------------------------------------
+
+/// `401`: missing or wrong credentials.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Unauthenticated {
+    pub authenticated: bool,
+}
+
+/// `403`: authenticated, but not allowed.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessDenied {
+    pub access_allowed: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppExists {
+    pub app_exists: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GroupExists {
+    pub device_group_exists: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CronJobExists {
+    pub cron_job_exists: bool,
+}
+
+/// `403` of a restart of a stopped app.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NotRunning {
+    pub running_before_restart: bool,
+}
+
+/// `missing_parameters`: `true` for a body that is not a JSON object (or an empty partial
+/// update), else the missing fields.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum Missing {
+    Malformed(bool),
+    Fields(Vec<String>),
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MissingParameters {
+    pub missing_parameters: Missing,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UnknownParameters {
+    pub unknown_parameters: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InvalidParameters {
+    pub invalid_parameters: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InvalidName {
+    pub invalid_name: String,
+}
+
+/// Port errors: `"invalid port"` (400) or the shape error (403).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PortError {
+    pub starting_ports: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppsNotList {
+    pub apps_is_list: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CronJobsNotList {
+    pub cron_jobs_is_list: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TooLarge {
+    pub payload_too_large: bool,
+    pub max_bytes: u64,
+}
+
+/// `500`: the stored object cannot be read back.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Corrupt {
+    pub error: String,
+    pub corrupt: bool,
+}
+
+/// `503`: the store or the broker is unavailable, or the request ran out of time.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Unavailable {
+    pub error: String,
+    pub timed_out: Option<bool>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NotFound {
+    pub not_found: bool,
+}
+
+/// `400` answers.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum BadRequest {
+    Missing(MissingParameters),
+    Unknown(UnknownParameters),
+    Invalid(InvalidParameters),
+    Name(InvalidName),
+    Port(PortError),
+    AppsNotList(AppsNotList),
+    CronJobsNotList(CronJobsNotList),
+}
+
+/// `403` answers: not allowed, or v2's "does not exist" / "already exists" / state errors.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum Forbidden {
+    Access(AccessDenied),
+    App(AppExists),
+    Group(GroupExists),
+    CronJob(CronJobExists),
+    NotRunning(NotRunning),
+    Port(PortError),
+}

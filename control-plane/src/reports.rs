@@ -1,0 +1,184 @@
+//! The report ingester: consumes `nebula.reports` (DESIGN §3) and hands every device report
+//! to [`Service::ingest_report`], the one ingestion path.
+//!
+//! Every instance consumes the queue (competing consumers) with a bounded prefetch, like the
+//! sync responder. A message that is not a device report, or a report that breaks the rules
+//! (another device's routing key, too large), is rejected without requeue, counted and
+//! logged: never retried forever. A report the store cannot take is requeued for another
+//! instance while this one stops (the store failing ends the instance). The consumer ending
+//! for any other reason ends the instance too: one that no longer ingests must not stay
+//! ready while device records go stale.
+//!
+//! The queue itself stays bounded (`x-max-length`, drop-head, one-hour TTL; see
+//! `broker::amqp`): with every control plane down, the newest reports wait and the oldest
+//! go, which is what a "latest report" registry wants anyway.
+
+use crate::broker::amqp::AmqpBroker;
+use crate::error::AmqpError;
+use crate::service::Service;
+use crate::service::devices::{IngestError, Ingested, now_ms};
+use crate::shutdown::Shutdown;
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
+};
+use lapin::types::FieldTable;
+use nebula_protocol::{Message, decode, names};
+use std::time::Duration;
+
+/// Reports one instance holds unacknowledged and ingests at once. Each costs a store read
+/// and a write; more in flight than this only queues inside the store.
+pub const REPORT_PREFETCH: u16 = 64;
+/// How often devices not seen for the expiry are removed.
+const EXPIRY_PASS: Duration = Duration::from_secs(3600);
+
+fn amqp(operation: &'static str) -> impl FnOnce(lapin::Error) -> AmqpError {
+    move |error| AmqpError::Operation {
+        operation,
+        reason: error.to_string(),
+    }
+}
+
+/// Consumes `nebula.reports` until shutdown. Broker errors end the instance.
+pub async fn run(
+    broker: AmqpBroker,
+    service: Service,
+    shutdown: Shutdown,
+) -> Result<(), AmqpError> {
+    let channel = broker.create_channel().await?;
+    channel
+        .basic_qos(REPORT_PREFETCH, BasicQosOptions::default())
+        .await
+        .map_err(amqp("basic.qos"))?;
+    let consumer = channel
+        .basic_consume(
+            names::REPORTS_QUEUE.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(amqp("basic.consume"))?;
+    tracing::info!(
+        queue = names::REPORTS_QUEUE,
+        prefetch = REPORT_PREFETCH,
+        "report ingester consuming"
+    );
+    let token = shutdown.token().clone();
+    let outcome = std::sync::Mutex::new(Ok(()));
+    let mut cancelled = false;
+    consumer
+        .take_until(async {
+            token.cancelled().await;
+            cancelled = true;
+        })
+        .for_each_concurrent(usize::from(REPORT_PREFETCH), |delivery| {
+            let service = service.clone();
+            let shutdown = shutdown.clone();
+            let outcome = &outcome;
+            async move {
+                let result = match delivery {
+                    Ok(delivery) => handle(&service, delivery).await,
+                    Err(error) => Err(AmqpError::ConnectionLost(error.to_string())),
+                };
+                if let Err(error) = result {
+                    shutdown.fail(&error);
+                    if let Ok(mut slot) = outcome.lock() {
+                        *slot = Err(error);
+                    }
+                }
+            }
+        })
+        .await;
+    let outcome = outcome
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if outcome.is_ok() && !cancelled {
+        return Err(AmqpError::ConnectionLost(format!(
+            "the consumer of {} ended",
+            names::REPORTS_QUEUE
+        )));
+    }
+    outcome
+}
+
+async fn handle(service: &Service, delivery: Delivery) -> Result<(), AmqpError> {
+    let started = std::time::Instant::now();
+    let report = match decode(&delivery.data) {
+        Ok(Message::DeviceReport(report)) => report,
+        Ok(other) => {
+            tracing::warn!(
+                kind = other.kind(),
+                "not a device report on the reports queue, rejected"
+            );
+            return reject(service, &delivery).await;
+        }
+        Err(error) => {
+            tracing::warn!(error = %error, bytes = delivery.data.len(), "undecodable device report, rejected");
+            return reject(service, &delivery).await;
+        }
+    };
+    let routing_key = delivery.routing_key.as_str();
+    match service.ingest_report(&report, routing_key, now_ms()).await {
+        Ok(ingested) => {
+            service
+                .metrics()
+                .report_ingested(ingested == Ingested::Stored, started.elapsed());
+            delivery
+                .ack(BasicAckOptions::default())
+                .await
+                .map(|_| ())
+                .map_err(amqp("basic.ack"))
+        }
+        Err(IngestError::Report(error)) => {
+            tracing::warn!(error = %error, "device report rejected");
+            reject(service, &delivery).await
+        }
+        Err(IngestError::Service(error)) => {
+            // The store failed (the service has started the shutdown): another instance
+            // takes the report.
+            tracing::error!(error = %error, device = %report.device_id, "cannot ingest device report");
+            delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await
+                .map(|_| ())
+                .map_err(amqp("basic.nack"))
+        }
+    }
+}
+
+async fn reject(service: &Service, delivery: &Delivery) -> Result<(), AmqpError> {
+    service.metrics().report_rejected();
+    delivery
+        .reject(BasicRejectOptions { requeue: false })
+        .await
+        .map(|_| ())
+        .map_err(amqp("basic.reject"))
+}
+
+/// Removes devices not seen for `expiry`, at start and every hour, until shutdown. Every
+/// instance runs it; removing what another instance already removed is a no-op.
+pub async fn expire(service: Service, expiry: Duration, shutdown: Shutdown) {
+    loop {
+        match service.expire_devices(expiry).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(
+                removed,
+                expiry_secs = expiry.as_secs(),
+                "expired devices not seen for the expiry"
+            ),
+            Err(error) => {
+                tracing::error!(error = %error, "expiring devices failed");
+                return;
+            }
+        }
+        tokio::select! {
+            () = shutdown.token().cancelled() => return,
+            () = tokio::time::sleep(EXPIRY_PASS) => {}
+        }
+    }
+}

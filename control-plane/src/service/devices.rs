@@ -1,0 +1,870 @@
+//! The device registry and rollout status (issue 15): what agents' reports say, kept in the
+//! store, and read back as "which devices are there, are they online, did my change reach
+//! them".
+//!
+//! One ingestion path: [`Service::ingest_report`] is the only place a report enters the
+//! store, whichever consumer took it off the `nebula.reports` queue. Report history (the v2
+//! `GET /api/v2/reports`, issue 14) belongs there too, next to the latest-report write, so
+//! that no second consumer ever competes for the same queue.
+//!
+//! Online: a report received within the last [`OFFLINE_AFTER_INTERVALS`] of the device's
+//! own report intervals (the report carries the agent's interval; a stored document without
+//! one counts [`DEFAULT_REPORT_INTERVAL_SECS`]). Decided from the registry alone, by the
+//! receiving control plane's clock: no broker round trip per device, whatever the fleet's
+//! size. An agent stopped or cut off shows offline within three of its intervals; one that
+//! stops gracefully says so in a last report (best-effort) and shows offline at once.
+
+use super::{Service, ServiceError};
+use crate::error::StoreError;
+use crate::store::{
+    DeviceAppDocument, DeviceContainerDocument, DeviceDocument, DeviceQuery, DeviceRecord,
+    DeviceResourcesDocument,
+};
+use nebula_protocol::{
+    AppConfig, DeviceGroup, DeviceMode, DeviceReport, Incarnation, Name, Revision, names,
+};
+use std::collections::BTreeMap;
+
+/// A device is offline after this many of its report intervals without a report.
+pub const OFFLINE_AFTER_INTERVALS: u64 = 3;
+/// The interval assumed for a stored document that carries none (0): the agent's default
+/// (`NEBULA_REPORT_INTERVAL_SECS`).
+pub const DEFAULT_REPORT_INTERVAL_SECS: u64 = 60;
+/// Bounds of what one report may carry into the store: a misbehaving agent must not grow a
+/// record without limit.
+pub const MAX_APPS_PER_REPORT: usize = 256;
+pub const MAX_CONTAINERS_PER_APP: usize = 256;
+/// Longer strings (a Docker error with a whole pull log in it) are cut to this many bytes.
+pub const MAX_TEXT_BYTES: usize = 1024;
+/// Compare-and-swap retries of one report against concurrent ingesters of the same device.
+const INGEST_ATTEMPTS: usize = 8;
+
+/// What became of a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingested {
+    /// It is the device's latest report now.
+    Stored,
+    /// An ingester already stored a later report of the same agent session.
+    Stale,
+}
+
+/// Why a report was refused (it is dropped and counted, never retried).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReportError {
+    #[error("report of device {device} arrived with routing key {routing_key}")]
+    WrongRoutingKey { device: String, routing_key: String },
+    #[error("report of device {device} is too large: {reason}")]
+    TooLarge { device: String, reason: String },
+}
+
+/// A device as the inventory shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceStatus {
+    pub document: DeviceDocument,
+    pub last_seen_ms: u64,
+    pub online: bool,
+    /// Per reported app: where it stands against the store's current version.
+    pub app_states: BTreeMap<String, AppState>,
+}
+
+/// Where one app stands on one device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppState {
+    /// Told the store's current (incarnation, revision) and running exactly that.
+    Current,
+    /// Not there yet: the change has not arrived, is being applied, or the device is away.
+    Behind,
+    /// The last attempt to apply it failed (the report carries the error).
+    Failed,
+    /// The app is not meant for this device any more (deleted, or out of its group); the
+    /// device reports what it still has of it.
+    Removed,
+}
+
+impl AppState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Current => "current",
+            Self::Behind => "behind",
+            Self::Failed => "failed",
+            Self::Removed => "removed",
+        }
+    }
+}
+
+/// Filters of a device listing (`GET /api/v2/devices`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceFilter {
+    pub device_group: Option<String>,
+    pub app: Option<String>,
+    pub online: Option<bool>,
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+/// One page of devices, and the id to continue after (`None`: no more).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DevicePage {
+    pub devices: Vec<DeviceStatus>,
+    pub next: Option<String>,
+}
+
+/// One device in a rollout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutDevice {
+    pub device_id: String,
+    pub online: bool,
+    pub state: AppState,
+    pub desired_revision: Option<Revision>,
+    pub applied_revision: Option<Revision>,
+    /// The errors of the apps that failed, by app.
+    pub errors: BTreeMap<String, String>,
+}
+
+/// "Did my change reach the fleet?": every device that should run the app or group, and
+/// where each stands against the current version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollout {
+    pub incarnation: Incarnation,
+    pub revision: Revision,
+    pub devices: Vec<RolloutDevice>,
+}
+
+impl Rollout {
+    pub fn count(&self, state: AppState) -> usize {
+        self.devices
+            .iter()
+            .filter(|device| device.state == state)
+            .count()
+    }
+}
+
+/// Milliseconds since the Unix epoch now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
+fn cut(text: &str) -> String {
+    if text.len() <= MAX_TEXT_BYTES {
+        return text.to_string();
+    }
+    let mut end = MAX_TEXT_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// The stored form of a report, bounded.
+pub fn document_of(report: &DeviceReport) -> Result<DeviceDocument, ReportError> {
+    let too_large = |reason: String| ReportError::TooLarge {
+        device: report.device_id.to_string(),
+        reason,
+    };
+    if report.apps.len() > MAX_APPS_PER_REPORT {
+        return Err(too_large(format!(
+            "{} apps (at most {MAX_APPS_PER_REPORT})",
+            report.apps.len()
+        )));
+    }
+    if let Some(app) = report
+        .apps
+        .iter()
+        .find(|app| app.containers.len() > MAX_CONTAINERS_PER_APP)
+    {
+        return Err(too_large(format!(
+            "{} containers of app {} (at most {MAX_CONTAINERS_PER_APP})",
+            app.containers.len(),
+            app.app_name
+        )));
+    }
+    let (mode, configured_apps) = match &report.mode {
+        DeviceMode::Group(_) => ("group", Vec::new()),
+        DeviceMode::Apps(apps) => {
+            if apps.len() > MAX_APPS_PER_REPORT {
+                return Err(too_large(format!("{} configured apps", apps.len())));
+            }
+            ("apps", apps.iter().map(ToString::to_string).collect())
+        }
+    };
+    let device_group = match &report.mode {
+        DeviceMode::Group(group) => Some(group.to_string()),
+        DeviceMode::Apps(_) => report.device_group.as_ref().map(ToString::to_string),
+    };
+    Ok(DeviceDocument {
+        device_id: report.device_id.to_string(),
+        hostname: cut(&report.hostname),
+        mode: mode.to_string(),
+        device_group,
+        device_group_id: report.device_group_id,
+        device_group_incarnation: report.device_group_incarnation,
+        prune_id: report.prune_id,
+        configured_apps,
+        agent_version: cut(&report.agent_version),
+        target: cut(&report.target),
+        os: cut(&report.os),
+        kernel: cut(&report.kernel),
+        docker_version: report.docker_version.as_deref().map(cut),
+        uptime_secs: report.uptime_secs,
+        agent_uptime_secs: report.agent_uptime_secs,
+        report_interval_secs: report.report_interval_secs,
+        report_creation_time: report.report_creation_time,
+        updated: report.updated,
+        session: report.session,
+        sequence: report.sequence,
+        stopping: report.stopping,
+        apps: report
+            .apps
+            .iter()
+            .map(|app| DeviceAppDocument {
+                app_name: app.app_name.to_string(),
+                desired_incarnation: app.desired_incarnation,
+                desired_revision: app.desired_revision,
+                applied_revision: app.applied_revision,
+                converged: app.converged,
+                error: app.error.as_deref().map(cut),
+                containers: app
+                    .containers
+                    .iter()
+                    .map(|container| DeviceContainerDocument {
+                        name: cut(&container.name),
+                        image: cut(&container.image),
+                        state: cut(&container.state),
+                        health: container.health.as_deref().map(cut),
+                        app_id: container.app_id,
+                        incarnation: container.incarnation,
+                        restart_count: container.restart_count,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        resources: DeviceResourcesDocument {
+            cpu_cores: report.resources.cpu_cores,
+            cpu_percent: report.resources.cpu_percent,
+            memory_total_bytes: report.resources.memory_total_bytes,
+            memory_used_bytes: report.resources.memory_used_bytes,
+            root_disk_total_bytes: report.resources.root_disk_total_bytes,
+            root_disk_used_bytes: report.resources.root_disk_used_bytes,
+        },
+    })
+}
+
+/// The presence rule: online iff the last report is not the agent's goodbye (`stopping`) and
+/// arrived within the last [`OFFLINE_AFTER_INTERVALS`] of the device's report intervals.
+pub fn is_online(
+    stopping: bool,
+    report_interval_secs: u64,
+    last_seen_ms: u64,
+    now_ms: u64,
+) -> bool {
+    !stopping && reported_recently(report_interval_secs, last_seen_ms, now_ms)
+}
+
+/// A report within the last [`OFFLINE_AFTER_INTERVALS`] of the device's report intervals
+/// (`report_interval_secs`, [`DEFAULT_REPORT_INTERVAL_SECS`] when 0).
+pub fn reported_recently(report_interval_secs: u64, last_seen_ms: u64, now_ms: u64) -> bool {
+    let interval_secs = if report_interval_secs == 0 {
+        DEFAULT_REPORT_INTERVAL_SECS
+    } else {
+        report_interval_secs
+    };
+    let interval_ms = interval_secs.saturating_mul(1000);
+    now_ms.saturating_sub(last_seen_ms) < interval_ms.saturating_mul(OFFLINE_AFTER_INTERVALS)
+}
+
+/// The fields of a stored document that presence needs: `/metrics` counts the fleet without
+/// building every device's full document.
+#[derive(serde::Deserialize)]
+struct PresenceFields {
+    #[serde(default)]
+    report_interval_secs: u64,
+    #[serde(default)]
+    stopping: bool,
+}
+
+/// Where `app` stands on a device that reported `entry` for it, when the store's current
+/// version is `current` (`None`: the device should not run it).
+pub fn app_state(
+    entry: Option<&DeviceAppDocument>,
+    current: Option<(Incarnation, Revision)>,
+) -> AppState {
+    let failed = entry.is_some_and(|entry| entry.error.is_some());
+    match current {
+        Some((incarnation, revision)) => {
+            let at_current = entry.is_some_and(|entry| {
+                entry.desired_incarnation == Some(incarnation)
+                    && entry.desired_revision == Some(revision)
+                    && entry.applied_revision == Some(revision)
+                    && entry.converged
+            });
+            if at_current {
+                AppState::Current
+            } else if failed {
+                AppState::Failed
+            } else {
+                AppState::Behind
+            }
+        }
+        None => AppState::Removed,
+    }
+}
+
+/// Apps and groups of the store, read once per request and looked up per device.
+#[derive(Debug, Default)]
+struct Catalog {
+    apps: BTreeMap<String, Option<AppConfig>>,
+    groups: BTreeMap<String, Option<DeviceGroup>>,
+}
+
+impl Catalog {
+    async fn app(&mut self, service: &Service, name: &str) -> Option<AppConfig> {
+        if let Some(known) = self.apps.get(name) {
+            return known.clone();
+        }
+        let found = match Name::new(name) {
+            // A corrupt app cannot be compared with: treated as unknown.
+            Ok(name) => service.get_app(&name).await.ok().flatten(),
+            Err(_) => None,
+        };
+        self.apps.insert(name.to_string(), found.clone());
+        found
+    }
+
+    async fn group(&mut self, service: &Service, name: &str) -> Option<DeviceGroup> {
+        if let Some(known) = self.groups.get(name) {
+            return known.clone();
+        }
+        let found = match Name::new(name) {
+            Ok(name) => service.get_group(&name).await.ok().flatten(),
+            Err(_) => None,
+        };
+        self.groups.insert(name.to_string(), found.clone());
+        found
+    }
+
+    /// The apps the store says the device should run.
+    async fn apps_of(&mut self, service: &Service, document: &DeviceDocument) -> Vec<String> {
+        if document.mode == "group" {
+            match document.device_group.as_deref() {
+                Some(group) => self
+                    .group(service, group)
+                    .await
+                    .map(|group| group.apps.iter().map(ToString::to_string).collect())
+                    .unwrap_or_default(),
+                None => Vec::new(),
+            }
+        } else {
+            document.configured_apps.clone()
+        }
+    }
+
+    /// Where every reported (and every expected) app stands on the device.
+    async fn app_states(
+        &mut self,
+        service: &Service,
+        document: &DeviceDocument,
+    ) -> BTreeMap<String, AppState> {
+        let expected = self.apps_of(service, document).await;
+        let mut names: Vec<String> = document
+            .apps
+            .iter()
+            .map(|app| app.app_name.clone())
+            .collect();
+        names.extend(expected.iter().cloned());
+        let mut states = BTreeMap::new();
+        for name in names {
+            if states.contains_key(&name) {
+                continue;
+            }
+            let current = if expected.contains(&name) {
+                self.app(service, &name)
+                    .await
+                    .map(|config| (config.incarnation, config.app_id))
+            } else {
+                None
+            };
+            let entry = document.apps.iter().find(|app| app.app_name == name);
+            states.insert(name, app_state(entry, current));
+        }
+        states
+    }
+}
+
+impl Service {
+    /// Stores `report` as its device's latest, unless a later report of the same agent
+    /// session is already stored. `routing_key` is the one the report arrived with: a
+    /// report must come from the device it names. The one ingestion path (module docs).
+    pub async fn ingest_report(
+        &self,
+        report: &DeviceReport,
+        routing_key: &str,
+        received_ms: u64,
+    ) -> Result<Ingested, IngestError> {
+        let expected_key = names::report_routing_key(&report.device_id);
+        if routing_key != expected_key {
+            return Err(IngestError::Report(ReportError::WrongRoutingKey {
+                device: report.device_id.to_string(),
+                routing_key: routing_key.to_string(),
+            }));
+        }
+        let document = document_of(report).map_err(IngestError::Report)?;
+        let body = serde_json::to_string(&document).map_err(|error| {
+            IngestError::Service(ServiceError::Store(StoreError::Unavailable(
+                error.to_string(),
+            )))
+        })?;
+        let mut apps: Vec<String> = document.configured_apps.clone();
+        for app in &document.apps {
+            if !apps.contains(&app.app_name) {
+                apps.push(app.app_name.clone());
+            }
+        }
+        let record = DeviceRecord {
+            device_id: document.device_id.clone(),
+            version: 0,
+            last_seen_ms: received_ms,
+            device_group: document.device_group.clone(),
+            apps,
+            body,
+        };
+        for _ in 0..INGEST_ATTEMPTS {
+            let expected = match self.store.get_device(&record.device_id).await {
+                Ok(None) => None,
+                Ok(Some(stored)) => {
+                    if let Ok(previous) = serde_json::from_str::<DeviceDocument>(&stored.body)
+                        && previous.session == document.session
+                        && previous.sequence >= document.sequence
+                    {
+                        return Ok(Ingested::Stale);
+                    }
+                    Some(stored.version)
+                }
+                // Overwritten by this report (see `Store::put_device`).
+                Err(StoreError::Corrupt { .. }) => Some(0),
+                Err(error) => return Err(IngestError::Service(self.store_error(error))),
+            };
+            match self.store.put_device(&record, expected).await {
+                Ok(_) => return Ok(Ingested::Stored),
+                // Another ingester wrote the device meanwhile: compare with what it wrote.
+                Err(
+                    StoreError::Conflict { .. }
+                    | StoreError::AlreadyExists { .. }
+                    | StoreError::NotFound { .. },
+                ) => {}
+                Err(error) => return Err(IngestError::Service(self.store_error(error))),
+            }
+        }
+        // Only a storm of reports of one device gets here; the next report tries again.
+        Ok(Ingested::Stale)
+    }
+
+    /// Removes devices not seen for `expiry`; how many.
+    pub async fn expire_devices(&self, expiry: std::time::Duration) -> Result<u64, ServiceError> {
+        let expiry_ms = u64::try_from(expiry.as_millis()).unwrap_or(u64::MAX);
+        self.store
+            .expire_devices(now_ms().saturating_sub(expiry_ms))
+            .await
+            .map_err(|error| self.store_error(error))
+    }
+
+    async fn status_of(
+        &self,
+        record: DeviceRecord,
+        catalog: &mut Catalog,
+        now_ms: u64,
+    ) -> Option<DeviceStatus> {
+        let document: DeviceDocument = match serde_json::from_str(&record.body) {
+            Ok(document) => document,
+            Err(error) => {
+                // Replaced by the device's next report; until then it is not shown.
+                tracing::warn!(device = %record.device_id, error = %error, "unreadable device record skipped");
+                return None;
+            }
+        };
+        let online = is_online(
+            document.stopping,
+            document.report_interval_secs,
+            record.last_seen_ms,
+            now_ms,
+        );
+        let app_states = catalog.app_states(self, &document).await;
+        Some(DeviceStatus {
+            document,
+            last_seen_ms: record.last_seen_ms,
+            online,
+            app_states,
+        })
+    }
+
+    /// One device of the inventory.
+    pub async fn device(&self, device_id: &str) -> Result<Option<DeviceStatus>, ServiceError> {
+        let record = match self.store.get_device(device_id).await {
+            Ok(record) => record,
+            Err(StoreError::Corrupt { .. }) => None,
+            Err(error) => return Err(self.store_error(error)),
+        };
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        Ok(self
+            .status_of(record, &mut Catalog::default(), now_ms())
+            .await)
+    }
+
+    /// A page of the inventory: group and app filters run in the store, the online filter
+    /// here (presence depends on the time of asking), reading further pages until this one
+    /// is full.
+    pub async fn devices(&self, filter: &DeviceFilter) -> Result<DevicePage, ServiceError> {
+        let limit = filter.limit.max(1);
+        let now = now_ms();
+        let mut catalog = Catalog::default();
+        let mut devices = Vec::new();
+        let mut after = filter.after.clone();
+        loop {
+            let batch = self
+                .store
+                .list_devices(&DeviceQuery {
+                    device_group: filter.device_group.clone(),
+                    app: filter.app.clone(),
+                    after: after.clone(),
+                    limit: limit + 1,
+                })
+                .await
+                .map_err(|error| self.store_error(error))?;
+            let exhausted = batch.len() <= limit;
+            for record in batch {
+                if devices.len() == limit {
+                    // One more matched than the page holds: there is a next page.
+                    return Ok(DevicePage {
+                        next: devices
+                            .last()
+                            .map(|device: &DeviceStatus| device.document.device_id.clone()),
+                        devices,
+                    });
+                }
+                after = Some(record.device_id.clone());
+                let Some(status) = self.status_of(record, &mut catalog, now).await else {
+                    continue;
+                };
+                if filter.online.is_none_or(|online| online == status.online) {
+                    devices.push(status);
+                }
+            }
+            if exhausted {
+                return Ok(DevicePage {
+                    devices,
+                    next: None,
+                });
+            }
+        }
+    }
+
+    /// Online and offline devices of the whole registry (for `/metrics`): one scan of the
+    /// registry per call, reading only each record's last-seen time, report interval and
+    /// goodbye flag (no
+    /// broker, no app or group lookups). Unreadable records are not counted, as the
+    /// inventory does not show them.
+    pub async fn device_counts(&self) -> Result<(u64, u64), ServiceError> {
+        let records = self
+            .store
+            .list_devices(&DeviceQuery::default())
+            .await
+            .map_err(|error| self.store_error(error))?;
+        let now = now_ms();
+        let (mut online, mut offline) = (0u64, 0u64);
+        for record in records {
+            let Ok(fields) = serde_json::from_str::<PresenceFields>(&record.body) else {
+                continue;
+            };
+            if is_online(
+                fields.stopping,
+                fields.report_interval_secs,
+                record.last_seen_ms,
+                now,
+            ) {
+                online += 1;
+            } else {
+                offline += 1;
+            }
+        }
+        Ok((online, offline))
+    }
+
+    /// Every device of the store's current version of `app` should run: app-mode devices
+    /// configured for it and group-mode devices of groups that have it.
+    pub async fn app_rollout(&self, app: &Name) -> Result<Option<Rollout>, ServiceError> {
+        let Some(config) = self.get_app(app).await? else {
+            return Ok(None);
+        };
+        let mut records: BTreeMap<String, DeviceRecord> = BTreeMap::new();
+        let mut queries = vec![DeviceQuery {
+            app: Some(app.to_string()),
+            ..DeviceQuery::default()
+        }];
+        for group in self.list_groups().await? {
+            let Ok(name) = Name::new(group.as_str()) else {
+                continue;
+            };
+            if let Ok(Some(group)) = self.get_group(&name).await
+                && group.apps.contains(app)
+            {
+                queries.push(DeviceQuery {
+                    device_group: Some(name.to_string()),
+                    ..DeviceQuery::default()
+                });
+            }
+        }
+        for query in queries {
+            for record in self
+                .store
+                .list_devices(&query)
+                .await
+                .map_err(|error| self.store_error(error))?
+            {
+                records.insert(record.device_id.clone(), record);
+            }
+        }
+        let now = now_ms();
+        let mut catalog = Catalog::default();
+        let mut devices = Vec::new();
+        for record in records.into_values() {
+            let Some(status) = self.status_of(record, &mut catalog, now).await else {
+                continue;
+            };
+            // Listed by app but no longer meant to run it (out of its group): not part of
+            // this rollout.
+            let Some(state) = status.app_states.get(app.as_str()).copied() else {
+                continue;
+            };
+            if state == AppState::Removed {
+                continue;
+            }
+            let entry = status
+                .document
+                .apps
+                .iter()
+                .find(|entry| entry.app_name == app.as_str());
+            devices.push(RolloutDevice {
+                device_id: status.document.device_id.clone(),
+                online: status.online,
+                state,
+                desired_revision: entry.and_then(|entry| entry.desired_revision),
+                applied_revision: entry.and_then(|entry| entry.applied_revision),
+                errors: entry
+                    .and_then(|entry| entry.error.clone())
+                    .map(|error| BTreeMap::from([(app.to_string(), error)]))
+                    .unwrap_or_default(),
+            });
+        }
+        Ok(Some(Rollout {
+            incarnation: config.incarnation,
+            revision: config.app_id,
+            devices,
+        }))
+    }
+
+    /// Every device of `group`, and whether it runs the group's current revision with every
+    /// member app at its current version.
+    pub async fn group_rollout(&self, group: &Name) -> Result<Option<Rollout>, ServiceError> {
+        let Some(current) = self.get_group(group).await? else {
+            return Ok(None);
+        };
+        let records = self
+            .store
+            .list_devices(&DeviceQuery {
+                device_group: Some(group.to_string()),
+                ..DeviceQuery::default()
+            })
+            .await
+            .map_err(|error| self.store_error(error))?;
+        let now = now_ms();
+        let mut catalog = Catalog::default();
+        let mut devices = Vec::new();
+        for record in records {
+            let Some(status) = self.status_of(record, &mut catalog, now).await else {
+                continue;
+            };
+            if status.document.mode != "group" {
+                continue;
+            }
+            let document = &status.document;
+            let group_current = document.device_group_incarnation == Some(current.incarnation)
+                && document.device_group_id == Some(current.device_group_id);
+            let errors: BTreeMap<String, String> = document
+                .apps
+                .iter()
+                .filter_map(|app| Some((app.app_name.clone(), app.error.clone()?)))
+                .collect();
+            let all_current = status
+                .app_states
+                .values()
+                .all(|state| *state == AppState::Current);
+            // Apps still to remove leave `updated` false until they are gone.
+            let state = if group_current && all_current && document.updated {
+                AppState::Current
+            } else if !errors.is_empty() {
+                AppState::Failed
+            } else {
+                AppState::Behind
+            };
+            devices.push(RolloutDevice {
+                device_id: document.device_id.clone(),
+                online: status.online,
+                state,
+                desired_revision: document.device_group_id,
+                applied_revision: (group_current && all_current).then_some(current.device_group_id),
+                errors,
+            });
+        }
+        Ok(Some(Rollout {
+            incarnation: current.incarnation,
+            revision: current.device_group_id,
+            devices,
+        }))
+    }
+}
+
+/// Why a report was not ingested.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IngestError {
+    /// The report itself is wrong: dropped, counted, never retried.
+    #[error(transparent)]
+    Report(ReportError),
+    /// The store failed (the instance is stopping); another instance takes the report.
+    #[error(transparent)]
+    Service(ServiceError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(
+        incarnation: Option<u64>,
+        desired: Option<u64>,
+        applied: Option<u64>,
+        converged: bool,
+        error: Option<&str>,
+    ) -> DeviceAppDocument {
+        DeviceAppDocument {
+            app_name: "web".into(),
+            desired_incarnation: incarnation,
+            desired_revision: desired,
+            applied_revision: applied,
+            converged,
+            error: error.map(str::to_string),
+            containers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn app_states() {
+        let current = Some((7, 3));
+        let at = entry(Some(7), Some(3), Some(3), true, None);
+        assert_eq!(app_state(Some(&at), current), AppState::Current);
+        // Told, but not applied yet; applied but one container missing; the old incarnation's
+        // revision 3; not reported at all.
+        for behind in [
+            entry(Some(7), Some(3), Some(2), false, None),
+            entry(Some(7), Some(3), Some(3), false, None),
+            entry(Some(6), Some(3), Some(3), true, None),
+            entry(Some(7), Some(2), Some(2), true, None),
+        ] {
+            assert_eq!(
+                app_state(Some(&behind), current),
+                AppState::Behind,
+                "{behind:?}"
+            );
+        }
+        assert_eq!(app_state(None, current), AppState::Behind);
+        let failed = entry(Some(7), Some(3), Some(2), false, Some("pull failed"));
+        assert_eq!(app_state(Some(&failed), current), AppState::Failed);
+        // An error left from before does not hide that the current version runs.
+        let recovered = entry(Some(7), Some(3), Some(3), true, Some("old error"));
+        assert_eq!(app_state(Some(&recovered), current), AppState::Current);
+        assert_eq!(app_state(Some(&at), None), AppState::Removed);
+    }
+
+    #[test]
+    fn the_report_rule_counts_three_of_the_devices_intervals() {
+        assert!(reported_recently(60, 1_000_000, 1_000_000 + 179_999));
+        assert!(!reported_recently(60, 1_000_000, 1_000_000 + 180_000));
+        assert!(reported_recently(1, 1_000_000, 1_000_000 + 2_999));
+        assert!(!reported_recently(1, 1_000_000, 1_000_000 + 3_000));
+        // No interval stored: the agent's default.
+        assert!(reported_recently(0, 1_000_000, 1_000_000 + 179_999));
+        assert!(!reported_recently(0, 1_000_000, 1_000_000 + 180_000));
+        // A report "from the future" (another instance's clock ahead) is recent.
+        assert!(reported_recently(60, 2_000_000, 1_000_000));
+    }
+
+    #[test]
+    fn a_goodbye_report_is_offline_at_once() {
+        assert!(is_online(false, 60, 1_000_000, 1_000_001));
+        assert!(!is_online(true, 60, 1_000_000, 1_000_001));
+    }
+
+    #[test]
+    fn metrics_read_the_presence_fields_of_a_stored_document() {
+        let mut document = sample();
+        document.stopping = true;
+        let body = serde_json::to_string(&document).expect("serialise");
+        let fields: PresenceFields = serde_json::from_str(&body).expect("parse");
+        assert_eq!((fields.report_interval_secs, fields.stopping), (60, true));
+        // Records stored before the flag existed read as not stopping.
+        let old = body.replace(",\"stopping\":true", "");
+        assert_ne!(old, body);
+        let fields: PresenceFields = serde_json::from_str(&old).expect("parse");
+        assert!(!fields.stopping);
+        let document: DeviceDocument = serde_json::from_str(&old).expect("parse");
+        assert!(!document.stopping);
+    }
+
+    #[test]
+    fn long_texts_are_cut_at_a_character_boundary() {
+        let text = "é".repeat(MAX_TEXT_BYTES);
+        let cut = cut(&text);
+        assert!(cut.len() <= MAX_TEXT_BYTES + "…".len(), "{}", cut.len());
+        assert!(cut.ends_with('…'));
+        assert_eq!(super::cut("short"), "short");
+    }
+
+    fn sample() -> DeviceDocument {
+        DeviceDocument {
+            device_id: "pi-1".into(),
+            hostname: "pi".into(),
+            mode: "group".into(),
+            device_group: Some("edge".into()),
+            device_group_id: Some(1),
+            device_group_incarnation: Some(1),
+            prune_id: Some(1),
+            configured_apps: Vec::new(),
+            agent_version: "0.1.0".into(),
+            target: "x".into(),
+            os: String::new(),
+            kernel: String::new(),
+            docker_version: None,
+            uptime_secs: 0,
+            agent_uptime_secs: 0,
+            report_interval_secs: 60,
+            report_creation_time: 0,
+            stopping: false,
+            updated: true,
+            session: 1,
+            sequence: 1,
+            apps: Vec::new(),
+            resources: DeviceResourcesDocument {
+                cpu_cores: 1,
+                cpu_percent: 0.0,
+                memory_total_bytes: 0,
+                memory_used_bytes: 0,
+                root_disk_total_bytes: 0,
+                root_disk_used_bytes: 0,
+            },
+        }
+    }
+}
