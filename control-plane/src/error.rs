@@ -32,6 +32,15 @@ pub enum StoreError {
         name: String,
         reason: String,
     },
+    /// The database refused this one object (larger than it can hold): an error of the
+    /// object, not of the store, so it does not end the instance; writing it again fails
+    /// the same way.
+    #[error("{kind} {name} refused by the store: {reason}")]
+    Refused {
+        kind: &'static str,
+        name: String,
+        reason: String,
+    },
     /// The database cannot be reached or failed; the instance fails hard.
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -55,9 +64,10 @@ impl StoreError {
     pub fn retry(&self) -> Retry {
         match self {
             Self::Conflict { .. } | Self::Unavailable(_) => Retry::Helps,
-            Self::AlreadyExists { .. } | Self::NotFound { .. } | Self::Corrupt { .. } => {
-                Retry::Useless
-            }
+            Self::AlreadyExists { .. }
+            | Self::NotFound { .. }
+            | Self::Corrupt { .. }
+            | Self::Refused { .. } => Retry::Useless,
         }
     }
 

@@ -3,9 +3,12 @@
 //!
 //! Every instance consumes the queue (competing consumers) with a bounded prefetch, like the
 //! sync responder. A message that is not a device report, or a report that breaks the rules
-//! (another device's routing key, too large), is rejected without requeue, counted and
-//! logged: never retried forever. A report the store cannot take is requeued for another
-//! instance while this one stops (the store failing ends the instance). The consumer ending
+//! (another device's routing key, larger than [`MAX_REPORT_BYTES`] before decoding, a stored
+//! record beyond its cap, a record the store refuses), is rejected without requeue, counted
+//! and logged: never retried forever. A report the store failed on is requeued once for
+//! another instance while this one stops (the store failing ends the instance); failing
+//! again there, it is dropped: the device's next report replaces it, and a report that
+//! somehow breaks every store must not take every instance down in turn. The consumer ending
 //! for any other reason ends the instance too: one that no longer ingests must not stay
 //! ready while device records go stale.
 //!
@@ -24,12 +27,16 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
 };
 use lapin::types::FieldTable;
-use nebula_protocol::{Message, decode, names};
+use nebula_protocol::{DeviceReport, Message, decode, names};
 use std::time::Duration;
 
 /// Reports one instance holds unacknowledged and ingests at once. Each costs a store read
 /// and a write; more in flight than this only queues inside the store.
 pub const REPORT_PREFETCH: u16 = 64;
+/// The largest delivery decoded as a report, in bytes. A real report is a few kilobytes; one
+/// near the bounds of `service::devices` would be a record MongoDB cannot hold. Checked before
+/// decoding, so a huge message costs no allocation beyond what the broker handed over.
+pub const MAX_REPORT_BYTES: usize = 256 * 1024;
 /// How often devices not seen for the expiry are removed.
 const EXPIRY_PASS: Duration = Duration::from_secs(3600);
 
@@ -103,21 +110,37 @@ pub async fn run(
     outcome
 }
 
-async fn handle(service: &Service, delivery: Delivery) -> Result<(), AmqpError> {
-    let started = std::time::Instant::now();
-    let report = match decode(&delivery.data) {
-        Ok(Message::DeviceReport(report)) => report,
+/// The report a delivery holds, or why it is rejected (logged here).
+fn report_of(data: &[u8], routing_key: &str) -> Option<DeviceReport> {
+    if data.len() > MAX_REPORT_BYTES {
+        tracing::warn!(
+            device = routing_key.strip_prefix("report.").unwrap_or(routing_key),
+            bytes = data.len(),
+            limit = MAX_REPORT_BYTES,
+            "oversized device report, rejected"
+        );
+        return None;
+    }
+    match decode(data) {
+        Ok(Message::DeviceReport(report)) => Some(report),
         Ok(other) => {
             tracing::warn!(
                 kind = other.kind(),
                 "not a device report on the reports queue, rejected"
             );
-            return reject(service, &delivery).await;
+            None
         }
         Err(error) => {
-            tracing::warn!(error = %error, bytes = delivery.data.len(), "undecodable device report, rejected");
-            return reject(service, &delivery).await;
+            tracing::warn!(error = %error, bytes = data.len(), "undecodable device report, rejected");
+            None
         }
+    }
+}
+
+async fn handle(service: &Service, delivery: Delivery) -> Result<(), AmqpError> {
+    let started = std::time::Instant::now();
+    let Some(report) = report_of(&delivery.data, delivery.routing_key.as_str()) else {
+        return reject(service, &delivery).await;
     };
     let routing_key = delivery.routing_key.as_str();
     match service.ingest_report(&report, routing_key, now_ms()).await {
@@ -137,8 +160,16 @@ async fn handle(service: &Service, delivery: Delivery) -> Result<(), AmqpError> 
         }
         Err(IngestError::Service(error)) => {
             // The store failed (the service has started the shutdown): another instance
-            // takes the report.
-            tracing::error!(error = %error, device = %report.device_id, "cannot ingest device report");
+            // takes the report, once (module docs).
+            tracing::error!(
+                error = %error,
+                device = %report.device_id,
+                redelivered = delivery.redelivered,
+                "cannot ingest device report"
+            );
+            if delivery.redelivered {
+                return reject(service, &delivery).await;
+            }
             delivery
                 .nack(BasicNackOptions {
                     requeue: true,
@@ -180,5 +211,25 @@ pub async fn expire(service: Service, expiry: Duration, shutdown: Shutdown) {
             () = shutdown.token().cancelled() => return,
             () = tokio::time::sleep(EXPIRY_PASS) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::devices::tests::sample_report;
+
+    #[test]
+    fn a_delivery_beyond_the_cap_is_rejected_before_decoding() {
+        let report = sample_report();
+        let key = names::report_routing_key(&report.device_id);
+        let small = nebula_protocol::encode(&Message::DeviceReport(report.clone()));
+        assert_eq!(report_of(&small, &key), Some(report.clone()));
+        // A valid report, but over the cap: its error alone is 300 KiB.
+        let mut large = report;
+        large.apps[0].error = Some("e".repeat(300 * 1024));
+        let bytes = nebula_protocol::encode(&Message::DeviceReport(large));
+        assert!(bytes.len() > MAX_REPORT_BYTES);
+        assert_eq!(report_of(&bytes, &key), None);
     }
 }

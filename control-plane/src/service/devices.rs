@@ -36,6 +36,11 @@ pub const MAX_APPS_PER_REPORT: usize = 256;
 pub const MAX_CONTAINERS_PER_APP: usize = 256;
 /// Longer strings (a Docker error with a whole pull log in it) are cut to this many bytes.
 pub const MAX_TEXT_BYTES: usize = 1024;
+/// The stored (JSON) form of one device at most, in bytes. The bounds above still allow a
+/// record of hundreds of megabytes (256 apps of 256 containers of kilobyte strings), far past
+/// MongoDB's 16 MB document limit, and the store refusing a write would look like the store
+/// failing. A real device's record is a few kilobytes.
+pub const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
 /// Compare-and-swap retries of one report against concurrent ingesters of the same device.
 const INGEST_ATTEMPTS: usize = 8;
 
@@ -55,6 +60,10 @@ pub enum ReportError {
     WrongRoutingKey { device: String, routing_key: String },
     #[error("report of device {device} is too large: {reason}")]
     TooLarge { device: String, reason: String },
+    /// The store refused this one record (not the store failing): retrying the same report
+    /// would only fail again.
+    #[error("report of device {device} cannot be stored: {reason}")]
+    Unstorable { device: String, reason: String },
 }
 
 /// A device as the inventory shows it.
@@ -253,6 +262,21 @@ pub fn document_of(report: &DeviceReport) -> Result<DeviceDocument, ReportError>
     })
 }
 
+/// The stored body of `document`, refused beyond [`MAX_DOCUMENT_BYTES`].
+pub fn body_of(document: &DeviceDocument) -> Result<String, ReportError> {
+    let body = serde_json::to_string(document).map_err(|error| ReportError::Unstorable {
+        device: document.device_id.clone(),
+        reason: error.to_string(),
+    })?;
+    if body.len() > MAX_DOCUMENT_BYTES {
+        return Err(ReportError::TooLarge {
+            device: document.device_id.clone(),
+            reason: format!("{} bytes stored (at most {MAX_DOCUMENT_BYTES})", body.len()),
+        });
+    }
+    Ok(body)
+}
+
 /// The presence rule: online iff the last report is not the agent's goodbye (`stopping`) and
 /// arrived within the last [`OFFLINE_AFTER_INTERVALS`] of the device's report intervals.
 pub fn is_online(
@@ -412,11 +436,7 @@ impl Service {
             }));
         }
         let document = document_of(report).map_err(IngestError::Report)?;
-        let body = serde_json::to_string(&document).map_err(|error| {
-            IngestError::Service(ServiceError::Store(StoreError::Unavailable(
-                error.to_string(),
-            )))
-        })?;
+        let body = body_of(&document).map_err(IngestError::Report)?;
         let mut apps: Vec<String> = document.configured_apps.clone();
         for app in &document.apps {
             if !apps.contains(&app.app_name) {
@@ -455,6 +475,14 @@ impl Service {
                     | StoreError::AlreadyExists { .. }
                     | StoreError::NotFound { .. },
                 ) => {}
+                // An error of this record, not of the store: requeued, the report would
+                // fail the same way on every instance.
+                Err(error) if !error.is_fatal() => {
+                    return Err(IngestError::Report(ReportError::Unstorable {
+                        device: record.device_id.clone(),
+                        reason: error.to_string(),
+                    }));
+                }
                 Err(error) => return Err(IngestError::Service(self.store_error(error))),
             }
         }
@@ -740,7 +768,7 @@ pub enum IngestError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn entry(
@@ -831,6 +859,89 @@ mod tests {
         assert!(cut.len() <= MAX_TEXT_BYTES + "…".len(), "{}", cut.len());
         assert!(cut.ends_with('…'));
         assert_eq!(super::cut("short"), "short");
+    }
+
+    /// A report of device `pi-1` with one app `web` of one container.
+    pub(crate) fn sample_report() -> DeviceReport {
+        use nebula_protocol::{AppReport, ContainerReport, ResourceUsage};
+        let name = |text: &str| Name::new(text).expect("name");
+        DeviceReport {
+            device_id: name("pi-1"),
+            hostname: "pi".into(),
+            device_group: None,
+            device_group_id: None,
+            prune_id: None,
+            report_creation_time: 1,
+            updated: true,
+            agent_version: "0.1.0".into(),
+            apps: vec![AppReport {
+                app_name: name("web"),
+                desired_revision: Some(3),
+                applied_revision: Some(3),
+                containers: vec![ContainerReport {
+                    name: "web-1".into(),
+                    image: "img".into(),
+                    state: "running".into(),
+                    health: None,
+                    app_id: Some(3),
+                    restart_count: Some(0),
+                    incarnation: Some(7),
+                }],
+                error: None,
+                desired_incarnation: Some(7),
+                converged: true,
+            }],
+            resources: ResourceUsage {
+                cpu_cores: 2,
+                cpu_percent: 1.5,
+                memory_total_bytes: 1 << 30,
+                memory_used_bytes: 1 << 29,
+                root_disk_total_bytes: 1 << 34,
+                root_disk_used_bytes: 1 << 33,
+            },
+            target: "x86_64-unknown-linux-musl".into(),
+            os: "Debian".into(),
+            kernel: "Linux 6.1".into(),
+            docker_version: Some("27.0".into()),
+            uptime_secs: 10,
+            agent_uptime_secs: 5,
+            report_interval_secs: 60,
+            mode: DeviceMode::Apps(vec![name("web")]),
+            session: 1,
+            sequence: 1,
+            device_group_incarnation: None,
+            stopping: false,
+        }
+    }
+
+    #[test]
+    fn a_record_beyond_the_document_cap_is_refused() {
+        let report = sample_report();
+        let body = body_of(&document_of(&report).expect("bounded")).expect("small");
+        assert!(body.len() < 4096, "{}", body.len());
+        // Within every per-field bound (64 apps of 16 containers, kilobyte images), but
+        // megabytes stored: refused, not handed to the store.
+        let mut large = report;
+        let container = large.apps[0].containers[0].clone();
+        large.apps[0].containers = vec![
+            nebula_protocol::ContainerReport {
+                image: "i".repeat(MAX_TEXT_BYTES),
+                ..container
+            };
+            16
+        ];
+        large.apps = (0..64)
+            .map(|index| nebula_protocol::AppReport {
+                app_name: Name::new(format!("app-{index}")).expect("name"),
+                ..large.apps[0].clone()
+            })
+            .collect();
+        let document = document_of(&large).expect("within the per-field bounds");
+        let error = body_of(&document).expect_err("too large");
+        assert!(
+            matches!(&error, ReportError::TooLarge { device, .. } if device == "pi-1"),
+            "{error}"
+        );
     }
 
     fn sample() -> DeviceDocument {

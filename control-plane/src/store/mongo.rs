@@ -275,6 +275,35 @@ fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
     )
 }
 
+/// MongoDB's `BSONObjectTooLarge`.
+const BSON_OBJECT_TOO_LARGE: i32 = 10334;
+
+/// An error of the one document written rather than of the database: the driver refusing a
+/// document beyond the server's `maxBsonObjectSize` (16 MB), or the server refusing it.
+/// Taken for the database failing, it would end the instance, and the same write would end
+/// the next one.
+fn is_refused_document(error: &mongodb::error::Error) -> bool {
+    match &*error.kind {
+        ErrorKind::InvalidArgument { .. } | ErrorKind::BsonSerialization(_) => true,
+        ErrorKind::Command(command) => command.code == BSON_OBJECT_TOO_LARGE,
+        ErrorKind::Write(WriteFailure::WriteError(write)) => write.code == BSON_OBJECT_TOO_LARGE,
+        _ => false,
+    }
+}
+
+/// A failed write of device `name`: [`StoreError::Refused`] for an error of the document.
+fn device_write_error(name: &str, error: mongodb::error::Error) -> StoreError {
+    if is_refused_document(&error) {
+        StoreError::Refused {
+            kind: DEVICE,
+            name: name.to_string(),
+            reason: error.to_string(),
+        }
+    } else {
+        StoreError::unavailable(error)
+    }
+}
+
 #[async_trait]
 impl Store for MongoStore {
     fn backend(&self) -> &'static str {
@@ -451,7 +480,7 @@ impl Store for MongoStore {
                     kind: DEVICE,
                     name: name.clone(),
                 }),
-                Err(error) => Err(StoreError::unavailable(error)),
+                Err(error) => Err(device_write_error(name, error)),
             };
         };
         let version = expected + 1;
@@ -466,7 +495,7 @@ impl Store for MongoStore {
             .devices()
             .replace_one(filter, device_to_document(record, version)?)
             .await
-            .map_err(StoreError::unavailable)?;
+            .map_err(|error| device_write_error(name, error))?;
         if result.matched_count == 1 {
             return Ok(version);
         }
