@@ -389,7 +389,7 @@ impl Metrics {
         };
         gauge(
             "nebula_devices",
-            "Devices in the registry, by whether they are online now (the whole fleet: every instance shows the same).",
+            "Devices in the registry, by whether they are online now (the whole fleet: every instance shows the same; counted at most every 10 s).",
             &[
                 ("{state=\"online\"}", gauges.devices_online),
                 ("{state=\"offline\"}", gauges.devices_offline),

@@ -41,6 +41,10 @@ pub const MAX_TEXT_BYTES: usize = 1024;
 /// MongoDB's 16 MB document limit, and the store refusing a write would look like the store
 /// failing. A real device's record is a few kilobytes.
 pub const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
+/// How long `/metrics` shows the same online/offline counts (`Service::device_counts`).
+pub const DEVICE_COUNTS_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+/// Online and offline devices, and when they were counted.
+pub type CountedDevices = (tokio::time::Instant, (u64, u64));
 /// Compare-and-swap retries of one report against concurrent ingesters of the same device.
 const INGEST_ATTEMPTS: usize = 8;
 
@@ -591,12 +595,28 @@ impl Service {
         }
     }
 
-    /// Online and offline devices of the whole registry (for `/metrics`): one scan of the
-    /// registry per call, reading only each record's last-seen time, report interval and
-    /// goodbye flag (no
-    /// broker, no app or group lookups). Unreadable records are not counted, as the
-    /// inventory does not show them.
+    /// Online and offline devices of the whole registry (for `/metrics`), counted at most
+    /// once per [`DEVICE_COUNTS_TTL`]: counting scans the whole registry (every record's
+    /// body comes back from the store; only its presence fields are parsed), and scrapers,
+    /// several Prometheus servers or a dashboard, must not turn into one full scan each.
+    /// The lock is held while counting, so scrapes arriving meanwhile wait for that one scan
+    /// and take its answer. A failed count is not kept.
     pub async fn device_counts(&self) -> Result<(u64, u64), ServiceError> {
+        let mut cached = self.device_counts.lock().await;
+        if let Some((counted, counts)) = *cached
+            && counted.elapsed() < DEVICE_COUNTS_TTL
+        {
+            return Ok(counts);
+        }
+        let counts = self.count_devices().await?;
+        *cached = Some((tokio::time::Instant::now(), counts));
+        Ok(counts)
+    }
+
+    /// One scan of the registry: each record's last-seen time, report interval and goodbye
+    /// flag (no broker, no app or group lookups). Unreadable records are not counted, as the
+    /// inventory does not show them.
+    async fn count_devices(&self) -> Result<(u64, u64), ServiceError> {
         let records = self
             .store
             .list_devices(&DeviceQuery::default())
@@ -942,6 +962,44 @@ pub(crate) mod tests {
             matches!(&error, ReportError::TooLarge { device, .. } if device == "pi-1"),
             "{error}"
         );
+    }
+
+    fn memory_service() -> Service {
+        use crate::broker::Publisher;
+        use crate::store::Store;
+        use std::sync::Arc;
+        Service::new(
+            Arc::new(crate::store::memory::MemoryStore::new()) as Arc<dyn Store>,
+            Arc::new(crate::broker::fake::FakeBroker::new()) as Arc<dyn Publisher>,
+            crate::shutdown::Shutdown::new(),
+        )
+    }
+
+    async fn ingest(service: &Service, device: &str) {
+        let mut report = sample_report();
+        report.device_id = Name::new(device).expect("name");
+        let key = names::report_routing_key(&report.device_id);
+        let ingested = service
+            .ingest_report(&report, &key, now_ms())
+            .await
+            .expect("ingest");
+        assert_eq!(ingested, Ingested::Stored);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scrapes_share_one_count_for_ten_seconds() {
+        let service = memory_service();
+        ingest(&service, "pi-1").await;
+        assert_eq!(service.device_counts().await.expect("count"), (1, 0));
+        ingest(&service, "pi-2").await;
+        // Concurrent scrapes within the TTL: the count made first, no new scan.
+        let (left, right) = tokio::join!(service.device_counts(), service.device_counts());
+        assert_eq!(
+            (left.expect("count"), right.expect("count")),
+            ((1, 0), (1, 0))
+        );
+        tokio::time::advance(DEVICE_COUNTS_TTL).await;
+        assert_eq!(service.device_counts().await.expect("count"), (2, 0));
     }
 
     fn sample() -> DeviceDocument {

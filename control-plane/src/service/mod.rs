@@ -98,6 +98,9 @@ pub struct Service {
     /// The write batches and their settling, so that shutdown waits for them before it
     /// closes the broker connection.
     tasks: tokio_util::task::TaskTracker,
+    /// The last online/offline count of the registry for `/metrics`, and when it was made
+    /// (`devices::DEVICE_COUNTS_TTL`).
+    device_counts: Arc<tokio::sync::Mutex<Option<devices::CountedDevices>>>,
 }
 
 impl Service {
@@ -113,6 +116,7 @@ impl Service {
             foreign_stores: Arc::default(),
             seen_non_empty: Arc::default(),
             tasks: tokio_util::task::TaskTracker::new(),
+            device_counts: Arc::default(),
         }
     }
 
