@@ -71,10 +71,17 @@ pub fn run(context: &mut Context<'_>, command: RolloutCommand) -> Result<(), Cli
                 writeln!(context.stdout)?;
             }
             context.print(&document, table)?;
+            let standing = if document["total"].as_u64() == Some(0) {
+                "no device has reported for it".to_string()
+            } else {
+                format!(
+                    "{} behind ({} of them offline)",
+                    cell(&document["behind"]),
+                    cell(&document["offline"])
+                )
+            };
             return Err(CliError::Failure(format!(
-                "the rollout of {name} was not done within {limit} s: {} behind ({} of them offline)",
-                cell(&document["behind"]),
-                cell(&document["offline"])
+                "the rollout of {name} was not done within {limit} s: {standing}"
             )));
         }
         std::thread::sleep(Duration::from_secs_f64(interval));
@@ -134,6 +141,14 @@ fn resolve(context: &Context<'_>, name: &str) -> Result<Kind, CliError> {
 pub fn progress(document: &Value) -> String {
     let count = |key: &str| document[key].as_u64().unwrap_or(0);
     let (total, current, failed) = (count("total"), count("current"), count("failed"));
+    if total == 0 {
+        // Not done (the control plane says so): --watch waits for the first device to
+        // report, until --timeout if one was given.
+        return format!(
+            "[{}] no device has reported for it yet",
+            "-".repeat(BAR_WIDTH)
+        );
+    }
     let finished = usize::try_from(current + failed).unwrap_or(usize::MAX);
     let total_width = usize::try_from(total).unwrap_or(usize::MAX).max(1);
     let filled = (finished.min(total_width) * BAR_WIDTH) / total_width;
@@ -247,9 +262,12 @@ mod tests {
             "{line}"
         );
         let empty = progress(&json!({"total": 0, "current": 0, "behind": 0, "failed": 0}));
-        assert!(
-            empty.starts_with(&format!("[{}]", "-".repeat(BAR_WIDTH))),
-            "{empty}"
+        assert_eq!(
+            empty,
+            format!(
+                "[{}] no device has reported for it yet",
+                "-".repeat(BAR_WIDTH)
+            )
         );
     }
 

@@ -162,7 +162,8 @@ pub struct RolloutStatus {
     pub failed: usize,
     /// Of the devices not current, how many are offline (they catch up when they return).
     pub offline: usize,
-    /// Every device is current or failed: nothing is still on its way.
+    /// Every device is current or failed: nothing is still on its way. False while no device
+    /// of it has reported yet (`total` 0): an empty fleet has not received the change.
     pub done: bool,
     pub devices: Vec<RolloutDevice>,
 }
@@ -247,7 +248,7 @@ pub fn rollout_json(kind: &str, name: &str, rollout: &Rollout) -> RolloutStatus 
             .iter()
             .filter(|device| !device.online && device.state != RolloutState::Current)
             .count(),
-        done: behind == 0,
+        done: behind == 0 && !rollout.devices.is_empty(),
         devices: rollout
             .devices
             .iter()
@@ -414,6 +415,38 @@ pub async fn group_status(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rollout_is_done_once_every_device_is_current_or_failed_and_there_is_one() {
+        let device = |state| crate::service::devices::RolloutDevice {
+            device_id: "pi-1".into(),
+            online: true,
+            state,
+            desired_revision: Some(2),
+            applied_revision: Some(2),
+            errors: BTreeMap::new(),
+        };
+        let done = |devices| {
+            rollout_json(
+                "app",
+                "web",
+                &Rollout {
+                    incarnation: 1,
+                    revision: 2,
+                    devices,
+                },
+            )
+            .done
+        };
+        // No device has reported yet: `rollout status --watch` keeps waiting.
+        assert!(!done(vec![]));
+        assert!(!done(vec![device(RolloutState::Behind)]));
+        assert!(done(vec![device(RolloutState::Current)]));
+        assert!(done(vec![
+            device(RolloutState::Current),
+            device(RolloutState::Failed)
+        ]));
+    }
 
     #[test]
     fn device_queries_parse() {

@@ -87,7 +87,9 @@ pub enum AppState {
     Current,
     /// Not there yet: the change has not arrived, is being applied, or the device is away.
     Behind,
-    /// The last attempt to apply it failed (the report carries the error).
+    /// The last attempt to apply the current version failed (the report carries the error).
+    /// An error the device reports while told an older version is not this version's: the
+    /// device is behind (a fix deployed after a failure is not failed before it was tried).
     Failed,
     /// The app is not meant for this device any more (deleted, or out of its group); the
     /// device reports what it still has of it.
@@ -320,15 +322,19 @@ pub fn app_state(
     entry: Option<&DeviceAppDocument>,
     current: Option<(Incarnation, Revision)>,
 ) -> AppState {
-    let failed = entry.is_some_and(|entry| entry.error.is_some());
     match current {
         Some((incarnation, revision)) => {
-            let at_current = entry.is_some_and(|entry| {
+            let told_current = |entry: &&DeviceAppDocument| {
                 entry.desired_incarnation == Some(incarnation)
                     && entry.desired_revision == Some(revision)
-                    && entry.applied_revision == Some(revision)
-                    && entry.converged
-            });
+            };
+            let at_current = entry
+                .filter(told_current)
+                .is_some_and(|entry| entry.applied_revision == Some(revision) && entry.converged);
+            // Only an error applying the current version fails it.
+            let failed = entry
+                .filter(told_current)
+                .is_some_and(|entry| entry.error.is_some());
             if at_current {
                 AppState::Current
             } else if failed {
@@ -338,6 +344,43 @@ pub fn app_state(
             }
         }
         None => AppState::Removed,
+    }
+}
+
+/// Where a group-mode device that reported `document` (its apps standing as `app_states`)
+/// is against the group's current version `current` (incarnation, revision).
+///
+/// Current: it holds that version, every member app is current on it, and nothing is left
+/// to remove (apps still to remove leave `updated` false until they are gone). Failed: it
+/// was told that version and an app failed there: a member app failed at its current
+/// version, or an app the group no longer has could not be removed. A device reporting no
+/// group version (an agent from before it did) is judged by its apps alone. Anything else
+/// is behind, errors of a version it no longer runs included.
+pub fn group_state(
+    document: &DeviceDocument,
+    app_states: &BTreeMap<String, AppState>,
+    current: (Incarnation, Revision),
+) -> AppState {
+    let (incarnation, revision) = current;
+    let group_current = document.device_group_incarnation == Some(incarnation)
+        && document.device_group_id == Some(revision);
+    let told_current = document
+        .device_group_incarnation
+        .is_none_or(|reported| reported == incarnation)
+        && document
+            .device_group_id
+            .is_none_or(|reported| reported == revision);
+    let all_current = app_states.values().all(|state| *state == AppState::Current);
+    let failed = app_states.values().any(|state| *state == AppState::Failed)
+        || document.apps.iter().any(|app| {
+            app.error.is_some() && app_states.get(&app.app_name) == Some(&AppState::Removed)
+        });
+    if group_current && all_current && document.updated {
+        AppState::Current
+    } else if told_current && failed {
+        AppState::Failed
+    } else {
+        AppState::Behind
     }
 }
 
@@ -740,8 +783,9 @@ impl Service {
                 continue;
             }
             let document = &status.document;
-            let group_current = document.device_group_incarnation == Some(current.incarnation)
-                && document.device_group_id == Some(current.device_group_id);
+            let version = (current.incarnation, current.device_group_id);
+            let group_current = document.device_group_incarnation == Some(version.0)
+                && document.device_group_id == Some(version.1);
             let errors: BTreeMap<String, String> = document
                 .apps
                 .iter()
@@ -751,14 +795,7 @@ impl Service {
                 .app_states
                 .values()
                 .all(|state| *state == AppState::Current);
-            // Apps still to remove leave `updated` false until they are gone.
-            let state = if group_current && all_current && document.updated {
-                AppState::Current
-            } else if !errors.is_empty() {
-                AppState::Failed
-            } else {
-                AppState::Behind
-            };
+            let state = group_state(document, &status.app_states, version);
             devices.push(RolloutDevice {
                 device_id: document.device_id.clone(),
                 online: status.online,
@@ -835,6 +872,81 @@ pub(crate) mod tests {
         let recovered = entry(Some(7), Some(3), Some(3), true, Some("old error"));
         assert_eq!(app_state(Some(&recovered), current), AppState::Current);
         assert_eq!(app_state(Some(&at), None), AppState::Removed);
+        // The error of a version the device was told before the current one (a failed
+        // deploy, then its fix): behind until it tries the fix, not failed.
+        for old in [
+            entry(Some(7), Some(2), Some(1), false, Some("pull failed")),
+            entry(Some(6), Some(3), Some(2), false, Some("pull failed")),
+            entry(None, None, None, false, Some("pull failed")),
+        ] {
+            assert_eq!(app_state(Some(&old), current), AppState::Behind, "{old:?}");
+        }
+    }
+
+    #[test]
+    fn group_states() {
+        let current = (1, 5);
+        let states =
+            |state: AppState| BTreeMap::from([("web".to_string(), state), ("db".into(), state)]);
+        let mut document = sample();
+        document.device_group_incarnation = Some(1);
+        document.device_group_id = Some(5);
+        document.apps = vec![entry(Some(7), Some(3), Some(3), true, None)];
+        assert_eq!(
+            group_state(&document, &states(AppState::Current), current),
+            AppState::Current
+        );
+        // Apps still to remove.
+        document.updated = false;
+        assert_eq!(
+            group_state(&document, &states(AppState::Current), current),
+            AppState::Behind
+        );
+        document.updated = true;
+        // Told the current group, and an app failed at its current version.
+        document.apps[0].error = Some("pull failed".into());
+        assert_eq!(
+            group_state(&document, &states(AppState::Failed), current),
+            AppState::Failed
+        );
+        // The error of an app the group no longer has: it could not be removed.
+        let mut removing = document.clone();
+        removing.apps[0].app_name = "old".into();
+        let mut with_removed = states(AppState::Current);
+        with_removed.insert("old".into(), AppState::Removed);
+        assert_eq!(
+            group_state(&removing, &with_removed, current),
+            AppState::Failed
+        );
+        // The same error while the device still holds the group's previous revision: the
+        // failure is the old version's (fixed since), the device is behind.
+        for (incarnation, revision) in [(Some(1), Some(4)), (Some(0), Some(5))] {
+            let mut old = document.clone();
+            old.device_group_incarnation = incarnation;
+            old.device_group_id = revision;
+            assert_eq!(
+                group_state(&old, &states(AppState::Failed), current),
+                AppState::Behind
+            );
+            assert_eq!(group_state(&old, &with_removed, current), AppState::Behind);
+        }
+        // The apps' own errors of older versions are behind already (`app_state`).
+        assert_eq!(
+            group_state(&document, &states(AppState::Behind), current),
+            AppState::Behind
+        );
+        // An agent that reports no group version: judged by its apps.
+        let mut unversioned = document.clone();
+        unversioned.device_group_incarnation = None;
+        unversioned.device_group_id = None;
+        assert_eq!(
+            group_state(&unversioned, &states(AppState::Failed), current),
+            AppState::Failed
+        );
+        assert_eq!(
+            group_state(&unversioned, &states(AppState::Current), current),
+            AppState::Behind
+        );
     }
 
     #[test]
