@@ -174,6 +174,13 @@ fn cut(text: &str) -> String {
     format!("{}…", &text[..end])
 }
 
+/// `value`, or 0 when it is NaN or infinite. JSON has no such numbers: serde_json writes them
+/// as `null`, which then does not read back as a number, and the device's record would be
+/// unreadable (not shown) until its next report. Every float of a report goes through here.
+fn finite(value: f32) -> f32 {
+    if value.is_finite() { value } else { 0.0 }
+}
+
 /// The stored form of a report, bounded.
 pub fn document_of(report: &DeviceReport) -> Result<DeviceDocument, ReportError> {
     let too_large = |reason: String| ReportError::TooLarge {
@@ -259,7 +266,7 @@ pub fn document_of(report: &DeviceReport) -> Result<DeviceDocument, ReportError>
             .collect(),
         resources: DeviceResourcesDocument {
             cpu_cores: report.resources.cpu_cores,
-            cpu_percent: report.resources.cpu_percent,
+            cpu_percent: finite(report.resources.cpu_percent),
             memory_total_bytes: report.resources.memory_total_bytes,
             memory_used_bytes: report.resources.memory_used_bytes,
             root_disk_total_bytes: report.resources.root_disk_total_bytes,
@@ -881,6 +888,22 @@ pub(crate) mod tests {
         ] {
             assert_eq!(app_state(Some(&old), current), AppState::Behind, "{old:?}");
         }
+    }
+
+    #[test]
+    fn a_non_finite_float_is_stored_as_0_and_the_record_reads_back() {
+        for value in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut report = sample_report();
+            report.resources.cpu_percent = value;
+            let document = document_of(&report).expect("bounded");
+            assert_eq!(document.resources.cpu_percent, 0.0, "{value}");
+            let body = body_of(&document).expect("small");
+            let read: DeviceDocument = serde_json::from_str(&body).expect("reads back");
+            assert_eq!(read, document);
+        }
+        let report = sample_report();
+        let document = document_of(&report).expect("bounded");
+        assert_eq!(document.resources.cpu_percent, 1.5);
     }
 
     #[test]
