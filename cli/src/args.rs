@@ -220,7 +220,9 @@ pub enum RolloutCommand {
         /// NAME is a device group
         #[arg(long)]
         group: bool,
-        /// Follow the rollout until every device is current or failed
+        /// Follow the rollout until every device is current or failed (an offline device
+        /// stays behind until it reports again or expires; with no device yet, wait for
+        /// the first); see --timeout
         #[arg(short = 'w', long)]
         watch: bool,
         /// With --watch: give up after this many seconds (exit code 1)

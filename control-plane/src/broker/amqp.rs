@@ -164,10 +164,11 @@ impl AmqpBroker {
         Ok(())
     }
 
-    /// The reports queue, bounded: nothing consumes it yet (report ingestion comes with
-    /// users and cron jobs), and ten thousand devices reporting every minute would otherwise
-    /// fill the broker until its memory alarm blocks every publisher, changes included. The
-    /// newest reports are kept; an hour-old report is worthless anyway.
+    /// The reports queue, bounded: every instance consumes it (`reports`), but with every
+    /// control plane down (or ingesting slower than the fleet reports), ten thousand devices
+    /// reporting every minute would otherwise fill the broker until its memory alarm blocks
+    /// every publisher, changes included. The newest reports are kept; an hour-old report
+    /// is worthless anyway.
     ///
     /// A queue declared earlier without these arguments makes the broker refuse the
     /// declaration (and close the channel): then the existing queue is used as it is, with a
