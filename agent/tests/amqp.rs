@@ -120,30 +120,17 @@ impl VirtualHost {
     /// Messages in `queue`, ready or unacknowledged. Asked of `rabbitmqctl`: a passive
     /// declare from another connection is refused on an exclusive queue.
     fn queue_messages(&self, queue: &str) -> Option<u32> {
-        let queues = rabbitmqctl(&[
-            "--silent",
-            "list_queues",
-            "-p",
-            &self.name,
-            "name",
-            "messages",
-        ]);
-        queues.lines().find_map(|line| {
-            let mut columns = line.split_whitespace();
-            (columns.next() == Some(queue)).then(|| columns.next()?.parse().ok())?
-        })
+        self.queue_count(queue, "messages")
     }
 
     /// Consumers of `queue`, as the broker lists them.
     fn queue_consumers(&self, queue: &str) -> Option<u32> {
-        let queues = rabbitmqctl(&[
-            "--silent",
-            "list_queues",
-            "-p",
-            &self.name,
-            "name",
-            "consumers",
-        ]);
+        self.queue_count(queue, "consumers")
+    }
+
+    /// One numeric `list_queues` column of `queue`.
+    fn queue_count(&self, queue: &str, column: &str) -> Option<u32> {
+        let queues = rabbitmqctl(&["--silent", "list_queues", "-p", &self.name, "name", column]);
         queues.lines().find_map(|line| {
             let mut columns = line.split_whitespace();
             (columns.next() == Some(queue)).then(|| columns.next()?.parse().ok())?

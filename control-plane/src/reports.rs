@@ -16,17 +16,14 @@
 //! `broker::amqp`): with every control plane down, the newest reports wait and the oldest
 //! go, which is what a "latest report" registry wants anyway.
 
-use crate::broker::amqp::AmqpBroker;
+use crate::broker::amqp::{AmqpBroker, operation};
+use crate::broker::consume::consume;
 use crate::error::AmqpError;
 use crate::service::Service;
 use crate::service::devices::{IngestError, Ingested, now_ms};
 use crate::shutdown::Shutdown;
-use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use nebula_protocol::{DeviceReport, Message, decode, names};
 use std::time::Duration;
 
@@ -40,74 +37,22 @@ pub const MAX_REPORT_BYTES: usize = 256 * 1024;
 /// How often devices not seen for the expiry are removed.
 const EXPIRY_PASS: Duration = Duration::from_secs(3600);
 
-fn amqp(operation: &'static str) -> impl FnOnce(lapin::Error) -> AmqpError {
-    move |error| AmqpError::Operation {
-        operation,
-        reason: error.to_string(),
-    }
-}
-
 /// Consumes `nebula.reports` until shutdown. Broker errors end the instance.
 pub async fn run(
     broker: AmqpBroker,
     service: Service,
     shutdown: Shutdown,
 ) -> Result<(), AmqpError> {
-    let channel = broker.create_channel().await?;
-    channel
-        .basic_qos(REPORT_PREFETCH, BasicQosOptions::default())
-        .await
-        .map_err(amqp("basic.qos"))?;
-    let consumer = channel
-        .basic_consume(
-            names::REPORTS_QUEUE.into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(amqp("basic.consume"))?;
-    tracing::info!(
-        queue = names::REPORTS_QUEUE,
-        prefetch = REPORT_PREFETCH,
-        "report ingester consuming"
-    );
-    let token = shutdown.token().clone();
-    let outcome = std::sync::Mutex::new(Ok(()));
-    let mut cancelled = false;
-    consumer
-        .take_until(async {
-            token.cancelled().await;
-            cancelled = true;
-        })
-        .for_each_concurrent(usize::from(REPORT_PREFETCH), |delivery| {
-            let service = service.clone();
-            let shutdown = shutdown.clone();
-            let outcome = &outcome;
-            async move {
-                let result = match delivery {
-                    Ok(delivery) => handle(&service, delivery).await,
-                    Err(error) => Err(AmqpError::ConnectionLost(error.to_string())),
-                };
-                if let Err(error) = result {
-                    shutdown.fail(&error);
-                    if let Ok(mut slot) = outcome.lock() {
-                        *slot = Err(error);
-                    }
-                }
-            }
-        })
-        .await;
-    let outcome = outcome
-        .into_inner()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if outcome.is_ok() && !cancelled {
-        return Err(AmqpError::ConnectionLost(format!(
-            "the consumer of {} ended",
-            names::REPORTS_QUEUE
-        )));
-    }
-    outcome
+    let service = &service;
+    consume(
+        &broker,
+        names::REPORTS_QUEUE,
+        REPORT_PREFETCH,
+        "report ingester",
+        &shutdown,
+        move |_, delivery| handle(service, delivery),
+    )
+    .await
 }
 
 /// The report a delivery holds, or why it is rejected (logged here).
@@ -152,7 +97,7 @@ async fn handle(service: &Service, delivery: Delivery) -> Result<(), AmqpError> 
                 .ack(BasicAckOptions::default())
                 .await
                 .map(|_| ())
-                .map_err(amqp("basic.ack"))
+                .map_err(operation("basic.ack"))
         }
         Err(IngestError::Report(error)) => {
             tracing::warn!(error = %error, "device report rejected");
@@ -177,7 +122,7 @@ async fn handle(service: &Service, delivery: Delivery) -> Result<(), AmqpError> 
                 })
                 .await
                 .map(|_| ())
-                .map_err(amqp("basic.nack"))
+                .map_err(operation("basic.nack"))
         }
     }
 }
@@ -188,7 +133,7 @@ async fn reject(service: &Service, delivery: &Delivery) -> Result<(), AmqpError>
         .reject(BasicRejectOptions { requeue: false })
         .await
         .map(|_| ())
-        .map_err(amqp("basic.reject"))
+        .map_err(operation("basic.reject"))
 }
 
 /// Removes devices not seen for `expiry`, at start and every hour, until shutdown. Every

@@ -10,16 +10,12 @@
 //! the instance: an instance that no longer answers syncs must not stay ready.
 
 use crate::broker::amqp::{AmqpBroker, operation};
+use crate::broker::consume::consume;
 use crate::error::{AmqpError, StoreError};
 use crate::service::{Service, ServiceError};
 use crate::shutdown::Shutdown;
-use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions, BasicRejectOptions};
 use lapin::{BasicProperties, Channel};
 use nebula_protocol::{
     Message, SyncReply, SyncRequest, SyncResult, SyncTarget, decode, encode, names,
@@ -46,65 +42,16 @@ pub async fn run(
     prefetch: u16,
     shutdown: Shutdown,
 ) -> Result<(), AmqpError> {
-    let channel = broker.create_channel().await?;
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await
-        .map_err(operation("basic.qos"))?;
-    let consumer = channel
-        .basic_consume(
-            names::SYNC_QUEUE.into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(operation("basic.consume"))?;
-    tracing::info!(
-        queue = names::SYNC_QUEUE,
+    let service = &service;
+    consume(
+        &broker,
+        names::SYNC_QUEUE,
         prefetch,
-        "sync responder consuming"
-    );
-    let token = shutdown.token().clone();
-    let outcome = std::sync::Mutex::new(Ok(()));
-    let mut cancelled = false;
-    consumer
-        .take_until(async {
-            token.cancelled().await;
-            cancelled = true;
-        })
-        .for_each_concurrent(usize::from(prefetch), |delivery| {
-            let channel = channel.clone();
-            let service = service.clone();
-            let shutdown = shutdown.clone();
-            let outcome = &outcome;
-            async move {
-                let result = match delivery {
-                    Ok(delivery) => handle(&channel, &service, delivery).await,
-                    Err(error) => Err(AmqpError::ConnectionLost(error.to_string())),
-                };
-                if let Err(error) = result {
-                    shutdown.fail(&error);
-                    if let Ok(mut slot) = outcome.lock() {
-                        *slot = Err(error);
-                    }
-                }
-            }
-        })
-        .await;
-    let outcome = outcome
-        .into_inner()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if outcome.is_ok() && !cancelled {
-        // The broker cancelled the consumer (the queue was deleted, a cluster node holding
-        // it went away) or the channel closed: without this the instance would stay ready
-        // while answering nothing.
-        return Err(AmqpError::ConnectionLost(format!(
-            "the consumer of {} ended",
-            names::SYNC_QUEUE
-        )));
-    }
-    outcome
+        "sync responder",
+        &shutdown,
+        move |channel, delivery| async move { handle(&channel, service, delivery).await },
+    )
+    .await
 }
 
 async fn handle(channel: &Channel, service: &Service, delivery: Delivery) -> Result<(), AmqpError> {

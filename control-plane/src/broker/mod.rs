@@ -6,6 +6,7 @@
 //! queue names come only from `nebula_protocol::names`.
 
 pub mod amqp;
+pub mod consume;
 pub mod fake;
 
 use crate::error::AmqpError;

@@ -1,0 +1,82 @@
+//! Competing consumers of a control-plane queue (`nebula.sync`, `nebula.reports`, DESIGN
+//! §3): every instance consumes the queue with a bounded prefetch and handles that many
+//! deliveries at once. A handler's error (a broker error: the handler settles its delivery
+//! itself) or the delivery stream failing ends the instance, and so does the consumer ending
+//! for any reason but shutdown — the broker cancelled it (the queue was deleted, a cluster
+//! node holding it went away) or its channel closed: without that the instance would stay
+//! ready while serving nothing.
+
+use super::amqp::{AmqpBroker, operation};
+use crate::error::AmqpError;
+use crate::shutdown::Shutdown;
+use futures_util::StreamExt;
+use lapin::Channel;
+use lapin::message::Delivery;
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use std::future::Future;
+
+/// Consumes `queue` until `shutdown`, with `prefetch` deliveries in flight, each handed to
+/// `handle` with the consumer's channel. `role` names the consumer in logs.
+pub async fn consume<F, Fut>(
+    broker: &AmqpBroker,
+    queue: &'static str,
+    prefetch: u16,
+    role: &'static str,
+    shutdown: &Shutdown,
+    handle: F,
+) -> Result<(), AmqpError>
+where
+    F: Fn(Channel, Delivery) -> Fut,
+    Fut: Future<Output = Result<(), AmqpError>>,
+{
+    let channel = broker.create_channel().await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .map_err(operation("basic.qos"))?;
+    let consumer = channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(operation("basic.consume"))?;
+    tracing::info!(queue, prefetch, "{role} consuming");
+    let token = shutdown.token().clone();
+    let outcome = std::sync::Mutex::new(Ok(()));
+    let mut cancelled = false;
+    consumer
+        .take_until(async {
+            token.cancelled().await;
+            cancelled = true;
+        })
+        .for_each_concurrent(usize::from(prefetch), |delivery| {
+            let channel = channel.clone();
+            let (handle, outcome) = (&handle, &outcome);
+            async move {
+                let result = match delivery {
+                    Ok(delivery) => handle(channel, delivery).await,
+                    Err(error) => Err(AmqpError::ConnectionLost(error.to_string())),
+                };
+                if let Err(error) = result {
+                    shutdown.fail(&error);
+                    if let Ok(mut slot) = outcome.lock() {
+                        *slot = Err(error);
+                    }
+                }
+            }
+        })
+        .await;
+    let outcome = outcome
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if outcome.is_ok() && !cancelled {
+        return Err(AmqpError::ConnectionLost(format!(
+            "the consumer of {queue} ended"
+        )));
+    }
+    outcome
+}
