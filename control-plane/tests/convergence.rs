@@ -102,6 +102,29 @@ async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> 
 
 /// Defect 4: instance A adds `x`; its bind reaches the broker only after instance B replaced
 /// the membership by `y` and finished. The broker must end up as the store says: only `y`.
+/// Marks app `app`'s stored change as never confirmed, as if its instance died before the
+/// broker's confirm: the outbox must publish it.
+async fn flag_unconfirmed(system: &TwoInstances, app: &str) {
+    let current = system
+        .store
+        .get(Kind::App, app)
+        .await
+        .expect("get")
+        .expect("record");
+    system
+        .store
+        .replace(
+            Kind::App,
+            current.version,
+            &Record {
+                pending_publish: true,
+                ..current
+            },
+        )
+        .await
+        .expect("flag");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_group_updates_leave_the_broker_as_the_store_says() {
     let system = two_instances();
@@ -464,24 +487,7 @@ async fn a_corrupt_record_is_an_error_of_that_object_only() {
     ));
 
     // The outbox goes past both and still republishes the good one's unconfirmed change.
-    let current = system
-        .store
-        .get(Kind::App, "good")
-        .await
-        .expect("get")
-        .expect("record");
-    system
-        .store
-        .replace(
-            Kind::App,
-            current.version,
-            &Record {
-                pending_publish: true,
-                ..current
-            },
-        )
-        .await
-        .expect("flag");
+    flag_unconfirmed(&system, "good").await;
     let (handled, seen) = service.republish_pending(None).await.expect("outbox pass");
     assert_eq!((handled, seen.len()), (1, 3));
     let metrics = service.metrics().render(&Default::default());
@@ -651,24 +657,7 @@ async fn the_outbox_meets_a_deleted_exchange_without_failing() {
     })
     .await;
     // A change stored and never confirmed (its instance died).
-    let current = system
-        .store
-        .get(Kind::App, "x")
-        .await
-        .expect("get")
-        .expect("record");
-    system
-        .store
-        .replace(
-            Kind::App,
-            current.version,
-            &Record {
-                pending_publish: true,
-                ..current
-            },
-        )
-        .await
-        .expect("flag");
+    flag_unconfirmed(&system, "x").await;
     let late_publish = system.broker.hold("basic.publish", "nebula.app.x");
     let first = system.first.clone();
     let pass = tokio::spawn(async move { first.republish_pending(None).await });
