@@ -271,6 +271,28 @@ impl AmqpBroker {
         .await
     }
 
+    /// One exchange operation on a borrowed channel, time-limited, its error classified
+    /// (404 as the object's race); the channel goes back to the pool afterwards.
+    async fn on_channel<F>(
+        &self,
+        operation: &'static str,
+        target: &str,
+        run: impl FnOnce(Channel) -> F,
+    ) -> Result<(), AmqpError>
+    where
+        F: std::future::Future<Output = Result<(), lapin::Error>>,
+    {
+        let channel = self.borrow().await?;
+        let done = run(channel.clone());
+        let result = self
+            .limited(operation, async {
+                done.await.map_err(classify(operation, target))
+            })
+            .await;
+        self.give_back(channel);
+        result
+    }
+
     /// Returns a channel after its operation; one the broker closed is dropped.
     fn give_back(&self, channel: Channel) {
         if !channel.status().connected() {
@@ -333,80 +355,67 @@ impl AmqpBroker {
 #[async_trait]
 impl Publisher for AmqpBroker {
     async fn declare_exchange(&self, exchange: &str) -> Result<(), AmqpError> {
-        let channel = self.borrow().await?;
-        let declared = channel.exchange_declare(
-            exchange.into(),
-            ExchangeKind::Fanout,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        );
-        let result = self
-            .limited("exchange.declare", async {
-                declared
-                    .await
-                    .map_err(classify("exchange.declare", exchange))
-            })
-            .await;
-        self.give_back(channel);
-        result
+        self.on_channel("exchange.declare", exchange, |channel| async move {
+            channel
+                .exchange_declare(
+                    exchange.into(),
+                    ExchangeKind::Fanout,
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        ..ExchangeDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+        })
+        .await
     }
 
     async fn delete_exchange(&self, exchange: &str) -> Result<(), AmqpError> {
-        let channel = self.borrow().await?;
-        let deleted = channel.exchange_delete(exchange.into(), ExchangeDeleteOptions::default());
-        let result = match self
-            .limited("exchange.delete", async {
-                deleted.await.map_err(classify("exchange.delete", exchange))
+        let deleted = self
+            .on_channel("exchange.delete", exchange, |channel| async move {
+                channel
+                    .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+                    .await
             })
-            .await
-        {
+            .await;
+        match deleted {
             // Already gone (another instance finished the same delete): what was asked.
             Err(error) if error.is_not_found() => Ok(()),
             other => other,
-        };
-        self.give_back(channel);
-        result
+        }
     }
 
     async fn bind_exchange(&self, destination: &str, source: &str) -> Result<(), AmqpError> {
-        let channel = self.borrow().await?;
-        let bound = channel.exchange_bind(
-            destination.into(),
-            source.into(),
-            "".into(),
-            ExchangeBindOptions::default(),
-            FieldTable::default(),
-        );
         let target = format!("{source} -> {destination}");
-        let result = self
-            .limited("exchange.bind", async {
-                bound.await.map_err(classify("exchange.bind", &target))
-            })
-            .await;
-        self.give_back(channel);
-        result
+        self.on_channel("exchange.bind", &target, |channel| async move {
+            channel
+                .exchange_bind(
+                    destination.into(),
+                    source.into(),
+                    "".into(),
+                    ExchangeBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+        })
+        .await
     }
 
     async fn unbind_exchange(&self, destination: &str, source: &str) -> Result<(), AmqpError> {
-        let channel = self.borrow().await?;
-        let unbound = channel.exchange_unbind(
-            destination.into(),
-            source.into(),
-            "".into(),
-            ExchangeUnbindOptions::default(),
-            FieldTable::default(),
-        );
         let target = format!("{source} -> {destination}");
-        let result = self
-            .limited("exchange.unbind", async {
-                unbound.await.map_err(classify("exchange.unbind", &target))
-            })
-            .await;
-        self.give_back(channel);
-        result
+        self.on_channel("exchange.unbind", &target, |channel| async move {
+            channel
+                .exchange_unbind(
+                    destination.into(),
+                    source.into(),
+                    "".into(),
+                    ExchangeUnbindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+        })
+        .await
     }
 
     async fn publish(&self, exchange: &str, message: &Message) -> Result<(), AmqpError> {
