@@ -185,13 +185,11 @@ fn outcome(document: &Value) -> Result<(), CliError> {
         .flatten()
         .filter(|device| device["state"] == "failed")
         .map(|device| {
-            let errors: Vec<String> = device["errors"]
-                .as_object()
-                .into_iter()
-                .flatten()
-                .map(|(app, error)| format!("{app}: {}", cell(error)))
-                .collect();
-            format!("{} ({})", cell(&device["device_id"]), errors.join("; "))
+            format!(
+                "{} ({})",
+                cell(&device["device_id"]),
+                errors(device).join("; ")
+            )
         })
         .collect();
     if failed.is_empty() {
@@ -203,6 +201,16 @@ fn outcome(document: &Value) -> Result<(), CliError> {
             failed.join(", ")
         )))
     }
+}
+
+/// A device's errors of the rollout, `app: error` each.
+fn errors(device: &Value) -> Vec<String> {
+    device["errors"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(app, error)| format!("{app}: {}", cell(error)))
+        .collect()
 }
 
 fn table(document: &Value) -> Table {
@@ -219,12 +227,7 @@ fn table(document: &Value) -> Table {
         String::new(),
     ]);
     for device in document["devices"].as_array().into_iter().flatten() {
-        let errors: Vec<String> = device["errors"]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .map(|(app, error)| format!("{app}: {}", cell(error)))
-            .collect();
+        let errors = errors(device);
         table = table.row(vec![
             cell(&device["device_id"]),
             cell(&device["state"]),
