@@ -67,6 +67,9 @@ async fn write_stream(
     (acknowledged, unacknowledged)
 }
 
+/// How long a confirmed publish may take to reach the change tap's consumer.
+const TAP_DELIVERY: Duration = Duration::from_secs(10);
+
 /// Nothing acknowledged was lost, judged write by write. Each client is its app's only
 /// writer and writes one value at a time, so:
 /// * every acknowledged write went out to the devices as exactly itself: the tap saw a
@@ -83,6 +86,17 @@ async fn assert_nothing_lost(
     (acknowledged, unacknowledged): &ClientResult,
     tap: &ChangeTap,
 ) -> u64 {
+    // A 2xx comes after the broker's confirm, so every acknowledged write is in the tap's
+    // queue by now; its delivery to the tap may still be under way (the last write's, just
+    // before this runs). Give deliveries time; the checks below judge what arrived.
+    let _ = nebula_tests::wait_for("the tap saw every acknowledged write", TAP_DELIVERY, || {
+        let published = tap.published(app);
+        let all_seen = acknowledged
+            .iter()
+            .all(|(_, revision)| published.iter().any(|config| config.app_id == *revision));
+        async move { all_seen.then_some(()) }
+    })
+    .await;
     let published = tap.published(app);
     for (value, revision) in acknowledged {
         let carried: Vec<Option<&str>> = published
