@@ -2,6 +2,7 @@
 //! before any I/O. Parsing goes through [`Environment`] so tests feed a map.
 
 use crate::auth::AdminCredentials;
+use crate::broker::amqp::QueueType;
 use crate::error::ConfigError;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -55,7 +56,12 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
-    pub amqp_url: String,
+    /// The broker, or the nodes of a RabbitMQ cluster (`NEBULA_AMQP_URL`, comma-separated):
+    /// the instance connects to one at random and fails over to the next on loss.
+    pub amqp_urls: Vec<String>,
+    /// Kind of `nebula.sync` and `nebula.reports` (`NEBULA_AMQP_QUEUE_TYPE`): quorum by
+    /// default when several nodes are listed, classic otherwise.
+    pub queue_type: QueueType,
     pub store: StoreConfig,
     pub auth_enabled: bool,
     pub admin: AdminCredentials,
@@ -67,8 +73,8 @@ pub struct Config {
     /// How long in-flight requests may take to finish at shutdown (`NEBULA_SHUTDOWN_GRACE_SECS`).
     pub shutdown_grace: Duration,
     /// How long each broker operation of a write (declare, bind, the publish's confirm) may
-    /// take before the instance fails hard (`NEBULA_PUBLISH_TIMEOUT_SECS`): a broker alarm
-    /// blocks publishers indefinitely.
+    /// take before the request fails and the connection is replaced
+    /// (`NEBULA_PUBLISH_TIMEOUT_SECS`): a broker alarm blocks publishers indefinitely.
     pub publish_timeout: Duration,
     /// Time limits and the connection cap of the HTTP server.
     pub http: HttpLimits,
@@ -91,6 +97,37 @@ pub struct HttpLimits {
     pub request_timeout: Duration,
     /// Connections served at once (`NEBULA_MAX_CONNECTIONS`); more wait in the listen backlog.
     pub max_connections: usize,
+}
+
+/// The broker URLs of `NEBULA_AMQP_URL`: one, or several separated by commas (the nodes of a
+/// cluster; spaces around the commas are allowed). Each must be an AMQP URL lapin can use.
+fn broker_urls(text: &str) -> Result<Vec<String>, ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid {
+        variable: "NEBULA_AMQP_URL",
+        reason,
+    };
+    let urls: Vec<String> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(str::to_string)
+        .collect();
+    if urls.is_empty() {
+        return Err(invalid("no broker URL".into()));
+    }
+    for (index, url) in urls.iter().enumerate() {
+        let position = index + 1;
+        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+            return Err(invalid(format!(
+                "URL {position} must start with amqp:// or amqps://"
+            )));
+        }
+        // The reason names the part lapin refused, never the password.
+        if let Err(reason) = url.parse::<lapin::uri::AMQPUri>() {
+            return Err(invalid(format!("URL {position}: {reason}")));
+        }
+    }
+    Ok(urls)
 }
 
 /// A variable's value, with empty treated as unset (a common way to "unset" in compose files).
@@ -149,14 +186,23 @@ impl Config {
                 variable: "NEBULA_LISTEN",
                 reason: format!("{listen_text:?}: {error}"),
             })?;
-        let amqp_url =
-            value(environment, "NEBULA_AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.into());
-        if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
-            return Err(ConfigError::Invalid {
-                variable: "NEBULA_AMQP_URL",
-                reason: "must start with amqp:// or amqps://".into(),
-            });
-        }
+        let amqp_urls = broker_urls(
+            &value(environment, "NEBULA_AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.into()),
+        )?;
+        let queue_type = match value(environment, "NEBULA_AMQP_QUEUE_TYPE")
+            .as_deref()
+            .map(str::trim)
+        {
+            None if amqp_urls.len() > 1 => QueueType::Quorum,
+            None | Some("classic") => QueueType::Classic,
+            Some("quorum") => QueueType::Quorum,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    variable: "NEBULA_AMQP_QUEUE_TYPE",
+                    reason: format!("{other:?}: expected classic or quorum"),
+                });
+            }
+        };
         let store = match value(environment, "NEBULA_STORE").as_deref().map(str::trim) {
             None | Some("embedded") => StoreConfig::Embedded {
                 data_dir: PathBuf::from(
@@ -279,7 +325,8 @@ impl Config {
         Ok(Self {
             device_expiry: Duration::from_secs(device_expiry_secs),
             listen,
-            amqp_url,
+            amqp_urls,
+            queue_type,
             store,
             auth_enabled,
             admin,
@@ -314,7 +361,8 @@ mod tests {
         ])
         .expect("valid");
         assert_eq!(config.listen, "0.0.0.0:8080".parse().expect("addr"));
-        assert_eq!(config.amqp_url, DEFAULT_AMQP_URL);
+        assert_eq!(config.amqp_urls, [DEFAULT_AMQP_URL]);
+        assert_eq!(config.queue_type, QueueType::Classic);
         assert_eq!(
             config.store,
             StoreConfig::Embedded {
@@ -379,11 +427,63 @@ mod tests {
     }
 
     #[test]
+    fn a_list_of_broker_urls_is_a_cluster() {
+        let base = [("NEBULA_AUTH_ENABLED", "false")];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut pairs = base.to_vec();
+            pairs.extend_from_slice(extra);
+            config(&pairs).expect("valid")
+        };
+        let cluster = with(&[(
+            "NEBULA_AMQP_URL",
+            "amqp://u:p@a:5681/%2f, amqp://u:p@b:5682/%2f,amqp://u:p@c:5683/%2f,",
+        )]);
+        assert_eq!(
+            cluster.amqp_urls,
+            [
+                "amqp://u:p@a:5681/%2f",
+                "amqp://u:p@b:5682/%2f",
+                "amqp://u:p@c:5683/%2f"
+            ]
+        );
+        assert_eq!(cluster.queue_type, QueueType::Quorum);
+        let classic = with(&[
+            ("NEBULA_AMQP_URL", "amqp://a:5681/,amqp://b:5682/"),
+            ("NEBULA_AMQP_QUEUE_TYPE", "classic"),
+        ]);
+        assert_eq!(classic.queue_type, QueueType::Classic);
+        // One URL to a cluster behind a load balancer: quorum when asked.
+        let behind = with(&[
+            ("NEBULA_AMQP_URL", "amqp://lb:5672/"),
+            ("NEBULA_AMQP_QUEUE_TYPE", "quorum"),
+        ]);
+        assert_eq!(behind.queue_type, QueueType::Quorum);
+    }
+
+    #[test]
+    fn a_bad_broker_url_is_named_without_its_password() {
+        let pairs = [
+            ("NEBULA_AUTH_ENABLED", "false"),
+            (
+                "NEBULA_AMQP_URL",
+                "amqp://u:secret@a:5681/,amqp://u:secret@b:nope/",
+            ),
+        ];
+        let error = config(&pairs).expect_err("invalid").to_string();
+        assert!(error.contains("URL 2"), "{error}");
+        assert!(!error.contains("secret"), "{error}");
+    }
+
+    #[test]
     fn rejects_bad_values() {
         let base = [("NEBULA_AUTH_ENABLED", "false")];
         for (name, bad) in [
             ("NEBULA_LISTEN", "nowhere"),
             ("NEBULA_AMQP_URL", "http://x"),
+            ("NEBULA_AMQP_URL", "amqp://a:5672/,http://b"),
+            ("NEBULA_AMQP_URL", "amqp://a:notaport/"),
+            ("NEBULA_AMQP_URL", " , "),
+            ("NEBULA_AMQP_QUEUE_TYPE", "stream"),
             ("NEBULA_STORE", "sqlite"),
             ("NEBULA_LOG_FORMAT", "xml"),
             ("NEBULA_AUTH_ENABLED", "maybe"),

@@ -80,9 +80,10 @@ impl StoreError {
     }
 }
 
-/// Errors talking to the broker. Every one of them ends the instance (fail hard), except
-/// [`AmqpError::NotFound`]: an exchange another instance just deleted is that object's race,
-/// not a broker failure.
+/// Errors talking to the broker. Every one of them ends the broker connection (the instance
+/// stays up and reconnects, see `broker::link`), except [`AmqpError::NotFound`] — an exchange
+/// another instance just deleted is that object's race, not a broker failure — and
+/// [`AmqpError::Unavailable`], which is what the operations get while there is no connection.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AmqpError {
     #[error("cannot connect to the broker: {0}")]
@@ -96,6 +97,10 @@ pub enum AmqpError {
     NotConfirmed { exchange: String, reason: String },
     #[error("broker connection lost: {0}")]
     ConnectionLost(String),
+    /// No broker connection right now: the instance is reconnecting (to another node of the
+    /// cluster, or to the same broker once it is back).
+    #[error("no broker connection (reconnecting): {0}")]
+    Unavailable(String),
     /// The broker answered 404: the exchange does not exist (any more). Only the channel of
     /// that operation was closed.
     #[error("broker operation {operation} on {target}: not found")]
@@ -107,7 +112,7 @@ pub enum AmqpError {
 
 impl AmqpError {
     pub fn retry(&self) -> Retry {
-        // A new connection (after the supervisor restarts the process) may succeed.
+        // A new connection (the instance reconnects by itself) may succeed.
         Retry::Helps
     }
 
@@ -116,9 +121,11 @@ impl AmqpError {
         matches!(self, Self::NotFound { .. })
     }
 
-    /// Whether the instance must end over this error.
-    pub fn is_fatal(&self) -> bool {
-        !self.is_not_found()
+    /// Whether the connection the operation ran on must be dropped and a new one made: every
+    /// failure of the broker itself (lost connection, missing confirm, a refused operation),
+    /// not an object's race, and not the absence of a connection, which is already known.
+    pub fn ends_connection(&self) -> bool {
+        !matches!(self, Self::NotFound { .. } | Self::Unavailable(_))
     }
 }
 

@@ -29,7 +29,7 @@ pub mod sync;
 
 use crate::api::AppState;
 use crate::auth::Authenticator;
-use crate::broker::amqp::AmqpBroker;
+use crate::broker::link::{self, BrokerLink};
 use crate::config::{Config, StoreConfig};
 use crate::error::{AmqpError, StoreError};
 use crate::service::{Service, ServiceError};
@@ -42,6 +42,9 @@ use tokio_util::task::TaskTracker;
 /// How often the store is pinged, so an instance whose database is gone fails hard even
 /// when idle.
 const STORE_WATCH_INTERVAL: Duration = Duration::from_secs(5);
+/// How long connecting to the broker is tried at start before the instance gives up (its
+/// supervisor restarts it). Later losses are retried for as long as the instance runs.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Why the control plane stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -87,13 +90,20 @@ pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreErr
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
     let store = open_store(&config.store).await?;
     tracing::info!(backend = store.backend(), store_id = %store.identity(), "store open");
-    let broker = AmqpBroker::connect(&config.amqp_url, config.publish_timeout).await?;
-    tracing::info!("broker connected");
-    let service = Service::new(
-        Arc::clone(&store),
-        Arc::new(broker.clone()),
-        shutdown.clone(),
+    let link = BrokerLink::new(
+        config.amqp_urls.clone(),
+        config.publish_timeout,
+        config.queue_type,
     );
+    let Some(session) = link
+        .connect(Some(CONNECT_PATIENCE), shutdown.token())
+        .await?
+    else {
+        return Ok(());
+    };
+    link.serve(&session);
+    let service = Service::new(Arc::clone(&store), Arc::new(link.clone()), shutdown.clone());
+    service.metrics().broker_connected();
     if service.store_is_empty().await? {
         // Normal on a first start. Next to other instances serving the same broker it means
         // this one is on the wrong data directory or database: agents that synced with them
@@ -118,15 +128,15 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
     tracing::info!(address = %address, "listening");
 
     let tasks = TaskTracker::new();
-    {
-        let broker = broker.clone();
-        let shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            if let Err(error) = broker.watch(shutdown.token().clone()).await {
-                shutdown.fail(&error);
-            }
-        });
-    }
+    // The broker connection, its consumers (sync responder, report ingester) and every
+    // reconnect after it.
+    tasks.spawn(link::run(
+        link.clone(),
+        session,
+        service.clone(),
+        config.sync_prefetch,
+        shutdown.clone(),
+    ));
     {
         let store = Arc::clone(&store);
         let shutdown = shutdown.clone();
@@ -137,23 +147,6 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
         config.outbox_interval,
         shutdown.clone(),
     ));
-    {
-        let (broker, service, shutdown) = (broker.clone(), service.clone(), shutdown.clone());
-        let prefetch = config.sync_prefetch;
-        tasks.spawn(async move {
-            if let Err(error) = sync::run(broker, service, prefetch, shutdown.clone()).await {
-                shutdown.fail(&error);
-            }
-        });
-    }
-    {
-        let (broker, service, shutdown) = (broker.clone(), service.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            if let Err(error) = reports::run(broker, service, shutdown.clone()).await {
-                shutdown.fail(&error);
-            }
-        });
-    }
     tasks.spawn(reports::expire(
         service.clone(),
         config.device_expiry,
@@ -182,7 +175,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
     if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
         tracing::warn!("background tasks did not stop in time");
     }
-    broker.close().await;
+    link.close().await;
     match shutdown.fatal_reason() {
         Some(reason) => Err(RunError::Fatal(reason)),
         None => {

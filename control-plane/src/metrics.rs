@@ -105,6 +105,7 @@ pub struct Metrics {
     sync_rejected: AtomicU64,
     changes_published: AtomicU64,
     outbox_republished: AtomicU64,
+    broker_connections: AtomicU64,
     writes: AtomicU64,
     write_batches: AtomicU64,
     corrupt_records: AtomicU64,
@@ -130,6 +131,7 @@ impl Default for Metrics {
             sync_rejected: AtomicU64::default(),
             changes_published: AtomicU64::default(),
             outbox_republished: AtomicU64::default(),
+            broker_connections: AtomicU64::default(),
             writes: AtomicU64::default(),
             write_batches: AtomicU64::default(),
             corrupt_records: AtomicU64::default(),
@@ -214,6 +216,11 @@ impl Metrics {
         self.outbox_republished.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A broker connection was made and is serving (the first one, or one after a loss).
+    pub fn broker_connected(&self) {
+        self.broker_connections.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// One store write carried `changes` combined changes of one object.
     pub fn write_batch(&self, changes: usize) {
         self.write_batches.fetch_add(1, Ordering::Relaxed);
@@ -284,6 +291,11 @@ impl Metrics {
             "nebula_outbox_republished_total",
             "Unconfirmed changes the outbox finished.",
             &[("", get(&self.outbox_republished))],
+        );
+        counter(
+            "nebula_broker_connections_total",
+            "Broker connections made by this instance: the first, then one per failover or reconnect.",
+            &[("", get(&self.broker_connections))],
         );
         counter(
             "nebula_writes_total",

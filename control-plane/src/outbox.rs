@@ -15,8 +15,9 @@ pub async fn run_once(service: &Service) -> Result<usize, ServiceError> {
     Ok(handled)
 }
 
-/// Passes until shutdown. Errors are fatal and already reported through `shutdown` by the
-/// service; the loop just stops.
+/// Passes until shutdown. A broker error only ends the pass: the broker link replaces the
+/// connection and runs a pass of its own on the new one before it serves. Any other error
+/// is fatal.
 ///
 /// A periodic pass only republishes flags it already saw, at the same version, in the pass
 /// before: a change is republished between one and two intervals after its publish failed,
@@ -35,6 +36,9 @@ pub async fn run(service: Service, interval: Duration, shutdown: Shutdown) {
                     tracing::info!(handled, "outbox: republished unconfirmed changes");
                 }
                 previous = seen;
+            }
+            Err(ServiceError::Amqp(error)) => {
+                tracing::warn!(error = %error, "outbox pass stopped by the broker; the reconnect finishes it");
             }
             Err(error) => {
                 tracing::error!(error = %error, "outbox pass failed");

@@ -9,8 +9,8 @@
 //! another instance while this one stops (the store failing ends the instance); failing
 //! again there, it is dropped: the device's next report replaces it, and a report that
 //! somehow breaks every store must not take every instance down in turn. The consumer ending
-//! for any other reason ends the instance too: one that no longer ingests must not stay
-//! ready while device records go stale.
+//! for any other reason ends the broker connection (`broker::link` makes a new one): one
+//! that no longer ingests must not go on while device records go stale.
 //!
 //! The queue itself stays bounded (`x-max-length`, drop-head, one-hour TTL; see
 //! `broker::amqp`): with every control plane down, the newest reports wait and the oldest
@@ -26,6 +26,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use nebula_protocol::{DeviceReport, Message, decode, names};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// Reports one instance holds unacknowledged and ingests at once. Each costs a store read
 /// and a write; more in flight than this only queues inside the store.
@@ -37,11 +38,11 @@ pub const MAX_REPORT_BYTES: usize = 256 * 1024;
 /// How often devices not seen for the expiry are removed.
 const EXPIRY_PASS: Duration = Duration::from_secs(3600);
 
-/// Consumes `nebula.reports` until shutdown. Broker errors end the instance.
+/// Consumes `nebula.reports` on `broker`'s connection until `stop`, or a broker error.
 pub async fn run(
     broker: AmqpBroker,
     service: Service,
-    shutdown: Shutdown,
+    stop: CancellationToken,
 ) -> Result<(), AmqpError> {
     let service = &service;
     consume(
@@ -49,7 +50,7 @@ pub async fn run(
         names::REPORTS_QUEUE,
         REPORT_PREFETCH,
         "report ingester",
-        &shutdown,
+        &stop,
         move |_, delivery| handle(service, delivery),
     )
     .await

@@ -7,19 +7,20 @@
 //! knows). A message that is not a valid sync request is rejected without requeue and
 //! logged, never retried forever; so is a request for an object whose record is corrupt (the
 //! agent keeps what it has and asks again later). The consumer ending for any reason ends
-//! the instance: an instance that no longer answers syncs must not stay ready.
+//! the broker connection (`broker::link` makes a new one): an instance that no longer
+//! answers syncs must not go on as if all were well.
 
 use crate::broker::amqp::{AmqpBroker, operation};
 use crate::broker::consume::consume;
 use crate::error::{AmqpError, StoreError};
 use crate::service::{Service, ServiceError};
-use crate::shutdown::Shutdown;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions, BasicRejectOptions};
 use lapin::{BasicProperties, Channel};
 use nebula_protocol::{
     Message, SyncReply, SyncRequest, SyncResult, SyncTarget, decode, encode, names,
 };
+use tokio_util::sync::CancellationToken;
 
 /// The answer to one sync request: the current state, or an explicit not-found.
 pub async fn answer(service: &Service, request: &SyncRequest) -> Result<SyncResult, ServiceError> {
@@ -35,12 +36,12 @@ pub async fn answer(service: &Service, request: &SyncRequest) -> Result<SyncResu
     })
 }
 
-/// Consumes `nebula.sync` until shutdown. Broker errors end the instance.
+/// Consumes `nebula.sync` on `broker`'s connection until `stop`, or a broker error.
 pub async fn run(
     broker: AmqpBroker,
     service: Service,
     prefetch: u16,
-    shutdown: Shutdown,
+    stop: CancellationToken,
 ) -> Result<(), AmqpError> {
     let service = &service;
     consume(
@@ -48,7 +49,7 @@ pub async fn run(
         names::SYNC_QUEUE,
         prefetch,
         "sync responder",
-        &shutdown,
+        &stop,
         move |channel, delivery| async move { handle(&channel, service, delivery).await },
     )
     .await

@@ -1,7 +1,7 @@
 //! The real binary against real RabbitMQ (a virtual host per test) with the embedded store:
 //! REST writes reach the app's and the group's queues exactly once, sync requests get the
-//! current state, an interrupted publish is republished at start, and the process fails
-//! hard when the broker goes away.
+//! current state, an interrupted publish is republished at start, and a lost broker
+//! connection is replaced in-process (over a list of nodes, a dead one skipped).
 
 mod support;
 
@@ -11,7 +11,8 @@ use nebula_protocol::{AppConfig, Message, SyncResult, SyncTarget, names};
 use reqwest::Method;
 use serde_json::json;
 use support::{
-    ControlPlane, TestVhost, bound_queue, call, connect, drain, embedded, http, name, sync,
+    ControlPlane, TestVhost, bound_queue, call, connect, drain, embedded, get_text, http, name,
+    sync,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,18 +341,61 @@ async fn interrupted_publish_is_republished_at_start() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn losing_the_broker_ends_the_process_with_an_error() {
+async fn a_lost_broker_connection_is_replaced_in_process() {
     let vhost = TestVhost::create();
     let data = tempfile::tempdir().expect("tempdir");
-    let mut control_plane = ControlPlane::start(embedded(&vhost, data.path())).await;
+    let mut environment = embedded(&vhost, data.path());
+    // A node that is down, listed first: whichever node the instance starts with (at random),
+    // it must end up serving on the live one, at start and after the loss.
+    let dead = format!("amqp://guest:guest@127.0.0.1:1/{}", vhost.name);
+    environment.insert("NEBULA_AMQP_URL", format!("{dead}, {}", vhost.url));
+    let mut control_plane = ControlPlane::start(environment).await;
+    let client = http();
+    let (status, _) = call(
+        &client,
+        Method::POST,
+        &control_plane.url("/apps/web"),
+        Some(json!({"docker_image": "nginx"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+
     vhost.close_connections();
-    let status = control_plane.wait().await;
-    assert!(!status.success(), "must exit non-zero: {status:?}");
+    support::wait_until("the instance to serve on a new connection", || {
+        let address = control_plane.address.clone();
+        async move {
+            let (_, metrics) = get_text(&address, "/metrics").await;
+            let (ready, _) = get_text(&address, "/readyz").await;
+            (ready == 200 && metrics.contains("nebula_broker_connections_total 2\n")).then_some(())
+        }
+    })
+    .await;
+    assert!(control_plane.is_running(), "{}", control_plane.logs());
+
+    // Publishing works again, and so does the sync responder.
+    let connection = connect(&vhost.url).await;
+    let channel = connection.create_channel().await.expect("channel");
+    let queue = bound_queue(&channel, &names::app_exchange(&name("web"))).await;
+    let (status, _) = call(
+        &client,
+        Method::POST,
+        &control_plane.url("/apps/web/stop"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202, "{}", control_plane.logs());
+    let messages = drain(&channel, &queue).await;
     assert!(
-        control_plane.logs().contains("fatal error"),
-        "{}",
-        control_plane.logs()
+        matches!(&messages[..], [(Message::AppChanged(config), _)] if !config.running),
+        "{messages:?}"
     );
+    let reply = sync(&connection, SyncTarget::App(name("web"))).await;
+    assert!(
+        matches!(&reply.result, SyncResult::App(config) if !config.running),
+        "{reply:?}"
+    );
+    assert_eq!(control_plane.log_count("fatal error"), 0);
+    control_plane.terminate().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -379,8 +423,13 @@ async fn bad_configuration_exits_64_before_any_io() {
 
 /// The arguments RabbitMQ holds for `queue` in `vhost`, as rabbitmqctl renders them.
 fn queue_arguments(vhost: &TestVhost, queue: &str) -> Option<serde_json::Value> {
+    queue_info(vhost, queue, "arguments")
+}
+
+/// One column of rabbitmqctl's `list_queues` for `queue` in `vhost`.
+fn queue_info(vhost: &TestVhost, queue: &str, column: &str) -> Option<serde_json::Value> {
     let output = std::process::Command::new("rabbitmqctl")
-        .args(["list_queues", "-p", &vhost.name, "name", "arguments"])
+        .args(["list_queues", "-p", &vhost.name, "name", column])
         .args(["--formatter", "json", "-q"])
         .output()
         .expect("rabbitmqctl");
@@ -389,7 +438,7 @@ fn queue_arguments(vhost: &TestVhost, queue: &str) -> Option<serde_json::Value> 
     queues
         .into_iter()
         .find(|entry| entry["name"] == queue)
-        .map(|entry| entry["arguments"].clone())
+        .map(|entry| entry[column].clone())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -403,6 +452,35 @@ async fn the_reports_queue_is_bounded_and_an_older_unbounded_one_is_kept() {
     for expected in ["x-max-length", "drop-head", "x-message-ttl"] {
         assert!(text.contains(expected), "{expected} missing in {text}");
     }
+    assert_eq!(
+        queue_info(&vhost, names::SYNC_QUEUE, "type"),
+        Some(json!("classic")),
+        "classic on a single broker"
+    );
+    control_plane.terminate().await;
+
+    // Quorum queues (what a cluster gets), with the same bounds; syncs are answered through
+    // them (a quorum queue takes the requests' per-message expiration since 3.10).
+    let vhost = TestVhost::create();
+    let mut environment = embedded(&vhost, data.path());
+    environment.insert("NEBULA_AMQP_QUEUE_TYPE", "quorum".into());
+    let control_plane = ControlPlane::start(environment).await;
+    for queue in [names::SYNC_QUEUE, names::REPORTS_QUEUE] {
+        assert_eq!(
+            queue_info(&vhost, queue, "type"),
+            Some(json!("quorum")),
+            "{queue}"
+        );
+    }
+    let text = queue_arguments(&vhost, names::REPORTS_QUEUE)
+        .expect("declared")
+        .to_string();
+    for expected in ["x-max-length", "drop-head", "x-message-ttl"] {
+        assert!(text.contains(expected), "{expected} missing in {text}");
+    }
+    let connection = connect(&vhost.url).await;
+    let reply = sync(&connection, SyncTarget::App(name("nowhere"))).await;
+    assert!(matches!(reply.result, SyncResult::NotFound), "{reply:?}");
     control_plane.terminate().await;
 
     // A broker where an earlier version declared it without limits: start anyway.
@@ -431,9 +509,7 @@ async fn the_reports_queue_is_bounded_and_an_older_unbounded_one_is_kept() {
     .await;
     assert_eq!(status, 200, "{}", control_plane.logs());
     assert!(
-        control_plane
-            .logs()
-            .contains("reports queue exists with other arguments"),
+        control_plane.logs().contains("exists with other arguments"),
         "{}",
         control_plane.logs()
     );

@@ -6,7 +6,7 @@ mod support;
 
 use lapin::options::QueueDeleteOptions;
 use nebula_control_plane::broker::Publisher;
-use nebula_control_plane::broker::amqp::AmqpBroker;
+use nebula_control_plane::broker::amqp::{AmqpBroker, QueueType};
 use nebula_control_plane::metrics::sample;
 use nebula_control_plane::store::embedded::EmbeddedStore;
 use nebula_control_plane::store::{Kind, Record, Store};
@@ -93,10 +93,11 @@ async fn a_corrupt_record_never_takes_the_instance_down() {
     assert!(status.success(), "it was still running: {status:?}");
 }
 
-/// Defect 6: the sync consumer ending (here: the queue deleted under it) ends the instance
-/// with an error instead of leaving it ready and deaf.
+/// Defect 6: the sync consumer ending (here: the queue deleted under it) does not leave the
+/// instance ready and deaf: the connection is replaced, the queue declared again, and syncs
+/// are answered again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn losing_the_sync_consumer_ends_the_instance() {
+async fn losing_the_sync_consumer_replaces_the_connection() {
     let vhost = TestVhost::create();
     let data = tempfile::tempdir().expect("tempdir");
     let mut control_plane = ControlPlane::start(embedded(&vhost, data.path())).await;
@@ -106,8 +107,24 @@ async fn losing_the_sync_consumer_ends_the_instance() {
         .queue_delete(names::SYNC_QUEUE.into(), QueueDeleteOptions::default())
         .await
         .expect("queue.delete");
-    let status = control_plane.wait().await;
-    assert!(!status.success(), "exit status {status:?}");
+    let address = control_plane.address.clone();
+    support::wait_until("a new broker connection", || {
+        let address = address.clone();
+        async move {
+            (metric(&address, "nebula_broker_connections_total").await >= Some(2)).then_some(())
+        }
+    })
+    .await;
+    let reply = sync_within(
+        &connection,
+        SyncTarget::DeviceGroup(name("edge")),
+        None,
+        DEADLINE,
+    )
+    .await
+    .expect("answered again");
+    assert!(matches!(reply.result, SyncResult::NotFound), "{reply:?}");
+    assert!(control_plane.is_running(), "{}", control_plane.logs());
     assert!(
         control_plane
             .logs()
@@ -115,6 +132,7 @@ async fn losing_the_sync_consumer_ends_the_instance() {
         "{}",
         control_plane.logs()
     );
+    control_plane.terminate().await;
 }
 
 /// Defect 3: sync replies carry the store's identity; an agent that synced with another
@@ -179,11 +197,11 @@ async fn sync_replies_carry_the_store_identity_and_foreign_stores_are_reported()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_404_closes_only_its_own_channel() {
     let vhost = TestVhost::create();
-    let broker = AmqpBroker::connect(&vhost.url, Duration::from_secs(10))
+    let broker = AmqpBroker::connect(&vhost.url, Duration::from_secs(10), QueueType::Classic)
         .await
         .expect("connect");
     broker.declare_exchange("e").await.expect("declare");
-    // What ends the instance when the connection fails must not fire on a channel's 404.
+    // What ends the connection when it fails must not fire on a channel's 404.
     let watching = CancellationToken::new();
     let watch = {
         let (broker, watching) = (broker.clone(), watching.clone());

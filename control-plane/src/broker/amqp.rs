@@ -1,13 +1,15 @@
-//! The lapin implementation of [`Publisher`], and the connection every broker task shares.
+//! The lapin implementation of [`Publisher`] over one connection, which every broker task
+//! of that connection shares ([`super::link`] replaces it when it fails).
 //!
-//! One connection per instance, and a pool of channels in confirm mode: each operation
+//! One connection at a time per instance, and a pool of channels in confirm mode: each operation
 //! borrows a channel of its own, so concurrent requests publish in parallel, and a channel
 //! error — RabbitMQ closes the channel on a 404, when another instance has just deleted the
 //! exchange — ends only that one operation, as that object's race ([`AmqpError::NotFound`]),
 //! never the other requests in flight. Each publish waits for its own confirm, at most the
 //! configured time, so a 2xx is only sent for a change the broker has taken; a missing
-//! confirm fails hard. Any error on the connection ends the instance (DESIGN §3 "fail
-//! hard"); [`AmqpBroker::watch`] turns a connection error into that.
+//! confirm is an error that ends the connection. [`AmqpBroker::watch`] reports the
+//! connection's own failure; the link then drops it and connects again, to another node of
+//! the cluster when there are several.
 //!
 //! Change messages are transient (DESIGN §3): the store is the truth, every agent syncs on
 //! every connect, so broker durability buys nothing but fsyncs.
@@ -31,14 +33,9 @@ use tokio_util::sync::CancellationToken;
 pub const TRANSIENT: u8 = 1;
 /// Idle channels kept for reuse; more are opened when more operations run at once.
 const MAX_IDLE_CHANNELS: usize = 64;
-/// How long connecting is tried at start before giving up (the supervisor restarts us).
-const CONNECT_PATIENCE: Duration = Duration::from_secs(60);
-/// The wait between two connection attempts: a short fixed part and up to as much again at
-/// random. A control plane is one of a few instances, not a fleet: what matters after a
-/// broker restart is answering the devices' sync requests as soon as the broker is back
-/// (each waits a limited time for its answer), not spreading a herd; exponential waits
-/// counted per refused attempt kept instances away for up to 8 s longer than the broker.
-const CONNECT_RETRY: Duration = Duration::from_millis(500);
+/// How long one connection attempt (TCP, AMQP handshake) may take: a paused or partitioned
+/// node must not hold the instance off the other nodes.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a stopping instance waits for the broker to confirm its connection close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bounds of the reports queue (see `declare_reports_queue`): ten minutes of a
@@ -56,6 +53,39 @@ pub(crate) fn operation(operation: &'static str) -> impl FnOnce(lapin::Error) ->
 
 /// AMQP reply code of a missing exchange or queue.
 const NOT_FOUND: u16 = 404;
+/// AMQP reply code of a declaration whose arguments differ from the existing object's.
+const PRECONDITION_FAILED: u16 = 406;
+
+/// The kind of the control plane's own durable queues (`nebula.sync`, `nebula.reports`):
+/// classic on a single broker, quorum (replicated over a majority of the nodes) on a cluster
+/// (`NEBULA_AMQP_QUEUE_TYPE`). The agents' queues are exclusive, hence always classic, on
+/// the node each agent is connected to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueType {
+    Classic,
+    Quorum,
+}
+
+impl QueueType {
+    /// The declaration arguments that ask for this kind.
+    fn arguments(self) -> FieldTable {
+        let mut arguments = FieldTable::default();
+        if self == Self::Quorum {
+            arguments.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
+        }
+        arguments
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Classic => "classic",
+            Self::Quorum => "quorum",
+        }
+    }
+}
 
 /// Maps a lapin error of one operation: 404 is [`AmqpError::NotFound`], anything else a
 /// failed operation.
@@ -93,24 +123,28 @@ pub struct AmqpBroker {
 }
 
 impl AmqpBroker {
-    /// Connects (retrying about every second for up to a minute, see [`CONNECT_RETRY`]),
-    /// opens the confirm channel and declares the fixed topology: the sync queue and the
-    /// reports exchange/queue.
-    pub async fn connect(url: &str, publish_timeout: Duration) -> Result<Self, AmqpError> {
-        let started = std::time::Instant::now();
-        let mut attempt = 0u32;
-        let connection = loop {
-            attempt += 1;
-            match Connection::connect(url, ConnectionProperties::default()).await {
-                Ok(connection) => break connection,
-                Err(error) if started.elapsed() < CONNECT_PATIENCE => {
-                    let delay = CONNECT_RETRY + CONNECT_RETRY.mul_f64(fastrand::f64());
-                    tracing::warn!(error = %error, attempt, delay_ms = delay.as_millis() as u64, "broker connection failed, retrying");
-                    tokio::time::sleep(delay).await;
+    /// Connects to `url` once (at most [`CONNECT_TIMEOUT`]), opens the confirm channel and
+    /// declares the fixed topology: the sync queue and the reports exchange/queue, of
+    /// `queue_type`. Retrying, and choosing among a cluster's nodes, is the link's job.
+    pub async fn connect(
+        url: &str,
+        publish_timeout: Duration,
+        queue_type: QueueType,
+    ) -> Result<Self, AmqpError> {
+        let properties =
+            ConnectionProperties::default().with_connection_name("nebula-control-plane".into());
+        let connection =
+            match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties)).await
+            {
+                Ok(Ok(connection)) => connection,
+                Ok(Err(error)) => return Err(AmqpError::Connect(error.to_string())),
+                Err(_) => {
+                    return Err(AmqpError::Connect(format!(
+                        "no answer within {} s",
+                        CONNECT_TIMEOUT.as_secs()
+                    )));
                 }
-                Err(error) => return Err(AmqpError::Connect(error.to_string())),
-            }
-        };
+            };
         let channel = connection
             .create_channel()
             .await
@@ -125,19 +159,29 @@ impl AmqpBroker {
             idle: std::sync::Arc::default(),
             publish_timeout,
         };
-        broker.declare_fixed_topology().await?;
-        Ok(broker)
+        // A broker that takes the connection but not the declarations (a node pausing) must
+        // not hold the link either.
+        let declared =
+            tokio::time::timeout(CONNECT_TIMEOUT, broker.declare_fixed_topology(queue_type)).await;
+        match declared {
+            Ok(Ok(())) => Ok(broker),
+            Ok(Err(error)) => {
+                broker.abandon().await;
+                Err(error)
+            }
+            Err(_) => {
+                broker.abandon().await;
+                Err(AmqpError::Connect(format!(
+                    "the fixed topology was not declared within {} s",
+                    CONNECT_TIMEOUT.as_secs()
+                )))
+            }
+        }
     }
 
-    async fn declare_fixed_topology(&self) -> Result<(), AmqpError> {
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
-        self.channel
-            .queue_declare(names::SYNC_QUEUE.into(), durable, FieldTable::default())
-            .await
-            .map_err(operation("queue.declare"))?;
+    async fn declare_fixed_topology(&self, queue_type: QueueType) -> Result<(), AmqpError> {
+        self.declare_own_queue(names::SYNC_QUEUE, queue_type.arguments())
+            .await?;
         self.channel
             .exchange_declare(
                 names::REPORTS_EXCHANGE.into(),
@@ -150,7 +194,7 @@ impl AmqpBroker {
             )
             .await
             .map_err(operation("exchange.declare"))?;
-        self.declare_reports_queue().await?;
+        self.declare_reports_queue(queue_type).await?;
         self.channel
             .queue_bind(
                 names::REPORTS_QUEUE.into(),
@@ -170,11 +214,9 @@ impl AmqpBroker {
     /// every publisher, changes included. The newest reports are kept; an hour-old report
     /// is worthless anyway.
     ///
-    /// A queue declared earlier without these arguments makes the broker refuse the
-    /// declaration (and close the channel): then the existing queue is used as it is, with a
-    /// warning, rather than refusing to start.
-    async fn declare_reports_queue(&self) -> Result<(), AmqpError> {
-        let mut arguments = FieldTable::default();
+    /// Quorum queues (on a cluster) take the same bounds, since RabbitMQ 3.10.
+    async fn declare_reports_queue(&self, queue_type: QueueType) -> Result<(), AmqpError> {
+        let mut arguments = queue_type.arguments();
         arguments.insert(
             "x-max-length".into(),
             AMQPValue::LongLongInt(REPORTS_MAX_LENGTH),
@@ -187,6 +229,19 @@ impl AmqpBroker {
             "x-message-ttl".into(),
             AMQPValue::LongLongInt(REPORTS_TTL_MS),
         );
+        self.declare_own_queue(names::REPORTS_QUEUE, arguments)
+            .await
+    }
+
+    /// Declares one of the control plane's durable queues with `arguments`. A queue declared
+    /// earlier with other arguments (unbounded, or classic where quorum is asked for) makes
+    /// the broker refuse the declaration and close the channel: then the existing queue is
+    /// used as it is, with a warning, rather than refusing to start.
+    async fn declare_own_queue(
+        &self,
+        queue: &'static str,
+        arguments: FieldTable,
+    ) -> Result<(), AmqpError> {
         let durable = QueueDeclareOptions {
             durable: true,
             ..QueueDeclareOptions::default()
@@ -194,17 +249,20 @@ impl AmqpBroker {
         // Its own channel: a refused declaration closes the channel it was made on.
         let channel = self.create_channel().await?;
         let Err(error) = channel
-            .queue_declare(names::REPORTS_QUEUE.into(), durable, arguments)
+            .queue_declare(queue.into(), durable, arguments)
             .await
         else {
             let _ = channel.close(200, "OK".into()).await;
             return Ok(());
         };
-        tracing::warn!(error = %error, queue = names::REPORTS_QUEUE, "the reports queue exists with other arguments; using it unbounded (delete it to let it be re-created bounded)");
+        if reply_code(&error) != Some(PRECONDITION_FAILED) {
+            return Err(operation("queue.declare")(error));
+        }
+        tracing::warn!(error = %error, queue, "the queue exists with other arguments; using it as it is (delete it to let it be re-created as configured)");
         let channel = self.create_channel().await?;
         channel
             .queue_declare(
-                names::REPORTS_QUEUE.into(),
+                queue.into(),
                 QueueDeclareOptions {
                     passive: true,
                     ..durable
@@ -212,9 +270,18 @@ impl AmqpBroker {
                 FieldTable::default(),
             )
             .await
-            .map_err(operation("queue.declare reports (passive)"))?;
+            .map_err(operation("queue.declare (passive)"))?;
         let _ = channel.close(200, "OK".into()).await;
         Ok(())
+    }
+
+    /// Drops a connection that is not going to be used (set-up failed half-way).
+    async fn abandon(&self) {
+        let _ = tokio::time::timeout(
+            CLOSE_TIMEOUT,
+            self.connection.close(200, "set-up failed".into()),
+        )
+        .await;
     }
 
     /// A new channel on the shared connection (the sync responder uses its own).

@@ -1,29 +1,30 @@
 //! Competing consumers of a control-plane queue (`nebula.sync`, `nebula.reports`, DESIGN
 //! §3): every instance consumes the queue with a bounded prefetch and handles that many
 //! deliveries at once. A handler's error (a broker error: the handler settles its delivery
-//! itself) or the delivery stream failing ends the instance, and so does the consumer ending
-//! for any reason but shutdown — the broker cancelled it (the queue was deleted, a cluster
-//! node holding it went away) or its channel closed: without that the instance would stay
-//! ready while serving nothing.
+//! itself) or the delivery stream failing ends the consumer with that error, and so does the
+//! consumer ending for any reason but `stop` — the broker cancelled it (the queue was
+//! deleted, a cluster node holding it went away) or its channel closed. The broker link then
+//! drops the connection and makes a new one (`broker::link`): without that the instance
+//! would stay ready while serving nothing.
 
 use super::amqp::{AmqpBroker, operation};
 use crate::error::AmqpError;
-use crate::shutdown::Shutdown;
 use futures_util::StreamExt;
 use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use std::future::Future;
+use tokio_util::sync::CancellationToken;
 
-/// Consumes `queue` until `shutdown`, with `prefetch` deliveries in flight, each handed to
+/// Consumes `queue` until `stop` (or the first error), with `prefetch` deliveries in flight, each handed to
 /// `handle` with the consumer's channel. `role` names the consumer in logs.
 pub async fn consume<F, Fut>(
     broker: &AmqpBroker,
     queue: &'static str,
     prefetch: u16,
     role: &'static str,
-    shutdown: &Shutdown,
+    stop: &CancellationToken,
     handle: F,
 ) -> Result<(), AmqpError>
 where
@@ -45,27 +46,32 @@ where
         .await
         .map_err(operation("basic.consume"))?;
     tracing::info!(queue, prefetch, "{role} consuming");
-    let token = shutdown.token().clone();
+    // A failed delivery ends the consumer too: the stream stops taking deliveries once
+    // `failed` is cancelled, and the unacknowledged ones return to the queue with the
+    // connection.
+    let failed = stop.child_token();
     let outcome = std::sync::Mutex::new(Ok(()));
     let mut cancelled = false;
     consumer
         .take_until(async {
-            token.cancelled().await;
-            cancelled = true;
+            failed.cancelled().await;
+            cancelled = stop.is_cancelled();
         })
         .for_each_concurrent(usize::from(prefetch), |delivery| {
             let channel = channel.clone();
-            let (handle, outcome) = (&handle, &outcome);
+            let (handle, outcome, failed) = (&handle, &outcome, &failed);
             async move {
                 let result = match delivery {
                     Ok(delivery) => handle(channel, delivery).await,
                     Err(error) => Err(AmqpError::ConnectionLost(error.to_string())),
                 };
                 if let Err(error) = result {
-                    shutdown.fail(&error);
-                    if let Ok(mut slot) = outcome.lock() {
+                    if let Ok(mut slot) = outcome.lock()
+                        && slot.is_ok()
+                    {
                         *slot = Err(error);
                     }
+                    failed.cancel();
                 }
             }
         })

@@ -2,12 +2,15 @@
 //! publishes (DESIGN §3).
 //!
 //! [`Publisher`] is what the service needs from the broker; [`amqp::AmqpBroker`] implements it
-//! with lapin and [`fake::FakeBroker`] records every call for in-process tests. Exchange and
+//! with lapin over one connection, [`link::BrokerLink`] over whichever connection serves now
+//! (reconnecting, over a cluster's nodes), and [`fake::FakeBroker`] records every call for
+//! in-process tests. Exchange and
 //! queue names come only from `nebula_protocol::names`.
 
 pub mod amqp;
 pub mod consume;
 pub mod fake;
+pub mod link;
 
 use crate::error::AmqpError;
 use async_trait::async_trait;

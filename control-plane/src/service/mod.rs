@@ -120,6 +120,15 @@ impl Service {
         }
     }
 
+    /// The same service writing through another broker: the broker link prepares a new
+    /// connection with it (topology, outbox) before the instance's writes go through it.
+    pub fn with_broker(&self, broker: Arc<dyn Publisher>) -> Self {
+        Self {
+            broker,
+            ..self.clone()
+        }
+    }
+
     /// Waits up to `grace` for the writes still running (at shutdown, after the HTTP server
     /// stopped taking requests). Returns whether they all finished.
     pub async fn finish_writes(&self, grace: std::time::Duration) -> bool {
@@ -147,12 +156,10 @@ impl Service {
         ServiceError::Store(error)
     }
 
-    /// Wraps a broker error; every one but a 404 ends the instance (the outbox finishes the
-    /// change).
+    /// Wraps a broker error. The instance goes on: the broker link drops a failed connection
+    /// and makes a new one by itself (`broker::link`), and the outbox then finishes the
+    /// change, whose flag stays set in the store.
     fn broker_error(&self, error: AmqpError) -> ServiceError {
-        if error.is_fatal() {
-            self.shutdown.fail(&error);
-        }
         ServiceError::Amqp(error)
     }
 

@@ -197,11 +197,32 @@ impl ControlPlane {
     }
 
     /// Waits for the process to exit on its own.
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub async fn wait(&mut self) -> std::process::ExitStatus {
         match tokio::time::timeout(DEADLINE, self.child.wait()).await {
             Ok(status) => status.expect("wait"),
             Err(_) => panic!("control plane did not exit; logs:\n{}", self.logs()),
         }
+    }
+}
+
+/// Polls `probe` every 100 ms until it gives a value, at most [`DEADLINE`].
+pub async fn wait_until<T, F, Fut>(what: &str, probe: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(started.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 
