@@ -203,9 +203,41 @@ async fn status_and_authentication() {
         (ready.status, ready.json["ready"].clone()),
         (StatusCode::OK, json!(true))
     );
-    harness.broker.set_broken(true);
+    harness.broker.set_connected(false);
     let ready = harness.raw("GET", "/readyz", Vec::new(), None).await;
     assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+/// While the broker link reconnects, a write is refused before anything is stored: a 503
+/// then means nothing changed.
+#[tokio::test]
+async fn a_write_without_a_broker_connection_stores_nothing() {
+    let harness = stopped_web_in_group_edge().await;
+    let before = harness.records().await;
+    harness.broker.set_connected(false);
+    for (method, path, body) in [
+        ("POST", "/api/v2/apps/web/start", None),
+        (
+            "POST",
+            "/api/v2/apps/other",
+            Some(json!({"docker_image": "nginx"})),
+        ),
+        ("DELETE", "/api/v2/device_groups/edge", None),
+    ] {
+        let answer = harness.call(method, path, body).await;
+        assert_eq!(
+            (answer.status, answer.json.clone()),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "broker unavailable"})
+            ),
+            "{method} {path}"
+        );
+    }
+    assert_eq!(harness.records().await, before);
+    let read = harness.call("GET", "/api/v2/apps/web", None).await;
+    assert_eq!(read.status, StatusCode::OK);
+    assert_eq!(harness.shutdown.fatal_reason(), None);
 }
 
 /// App `web` (revision 2, stopped) in group `edge`: three confirmed publishes.

@@ -369,7 +369,7 @@ async fn a_publish_that_is_never_confirmed_fails_within_the_timeout_and_reconnec
         control_plane.process.log()
     );
     // While it reconnects (through the partition: every attempt times out), a write is
-    // refused at once, and a read is served.
+    // refused at once, before anything is stored, and a read is served.
     let sent = Instant::now();
     let refused = rest
         .put(
@@ -386,6 +386,7 @@ async fn a_publish_that_is_never_confirmed_fails_within_the_timeout_and_reconnec
     );
     let read = rest.get(&format!("/apps/{app}")).await.expect("read");
     assert_eq!(read.status, 200, "{}", read.body);
+    assert_eq!(read.body["env_vars"]["K"], json!("1"), "{}", read.body);
 
     // The broker reachable again: the same instance publishes the stored writes.
     proxy.set_mode(Mode::Forward);
@@ -402,7 +403,7 @@ async fn a_publish_that_is_never_confirmed_fails_within_the_timeout_and_reconnec
             published
                 .iter()
                 .any(|config| {
-                    config.app_id == 3 && config.env_vars.get("K").map(String::as_str) == Some("2")
+                    config.app_id == 2 && config.env_vars.get("K").map(String::as_str) == Some("1")
                 })
                 .then_some(())
         }

@@ -17,8 +17,12 @@ pub struct FakeState {
     pub bindings: BTreeSet<(String, String)>,
     /// Every confirmed publish, in order: `(exchange, message)`.
     pub published: Vec<(String, Message)>,
-    /// When set, every operation fails as if the broker had gone away.
+    /// When set, every operation fails as if the connection had just failed: the instance
+    /// learns it from the failure (the connection still looks up).
     pub broken: bool,
+    /// When set, there is no connection (the link is reconnecting): `is_connected` is false
+    /// and every operation fails with [`AmqpError::Unavailable`].
+    pub disconnected: bool,
 }
 
 #[derive(Debug, Default)]
@@ -59,6 +63,12 @@ impl FakeBroker {
         self.lock().broken = broken;
     }
 
+    /// Takes the connection away (or gives it back), as the broker link does while it
+    /// reconnects.
+    pub fn set_connected(&self, connected: bool) {
+        self.lock().disconnected = !connected;
+    }
+
     /// Holds the next `operation` (`exchange.bind`, `exchange.unbind`, `basic.publish`, ...)
     /// on `target` (the source exchange of a bind or unbind, the exchange otherwise) until
     /// the returned gate opens.
@@ -74,6 +84,9 @@ impl FakeBroker {
 
     fn check(&self, operation: &'static str) -> Result<MutexGuard<'_, FakeState>, AmqpError> {
         let state = self.lock();
+        if state.disconnected {
+            return Err(AmqpError::Unavailable("fake broker is disconnected".into()));
+        }
         if state.broken {
             return Err(AmqpError::Operation {
                 operation,
@@ -151,6 +164,6 @@ impl Publisher for FakeBroker {
     }
 
     fn is_connected(&self) -> bool {
-        !self.lock().broken
+        !self.lock().disconnected
     }
 }

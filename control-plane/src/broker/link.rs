@@ -164,12 +164,15 @@ impl BrokerLink {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The serving connection. One already condemned counts as none from that moment, not
+    /// only once [`run`] has withdrawn it: the next write must not wait on it.
     fn current(&self) -> Result<Session, AmqpError> {
         self.inner
             .current
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+            .filter(|session| !session.ended.is_cancelled())
             .ok_or_else(|| AmqpError::Unavailable("reconnecting to the broker".into()))
     }
 

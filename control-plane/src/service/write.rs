@@ -24,7 +24,7 @@
 
 use super::resource::{Lifecycle, Resource};
 use super::{Service, ServiceError, Stored};
-use crate::error::StoreError;
+use crate::error::{AmqpError, StoreError};
 use crate::store::Record;
 use nebula_protocol::Name;
 use std::collections::HashMap;
@@ -114,12 +114,22 @@ impl<R: Lifecycle> Writes<R> {
     }
 
     /// Queues `change` on `name`'s slot and waits for its outcome.
+    ///
+    /// Refused before anything is stored while the broker link has no connection (it is
+    /// reconnecting, or the cluster has lost its majority): the client gets a 503 and the
+    /// store stays as it was. Only a write already under way when the connection fails can
+    /// end stored but unconfirmed (503 too); the outbox publishes it.
     pub(crate) async fn submit(
         &self,
         service: &Service,
         name: &Name,
         change: Change<R>,
     ) -> Result<Option<R>, ServiceError> {
+        if !service.broker.is_connected() {
+            return Err(ServiceError::Amqp(AmqpError::Unavailable(
+                "no broker connection; the write was not stored".into(),
+            )));
+        }
         let slot = self.slot(name);
         let (done, outcome) = oneshot::channel();
         lock(&slot.queue).push(Op { change, done });
