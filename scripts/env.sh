@@ -14,6 +14,8 @@ esac
 
 # Local services (scripts/services.sh). RabbitMQ's guest user only logs in over loopback.
 export NEBULA_TEST_AMQP_URL=${NEBULA_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
+# The three-node cluster (`scripts/services.sh start rabbitmq-cluster`): one URL per node.
+export NEBULA_TEST_CLUSTER_AMQP_URL=${NEBULA_TEST_CLUSTER_AMQP_URL:-amqp://guest:guest@127.0.0.1:5681/%2f,amqp://guest:guest@127.0.0.1:5682/%2f,amqp://guest:guest@127.0.0.1:5683/%2f}
 export NEBULA_TEST_MQTT_URL=${NEBULA_TEST_MQTT_URL:-mqtt://guest:guest@127.0.0.1:1883}
 export NEBULA_TEST_MONGO_URL=${NEBULA_TEST_MONGO_URL:-mongodb://127.0.0.1:27017}
 export NEBULA_TEST_REGISTRY=${NEBULA_TEST_REGISTRY:-127.0.0.1:5000}

@@ -5,7 +5,12 @@
 #   registry    a Docker registry on 127.0.0.1:5000 with htpasswd (bcrypt) auth, user and
 #               password from scripts/env.sh (NEBULA_TEST_REGISTRY_USER/PASSWORD)
 #   mongo       nx-27017, a MongoDB-wire server (SQLite underneath), on 127.0.0.1:27017
-# Usage: scripts/services.sh start|stop|restart|status [SERVICE...]   (default: all four)
+#   rabbitmq-cluster
+#               a three-node RabbitMQ cluster next to the single node (not started by default):
+#               nodes nebula-c1..3@localhost, AMQP on 127.0.0.1:5681-5683, MQTT on 1891-1893,
+#               cluster_partition_handling = pause_minority. `start` starts only the nodes that
+#               are down (so a test can kill one and bring just that one back).
+# Usage: scripts/services.sh start|stop|restart|status [SERVICE...]   (default: the first four)
 #        scripts/services.sh clean    removes the containers and networks Nebula agents left behind
 # `start` is idempotent: it starts only what does not answer yet and returns once every service
 # answers. There is no systemd on the sandboxes this runs on, so each daemon is started directly,
@@ -23,7 +28,8 @@ run_dir=$NEBULA_SERVICES_DIR/run
 log_dir=$NEBULA_LOG_DIR
 registry_conf_dir=$NEBULA_SERVICES_DIR/registry
 mongo_data_dir=$NEBULA_SERVICES_DIR/mongo
-ALL_SERVICES=(rabbitmq docker registry mongo)
+DEFAULT_SERVICES=(rabbitmq docker registry mongo)
+ALL_SERVICES=("${DEFAULT_SERVICES[@]}" rabbitmq-cluster)
 
 # spawn NAME COMMAND...: runs COMMAND detached, output appended to NAME's log, pid in run_dir.
 # The pid is written by the process itself before exec, so it is right whatever setsid does.
@@ -104,6 +110,81 @@ rabbitmq_stop() {
 rabbitmq_status() { rabbitmq_ready && echo "running (pid $(listener_pid 5672 beam.smp), node $(rabbitmq_node), AMQP 127.0.0.1:5672, MQTT 127.0.0.1:1883)"; }
 # The node name from the configuration file (what a bare `rabbitmqctl` talks to).
 rabbitmq_node() { sed -n 's/^NODENAME=//p' /etc/rabbitmq/rabbitmq-env.conf 2>/dev/null | grep . || echo "rabbit@$(hostname -s)"; }
+
+# --- RabbitMQ cluster ---------------------------------------------------------------------------
+# Three nodes of the same installation, each with its own node name, ports, configuration,
+# data and logs under $NEBULA_SERVICES_DIR/rabbitmq-cluster/cN, all as the rabbitmq user so
+# that they share its Erlang cookie with the single node and with rabbitmqctl. Nothing of
+# the single node's /etc/rabbitmq is read: RABBITMQ_CONF_ENV_FILE points at the node's own.
+# The cluster forms by itself at the first start (classic_config peer discovery lists all
+# three), so the nodes are simply started in parallel.
+cluster_root=$NEBULA_SERVICES_DIR/rabbitmq-cluster
+CLUSTER_NODES=(1 2 3)
+cluster_node() { echo "nebula-c$1@localhost"; }
+cluster_amqp_port() { echo $((5680 + $1)); }
+cluster_configure() {
+  local index=$1 dir=$cluster_root/c$1 peers="" peer
+  for peer in "${CLUSTER_NODES[@]}"; do
+    peers+="cluster_formation.classic_config.nodes.$peer = $(cluster_node "$peer")"$'\n'
+  done
+  mkdir -p "$dir/mnesia" "$dir/log"
+  write_if_changed "$dir/rabbitmq-env.conf" "# Written by Nebula's scripts/services.sh (the cluster's node $index)."
+  write_if_changed "$dir/rabbitmq.conf" "# Written by Nebula's scripts/services.sh: node $index of the local test cluster.
+listeners.tcp.default = 127.0.0.1:$(cluster_amqp_port "$index")
+mqtt.listeners.tcp.default = 127.0.0.1:$((1890 + index))
+cluster_partition_handling = pause_minority
+cluster_formation.peer_discovery_backend = classic_config
+${peers}cluster_formation.randomized_startup_delay_range.min = 0
+cluster_formation.randomized_startup_delay_range.max = 1
+# Three brokers share this machine with the tests and a 1,000-agent benchmark.
+vm_memory_high_watermark.relative = 0.15"
+  write_if_changed "$dir/enabled_plugins" '[rabbitmq_mqtt].'
+  chown -R rabbitmq:rabbitmq "$dir"
+}
+cluster_node_ready() { port_open 127.0.0.1 "$(cluster_amqp_port "$1")"; }
+cluster_start_node() {
+  local index=$1 dir=$cluster_root/c$1
+  cluster_node_ready "$index" && return 0
+  cluster_configure "$index"
+  # shellcheck disable=SC2016 # expanded by the inner shell
+  spawn "rabbitmq-c$index" su rabbitmq -s /bin/sh -c "cd /var/lib/rabbitmq && ulimit -n \"\$(ulimit -Hn)\" &&
+    RABBITMQ_NODENAME=$(cluster_node "$index") RABBITMQ_DIST_PORT=$((25680 + index)) \
+    RABBITMQ_CONF_ENV_FILE=$dir/rabbitmq-env.conf RABBITMQ_CONFIG_FILE=$dir/rabbitmq.conf \
+    RABBITMQ_ENABLED_PLUGINS_FILE=$dir/enabled_plugins RABBITMQ_MNESIA_BASE=$dir/mnesia \
+    RABBITMQ_LOG_BASE=$dir/log RABBITMQ_PID_FILE=$dir/pid \
+    exec /usr/lib/rabbitmq/bin/rabbitmq-server"
+}
+# rabbitmqctl against node INDEX, bounded: a paused node must not hang the caller.
+cluster_ctl() { local index=$1; shift; timeout 30 rabbitmqctl -n "$(cluster_node "$index")" "$@"; }
+cluster_running_nodes() { cluster_ctl "$1" cluster_status --formatter json 2>/dev/null | grep -o '"running_nodes":\[[^]]*\]' | grep -o 'nebula-c[0-9]@localhost' | sort -u | wc -l; }
+rabbitmq-cluster_ready() {
+  local index
+  for index in "${CLUSTER_NODES[@]}"; do cluster_node_ready "$index" || return 1; done
+  [ "$(cluster_running_nodes 1)" -eq 3 ]
+}
+rabbitmq-cluster_start() {
+  local index
+  for index in "${CLUSTER_NODES[@]}"; do cluster_start_node "$index"; done
+}
+rabbitmq-cluster_wait() {
+  # A first start forms the cluster; a node brought back after a kill rejoins it.
+  wait_until 180 "$log_dir/rabbitmq-c1.log" "the RabbitMQ cluster" /dev/null rabbitmq-cluster_ready ||
+    { echo "(the nodes' own logs: $cluster_root/c*/log)" >&2; return 1; }
+  say "cluster nodes: $NEBULA_TEST_CLUSTER_AMQP_URL"
+}
+rabbitmq-cluster_stop() {
+  local index pid
+  for index in "${CLUSTER_NODES[@]}"; do
+    if cluster_node_ready "$index"; then
+      cluster_ctl "$index" shutdown >>"$log_dir/rabbitmq-c$index.log" 2>&1 || true
+    fi
+    stop_pid "$run_dir/rabbitmq-c$index.pid" "RabbitMQ node $index" 30
+    if pid=$(listener_pid "$(cluster_amqp_port "$index")" beam.smp); then kill -TERM "$pid" 2>/dev/null || true; fi
+  done
+}
+rabbitmq-cluster_status() {
+  rabbitmq-cluster_ready && echo "running (3 nodes, $NEBULA_TEST_CLUSTER_AMQP_URL)"
+}
 
 # --- Docker engine ----------------------------------------------------------------------------
 # dockerd writes its own pid file, /var/run/docker.pid, which also covers an engine that was
@@ -200,7 +281,7 @@ mongo_status() { mongo_ready && echo "running (pid $(listener_pid 27017 nx-27017
 command=${1:-}
 [ $# -gt 0 ] && shift
 services=("$@")
-[ ${#services[@]} -gt 0 ] || services=("${ALL_SERVICES[@]}")
+[ ${#services[@]} -gt 0 ] || services=("${DEFAULT_SERVICES[@]}")
 for service in "${services[@]}"; do
   case " ${ALL_SERVICES[*]} " in *" $service "*) ;; *) die "unknown service '$service' (known: ${ALL_SERVICES[*]})" ;; esac
 done

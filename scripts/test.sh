@@ -15,7 +15,9 @@ bash scripts/setup.sh
 source scripts/env.sh
 
 step "start services"
-bash scripts/services.sh start
+# The single-node services and the three-node RabbitMQ cluster (for e2e_cluster and the
+# cluster benchmarks), booting in parallel.
+bash scripts/services.sh start rabbitmq docker registry mongo rabbitmq-cluster
 bash scripts/test-image.sh
 
 step "cargo fmt --check"
@@ -43,10 +45,11 @@ cargo test --locked -p nebula-tests --test release_smoke -- --ignored --nocaptur
 step "container images FROM scratch"
 bash scripts/images.sh
 
-step "benchmarks at a small size (figures, no timing assertions)"
+step "benchmarks (figures, no timing assertions)"
 cargo build --locked --release -p nebula-tests -p nebula-control-plane
+# 1,000 agents on the single node and on the three-node cluster, side by side.
 for scenario in fanout sync-storm; do
-  target/release/nebula-bench "$scenario" --agents 100
+  target/release/nebula-bench "$scenario" --agents 1000 --broker both
 done
 target/release/nebula-bench rest --seconds 3 --concurrency 16
 target/release/nebula-bench footprint

@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod binaries;
+pub mod cluster;
 pub mod docker;
 pub mod fleet;
 pub mod openapi;

@@ -7,16 +7,32 @@ use std::process::Command;
 #[derive(Debug)]
 pub struct Vhost {
     pub name: String,
+    /// The node it was made through (`rabbitmqctl -n`), when not rabbitmqctl's default one.
+    node: Option<String>,
 }
 
 impl Vhost {
-    /// Creates the vhost and gives the guest user full rights on it.
+    /// Creates the vhost on the single broker and gives the guest user full rights on it.
     pub fn create(name: &str) -> anyhow::Result<Self> {
-        rabbitmqctl(&["add_vhost", name])?;
-        rabbitmqctl(&["set_permissions", "-p", name, "guest", ".*", ".*", ".*"])?;
-        Ok(Self {
+        Self::create_on(None, name)
+    }
+
+    /// Creates the vhost through `node` (a cluster's node: the vhost exists on every node).
+    pub fn create_on(node: Option<&str>, name: &str) -> anyhow::Result<Self> {
+        let vhost = Self {
             name: name.to_string(),
-        })
+            node: node.map(str::to_string),
+        };
+        vhost.rabbitmqctl(&["add_vhost", name])?;
+        vhost.rabbitmqctl(&["set_permissions", "-p", name, "guest", ".*", ".*", ".*"])?;
+        Ok(vhost)
+    }
+
+    fn rabbitmqctl(&self, arguments: &[&str]) -> anyhow::Result<()> {
+        match &self.node {
+            Some(node) => rabbitmqctl(&[&["-n", node.as_str()], arguments].concat()),
+            None => rabbitmqctl(arguments),
+        }
     }
 
     /// The broker URL for this vhost, directly or through `host:port` (a partition proxy).
@@ -37,12 +53,22 @@ impl Vhost {
 
 impl Drop for Vhost {
     fn drop(&mut self) {
-        let _ = rabbitmqctl(&["delete_vhost", &self.name]);
+        let _ = self.rabbitmqctl(&["delete_vhost", &self.name]);
     }
 }
 
-fn rabbitmqctl(arguments: &[&str]) -> anyhow::Result<()> {
-    let output = Command::new("rabbitmqctl").args(arguments).output()?;
+/// rabbitmqctl, at most a minute: a paused cluster node must not hang a test.
+pub(crate) fn rabbitmqctl(arguments: &[&str]) -> anyhow::Result<()> {
+    rabbitmqctl_output(arguments).map(drop)
+}
+
+/// rabbitmqctl's standard output, at most a minute.
+pub(crate) fn rabbitmqctl_output(arguments: &[&str]) -> anyhow::Result<String> {
+    let output = Command::new("timeout")
+        .arg("60")
+        .arg("rabbitmqctl")
+        .args(arguments)
+        .output()?;
     if !output.status.success() {
         anyhow::bail!(
             "rabbitmqctl {}: {}",
@@ -50,5 +76,5 @@ fn rabbitmqctl(arguments: &[&str]) -> anyhow::Result<()> {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }

@@ -1,18 +1,22 @@
-//! Samples the RabbitMQ node's (beam.smp) resident memory and CPU while a scenario runs.
+//! Samples the RabbitMQ node(s)' (beam.smp) resident memory and CPU while a scenario runs:
+//! the Erlang VMs listening on the given AMQP ports (one, or a cluster's three, summed).
 
+use crate::cluster::listener_pid;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct BrokerUsage {
+    /// The highest sum over the nodes of their resident memory.
     pub max_resident_mib: f64,
-    /// Average CPU over the sampled period, in percent of one core.
+    /// Average CPU over the sampled period, summed over the nodes, in percent of one core.
     pub cpu_percent: f64,
 }
 
-/// Samples until `stop` is dropped or called.
+/// Samples until `stop` is called.
 #[derive(Debug)]
 pub struct BrokerSampler {
     running: Arc<AtomicBool>,
@@ -20,24 +24,40 @@ pub struct BrokerSampler {
 }
 
 impl BrokerSampler {
-    pub fn start() -> Self {
+    pub fn start(ports: Vec<u16>) -> Self {
         let running = Arc::new(AtomicBool::new(true));
         let flag = Arc::clone(&running);
-        let task = tokio::spawn(async move {
+        let task = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let mut usage = BrokerUsage::default();
-            let first_ticks = beam_pid().and_then(cpu_ticks);
-            while flag.load(Ordering::Relaxed) {
-                if let Some(resident) = beam_pid().and_then(resident_kib) {
-                    usage.max_resident_mib = usage.max_resident_mib.max(resident as f64 / 1024.0);
+            // CPU ticks per VM: the first and the last seen (a node killed and started
+            // again is another process, counted on its own).
+            let mut ticks: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+            let mut pids: Vec<u32> = Vec::new();
+            let mut sample = |pids: &[u32], usage: &mut BrokerUsage| {
+                let mut resident = 0;
+                for &pid in pids {
+                    resident += resident_kib(pid).unwrap_or(0);
+                    if let Some(now) = cpu_ticks(pid) {
+                        ticks.entry(pid).or_insert((now, now)).1 = now;
+                    }
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                usage.max_resident_mib = usage.max_resident_mib.max(resident as f64 / 1024.0);
+            };
+            while flag.load(Ordering::Relaxed) {
+                if pids.len() < ports.len() || pids.iter().any(|pid| cpu_ticks(*pid).is_none()) {
+                    pids = ports
+                        .iter()
+                        .filter_map(|port| listener_pid(*port))
+                        .collect();
+                }
+                sample(&pids, &mut usage);
+                std::thread::sleep(Duration::from_millis(200));
             }
-            if let (Some(first), Some(last)) = (first_ticks, beam_pid().and_then(cpu_ticks)) {
-                // Linux reports CPU time in clock ticks of 1/100 s (USER_HZ).
-                let busy = last.saturating_sub(first) as f64 / 100.0;
-                usage.cpu_percent = 100.0 * busy / started.elapsed().as_secs_f64();
-            }
+            sample(&pids, &mut usage);
+            let busy: u64 = ticks.values().map(|(first, last)| last - first).sum();
+            // Linux reports CPU time in clock ticks of 1/100 s (USER_HZ).
+            usage.cpu_percent = 100.0 * (busy as f64 / 100.0) / started.elapsed().as_secs_f64();
             usage
         });
         Self { running, task }
@@ -47,14 +67,6 @@ impl BrokerSampler {
         self.running.store(false, Ordering::Relaxed);
         self.task.await.unwrap_or_default()
     }
-}
-
-fn beam_pid() -> Option<u32> {
-    let output = std::process::Command::new("pgrep")
-        .args(["-o", "beam.smp"])
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&output.stdout).trim().parse().ok()
 }
 
 fn resident_kib(pid: u32) -> Option<u64> {

@@ -3,30 +3,40 @@
 //! applied on every agent — and then its parts: the REST call (store write and the broker's
 //! confirm) and the time after the 2xx.
 //!
+//! `--broker cluster` runs it on the three-node cluster (agents spread over its nodes),
+//! `--broker both` on the single node and then on the cluster, side by side.
+//!
 //! Not counted: an agent's work on a real container runtime (the simulated one applies at
 //! once; `footprint` and the e2e suite have real-Docker figures), and network latency to
 //! devices (everything is on one machine).
 
 use super::Options;
-use super::fleet_setup::FleetBench;
+use super::fleet_setup::{Broker, FleetBench, on_brokers};
 use super::stats::Percentiles;
 use crate::fleet::Fleet;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
 pub async fn run(options: &Options) -> anyhow::Result<serde_json::Value> {
+    on_brokers(options, "fanout", |broker| run_on(options, broker)).await
+}
+
+async fn run_on(options: &Options, broker: Broker) -> anyhow::Result<serde_json::Value> {
     let agents = options.number("agents", 100)? as usize;
     let updates = options.number("updates", 20)?;
     let deadline = Duration::from_secs(options.number("deadline-secs", 120)?);
-    let bench = FleetBench::prepare("fanout").await?;
+    let bench = FleetBench::prepare("fanout", broker).await?;
     let app = bench.app_name();
 
-    eprintln!("fanout: starting {agents} agents");
+    eprintln!(
+        "fanout: starting {agents} agents ({} broker)",
+        broker.label()
+    );
     let booted = Instant::now();
     let fleet = Fleet::start(
         agents,
         &bench.group,
-        &bench.vhost.amqp_url(),
+        &bench.amqp_url,
         &bench.state_root,
         3600,
     )?;
@@ -90,7 +100,8 @@ pub async fn run(options: &Options) -> anyhow::Result<serde_json::Value> {
         .await;
     Ok(json!({
         "scenario": "fanout",
-        "parameters": {"agents": agents, "updates": updates},
+        "broker": broker.label(),
+        "parameters": {"agents": agents, "updates": updates, "broker": broker.label()},
         "agents": agents,
         "updates": updates,
         // What the user waits for, per update: request sent -> applied on every agent.

@@ -6,9 +6,87 @@ use crate::unique_name;
 use crate::vhost::Vhost;
 use serde_json::json;
 
+/// Which RabbitMQ a fleet benchmark runs on (`--broker single|cluster|both`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broker {
+    /// The single node of `scripts/services.sh start` (`NEBULA_TEST_AMQP_URL`).
+    Single,
+    /// The three-node cluster of `scripts/services.sh start rabbitmq-cluster`: the control
+    /// plane and every agent get the list of its nodes (so they spread over them), and the
+    /// control plane's queues are quorum queues.
+    Cluster,
+}
+
+impl Broker {
+    /// The brokers `--broker` asks for, in the order they run.
+    pub fn from_options(options: &super::Options) -> anyhow::Result<Vec<Self>> {
+        match options.text("broker", "single").as_str() {
+            "single" => Ok(vec![Self::Single]),
+            "cluster" => Ok(vec![Self::Cluster]),
+            "both" => Ok(vec![Self::Single, Self::Cluster]),
+            other => anyhow::bail!("--broker must be single, cluster or both, got {other:?}"),
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Single => "single",
+            Self::Cluster => "cluster",
+        }
+    }
+
+    /// The AMQP ports of its node(s), to sample their Erlang VMs.
+    pub fn ports(self) -> Vec<u16> {
+        match self {
+            Self::Single => {
+                let url = crate::services::amqp_url();
+                let port = url
+                    .rsplit_once(':')
+                    .and_then(|(_, rest)| rest.split('/').next())
+                    .and_then(|port| port.parse().ok())
+                    .unwrap_or(5672);
+                vec![port]
+            }
+            Self::Cluster => {
+                let cluster = crate::cluster::Cluster::from_env();
+                (0..cluster.len())
+                    .map(|index| cluster.port(index))
+                    .collect()
+            }
+        }
+    }
+}
+
+/// Runs `scenario` on every broker `--broker` names: one broker's figures as they are, or
+/// both side by side under `single` and `cluster`.
+pub async fn on_brokers<F, Fut>(
+    options: &super::Options,
+    name: &str,
+    scenario: F,
+) -> anyhow::Result<serde_json::Value>
+where
+    F: Fn(Broker) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<serde_json::Value>>,
+{
+    let brokers = Broker::from_options(options)?;
+    if let [broker] = brokers[..] {
+        return scenario(broker).await;
+    }
+    let mut figures = serde_json::Map::new();
+    figures.insert("scenario".into(), json!(name));
+    for broker in brokers {
+        eprintln!("{name}: on the {} broker", broker.label());
+        figures.insert(broker.label().into(), scenario(broker).await?);
+    }
+    Ok(serde_json::Value::Object(figures))
+}
+
 #[derive(Debug)]
 pub struct FleetBench {
     pub vhost: Vhost,
+    /// What the control plane and the agents get as `NEBULA_AMQP_URL`.
+    pub amqp_url: String,
+    pub broker: Broker,
     pub control_plane: ControlPlane,
     pub app: String,
     pub group: String,
@@ -16,24 +94,46 @@ pub struct FleetBench {
 }
 
 impl FleetBench {
-    pub async fn prepare(label: &str) -> anyhow::Result<Self> {
-        Self::prepare_with(
+    pub async fn prepare(label: &str, broker: Broker) -> anyhow::Result<Self> {
+        Self::prepare_on(
             label,
             json!({"docker_image": crate::services::test_image(1)}),
+            broker,
         )
         .await
     }
 
     /// As [`FleetBench::prepare`], with the app created from `app_body` (REST JSON).
     pub async fn prepare_with(label: &str, app_body: serde_json::Value) -> anyhow::Result<Self> {
+        Self::prepare_on(label, app_body, Broker::Single).await
+    }
+
+    async fn prepare_on(
+        label: &str,
+        app_body: serde_json::Value,
+        broker: Broker,
+    ) -> anyhow::Result<Self> {
         raise_open_files_limit();
         raise_map_count();
-        let vhost = Vhost::create(&unique_name(&format!("bench-{label}")))?;
+        let vhost_name = unique_name(&format!("bench-{label}"));
+        let (vhost, amqp_url) = match broker {
+            Broker::Single => {
+                let vhost = Vhost::create(&vhost_name)?;
+                let url = vhost.amqp_url();
+                (vhost, url)
+            }
+            Broker::Cluster => {
+                let cluster = crate::cluster::Cluster::from_env();
+                let vhost = cluster.create_vhost(&vhost_name)?;
+                let urls = cluster.url_list(&vhost.name);
+                (vhost, urls)
+            }
+        };
         let directory = scratch_dir(&format!("bench-{label}"));
         let control_plane = ControlPlane::start(
             "cp",
             &StoreKind::Embedded(directory.join("store")),
-            &vhost.amqp_url(),
+            &amqp_url,
             &directory,
         )
         .await?;
@@ -52,6 +152,8 @@ impl FleetBench {
         let state_root = base.join(unique_name("nebula-fleet"));
         Ok(Self {
             vhost,
+            amqp_url,
+            broker,
             control_plane,
             app,
             group,

@@ -1,30 +1,42 @@
 //! `sync-storm`: N agents booting at once, and again after a RabbitMQ restart: the time until
 //! every agent has synced and converged, broker memory and CPU during the storm, and sync
 //! requests answered per second (counted by the control plane, retries included).
+//!
+//! On the cluster (`--broker cluster`, or `both` for the single node and the cluster side by
+//! side) the second storm is a node's loss instead of a restart: one node is killed with
+//! SIGKILL and started again, its agents (about a third) reconnect to the other nodes and
+//! sync again, and a change made right after the kill must reach every agent.
 
 use super::Options;
 use super::broker::BrokerSampler;
-use super::fleet_setup::FleetBench;
+use super::fleet_setup::{Broker, FleetBench, on_brokers};
 use crate::fleet::Fleet;
 use crate::rest::Rest;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
 pub async fn run(options: &Options) -> anyhow::Result<serde_json::Value> {
+    on_brokers(options, "sync-storm", |broker| run_on(options, broker)).await
+}
+
+async fn run_on(options: &Options, broker: Broker) -> anyhow::Result<serde_json::Value> {
     let agents = options.number("agents", 100)? as usize;
     let deadline = Duration::from_secs(options.number("deadline-secs", 300)?);
-    let bench = FleetBench::prepare("sync-storm").await?;
+    let bench = FleetBench::prepare("sync-storm", broker).await?;
     let app = bench.app_name();
 
-    eprintln!("sync-storm: booting {agents} agents at once");
+    eprintln!(
+        "sync-storm: booting {agents} agents at once ({} broker)",
+        broker.label()
+    );
     let rest = bench.control_plane.rest();
-    let sampler = BrokerSampler::start();
+    let sampler = BrokerSampler::start(broker.ports());
     let syncs = SyncCounter::start(rest.clone()).await?;
     let booted = Instant::now();
     let fleet = Fleet::start(
         agents,
         &bench.group,
-        &bench.vhost.amqp_url(),
+        &bench.amqp_url,
         &bench.state_root,
         3600,
     )?;
@@ -32,20 +44,34 @@ pub async fn run(options: &Options) -> anyhow::Result<serde_json::Value> {
     let boot_secs = booted.elapsed().as_secs_f64();
     let boot_broker = sampler.stop().await;
     let boot_syncs = syncs.stop().await?;
-    eprintln!("sync-storm: all synced in {boot_secs:.2} s; restarting RabbitMQ");
 
-    // Every agent loses its connection, fails hard, and boots again through the full sync.
-    let sampler = BrokerSampler::start();
+    // Single node: every agent loses its connection, reconnects and syncs again. Cluster:
+    // the agents of the killed node do, on the other nodes.
+    let sampler = BrokerSampler::start(broker.ports());
     let syncs = SyncCounter::start(rest.clone()).await?;
     let restarted = Instant::now();
-    for arguments in [["stop_app"], ["start_app"]] {
-        // Its chatter goes to stderr: stdout holds only the scenario's JSON line.
-        let status = std::process::Command::new("rabbitmqctl")
-            .args(arguments)
-            .stdout(std::io::stderr())
-            .status()?;
-        anyhow::ensure!(status.success(), "rabbitmqctl {arguments:?} failed");
-    }
+    let node_back = match broker {
+        Broker::Single => {
+            eprintln!("sync-storm: all synced in {boot_secs:.2} s; restarting RabbitMQ");
+            for arguments in [["stop_app"], ["start_app"]] {
+                // Its chatter goes to stderr: stdout holds only the scenario's JSON line.
+                let status = std::process::Command::new("rabbitmqctl")
+                    .args(arguments)
+                    .stdout(std::io::stderr())
+                    .status()?;
+                anyhow::ensure!(status.success(), "rabbitmqctl {arguments:?} failed");
+            }
+            None
+        }
+        Broker::Cluster => {
+            let cluster = crate::cluster::Cluster::from_env();
+            let pid = cluster.kill(0)?;
+            eprintln!(
+                "sync-storm: all synced in {boot_secs:.2} s; killed node 0 (pid {pid}) with SIGKILL"
+            );
+            Some(tokio::task::spawn_blocking(move || cluster.start_missing()))
+        }
+    };
     // A change made right after the restart proves each agent re-synced and consumes again.
     let revision = loop {
         match rest
@@ -67,6 +93,9 @@ pub async fn run(options: &Options) -> anyhow::Result<serde_json::Value> {
         .wait_applied(&app, revision, restarted, deadline)
         .await?;
     let restart_secs = restarted.elapsed().as_secs_f64();
+    if let Some(node_back) = node_back {
+        node_back.await??;
+    }
     let restart_broker = sampler.stop().await;
     let restart_syncs = syncs.stop().await?;
     let restarts = fleet.restarts();
@@ -76,22 +105,29 @@ pub async fn run(options: &Options) -> anyhow::Result<serde_json::Value> {
         .process
         .stop(Duration::from_secs(10))
         .await;
-    Ok(json!({
+    let second = json!({
+        "all_resynced_and_converged_secs": restart_secs,
+        "sync_requests": restart_syncs.json(restart_secs),
+        "broker": restart_broker,
+        "agent_restarts": restarts,
+    });
+    let mut figures = json!({
         "scenario": "sync-storm",
-        "parameters": {"agents": agents},
+        "broker": broker.label(),
+        "parameters": {"agents": agents, "broker": broker.label()},
         "agents": agents,
         "boot": {
             "all_synced_secs": boot_secs,
             "sync_requests": boot_syncs.json(boot_secs),
             "broker": boot_broker,
         },
-        "after_broker_restart": {
-            "all_resynced_and_converged_secs": restart_secs,
-            "sync_requests": restart_syncs.json(restart_secs),
-            "broker": restart_broker,
-            "agent_restarts": restarts,
-        },
-    }))
+    });
+    let second_name = match broker {
+        Broker::Single => "after_broker_restart",
+        Broker::Cluster => "after_node_killed",
+    };
+    figures[second_name] = second;
+    Ok(figures)
 }
 
 /// Follows the control plane's count of answered sync requests during one phase.
@@ -121,9 +157,8 @@ impl SyncCounter {
                     () = token.cancelled() => true,
                     () = tokio::time::sleep(Duration::from_secs(1)) => false,
                 };
-                // A broker restart ends the control plane too (it fails hard and its
-                // supervisor restarts it): unanswered samples are skipped, and another start
-                // time is a fresh process counting from zero.
+                // The control plane stays up through a broker restart, but a sample can go
+                // unanswered; another start time would be a fresh process counting from zero.
                 if let Ok(now) = rest.sync_requests_answered().await {
                     let delta = if now.started == last.started {
                         now.answered.saturating_sub(last.answered)

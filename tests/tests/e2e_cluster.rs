@@ -1,0 +1,434 @@
+//! The system on a three-node RabbitMQ cluster (`scripts/services.sh start rabbitmq-cluster`):
+//! two control planes on different nodes over one MongoDB(-wire) store, a fleet spread over
+//! the three nodes, quorum queues.
+//!
+//! * A node is killed with SIGKILL while four writers stream updates, and started again:
+//!   every write answered 2xx is in the store and on every device at the end, every error
+//!   answer is a 503, no control plane exits, no agent fails hard.
+//! * pause_minority: two nodes stopped, the survivor pauses; writes are refused (503) and
+//!   nothing is stored or applied meanwhile; with the nodes back everything converges.
+//!
+//! The scenarios stop and kill cluster nodes, so they take turns (one lock); no other test
+//! binary uses the cluster, and cargo runs test binaries one after another.
+
+use nebula_protocol::Name;
+use nebula_tests::cluster::Cluster;
+use nebula_tests::fleet::Fleet;
+use nebula_tests::rest::Rest;
+use nebula_tests::system::{ControlPlane, StoreKind, scratch_dir};
+use nebula_tests::unique_name;
+use nebula_tests::vhost::Vhost;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+/// The scenarios take turns on the one cluster.
+static CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const WRITERS: usize = 4;
+/// Agents of the fleet: enough that every node gets some (each picks a node at random).
+const AGENTS: usize = 30;
+/// How long the writers stream; the node dies at `KILL_AT` and comes back at `RESTART_AT`.
+const STREAM: Duration = Duration::from_secs(24);
+const KILL_AT: Duration = Duration::from_secs(6);
+const RESTART_AT: Duration = Duration::from_secs(14);
+const CONVERGE: Duration = Duration::from_secs(90);
+
+/// One writer's outcome: every answer in order.
+#[derive(Debug, Default)]
+struct Writes {
+    /// `(key number, revision)` of every write answered 2xx.
+    acknowledged: Vec<(usize, u64)>,
+    /// Status codes of the other answers.
+    refused: Vec<u16>,
+    /// Requests that got no HTTP answer at all.
+    unanswered: Vec<String>,
+}
+
+/// A cluster scenario's common set-up: a vhost, two control planes on different nodes over
+/// one store, a device group of `apps` apps, a fleet following it.
+struct Setup {
+    cluster: Cluster,
+    vhost: Vhost,
+    directory: std::path::PathBuf,
+    control_planes: Vec<ControlPlane>,
+    apps: Vec<String>,
+    fleet: Fleet,
+}
+
+impl Setup {
+    async fn new(label: &str, apps: usize, agents: usize) -> Self {
+        let cluster = Cluster::from_env();
+        // After the other scenario the cluster may still be completing its recovery.
+        cluster
+            .wait_complete(Duration::from_secs(240))
+            .await
+            .expect("three running nodes (scripts/services.sh start rabbitmq-cluster)");
+        let vhost = cluster
+            .create_vhost(&unique_name(&format!("e2e-{label}")))
+            .expect("vhost");
+        let urls = cluster.url_list(&vhost.name);
+        let directory = scratch_dir(label);
+        let store = StoreKind::Mongo(unique_name(&format!("e2e_{label}")).replace('-', "_"));
+        let extra = [("NEBULA_PUBLISH_TIMEOUT_SECS", "5")];
+        let first = ControlPlane::start_with("cp-a", &store, &urls, &directory, &extra)
+            .await
+            .expect("control plane a");
+        let first_node = node_of(&cluster, &vhost, "nebula-control-plane", 1)
+            .await
+            .pop()
+            .expect("one connection");
+        // The second one on another node: each starts on a node at random, so restart it
+        // until it lands elsewhere (two in three do at each start).
+        let mut second = None;
+        for attempt in 0..12 {
+            let candidate = ControlPlane::start_with(
+                &format!("cp-b{attempt}"),
+                &store,
+                &urls,
+                &directory,
+                &extra,
+            )
+            .await
+            .expect("control plane b");
+            let nodes = node_of(&cluster, &vhost, "nebula-control-plane", 2).await;
+            if nodes.iter().filter(|node| **node == first_node).count() == 1 {
+                second = Some(candidate);
+                break;
+            }
+            candidate
+                .process
+                .stop(Duration::from_secs(10))
+                .await
+                .expect("stopped");
+        }
+        let second = second.expect("a second control plane on another node");
+        let rest = first.rest();
+        let apps: Vec<String> = (0..apps)
+            .map(|index| unique_name(&format!("w{index}")))
+            .collect();
+        for app in &apps {
+            rest.create_app(app, json!({"docker_image": "nebula/cluster-test:1"}))
+                .await
+                .expect("create app");
+        }
+        let group = unique_name("cluster-group");
+        let members: Vec<&str> = apps.iter().map(String::as_str).collect();
+        rest.create_group(&group, &members).await.expect("group");
+        let state_root = std::path::Path::new("/dev/shm").join(unique_name("cluster-fleet"));
+        let fleet = Fleet::start(agents, &group, &urls, &state_root, 60).expect("fleet");
+        for app in &apps {
+            fleet
+                .wait_applied(&name(app), 1, Instant::now(), CONVERGE)
+                .await
+                .expect("the fleet applied the first revision");
+        }
+        Self {
+            cluster,
+            vhost,
+            directory,
+            control_planes: vec![first, second],
+            apps,
+            fleet,
+        }
+    }
+
+    fn rests(&self) -> Vec<Rest> {
+        self.control_planes.iter().map(ControlPlane::rest).collect()
+    }
+
+    /// The node (index) of the first control plane's connection.
+    async fn first_control_plane_node(&self) -> usize {
+        node_of(&self.cluster, &self.vhost, "nebula-control-plane", 2).await[0]
+    }
+
+    async fn finish(self) {
+        for control_plane in &self.control_planes {
+            assert_eq!(
+                control_plane.process.exits(),
+                0,
+                "a control plane exited:\n{}",
+                control_plane.process.log()
+            );
+        }
+        assert_eq!(self.fleet.restarts(), 0, "an agent failed hard");
+        self.fleet.stop().await;
+        for control_plane in &self.control_planes {
+            control_plane.process.stop(Duration::from_secs(10)).await;
+        }
+        let _ = &self.directory;
+    }
+}
+
+fn name(app: &str) -> Name {
+    Name::new(app).expect("valid name")
+}
+
+/// The node index of every connection of `vhost` whose name starts with `prefix`, once at
+/// least `expected` of them are there (sorted by name).
+async fn node_of(cluster: &Cluster, vhost: &Vhost, prefix: &str, expected: usize) -> Vec<usize> {
+    nebula_tests::wait_for(
+        &format!("{expected} connections named {prefix}"),
+        Duration::from_secs(30),
+        || {
+            let connections = cluster.connections(&vhost.name).unwrap_or_default();
+            async move {
+                let nodes: Vec<usize> = connections
+                    .into_iter()
+                    .filter(|(name, _)| name.starts_with(prefix))
+                    .map(|(_, node)| node)
+                    .collect();
+                (nodes.len() >= expected).then_some(nodes)
+            }
+        },
+    )
+    .await
+    .expect("connections")
+}
+
+/// Write `key` of a writer: the app's environment holds every key the writer has sent so
+/// far, so an acknowledged key must be in every later state of the app.
+fn body(keys: usize) -> Value {
+    let env: BTreeMap<String, String> = (1..=keys)
+        .map(|key| (format!("K{key}"), key.to_string()))
+        .collect();
+    json!({ "env_vars": env })
+}
+
+async fn stream(rests: Vec<Rest>, app: String, until: Instant) -> Writes {
+    let mut writes = Writes::default();
+    let mut key = 0;
+    while Instant::now() < until {
+        key += 1;
+        // Both control planes in turn: one of them loses its node.
+        let rest = &rests[key % rests.len()];
+        match rest.put(&format!("/apps/{app}/update"), body(key)).await {
+            Ok(reply) if (200..300).contains(&reply.status) => {
+                let revision = reply.body["app_id"].as_u64().expect("app_id");
+                writes.acknowledged.push((key, revision));
+            }
+            Ok(reply) => {
+                writes.refused.push(reply.status);
+                // A refused write is not retried (the next one carries its key anyway);
+                // don't spin on a control plane that is reconnecting.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => writes.unanswered.push(error.to_string()),
+        }
+    }
+    writes
+}
+
+/// The environment the store holds for `app`, and its revision.
+async fn stored(rest: &Rest, app: &str) -> (BTreeMap<String, String>, u64) {
+    let body = rest
+        .get(&format!("/apps/{app}"))
+        .await
+        .expect("read")
+        .ok()
+        .expect("2xx");
+    let env = serde_json::from_value(body["env_vars"].clone()).expect("env map");
+    (env, body["app_id"].as_u64().expect("app_id"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_stream_loses_no_acknowledged_write() {
+    let _turn = CLUSTER.lock().await;
+    let setup = Setup::new("cluster-kill", WRITERS, AGENTS).await;
+    let spread: BTreeSet<usize> = node_of(&setup.cluster, &setup.vhost, "nebula-agent", AGENTS)
+        .await
+        .into_iter()
+        .collect();
+    assert_eq!(spread.len(), 3, "agents on every node: {spread:?}");
+    // The node the first control plane is on, so that a control plane fails over too.
+    let victim = setup.first_control_plane_node().await;
+
+    let started = Instant::now();
+    let until = started + STREAM;
+    let writers: Vec<_> = setup
+        .apps
+        .iter()
+        .map(|app| tokio::spawn(stream(setup.rests(), app.clone(), until)))
+        .collect();
+    tokio::time::sleep(KILL_AT).await;
+    let killed = setup.cluster.kill(victim).expect("SIGKILL a node");
+    eprintln!(
+        "e2e-cluster: node {victim} (pid {killed}) killed with SIGKILL at {:?}",
+        started.elapsed()
+    );
+    tokio::time::sleep(RESTART_AT.saturating_sub(started.elapsed())).await;
+    let cluster = setup.cluster.clone();
+    tokio::task::spawn_blocking(move || cluster.start_missing())
+        .await
+        .expect("join")
+        .expect("node back");
+    eprintln!("e2e-cluster: node {victim} back at {:?}", started.elapsed());
+    let mut outcomes = Vec::new();
+    for writer in writers {
+        outcomes.push(writer.await.expect("writer"));
+    }
+
+    let rest = setup.control_planes[1].rest();
+    let converging = Instant::now();
+    for (app, writes) in setup.apps.iter().zip(&outcomes) {
+        assert!(
+            writes.unanswered.is_empty(),
+            "{app}: requests without an answer: {:?}",
+            writes.unanswered
+        );
+        assert!(
+            writes.refused.iter().all(|status| *status == 503),
+            "{app}: error answers other than 503: {:?}",
+            writes.refused
+        );
+        assert!(
+            !writes.acknowledged.is_empty(),
+            "{app}: nothing acknowledged"
+        );
+        let revisions: Vec<u64> = writes
+            .acknowledged
+            .iter()
+            .map(|(_, revision)| *revision)
+            .collect();
+        assert!(
+            revisions.windows(2).all(|pair| pair[0] < pair[1]),
+            "{app}: acknowledged revisions not increasing: {revisions:?}"
+        );
+        let (env, revision) = stored(&rest, app).await;
+        for (key, acknowledged_revision) in &writes.acknowledged {
+            assert_eq!(
+                env.get(&format!("K{key}")),
+                Some(&key.to_string()),
+                "{app}: acknowledged write {key} (revision {acknowledged_revision}) missing from the store"
+            );
+            assert!(revision >= *acknowledged_revision);
+        }
+        setup
+            .fleet
+            .wait_applied(&name(app), revision, converging, CONVERGE)
+            .await
+            .expect("every device applies the final revision");
+        for device in &setup.fleet.devices {
+            let containers = device.runtime.container_names(&name(app));
+            assert!(
+                !containers.is_empty(),
+                "{app} not running on {}",
+                device.device_id
+            );
+            for container in containers {
+                let spec = device.runtime.spec(&container).expect("spec");
+                let applied: BTreeMap<String, String> = spec
+                    .env
+                    .iter()
+                    .filter_map(|pair| pair.split_once('='))
+                    .filter(|(key, _)| key.starts_with('K'))
+                    .map(|(key, value)| (key.to_string(), value.to_string()))
+                    .collect();
+                assert_eq!(
+                    applied, env,
+                    "{app} on {} differs from the store",
+                    device.device_id
+                );
+            }
+        }
+    }
+    let acknowledged: usize = outcomes
+        .iter()
+        .map(|writes| writes.acknowledged.len())
+        .sum();
+    let refused: usize = outcomes.iter().map(|writes| writes.refused.len()).sum();
+    eprintln!(
+        "e2e-cluster: {acknowledged} writes acknowledged, {refused} answered 503, every device equal to the store {:.1} s after the stream",
+        converging.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        setup.cluster.running_nodes().expect("status").len(),
+        3,
+        "the killed node is back in the cluster"
+    );
+    setup.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_minority_refuses_writes_and_converges_when_the_majority_is_back() {
+    let _turn = CLUSTER.lock().await;
+    let setup = Setup::new("cluster-pause", 1, 9).await;
+    let app = setup.apps[0].clone();
+    let rests = setup.rests();
+    let (before, revision_before) = stored(&rests[0], &app).await;
+
+    // Two nodes down: whichever node survives is in a minority and pauses.
+    setup.cluster.stop(1).expect("stop node 1");
+    setup.cluster.stop(2).expect("stop node 2");
+    let stopped = Instant::now();
+    for (index, control_plane) in setup.control_planes.iter().enumerate() {
+        let address = control_plane.address.clone();
+        nebula_tests::wait_for(
+            &format!("control plane {index} to see the broker gone"),
+            Duration::from_secs(60),
+            || {
+                let url = format!("http://{address}/readyz");
+                async move {
+                    let status = reqwest::get(&url).await.ok()?.status();
+                    (status == 503).then_some(())
+                }
+            },
+        )
+        .await
+        .expect("not ready");
+    }
+    // Writes are refused, and nothing is stored or applied.
+    for (attempt, rest) in rests.iter().enumerate() {
+        let reply = rest
+            .put(
+                &format!("/apps/{app}/update"),
+                json!({"env_vars": {"DURING": attempt.to_string()}}),
+            )
+            .await
+            .expect("an answer");
+        assert_eq!(reply.status, 503, "{}", reply.body);
+    }
+    let (during, revision_during) = stored(&rests[0], &app).await;
+    assert_eq!((&during, revision_during), (&before, revision_before));
+    for device in &setup.fleet.devices {
+        assert_eq!(
+            device.runtime.applied_revision(&name(&app)),
+            Some(revision_before)
+        );
+    }
+    eprintln!(
+        "e2e-cluster: two nodes stopped; both control planes refused writes within {:.1} s",
+        stopped.elapsed().as_secs_f64()
+    );
+
+    // The majority back: the control planes serve again and a change reaches every device.
+    // The survivor resumes as soon as it sees the other two VMs; they themselves can take
+    // well over a minute to finish booting (their MQTT plugin waits for its Raft cluster),
+    // which is awaited at the end.
+    let cluster = setup.cluster.clone();
+    let restarting = tokio::task::spawn_blocking(move || cluster.start_missing());
+    let back = Instant::now();
+    for control_plane in &setup.control_planes {
+        control_plane.wait_ready().await.expect("ready again");
+    }
+    let reply = rests[1]
+        .put(
+            &format!("/apps/{app}/update"),
+            json!({"env_vars": {"AFTER": "1"}}),
+        )
+        .await
+        .expect("an answer");
+    assert!((200..300).contains(&reply.status), "{}", reply.body);
+    let revision = reply.body["app_id"].as_u64().expect("app_id");
+    setup
+        .fleet
+        .wait_applied(&name(&app), revision, back, CONVERGE)
+        .await
+        .expect("converged");
+    eprintln!(
+        "e2e-cluster: majority back; a change applied on every device {:.1} s after the nodes were started",
+        back.elapsed().as_secs_f64()
+    );
+    restarting.await.expect("join").expect("nodes back");
+    setup.finish().await;
+}
