@@ -241,7 +241,9 @@ fn node_of(url: &str) -> String {
     match url.parse::<lapin::uri::AMQPUri>() {
         Ok(uri) => format!(
             "{}:{}/{}",
-            uri.authority.host, uri.authority.port, uri.vhost
+            uri.authority.host,
+            uri.authority.port,
+            uri.vhost.replace('/', "%2f")
         ),
         Err(_) => "(unparsable URL)".into(),
     }

@@ -127,7 +127,7 @@ impl<R: Lifecycle> Writes<R> {
     ) -> Result<Option<R>, ServiceError> {
         if !service.broker.is_connected() {
             return Err(ServiceError::Amqp(AmqpError::Unavailable(
-                "no broker connection; the write was not stored".into(),
+                "the write was not stored".into(),
             )));
         }
         let slot = self.slot(name);
