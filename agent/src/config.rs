@@ -3,6 +3,7 @@
 //! the process environment, and the host facts it needs (the machine id, the host name) come
 //! in as a [`HostIdentity`] read by the caller.
 
+use crate::brokers::BrokerList;
 use crate::error::ConfigError;
 use nebula_protocol::Name;
 use std::collections::HashMap;
@@ -104,7 +105,8 @@ impl std::fmt::Debug for RegistryAuth {
 /// The agent's validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub amqp_url: String,
+    /// `NEBULA_AMQP_URL`: one broker, or the nodes of a cluster.
+    pub brokers: BrokerList,
     pub device_id: Name,
     pub hostname: String,
     pub mode: Mode,
@@ -167,25 +169,13 @@ impl Config {
             None => device_id_from_machine_id(host.machine_id.as_ref())?,
         };
 
-        let amqp_url = non_empty("NEBULA_AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.into());
-        if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
-            return Err(ConfigError::Invalid {
-                variable: "NEBULA_AMQP_URL",
-                reason: "must start with amqp:// or amqps://".into(),
-            });
-        }
-        if let Err(reason) = amqp_url.parse::<lapin::uri::AMQPUri>() {
-            return Err(ConfigError::Invalid {
-                variable: "NEBULA_AMQP_URL",
-                reason,
-            });
-        }
-        if amqp_url.starts_with("amqps://") && !cfg!(feature = "tls") {
-            return Err(ConfigError::Invalid {
-                variable: "NEBULA_AMQP_URL",
-                reason: "amqps:// needs an agent built with the `tls` feature".into(),
-            });
-        }
+        let brokers = BrokerList::parse(
+            &non_empty("NEBULA_AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.into()),
+        )
+        .map_err(|reason| ConfigError::Invalid {
+            variable: "NEBULA_AMQP_URL",
+            reason,
+        })?;
 
         let runtime = match non_empty("NEBULA_RUNTIME").as_deref().map(str::trim) {
             None | Some("docker") => RuntimeKind::Docker,
@@ -253,7 +243,7 @@ impl Config {
         }
 
         Ok(Self {
-            amqp_url,
+            brokers,
             device_id,
             hostname: host.hostname.clone(),
             mode,
@@ -370,7 +360,10 @@ mod tests {
         assert_eq!(config.device_id, MACHINE_ID);
         assert_eq!(config.hostname, "raspberrypi");
         assert_eq!(config.max_backoff, Duration::from_secs(30));
-        assert_eq!(config.amqp_url, DEFAULT_AMQP_URL);
+        assert_eq!(
+            config.brokers,
+            BrokerList::parse(DEFAULT_AMQP_URL).expect("valid")
+        );
         assert_eq!(config.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
         assert_eq!(config.runtime, RuntimeKind::Docker);
         assert_eq!(config.docker_host, DEFAULT_DOCKER_HOST);
@@ -455,6 +448,8 @@ mod tests {
             ("NEBULA_DEVICE_ID", "bad id"),
             ("NEBULA_AMQP_URL", "http://broker"),
             ("NEBULA_AMQP_URL", "amqp://broker:notaport/"),
+            ("NEBULA_AMQP_URL", " , "),
+            ("NEBULA_AMQP_URL", "amqp://a/%2f,http://b"),
             ("NEBULA_REGISTRY_USER", "only-user"),
             ("NEBULA_MAX_BACKOFF_SECS", "0"),
             ("NEBULA_MAX_BACKOFF_SECS", "a while"),
@@ -467,6 +462,45 @@ mod tests {
                 "{bad:?} should be rejected"
             );
         }
+    }
+
+    #[test]
+    fn the_amqp_url_may_list_the_nodes_of_a_cluster() {
+        let config = parse(&[
+            ("NEBULA_DEVICE_GROUP", "g"),
+            (
+                "NEBULA_AMQP_URL",
+                "amqp://u:p@rabbit-1:5672/vh, amqp://u:p@rabbit-2:5672/vh,",
+            ),
+        ])
+        .expect("valid");
+        let nodes: Vec<String> = config
+            .brokers
+            .brokers()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            nodes,
+            ["rabbit-1:5672 (vhost vh)", "rabbit-2:5672 (vhost vh)"]
+        );
+
+        let error = parse(&[
+            ("NEBULA_DEVICE_GROUP", "g"),
+            (
+                "NEBULA_AMQP_URL",
+                "amqp://u:secret@rabbit-1/vh,amqp://u:secret@rabbit-2:notaport/vh",
+            ),
+        ])
+        .expect_err("bad second entry")
+        .to_string();
+        assert!(
+            error.starts_with(
+                "NEBULA_AMQP_URL is invalid: entry 2 of 2 (amqp://u:***@rabbit-2:notaport/vh): "
+            ),
+            "{error}"
+        );
+        assert!(!error.contains("secret"), "{error}");
     }
 
     #[test]

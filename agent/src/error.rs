@@ -25,8 +25,6 @@ pub enum ConfigError {
 /// is worth retrying is decided by whether the connection is still up, not by the variant.
 #[derive(Debug, thiserror::Error)]
 pub enum AmqpError {
-    #[error("invalid broker URL: {0}")]
-    InvalidUrl(String),
     #[error("{operation} failed: {source}")]
     Operation {
         operation: &'static str,

@@ -7,7 +7,8 @@
 //! process with [`runtime::simulated::SimulatedRuntime`] (no process-global state here).
 //!
 //! Codemap:
-//! * [`config`] — environment → validated [`config::Config`].
+//! * [`config`] — environment → validated [`config::Config`]; [`brokers`] the broker list
+//!   (`NEBULA_AMQP_URL`, one node or a cluster's) and its rotation.
 //! * [`state`] — desired state, its version and sync rules, the versioned state file.
 //! * [`reconcile`] — (desired, observed) → actions; pure.
 //! * [`executor`] — one observe → plan → execute pass.
@@ -21,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+pub mod brokers;
 pub mod build_info;
 pub mod config;
 pub mod device;

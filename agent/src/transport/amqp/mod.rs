@@ -5,9 +5,13 @@
 //! the transport reconnects in-process — the first attempt of the process at once, every
 //! later one (the first after a loss included) after a full-jitter delay up to half the time
 //! the link has been down, at most `NEBULA_MAX_BACKOFF_SECS` ([`ReconnectSchedule`]) — then
-//! declares, binds, syncs and consumes again for every target. The agent queues are exclusive, so they died with the
-//! old connection; the sync of the new one is what makes up for every change missed
-//! meanwhile. Only a failed state write ends the agent with an error.
+//! declares, binds, syncs and consumes again for every target. The agent queues are
+//! exclusive, so they died with the old connection; the sync of the new one is what makes up
+//! for every change missed meanwhile. Only a failed state write ends the agent with an error.
+//!
+//! With a list of broker URLs (a RabbitMQ cluster), the first attempt goes to a random node
+//! and every later one to the next node of the list, so a node that is down or was lost is
+//! left for another one at the next attempt ([`crate::brokers`]).
 
 mod follow;
 mod queue;
@@ -86,21 +90,26 @@ enum SessionEnd {
 }
 
 /// Runs the transport until shutdown (`Ok`) or a failed state write (`Err`).
+///
+/// Every attempt goes to the next node of the broker list ([`crate::brokers::BrokerList`]),
+/// starting at a random one: after a failed attempt or a lost connection the agent tries
+/// another node of a cluster (after the schedule's delay); with one URL, that one again.
 pub async fn run<R: ContainerRuntime>(shared: Arc<Shared<R>>) -> Result<(), AgentError> {
     let mut schedule = ReconnectSchedule::new(RECONNECT_BASE, shared.config.max_backoff);
-    let mut uri: lapin::uri::AMQPUri = shared
-        .config
-        .amqp_url
-        .parse()
-        .map_err(|reason: String| AmqpError::InvalidUrl(reason))?;
-    uri.query.frame_max.get_or_insert(DEFAULT_FRAME_MAX);
+    let mut brokers = shared.config.brokers.clone();
+    brokers.start_at(fastrand::usize(..));
+    let nodes = brokers.brokers().len();
     let properties = ConnectionProperties::default()
         .with_connection_name(format!("nebula-agent {}", shared.config.device_id).into());
     loop {
         let delay = schedule.before_attempt();
+        let broker = brokers.next();
+        let (node, vhost) = (broker.address(), broker.vhost());
         if !delay.is_zero() {
             tracing::info!(
                 retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                node,
+                vhost,
                 "connecting to the broker after a delay"
             );
             tokio::select! {
@@ -108,31 +117,35 @@ pub async fn run<R: ContainerRuntime>(shared: Arc<Shared<R>>) -> Result<(), Agen
                 () = tokio::time::sleep(delay) => {}
             }
         }
+        let mut uri = broker.uri().clone();
+        uri.query.frame_max.get_or_insert(DEFAULT_FRAME_MAX);
         let attempt = tokio::time::timeout(
             CONNECT_TIMEOUT,
-            Connection::connect_uri(uri.clone(), properties.clone()),
+            Connection::connect_uri(uri, properties.clone()),
         );
         let connection = tokio::select! {
             () = shared.shutdown.cancelled() => return Ok(()),
             result = attempt => match result {
                 Ok(Ok(connection)) => connection,
                 Ok(Err(error)) => {
-                    tracing::warn!(error = %error, "broker unreachable; retrying");
+                    tracing::warn!(error = %error, node, vhost, nodes, "broker unreachable; retrying");
                     continue;
                 }
                 Err(_) => {
-                    tracing::warn!(timeout_s = CONNECT_TIMEOUT.as_secs(), "broker did not answer; retrying");
+                    tracing::warn!(timeout_s = CONNECT_TIMEOUT.as_secs(), node, vhost, nodes, "broker did not answer; retrying");
                     continue;
                 }
             },
         };
-        tracing::info!(device = %shared.config.device_id, "connected to the broker");
+        tracing::info!(device = %shared.config.device_id, node, vhost, nodes, "connected to the broker");
         let connected_at = Instant::now();
         match session(&shared, Arc::new(connection)).await? {
             SessionEnd::Shutdown => return Ok(()),
             SessionEnd::Lost(reason) => {
                 tracing::warn!(
                     reason,
+                    node,
+                    vhost,
                     "lost the broker connection; apps keep running, reconnecting"
                 );
                 schedule.session_ended(connected_at);
