@@ -75,8 +75,8 @@ impl Cluster {
                 "list_connections",
                 "-p",
                 vhost,
-                "user_provided_name",
                 "port",
+                "client_properties",
                 "--formatter",
                 "json",
                 "-q",
@@ -91,8 +91,7 @@ impl Cluster {
                 else {
                     continue;
                 };
-                let name = entry["user_provided_name"].as_str().unwrap_or_default();
-                connections.push((name.to_string(), on));
+                connections.push((connection_name(&entry["client_properties"]), on));
             }
         }
         anyhow::ensure!(answered, "no cluster node answered");
@@ -187,6 +186,19 @@ impl Cluster {
         })
         .await
     }
+}
+
+/// The `connection_name` a client gave (rabbitmqctl renders client properties as
+/// `[key, type, value]` triples); empty when it gave none.
+fn connection_name(properties: &serde_json::Value) -> String {
+    properties
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|property| property[0] == "connection_name")
+        .and_then(|property| property[2].as_str())
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// The pid of the process listening on TCP `port` on this machine (from `ss`).
