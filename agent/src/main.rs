@@ -18,7 +18,10 @@ usage: nebula-agent [--version | --help]
 Configured through the environment (see the agent README and DESIGN §5):
   NEBULA_DEVICE_GROUP             follow a device group (group mode), or
   NEBULA_APPS (or APP_NAME)       follow a comma-separated list of apps (app mode)
-  NEBULA_AMQP_URL                 broker URL (default amqp://guest:guest@127.0.0.1:5672/%2f)
+  NEBULA_AMQP_URL                 broker URL (default amqp://guest:guest@127.0.0.1:5672/%2f),
+                                  or a comma-separated list of a cluster's nodes: the agent starts
+                                  at a random node and moves to the next one after a failed
+                                  attempt or a lost connection
   NEBULA_DEVICE_ID                device id (default: /etc/machine-id, else /var/lib/dbus/machine-id;
                                   two agents with one id are refused by the broker)
   NEBULA_STATE_DIR                where desired state is persisted (default /var/lib/nebula-agent)

@@ -23,6 +23,7 @@ use nebula_protocol::{
     SyncTarget, decode, encode,
 };
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -70,6 +71,12 @@ impl VirtualHost {
             url,
             users: Vec::new(),
         }
+    }
+
+    /// The URL of this virtual host (as guest) through another address, such as a
+    /// [`StandInNode`]'s.
+    fn url_via(&self, address: &str) -> String {
+        format!("amqp://guest:guest@{address}/{}", self.name)
     }
 
     /// A user of this virtual host with the rights a locked-down device has: configure only
@@ -186,6 +193,66 @@ impl Drop for VirtualHost {
 
 fn broker_address() -> String {
     env_or("NEBULA_TEST_AMQP_HOST", "127.0.0.1:5672")
+}
+
+/// A broker node of a test's broker list: a TCP address the test controls, which counts the
+/// connections the agent opens to it, so a test knows which node the agent tried.
+struct StandInNode {
+    address: String,
+    accepted: Arc<AtomicUsize>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl StandInNode {
+    /// A node that is down: it accepts the TCP connection and closes it at once, so the
+    /// AMQP handshake fails (like a RabbitMQ that is stopping, or a load balancer in front of
+    /// a dead node).
+    async fn dead() -> Self {
+        Self::start(None).await
+    }
+
+    /// Another address of the real broker: relays every connection to it.
+    async fn relay_to_broker() -> Self {
+        Self::start(Some(broker_address())).await
+    }
+
+    async fn start(forward_to: Option<String>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a stand-in node");
+        let address = listener.local_addr().expect("address").to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let listener = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let Some(broker) = forward_to.clone() else {
+                    continue; // dropped: closed at once
+                };
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&broker).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Self {
+            address,
+            accepted,
+            listener,
+        }
+    }
+
+    /// Connections accepted so far.
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for StandInNode {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
 }
 
 /// A sync request as the control plane received it.
@@ -1346,4 +1413,242 @@ async fn a_locked_down_device_runs_without_the_reports_exchange_and_reports_once
         "reports are transient"
     );
     stop(shutdown, agent).await;
+}
+
+/// Issue 13 (RabbitMQ cluster): `NEBULA_AMQP_URL` lists a node that is down and a live one.
+/// The agent starts at a random node, and whichever comes first it ends up on the live one
+/// and converges; after a lost connection it moves on to the next node — here the dead one,
+/// which the test sees it try — and from there back to the live one, syncing again. (Both
+/// starting points take this test through "dead node, then live node": at start or after the
+/// loss.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_in_the_broker_list_is_skipped_whichever_node_comes_first() {
+    let vhost = VirtualHost::create();
+    let control_plane = ControlPlane::start(&vhost.url).await;
+    let dead = StandInNode::dead().await;
+    let app = Name::new(unique("cluster")).expect("name");
+    let device = Name::new(unique("device")).expect("name");
+    let exchange = names::app_exchange(&app);
+    let image = "127.0.0.1:5000/nebula/test:1";
+    control_plane.declare_exchange(&exchange).await;
+    control_plane.answer(
+        SyncTarget::App(app.clone()),
+        Some(SyncResult::App(app_config(&app, 1, image))),
+    );
+    let state_dir = tempfile::tempdir().expect("tempdir");
+    let runtime = SimulatedRuntime::new();
+    let brokers = format!("{},{}", vhost.url_via(&dead.address), vhost.url);
+    let (shutdown, agent) = start(
+        agent_config(
+            ("NEBULA_APPS", app.as_str()),
+            &device,
+            &brokers,
+            state_dir.path(),
+        ),
+        &runtime,
+    );
+    applied(&runtime, &app, 1).await;
+    vhost.consumed(&names::app_queue(&device, &app)).await;
+    // 1 if the agent started at the dead node, 0 if at the live one.
+    let tried_at_start = dead.accepted();
+    assert!(
+        tried_at_start <= 1,
+        "{tried_at_start} attempts at the dead node"
+    );
+
+    // The change happens in the store only; then the live node drops the connection.
+    control_plane.answer(
+        SyncTarget::App(app.clone()),
+        Some(SyncResult::App(app_config(&app, 2, image))),
+    );
+    assert_eq!(vhost.close_agent_connections(&device), 1);
+    applied(&runtime, &app, 2).await;
+    assert_eq!(
+        dead.accepted(),
+        tried_at_start + 1,
+        "the attempt after the loss goes to the next node (the dead one), then on to the live one"
+    );
+    vhost.consumed(&names::app_queue(&device, &app)).await;
+    control_plane
+        .publish(&exchange, &Message::AppChanged(app_config(&app, 3, image)))
+        .await;
+    applied(&runtime, &app, 3).await;
+    assert!(!agent.is_finished());
+    stop(shutdown, agent).await;
+}
+
+/// Issue 13: two addresses of one broker make a list of two nodes (the broker directly, and
+/// through a relay that counts connections). Wherever the agent started, the reconnect after
+/// a lost connection goes to the *other* node: exactly one of the two sessions ran through
+/// the relay. It binds, syncs (a change made while it was disconnected converges) and
+/// consumes again. The list is written with spaces and a trailing comma.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_connection_moves_to_the_other_node_of_the_list() {
+    let vhost = VirtualHost::create();
+    let control_plane = ControlPlane::start(&vhost.url).await;
+    let relay = StandInNode::relay_to_broker().await;
+    let group = Name::new(unique("cluster")).expect("name");
+    let app = Name::new(unique("member")).expect("name");
+    let device = Name::new(unique("device")).expect("name");
+    let group_exchange = names::group_exchange(&group);
+    let queue = names::group_queue(&device, &group);
+    control_plane.declare_exchange(&group_exchange).await;
+    let group_state = |revision: u64, member: AppConfig| {
+        let mut document = DeviceGroup::new(group.clone());
+        document.device_group_id = revision;
+        document.apps = vec![member.app_name.clone()];
+        GroupState {
+            group: document,
+            apps: vec![member],
+            cron_jobs: Vec::new(),
+            unavailable: Vec::new(),
+        }
+    };
+    control_plane.answer(
+        SyncTarget::DeviceGroup(group.clone()),
+        Some(SyncResult::Group(group_state(
+            1,
+            app_config(&app, 1, "127.0.0.1:5000/nebula/test:1"),
+        ))),
+    );
+    let state_dir = tempfile::tempdir().expect("tempdir");
+    let runtime = SimulatedRuntime::new();
+    let brokers = format!(" {} , {} ,", vhost.url, vhost.url_via(&relay.address));
+    let (shutdown, agent) = start(
+        agent_config(
+            ("NEBULA_DEVICE_GROUP", group.as_str()),
+            &device,
+            &brokers,
+            state_dir.path(),
+        ),
+        &runtime,
+    );
+    applied(&runtime, &app, 1).await;
+    vhost.consumed(&queue).await;
+    let first_session_relayed = match relay.accepted() {
+        0 => false,
+        1 => true,
+        more => panic!("{more} connections through the relay for one session"),
+    };
+
+    control_plane.answer(
+        SyncTarget::DeviceGroup(group.clone()),
+        Some(SyncResult::Group(group_state(
+            2,
+            app_config(&app, 2, "127.0.0.1:5000/nebula/test:2"),
+        ))),
+    );
+    let seen = control_plane.received().len();
+    assert_eq!(vhost.close_agent_connections(&device), 1);
+    applied(&runtime, &app, 2).await;
+    assert!(control_plane.received().len() > seen, "it synced again");
+    vhost.consumed(&queue).await;
+    // Started direct: the reconnect went through the relay (now 1). Started through the
+    // relay: the reconnect went direct (still 1). Reconnecting to the same node would leave
+    // 0 or make 2.
+    assert_eq!(
+        relay.accepted(),
+        1,
+        "the reconnect must go to the other node (first session relayed: {first_session_relayed})"
+    );
+    // The new session follows changes.
+    control_plane
+        .publish(
+            &group_exchange,
+            &Message::AppChanged(app_config(&app, 3, "127.0.0.1:5000/nebula/test:2")),
+        )
+        .await;
+    applied(&runtime, &app, 3).await;
+    stop(shutdown, agent).await;
+}
+
+/// Issue 13, what an operator reads: the real binary, with a broker list whose first node
+/// is a closed port. Every "connected" line names the node (host:port) and the virtual host;
+/// the closed port is named when it is tried (forced here by dropping the connection: the
+/// next attempt goes to it); the password is in no line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_logs_each_node_it_tries_and_never_the_password() {
+    let mut vhost = VirtualHost::create();
+    let device_url = vhost.device_user();
+    let password = device_url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, password)| password.to_string())
+        .expect("a password in the device URL");
+    let closed_port = device_url.replacen(&broker_address(), "127.0.0.1:1", 1);
+    assert_ne!(closed_port, device_url);
+    let control_plane = ControlPlane::start(&vhost.url).await;
+    let app = Name::new(unique("logged")).expect("name");
+    let device = Name::new(unique("device")).expect("name");
+    control_plane
+        .declare_exchange(&names::app_exchange(&app))
+        .await;
+    control_plane.answer(
+        SyncTarget::App(app.clone()),
+        Some(SyncResult::App(app_config(
+            &app,
+            1,
+            "127.0.0.1:5000/nebula/test:1",
+        ))),
+    );
+    let state_dir = tempfile::tempdir().expect("tempdir");
+    let log_path = state_dir.path().join("agent.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_nebula-agent"))
+        .env_clear()
+        .env("NEBULA_APPS", app.as_str())
+        .env("NEBULA_DEVICE_ID", device.as_str())
+        .env("NEBULA_AMQP_URL", format!("{closed_port},{device_url}"))
+        .env("NEBULA_STATE_DIR", state_dir.path().join("state"))
+        .env("NEBULA_RUNTIME", "simulated")
+        .env("NEBULA_MAX_BACKOFF_SECS", "1")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .spawn()
+        .expect("start the agent");
+    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let lines_with = |text: &str, needle: &str| -> Vec<String> {
+        text.lines()
+            .filter(|line| line.contains(needle))
+            .map(str::to_string)
+            .collect()
+    };
+    wait_for("the agent syncs", CONVERGE, || {
+        let text = read_log();
+        async move { text.contains("synced; consuming changes") }
+    })
+    .await;
+    assert_eq!(vhost.close_agent_connections(&device), 1);
+    wait_for("the agent reconnects", CONVERGE, || {
+        let text = read_log();
+        async move { lines_with(&text, "synced; consuming changes").len() >= 2 }
+    })
+    .await;
+    let _ = agent.kill();
+    let _ = agent.wait();
+
+    let text = read_log();
+    let connected = lines_with(&text, "connected to the broker");
+    assert_eq!(connected.len(), 2, "{text}");
+    for line in &connected {
+        assert!(
+            line.contains(&broker_address()) && line.contains(&vhost.name),
+            "no node or vhost in {line:?}"
+        );
+    }
+    let unreachable = lines_with(&text, "broker unreachable");
+    assert!(
+        !unreachable.is_empty(),
+        "the closed port was never tried:\n{text}"
+    );
+    for line in &unreachable {
+        assert!(line.contains("127.0.0.1:1"), "{line:?}");
+    }
+    assert!(
+        !text.contains(&password),
+        "the password is in the log:\n{text}"
+    );
 }
