@@ -39,8 +39,9 @@ const CONVERGE: Duration = Duration::from_secs(90);
 struct Writes {
     /// `(key number, revision)` of every write answered 2xx.
     acknowledged: Vec<(usize, u64)>,
-    /// Status codes of the other answers.
+    /// Status codes of the other answers, and when they came.
     refused: Vec<u16>,
+    refused_at: Vec<Instant>,
     /// Requests that got no HTTP answer at all.
     unanswered: Vec<String>,
 }
@@ -160,6 +161,21 @@ impl Setup {
     }
 }
 
+/// A figure of the run: on stderr, and with the other e2e scenarios' convergence times in
+/// `target/e2e-convergence.txt` (printed at the end of the test command).
+fn record(line: &str) {
+    use std::io::Write;
+    eprintln!("{line}");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/e2e-convergence.txt");
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(file, "cluster: {line}");
+    }
+}
+
 fn name(app: &str) -> Name {
     Name::new(app).expect("valid name")
 }
@@ -209,6 +225,7 @@ async fn stream(rests: Vec<Rest>, app: String, until: Instant) -> Writes {
             }
             Ok(reply) => {
                 writes.refused.push(reply.status);
+                writes.refused_at.push(Instant::now());
                 // A refused write is not retried (the next one carries its key anyway);
                 // don't spin on a control plane that is reconnecting.
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -251,18 +268,19 @@ async fn a_node_killed_mid_stream_loses_no_acknowledged_write() {
         .map(|app| tokio::spawn(stream(setup.rests(), app.clone(), until)))
         .collect();
     tokio::time::sleep(KILL_AT).await;
+    let killed_at = Instant::now();
     let killed = setup.cluster.kill(victim).expect("SIGKILL a node");
-    eprintln!(
-        "e2e-cluster: node {victim} (pid {killed}) killed with SIGKILL at {:?}",
+    record(&format!(
+        "node {victim} (pid {killed}) killed with SIGKILL at {:?}",
         started.elapsed()
-    );
+    ));
     tokio::time::sleep(RESTART_AT.saturating_sub(started.elapsed())).await;
     let cluster = setup.cluster.clone();
     tokio::task::spawn_blocking(move || cluster.start_missing())
         .await
         .expect("join")
         .expect("node back");
-    eprintln!("e2e-cluster: node {victim} back at {:?}", started.elapsed());
+    record(&format!("node {victim} back at {:?}", started.elapsed()));
     let mut outcomes = Vec::new();
     for writer in writers {
         outcomes.push(writer.await.expect("writer"));
@@ -337,10 +355,16 @@ async fn a_node_killed_mid_stream_loses_no_acknowledged_write() {
         .map(|writes| writes.acknowledged.len())
         .sum();
     let refused: usize = outcomes.iter().map(|writes| writes.refused.len()).sum();
-    eprintln!(
-        "e2e-cluster: {acknowledged} writes acknowledged, {refused} answered 503, every device equal to the store {:.1} s after the stream",
+    // The failover as the writers saw it: when the 503s came, relative to the kill.
+    let last_refusal = outcomes
+        .iter()
+        .flat_map(|writes| &writes.refused_at)
+        .map(|at| at.saturating_duration_since(killed_at).as_secs_f64() * 1000.0)
+        .fold(0.0, f64::max);
+    record(&format!(
+        "{acknowledged} writes acknowledged, {refused} answered 503 (the last {last_refusal:.0} ms after the kill), every device equal to the store {:.1} s after the stream",
         converging.elapsed().as_secs_f64()
-    );
+    ));
     assert_eq!(
         setup.cluster.running_nodes().expect("status").len(),
         3,
@@ -396,10 +420,10 @@ async fn pause_minority_refuses_writes_and_converges_when_the_majority_is_back()
             Some(revision_before)
         );
     }
-    eprintln!(
-        "e2e-cluster: two nodes stopped; both control planes refused writes within {:.1} s",
+    record(&format!(
+        "two nodes stopped; both control planes refused writes within {:.1} s",
         stopped.elapsed().as_secs_f64()
-    );
+    ));
 
     // The majority back: the control planes serve again and a change reaches every device.
     // The survivor resumes as soon as it sees the other two VMs; they themselves can take
@@ -425,10 +449,10 @@ async fn pause_minority_refuses_writes_and_converges_when_the_majority_is_back()
         .wait_applied(&name(&app), revision, back, CONVERGE)
         .await
         .expect("converged");
-    eprintln!(
-        "e2e-cluster: majority back; a change applied on every device {:.1} s after the nodes were started",
+    record(&format!(
+        "majority back; a change applied on every device {:.1} s after the nodes were started",
         back.elapsed().as_secs_f64()
-    );
+    ));
     restarting.await.expect("join").expect("nodes back");
     setup.finish().await;
 }
