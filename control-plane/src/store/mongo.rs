@@ -11,8 +11,13 @@
 //! Made for a replica set or a sharded cluster behind `mongos` (DESIGN §7): every write is
 //! acknowledged by a majority and journaled, every read is majority-committed (so a write a
 //! client saw acknowledged is never rolled back by a failover, and no instance acts on one
-//! that could be), writes are retried once by the driver across a primary change, and every
-//! query is by `_id`, the natural shard key. A standalone server accepts the same concerns.
+//! that could be), writes and reads are retried once by the driver across a primary change
+//! (retryable writes and reads), and every query is by `_id`, the natural shard key. A
+//! standalone server accepts the same concerns (the driver retries no write there: retryable
+//! writes need a replica set or `mongos`). The URL names the servers as MongoDB documents it:
+//! `mongodb://a:27017,b:27017,c:27017/?replicaSet=rs0` for a replica set (any members; the
+//! driver discovers the rest and follows the primary), `mongodb://s1:27017,s2:27017/` for
+//! `mongos` routers (the driver spreads operations over them and skips one that is down).
 //!
 //! Store-wide values live in the `nebula_meta` collection: the store's identity
 //! (`{_id: "store", store_id}`) and the last incarnation handed out (`{_id: "incarnation"}`).
@@ -102,31 +107,8 @@ fn integer(value: Option<&Bson>) -> Option<u64> {
 impl MongoStore {
     /// Connects, checks the server answers, creates the indexes and reads (or makes) the
     /// store's identity.
-    ///
-    /// The URL's own options win where it sets them (`w`, `readConcernLevel`, `retryWrites`),
-    /// so an operator can still choose; the defaults here are what DESIGN §2 needs.
     pub async fn connect(url: &str, database: &str) -> Result<Self, StoreError> {
-        let mut options = ClientOptions::parse(url)
-            .await
-            .map_err(StoreError::unavailable)?;
-        options.app_name = Some("nebula-control-plane".into());
-        // Fail fast when the server is gone: the instance exits and its supervisor retries.
-        options.server_selection_timeout = Some(Duration::from_secs(10));
-        if options.write_concern.is_none() {
-            options.write_concern = Some(
-                WriteConcern::builder()
-                    .w(Acknowledgment::Majority)
-                    .journal(true)
-                    .w_timeout(Duration::from_secs(10))
-                    .build(),
-            );
-        }
-        if options.read_concern.is_none() {
-            options.read_concern = Some(ReadConcern::majority());
-        }
-        if options.retry_writes.is_none() {
-            options.retry_writes = Some(true);
-        }
+        let options = client_options(url).await?;
         let client = Client::with_options(options).map_err(StoreError::unavailable)?;
         let database = client.database(database);
         let mut store = Self {
@@ -266,6 +248,50 @@ impl MongoStore {
             Err(error) => error,
         }
     }
+}
+
+/// The driver's options for `url`: the URL's own, and for each one it leaves unset, what
+/// DESIGN §2 needs. So an operator can still choose (`w`, `journal`, `wtimeoutMS`,
+/// `readConcernLevel`, `retryWrites`, `retryReads`, `serverSelectionTimeoutMS`, `appName`),
+/// one option at a time: `?wtimeoutMS=5000` alone keeps `w: majority, j: true`.
+pub(crate) async fn client_options(url: &str) -> Result<ClientOptions, StoreError> {
+    let mut options = ClientOptions::parse(url)
+        .await
+        .map_err(StoreError::unavailable)?;
+    apply_defaults(&mut options);
+    Ok(options)
+}
+
+fn apply_defaults(options: &mut ClientOptions) {
+    options
+        .app_name
+        .get_or_insert_with(|| "nebula-control-plane".into());
+    // Fail fast when the server is gone: the instance exits and its supervisor retries. (A
+    // replica set elects a new primary within about 12 s by default; to ride that out rather
+    // than restart, raise serverSelectionTimeoutMS in the URL.)
+    options
+        .server_selection_timeout
+        .get_or_insert(Duration::from_secs(10));
+    let write_concern = options
+        .write_concern
+        .get_or_insert_with(WriteConcern::default);
+    let unacknowledged = write_concern.w == Some(Acknowledgment::Nodes(0));
+    write_concern.w.get_or_insert(Acknowledgment::Majority);
+    // (`w: 0` with `j: true` is refused by the driver: an unacknowledged write cannot be
+    // journaled for the client.)
+    if !unacknowledged {
+        write_concern.journal.get_or_insert(true);
+    }
+    write_concern
+        .w_timeout
+        .get_or_insert(Duration::from_secs(10));
+    options
+        .read_concern
+        .get_or_insert_with(ReadConcern::majority);
+    // Both are the driver's defaults too; explicit here, since DESIGN §7 counts on them: a
+    // write or read that meets a primary change is retried once, on the new primary.
+    options.retry_writes.get_or_insert(true);
+    options.retry_reads.get_or_insert(true);
 }
 
 fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
@@ -568,4 +594,98 @@ fn device_from_document(document: &Document) -> Result<DeviceRecord, StoreError>
             .map_err(|_| corrupt("invalid body"))?
             .to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_options;
+    use mongodb::options::{Acknowledgment, ClientOptions, ReadConcern, ReadConcernLevel};
+    use std::time::Duration;
+
+    async fn options(url: &str) -> ClientOptions {
+        client_options(url).await.expect("a valid URL")
+    }
+
+    fn hosts(options: &ClientOptions) -> Vec<String> {
+        options.hosts.iter().map(ToString::to_string).collect()
+    }
+
+    /// What DESIGN §2 and §7 need when the URL says nothing.
+    fn assert_defaults(options: &ClientOptions) {
+        let write = options.write_concern.as_ref().expect("a write concern");
+        assert_eq!(write.w, Some(Acknowledgment::Majority));
+        assert_eq!(write.journal, Some(true));
+        assert_eq!(write.w_timeout, Some(Duration::from_secs(10)));
+        assert_eq!(options.read_concern, Some(ReadConcern::majority()));
+        assert_eq!(options.retry_writes, Some(true));
+        assert_eq!(options.retry_reads, Some(true));
+        assert_eq!(
+            options.server_selection_timeout,
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(options.app_name.as_deref(), Some("nebula-control-plane"));
+    }
+
+    #[tokio::test]
+    async fn a_single_server_gets_majority_journaled_writes_majority_reads_and_retries() {
+        let options = options("mongodb://127.0.0.1:27017").await;
+        assert_eq!(hosts(&options), ["127.0.0.1:27017"]);
+        assert_defaults(&options);
+    }
+
+    #[tokio::test]
+    async fn a_replica_set_url_is_taken_as_given() {
+        let options = options("mongodb://a:27017,b:27017,c:27017/?replicaSet=rs0").await;
+        assert_eq!(hosts(&options), ["a:27017", "b:27017", "c:27017"]);
+        assert_eq!(options.repl_set_name.as_deref(), Some("rs0"));
+        // The driver discovers the members and follows the primary: no direct connection.
+        assert_ne!(options.direct_connection, Some(true));
+        assert_defaults(&options);
+    }
+
+    #[tokio::test]
+    async fn a_mongos_list_is_taken_as_given() {
+        let options = options("mongodb://mongos-1:27017,mongos-2:27018/").await;
+        assert_eq!(hosts(&options), ["mongos-1:27017", "mongos-2:27018"]);
+        assert_eq!(options.repl_set_name, None);
+        assert_defaults(&options);
+    }
+
+    #[tokio::test]
+    async fn the_url_s_own_options_win_one_at_a_time() {
+        let options = options(
+            "mongodb://a:27017,b:27017/?replicaSet=rs0&retryWrites=false&retryReads=false\
+             &wtimeoutMS=2500&readConcernLevel=local&serverSelectionTimeoutMS=30000",
+        )
+        .await;
+        assert_eq!(options.retry_writes, Some(false));
+        assert_eq!(options.retry_reads, Some(false));
+        assert_eq!(
+            options.read_concern.map(|concern| concern.level),
+            Some(ReadConcernLevel::Local)
+        );
+        assert_eq!(
+            options.server_selection_timeout,
+            Some(Duration::from_secs(30))
+        );
+        // Only the time-out was set: the rest of the write concern stays ours.
+        let write = options.write_concern.expect("a write concern");
+        assert_eq!(write.w_timeout, Some(Duration::from_millis(2500)));
+        assert_eq!(write.w, Some(Acknowledgment::Majority));
+        assert_eq!(write.journal, Some(true));
+
+        let write = self::options("mongodb://h:27017/?w=2&journal=false")
+            .await
+            .write_concern
+            .expect("a write concern");
+        assert_eq!(write.w, Some(Acknowledgment::Nodes(2)));
+        assert_eq!(write.journal, Some(false));
+        // Unacknowledged writes cannot be journaled: no `j` is added to `w: 0`.
+        let write = self::options("mongodb://h:27017/?w=0")
+            .await
+            .write_concern
+            .expect("a write concern");
+        assert_eq!(write.w, Some(Acknowledgment::Nodes(0)));
+        assert_eq!(write.journal, None);
+    }
 }
