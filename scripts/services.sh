@@ -79,10 +79,24 @@ mqtt.listeners.tcp.default = 127.0.0.1:1883"
   chown rabbitmq:rabbitmq /etc/rabbitmq/rabbitmq-env.conf /etc/rabbitmq/rabbitmq.conf /etc/rabbitmq/enabled_plugins
 }
 rabbitmq_ready() { port_open 127.0.0.1 5672 && port_open 127.0.0.1 1883; }
+# The Erlang cookie every node (and rabbitmqctl) shares. Made once, before any node starts: on
+# a fresh machine the single node and the three cluster nodes start together, and each would
+# otherwise race to create it (one can fail on the read-only file, or they end up different).
+erlang_cookie() {
+  local cookie=/var/lib/rabbitmq/.erlang.cookie
+  [ -s "$cookie" ] && return 0
+  local value
+  # 600 random bytes hold about 60 capitals (no pipe into `head`: its SIGPIPE and pipefail).
+  value=$(head -c 600 /dev/urandom | LC_ALL=C tr -dc '[:upper:]')
+  (umask 077 && printf '%s' "${value:0:20}" >"$cookie")
+  chown rabbitmq:rabbitmq "$cookie"
+  chmod 400 "$cookie"
+}
 rabbitmq_start() {
   # A running broker's configuration is left alone: rewriting the node name under it would cut
   # rabbitmqctl (and the tests using it) off from it. `restart rabbitmq` applies ours.
   port_open 127.0.0.1 5672 && return 0
+  erlang_cookie
   rabbitmq_configure
   # As Debian's /usr/sbin/rabbitmq-server does (su to the rabbitmq user, from its home), but
   # raising the open files limit first: su applies PAM's default soft limit of 1024, which
@@ -142,9 +156,16 @@ vm_memory_high_watermark.relative = 0.15"
   chown -R rabbitmq:rabbitmq "$dir"
 }
 cluster_node_ready() { port_open 127.0.0.1 "$(cluster_amqp_port "$1")"; }
+# A node's Erlang VM is up while epmd lists it (or its distribution port answers), even when
+# the node is paused (pause_minority: AMQP closed, the VM waiting for a majority): that one
+# must not be started a second time.
+cluster_vm_up() {
+  epmd -names 2>/dev/null | grep -q "^name nebula-c$1 at port " ||
+    port_open 127.0.0.1 $((25680 + $1))
+}
 cluster_start_node() {
   local index=$1 dir=$cluster_root/c$1
-  cluster_node_ready "$index" && return 0
+  cluster_vm_up "$index" && return 0
   cluster_configure "$index"
   # shellcheck disable=SC2016 # expanded by the inner shell
   spawn "rabbitmq-c$index" su rabbitmq -s /bin/sh -c "cd /var/lib/rabbitmq && ulimit -n \"\$(ulimit -Hn)\" &&
@@ -163,7 +184,15 @@ rabbitmq-cluster_ready() {
   [ "$(cluster_running_nodes 1)" -eq 3 ]
 }
 rabbitmq-cluster_start() {
-  local index
+  local index any_up=false
+  for index in "${CLUSTER_NODES[@]}"; do cluster_vm_up "$index" && any_up=true; done
+  # With every node down, start from empty data: the test cluster keeps nothing of value, and
+  # three nodes restarted on their old data wait for each other (Mnesia, and the MQTT
+  # plugin's Raft cluster for up to 100 s) where a fresh cluster forms in about 20 s.
+  if [ "$any_up" = false ]; then
+    for index in "${CLUSTER_NODES[@]}"; do rm -rf "$cluster_root/c$index/mnesia"; done
+  fi
+  erlang_cookie
   for index in "${CLUSTER_NODES[@]}"; do cluster_start_node "$index"; done
 }
 rabbitmq-cluster_wait() {
@@ -175,11 +204,12 @@ rabbitmq-cluster_wait() {
 rabbitmq-cluster_stop() {
   local index pid
   for index in "${CLUSTER_NODES[@]}"; do
-    if cluster_node_ready "$index"; then
+    if cluster_vm_up "$index"; then
       cluster_ctl "$index" shutdown >>"$log_dir/rabbitmq-c$index.log" 2>&1 || true
     fi
     stop_pid "$run_dir/rabbitmq-c$index.pid" "RabbitMQ node $index" 30
-    if pid=$(listener_pid "$(cluster_amqp_port "$index")" beam.smp); then kill -TERM "$pid" 2>/dev/null || true; fi
+    # A paused node listens on no AMQP port, but still on its distribution port.
+    if pid=$(listener_pid $((25680 + index)) beam.smp); then kill -TERM "$pid" 2>/dev/null || true; fi
   done
 }
 rabbitmq-cluster_status() {

@@ -90,8 +90,9 @@ impl ReconnectSchedule {
     /// process, a full-jitter delay before every other.
     pub fn before_attempt(&mut self) -> Duration {
         if !self.attempted {
+            // Not an outage: nothing was lost yet. (Counting from the start would make the
+            // first loss of a session shorter than the cap wait up to half the session.)
             self.attempted = true;
-            self.down_since = Some(Instant::now());
             return Duration::ZERO;
         }
         self.down_since.get_or_insert_with(Instant::now);
@@ -190,6 +191,19 @@ mod tests {
         // A base above the cap is clamped to it.
         let clamped = ReconnectSchedule::new(Duration::from_secs(5), Duration::from_secs(1));
         assert_eq!(clamped.base, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn the_first_loss_waits_at_most_the_base_however_short_the_first_session() {
+        let base = Duration::from_millis(100);
+        let mut schedule = ReconnectSchedule::new(base, Duration::from_secs(30));
+        assert_eq!(schedule.before_attempt(), Duration::ZERO);
+        // Connected for a while (shorter than the cap), then lost: the time before was not
+        // an outage, so the outage starts at the loss.
+        assert_eq!(schedule.down_since, None);
+        schedule.session_ended(long_ago(Duration::from_secs(20)));
+        schedule.before_attempt();
+        assert_eq!(schedule.ceiling(), base);
     }
 
     #[test]

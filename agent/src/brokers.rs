@@ -84,6 +84,18 @@ impl BrokerList {
         self.next = index % self.brokers.len();
     }
 
+    /// After the connection to the node [`BrokerList::next`] returned last was lost: the
+    /// rotation goes on from one of the *other* nodes, chosen by `random` (modulo their
+    /// number). Not simply the next one in the list: every agent of a lost node would then
+    /// land on the same survivor.
+    pub fn leave(&mut self, random: usize) {
+        let count = self.brokers.len();
+        if count > 1 {
+            let lost = (self.next + count - 1) % count;
+            self.next = (lost + 1 + random % (count - 1)) % count;
+        }
+    }
+
     /// The node of the next connection attempt; the one after it comes next time, wrapping
     /// around at the end of the list.
     #[allow(
@@ -277,6 +289,26 @@ mod tests {
         let debug = format!("{list:?}");
         assert!(!debug.contains("s3cret"), "{debug}");
         assert!(debug.contains("rabbit:5672"), "{debug}");
+    }
+
+    #[test]
+    fn after_a_loss_the_agents_of_a_node_spread_over_the_others() {
+        let mut list = BrokerList::parse(THREE).expect("valid");
+        let mut landed = BTreeSet::new();
+        for random in 0..6 {
+            list.start_at(0);
+            let lost = list.next().address().to_string();
+            list.leave(random);
+            let next = list.next().address().to_string();
+            assert_ne!(next, lost, "random {random}");
+            landed.insert(next);
+        }
+        assert_eq!(landed.len(), 2, "both other nodes: {landed:?}");
+        // One node: nowhere else to go.
+        let mut one = BrokerList::parse("amqp://a:5672/%2f").expect("valid");
+        one.next();
+        one.leave(5);
+        assert_eq!(one.next().address(), "a:5672");
     }
 
     #[test]

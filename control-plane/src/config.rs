@@ -126,6 +126,23 @@ fn broker_urls(text: &str) -> Result<Vec<String>, ConfigError> {
         if let Err(reason) = url.parse::<lapin::uri::AMQPUri>() {
             return Err(invalid(format!("URL {position}: {reason}")));
         }
+        // lapin turns a bracketed IPv6 host into "localhost": refused rather than connecting
+        // to this machine by surprise (the agent refuses them too).
+        let authority = url
+            .split_once("://")
+            .map_or(url.as_str(), |(_, rest)| rest)
+            .split(['/', '?', '#'])
+            .next()
+            .unwrap_or_default();
+        if authority
+            .rsplit('@')
+            .next()
+            .is_some_and(|host| host.starts_with('['))
+        {
+            return Err(invalid(format!(
+                "URL {position}: IPv6 addresses are not supported; use a host name"
+            )));
+        }
     }
     Ok(urls)
 }
@@ -482,6 +499,7 @@ mod tests {
             ("NEBULA_AMQP_URL", "http://x"),
             ("NEBULA_AMQP_URL", "amqp://a:5672/,http://b"),
             ("NEBULA_AMQP_URL", "amqp://a:notaport/"),
+            ("NEBULA_AMQP_URL", "amqp://u:p@[fd00::1]:5672/%2f"),
             ("NEBULA_AMQP_URL", " , "),
             ("NEBULA_AMQP_QUEUE_TYPE", "stream"),
             ("NEBULA_STORE", "sqlite"),

@@ -62,11 +62,10 @@ impl Cluster {
         Vhost::create_on(Some(&self.node_name(0)), name)
     }
 
-    /// `(connection name, node index)` of every client connection to `vhost`, asked of
-    /// every running node (a node lists only its own connections).
+    /// `(connection name, node index)` of every client connection to `vhost`, as the first
+    /// node that answers lists them (the listing covers the whole cluster). Two clients may
+    /// give the same name: both are kept.
     pub fn connections(&self, vhost: &str) -> anyhow::Result<Vec<(String, usize)>> {
-        let mut connections = Vec::new();
-        let mut answered = false;
         for index in 0..self.len() {
             let node = self.node_name(index);
             let Ok(output) = rabbitmqctl_output(&[
@@ -83,8 +82,8 @@ impl Cluster {
             ]) else {
                 continue;
             };
-            answered = true;
             let entries: Vec<serde_json::Value> = serde_json::from_str(&output)?;
+            let mut connections = Vec::new();
             for entry in entries {
                 let port = entry["port"].as_u64().unwrap_or_default();
                 let Some(on) = (0..self.len()).find(|&node| u64::from(self.port(node)) == port)
@@ -93,11 +92,10 @@ impl Cluster {
                 };
                 connections.push((connection_name(&entry["client_properties"]), on));
             }
+            connections.sort();
+            return Ok(connections);
         }
-        anyhow::ensure!(answered, "no cluster node answered");
-        connections.sort();
-        connections.dedup();
-        Ok(connections)
+        anyhow::bail!("no cluster node answered")
     }
 
     /// The running nodes, as node `index` sees them.

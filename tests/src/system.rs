@@ -98,24 +98,25 @@ impl ControlPlane {
         Ok(control_plane)
     }
 
-    /// Waits until `/readyz` answers 200 (store and broker reachable).
+    /// Waits (up to a minute) until `/readyz` answers 200 (store and broker reachable).
     pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        self.wait_ready_within(Duration::from_secs(60)).await
+    }
+
+    /// Like [`ControlPlane::wait_ready`], up to `deadline`.
+    pub async fn wait_ready_within(&self, deadline: Duration) -> anyhow::Result<()> {
         let url = format!("http://{}/readyz", self.address);
         let client = reqwest::Client::new();
-        wait_for(
-            &format!("{} ready", self.process),
-            Duration::from_secs(60),
-            || {
-                let request = client.get(&url).timeout(Duration::from_secs(2)).send();
-                async move {
-                    request
-                        .await
-                        .ok()
-                        .filter(|response| response.status() == 200)
-                        .map(|_| ())
-                }
-            },
-        )
+        wait_for(&format!("{} ready", self.process), deadline, || {
+            let request = client.get(&url).timeout(Duration::from_secs(2)).send();
+            async move {
+                request
+                    .await
+                    .ok()
+                    .filter(|response| response.status() == 200)
+                    .map(|_| ())
+            }
+        })
         .await
     }
 

@@ -5,9 +5,11 @@
 //! operation runs on it; an operation failing in a way that condemns the connection (a missing
 //! confirm, a refused operation: [`AmqpError::ends_connection`]) ends it at once, so the next
 //! request does not wait on a broker that is already known to be in trouble. Without a
-//! connection every operation fails at once with [`AmqpError::Unavailable`]: the request is
-//! answered 503, and its change, already stored with its outbox flag, is published after the
-//! reconnect.
+//! connection every operation fails at once with [`AmqpError::Unavailable`], and the write
+//! path refuses writes before storing them (`is_connected`). A write already stored when its
+//! connection failed is answered 503 and keeps its outbox flag: the reconnect's outbox pass
+//! publishes it, or, if it was still under way then, the periodic outbox (one to two
+//! intervals later).
 //!
 //! [`run`] owns the connection's life: the consumers of `nebula.sync` and `nebula.reports` on
 //! it, and when it ends (the node died or paused, the connection failed, a consumer ended, an
@@ -44,6 +46,8 @@ pub struct Session {
     pub broker: AmqpBroker,
     /// The node, for logs: `host:port/vhost`, never the credentials.
     pub node: String,
+    /// Its place in the list.
+    index: usize,
     ended: CancellationToken,
     reason: Arc<OnceLock<String>>,
 }
@@ -127,6 +131,7 @@ impl BrokerLink {
                         return Ok(Some(Session {
                             broker,
                             node,
+                            index,
                             ended: CancellationToken::new(),
                             reason: Arc::default(),
                         }));
@@ -155,6 +160,16 @@ impl BrokerLink {
     /// Stops taking writes (until [`BrokerLink::serve`]); returns the connection that served.
     fn withdraw(&self) -> Option<Session> {
         self.slot().take()
+    }
+
+    /// After `lost` failed: the next attempt goes to one of the other nodes, at random — not
+    /// simply the next in the list, where every instance of the lost node would go.
+    fn leave(&self, lost: &Session) {
+        let count = self.inner.urls.len();
+        if count > 1 {
+            let next = lost.index + 1 + fastrand::usize(..count - 1);
+            self.inner.next.store(next % count, Ordering::Relaxed);
+        }
     }
 
     fn slot(&self) -> std::sync::RwLockWriteGuard<'_, Option<Session>> {
@@ -265,8 +280,11 @@ pub async fn run(
             return;
         }
         link.withdraw();
+        link.leave(&session);
         tracing::warn!(node = %session.node, reason = %session.reason(), "broker connection lost; reconnecting (writes answer 503 meanwhile)");
-        session.broker.close().await;
+        // Closed on the side: a node that hangs must not hold the reconnect for its timeout.
+        let old = session.broker.clone();
+        tokio::spawn(async move { old.close().await });
         match reconnect(&link, &service, &shutdown).await {
             Some(next) => session = next,
             None => return,
@@ -328,8 +346,11 @@ async fn serve_until_ended(
 }
 
 /// A new connection, made ready to serve: the broker topology as the store says and every
-/// unconfirmed change published, before any write goes through it. `None` on shutdown.
+/// unconfirmed change published, before any write goes through it. `None` on shutdown, and
+/// when preparing fails for any reason but the broker (the store: as at start, the instance
+/// ends).
 async fn reconnect(link: &BrokerLink, service: &Service, shutdown: &Shutdown) -> Option<Session> {
+    let mut failures = 0u32;
     loop {
         let session = match link.connect(None, shutdown.token()).await {
             Ok(Some(session)) => session,
@@ -351,14 +372,24 @@ async fn reconnect(link: &BrokerLink, service: &Service, shutdown: &Shutdown) ->
                 tracing::info!(node = %session.node, groups, republished, "broker topology reconciled after the reconnect");
                 return Some(session);
             }
-            Err(error) => {
-                // A store error has ended the instance already; a broker one means this
-                // connection is no good either.
+            Err(crate::service::ServiceError::Amqp(error)) => {
+                // This connection is no good either: another, after a growing pause (a
+                // broker that takes connections and fails every operation must not get
+                // tens of them a second).
                 tracing::warn!(node = %session.node, error = %error, "preparing the new broker connection failed");
                 session.broker.close().await;
-                if shutdown.token().is_cancelled() {
-                    return None;
+                link.leave(&session);
+                failures = failures.saturating_add(1);
+                let pause = CONNECT_RETRY.saturating_mul(failures.min(20));
+                tokio::select! {
+                    () = shutdown.token().cancelled() => return None,
+                    () = tokio::time::sleep(pause + pause.mul_f64(fastrand::f64())) => {}
                 }
+            }
+            Err(error) => {
+                shutdown.fail(format!("preparing a new broker connection failed: {error}"));
+                session.broker.close().await;
+                return None;
             }
         }
     }

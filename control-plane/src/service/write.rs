@@ -117,8 +117,9 @@ impl<R: Lifecycle> Writes<R> {
     ///
     /// Refused before anything is stored while the broker link has no connection (it is
     /// reconnecting, or the cluster has lost its majority): the client gets a 503 and the
-    /// store stays as it was. Only a write already under way when the connection fails can
-    /// end stored but unconfirmed (503 too); the outbox publishes it.
+    /// store stays as it was. Checked again when the write's turn comes (it may have queued
+    /// behind a batch that waited on a dying connection). Only a write already stored when the
+    /// connection fails ends stored but unconfirmed (503 too); the outbox publishes it.
     pub(crate) async fn submit(
         &self,
         service: &Service,
@@ -126,9 +127,7 @@ impl<R: Lifecycle> Writes<R> {
         change: Change<R>,
     ) -> Result<Option<R>, ServiceError> {
         if !service.broker.is_connected() {
-            return Err(ServiceError::Amqp(AmqpError::Unavailable(
-                "the write was not stored".into(),
-            )));
+            return Err(not_connected());
         }
         let slot = self.slot(name);
         let (done, outcome) = oneshot::channel();
@@ -151,6 +150,11 @@ impl<R: Lifecycle> Writes<R> {
     }
 }
 
+/// What a write gets when there is no broker connection to publish it on.
+fn not_connected() -> ServiceError {
+    ServiceError::Amqp(AmqpError::Unavailable("the write was not stored".into()))
+}
+
 /// Runs a batch in order: consecutive updates together, each create or delete on its own.
 /// `last` is what this instance last wrote of the object, kept up to date here.
 async fn run<R: Lifecycle>(
@@ -162,6 +166,10 @@ async fn run<R: Lifecycle>(
     let _publishing = service.publishing.enter(R::KIND, name.as_str());
     let mut ops = batch.into_iter().peekable();
     while let Some(op) = ops.next() {
+        if !service.broker.is_connected() {
+            let _ = op.done.send(Err(not_connected()));
+            continue;
+        }
         match op.change {
             Change::Create(document) => {
                 *last = None;

@@ -149,6 +149,7 @@ pub async fn run<R: ContainerRuntime>(shared: Arc<Shared<R>>) -> Result<(), Agen
                     "lost the broker connection; apps keep running, reconnecting"
                 );
                 schedule.session_ended(connected_at);
+                brokers.leave(fastrand::usize(..));
             }
         }
     }

@@ -15,7 +15,7 @@ use crate::runtime::ContainerRuntime;
 use crate::supervisor::Shared;
 use crate::transport::Target;
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
 use nebula_protocol::names::{DIRECT_REPLY_TO, SYNC_QUEUE};
@@ -73,6 +73,16 @@ pub async fn request_sync<R: ContainerRuntime>(
     target: &Target,
     stop: &CancellationToken,
 ) -> Result<Option<SyncReply>, AmqpError> {
+    // Confirm mode makes the broker track each request: on a cluster, `nebula.sync` is a
+    // quorum queue, and RabbitMQ 3.10 sends an untracked publish to the leader the channel
+    // knows, so every request from a channel opened just as the leader's node died went to
+    // the dead leader and was lost (the agent waited out 10 + 20 + 40 s). Tracked, it is
+    // sent again to the new leader. The confirm itself is not awaited: the reply is what
+    // counts.
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(operation("confirm.select"))?;
     // RabbitMQ's direct reply-to: consume the pseudo queue, without acks, on the channel that
     // publishes, before publishing.
     let mut replies = channel
