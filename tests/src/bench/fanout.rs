@@ -92,7 +92,12 @@ async fn run_on(options: &Options, broker: Broker) -> anyhow::Result<serde_json:
         );
     }
     let restarts = fleet.restarts();
+    let stopping = Instant::now();
     fleet.stop().await;
+    eprintln!(
+        "fanout: {agents} agents stopped in {:.1} s",
+        stopping.elapsed().as_secs_f64()
+    );
     bench
         .control_plane
         .process

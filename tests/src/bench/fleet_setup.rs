@@ -124,6 +124,10 @@ impl FleetBench {
             }
             Broker::Cluster => {
                 let cluster = crate::cluster::Cluster::from_env();
+                // A test may have left a node still rejoining.
+                cluster
+                    .wait_complete(std::time::Duration::from_secs(240))
+                    .await?;
                 let vhost = cluster.create_vhost(&vhost_name)?;
                 let urls = cluster.url_list(&vhost.name);
                 (vhost, urls)
