@@ -84,7 +84,9 @@ pub async fn run<R: ContainerRuntime>(
         shared.wake(app);
     }
     if group_mode {
-        shared.tasks.spawn(shared.clone().prune_loop());
+        shared.tasks.spawn(tracing::Instrument::in_current_span(
+            shared.clone().prune_loop(),
+        ));
     }
 
     let mut result = transport::amqp::run(shared.clone()).await;

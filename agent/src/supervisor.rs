@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 /// State shared by the transport, the workers and the reporter of one agent.
 #[derive(Debug)]
@@ -133,8 +134,11 @@ impl<R: ContainerRuntime> Shared<R> {
                 let shared = self.clone();
                 let app = app.clone();
                 let worker_notify = notify.clone();
-                self.tasks
-                    .spawn(async move { shared.app_worker(app, worker_notify).await });
+                // In the caller's span: the fleet simulator runs each agent in one naming
+                // its device.
+                self.tasks.spawn(
+                    async move { shared.app_worker(app, worker_notify).await }.in_current_span(),
+                );
                 notify
             }
         };

@@ -1361,6 +1361,76 @@ async fn a_lost_connection_is_re_established_and_a_change_made_meanwhile_converg
     stop(shutdown, agent).await;
 }
 
+/// RabbitMQ 3.10/3.11 race (see `transport::amqp::watch`): after a cluster node dies, the
+/// late cleanup of an agent's old queue deletes, by name, the record and binding of the
+/// queue the agent has meanwhile declared again on another node, and the agent consumes on
+/// from a queue nothing is routed to. The test does to the queue what that cleanup does
+/// (the same Mnesia deletes, through `rabbitmqctl eval`): the agent must notice, declare,
+/// bind and sync again, and so get both the change made meanwhile and the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_the_broker_dropped_under_the_consumer_is_declared_bound_and_synced_again() {
+    let vhost = VirtualHost::create();
+    let control_plane = ControlPlane::start(&vhost.url).await;
+    let app = Name::new(unique("dropped")).expect("name");
+    let device = Name::new(unique("device")).expect("name");
+    let exchange = names::app_exchange(&app);
+    control_plane.declare_exchange(&exchange).await;
+    control_plane.answer(
+        SyncTarget::App(app.clone()),
+        Some(SyncResult::App(app_config(
+            &app,
+            1,
+            "127.0.0.1:5000/nebula/test:1",
+        ))),
+    );
+    let state_dir = tempfile::tempdir().expect("tempdir");
+    let runtime = SimulatedRuntime::new();
+    let (shutdown, agent) = start(
+        agent_config(
+            ("NEBULA_APPS", app.as_str()),
+            &device,
+            &vhost.url,
+            state_dir.path(),
+        ),
+        &runtime,
+    );
+    applied(&runtime, &app, 1).await;
+
+    let queue = names::app_queue(&device, &app);
+    let drop_record_and_bindings = format!(
+        "Q = rabbit_misc:r(<<\"{vhost}\">>, queue, <<\"{queue}\">>), \
+         rabbit_misc:execute_mnesia_transaction(fun () -> \
+             ok = mnesia:delete({{rabbit_queue, Q}}), \
+             rabbit_binding:remove_transient_for_destination(Q) end), dropped.",
+        vhost = vhost.name
+    );
+    let output = rabbitmqctl(&["eval", &drop_record_and_bindings]);
+    // What the cleanup leaves: the agent still consumes, but its queue is unknown to the
+    // broker, and unbound.
+    assert!(output.contains("dropped"), "{output}");
+
+    // A change made in the store meanwhile: only a sync brings it.
+    control_plane.answer(
+        SyncTarget::App(app.clone()),
+        Some(SyncResult::App(app_config(
+            &app,
+            2,
+            "127.0.0.1:5000/nebula/test:2",
+        ))),
+    );
+    applied(&runtime, &app, 2).await;
+    // Bound again: the next change is routed to the new queue.
+    control_plane
+        .publish(
+            &exchange,
+            &Message::AppChanged(app_config(&app, 3, "127.0.0.1:5000/nebula/test:2")),
+        )
+        .await;
+    applied(&runtime, &app, 3).await;
+    assert!(!agent.is_finished(), "the agent must not exit");
+    stop(shutdown, agent).await;
+}
+
 /// Reports are best effort, and a device account needs no configure rights beyond its own
 /// queues: with the reports exchange missing the agent runs on, and once the control plane
 /// declares it the reports arrive.

@@ -68,12 +68,13 @@ impl Cluster {
     pub fn connections(&self, vhost: &str) -> anyhow::Result<Vec<(String, usize)>> {
         for index in 0..self.len() {
             let node = self.node_name(index);
+            // `list_connections` lists every vhost's connections (it takes no `-p`): the
+            // vhost column keeps other tests' and benchmarks' clients out.
             let Ok(output) = rabbitmqctl_output(&[
                 "-n",
                 &node,
                 "list_connections",
-                "-p",
-                vhost,
+                "vhost",
                 "port",
                 "client_properties",
                 "--formatter",
@@ -84,7 +85,7 @@ impl Cluster {
             };
             let entries: Vec<serde_json::Value> = serde_json::from_str(&output)?;
             let mut connections = Vec::new();
-            for entry in entries {
+            for entry in entries.iter().filter(|entry| entry["vhost"] == vhost) {
                 let port = entry["port"].as_u64().unwrap_or_default();
                 let Some(on) = (0..self.len()).find(|&node| u64::from(self.port(node)) == port)
                 else {
@@ -132,7 +133,7 @@ impl Cluster {
     }
 
     /// Kills node `index`'s Erlang VM (the beam.smp listening on its AMQP port) with
-    /// SIGKILL; returns its pid.
+    /// SIGKILL, and waits until it is gone (blocking, up to 15 s); returns its pid.
     pub fn kill(&self, index: usize) -> anyhow::Result<u32> {
         let port = self.port(index);
         let pid =
@@ -141,6 +142,19 @@ impl Cluster {
             .args(["-KILL", &pid.to_string()])
             .status()?;
         anyhow::ensure!(status.success(), "kill -KILL {pid} failed");
+        // Dead only once epmd has dropped its name too: until then `services.sh start` takes
+        // the node for running and does not start it again (a restart right after the kill
+        // then waited 180 s for a node that never came).
+        let name = self.node_name(index);
+        let short_name = name.split('@').next().unwrap_or_default();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while process_alive(pid) || epmd_lists(short_name) {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "node {name} (pid {pid}) still registered 15 s after SIGKILL"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         Ok(pid)
     }
 
@@ -197,6 +211,26 @@ fn connection_name(properties: &serde_json::Value) -> String {
         .and_then(|property| property[2].as_str())
         .unwrap_or_default()
         .to_string()
+}
+
+/// Whether `pid` runs (a zombie, killed but not yet reaped, does not).
+fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// Whether epmd has an Erlang node of this short name registered.
+fn epmd_lists(short_name: &str) -> bool {
+    Command::new("epmd")
+        .arg("-names")
+        .output()
+        .is_ok_and(|output| {
+            String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .any(|line| line.starts_with(&format!("name {short_name} at port ")))
+        })
 }
 
 /// The pid of the process listening on TCP `port` on this machine (from `ss`).

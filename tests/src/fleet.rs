@@ -21,6 +21,21 @@ pub struct SimulatedDevice {
     pub runtime: SimulatedRuntime,
 }
 
+/// The agents that did not converge in time (an error of [`Fleet::wait_applied`]).
+#[derive(Debug)]
+pub struct Laggards {
+    pub devices: Vec<String>,
+    summary: String,
+}
+
+impl std::fmt::Display for Laggards {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.summary)
+    }
+}
+
+impl std::error::Error for Laggards {}
+
 /// A running fleet.
 #[derive(Debug)]
 pub struct Fleet {
@@ -71,7 +86,9 @@ impl Fleet {
                 runtime: runtime.clone(),
             });
             let (shutdown, restarts) = (shutdown.clone(), Arc::clone(&restarts));
-            tasks.spawn(async move {
+            // Every line an agent logs names its device (see `bench::agent_log`).
+            let span = tracing::info_span!("agent", device = %config.device_id);
+            tasks.spawn(tracing::Instrument::instrument(async move {
                 loop {
                     let result =
                         nebula_agent::run(config.clone(), runtime.clone(), shutdown.clone()).await;
@@ -87,7 +104,7 @@ impl Fleet {
                         () = tokio::time::sleep(Duration::from_millis(500)) => {}
                     }
                 }
-            });
+            }, span));
         }
         Ok(Self {
             devices,
@@ -141,11 +158,29 @@ impl Fleet {
                 return Ok(latencies);
             }
             if since.elapsed() > deadline {
-                anyhow::bail!(
-                    "{} of {} agents did not apply {app} at {revision} within {deadline:?}",
-                    pending.len(),
-                    self.devices.len()
-                );
+                let devices = pending
+                    .iter()
+                    .map(|&index| self.devices[index].device_id.to_string())
+                    .collect();
+                let holding = pending
+                    .iter()
+                    .take(5)
+                    .map(|&index| {
+                        let device = &self.devices[index];
+                        let held = device.runtime.applied_revision(app);
+                        format!("{} holds {held:?}", device.device_id)
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(Laggards {
+                    devices,
+                    summary: format!(
+                        "{} of {} agents did not apply {app} at {revision} within {deadline:?} ({holding})",
+                        pending.len(),
+                        self.devices.len()
+                    ),
+                }
+                .into());
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

@@ -287,7 +287,11 @@ async fn a_node_killed_mid_stream_loses_no_acknowledged_write() {
         .collect();
     tokio::time::sleep(KILL_AT).await;
     let killed_at = Instant::now();
-    let killed = setup.cluster.kill(victim).expect("SIGKILL a node");
+    let cluster = setup.cluster.clone();
+    let killed = tokio::task::spawn_blocking(move || cluster.kill(victim))
+        .await
+        .expect("join")
+        .expect("SIGKILL a node");
     record(&format!(
         "node {victim} (pid {killed}) killed with SIGKILL at {:?}",
         started.elapsed()

@@ -20,7 +20,7 @@ pub struct BrokerUsage {
 #[derive(Debug)]
 pub struct BrokerSampler {
     running: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<BrokerUsage>,
+    task: Option<tokio::task::JoinHandle<BrokerUsage>>,
 }
 
 impl BrokerSampler {
@@ -60,12 +60,27 @@ impl BrokerSampler {
             usage.cpu_percent = 100.0 * (busy as f64 / 100.0) / started.elapsed().as_secs_f64();
             usage
         });
-        Self { running, task }
+        Self {
+            running,
+            task: Some(task),
+        }
     }
 
-    pub async fn stop(self) -> BrokerUsage {
+    pub async fn stop(mut self) -> BrokerUsage {
         self.running.store(false, Ordering::Relaxed);
-        self.task.await.unwrap_or_default()
+        match self.task.take() {
+            Some(task) => task.await.unwrap_or_default(),
+            None => BrokerUsage::default(),
+        }
+    }
+}
+
+/// A scenario that fails midway drops its sampler without `stop`: the sampling thread must
+/// end all the same, or the runtime waits for it forever when the benchmark exits (a failed
+/// run hung CI until its timeout).
+impl Drop for BrokerSampler {
+    fn drop(&mut self) {
+        self.running.store(false, Ordering::Relaxed);
     }
 }
 

@@ -1,5 +1,6 @@
 //! The benchmark scenarios of `nebula-bench`, each ending with one JSON line of figures.
 
+pub mod agent_log;
 pub mod broker;
 pub mod fanout;
 pub mod fleet_setup;

@@ -65,7 +65,8 @@ async fn run_on(options: &Options, broker: Broker) -> anyhow::Result<serde_json:
         }
         Broker::Cluster => {
             let cluster = crate::cluster::Cluster::from_env();
-            let pid = cluster.kill(0)?;
+            let victim = cluster.clone();
+            let pid = tokio::task::spawn_blocking(move || victim.kill(0)).await??;
             eprintln!(
                 "sync-storm: all synced in {boot_secs:.2} s; killed node 0 (pid {pid}) with SIGKILL"
             );

@@ -4,12 +4,34 @@
 
 use nebula_tests::bench::{self, Options};
 use std::process::ExitCode;
+use std::time::Duration;
 
 const USAGE: &str =
     "usage: nebula-bench <fanout|sync-storm|rest|footprint> [--agents N] [--seconds N] [...]";
 
-#[tokio::main(flavor = "multi_thread")]
-async fn main() -> ExitCode {
+/// How long leftover blocking work (a cluster node being started again) may hold up the
+/// exit once the scenario has its result.
+const EXIT_GRACE: Duration = Duration::from_secs(10);
+
+fn main() -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("nebula-bench: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(run());
+    // Dropping a runtime waits for its blocking tasks without a bound: a scenario that
+    // failed midway must not hang its caller (CI) until that caller's own timeout.
+    runtime.shutdown_timeout(EXIT_GRACE);
+    code
+}
+
+async fn run() -> ExitCode {
     let arguments: Vec<String> = std::env::args().skip(1).collect();
     let Some((scenario, rest)) = arguments.split_first() else {
         eprintln!("{USAGE}");
@@ -20,6 +42,13 @@ async fn main() -> ExitCode {
         Err(error) => {
             eprintln!("nebula-bench: {error}\n{USAGE}");
             return ExitCode::from(64);
+        }
+    };
+    let agent_log = match bench::agent_log::install(scenario) {
+        Ok(path) => path,
+        Err(error) => {
+            eprintln!("nebula-bench: {error:#}");
+            return ExitCode::FAILURE;
         }
     };
     let result = match scenario.as_str() {
@@ -45,6 +74,7 @@ async fn main() -> ExitCode {
         }
         Err(error) => {
             eprintln!("nebula-bench: {scenario} failed: {error:#}");
+            bench::agent_log::explain(&agent_log, &error);
             ExitCode::FAILURE
         }
     }

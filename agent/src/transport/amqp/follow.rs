@@ -2,11 +2,13 @@
 //! exclusive queue, bind it, sync, apply the reply as authoritative, and only then consume —
 //! so a change made during the sync is already queued, and its version decides whether it
 //! still matters. The flow starts over on a new channel when the target is deleted, not
-//! found, or its queue cannot be had (another agent with this device id), with backoff; it
-//! ends when its connection does.
+//! found, or its queue cannot be had (another agent with this device id), with backoff, and
+//! at once when the broker lost the queue under it ([`super::watch`]); it ends when its
+//! connection does.
 
 use super::queue::{self, Declared, Refusal};
-use super::sync::request_sync;
+use super::sync::{SyncAttempts, request_sync};
+use super::watch::{QueueWatch, queue_exists};
 use super::{FlowEnd, agent_queue, exchange, operation, reply_code};
 use crate::backoff::Backoff;
 use crate::error::{AmqpError, StateError};
@@ -29,6 +31,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Unacknowledged deliveries per agent queue: changes are applied one by one anyway.
 const PREFETCH: u16 = 16;
+/// How long closing a channel may take before it is left to its connection.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a boot flow waits and starts over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +51,8 @@ enum Retry {
 #[derive(Debug)]
 enum Step {
     Stopped,
-    /// The target was deleted: start over at once.
+    /// The target was deleted, or the broker dropped the queue ([`super::watch`]): start
+    /// over at once.
     StartOver,
     RetryLater(Retry),
 }
@@ -71,14 +76,15 @@ pub async fn follow<R: ContainerRuntime>(
     stop: CancellationToken,
 ) -> Result<FlowEnd, StateError> {
     let mut backoff = Backoff::new(Duration::from_secs(1), shared.config.max_backoff);
+    let mut attempts = sync_attempts(&shared);
     loop {
         if stop.is_cancelled() {
             return Ok(FlowEnd::Stopped);
         }
-        let retry = match boot(&shared, &connection, &target, &stop).await {
+        let retry = match boot(&shared, &connection, &target, &mut attempts, &stop).await {
             Ok(Step::Stopped) => return Ok(FlowEnd::Stopped),
             Ok(Step::StartOver) => {
-                tracing::info!(target = %target, "deleted; starting the boot flow over");
+                tracing::info!(target = %target, "starting the boot flow over");
                 backoff.reset();
                 continue;
             }
@@ -132,50 +138,52 @@ fn log_retry(device: &nebula_protocol::Name, target: &Target, retry: Retry, dela
     }
 }
 
+/// The sync attempts of a boot flow, from the first (shortest) timeout.
+fn sync_attempts<R: ContainerRuntime>(shared: &Shared<R>) -> SyncAttempts {
+    SyncAttempts::new(
+        &shared.config.device_id,
+        shared.config.sync_timeout,
+        shared.config.max_sync_timeout,
+    )
+}
+
 /// One pass: declare, bind, sync, apply, consume.
 async fn boot<R: ContainerRuntime>(
     shared: &Arc<Shared<R>>,
     connection: &Connection,
     target: &Target,
+    attempts: &mut SyncAttempts,
     stop: &CancellationToken,
 ) -> Result<Step, FlowError> {
     let queue = agent_queue(target, &shared.config.device_id);
-    let exchange = exchange(target);
-    let channel = match queue::declare_agent_queue(connection, &queue).await? {
-        Declared::Ready(channel) => channel,
-        Declared::Refused(refusal) => return Ok(Step::RetryLater(Retry::Refused(refusal))),
-    };
-    let bound = match channel
-        .queue_bind(
-            queue.as_str().into(),
-            exchange.as_str().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-    {
-        Ok(()) => true,
-        Err(error) if reply_code(&error) == Some(404) => {
-            tracing::info!(target = %target, exchange, "exchange does not exist (yet); asking the control plane");
-            false
-        }
-        Err(error) => return Err(operation("queue.bind")(error).into()),
-    };
-    // A 404 closed the channel; the sync needs an open one.
-    let channel = if bound {
-        channel
-    } else {
-        connection
-            .create_channel()
-            .await
-            .map_err(operation("channel.open"))?
-    };
-
-    let Some(reply) = request_sync(shared, &channel, target, stop).await? else {
-        close(&channel, "stopping").await;
+    // Every broker operation of the pass races `stop`: after a lost connection lapin can
+    // leave an operation's promise pending, and the session would wait out its wind-down
+    // (10 s) for this task before reconnecting. Only the state writes are never cut short.
+    let Some(declared) = until_stopped(stop, declare_and_bind(connection, &queue, target)).await
+    else {
         return Ok(Step::Stopped);
     };
+    let (channel, bound) = match declared? {
+        Bound::Ready { channel, bound } => (channel, bound),
+        Bound::Refused(refusal) => return Ok(Step::RetryLater(Retry::Refused(refusal))),
+    };
+
+    let requested = until_stopped(stop, request_sync(shared, &channel, target, attempts, stop))
+        .await
+        .unwrap_or(Ok(None));
+    let reply = match requested {
+        Ok(Some(reply)) => reply,
+        Ok(None) => {
+            close(&channel, "stopping").await;
+            return Ok(Step::Stopped);
+        }
+        Err(error) => {
+            close(&channel, "sync request failed").await;
+            return Err(error.into());
+        }
+    };
+    // The next boot pass (after a deletion or a dropped queue) starts with short timeouts.
+    *attempts = sync_attempts(shared);
     let store = reply.store_id;
     let sync_target = target.sync_target();
     let mut outcome = SyncOutcome::Mismatched;
@@ -203,25 +211,50 @@ async fn boot<R: ContainerRuntime>(
         return Ok(Step::RetryLater(Retry::ExchangeMissing));
     }
 
-    channel
-        .basic_qos(PREFETCH, BasicQosOptions::default())
-        .await
-        .map_err(operation("basic.qos"))?;
-    let mut consumer = channel
-        .basic_consume(
-            queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(operation("basic.consume"))?;
+    let consuming = until_stopped(stop, async {
+        channel
+            .basic_qos(PREFETCH, BasicQosOptions::default())
+            .await
+            .map_err(operation("basic.qos"))?;
+        channel
+            .basic_consume(
+                queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(operation("basic.consume"))
+    })
+    .await;
+    let mut consumer = match consuming {
+        Some(consumer) => consumer?,
+        None => {
+            close(&channel, "stopping").await;
+            return Ok(Step::Stopped);
+        }
+    };
     tracing::info!(target = %target, queue, "synced; consuming changes");
+    let mut watch = QueueWatch::starting_at(tokio::time::Instant::now());
     loop {
         let delivery = tokio::select! {
             () = stop.cancelled() => {
                 close(&channel, "stopping").await;
                 return Ok(Step::Stopped);
+            }
+            () = watch.due() => {
+                watch.checked();
+                let Some(exists) = until_stopped(stop, queue_exists(connection, &queue)).await
+                else {
+                    close(&channel, "stopping").await;
+                    return Ok(Step::Stopped);
+                };
+                if !exists? {
+                    tracing::warn!(target = %target, queue, "the broker dropped this agent's queue while it was consuming (a dead cluster node's cleanup took its name); declaring, binding and syncing again");
+                    close(&channel, "queue dropped by the broker").await;
+                    return Ok(Step::StartOver);
+                }
+                continue;
             }
             delivery = consumer.next() => delivery,
         };
@@ -230,10 +263,73 @@ async fn boot<R: ContainerRuntime>(
             Some(Err(error)) => return Err(AmqpError::ConnectionLost(error.to_string()).into()),
             Some(Ok(delivery)) => delivery,
         };
-        if handle(shared, target, delivery).await? {
+        if handle(shared, target, delivery, stop).await? {
             close(&channel, "target deleted").await;
             return Ok(Step::StartOver);
         }
+    }
+}
+
+/// What declaring and binding the agent queue gave.
+enum Bound {
+    /// The queue is this connection's; `bound` is false when the exchange does not exist
+    /// (yet). The channel is open either way.
+    Ready {
+        channel: Channel,
+        bound: bool,
+    },
+    Refused(Refusal),
+}
+
+/// Declares the agent queue and binds it to the target's exchange.
+async fn declare_and_bind(
+    connection: &Connection,
+    queue: &str,
+    target: &Target,
+) -> Result<Bound, AmqpError> {
+    let exchange = exchange(target);
+    let channel = match queue::declare_agent_queue(connection, queue).await? {
+        Declared::Ready(channel) => channel,
+        Declared::Refused(refusal) => return Ok(Bound::Refused(refusal)),
+    };
+    match channel
+        .queue_bind(
+            queue.into(),
+            exchange.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+    {
+        Ok(()) => Ok(Bound::Ready {
+            channel,
+            bound: true,
+        }),
+        Err(error) if reply_code(&error) == Some(404) => {
+            tracing::info!(target = %target, exchange, "exchange does not exist (yet); asking the control plane");
+            // The 404 closed the channel; the sync needs an open one.
+            let channel = connection
+                .create_channel()
+                .await
+                .map_err(operation("channel.open"))?;
+            Ok(Bound::Ready {
+                channel,
+                bound: false,
+            })
+        }
+        Err(error) => Err(operation("queue.bind")(error)),
+    }
+}
+
+/// `operation`'s output, or `None` when `stop` comes first.
+async fn until_stopped<T>(
+    stop: &CancellationToken,
+    operation: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        () = stop.cancelled() => None,
+        output = operation => Some(output),
     }
 }
 
@@ -243,6 +339,7 @@ async fn handle<R: ContainerRuntime>(
     shared: &Arc<Shared<R>>,
     target: &Target,
     delivery: Delivery,
+    stop: &CancellationToken,
 ) -> Result<bool, FlowError> {
     let message = match decode(&delivery.data) {
         Ok(message) => message,
@@ -250,19 +347,21 @@ async fn handle<R: ContainerRuntime>(
             // A poison message: rejecting without requeue (dead-lettered where configured)
             // keeps it from coming back and crash-looping the agent.
             tracing::warn!(target = %target, error = %error, bytes = delivery.data.len(), "rejecting a message that does not decode or validate");
-            delivery
-                .reject(BasicRejectOptions { requeue: false })
-                .await
-                .map_err(operation("basic.reject"))?;
+            if let Some(rejected) =
+                until_stopped(stop, delivery.reject(BasicRejectOptions { requeue: false })).await
+            {
+                rejected.map_err(operation("basic.reject"))?;
+            }
             return Ok(false);
         }
     };
     let dispatched = apply_change(shared, target, message).await?;
-    // Acknowledged only now that the desired state is on disk.
-    delivery
-        .ack(BasicAckOptions::default())
-        .await
-        .map_err(operation("basic.ack"))?;
+    // Acknowledged only now that the desired state is on disk. Stopped before the ack went
+    // out, the session is ending: its queue goes with the connection, and the next boot
+    // flow's sync brings the change again.
+    if let Some(acked) = until_stopped(stop, delivery.ack(BasicAckOptions::default())).await {
+        acked.map_err(operation("basic.ack"))?;
+    }
     if !dispatched.changes.is_empty() {
         shared.report_now.notify_one();
     }
@@ -336,6 +435,9 @@ fn log_sync(target: &Target, store: StoreId, outcome: SyncOutcome, changed_apps:
 }
 
 async fn close(channel: &Channel, reason: &str) {
-    // Best effort: the channel may already be closed by the broker.
-    let _ = channel.close(200, reason.into()).await;
+    // Best effort: the channel may already be closed by the broker, or its connection gone
+    // (then lapin may never answer).
+    if channel.status().connected() {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, reason.into())).await;
+    }
 }

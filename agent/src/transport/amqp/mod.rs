@@ -9,14 +9,15 @@
 //! exclusive, so they died with the old connection; the sync of the new one is what makes up
 //! for every change missed meanwhile. Only a failed state write ends the agent with an error.
 //!
-//! With a list of broker URLs (a RabbitMQ cluster), the first attempt goes to a random node
-//! and every later one to the next node of the list, so a node that is down or was lost is
-//! left for another one at the next attempt ([`crate::brokers`]).
+//! With a list of broker URLs (a RabbitMQ cluster), the first attempt goes to a random node,
+//! the one after a lost connection to a random other node, and the one after a failed
+//! attempt to the next node of the list ([`crate::brokers`]).
 
 mod follow;
 mod queue;
 mod reports;
 mod sync;
+mod watch;
 
 pub use sync::SyncAttempts;
 
@@ -33,6 +34,7 @@ use nebula_protocol::names;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 /// How long one connection attempt may take before it counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -91,9 +93,10 @@ enum SessionEnd {
 
 /// Runs the transport until shutdown (`Ok`) or a failed state write (`Err`).
 ///
-/// Every attempt goes to the next node of the broker list ([`crate::brokers::BrokerList`]),
-/// starting at a random one: after a failed attempt or a lost connection the agent tries
-/// another node of a cluster (after the schedule's delay); with one URL, that one again.
+/// The first attempt goes to a random node of the broker list
+/// ([`crate::brokers::BrokerList`]); after a failed attempt the agent tries the next node,
+/// after a lost connection a random other one (after the schedule's delay); with one URL,
+/// that one again.
 pub async fn run<R: ContainerRuntime>(shared: Arc<Shared<R>>) -> Result<(), AgentError> {
     let mut schedule = ReconnectSchedule::new(RECONNECT_BASE, shared.config.max_backoff);
     let mut brokers = shared.config.brokers.clone();
@@ -164,21 +167,20 @@ async fn session<R: ContainerRuntime>(
     let stop = shared.shutdown.child_token();
     let mut events = connection.events_listener();
     let mut tasks: JoinSet<Result<FlowEnd, StateError>> = JoinSet::new();
+    // Tasks run in the session's span (the fleet simulator names each agent's device in it).
     tasks.spawn({
         let (shared, connection, stop) = (shared.clone(), connection.clone(), stop.clone());
-        async move { Ok(reports::report_loop(shared, connection, stop).await) }
+        async move { Ok(reports::report_loop(shared, connection, stop).await) }.in_current_span()
     });
     let targets = match &shared.config.mode {
         Mode::Group(group) => vec![Target::Group(group.clone())],
         Mode::Apps(apps) => apps.iter().cloned().map(Target::App).collect(),
     };
     for target in targets {
-        tasks.spawn(follow::follow(
-            shared.clone(),
-            connection.clone(),
-            target,
-            stop.clone(),
-        ));
+        tasks.spawn(
+            follow::follow(shared.clone(), connection.clone(), target, stop.clone())
+                .in_current_span(),
+        );
     }
     let end = loop {
         tokio::select! {

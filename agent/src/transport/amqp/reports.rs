@@ -65,7 +65,13 @@ pub async fn report_loop<R: ContainerRuntime>(
         let report = report::build(&shared, &mut cpu).await;
         let updated = report.updated;
         let payload = encode(&Message::DeviceReport(report));
-        match publish(&connection, &mut channel, &routing_key, &payload).await {
+        // Stop-aware: a report in flight when the connection is lost must not hold up the
+        // session's reconnect for the confirm timeout.
+        let published = tokio::select! {
+            () = stop.cancelled() => return FlowEnd::Stopped,
+            published = publish(&connection, &mut channel, &routing_key, &payload) => published,
+        };
+        match published {
             Ok(()) => tracing::debug!(updated, "published device report"),
             Err(error) if !connection.status().connected() => {
                 return FlowEnd::ConnectionLost(error.to_string());

@@ -17,7 +17,7 @@ use crate::transport::Target;
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel};
+use lapin::{BasicProperties, Channel, Confirmation};
 use nebula_protocol::names::{DIRECT_REPLY_TO, SYNC_QUEUE};
 use nebula_protocol::{Message, Name, SyncReply, SyncRequest, decode, encode};
 use std::time::Duration;
@@ -66,19 +66,23 @@ impl SyncAttempts {
 }
 
 /// Asks for the target's state until a reply to one of this flow's requests arrives;
-/// `None` when `stop` is cancelled first.
+/// `None` when `stop` is cancelled first. `attempts` belongs to the boot flow: its
+/// timeouts keep growing over the passes of the flow until a sync succeeds.
+///
+/// Each request is published in confirm mode. A request the broker refuses (nack), or does
+/// not confirm within the attempt's timeout, fails this channel: the boot flow starts over
+/// on a new one. On a cluster `nebula.sync` is a quorum queue, and on RabbitMQ 3.10 a
+/// channel opened just as the queue leader's node died can keep sending to the dead leader:
+/// untracked, every request was lost (the agent waited out 10 + 20 + 40 s); tracked but on
+/// the same channel, 6 agents of 1,000 still waited more than 120 s. Only a confirmed
+/// request is waited for again on the same channel, where a late reply still counts.
 pub async fn request_sync<R: ContainerRuntime>(
     shared: &Shared<R>,
     channel: &Channel,
     target: &Target,
+    attempts: &mut SyncAttempts,
     stop: &CancellationToken,
 ) -> Result<Option<SyncReply>, AmqpError> {
-    // Confirm mode makes the broker track each request: on a cluster, `nebula.sync` is a
-    // quorum queue, and RabbitMQ 3.10 sends an untracked publish to the leader the channel
-    // knows, so every request from a channel opened just as the leader's node died went to
-    // the dead leader and was lost (the agent waited out 10 + 20 + 40 s). Tracked, it is
-    // sent again to the new leader. The confirm itself is not awaited: the reply is what
-    // counts.
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await
@@ -98,11 +102,6 @@ pub async fn request_sync<R: ContainerRuntime>(
         .await
         .map_err(operation("basic.consume reply-to"))?;
     let device = &shared.config.device_id;
-    let mut attempts = SyncAttempts::new(
-        device,
-        shared.config.sync_timeout,
-        shared.config.max_sync_timeout,
-    );
     loop {
         let (correlation_id, timeout) = attempts.next_attempt();
         let known_store = shared.known_store().await;
@@ -114,7 +113,7 @@ pub async fn request_sync<R: ContainerRuntime>(
             known_store,
         });
         let expiration = timeout.as_millis().to_string();
-        channel
+        let mut confirm = channel
             .basic_publish(
                 "".into(),
                 SYNC_QUEUE.into(),
@@ -130,10 +129,24 @@ pub async fn request_sync<R: ContainerRuntime>(
         tracing::debug!(target = %target, correlation_id, timeout_ms = timeout.as_millis() as u64, known_store = ?known_store, "sent sync request");
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
+        let mut confirmed = false;
         loop {
             tokio::select! {
                 () = stop.cancelled() => return Ok(None),
+                confirmation = &mut confirm, if !confirmed => match confirmation {
+                    Ok(Confirmation::Nack(_)) => {
+                        return Err(AmqpError::Nacked { operation: "sync request" });
+                    }
+                    Ok(_) => confirmed = true,
+                    Err(error) => return Err(operation("sync request confirm")(error)),
+                },
                 () = &mut deadline => {
+                    if !confirmed {
+                        return Err(AmqpError::Timeout {
+                            operation: "sync request confirm",
+                            seconds: timeout.as_secs(),
+                        });
+                    }
                     tracing::warn!(target = %target, timeout_s = timeout.as_secs_f32(), "no sync reply yet; asking again (a reply to any earlier request still counts)");
                     break;
                 }

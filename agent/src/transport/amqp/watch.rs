@@ -1,0 +1,118 @@
+//! Checking, for a while after each boot, that the broker still has the agent's queue.
+//!
+//! On RabbitMQ 3.10 and 3.11, when a cluster node dies every surviving node lists the dead
+//! node's exclusive queues by *name*, then deletes those names (with their bindings) ten per
+//! transaction — over seconds for a few hundred queues, more for thousands, and only once
+//! the node is known to be down (at once after a crash, up to `net_ticktime` after a
+//! partition). An agent that reconnects fast declares its queue again under the same name on
+//! another node, and the late cleanup of its old queue deletes the new one's record and
+//! binding: the queue process lives on with this agent's consumer, but nothing is routed to
+//! it any more (measured: 1 agent of 1,000 silently stopped receiving changes after a node
+//! was SIGKILLed). A passive declare sees it (404); the boot flow then starts over — declare,
+//! bind and sync again — and the sync makes up for what was missed.
+//!
+//! The checks thin out, from one second to a few minutes after the boot, then stop: each
+//! costs a round trip, and a device on a metered link pays for every one.
+
+use super::{operation, reply_code};
+use crate::error::AmqpError;
+use lapin::Connection;
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The first check comes this long after consuming starts; each later one twice as long
+/// after the one before.
+const FIRST_CHECK: Duration = Duration::from_secs(1);
+/// Checks after one boot: the last comes 2^9 - 1 = 511 s (8.5 min) after it.
+const CHECKS: u32 = 9;
+
+/// When the next check of the queue is due.
+#[derive(Debug)]
+pub struct QueueWatch {
+    next: Option<Instant>,
+    gap: Duration,
+    left: u32,
+}
+
+impl QueueWatch {
+    /// The checks of a boot whose consuming starts at `start`.
+    pub fn starting_at(start: Instant) -> Self {
+        Self {
+            next: Some(start + FIRST_CHECK),
+            gap: FIRST_CHECK,
+            left: CHECKS,
+        }
+    }
+
+    /// When the next check is due; `None` once the checks are over.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.next
+    }
+
+    /// A check was made: schedules the next one, if any.
+    pub fn checked(&mut self) {
+        self.left = self.left.saturating_sub(1);
+        self.next = match (self.next, self.left) {
+            (_, 0) | (None, _) => None,
+            (Some(previous), _) => {
+                self.gap = self.gap.saturating_mul(2);
+                Some(previous + self.gap)
+            }
+        };
+    }
+
+    /// Waits until the next check is due (forever once they are over).
+    pub async fn due(&self) {
+        match self.next_due() {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Whether the broker still has `queue` (a passive declare on a channel of its own, so the
+/// consuming channel is not closed by the 404).
+pub async fn queue_exists(connection: &Connection, queue: &str) -> Result<bool, AmqpError> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(operation("channel.open"))?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    match channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+    {
+        Ok(_) => {
+            let _ = channel.close(200, "queue checked".into()).await;
+            Ok(true)
+        }
+        // The 404 closed the channel.
+        Err(error) if reply_code(&error) == Some(404) => Ok(false),
+        Err(error) => Err(operation("queue.declare passive")(error)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checks_double_their_gap_and_stop_after_the_last() {
+        let start = Instant::now();
+        let mut watch = QueueWatch::starting_at(start);
+        let mut offsets = Vec::new();
+        while let Some(due) = watch.next_due() {
+            offsets.push((due - start).as_secs());
+            watch.checked();
+        }
+        assert_eq!(offsets, vec![1, 3, 7, 15, 31, 63, 127, 255, 511]);
+        // Once over, they stay over.
+        watch.checked();
+        assert_eq!(watch.next_due(), None);
+    }
+}
