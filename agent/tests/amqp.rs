@@ -1431,6 +1431,61 @@ async fn a_queue_the_broker_dropped_under_the_consumer_is_declared_bound_and_syn
     stop(shutdown, agent).await;
 }
 
+/// A sync request the broker refuses (nack) fails its channel, and the boot flow asks again
+/// on a new one after its backoff, not after the attempt's timeout (on a RabbitMQ 3.10
+/// cluster a channel can keep sending to a dead quorum-queue leader). Here `nebula.sync`
+/// refuses every publish (a policy: no room, reject-publish) for the first seconds, and the
+/// attempt's timeout is 60 s: only a new channel syncs within the test's 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_sync_request_is_sent_again_on_a_new_channel() {
+    let vhost = VirtualHost::create();
+    let control_plane = ControlPlane::start(&vhost.url).await;
+    rabbitmqctl(&[
+        "-q",
+        "set_policy",
+        "-p",
+        &vhost.name,
+        "--apply-to",
+        "queues",
+        "sync-full",
+        "^nebula\\.sync$",
+        r#"{"max-length":0,"overflow":"reject-publish"}"#,
+    ]);
+    let app = Name::new(unique("refused")).expect("name");
+    let device = Name::new(unique("device")).expect("name");
+    control_plane
+        .declare_exchange(&names::app_exchange(&app))
+        .await;
+    control_plane.answer(
+        SyncTarget::App(app.clone()),
+        Some(SyncResult::App(app_config(
+            &app,
+            1,
+            "127.0.0.1:5000/nebula/test:1",
+        ))),
+    );
+    let state_dir = tempfile::tempdir().expect("tempdir");
+    let runtime = SimulatedRuntime::new();
+    let mut config = agent_config(
+        ("NEBULA_APPS", app.as_str()),
+        &device,
+        &vhost.url,
+        state_dir.path(),
+    );
+    config.sync_timeout = Duration::from_secs(60);
+    let (shutdown, agent) = start(config, &runtime);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        control_plane.received().is_empty(),
+        "the policy refuses every sync request"
+    );
+    assert_eq!(runtime.applied_revision(&app), None);
+    rabbitmqctl(&["-q", "clear_policy", "-p", &vhost.name, "sync-full"]);
+    applied(&runtime, &app, 1).await;
+    assert!(!agent.is_finished(), "the agent must not exit");
+    stop(shutdown, agent).await;
+}
+
 /// Reports are best effort, and a device account needs no configure rights beyond its own
 /// queues: with the reports exchange missing the agent runs on, and once the control plane
 /// declares it the reports arrive.

@@ -3,34 +3,80 @@
 //! [`explain`] prints what each of them last logged.
 
 use crate::fleet::Laggards;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 /// Lines printed per laggard, and laggards explained.
 const LINES_PER_AGENT: usize = 40;
 const AGENTS_EXPLAINED: usize = 3;
 
+/// The agents' log file. Buffered, so that a thousand agents logging at once do not take
+/// turns at a write per line (and skew the figures); [`AgentLog::flush`] writes it out.
+#[derive(Debug)]
+pub struct AgentLog {
+    path: PathBuf,
+    writer: Arc<Mutex<BufWriter<std::fs::File>>>,
+}
+
+/// One log line's writer: the shared buffer, locked per write.
+struct SharedWriter(Arc<Mutex<BufWriter<std::fs::File>>>);
+
+impl Write for SharedWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        lock(&self.0).write(bytes)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        lock(&self.0).flush()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Sends every agent's log (`info` and up, or the filter in `NEBULA_BENCH_LOG`) to
-/// `/tmp/nebula-bench-<scenario>.log`, replacing an earlier run's; returns its path.
-pub fn install(scenario: &str) -> anyhow::Result<PathBuf> {
+/// `/tmp/nebula-bench-<scenario>.log`, replacing an earlier run's.
+pub fn install(scenario: &str) -> anyhow::Result<AgentLog> {
     let path = std::env::temp_dir().join(format!("nebula-bench-{scenario}.log"));
     let file = std::fs::File::create(&path)
         .map_err(|error| anyhow::anyhow!("cannot create {}: {error}", path.display()))?;
+    let writer = Arc::new(Mutex::new(BufWriter::with_capacity(1 << 20, file)));
     let filter = std::env::var("NEBULA_BENCH_LOG")
         .unwrap_or_else(|_| "nebula_agent=info,nebula_tests::fleet=info".into());
+    let make_writer = {
+        let writer = Arc::clone(&writer);
+        move || SharedWriter(Arc::clone(&writer))
+    };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter)?)
         .with_ansi(false)
-        .with_writer(Mutex::new(file))
+        .with_writer(make_writer)
         .try_init()
         .map_err(|error| anyhow::anyhow!("cannot install the log: {error}"))?;
-    Ok(path)
+    Ok(AgentLog { path, writer })
+}
+
+impl AgentLog {
+    /// Writes out what is buffered: the file is complete up to now.
+    pub fn flush(&self) {
+        if let Err(error) = lock(&self.writer).flush() {
+            eprintln!(
+                "nebula-bench: cannot write {}: {error}",
+                self.path.display()
+            );
+        }
+    }
 }
 
 /// When `error` is about agents that did not converge, prints the last lines each of the
 /// first few of them logged (their span is `agent{device=<id>}`).
-pub fn explain(log: &Path, error: &anyhow::Error) {
+pub fn explain(agent_log: &AgentLog, error: &anyhow::Error) {
+    agent_log.flush();
+    let log = agent_log.path.as_path();
     let Some(laggards) = error.downcast_ref::<Laggards>() else {
         return;
     };

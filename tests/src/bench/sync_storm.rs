@@ -90,13 +90,16 @@ async fn run_on(options: &Options, broker: Broker) -> anyhow::Result<serde_json:
             Err(error) => return Err(error),
         }
     };
-    fleet
+    let converged = fleet
         .wait_applied(&app, revision, restarted, deadline)
-        .await?;
+        .await;
     let restart_secs = restarted.elapsed().as_secs_f64();
+    // Failed or not, the killed node runs again before this returns (the next scenario and
+    // the tests after need the whole cluster); `services.sh` bounds that wait.
     if let Some(node_back) = node_back {
         node_back.await??;
     }
+    converged?;
     let restart_broker = sampler.stop().await;
     let restart_syncs = syncs.stop().await?;
     let restarts = fleet.restarts();

@@ -45,7 +45,7 @@ async fn run() -> ExitCode {
         }
     };
     let agent_log = match bench::agent_log::install(scenario) {
-        Ok(path) => path,
+        Ok(agent_log) => agent_log,
         Err(error) => {
             eprintln!("nebula-bench: {error:#}");
             return ExitCode::FAILURE;
@@ -61,6 +61,7 @@ async fn run() -> ExitCode {
             return ExitCode::from(64);
         }
     };
+    agent_log.flush();
     match result {
         Ok(figures) => {
             #[allow(

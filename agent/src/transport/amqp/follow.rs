@@ -2,13 +2,13 @@
 //! exclusive queue, bind it, sync, apply the reply as authoritative, and only then consume —
 //! so a change made during the sync is already queued, and its version decides whether it
 //! still matters. The flow starts over on a new channel when the target is deleted, not
-//! found, or its queue cannot be had (another agent with this device id), with backoff, and
-//! at once when the broker lost the queue under it ([`super::watch`]); it ends when its
-//! connection does.
+//! found, or its queue cannot be had (another agent with this device id), or the broker
+//! lost the queue under it ([`super::watch`]), with backoff; it ends when its connection
+//! does.
 
 use super::queue::{self, Declared, Refusal};
 use super::sync::{SyncAttempts, request_sync};
-use super::watch::{QueueWatch, queue_exists};
+use super::watch::{CheckChannel, QueueWatch};
 use super::{FlowEnd, agent_queue, exchange, operation, reply_code};
 use crate::backoff::Backoff;
 use crate::error::{AmqpError, StateError};
@@ -51,8 +51,7 @@ enum Retry {
 #[derive(Debug)]
 enum Step {
     Stopped,
-    /// The target was deleted, or the broker dropped the queue ([`super::watch`]): start
-    /// over at once.
+    /// The target was deleted: start over at once.
     StartOver,
     RetryLater(Retry),
 }
@@ -236,6 +235,7 @@ async fn boot<R: ContainerRuntime>(
     };
     tracing::info!(target = %target, queue, "synced; consuming changes");
     let mut watch = QueueWatch::starting_at(tokio::time::Instant::now());
+    let mut checks = CheckChannel::default();
     loop {
         let delivery = tokio::select! {
             () = stop.cancelled() => {
@@ -244,7 +244,7 @@ async fn boot<R: ContainerRuntime>(
             }
             () = watch.due() => {
                 watch.checked();
-                let Some(exists) = until_stopped(stop, queue_exists(connection, &queue)).await
+                let Some(exists) = until_stopped(stop, checks.queue_exists(connection, &queue)).await
                 else {
                     close(&channel, "stopping").await;
                     return Ok(Step::Stopped);
@@ -252,7 +252,11 @@ async fn boot<R: ContainerRuntime>(
                 if !exists? {
                     tracing::warn!(target = %target, queue, "the broker dropped this agent's queue while it was consuming (a dead cluster node's cleanup took its name); declaring, binding and syncing again");
                     close(&channel, "queue dropped by the broker").await;
-                    return Ok(Step::StartOver);
+                    return Ok(Step::RetryLater(Retry::ChannelFailed));
+                }
+                if watch.next_due().is_none() {
+                    // The checks are over: their channel closes.
+                    checks = CheckChannel::default();
                 }
                 continue;
             }

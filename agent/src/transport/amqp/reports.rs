@@ -68,8 +68,11 @@ pub async fn report_loop<R: ContainerRuntime>(
         // Stop-aware: a report in flight when the connection is lost must not hold up the
         // session's reconnect for the confirm timeout.
         let published = tokio::select! {
-            () = stop.cancelled() => return FlowEnd::Stopped,
-            published = publish(&connection, &mut channel, &routing_key, &payload) => published,
+            () = stop.cancelled() => None,
+            published = publish(&connection, &mut channel, &routing_key, &payload) => Some(published),
+        };
+        let Some(published) = published else {
+            return goodbye(&shared, &connection, &mut channel, &routing_key, &mut cpu).await;
         };
         match published {
             Ok(()) => tracing::debug!(updated, "published device report"),

@@ -2,11 +2,22 @@
 //! target over direct reply-to, and wait for the answer.
 //!
 //! On a slow link a reply can take longer than the timeout. Every attempt of one boot flow
-//! therefore shares a nonce, and a reply to any of them is accepted (issue 12, defect 10:
-//! discarding late replies made such a device ask forever). Each request expires in the
-//! broker after its own timeout, so an outage of the control plane leaves no backlog of
-//! stale requests in `nebula.sync` for it to answer when it comes back; and each attempt
-//! waits twice as long as the one before, up to a cap.
+//! therefore shares a nonce, and a reply to any of them that reaches the channel is accepted
+//! (issue 12, defect 10: discarding late replies made such a device ask forever). Each
+//! request expires in the broker after its own timeout, so an outage of the control plane
+//! leaves no backlog of stale requests in `nebula.sync` for it to answer when it comes back;
+//! and each attempt waits twice as long as the one before, up to a cap — over the passes of
+//! the boot flow, so a link too slow for one pass gets longer timeouts in the next.
+//!
+//! Requests are published in confirm mode, and only a confirmed request is waited for again
+//! on the same channel. One the broker refuses (nack) or does not confirm within the
+//! attempt's timeout (at least 10 s: the confirm is a round trip of a small frame, unlike a
+//! large reply) fails the channel, and the boot flow starts over on a new one; a late reply
+//! to it is then lost, and the next pass asks again. On a cluster `nebula.sync` is a quorum
+//! queue, and on RabbitMQ 3.10 a channel opened just as the queue leader's node died can keep
+//! sending to the dead leader: untracked, every request was lost (the agent waited out 10 +
+//! 20 + 40 s); tracked but on the same channel, 6 agents of 1,000 still waited more than
+//! 120 s.
 
 use super::operation;
 use crate::error::AmqpError;
@@ -30,6 +41,8 @@ pub struct SyncAttempts {
     prefix: String,
     /// Attempts started so far.
     attempts: u32,
+    /// Attempts whose timeout counts: a refused request doubles nothing.
+    waited: u32,
     first_timeout: Duration,
     max_timeout: Duration,
 }
@@ -39,6 +52,7 @@ impl SyncAttempts {
         Self {
             prefix: format!("{device}-{:016x}-", fastrand::u64(..)),
             attempts: 0,
+            waited: 0,
             first_timeout,
             max_timeout: max_timeout.max(first_timeout),
         }
@@ -48,12 +62,19 @@ impl SyncAttempts {
     /// the request's expiration in the broker).
     pub fn next_attempt(&mut self) -> (String, Duration) {
         self.attempts = self.attempts.saturating_add(1);
-        let doublings = (self.attempts - 1).min(16);
+        let doublings = self.waited.min(16);
+        self.waited = self.waited.saturating_add(1);
         let timeout = self
             .first_timeout
             .saturating_mul(1 << doublings)
             .min(self.max_timeout);
         (format!("{}{}", self.prefix, self.attempts), timeout)
+    }
+
+    /// The last attempt was refused at once (nack): the next one waits as long as it would
+    /// have.
+    pub fn refused(&mut self) {
+        self.waited = self.waited.saturating_sub(1);
     }
 
     /// Whether `correlation_id` is that of an attempt of this boot flow.
@@ -66,16 +87,8 @@ impl SyncAttempts {
 }
 
 /// Asks for the target's state until a reply to one of this flow's requests arrives;
-/// `None` when `stop` is cancelled first. `attempts` belongs to the boot flow: its
-/// timeouts keep growing over the passes of the flow until a sync succeeds.
-///
-/// Each request is published in confirm mode. A request the broker refuses (nack), or does
-/// not confirm within the attempt's timeout, fails this channel: the boot flow starts over
-/// on a new one. On a cluster `nebula.sync` is a quorum queue, and on RabbitMQ 3.10 a
-/// channel opened just as the queue leader's node died can keep sending to the dead leader:
-/// untracked, every request was lost (the agent waited out 10 + 20 + 40 s); tracked but on
-/// the same channel, 6 agents of 1,000 still waited more than 120 s. Only a confirmed
-/// request is waited for again on the same channel, where a late reply still counts.
+/// `None` when `stop` is cancelled first. `attempts` belongs to the boot flow (see the
+/// module doc); an unconfirmed request is an error, and the channel is not to be reused.
 pub async fn request_sync<R: ContainerRuntime>(
     shared: &Shared<R>,
     channel: &Channel,
@@ -135,6 +148,7 @@ pub async fn request_sync<R: ContainerRuntime>(
                 () = stop.cancelled() => return Ok(None),
                 confirmation = &mut confirm, if !confirmed => match confirmation {
                     Ok(Confirmation::Nack(_)) => {
+                        attempts.refused();
                         return Err(AmqpError::Nacked { operation: "sync request" });
                     }
                     Ok(_) => confirmed = true,
@@ -206,6 +220,15 @@ mod tests {
             .map(|_| attempts.next_attempt().1.as_secs())
             .collect();
         assert_eq!(timeouts, vec![10, 20, 40, 60, 60, 60]);
+        // A refused attempt does not lengthen the next one.
+        let mut refused =
+            SyncAttempts::new(&device, Duration::from_secs(10), Duration::from_secs(60));
+        let (first, _) = refused.next_attempt();
+        refused.refused();
+        let (second, timeout) = refused.next_attempt();
+        assert_eq!(timeout, Duration::from_secs(10));
+        assert_ne!(first, second, "every attempt has its own correlation id");
+        assert!(refused.answers(&first) && refused.answers(&second));
         // Many attempts never overflow.
         for _ in 0..100 {
             assert_eq!(attempts.next_attempt().1, Duration::from_secs(60));

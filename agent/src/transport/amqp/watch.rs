@@ -12,13 +12,14 @@
 //! bind and sync again — and the sync makes up for what was missed.
 //!
 //! The checks thin out, from one second to a few minutes after the boot, then stop: each
-//! costs a round trip, and a device on a metered link pays for every one.
+//! costs a round trip (a passive declare on a channel kept for the checks of one boot), and
+//! a device on a metered link pays for every one.
 
 use super::{operation, reply_code};
 use crate::error::AmqpError;
-use lapin::Connection;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -27,6 +28,9 @@ use tokio::time::Instant;
 const FIRST_CHECK: Duration = Duration::from_secs(1);
 /// Checks after one boot: the last comes 2^9 - 1 = 511 s (8.5 min) after it.
 const CHECKS: u32 = 9;
+/// A check unanswered this long fails the boot pass (a broker that keeps the connection
+/// but answers nothing must not hold up the deliveries of this target for good).
+const CHECK_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// When the next check of the queue is due.
 #[derive(Debug)]
@@ -72,28 +76,51 @@ impl QueueWatch {
     }
 }
 
-/// Whether the broker still has `queue` (a passive declare on a channel of its own, so the
-/// consuming channel is not closed by the 404).
-pub async fn queue_exists(connection: &Connection, queue: &str) -> Result<bool, AmqpError> {
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(operation("channel.open"))?;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    match channel
-        .queue_declare(queue.into(), passive, FieldTable::default())
-        .await
-    {
-        Ok(_) => {
-            let _ = channel.close(200, "queue checked".into()).await;
-            Ok(true)
+/// The channel the checks of one boot pass share; dropped (and so closed by lapin) with
+/// the pass, or when the checks are over.
+#[derive(Debug, Default)]
+pub struct CheckChannel(Option<Channel>);
+
+impl CheckChannel {
+    /// Whether the broker still has `queue`: a passive declare on this channel, not the
+    /// consuming one, which a 404 would close.
+    pub async fn queue_exists(
+        &mut self,
+        connection: &Connection,
+        queue: &str,
+    ) -> Result<bool, AmqpError> {
+        tokio::time::timeout(CHECK_TIMEOUT, self.check(connection, queue))
+            .await
+            .map_err(|_| AmqpError::Timeout {
+                operation: "queue check",
+                seconds: CHECK_TIMEOUT.as_secs(),
+            })?
+    }
+
+    async fn check(&mut self, connection: &Connection, queue: &str) -> Result<bool, AmqpError> {
+        let channel = match self.0.take().filter(|open| open.status().connected()) {
+            Some(open) => open,
+            None => connection
+                .create_channel()
+                .await
+                .map_err(operation("channel.open"))?,
+        };
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        match channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+        {
+            Ok(_) => {
+                self.0 = Some(channel);
+                Ok(true)
+            }
+            // The 404 closed the channel.
+            Err(error) if reply_code(&error) == Some(404) => Ok(false),
+            Err(error) => Err(operation("queue.declare passive")(error)),
         }
-        // The 404 closed the channel.
-        Err(error) if reply_code(&error) == Some(404) => Ok(false),
-        Err(error) => Err(operation("queue.declare passive")(error)),
     }
 }
 
