@@ -73,10 +73,20 @@ NODENAME=rabbit@localhost"
   write_if_changed /etc/rabbitmq/rabbitmq.conf "# Written by Nebula's scripts/services.sh: loopback only (guest logs in only there anyway).
 listeners.tcp.default = 127.0.0.1:5672
 mqtt.listeners.tcp.default = 127.0.0.1:1883"
+  # TCP_USER_TIMEOUT (IPPROTO_TCP 6, option 18) of 60 s on the broker's AMQP sockets: a
+  # device whose link died silently is dropped 60 s after the broker's next heartbeat to it
+  # goes unacknowledged (at most half a heartbeat timeout later), instead of after two to three
+  # heartbeat timeouts of silence (20 to 30 minutes at the agent's default of 600 s) while
+  # its exclusive queues stay locked against the agent's new connection. The other options
+  # are RabbitMQ's defaults, which this list replaces. (README, "Metered links".)
+  write_if_changed /etc/rabbitmq/advanced.config "%% Written by Nebula's scripts/services.sh.
+[{rabbit, [{tcp_listen_options, [{backlog, 128}, {nodelay, true}, {linger, {true, 0}},
+                                 {exit_on_close, false}, {raw, 6, 18, <<60000:32/native>>}]}]}]."
   # The same content as `rabbitmq-plugins enable --offline rabbitmq_mqtt` writes, without booting
   # an Erlang VM for it (two seconds saved on every start).
   write_if_changed /etc/rabbitmq/enabled_plugins '[rabbitmq_mqtt].'
-  chown rabbitmq:rabbitmq /etc/rabbitmq/rabbitmq-env.conf /etc/rabbitmq/rabbitmq.conf /etc/rabbitmq/enabled_plugins
+  chown rabbitmq:rabbitmq /etc/rabbitmq/rabbitmq-env.conf /etc/rabbitmq/rabbitmq.conf /etc/rabbitmq/advanced.config \
+    /etc/rabbitmq/enabled_plugins
 }
 rabbitmq_ready() { port_open 127.0.0.1 5672 && port_open 127.0.0.1 1883; }
 # The Erlang cookie every node (and rabbitmqctl) shares. Made once, before any node starts: on

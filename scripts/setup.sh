@@ -27,8 +27,10 @@ RUST_TARGETS=(aarch64-unknown-linux-musl aarch64-unknown-linux-gnu armv7-unknown
 # The libc6-*-cross packages are the ARM and RISC-V glibc loaders and libraries, so that the
 # glibc-target agents run here too: qemu-arm -L /usr/arm-linux-gnueabihf, qemu-aarch64 -L
 # /usr/aarch64-linux-gnu, qemu-riscv64 -L /usr/riscv64-linux-gnu (the musl ones need no -L).
+# tcpdump: the footprint benchmark counts the agent's broker traffic at the IP level with it;
+# iptables: the metered-link tests drop one connection's packets with it.
 packages=(rabbitmq-server docker.io docker-registry busybox-static qemu-user apache2-utils
-          iproute2 iptables curl ca-certificates tar python3 python3-venv
+          iproute2 iptables tcpdump curl ca-certificates tar python3 python3-venv
           libc6-armhf-cross libc6-arm64-cross libc6-riscv64-cross)
 missing=()
 for package in "${packages[@]}"; do

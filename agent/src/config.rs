@@ -40,8 +40,23 @@ impl Environment for HashMap<&str, &str> {
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/nebula-agent";
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
-pub const DEFAULT_REPORT_INTERVAL_SECS: u64 = 60;
+/// Six hours: reports also go out after every applied change, and the control plane tells a
+/// connected device by its exclusive queue, so the periodic report only refreshes resource
+/// usage. Each costs about 1 KB on the wire with ten containers (issue 19: the old 60 s
+/// default was 43 MB a month by itself).
+pub const DEFAULT_REPORT_INTERVAL_SECS: u64 = 6 * 60 * 60;
 pub const DEFAULT_MAX_BACKOFF_SECS: u64 = 30;
+/// Fifteen minutes: the AMQP heartbeat timeout the agent asks the broker for. Each side then
+/// sends a heartbeat frame after half of it without sending anything else (lapin and
+/// RabbitMQ alike), each with its TCP ACK: 224 bytes on the wire every 7.5 minutes, about
+/// 1.3 MB a month, against 19 MB at RabbitMQ's 60 s (2 MB at 600 s, over issue 19's budget
+/// once reports are added). A dead link is noticed within half of it plus
+/// [`MAX_UNACKNOWLEDGED`] (see [`Config::heartbeat`]): 9.5 minutes.
+pub const DEFAULT_HEARTBEAT_SECS: u64 = 900;
+/// The longest the agent's broker socket keeps data the broker has not acknowledged
+/// (`TCP_USER_TIMEOUT`, when half the heartbeat is longer): two minutes of retransmissions is
+/// a dead link, not a slow one, and a cellular outage shorter than that costs no reconnect.
+pub const MAX_UNACKNOWLEDGED: Duration = Duration::from_secs(120);
 
 /// Facts about the host the configuration depends on, read once by `main`
 /// ([`crate::device::host_identity`]) so that parsing stays free of I/O.
@@ -116,6 +131,14 @@ pub struct Config {
     pub registry: Option<RegistryAuth>,
     pub max_restart_wait: Duration,
     pub report_interval: Duration,
+    /// The AMQP heartbeat timeout the agent asks for (`NEBULA_HEARTBEAT_SECS`, or the
+    /// `heartbeat` parameter of the URL). The agent sends a heartbeat after half of it
+    /// without writing, and the broker connection's socket gives up on data unacknowledged
+    /// for [`Config::unacknowledged_limit`] (`TCP_USER_TIMEOUT`), so a link that dies is
+    /// noticed within half a timeout plus that limit; a stock RabbitMQ drops the connection
+    /// after two to three timeouts without hearing from the agent (sooner with its own
+    /// `TCP_USER_TIMEOUT`, as `scripts/services.sh` sets it).
+    pub heartbeat: Duration,
     pub log_format: LogFormat,
     /// How long to wait for the first sync reply before asking again; each further attempt
     /// of one boot flow waits twice as long, up to `max_sync_timeout`.
@@ -129,6 +152,13 @@ pub struct Config {
 }
 
 impl Config {
+    /// How long the broker socket keeps unacknowledged data before the connection ends
+    /// (`TCP_USER_TIMEOUT`): half the heartbeat, at most [`MAX_UNACKNOWLEDGED`]. A dead link is
+    /// noticed within half a heartbeat (when the agent next writes) plus this.
+    pub fn unacknowledged_limit(&self) -> Duration {
+        (self.heartbeat / 2).min(MAX_UNACKNOWLEDGED)
+    }
+
     /// Reads and validates the configuration. The device id defaults to the host's machine id.
     pub fn from_env(
         environment: &impl Environment,
@@ -230,6 +260,8 @@ impl Config {
             });
         }
 
+        let heartbeat = parse_heartbeat(environment, &brokers)?;
+
         let max_backoff = parse_seconds(
             environment,
             "NEBULA_MAX_BACKOFF_SECS",
@@ -254,6 +286,7 @@ impl Config {
             registry,
             max_restart_wait: parse_seconds(environment, "NEBULA_MAX_RESTART_WAIT_SECS", 0)?,
             report_interval,
+            heartbeat,
             log_format,
             sync_timeout: Duration::from_secs(10),
             max_sync_timeout: Duration::from_secs(160),
@@ -300,6 +333,56 @@ fn device_id_from_machine_id(machine_id: Option<&MachineId>) -> Result<Name, Con
             ),
         }),
     }
+}
+
+/// The heartbeat timeout: `NEBULA_HEARTBEAT_SECS`, or the URL's `heartbeat` parameter (the
+/// one lapin and other AMQP clients read), or the default. Setting both is ambiguous, so it
+/// is an error even when they agree; so is 0 (no heartbeat: a dead link would never be
+/// noticed, and RabbitMQ would keep the device's queue forever).
+fn parse_heartbeat(
+    environment: &impl Environment,
+    brokers: &BrokerList,
+) -> Result<Duration, ConfigError> {
+    const VARIABLE: &str = "NEBULA_HEARTBEAT_SECS";
+    let mut in_urls: Vec<u16> = brokers
+        .brokers()
+        .iter()
+        .filter_map(|broker| broker.uri().query.heartbeat)
+        .collect();
+    in_urls.sort_unstable();
+    in_urls.dedup();
+    if in_urls.len() > 1 {
+        return Err(ConfigError::Invalid {
+            variable: "NEBULA_AMQP_URL",
+            reason: "the broker URLs ask for different heartbeats".into(),
+        });
+    }
+    let from_url = in_urls.first().copied();
+    let explicit = environment
+        .get(VARIABLE)
+        .filter(|value| !value.trim().is_empty());
+    let (variable, seconds) = match (explicit, from_url) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::Invalid {
+                variable: VARIABLE,
+                reason: "set either NEBULA_HEARTBEAT_SECS or the heartbeat parameter of NEBULA_AMQP_URL, not both".into(),
+            });
+        }
+        (Some(_), None) => (
+            VARIABLE,
+            parse_seconds(environment, VARIABLE, DEFAULT_HEARTBEAT_SECS)?.as_secs(),
+        ),
+        (None, Some(seconds)) => ("NEBULA_AMQP_URL", u64::from(seconds)),
+        (None, None) => (VARIABLE, DEFAULT_HEARTBEAT_SECS),
+    };
+    // The AMQP field is 16 bits wide.
+    if seconds == 0 || seconds > u64::from(u16::MAX) {
+        return Err(ConfigError::Invalid {
+            variable,
+            reason: format!("heartbeat {seconds} s: must be 1 to {} seconds", u16::MAX),
+        });
+    }
+    Ok(Duration::from_secs(seconds))
 }
 
 fn parse_name(variable: &'static str, value: &str) -> Result<Name, ConfigError> {
@@ -367,7 +450,9 @@ mod tests {
         assert_eq!(config.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
         assert_eq!(config.runtime, RuntimeKind::Docker);
         assert_eq!(config.docker_host, DEFAULT_DOCKER_HOST);
-        assert_eq!(config.report_interval, Duration::from_secs(60));
+        assert_eq!(config.report_interval, Duration::from_secs(6 * 60 * 60));
+        assert_eq!(config.heartbeat, Duration::from_secs(900));
+        assert_eq!(config.unacknowledged_limit(), Duration::from_secs(120));
         assert_eq!(config.max_restart_wait, Duration::ZERO);
         assert_eq!(config.log_format, LogFormat::Text);
         assert!(config.registry.is_none());
@@ -425,8 +510,10 @@ mod tests {
             ("NEBULA_REPORT_INTERVAL_SECS", "7"),
             ("NEBULA_LOG_FORMAT", "json"),
             ("NEBULA_MAX_BACKOFF_SECS", "300"),
+            ("NEBULA_HEARTBEAT_SECS", "45"),
         ])
         .expect("valid");
+        assert_eq!(config.heartbeat, Duration::from_secs(45));
         assert_eq!(config.max_backoff, Duration::from_secs(300));
         assert_eq!(config.device_id, "pi-7");
         assert_eq!(config.state_dir, PathBuf::from("/tmp/state"));
@@ -453,6 +540,9 @@ mod tests {
             ("NEBULA_REGISTRY_USER", "only-user"),
             ("NEBULA_MAX_BACKOFF_SECS", "0"),
             ("NEBULA_MAX_BACKOFF_SECS", "a while"),
+            ("NEBULA_HEARTBEAT_SECS", "0"),
+            ("NEBULA_HEARTBEAT_SECS", "65536"),
+            ("NEBULA_HEARTBEAT_SECS", "often"),
         ] {
             assert!(
                 matches!(
@@ -501,6 +591,45 @@ mod tests {
             "{error}"
         );
         assert!(!error.contains("secret"), "{error}");
+    }
+
+    #[test]
+    fn the_heartbeat_comes_from_the_variable_or_the_url_but_not_both() {
+        let from_url = parse(&[
+            ("NEBULA_DEVICE_GROUP", "g"),
+            ("NEBULA_AMQP_URL", "amqp://u:p@broker:5672/vh?heartbeat=120"),
+        ])
+        .expect("valid");
+        assert_eq!(from_url.heartbeat, Duration::from_secs(120));
+        let both = parse(&[
+            ("NEBULA_DEVICE_GROUP", "g"),
+            ("NEBULA_AMQP_URL", "amqp://u:p@broker:5672/vh?heartbeat=120"),
+            ("NEBULA_HEARTBEAT_SECS", "120"),
+        ]);
+        assert!(
+            matches!(
+                both,
+                Err(ConfigError::Invalid {
+                    variable: "NEBULA_HEARTBEAT_SECS",
+                    ..
+                })
+            ),
+            "{both:?}"
+        );
+        let none = parse(&[
+            ("NEBULA_DEVICE_GROUP", "g"),
+            ("NEBULA_AMQP_URL", "amqp://u:p@broker:5672/vh?heartbeat=0"),
+        ]);
+        assert!(
+            matches!(
+                none,
+                Err(ConfigError::Invalid {
+                    variable: "NEBULA_AMQP_URL",
+                    ..
+                })
+            ),
+            "{none:?}"
+        );
     }
 
     #[test]

@@ -35,12 +35,14 @@ const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
 struct Harness {
     router: axum::Router,
     service: Service,
+    broker: Arc<FakeBroker>,
 }
 
 fn harness() -> Harness {
+    let broker = Arc::new(FakeBroker::new());
     let service = Service::new(
         Arc::new(MemoryStore::new()) as Arc<dyn Store>,
-        Arc::new(FakeBroker::new()) as Arc<dyn Publisher>,
+        Arc::clone(&broker) as Arc<dyn Publisher>,
         Shutdown::new(),
     );
     let authenticator = Authenticator::new(
@@ -57,6 +59,7 @@ fn harness() -> Harness {
             authenticator,
         }),
         service,
+        broker,
     }
 }
 
@@ -447,7 +450,13 @@ async fn real_requests_and_answers_fit_the_document() {
         ingest(report("pi-1", "edge", "web", web.incarnation, 4, 1)).await,
         Ingested::Stored
     );
-    // pi-2's last report is 3 of its 60 s intervals old: offline.
+    // Online is "the agent queue exists" (its connection is up): pi-1's and pi-3's do.
+    for device in ["pi-1", "pi-3"] {
+        harness
+            .broker
+            .set_queue(&format!("nebula.device.{device}.group.edge"), true);
+    }
+    // pi-2's has gone (its last report is old, too): offline.
     assert_eq!(
         ingest_at(
             report("pi-2", "edge", "web", web.incarnation, 3, 1),

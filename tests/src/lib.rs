@@ -17,6 +17,7 @@ pub mod rest;
 pub mod services;
 pub mod system;
 pub mod vhost;
+pub mod wire;
 
 /// A name no other test run uses: tests share one broker, one engine and one database server.
 pub fn unique_name(prefix: &str) -> String {

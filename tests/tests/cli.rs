@@ -662,7 +662,9 @@ async fn devices_and_rollout_through_the_cli() {
         "{metrics}"
     );
 
-    // The agent goes away: offline once no report came for 3 of its 1 s intervals.
+    // The agent goes away: offline once the broker dropped its connection, and with it its
+    // queue (SIGKILL closes the socket: at once), and the last answer is older than
+    // PRESENCE_TTL (5 s).
     agent.process.kill_and_stay_down().await;
     let stopped = std::time::Instant::now();
     wait_for("the device offline", Duration::from_secs(30), || {

@@ -525,6 +525,36 @@ impl Publisher for AmqpBroker {
         result
     }
 
+    async fn queue_exists(&self, queue: &str) -> Result<bool, AmqpError> {
+        const RESOURCE_LOCKED: u16 = 405;
+        let channel = self.borrow().await?;
+        let declared = self
+            .limited("queue.declare", async {
+                let answer = channel
+                    .queue_declare(
+                        queue.into(),
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..QueueDeclareOptions::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await;
+                match answer {
+                    Ok(_) => Ok(true),
+                    // An exclusive queue of another connection (the agent's own) is locked
+                    // to everybody else, even to a passive declare: it exists.
+                    Err(error) if reply_code(&error) == Some(RESOURCE_LOCKED) => Ok(true),
+                    Err(error) if reply_code(&error) == Some(NOT_FOUND) => Ok(false),
+                    Err(error) => Err(classify("queue.declare", queue)(error)),
+                }
+            })
+            .await;
+        // Either answer closed the channel; `give_back` drops it then.
+        self.give_back(channel);
+        declared
+    }
+
     fn is_connected(&self) -> bool {
         self.connection.status().connected()
     }

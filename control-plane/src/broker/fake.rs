@@ -23,6 +23,8 @@ pub struct FakeState {
     /// When set, there is no connection (the link is reconnecting): `is_connected` is false
     /// and every operation fails with [`AmqpError::Unavailable`].
     pub disconnected: bool,
+    /// The queues that exist (as agents' connections would have declared them).
+    pub queues: BTreeSet<String>,
 }
 
 #[derive(Debug, Default)]
@@ -67,6 +69,16 @@ impl FakeBroker {
     /// reconnects.
     pub fn set_connected(&self, connected: bool) {
         self.lock().disconnected = !connected;
+    }
+
+    /// Makes `queue` exist (an agent connected) or not (its connection ended).
+    pub fn set_queue(&self, queue: &str, exists: bool) {
+        let mut state = self.lock();
+        if exists {
+            state.queues.insert(queue.to_string());
+        } else {
+            state.queues.remove(queue);
+        }
     }
 
     /// Holds the next `operation` (`exchange.bind`, `exchange.unbind`, `basic.publish`, ...)
@@ -161,6 +173,10 @@ impl Publisher for FakeBroker {
             .published
             .push((exchange.to_string(), message.clone()));
         Ok(())
+    }
+
+    async fn queue_exists(&self, queue: &str) -> Result<bool, AmqpError> {
+        Ok(self.check("queue.declare")?.queues.contains(queue))
     }
 
     fn is_connected(&self) -> bool {

@@ -245,6 +245,11 @@ impl Publisher for BrokerLink {
             .await
     }
 
+    async fn queue_exists(&self, queue: &str) -> Result<bool, AmqpError> {
+        self.on_session(|broker| async move { broker.queue_exists(queue).await })
+            .await
+    }
+
     fn is_connected(&self) -> bool {
         self.current()
             .is_ok_and(|session| session.broker.is_connected())

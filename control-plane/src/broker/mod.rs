@@ -36,6 +36,11 @@ pub trait Publisher: Send + Sync + std::fmt::Debug {
     /// [`AmqpError::NotFound`].
     async fn publish(&self, exchange: &str, message: &Message) -> Result<(), AmqpError>;
 
+    /// Whether a queue exists (a passive declare). Presence asks this of a device's agent
+    /// queue: agent queues are exclusive, so they exist exactly while the agent's connection
+    /// does, and knowing costs the device nothing on its link.
+    async fn queue_exists(&self, queue: &str) -> Result<bool, AmqpError>;
+
     /// Whether the connection is up (for `/readyz`).
     fn is_connected(&self) -> bool;
 }

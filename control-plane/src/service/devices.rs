@@ -7,12 +7,18 @@
 //! `GET /api/v2/reports`, issue 14) belongs there too, next to the latest-report write, so
 //! that no second consumer ever competes for the same queue.
 //!
-//! Online: a report received within the last [`OFFLINE_AFTER_INTERVALS`] of the device's
-//! own report intervals (the report carries the agent's interval; a stored document without
-//! one counts [`DEFAULT_REPORT_INTERVAL_SECS`]). Decided from the registry alone, by the
-//! receiving control plane's clock: no broker round trip per device, whatever the fleet's
-//! size. An agent stopped or cut off shows offline within three of its intervals; one that
-//! stops gracefully says so in a last report (best-effort) and shows offline at once.
+//! Online: the device's agent is connected to the broker now — its agent queue exists. The
+//! agent's queues are exclusive, so they live exactly as long as its connection; the broker
+//! knows, and asking it (a passive declare, [`Service::online`]) costs the device nothing on
+//! its link. That is what lets agents on metered links report only on change and every six
+//! hours (issue 19) instead of every minute just to look alive. An agent that stops
+//! gracefully says so in a last report (best-effort) and shows offline at once; one killed
+//! shows offline when the broker drops its connection (at once for a closed socket, within
+//! the heartbeat rules for a dead link); answers are kept for [`PRESENCE_TTL`]. Without a
+//! broker answer (the instance is reconnecting) presence falls back to the reports: one
+//! received within the last [`OFFLINE_AFTER_INTERVALS`] of the device's own report intervals
+//! (the report carries the agent's interval; a stored document without one counts
+//! [`DEFAULT_REPORT_INTERVAL_SECS`]).
 
 use super::{Service, ServiceError};
 use crate::error::StoreError;
@@ -43,6 +49,11 @@ pub const MAX_TEXT_BYTES: usize = 1024;
 pub const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
 /// How long `/metrics` shows the same online/offline counts (`Service::device_counts`).
 pub const DEVICE_COUNTS_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a device's presence, as the broker answered it, is taken as it is: a page of the
+/// inventory or a `/metrics` count asks the broker at most once per device in this time.
+pub const PRESENCE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+/// Whether a device's agent queue existed, and when the broker said so.
+pub type Probed = (tokio::time::Instant, bool);
 /// Online and offline devices, and when they were counted.
 pub type CountedDevices = (tokio::time::Instant, (u64, u64));
 /// Compare-and-swap retries of one report against concurrent ingesters of the same device.
@@ -290,8 +301,29 @@ pub fn body_of(document: &DeviceDocument) -> Result<String, ReportError> {
     Ok(body)
 }
 
-/// The presence rule: online iff the last report is not the agent's goodbye (`stopping`) and
-/// arrived within the last [`OFFLINE_AFTER_INTERVALS`] of the device's report intervals.
+/// The queue whose existence says `device`'s agent is connected: its group's queue, or in app
+/// mode its first configured app's (every queue of an agent lives and dies with its one
+/// connection). `None` when the report names neither, or a name is not valid.
+pub fn presence_queue(
+    device: &str,
+    mode: &str,
+    device_group: Option<&str>,
+    configured_apps: &[String],
+) -> Option<String> {
+    let device = Name::new(device).ok()?;
+    if mode == "group" {
+        Some(names::group_queue(&device, &Name::new(device_group?).ok()?))
+    } else {
+        Some(names::app_queue(
+            &device,
+            &Name::new(configured_apps.first()?.as_str()).ok()?,
+        ))
+    }
+}
+
+/// The presence rule without the broker: online iff the last report is not the agent's
+/// goodbye (`stopping`) and arrived within the last [`OFFLINE_AFTER_INTERVALS`] of the
+/// device's report intervals.
 pub fn is_online(
     stopping: bool,
     report_interval_secs: u64,
@@ -317,6 +349,12 @@ pub fn reported_recently(report_interval_secs: u64, last_seen_ms: u64, now_ms: u
 /// building every device's full document.
 #[derive(serde::Deserialize)]
 struct PresenceFields {
+    #[serde(default)]
+    mode: String,
+    #[serde(default)]
+    device_group: Option<String>,
+    #[serde(default)]
+    configured_apps: Vec<String>,
     #[serde(default)]
     report_interval_secs: u64,
     #[serde(default)]
@@ -567,12 +605,21 @@ impl Service {
                 return None;
             }
         };
-        let online = is_online(
-            document.stopping,
-            document.report_interval_secs,
-            record.last_seen_ms,
-            now_ms,
+        let queue = presence_queue(
+            &record.device_id,
+            &document.mode,
+            document.device_group.as_deref(),
+            &document.configured_apps,
         );
+        let online = self
+            .online(
+                queue,
+                document.stopping,
+                document.report_interval_secs,
+                record.last_seen_ms,
+                now_ms,
+            )
+            .await;
         let app_states = catalog.app_states(self, &document).await;
         Some(DeviceStatus {
             document,
@@ -580,6 +627,56 @@ impl Service {
             online,
             app_states,
         })
+    }
+
+    /// Whether a device is online (the module's rule): not said goodbye, and its agent queue
+    /// exists, as the broker answered within [`PRESENCE_TTL`] or answers now; without an
+    /// answer (no queue name, the broker unreachable), whether it reported recently.
+    async fn online(
+        &self,
+        queue: Option<String>,
+        stopping: bool,
+        report_interval_secs: u64,
+        last_seen_ms: u64,
+        now_ms: u64,
+    ) -> bool {
+        if stopping {
+            return false;
+        }
+        let Some(queue) = queue else {
+            return is_online(stopping, report_interval_secs, last_seen_ms, now_ms);
+        };
+        let now = tokio::time::Instant::now();
+        let known = self
+            .presence
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&queue)
+            .copied();
+        if let Some((asked, exists)) = known
+            && now.duration_since(asked) < PRESENCE_TTL
+        {
+            return exists;
+        }
+        match self.broker.queue_exists(&queue).await {
+            Ok(exists) => {
+                let mut presence = self
+                    .presence
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                // Answers older than their time to live go when the map has grown: the map
+                // stays about the size of the fleet looked at recently.
+                if presence.len() >= 1024 && presence.len().is_power_of_two() {
+                    presence.retain(|_, (asked, _)| now.duration_since(*asked) < PRESENCE_TTL);
+                }
+                presence.insert(queue, (now, exists));
+                exists
+            }
+            Err(error) => {
+                tracing::debug!(queue, error = %error, "presence from the reports: the broker did not answer");
+                is_online(stopping, report_interval_secs, last_seen_ms, now_ms)
+            }
+        }
     }
 
     /// One device of the inventory.
@@ -678,12 +775,22 @@ impl Service {
             let Ok(fields) = serde_json::from_str::<PresenceFields>(&record.body) else {
                 continue;
             };
-            if is_online(
-                fields.stopping,
-                fields.report_interval_secs,
-                record.last_seen_ms,
-                now,
-            ) {
+            let queue = presence_queue(
+                &record.device_id,
+                &fields.mode,
+                fields.device_group.as_deref(),
+                &fields.configured_apps,
+            );
+            if self
+                .online(
+                    queue,
+                    fields.stopping,
+                    fields.report_interval_secs,
+                    record.last_seen_ms,
+                    now,
+                )
+                .await
+            {
                 online += 1;
             } else {
                 offline += 1;
@@ -1099,34 +1206,110 @@ pub(crate) mod tests {
         );
     }
 
-    fn memory_service() -> Service {
+    fn memory_service() -> (Service, std::sync::Arc<crate::broker::fake::FakeBroker>) {
         use crate::broker::Publisher;
         use crate::store::Store;
         use std::sync::Arc;
-        Service::new(
+        let broker = Arc::new(crate::broker::fake::FakeBroker::new());
+        let service = Service::new(
             Arc::new(crate::store::memory::MemoryStore::new()) as Arc<dyn Store>,
-            Arc::new(crate::broker::fake::FakeBroker::new()) as Arc<dyn Publisher>,
+            Arc::clone(&broker) as Arc<dyn Publisher>,
             crate::shutdown::Shutdown::new(),
-        )
+        );
+        (service, broker)
     }
 
-    async fn ingest(service: &Service, device: &str) {
+    /// Stores a report of `device` (app mode, app `web`) received at `received_ms`.
+    async fn ingest_at(service: &Service, device: &str, received_ms: u64) {
         let mut report = sample_report();
         report.device_id = Name::new(device).expect("name");
+        // A later reception is a later report of the same agent session.
+        report.sequence = received_ms;
         let key = names::report_routing_key(&report.device_id);
         let ingested = service
-            .ingest_report(&report, &key, now_ms())
+            .ingest_report(&report, &key, received_ms)
             .await
             .expect("ingest");
         assert_eq!(ingested, Ingested::Stored);
     }
 
+    /// A report of `device` now, and its agent connected (its queue exists).
+    async fn ingest(service: &Service, broker: &crate::broker::fake::FakeBroker, device: &str) {
+        ingest_at(service, device, now_ms()).await;
+        broker.set_queue(&format!("nebula.device.{device}.app.web"), true);
+    }
+
+    async fn online(service: &Service, device: &str) -> bool {
+        service
+            .device(device)
+            .await
+            .expect("read")
+            .expect("known")
+            .online
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn online_is_the_agent_queue_existing_not_a_recent_report() {
+        let (service, broker) = memory_service();
+        let queue = "nebula.device.pi-1.app.web";
+        // A report a day old (the agent's interval says 60 s), but connected: online. This is
+        // an idle device on a metered link, reporting every six hours.
+        ingest_at(&service, "pi-1", now_ms() - 24 * 3600 * 1000).await;
+        broker.set_queue(queue, true);
+        assert!(online(&service, "pi-1").await);
+        // Its connection ends (the queue goes): offline once the broker's answer is older
+        // than PRESENCE_TTL, however recent the last report.
+        ingest_at(&service, "pi-1", now_ms()).await;
+        broker.set_queue(queue, false);
+        assert!(
+            online(&service, "pi-1").await,
+            "the answer is kept for PRESENCE_TTL"
+        );
+        tokio::time::advance(PRESENCE_TTL).await;
+        assert!(!online(&service, "pi-1").await);
+        // Without a broker answer, presence comes from the reports: recent, online; old,
+        // offline.
+        broker.set_connected(false);
+        tokio::time::advance(PRESENCE_TTL).await;
+        assert!(online(&service, "pi-1").await);
+        ingest_at(&service, "pi-2", now_ms() - 180_000).await;
+        assert!(!online(&service, "pi-2").await);
+        // A goodbye is offline whatever the broker says.
+        broker.set_connected(true);
+        broker.set_queue("nebula.device.pi-3.app.web", true);
+        let mut goodbye = sample_report();
+        goodbye.device_id = Name::new("pi-3").expect("name");
+        goodbye.stopping = true;
+        let key = names::report_routing_key(&goodbye.device_id);
+        service
+            .ingest_report(&goodbye, &key, now_ms())
+            .await
+            .expect("ingest");
+        assert!(!online(&service, "pi-3").await);
+    }
+
+    #[test]
+    fn the_presence_queue_is_the_group_queue_or_the_first_app_queue() {
+        let apps = ["web".to_string(), "db".to_string()];
+        assert_eq!(
+            presence_queue("pi-1", "group", Some("edge"), &[]).as_deref(),
+            Some("nebula.device.pi-1.group.edge")
+        );
+        assert_eq!(
+            presence_queue("pi-1", "apps", None, &apps).as_deref(),
+            Some("nebula.device.pi-1.app.web")
+        );
+        assert_eq!(presence_queue("pi-1", "group", None, &[]), None);
+        assert_eq!(presence_queue("pi-1", "apps", None, &[]), None);
+        assert_eq!(presence_queue("not valid!", "apps", None, &apps), None);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn scrapes_share_one_count_for_ten_seconds() {
-        let service = memory_service();
-        ingest(&service, "pi-1").await;
+        let (service, broker) = memory_service();
+        ingest(&service, &broker, "pi-1").await;
         assert_eq!(service.device_counts().await.expect("count"), (1, 0));
-        ingest(&service, "pi-2").await;
+        ingest(&service, &broker, "pi-2").await;
         // Concurrent scrapes within the TTL: the count made first, no new scan.
         let (left, right) = tokio::join!(service.device_counts(), service.device_counts());
         assert_eq!(

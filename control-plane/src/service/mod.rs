@@ -101,6 +101,9 @@ pub struct Service {
     /// The last online/offline count of the registry for `/metrics`, and when it was made
     /// (`devices::DEVICE_COUNTS_TTL`).
     device_counts: Arc<tokio::sync::Mutex<Option<devices::CountedDevices>>>,
+    /// Whether each device's agent queue existed when last asked, and when
+    /// (`devices::PRESENCE_TTL`).
+    presence: Arc<std::sync::Mutex<std::collections::HashMap<String, devices::Probed>>>,
 }
 
 impl Service {
@@ -117,6 +120,7 @@ impl Service {
             seen_non_empty: Arc::default(),
             tasks: tokio_util::task::TaskTracker::new(),
             device_counts: Arc::default(),
+            presence: Arc::default(),
         }
     }
 

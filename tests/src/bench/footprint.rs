@@ -1,14 +1,42 @@
 //! `footprint`: the agent's size per built target; the resident memory of one real agent
 //! process (the release build, Docker runtime) idle with ten containers and while applying a
-//! change to them; and the broker-side bytes of its idle connection (heartbeats only: reports
-//! are switched off for the window), extrapolated to an hour and a month.
+//! change to them; and what its broker connection costs on the wire (issue 19), counted at
+//! the IP level by a packet capture of that one connection ([`crate::wire`]): both
+//! directions, IP and TCP headers included, for
+//!
+//! * the boot: connect, declare, bind, sync, consume, and the report after applying;
+//! * the agent's queue checks after the boot (1, 3, 7 … 255 s after consuming starts: once
+//!   per connection);
+//! * an idle window at the agent's default settings once those are over (heartbeats only,
+//!   unless a periodic report falls into it), a little over half a heartbeat timeout long by
+//!   default: each side sends a heartbeat after half a timeout without sending (lapin and
+//!   RabbitMQ alike; measured: six each way in 60 s at a 20 s timeout), so the window holds
+//!   one each way;
+//! * one app update reaching the device: the change message and the agent's ack of it, and
+//!   the report it triggers.
+//!
+//! The monthly idle figure: per direction, one heartbeat's bytes (with its ACK) as measured
+//! times the half timeouts in 30 days, plus anything else the idle window carried scaled to
+//! 30 days, plus the report bytes measured for the change times the reports a month the report
+//! interval makes. It fails the run (the JSON's `failed_checks`, a non-zero exit) when it is
+//! over `--max-idle-bytes-per-month` (2,000,000 by default: issue 19's 2 MB), or when the
+//! window does not hold the heartbeats that figure assumes.
+//!
+//! Options: `--transport amqp` (MQTT: issue 17), `--idle-secs N` (default: half the
+//! heartbeat timeout plus 10 s), `--heartbeat-secs N` and `--report-interval-secs N` to
+//! measure other settings than the agent's defaults, `--max-idle-bytes-per-month N`.
 
 use super::Options;
 use super::fleet_setup::FleetBench;
 use crate::docker::{app_containers, remove_app_containers};
 use crate::services::{docker, test_image};
 use crate::system::{Agent, AgentMode, scratch_dir};
-use crate::unique_name;
+use crate::wire::{
+    self, Capture, Direction, Packet, SegmentKind, Tally, Transport, agent_connections,
+};
+use crate::{unique_name, wait_for};
+use nebula_agent::config::{DEFAULT_HEARTBEAT_SECS, DEFAULT_REPORT_INTERVAL_SECS};
+use nebula_agent::transport::amqp::LAST_QUEUE_CHECK;
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -20,6 +48,10 @@ const TARGETS: [&str; 4] = [
     "x86_64-unknown-linux-musl",
     "riscv64gc-unknown-linux-gnu",
 ];
+/// The month of the monthly figures: 30 days.
+const MONTH_SECS: f64 = 30.0 * 24.0 * 3600.0;
+/// Issue 19: an idle device costs at most 2 MB (10^6 bytes) a month on the wire.
+const DEFAULT_BUDGET_BYTES_PER_MONTH: u64 = 2_000_000;
 
 fn target_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target"))
@@ -39,7 +71,7 @@ pub fn binary_sizes() -> serde_json::Value {
 
 /// The agent that ships: the size-optimised x86_64 musl build of `cargo xtask dist` (this
 /// machine's own architecture, so no emulator inflates the figures).
-fn release_agent() -> anyhow::Result<PathBuf> {
+pub(super) fn release_agent() -> anyhow::Result<PathBuf> {
     let path = target_dir().join("x86_64-unknown-linux-musl/agent-release/nebula-agent");
     anyhow::ensure!(
         path.exists(),
@@ -49,10 +81,47 @@ fn release_agent() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The settings the agent runs with: its defaults unless an option says otherwise.
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    heartbeat_secs: Option<u64>,
+    report_interval_secs: Option<u64>,
+}
+
+impl Settings {
+    fn heartbeat_secs(self) -> u64 {
+        self.heartbeat_secs.unwrap_or(DEFAULT_HEARTBEAT_SECS)
+    }
+
+    fn report_interval_secs(self) -> u64 {
+        self.report_interval_secs
+            .unwrap_or(DEFAULT_REPORT_INTERVAL_SECS)
+    }
+
+    /// The agent's environment for these settings. The test harness sets a short report
+    /// interval for every agent; an empty value gives the agent's own default back.
+    fn environment(self) -> Vec<(&'static str, String)> {
+        let mut environment = vec![(
+            "NEBULA_REPORT_INTERVAL_SECS",
+            self.report_interval_secs
+                .map_or_else(String::new, |secs| secs.to_string()),
+        )];
+        if let Some(secs) = self.heartbeat_secs {
+            environment.push(("NEBULA_HEARTBEAT_SECS", secs.to_string()));
+        }
+        environment
+    }
+}
+
 pub async fn run(options: &Options) -> anyhow::Result<serde_json::Value> {
-    // Two heartbeat periods at least (RabbitMQ's default timeout is 60 s, a frame each way
-    // every 30 s); longer windows give finer figures.
-    let idle_secs = options.number("idle-secs", 65)?;
+    let transport = Transport::parse(&options.text("transport", "amqp"))?;
+    let settings = Settings {
+        heartbeat_secs: options.optional_number("heartbeat-secs")?,
+        report_interval_secs: options.optional_number("report-interval-secs")?,
+    };
+    // A little over half a heartbeat timeout by default: see the module docs.
+    let idle_secs = options.number("idle-secs", settings.heartbeat_secs() / 2 + 10)?;
+    let budget = options.number("max-idle-bytes-per-month", DEFAULT_BUDGET_BYTES_PER_MONTH)?;
     let agent_binary = release_agent()?;
     let bench = FleetBench::prepare_with(
         "footprint",
@@ -63,71 +132,246 @@ pub async fn run(options: &Options) -> anyhow::Result<serde_json::Value> {
     let rest = control_plane.rest();
     let directory = scratch_dir("bench-footprint-agent");
     let device = unique_name("footprint-device");
+    let broker_port = transport.broker_port();
+    // Started before the agent so that its boot is on it too; only its connection's
+    // packets are counted.
+    let capture = Capture::start(&directory, broker_port).await?;
+    let environment = settings.environment();
+    let environment: Vec<(&str, &str)> = environment
+        .iter()
+        .map(|(key, value)| (*key, value.as_str()))
+        .collect();
     let agent = Agent::start_command(
         &device,
         &AgentMode::Group(bench.group.clone()),
         &bench.vhost.amqp_url(),
         &directory,
-        // No periodic reports: the idle window measures heartbeats alone.
-        &[("NEBULA_REPORT_INTERVAL_SECS", "86400")],
+        &environment,
         &[agent_binary.to_string_lossy().into_owned()],
     )
     .await;
-    let result = measure(&agent, &rest, app, &device, idle_secs).await;
+    let result = measure(
+        &agent,
+        &rest,
+        app,
+        &device,
+        idle_secs,
+        &capture,
+        transport,
+        broker_port,
+    )
+    .await;
     agent.process.stop(Duration::from_secs(10)).await;
     control_plane.process.stop(Duration::from_secs(10)).await;
+    let packets = capture.stop().await;
     if let Ok(engine) = docker() {
         let _ = remove_app_containers(&engine, app).await;
     }
-    let (idle_kib, applying_peak_kib, broker) = result?;
+    let measured = result?;
+    let packets = wire::of_connection(&packets?, measured.port, broker_port);
+    let wire_figures = wire_figures(
+        transport,
+        &packets,
+        broker_port,
+        &measured,
+        settings,
+        budget,
+    );
+    let failed_checks = wire_figures.1;
     Ok(json!({
         "scenario": "footprint",
-        "parameters": {"containers": CONTAINERS, "idle_secs": idle_secs},
+        "parameters": {
+            "containers": CONTAINERS,
+            "idle_secs": idle_secs,
+            "transport": transport.name(),
+            "heartbeat_secs": settings.heartbeat_secs(),
+            "report_interval_secs": settings.report_interval_secs(),
+            "agent_defaults": settings.heartbeat_secs.is_none() && settings.report_interval_secs.is_none(),
+            "max_idle_bytes_per_month": budget,
+        },
         "binary_bytes": binary_sizes(),
         "agent": agent_binary.display().to_string(),
-        "idle_resident_kib": idle_kib,
-        "applying_change_peak_resident_kib": applying_peak_kib,
-        "idle_broker_traffic": broker,
+        "idle_resident_kib": measured.idle_kib,
+        "applying_change_peak_resident_kib": measured.applying_peak_kib,
+        "negotiated_heartbeat_secs": measured.negotiated_heartbeat_secs,
+        "wire": wire_figures.0,
+        "failed_checks": failed_checks,
     }))
 }
 
+/// What [`measure`] saw, with the times (on the capture's clock) of each phase.
+#[derive(Debug)]
+struct Measured {
+    idle_kib: u64,
+    applying_peak_kib: u64,
+    negotiated_heartbeat_secs: u64,
+    /// The agent's local port of its broker connection.
+    port: u16,
+    boot_end: f64,
+    /// When the queue checks after the boot were over.
+    settled: f64,
+    idle: (f64, f64),
+    change: (f64, f64),
+}
+
+/// The wire figures, and the checks that failed.
+fn wire_figures(
+    transport: Transport,
+    packets: &[Packet],
+    broker_port: u16,
+    measured: &Measured,
+    settings: Settings,
+    budget: u64,
+) -> (serde_json::Value, Vec<String>) {
+    let tally =
+        |from: f64, to: f64| Tally::of(transport, &wire::between(packets, from, to), broker_port);
+    let boot = tally(0.0, measured.boot_end);
+    let queue_checks = tally(measured.boot_end, measured.settled);
+    let idle = tally(measured.idle.0, measured.idle.1);
+    let change = tally(measured.change.0, measured.change.1);
+    let window = measured.idle.1 - measured.idle.0;
+    let report_bytes = |tally: &Tally| {
+        tally.bytes_of(SegmentKind::Publish, Direction::ToBroker)
+            + tally.bytes_of(SegmentKind::Ack, Direction::FromBroker)
+    };
+    let change_message_bytes = change.bytes_of(SegmentKind::Delivery, Direction::FromBroker)
+        + change.bytes_of(SegmentKind::Ack, Direction::ToBroker);
+    let one_report = report_bytes(&change);
+    let mut failed = Vec::new();
+    // Each side sends a heartbeat after half a timeout without sending (lapin and RabbitMQ
+    // alike): per side, the bytes of one heartbeat (with its ACK) as measured, times the
+    // half timeouts in a month. A window of a little over half a timeout holds one heartbeat
+    // each way; the window's own bytes scaled to a month would count that one heartbeat
+    // over the longer window and come out a few per cent low.
+    let interval = measured.negotiated_heartbeat_secs as f64 / 2.0;
+    let mut keepalive_per_month = 0.0;
+    let mut keepalive_bytes = 0;
+    for direction in [Direction::ToBroker, Direction::FromBroker] {
+        let segments = idle.segments_of(SegmentKind::Heartbeat, direction);
+        let bytes = idle.bytes_of(SegmentKind::Heartbeat, direction);
+        keepalive_bytes += bytes;
+        let expected = (window / interval).floor().max(1.0) as u64;
+        if segments == 0 || segments > expected + 1 {
+            failed.push(format!(
+                "{segments} heartbeats {} in the {window:.0} s idle window, expected {expected} (one per {interval:.0} s)",
+                if direction == Direction::ToBroker { "to the broker" } else { "from the broker" }
+            ));
+            continue;
+        }
+        keepalive_per_month += bytes as f64 / segments as f64 * MONTH_SECS / interval;
+    }
+    // Anything else an idle connection carried (nothing, normally), scaled by the window.
+    let other_idle = idle
+        .ip_bytes
+        .saturating_sub(keepalive_bytes + report_bytes(&idle));
+    let heartbeats_per_month = keepalive_per_month + other_idle as f64 * MONTH_SECS / window;
+    let reports_per_month = MONTH_SECS / settings.report_interval_secs() as f64;
+    let idle_per_month = heartbeats_per_month + one_report as f64 * reports_per_month;
+    if one_report == 0 {
+        failed.push(
+            "no report was seen after the change: the monthly figure would leave reports out"
+                .to_string(),
+        );
+    }
+    if idle_per_month > budget as f64 {
+        failed.push(format!(
+            "an idle agent costs {idle_per_month:.0} bytes a month on the wire, over the budget of {budget}"
+        ));
+    }
+    eprintln!(
+        "footprint ({}): idle {} packets, {} IP bytes in {window:.1} s -> {:.0} bytes/month of keep-alive \
+         + {one_report} bytes per report x {reports_per_month:.1} reports/month = {idle_per_month:.0} bytes/month \
+         (budget {budget}); one change: {} IP bytes ({change_message_bytes} the change message, {one_report} the report); boot: {} IP bytes",
+        transport.name(),
+        idle.packets,
+        idle.ip_bytes,
+        heartbeats_per_month,
+        change.ip_bytes,
+        boot.ip_bytes,
+    );
+    let figures = json!({
+        "counted": "every IP packet of the agent's broker connection, both directions, IP and TCP headers included (not Ethernet or radio framing, not DNS, not TLS: the test broker is plain AMQP on loopback)",
+        "idle": {
+            "window_secs": window,
+            "tally": idle,
+            "keepalive_bytes_per_month": heartbeats_per_month,
+            "report_bytes": one_report,
+            "reports_per_month": reports_per_month,
+            "bytes_per_month": idle_per_month,
+            "bytes_per_hour": idle_per_month / (MONTH_SECS / 3600.0),
+        },
+        "change": {
+            "tally": change,
+            "change_message_bytes": change_message_bytes,
+            "report_bytes": one_report,
+        },
+        "boot": boot,
+        "after_boot_queue_checks": queue_checks,
+    });
+    (figures, failed)
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site; the arguments are the scenario's parts"
+)]
 async fn measure(
     agent: &Agent,
     rest: &crate::rest::Rest,
     app: &str,
     device: &str,
     idle_secs: u64,
-) -> anyhow::Result<(u64, u64, serde_json::Value)> {
+    capture: &Capture,
+    transport: Transport,
+    broker_port: u16,
+) -> anyhow::Result<Measured> {
     let engine = docker()?;
     eprintln!("footprint: waiting for {CONTAINERS} containers");
-    wait_running(&engine, app, 1, Duration::from_secs(180)).await?;
-
-    eprintln!("footprint: idle for {idle_secs} s");
-    let before = connection_octets(device)?;
-    // Heartbeats go each way every half timeout: a shorter window can hold none and would
-    // print a traffic of zero.
-    anyhow::ensure!(
-        idle_secs >= before.heartbeat_secs,
-        "--idle-secs {idle_secs} is shorter than the heartbeat timeout ({} s)",
-        before.heartbeat_secs
+    wait_running(&engine, app, 1, CONTAINERS, Duration::from_secs(180)).await?;
+    let pid = agent
+        .process
+        .pid()
+        .await
+        .ok_or_else(|| anyhow::anyhow!("the agent is not running:\n{}", agent.process.log()))?;
+    let port = wait_for(
+        "the agent's broker connection",
+        Duration::from_secs(30),
+        || async {
+            let ports = agent_connections(pid, broker_port).ok()?;
+            (ports.len() == 1)
+                .then(|| ports.into_iter().next())
+                .flatten()
+        },
+    )
+    .await?;
+    let negotiated_heartbeat_secs = wire::broker_heartbeat_secs(device)?;
+    // The boot ends with the report of the first convergence.
+    let boot_end = report_confirmed(capture, transport, port, broker_port, 0.0).await?;
+    // The agent checks its queue for a while after consuming starts (before the report):
+    // the idle window starts once those checks are over, when only heartbeats are left.
+    let settled = boot_end + LAST_QUEUE_CHECK.as_secs_f64() + 5.0;
+    eprintln!(
+        "footprint: waiting {:.0} s for the agent's queue checks to end",
+        settled - wire::now()
     );
-    let idle_start = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64((settled - wire::now()).max(0.0))).await;
+
+    eprintln!(
+        "footprint: idle for {idle_secs} s (heartbeat timeout {negotiated_heartbeat_secs} s)"
+    );
+    let idle_start = wire::now();
     tokio::time::sleep(Duration::from_secs(idle_secs)).await;
-    let after = connection_octets(device)?;
-    let window = idle_start.elapsed().as_secs_f64();
+    let idle_end = wire::now();
     let idle_kib = resident(agent).await?;
-    let bytes = (after.received + after.sent).saturating_sub(before.received + before.sent);
-    let per_hour = bytes as f64 * 3600.0 / window;
-    let broker = json!({
-        "heartbeat_timeout_secs": after.heartbeat_secs,
-        "window_secs": window,
-        "bytes_in_window": bytes,
-        "bytes_per_hour": per_hour,
-        // 30 days; AMQP bytes as RabbitMQ counts them (TCP/IP headers not included).
-        "bytes_per_month": per_hour * 24.0 * 30.0,
-    });
+    let ports = agent_connections(pid, broker_port)?;
+    anyhow::ensure!(
+        ports.len() == 1 && ports.contains(&port),
+        "the agent's connection changed during the idle window (ports {ports:?}, was {port}): it reconnected\n{}",
+        agent.process.log()
+    );
 
     eprintln!("footprint: applying a change to {CONTAINERS} containers");
+    let change_start = wire::now();
     let reply = rest
         .update_app(app, json!({"env_vars": {"FOOTPRINT": "changed"}}))
         .await?;
@@ -135,9 +379,55 @@ async fn measure(
         .as_u64()
         .ok_or_else(|| anyhow::anyhow!("no app_id in {reply}"))?;
     let peak = PeakSampler::start(agent.clone());
-    wait_running(&engine, app, revision, Duration::from_secs(180)).await?;
+    wait_running(&engine, app, revision, CONTAINERS, Duration::from_secs(180)).await?;
     let applying_peak_kib = peak.stop().await;
-    Ok((idle_kib, applying_peak_kib, broker))
+    let change_end = report_confirmed(capture, transport, port, broker_port, change_start).await?;
+    Ok(Measured {
+        idle_kib,
+        applying_peak_kib,
+        negotiated_heartbeat_secs,
+        port,
+        boot_end,
+        settled: idle_start,
+        idle: (idle_start, idle_end),
+        change: (change_start, change_end),
+    })
+}
+
+/// Waits until the capture shows a report of the agent on connection `port` after `since`
+/// confirmed by the broker, and the connection then quiet for a second (the agent's ACK of
+/// the confirm included); returns the time of its last packet, plus a millisecond.
+async fn report_confirmed(
+    capture: &Capture,
+    transport: Transport,
+    port: u16,
+    broker_port: u16,
+    since: f64,
+) -> anyhow::Result<f64> {
+    const QUIET: f64 = 1.0;
+    wait_for(
+        "the agent's report and its confirm",
+        Duration::from_secs(60),
+        || async {
+            let packets = wire::of_connection(&capture.packets().ok()?, port, broker_port);
+            let packets: Vec<&Packet> = packets
+                .iter()
+                .filter(|packet| packet.time >= since)
+                .collect();
+            let published = packets.iter().position(|packet| {
+                packet.destination_port == broker_port
+                    && transport.kind(&packet.payload, packet.payload_len)
+                        == Some(SegmentKind::Publish)
+            })?;
+            packets[published..].iter().find(|packet| {
+                packet.source_port == broker_port
+                    && transport.kind(&packet.payload, packet.payload_len) == Some(SegmentKind::Ack)
+            })?;
+            let last = packets.last()?.time;
+            (wire::now() - last >= QUIET).then_some(last + 0.001)
+        },
+    )
+    .await
 }
 
 async fn resident(agent: &Agent) -> anyhow::Result<u64> {
@@ -148,11 +438,12 @@ async fn resident(agent: &Agent) -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow::anyhow!("the agent is not running:\n{}", agent.process.log()))
 }
 
-/// Waits until `app` has all its containers running at `revision` on the engine.
-async fn wait_running(
+/// Waits until `app` has its `expected` containers running at `revision` on the engine.
+pub(super) async fn wait_running(
     engine: &bollard::Docker,
     app: &str,
     revision: u64,
+    expected: usize,
     deadline: Duration,
 ) -> anyhow::Result<()> {
     let start = Instant::now();
@@ -162,12 +453,12 @@ async fn wait_running(
             .iter()
             .filter(|container| container.running && container.app_id == Some(revision))
             .count();
-        if ready == CONTAINERS && containers.len() == CONTAINERS {
+        if ready == expected && containers.len() == expected {
             return Ok(());
         }
         anyhow::ensure!(
             start.elapsed() < deadline,
-            "{ready} of {CONTAINERS} containers of {app} running at revision {revision} after {deadline:?}"
+            "{ready} of {expected} containers of {app} running at revision {revision} after {deadline:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -201,55 +492,4 @@ impl PeakSampler {
             .store(false, std::sync::atomic::Ordering::Relaxed);
         self.task.await.unwrap_or_default()
     }
-}
-
-/// AMQP bytes RabbitMQ counted on one connection, and its heartbeat timeout.
-#[derive(Debug, Clone, Copy)]
-struct Octets {
-    received: u64,
-    sent: u64,
-    heartbeat_secs: u64,
-}
-
-/// The octet counters of the connection the agent of `device` named after itself
-/// ("nebula-agent <device>"). RabbitMQ refreshes them every few seconds (its statistics
-/// interval), small next to the measuring window.
-fn connection_octets(device: &str) -> anyhow::Result<Octets> {
-    let output = std::process::Command::new("rabbitmqctl")
-        .args([
-            "list_connections",
-            "client_properties",
-            "recv_oct",
-            "send_oct",
-            "timeout",
-            "--formatter",
-            "json",
-            "-q",
-        ])
-        .output()?;
-    anyhow::ensure!(
-        output.status.success(),
-        "rabbitmqctl list_connections: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let connections: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout)?;
-    let wanted = format!("nebula-agent {device}");
-    connections
-        .iter()
-        .find(|connection| connection_name(connection).as_deref() == Some(wanted.as_str()))
-        .map(|connection| Octets {
-            received: connection["recv_oct"].as_u64().unwrap_or_default(),
-            sent: connection["send_oct"].as_u64().unwrap_or_default(),
-            heartbeat_secs: connection["timeout"].as_u64().unwrap_or_default(),
-        })
-        .ok_or_else(|| anyhow::anyhow!("no broker connection named {wanted:?}"))
-}
-
-/// rabbitmqctl's JSON renders client properties as `[name, type, value]` triples.
-fn connection_name(connection: &serde_json::Value) -> Option<String> {
-    connection["client_properties"]
-        .as_array()?
-        .iter()
-        .find(|property| property[0] == "connection_name")
-        .and_then(|property| property[2].as_str().map(str::to_string))
 }

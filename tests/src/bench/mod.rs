@@ -2,6 +2,7 @@
 
 pub mod agent_log;
 pub mod broker;
+pub mod dead_link;
 pub mod fanout;
 pub mod fleet_setup;
 pub mod footprint;
@@ -37,6 +38,18 @@ impl Options {
                 .map_err(|_| anyhow::anyhow!("--{name} must be a whole number, got {value:?}")),
             None => Ok(default),
         }
+    }
+
+    /// A numeric option, if given.
+    pub fn optional_number(&self, name: &str) -> anyhow::Result<Option<u64>> {
+        self.0
+            .get(name)
+            .map(|value| {
+                value
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("--{name} must be a whole number, got {value:?}"))
+            })
+            .transpose()
     }
 
     pub fn text(&self, name: &str, default: &str) -> String {

@@ -12,12 +12,21 @@
 //! With a list of broker URLs (a RabbitMQ cluster), the first attempt goes to a random node,
 //! the one after a lost connection to a random other node, and the one after a failed
 //! attempt to the next node of the list ([`crate::brokers`]).
+//!
+//! Dead links ([`connect`]): the agent asks for the heartbeat timeout it is configured with
+//! (RabbitMQ honours the client's value; lapin is patched to send it, see
+//! `third_party/lapin/NEBULA.md`) and sets `TCP_USER_TIMEOUT` to half of it (at most two
+//! minutes, [`crate::config::Config::unacknowledged_limit`]), so a heartbeat (or anything
+//! else) the broker never acknowledges ends the connection then instead of after lapin's two
+//! timeouts of silence or the kernel's ~15 minutes of retransmissions.
 
 mod follow;
 mod queue;
 mod reports;
 mod sync;
 mod watch;
+
+pub use watch::LAST_QUEUE_CHECK;
 
 pub use sync::SyncAttempts;
 
@@ -28,6 +37,8 @@ use crate::runtime::ContainerRuntime;
 use crate::supervisor::Shared;
 use crate::transport::Target;
 use futures_util::StreamExt;
+use lapin::tcp::{AMQPUriTcpExt, AsyncTcpStream, OwnedTLSConfig};
+use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Connection, ConnectionProperties};
 use nebula_protocol::Name;
 use nebula_protocol::names;
@@ -102,6 +113,10 @@ pub async fn run<R: ContainerRuntime>(shared: Arc<Shared<R>>) -> Result<(), Agen
     let mut brokers = shared.config.brokers.clone();
     brokers.start_at(fastrand::usize(..));
     let nodes = brokers.brokers().len();
+    // The configuration took the URLs' own heartbeat parameter into account, and bounds it
+    // to the AMQP field's 16 bits.
+    let heartbeat = u16::try_from(shared.config.heartbeat.as_secs()).unwrap_or(u16::MAX);
+    let unacknowledged_limit = shared.config.unacknowledged_limit();
     let properties = ConnectionProperties::default()
         .with_connection_name(format!("nebula-agent {}", shared.config.device_id).into());
     loop {
@@ -122,9 +137,10 @@ pub async fn run<R: ContainerRuntime>(shared: Arc<Shared<R>>) -> Result<(), Agen
         }
         let mut uri = broker.uri().clone();
         uri.query.frame_max.get_or_insert(DEFAULT_FRAME_MAX);
+        uri.query.heartbeat = Some(heartbeat);
         let attempt = tokio::time::timeout(
             CONNECT_TIMEOUT,
-            Connection::connect_uri(uri, properties.clone()),
+            connect(uri, properties.clone(), unacknowledged_limit),
         );
         let connection = tokio::select! {
             () = shared.shutdown.cancelled() => return Ok(()),
@@ -156,6 +172,55 @@ pub async fn run<R: ContainerRuntime>(shared: Arc<Shared<R>>) -> Result<(), Agen
             }
         }
     }
+}
+
+/// Opens an AMQP connection whose socket gives up on data the broker has not acknowledged
+/// within `unacknowledged_limit` (`TCP_USER_TIMEOUT`).
+///
+/// Without it, a link that dies silently (a cellular NAT that dropped its mapping, a pulled
+/// cable upstream) is noticed only when lapin has read nothing for two heartbeat timeouts,
+/// or when the kernel gives up retransmitting (about 15 minutes with Linux's defaults). The
+/// agent writes a heartbeat after half a timeout without writing, so a dead link is noticed
+/// within half a timeout plus the limit, at no cost in bytes. TCP keepalive
+/// would not notice it sooner: its probes only start after the socket has been idle for the
+/// keepalive time, and the heartbeats keep it from ever being idle that long unless probes
+/// are sent more often than heartbeats, which costs more than a shorter heartbeat would.
+async fn connect(
+    uri: AMQPUri,
+    properties: ConnectionProperties,
+    unacknowledged_limit: Duration,
+) -> Result<Connection, lapin::Error> {
+    let runtime = lapin::runtime::default_runtime()?;
+    let limit_ms = u32::try_from(unacknowledged_limit.as_millis()).unwrap_or(u32::MAX);
+    Connection::connector(
+        uri,
+        runtime,
+        async move |uri: AMQPUri, runtime| {
+            let io_error = |error: std::io::Error| {
+                lapin::Error::from(lapin::ErrorKind::IOError(Arc::new(error)))
+            };
+            // TCP first, with the socket option set on it; TLS (amqps://) then wraps it.
+            let mut plain = uri.clone();
+            plain.scheme = AMQPScheme::AMQP;
+            let stream = plain
+                .connect_with_config_async(OwnedTLSConfig::default().as_ref(), &runtime)
+                .await
+                .map_err(io_error)?;
+            if let AsyncTcpStream::Plain(socket) = &stream {
+                rustix::net::sockopt::set_tcp_user_timeout(socket.get_ref(), limit_ms)
+                    .map_err(|errno| io_error(errno.into()))?;
+            }
+            match uri.scheme {
+                AMQPScheme::AMQP => Ok(stream),
+                AMQPScheme::AMQPS => stream
+                    .into_tls(&uri.authority.host, OwnedTLSConfig::default().as_ref())
+                    .await
+                    .map_err(io_error),
+            }
+        },
+        properties,
+    )
+    .await
 }
 
 /// One connection's life: a boot flow per target and the reporter, until shutdown, the
