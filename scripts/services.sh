@@ -74,10 +74,11 @@ NODENAME=rabbit@localhost"
 listeners.tcp.default = 127.0.0.1:5672
 mqtt.listeners.tcp.default = 127.0.0.1:1883"
   # TCP_USER_TIMEOUT (IPPROTO_TCP 6, option 18) of 60 s on the broker's AMQP sockets: a
-  # device whose link died silently is dropped 60 s after the broker's next heartbeat to it
-  # goes unacknowledged (at most half a heartbeat timeout later), instead of after two to three
-  # heartbeat timeouts of silence (20 to 30 minutes at the agent's default of 600 s) while
-  # its exclusive queues stay locked against the agent's new connection. The other options
+  # device whose link died silently is dropped 60 s after something the broker sends it (a
+  # change, or its next heartbeat, within one heartbeat timeout) goes unacknowledged, instead
+  # of after two to three heartbeat timeouts of silence (30 to 45 minutes at the agent's
+  # default of 900 s) while its exclusive queues stay locked against the agent's new
+  # connection. The other options
   # are RabbitMQ's defaults, which this list replaces. (README, "Metered links".)
   write_if_changed /etc/rabbitmq/advanced.config "%% Written by Nebula's scripts/services.sh.
 [{rabbit, [{tcp_listen_options, [{backlog, 128}, {nodelay, true}, {linger, {true, 0}},

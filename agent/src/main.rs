@@ -30,8 +30,8 @@ Configured through the environment (see the agent README and DESIGN §5):
   NEBULA_MAX_RESTART_WAIT_SECS    random wait before restarts and updates
   NEBULA_REPORT_INTERVAL_SECS     periodic device report (default 21600: six hours; reports also
                                   go out after every change they would show)
-  NEBULA_HEARTBEAT_SECS           AMQP heartbeat timeout asked of the broker (default 600); a dead
-                                  link is noticed within it (or the URL's heartbeat parameter)
+  NEBULA_HEARTBEAT_SECS           AMQP heartbeat timeout asked of the broker (default 900); a dead
+                                  link is noticed within 9.5 min at it (or the URL's heartbeat parameter)
   NEBULA_MAX_BACKOFF_SECS         ceiling of every retry wait, reconnects included (default 30)
   NEBULA_LOG_FORMAT               text (default) or json; RUST_LOG filters
 ";

@@ -79,6 +79,31 @@ async fn rabbitmq_answers_presence_for_another_connections_exclusive_queue() {
         .await
         .expect("declare");
     contract(&broker, held).await;
+    // The previous release's durable queue: open to every connection, it outlives its
+    // agent's connection, so it says nothing about presence: no answer (the control plane
+    // then goes by the reports), and no connection lost over it.
+    let durable = "nebula.device.pi-old.group.edge";
+    channel
+        .queue_declare(
+            durable.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare");
+    let error = broker.queue_exists(durable).await.expect_err("no answer");
+    assert!(!error.ends_connection(), "{error}");
+    assert!(broker.queue_exists(held).await.expect("asked"));
+    channel
+        .queue_delete(
+            durable.into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .expect("delete");
     // The agent's connection ends: its queue goes with it.
     agent.close(200, "bye".into()).await.expect("close");
     support::wait_until("the queue to go with its connection", || {

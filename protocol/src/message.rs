@@ -209,8 +209,9 @@ pub struct DeviceReport {
     pub uptime_secs: u64,
     /// Seconds since the agent started.
     pub agent_uptime_secs: u64,
-    /// How often the agent reports when nothing changes: the control plane's "no report for
-    /// three intervals" rule needs the agent's own interval.
+    /// How often the agent reports when nothing changes: the control plane's fallback
+    /// presence rule ("no report for three intervals", when the broker cannot say whether
+    /// the agent's queue exists) needs the agent's own interval.
     pub report_interval_secs: u64,
     /// What the agent was configured to run.
     pub mode: DeviceMode,
@@ -222,7 +223,7 @@ pub struct DeviceReport {
     /// The incarnation of the device group the agent holds (group mode).
     pub device_group_incarnation: Option<Incarnation>,
     /// The agent's last report before a graceful stop (best-effort): the control plane shows
-    /// the device offline at once instead of after three intervals.
+    /// the device offline at once instead of when the broker drops its connection.
     pub stopping: bool,
 }
 

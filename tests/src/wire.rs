@@ -164,7 +164,20 @@ impl Capture {
         let stderr = path.with_extension("log");
         let log = std::fs::File::create(&stderr)?;
         let child = tokio::process::Command::new("tcpdump")
-            .args(["-i", "lo", "-n", "-U", "-s", SNAPSHOT_BYTES, "-w"])
+            // A 16 MiB kernel buffer: other clients of the broker (a qemu agent, the fleet
+            // benchmarks) may be busy on the same port meanwhile, and one dropped packet
+            // fails the capture.
+            .args([
+                "-i",
+                "lo",
+                "-n",
+                "-U",
+                "-B",
+                "16384",
+                "-s",
+                SNAPSHOT_BYTES,
+                "-w",
+            ])
             .arg(&path)
             .args(["tcp", "port", &port.to_string()])
             .stdin(std::process::Stdio::null())

@@ -515,7 +515,8 @@ async fn devices_and_rollout_through_the_cli() {
     fixture
         .admin(&["groups", "create", group, "--apps", app])
         .success();
-    // Reports every second: offline is "no report for 3 intervals", 3 s.
+    // Reports every second (the fallback presence rule, without a broker answer, would say
+    // offline after 3 s of silence).
     let agent = Agent::start_with(
         device,
         &AgentMode::Group(group.to_string()),

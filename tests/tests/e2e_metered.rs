@@ -59,9 +59,9 @@ async fn the_agent_gets_the_heartbeat_it_asks_for() {
     }
 }
 
-/// A short heartbeat keeps this fast; the bounds are the same multiples of it as at the
-/// default (600 s), which the `dead-link` benchmark of `.ci/run` checks with the release agent
-/// at its defaults (`tests/src/bench/dead_link.rs`).
+/// A short heartbeat keeps this fast (the socket's limit on unacknowledged data, half the
+/// timeout up to 2 minutes, is half of it here too). The `dead-link` benchmark of `.ci/run`
+/// checks the release agent at its defaults (`tests/src/bench/dead_link.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_link_is_noticed_within_the_heartbeat_and_the_agent_resyncs() {
     dead_link_scenario("dead-link", 4, 2).await;
@@ -119,9 +119,9 @@ async fn dead_link_scenario(name: &str, heartbeat_secs: u64, max_backoff_secs: u
 
     // Noticed: the agent writes a heartbeat after half a timeout without writing, and
     // TCP_USER_TIMEOUT gives the unacknowledged write half a timeout (at most 2 minutes, far
-    // above this test's): one timeout here, with a second of slack for the timers and a
+    // above this test's): one timeout here, with two seconds of slack for the timers and a
     // loaded machine.
-    let notice_bound = heartbeat + Duration::from_secs(1);
+    let notice_bound = heartbeat + Duration::from_secs(2);
     let log = wait_for(
         "the agent to notice the dead link",
         notice_bound + Duration::from_secs(60),

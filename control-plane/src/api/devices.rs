@@ -28,8 +28,9 @@ pub const MAX_PAGE: usize = 1000;
 pub struct Device {
     pub device_id: String,
     pub hostname: String,
-    /// A report of it arrived within the last 3 of its report intervals
-    /// (`report_interval_secs`).
+    /// Its agent is connected to the broker (its agent queue exists), and its last report is
+    /// not a goodbye; without a broker answer, a report of it arrived within the last 3 of its
+    /// report intervals (`report_interval_secs`).
     pub online: bool,
     /// When a control plane last received a report of it (Unix seconds).
     pub last_seen: f64,

@@ -527,32 +527,49 @@ impl Publisher for AmqpBroker {
 
     async fn queue_exists(&self, queue: &str) -> Result<bool, AmqpError> {
         const RESOURCE_LOCKED: u16 = 405;
-        let channel = self.borrow().await?;
-        let declared = self
-            .limited("queue.declare", async {
-                let answer = channel
-                    .queue_declare(
-                        queue.into(),
-                        QueueDeclareOptions {
-                            passive: true,
-                            ..QueueDeclareOptions::default()
-                        },
-                        FieldTable::default(),
-                    )
-                    .await;
-                match answer {
-                    Ok(_) => Ok(true),
-                    // An exclusive queue of another connection (the agent's own) is locked
-                    // to everybody else, even to a passive declare: it exists.
-                    Err(error) if reply_code(&error) == Some(RESOURCE_LOCKED) => Ok(true),
-                    Err(error) if reply_code(&error) == Some(NOT_FOUND) => Ok(false),
-                    Err(error) => Err(classify("queue.declare", queue)(error)),
+        // A plain channel of its own, not one of the write path's confirm channels: the
+        // broker closes it on either "no" (404) or "someone else's" (405), and it is never
+        // pooled. A probe that fails otherwise (no answer in time, no channel) must not
+        // condemn the connection the writes use: it is reported as `Unavailable`, and
+        // presence falls back to the reports.
+        let unavailable =
+            |reason: String| AmqpError::Unavailable(format!("presence probe of {queue}: {reason}"));
+        let answer = tokio::time::timeout(self.publish_timeout, async {
+            let channel = self
+                .connection
+                .create_channel()
+                .await
+                .map_err(|error| unavailable(error.to_string()))?;
+            let declared = channel
+                .queue_declare(
+                    queue.into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await;
+            match declared {
+                // A queue open to every connection is not an agent's exclusive queue: the
+                // previous release's durable one, which outlives its agent's connection (and
+                // RabbitMQ's declare-ok counts no consumer of it, even while one consumes).
+                // It says nothing: presence falls back to the reports.
+                Ok(_) => {
+                    let _ = channel.close(200, "".into()).await;
+                    Err(unavailable(
+                        "not an exclusive queue (an agent of the previous release)".into(),
+                    ))
                 }
-            })
-            .await;
-        // Either answer closed the channel; `give_back` drops it then.
-        self.give_back(channel);
-        declared
+                // An exclusive queue of another connection (the agent's own) is locked to
+                // everybody else, even to a passive declare: it exists.
+                Err(error) if reply_code(&error) == Some(RESOURCE_LOCKED) => Ok(true),
+                Err(error) if reply_code(&error) == Some(NOT_FOUND) => Ok(false),
+                Err(error) => Err(unavailable(error.to_string())),
+            }
+        })
+        .await;
+        answer.unwrap_or_else(|_| Err(unavailable("no answer in time".into())))
     }
 
     fn is_connected(&self) -> bool {

@@ -52,6 +52,8 @@ pub const DEVICE_COUNTS_TTL: std::time::Duration = std::time::Duration::from_sec
 /// How long a device's presence, as the broker answered it, is taken as it is: a page of the
 /// inventory or a `/metrics` count asks the broker at most once per device in this time.
 pub const PRESENCE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+/// Presence probes in flight at once when `/metrics` counts the registry.
+const PRESENCE_PROBES: usize = 16;
 /// Whether a device's agent queue existed, and when the broker said so.
 pub type Probed = (tokio::time::Instant, bool);
 /// Online and offline devices, and when they were counted.
@@ -761,7 +763,7 @@ impl Service {
     }
 
     /// One scan of the registry: each record's last-seen time, report interval and goodbye
-    /// flag (no broker, no app or group lookups). Unreadable records are not counted, as the
+    /// flag, and presence from the broker (no app or group lookups). Unreadable records are not counted, as the
     /// inventory does not show them.
     async fn count_devices(&self) -> Result<(u64, u64), ServiceError> {
         let records = self
@@ -770,8 +772,10 @@ impl Service {
             .await
             .map_err(|error| self.store_error(error))?;
         let now = now_ms();
-        let (mut online, mut offline) = (0u64, 0u64);
-        for record in records {
+        // Presence asks the broker per device: a few at a time, so that a large registry is
+        // counted in round trips divided by PRESENCE_PROBES, not one after another.
+        let mut devices = Vec::with_capacity(records.len());
+        for record in &records {
             let Ok(fields) = serde_json::from_str::<PresenceFields>(&record.body) else {
                 continue;
             };
@@ -781,19 +785,26 @@ impl Service {
                 fields.device_group.as_deref(),
                 &fields.configured_apps,
             );
-            if self
-                .online(
-                    queue,
+            devices.push((queue, fields, record.last_seen_ms));
+        }
+        let (mut online, mut offline) = (0u64, 0u64);
+        for chunk in devices.chunks(PRESENCE_PROBES) {
+            let mut probes = Vec::with_capacity(chunk.len());
+            for (queue, fields, last_seen_ms) in chunk {
+                probes.push(self.online(
+                    queue.clone(),
                     fields.stopping,
                     fields.report_interval_secs,
-                    record.last_seen_ms,
+                    *last_seen_ms,
                     now,
-                )
-                .await
-            {
-                online += 1;
-            } else {
-                offline += 1;
+                ));
+            }
+            for answer in futures_util::future::join_all(probes).await {
+                if answer {
+                    online += 1;
+                } else {
+                    offline += 1;
+                }
             }
         }
         Ok((online, offline))

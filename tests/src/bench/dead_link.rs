@@ -1,6 +1,7 @@
 //! `dead-link`: how long a device on a link that dies silently stays out of reach, at the
 //! agent's default settings (issue 19). One release agent follows a one-container app; once
-//! it runs, every packet of its broker connection is dropped at the IP level, both ways, with
+//! it runs and its queue checks after the boot are over (so that only heartbeats write on the
+//! idle connection), every packet of its broker connection is dropped at the IP level, both ways, with
 //! nothing refused or reset ([`LinkDrop`]: what a cellular carrier's NAT does when it forgets
 //! a mapping), and the app is changed. Measured from the drop: when the agent noticed (its
 //! log's "lost the broker connection"), and when the change runs on the engine (the agent
@@ -16,9 +17,12 @@
 //! * re-synced within that plus the reconnect backoff's cap (`NEBULA_MAX_BACKOFF_SECS`, 30 s).
 //!   This needs the broker to have let go of the dead connection by then, which holds the
 //!   agent's exclusive queue: `scripts/services.sh` gives RabbitMQ's sockets a 60 s
-//!   `TCP_USER_TIMEOUT`, so it drops the connection a minute after its next heartbeat (within
-//!   half a timeout) goes unanswered: 510 s. A stock broker takes two to three heartbeat
-//!   timeouts, and this check fails there.
+//!   `TCP_USER_TIMEOUT`, so it drops the connection a minute after anything it sends goes
+//!   unanswered — here the change message, sent at once. (With nothing to send, its next
+//!   heartbeat comes half a timeout to a timeout after it last sent, so up to 16 minutes; but
+//!   then there is also no change to make up for, and any change made meanwhile is sent, and
+//!   so starts the minute.) A stock broker takes two to three heartbeat timeouts, and this
+//!   check fails there.
 //!
 //! Options: `--heartbeat-secs N` to run at another heartbeat than the default (the bounds
 //! follow it).
@@ -32,6 +36,7 @@ use crate::system::{Agent, AgentMode, scratch_dir};
 use crate::wire::{LinkDrop, Transport, agent_connections, broker_heartbeat_secs};
 use crate::{unique_name, wait_for};
 use nebula_agent::config::{DEFAULT_HEARTBEAT_SECS, DEFAULT_MAX_BACKOFF_SECS, MAX_UNACKNOWLEDGED};
+use nebula_agent::transport::amqp::LAST_QUEUE_CHECK;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -55,6 +60,7 @@ pub async fn run(options: &Options) -> anyhow::Result<serde_json::Value> {
     if heartbeat_option.is_some() {
         environment.push(("NEBULA_HEARTBEAT_SECS", heartbeat_text.as_str()));
     }
+    let started = Instant::now();
     let agent = Agent::start_command(
         &device,
         &AgentMode::Group(bench.group.clone()),
@@ -64,7 +70,7 @@ pub async fn run(options: &Options) -> anyhow::Result<serde_json::Value> {
         &[agent_binary.to_string_lossy().into_owned()],
     )
     .await;
-    let result = measure(&agent, &bench, &device, heartbeat).await;
+    let result = measure(&agent, &bench, &device, heartbeat, started).await;
     agent.process.stop(Duration::from_secs(10)).await;
     bench
         .control_plane
@@ -78,6 +84,13 @@ pub async fn run(options: &Options) -> anyhow::Result<serde_json::Value> {
     let notice_bound = notice_bound(heartbeat);
     let resync_bound = notice_bound + Duration::from_secs(DEFAULT_MAX_BACKOFF_SECS);
     let mut failed = Vec::new();
+    if !broker_drops_dead_connections() {
+        failed.push(
+            "the broker's sockets have no TCP_USER_TIMEOUT (its tcp_listen_options lack {raw, 6, 18, _}): \
+             it was started before scripts/services.sh configured it; `scripts/services.sh restart rabbitmq`"
+                .to_string(),
+        );
+    }
     if measured.noticed > notice_bound {
         failed.push(format!(
             "the dead link was noticed after {:.1} s, over the bound of {} s",
@@ -121,6 +134,19 @@ pub async fn run(options: &Options) -> anyhow::Result<serde_json::Value> {
     }))
 }
 
+/// Whether the broker runs with the `TCP_USER_TIMEOUT` `scripts/services.sh` configures.
+fn broker_drops_dead_connections() -> bool {
+    std::process::Command::new("rabbitmqctl")
+        .args(["eval", "application:get_env(rabbit, tcp_listen_options)."])
+        .output()
+        .is_ok_and(|output| {
+            String::from_utf8_lossy(&output.stdout)
+                .split_whitespace()
+                .collect::<String>()
+                .contains("{raw,6,18,")
+        })
+}
+
 /// Half a heartbeat until the agent writes, the socket's limit until it gives up, and slack.
 fn notice_bound(heartbeat: Duration) -> Duration {
     heartbeat / 2 + (heartbeat / 2).min(MAX_UNACKNOWLEDGED) + SLACK
@@ -140,6 +166,7 @@ async fn measure(
     bench: &FleetBench,
     device: &str,
     heartbeat: Duration,
+    started: Instant,
 ) -> anyhow::Result<Measured> {
     let engine = docker()?;
     let broker_port = Transport::Amqp.broker_port();
@@ -166,6 +193,14 @@ async fn measure(
         "the connection runs with a {negotiated_heartbeat_secs} s heartbeat, not the {} s asked for",
         heartbeat.as_secs()
     );
+    // After the agent's queue checks (they write, and a write the broker does not
+    // acknowledge is what ends the connection): from then on only heartbeats do.
+    let settled = started + LAST_QUEUE_CHECK + Duration::from_secs(15);
+    eprintln!(
+        "dead-link: waiting {} s for the agent's queue checks to end",
+        settled.saturating_duration_since(Instant::now()).as_secs()
+    );
+    tokio::time::sleep_until(settled.into()).await;
     let losses_before = agent.process.log().matches(LOST).count();
 
     let link_drop = LinkDrop::start(port, broker_port)?;

@@ -181,10 +181,9 @@ pub async fn run<R: ContainerRuntime>(shared: Arc<Shared<R>>) -> Result<(), Agen
 /// cable upstream) is noticed only when lapin has read nothing for two heartbeat timeouts,
 /// or when the kernel gives up retransmitting (about 15 minutes with Linux's defaults). The
 /// agent writes a heartbeat after half a timeout without writing, so a dead link is noticed
-/// within half a timeout plus the limit, at no cost in bytes. TCP keepalive
-/// would not notice it sooner: its probes only start after the socket has been idle for the
-/// keepalive time, and the heartbeats keep it from ever being idle that long unless probes
-/// are sent more often than heartbeats, which costs more than a shorter heartbeat would.
+/// within half a timeout plus the limit, at no cost in bytes. TCP keepalive is not set: the
+/// heartbeats keep the socket from idling longer than half a timeout, so its probes would not
+/// fire, and RabbitMQ needs the heartbeats anyway to drop a dead device's connection.
 async fn connect(
     uri: AMQPUri,
     properties: ConnectionProperties,
@@ -206,9 +205,13 @@ async fn connect(
                 .connect_with_config_async(OwnedTLSConfig::default().as_ref(), &runtime)
                 .await
                 .map_err(io_error)?;
-            if let AsyncTcpStream::Plain(socket) = &stream {
-                rustix::net::sockopt::set_tcp_user_timeout(socket.get_ref(), limit_ms)
-                    .map_err(|errno| io_error(errno.into()))?;
+            // Without it (a kernel or sandbox that refuses the option) the connection still
+            // works; a dead link is then noticed by lapin's missing heartbeats, later.
+            if let AsyncTcpStream::Plain(socket) = &stream
+                && let Err(errno) =
+                    rustix::net::sockopt::set_tcp_user_timeout(socket.get_ref(), limit_ms)
+            {
+                tracing::warn!(error = %errno, "cannot set TCP_USER_TIMEOUT on the broker connection; a dead link will be noticed only after two heartbeat timeouts of silence");
             }
             match uri.scheme {
                 AMQPScheme::AMQP => Ok(stream),

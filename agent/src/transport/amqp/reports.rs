@@ -104,7 +104,8 @@ pub async fn report_loop<R: ContainerRuntime>(
 
 /// On a graceful stop (the agent shutting down, not a session ending for a reconnect), one
 /// last report marked `stopping`. Best-effort: a broker that does not confirm in
-/// [`GOODBYE_TIMEOUT`] only means the device shows offline after three intervals instead.
+/// [`GOODBYE_TIMEOUT`] only means the device shows offline when the broker drops the
+/// connection instead.
 async fn goodbye<R: ContainerRuntime>(
     shared: &Shared<R>,
     connection: &Connection,
