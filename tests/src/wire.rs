@@ -367,6 +367,31 @@ pub fn agent_connections(pid: u32, remote_port: u16) -> anyhow::Result<BTreeSet<
     Ok(ports)
 }
 
+/// The agent process's id and the local port of its one broker connection (to
+/// `broker_port`), once it has exactly one (at most 30 s).
+pub async fn agent_connection(
+    agent: &crate::system::Agent,
+    broker_port: u16,
+) -> anyhow::Result<(u32, u16)> {
+    let pid = agent
+        .process
+        .pid()
+        .await
+        .ok_or_else(|| anyhow::anyhow!("the agent is not running:\n{}", agent.process.log()))?;
+    let port = crate::wait_for(
+        "the agent's broker connection",
+        Duration::from_secs(30),
+        || async {
+            let ports = agent_connections(pid, broker_port).ok()?;
+            (ports.len() == 1)
+                .then(|| ports.into_iter().next())
+                .flatten()
+        },
+    )
+    .await?;
+    Ok((pid, port))
+}
+
 /// The heartbeat timeout RabbitMQ runs the connection of `device`'s agent with (the one the
 /// agent named "nebula-agent <device>").
 pub fn broker_heartbeat_secs(device: &str) -> anyhow::Result<u64> {

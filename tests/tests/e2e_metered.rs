@@ -92,19 +92,9 @@ async fn dead_link_scenario(name: &str, heartbeat_secs: u64, max_backoff_secs: u
     )
     .await;
     scenario.converged(&app, 1, 1).await;
-    let pid = agent.process.pid().await.expect("agent running");
-    let port = wait_for(
-        "the agent's connection",
-        Duration::from_secs(30),
-        || async {
-            let ports = agent_connections(pid, broker_port()).ok()?;
-            (ports.len() == 1)
-                .then(|| ports.into_iter().next())
-                .flatten()
-        },
-    )
-    .await
-    .expect("one broker connection");
+    let (pid, port) = nebula_tests::wire::agent_connection(&agent, broker_port())
+        .await
+        .expect("one broker connection");
     let losses_before = agent.process.log().matches(LOST).count();
 
     let link_drop = LinkDrop::start(port, broker_port()).expect("iptables rule (needs root)");

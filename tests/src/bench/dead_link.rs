@@ -33,7 +33,7 @@ use super::footprint::{release_agent, wait_running};
 use crate::docker::{app_containers, remove_app_containers};
 use crate::services::{docker, test_image};
 use crate::system::{Agent, AgentMode, scratch_dir};
-use crate::wire::{LinkDrop, Transport, agent_connections, broker_heartbeat_secs};
+use crate::wire::{self, LinkDrop, Transport, agent_connections, broker_heartbeat_secs};
 use crate::{unique_name, wait_for};
 use nebula_agent::config::{DEFAULT_HEARTBEAT_SECS, DEFAULT_MAX_BACKOFF_SECS, MAX_UNACKNOWLEDGED};
 use nebula_agent::transport::amqp::LAST_QUEUE_CHECK;
@@ -171,22 +171,7 @@ async fn measure(
     let engine = docker()?;
     let broker_port = Transport::Amqp.broker_port();
     wait_running(&engine, &bench.app, 1, 1, Duration::from_secs(180)).await?;
-    let pid = agent
-        .process
-        .pid()
-        .await
-        .ok_or_else(|| anyhow::anyhow!("the agent is not running:\n{}", agent.process.log()))?;
-    let port = wait_for(
-        "the agent's broker connection",
-        Duration::from_secs(30),
-        || async {
-            let ports = agent_connections(pid, broker_port).ok()?;
-            (ports.len() == 1)
-                .then(|| ports.into_iter().next())
-                .flatten()
-        },
-    )
-    .await?;
+    let (pid, port) = wire::agent_connection(agent, broker_port).await?;
     let negotiated_heartbeat_secs = broker_heartbeat_secs(device)?;
     anyhow::ensure!(
         negotiated_heartbeat_secs == heartbeat.as_secs(),

@@ -335,22 +335,7 @@ async fn measure(
     let engine = docker()?;
     eprintln!("footprint: waiting for {CONTAINERS} containers");
     wait_running(&engine, app, 1, CONTAINERS, Duration::from_secs(180)).await?;
-    let pid = agent
-        .process
-        .pid()
-        .await
-        .ok_or_else(|| anyhow::anyhow!("the agent is not running:\n{}", agent.process.log()))?;
-    let port = wait_for(
-        "the agent's broker connection",
-        Duration::from_secs(30),
-        || async {
-            let ports = agent_connections(pid, broker_port).ok()?;
-            (ports.len() == 1)
-                .then(|| ports.into_iter().next())
-                .flatten()
-        },
-    )
-    .await?;
+    let (pid, port) = wire::agent_connection(agent, broker_port).await?;
     let negotiated_heartbeat_secs = wire::broker_heartbeat_secs(device)?;
     // The boot ends with the report of the first convergence.
     let boot_end = report_confirmed(capture, transport, port, broker_port, 0.0).await?;
