@@ -29,13 +29,13 @@
 
 use super::Options;
 use super::fleet_setup::FleetBench;
-use super::footprint::{release_agent, wait_running};
+use super::footprint::{Settings, release_agent, start_release_agent, wait_running};
 use crate::docker::{app_containers, remove_app_containers};
 use crate::services::{docker, test_image};
-use crate::system::{Agent, AgentMode, scratch_dir};
+use crate::system::{Agent, scratch_dir};
 use crate::wire::{self, LinkDrop, Transport, agent_connections, broker_heartbeat_secs};
 use crate::{unique_name, wait_for};
-use nebula_agent::config::{DEFAULT_HEARTBEAT_SECS, DEFAULT_MAX_BACKOFF_SECS, MAX_UNACKNOWLEDGED};
+use nebula_agent::config::{DEFAULT_MAX_BACKOFF_SECS, MAX_UNACKNOWLEDGED};
 use nebula_agent::transport::amqp::LAST_QUEUE_CHECK;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -46,30 +46,20 @@ const SLACK: Duration = Duration::from_secs(30);
 const LOST: &str = "lost the broker connection";
 
 pub async fn run(options: &Options) -> anyhow::Result<serde_json::Value> {
-    let heartbeat_option = options.optional_number("heartbeat-secs")?;
-    let heartbeat = Duration::from_secs(heartbeat_option.unwrap_or(DEFAULT_HEARTBEAT_SECS));
+    // The agent's own report interval (not the harness's 5 s), so that nothing but the
+    // heartbeat writes on the idle connection.
+    let settings = Settings {
+        heartbeat_secs: options.optional_number("heartbeat-secs")?,
+        report_interval_secs: None,
+    };
+    let heartbeat = Duration::from_secs(settings.heartbeat_secs());
     let agent_binary = release_agent()?;
     let bench =
         FleetBench::prepare_with("dead-link", json!({"docker_image": test_image(1)})).await?;
     let directory = scratch_dir("bench-dead-link-agent");
     let device = unique_name("dead-link-device");
-    let heartbeat_text = heartbeat.as_secs().to_string();
-    // The harness gives every agent a 5 s report interval; an empty value gives the agent's
-    // own default back, so that nothing but the heartbeat writes on the idle connection.
-    let mut environment = vec![("NEBULA_REPORT_INTERVAL_SECS", "")];
-    if heartbeat_option.is_some() {
-        environment.push(("NEBULA_HEARTBEAT_SECS", heartbeat_text.as_str()));
-    }
     let started = Instant::now();
-    let agent = Agent::start_command(
-        &device,
-        &AgentMode::Group(bench.group.clone()),
-        &bench.vhost.amqp_url(),
-        &directory,
-        &environment,
-        &[agent_binary.to_string_lossy().into_owned()],
-    )
-    .await;
+    let agent = start_release_agent(&agent_binary, &bench, &device, &directory, settings).await;
     let result = measure(&agent, &bench, &device, heartbeat, started).await;
     agent.process.stop(Duration::from_secs(10)).await;
     bench
@@ -123,7 +113,7 @@ pub async fn run(options: &Options) -> anyhow::Result<serde_json::Value> {
         "scenario": "dead-link",
         "parameters": {
             "heartbeat_secs": heartbeat.as_secs(),
-            "agent_defaults": heartbeat_option.is_none(),
+            "agent_defaults": settings.heartbeat_secs.is_none(),
         },
         "negotiated_heartbeat_secs": measured.negotiated_heartbeat_secs,
         "link_dropped_to_noticed_secs": measured.noticed.as_secs_f64(),

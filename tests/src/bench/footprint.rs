@@ -83,13 +83,13 @@ pub(super) fn release_agent() -> anyhow::Result<PathBuf> {
 
 /// The settings the agent runs with: its defaults unless an option says otherwise.
 #[derive(Debug, Clone, Copy)]
-struct Settings {
-    heartbeat_secs: Option<u64>,
-    report_interval_secs: Option<u64>,
+pub(super) struct Settings {
+    pub(super) heartbeat_secs: Option<u64>,
+    pub(super) report_interval_secs: Option<u64>,
 }
 
 impl Settings {
-    fn heartbeat_secs(self) -> u64 {
+    pub(super) fn heartbeat_secs(self) -> u64 {
         self.heartbeat_secs.unwrap_or(DEFAULT_HEARTBEAT_SECS)
     }
 
@@ -111,6 +111,30 @@ impl Settings {
         }
         environment
     }
+}
+
+/// Starts the release agent `binary` as `device` of the bench's group, with `settings`.
+pub(super) async fn start_release_agent(
+    binary: &std::path::Path,
+    bench: &FleetBench,
+    device: &str,
+    directory: &std::path::Path,
+    settings: Settings,
+) -> Agent {
+    let environment = settings.environment();
+    let environment: Vec<(&str, &str)> = environment
+        .iter()
+        .map(|(key, value)| (*key, value.as_str()))
+        .collect();
+    Agent::start_command(
+        device,
+        &AgentMode::Group(bench.group.clone()),
+        &bench.vhost.amqp_url(),
+        directory,
+        &environment,
+        &[binary.to_string_lossy().into_owned()],
+    )
+    .await
 }
 
 pub async fn run(options: &Options) -> anyhow::Result<serde_json::Value> {
@@ -136,20 +160,7 @@ pub async fn run(options: &Options) -> anyhow::Result<serde_json::Value> {
     // Started before the agent so that its boot is on it too; only its connection's
     // packets are counted.
     let capture = Capture::start(&directory, broker_port).await?;
-    let environment = settings.environment();
-    let environment: Vec<(&str, &str)> = environment
-        .iter()
-        .map(|(key, value)| (*key, value.as_str()))
-        .collect();
-    let agent = Agent::start_command(
-        &device,
-        &AgentMode::Group(bench.group.clone()),
-        &bench.vhost.amqp_url(),
-        &directory,
-        &environment,
-        &[agent_binary.to_string_lossy().into_owned()],
-    )
-    .await;
+    let agent = start_release_agent(&agent_binary, &bench, &device, &directory, settings).await;
     let result = measure(
         &agent,
         &rest,
