@@ -9,6 +9,16 @@ cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
 started=$SECONDS
 
+step "disk space"
+# A full run writes about 11 GiB (debug, release and musl builds, images); stop now with a
+# clear message rather than die of ENOSPC half an hour in.
+avail_gib=$(df --output=avail -B1G . | tail -1 | tr -d ' ')
+echo "${avail_gib} GiB free here"
+if [ "$avail_gib" -lt 12 ]; then
+    echo "error: the test suite needs about 12 GiB of free disk, ${avail_gib} GiB left" >&2
+    exit 1
+fi
+
 step "install (idempotent)"
 bash scripts/setup.sh
 # shellcheck source=scripts/env.sh
