@@ -31,7 +31,7 @@ RUST_TARGETS=(aarch64-unknown-linux-musl aarch64-unknown-linux-gnu armv7-unknown
 # iptables: the metered-link tests drop one connection's packets with it.
 packages=(rabbitmq-server docker.io docker-registry busybox-static qemu-user apache2-utils
           iproute2 iptables tcpdump curl ca-certificates tar python3 python3-venv
-          libc6-armhf-cross libc6-arm64-cross libc6-riscv64-cross)
+          libc6-armhf-cross libc6-arm64-cross libc6-riscv64-cross gcc libc6-dev)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || missing+=("$package")

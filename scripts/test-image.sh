@@ -6,6 +6,7 @@
 #                                       answers 1 or 2, and the file /version holds the same
 #   $NEBULA_TEST_IMAGE_HEALTHY:1        test:1 plus a HEALTHCHECK that passes (healthy after ~1 s)
 #   $NEBULA_TEST_IMAGE_UNHEALTHY:1      test:1 plus a HEALTHCHECK that always fails
+#   $NEBULA_TEST_IMAGE_UDP:1            test:1 running udp-echo (deploy/test-image/udp-echo.c) on 53/udp
 # Recipe: deploy/test-image/. Fast (well under a second) when the registry already holds the
 # images of the current recipe. Needs the services: scripts/services.sh start.
 # Usage: scripts/test-image.sh [--force]
@@ -20,9 +21,11 @@ source scripts/lib.sh
 registry=$NEBULA_TEST_REGISTRY
 busybox=/bin/busybox
 base=$NEBULA_TEST_IMAGE:1
-images=("$NEBULA_TEST_IMAGE:1" "$NEBULA_TEST_IMAGE:2" "$NEBULA_TEST_IMAGE_HEALTHY:1" "$NEBULA_TEST_IMAGE_UNHEALTHY:1")
+images=("$NEBULA_TEST_IMAGE:1" "$NEBULA_TEST_IMAGE:2" "$NEBULA_TEST_IMAGE_HEALTHY:1" "$NEBULA_TEST_IMAGE_UNHEALTHY:1"
+        "$NEBULA_TEST_IMAGE_UDP:1")
 
 [ -x "$busybox" ] || die "$busybox not found: run scripts/setup.sh (package busybox-static)"
+command -v gcc >/dev/null || die "gcc not found: run scripts/setup.sh (packages gcc libc6-dev)"
 [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$registry/v2/")" = 401 ] ||
   die "no registry with auth at $registry: run scripts/services.sh start"
 
@@ -55,6 +58,8 @@ trap 'rm -rf "$context"' EXIT
 # wget, sleep... are on PATH=/bin), a passwd for USER and `id`, a world-writable /tmp.
 mkdir -p "$context/rootfs/bin" "$context/rootfs/etc" "$context/rootfs/tmp" "$context/rootfs/root"
 cp "$busybox" "$context/rootfs/bin/busybox"
+gcc -static -Os -o "$context/rootfs/bin/udp-echo" deploy/test-image/udp-echo.c ||
+  die "cannot build udp-echo (gcc, libc6-dev)"
 for applet in $("$busybox" --list); do
   [ "$applet" = busybox ] || ln -s busybox "$context/rootfs/bin/$applet"
 done
@@ -80,6 +85,7 @@ build --build-arg VERSION=1 -t "$NEBULA_TEST_IMAGE:1"
 build --build-arg VERSION=2 -t "$NEBULA_TEST_IMAGE:2"
 build --build-arg "BASE=$base" -f "$context/Dockerfile.healthy" -t "$NEBULA_TEST_IMAGE_HEALTHY:1"
 build --build-arg "BASE=$base" -f "$context/Dockerfile.unhealthy" -t "$NEBULA_TEST_IMAGE_UNHEALTHY:1"
+build --build-arg "BASE=$base" -f "$context/Dockerfile.udp" -t "$NEBULA_TEST_IMAGE_UDP:1"
 
 # Log in with a throw-away client config, so the developer's ~/.docker/config.json (and any
 # test that checks what happens without credentials) is left as it was.

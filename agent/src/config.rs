@@ -117,6 +117,32 @@ impl std::fmt::Debug for RegistryAuth {
     }
 }
 
+/// Docker's `max-size` of a created container's log file, and how many rotated files are
+/// kept: 3 × 10 MB at most per container, so a chatty container cannot fill an SD card.
+pub const DEFAULT_CONTAINER_LOG_MAX_SIZE: &str = "10m";
+pub const DEFAULT_CONTAINER_LOG_MAX_FILES: u32 = 3;
+
+/// How Docker keeps the logs of the containers this agent creates: the `json-file` driver
+/// (what `docker logs` reads on any engine) rotated by size. Applies to containers created
+/// after a change of the settings; running ones keep theirs until their app changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerLogs {
+    /// `NEBULA_CONTAINER_LOG_MAX_SIZE`, Docker's `max-size`: a number with an optional `k`,
+    /// `m` or `g`.
+    pub max_size: String,
+    /// `NEBULA_CONTAINER_LOG_MAX_FILES`, Docker's `max-file`: at least 1.
+    pub max_files: u32,
+}
+
+impl Default for ContainerLogs {
+    fn default() -> Self {
+        Self {
+            max_size: DEFAULT_CONTAINER_LOG_MAX_SIZE.to_string(),
+            max_files: DEFAULT_CONTAINER_LOG_MAX_FILES,
+        }
+    }
+}
+
 /// The agent's validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -127,7 +153,9 @@ pub struct Config {
     pub mode: Mode,
     pub state_dir: PathBuf,
     pub runtime: RuntimeKind,
+    /// `DOCKER_HOST`: a `unix://` socket path (the only transport this agent is built with).
     pub docker_host: String,
+    pub container_logs: ContainerLogs,
     pub registry: Option<RegistryAuth>,
     pub max_restart_wait: Duration,
     pub report_interval: Duration,
@@ -262,6 +290,28 @@ impl Config {
 
         let heartbeat = parse_heartbeat(environment, &brokers)?;
 
+        let docker_host = non_empty("DOCKER_HOST").unwrap_or_else(|| DEFAULT_DOCKER_HOST.into());
+        validate_docker_host(&docker_host)?;
+
+        let container_logs = ContainerLogs {
+            max_size: match non_empty("NEBULA_CONTAINER_LOG_MAX_SIZE") {
+                Some(size) => parse_log_size(size.trim())?,
+                None => DEFAULT_CONTAINER_LOG_MAX_SIZE.to_string(),
+            },
+            max_files: match non_empty("NEBULA_CONTAINER_LOG_MAX_FILES") {
+                Some(files) => match files.trim().parse::<u32>() {
+                    Ok(files) if (1..=100).contains(&files) => files,
+                    _ => {
+                        return Err(ConfigError::Invalid {
+                            variable: "NEBULA_CONTAINER_LOG_MAX_FILES",
+                            reason: format!("{files:?}: expected a number of files from 1 to 100"),
+                        });
+                    }
+                },
+                None => DEFAULT_CONTAINER_LOG_MAX_FILES,
+            },
+        };
+
         let max_backoff = parse_seconds(
             environment,
             "NEBULA_MAX_BACKOFF_SECS",
@@ -282,7 +332,8 @@ impl Config {
             state_dir: non_empty("NEBULA_STATE_DIR")
                 .map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), PathBuf::from),
             runtime,
-            docker_host: non_empty("DOCKER_HOST").unwrap_or_else(|| DEFAULT_DOCKER_HOST.into()),
+            docker_host,
+            container_logs,
             registry,
             max_restart_wait: parse_seconds(environment, "NEBULA_MAX_RESTART_WAIT_SECS", 0)?,
             report_interval,
@@ -383,6 +434,42 @@ fn parse_heartbeat(
         });
     }
     Ok(Duration::from_secs(seconds))
+}
+
+/// `DOCKER_HOST` must name a unix socket by absolute path: the agent is built with that
+/// transport only, and a value it cannot use must stop it with the other configuration
+/// errors (exit 64) rather than fail every engine call in a restart loop.
+fn validate_docker_host(value: &str) -> Result<(), ConfigError> {
+    match value.strip_prefix("unix://") {
+        Some(path) if path.starts_with('/') && path.len() > 1 => Ok(()),
+        _ => Err(ConfigError::Invalid {
+            variable: "DOCKER_HOST",
+            reason: format!(
+                "{value:?}: expected unix:///path/to/docker.sock (this agent talks to the engine over its unix socket only)"
+            ),
+        }),
+    }
+}
+
+/// A Docker log `max-size`: digits, then optionally `k`, `m` or `g`; at least 1 KiB's worth
+/// so the engine does not rotate on every line.
+fn parse_log_size(value: &str) -> Result<String, ConfigError> {
+    let invalid = || ConfigError::Invalid {
+        variable: "NEBULA_CONTAINER_LOG_MAX_SIZE",
+        reason: format!("{value:?}: expected a size such as 10m, 512k or 1g"),
+    };
+    let lower = value.to_ascii_lowercase();
+    let (digits, multiplier) = match lower.char_indices().last() {
+        Some((at, 'k')) => (&lower[..at], 1u64 << 10),
+        Some((at, 'm')) => (&lower[..at], 1 << 20),
+        Some((at, 'g')) => (&lower[..at], 1 << 30),
+        _ => (lower.as_str(), 1),
+    };
+    let number: u64 = digits.parse().map_err(|_| invalid())?;
+    if number.saturating_mul(multiplier) < 1024 {
+        return Err(invalid());
+    }
+    Ok(lower)
 }
 
 fn parse_name(variable: &'static str, value: &str) -> Result<Name, ConfigError> {
@@ -543,6 +630,17 @@ mod tests {
             ("NEBULA_HEARTBEAT_SECS", "0"),
             ("NEBULA_HEARTBEAT_SECS", "65536"),
             ("NEBULA_HEARTBEAT_SECS", "often"),
+            ("DOCKER_HOST", "tcp://127.0.0.1:2375"),
+            ("DOCKER_HOST", "/var/run/docker.sock"),
+            ("DOCKER_HOST", "unix://var/run/docker.sock"),
+            ("DOCKER_HOST", "unix://"),
+            ("NEBULA_CONTAINER_LOG_MAX_SIZE", "big"),
+            ("NEBULA_CONTAINER_LOG_MAX_SIZE", "10t"),
+            ("NEBULA_CONTAINER_LOG_MAX_SIZE", "100"),
+            ("NEBULA_CONTAINER_LOG_MAX_SIZE", "m"),
+            ("NEBULA_CONTAINER_LOG_MAX_FILES", "0"),
+            ("NEBULA_CONTAINER_LOG_MAX_FILES", "101"),
+            ("NEBULA_CONTAINER_LOG_MAX_FILES", "three"),
         ] {
             assert!(
                 matches!(
@@ -551,6 +649,34 @@ mod tests {
                 ),
                 "{bad:?} should be rejected"
             );
+        }
+    }
+
+    #[test]
+    fn container_logs_rotate_by_default_and_take_docker_sizes() {
+        let config = parse(&[("NEBULA_DEVICE_GROUP", "g")]).expect("valid");
+        assert_eq!(config.container_logs, ContainerLogs::default());
+        assert_eq!(
+            (
+                config.container_logs.max_size.as_str(),
+                config.container_logs.max_files
+            ),
+            ("10m", 3)
+        );
+        for (size, read) in [
+            ("512k", "512k"),
+            ("2M", "2m"),
+            ("1g", "1g"),
+            ("4096", "4096"),
+        ] {
+            let config = parse(&[
+                ("NEBULA_DEVICE_GROUP", "g"),
+                ("NEBULA_CONTAINER_LOG_MAX_SIZE", size),
+                ("NEBULA_CONTAINER_LOG_MAX_FILES", "5"),
+            ])
+            .expect("valid");
+            assert_eq!(config.container_logs.max_size, read);
+            assert_eq!(config.container_logs.max_files, 5);
         }
     }
 

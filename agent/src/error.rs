@@ -65,6 +65,10 @@ pub enum DockerError {
     },
     #[error("invalid container spec for {app}: {reason}")]
     InvalidSpec { app: String, reason: String },
+    /// A container this agent does not manage (no Nebula labels of this device) has the
+    /// name one of ours needs. It is never removed: it may be a device's hand-made service.
+    #[error("a container named {name} exists that this agent does not manage; rename or remove it")]
+    NameTaken { name: String },
 }
 
 impl DockerError {

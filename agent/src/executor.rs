@@ -8,10 +8,11 @@
 //! consistent.
 
 use crate::error::DockerError;
-use crate::reconcile::{self, Action};
+use crate::reconcile::{self, Action, ObservedContainer};
 use crate::runtime::{ContainerRuntime, ContainerSpec, ImageOutcome, containers_of};
-use nebula_protocol::{AppConfig, Name};
+use nebula_protocol::{AppConfig, Name, ObjectVersion, PullPolicy};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -30,13 +31,25 @@ pub enum PassOutcome {
     Interrupted,
 }
 
-/// Says whether a plan made for `planned_for` still matters.
+/// What a pass needs from the agent around it: whether a plan made for `planned_for` still
+/// matters, and the engine's containers (the agent shares one listing among its workers).
 pub trait PassGuard: Sync {
     fn still_wanted(
         &self,
         app: &Name,
         planned_for: Option<&AppConfig>,
     ) -> impl Future<Output = bool> + Send;
+
+    /// Every container of the engine that `runtime` manages.
+    fn observe<R: ContainerRuntime>(
+        &self,
+        runtime: &R,
+    ) -> impl Future<Output = Result<Arc<Vec<ObservedContainer>>, DockerError>> + Send {
+        async { runtime.list_containers().await.map(Arc::new) }
+    }
+
+    /// Called after a pass changed (or may have changed) containers.
+    fn engine_changed(&self) {}
 }
 
 /// A guard for a desired config that cannot change under the pass.
@@ -49,6 +62,22 @@ impl PassGuard for FixedDesired {
     }
 }
 
+/// What an app's worker remembers between passes about the app's image, so that a pass
+/// that fails after the pull (a port taken, a name conflict) does not go back to the
+/// registry on every retry: one pull per (incarnation, revision) of the app.
+#[derive(Debug, Default)]
+pub struct ImageMemory {
+    /// The version whose image was made available (pulled, found present, or a local copy
+    /// after a failed pull).
+    ready_for: Option<ObjectVersion>,
+    /// A failed pull that fell back to a local copy, for the app's report.
+    pub note: Option<String>,
+}
+
+/// How often a long step (a pull, a rolling restart's wait) checks whether its plan is
+/// still wanted.
+const SUPERSEDED_POLL: Duration = Duration::from_millis(500);
+
 /// One app's pass: what to converge, and how.
 #[derive(Debug)]
 pub struct Pass<'a, R> {
@@ -60,101 +89,232 @@ pub struct Pass<'a, R> {
     pub shutdown: &'a CancellationToken,
 }
 
+/// Container actions a pass runs together: removals, then (re)creations, then repairs. An
+/// app without `rolling_restart` has no reason to wait for one container before touching
+/// the next, and a container that ignores SIGTERM makes each stop last its whole timeout.
+fn batch_kind(action: &Action) -> Option<u8> {
+    match action {
+        Action::Remove { .. } => Some(0),
+        Action::Replace { .. } | Action::Create { .. } => Some(1),
+        Action::Start { .. } | Action::Restart { .. } => Some(2),
+        Action::RandomWait | Action::EnsureImage | Action::AwaitReady { .. } => None,
+    }
+}
+
+/// Splits a plan into steps run one after another; with `parallel`, consecutive container
+/// actions of one kind form one step whose actions run at once.
+fn steps(plan: &[Action], parallel: bool) -> Vec<&[Action]> {
+    let mut steps = Vec::new();
+    let mut rest = plan;
+    while let Some(first) = rest.first() {
+        let length = match batch_kind(first) {
+            Some(kind) if parallel => rest
+                .iter()
+                .take_while(|action| batch_kind(action) == Some(kind))
+                .count(),
+            _ => 1,
+        };
+        let (step, tail) = rest.split_at(length);
+        steps.push(step);
+        rest = tail;
+    }
+    steps
+}
+
 impl<R: ContainerRuntime> Pass<'_, R> {
-    /// Observes, plans and executes once. `pull_note` collects a failed pull that fell
-    /// back to a local image, for the app's report.
+    /// Observes, plans and executes once. `memory` carries what earlier passes of this app
+    /// did with its image.
     pub async fn run(
         &self,
         guard: &impl PassGuard,
-        pull_note: &mut Option<String>,
+        memory: &mut ImageMemory,
     ) -> Result<PassOutcome, DockerError> {
-        let all = self.runtime.list_containers().await?;
+        let all = guard.observe(self.runtime).await?;
         let observed: Vec<_> = containers_of(&all, self.app).cloned().collect();
         let plan = reconcile::plan_app(self.desired, self.runtime.capacity(), &observed);
         if plan.is_empty() {
             return Ok(PassOutcome::Idle);
         }
+        let outcome = self.apply(&plan, guard, memory).await;
+        guard.engine_changed();
+        outcome
+    }
+
+    async fn apply(
+        &self,
+        plan: &[Action],
+        guard: &impl PassGuard,
+        memory: &mut ImageMemory,
+    ) -> Result<PassOutcome, DockerError> {
         let version = self.desired.map(AppConfig::version);
         tracing::info!(app = %self.app, version = ?version, actions = plan.len(), "applying");
-        for action in &plan {
+        // One container at a time only where the app asks for it, and only while it runs:
+        // stopping a rolling app stops every container at once too.
+        let parallel = self
+            .desired
+            .is_none_or(|app| !app.rolling_restart || !app.running);
+        for step in steps(plan, parallel) {
             if self.shutdown.is_cancelled() || !guard.still_wanted(self.app, self.desired).await {
                 return Ok(PassOutcome::Interrupted);
             }
-            execute(
-                self.runtime,
-                self.app,
-                self.desired,
-                action,
-                self.max_restart_wait,
-                self.shutdown,
-                pull_note,
-            )
-            .await?;
+            if let [action] = step {
+                if !self.execute(action, guard, memory).await? {
+                    return Ok(PassOutcome::Interrupted);
+                }
+            } else {
+                // Every action of the step runs to its end (none is left half-done), then
+                // the first failure, if any, fails the pass.
+                let results = futures_util::future::join_all(
+                    step.iter().map(|action| self.container_action(action)),
+                )
+                .await;
+                results.into_iter().collect::<Result<Vec<()>, _>>()?;
+            }
         }
         tracing::info!(app = %self.app, version = ?version, "applied");
         Ok(PassOutcome::Applied)
     }
-}
 
-/// Runs one action. `pull_note` collects a failed pull that fell back to a local image, for
-/// the app's report.
-async fn execute<R: ContainerRuntime>(
-    runtime: &R,
-    app: &Name,
-    desired: Option<&AppConfig>,
-    action: &Action,
-    max_restart_wait: Duration,
-    shutdown: &CancellationToken,
-    pull_note: &mut Option<String>,
-) -> Result<(), DockerError> {
-    let spec = |index: u32| -> Result<ContainerSpec, DockerError> {
-        let config = desired.ok_or_else(|| DockerError::InvalidSpec {
-            app: app.to_string(),
+    /// The spec of container `index` of the desired config.
+    fn spec(&self, index: u32) -> Result<ContainerSpec, DockerError> {
+        ContainerSpec::for_app(self.config()?, index)
+    }
+
+    fn config(&self) -> Result<&AppConfig, DockerError> {
+        self.desired.ok_or_else(|| DockerError::InvalidSpec {
+            app: self.app.to_string(),
             reason: "no desired config".into(),
-        })?;
-        ContainerSpec::for_app(config, index)
-    };
-    match action {
-        Action::RandomWait => {
-            if !max_restart_wait.is_zero() {
-                let ceiling = u64::try_from(max_restart_wait.as_millis()).unwrap_or(u64::MAX);
-                let wait = Duration::from_millis(fastrand::u64(0..=ceiling));
-                tracing::info!(app = %app, wait_ms = wait.as_millis() as u64, "waiting before replacing containers");
-                tokio::select! {
-                    () = shutdown.cancelled() => {}
-                    () = tokio::time::sleep(wait) => {}
+        })
+    }
+
+    /// Runs one action; `false` when the plan was superseded while it ran.
+    async fn execute(
+        &self,
+        action: &Action,
+        guard: &impl PassGuard,
+        memory: &mut ImageMemory,
+    ) -> Result<bool, DockerError> {
+        match action {
+            Action::RandomWait => {
+                if !self.max_restart_wait.is_zero() {
+                    let ceiling =
+                        u64::try_from(self.max_restart_wait.as_millis()).unwrap_or(u64::MAX);
+                    let wait = Duration::from_millis(fastrand::u64(0..=ceiling));
+                    tracing::info!(app = %self.app, wait_ms = wait.as_millis() as u64, "waiting before replacing containers");
+                    tokio::select! {
+                        () = self.shutdown.cancelled() => {}
+                        () = tokio::time::sleep(wait) => {}
+                    }
                 }
             }
+            Action::EnsureImage => {
+                let Some(result) = self
+                    .unless_superseded(guard, self.ensure_image(memory))
+                    .await
+                else {
+                    return Ok(false);
+                };
+                result?;
+            }
+            Action::AwaitReady { index } => {
+                let name = self.spec(*index)?.name;
+                let Some(result) = self
+                    .unless_superseded(guard, await_ready(self.runtime, &name, self.shutdown))
+                    .await
+                else {
+                    return Ok(false);
+                };
+                result?;
+            }
+            container_action => self.container_action(container_action).await?,
         }
-        Action::EnsureImage => {
-            let image = spec(0)?.image;
-            match runtime.ensure_image(&image).await? {
-                ImageOutcome::Pulled => *pull_note = None,
-                ImageOutcome::LocalFallback { pull_error } => {
-                    *pull_note = Some(format!(
-                        "pull of {image} failed, running the local copy: {pull_error}"
-                    ));
+        Ok(true)
+    }
+
+    /// Runs `work` unless the desired config changes (or shutdown begins) first: `None`
+    /// then, and `work` is dropped (a pull's request is closed, the engine gives it up).
+    async fn unless_superseded<T>(
+        &self,
+        guard: &impl PassGuard,
+        work: impl Future<Output = T>,
+    ) -> Option<T> {
+        let superseded = async {
+            loop {
+                tokio::time::sleep(SUPERSEDED_POLL).await;
+                if self.shutdown.is_cancelled() || !guard.still_wanted(self.app, self.desired).await
+                {
+                    return;
                 }
             }
-        }
-        Action::Create { index } => runtime.create_container(&spec(*index)?).await?,
-        Action::Replace { index, name } => {
-            let spec = spec(*index)?;
-            runtime.remove_container(name).await?;
-            runtime.create_container(&spec).await?;
-        }
-        Action::AwaitReady { index } => await_ready(runtime, &spec(*index)?.name, shutdown).await?,
-        Action::Remove { name } => runtime.remove_container(name).await?,
-        Action::Start { name } => {
-            tracing::info!(app = %app, container = %name, "starting a stopped container");
-            runtime.start_container(name).await?;
-        }
-        Action::Restart { name } => {
-            tracing::warn!(app = %app, container = %name, "restarting an unhealthy container");
-            runtime.restart_container(name).await?;
+        };
+        tokio::select! {
+            output = work => Some(output),
+            () = superseded => {
+                tracing::info!(app = %self.app, "desired config changed; dropping the rest of the plan");
+                None
+            }
         }
     }
-    Ok(())
+
+    /// Makes the desired image available: once per version of the app; without a pull when
+    /// the image is present and either the app says `if_not_present` or the reference is a
+    /// digest (which cannot move).
+    async fn ensure_image(&self, memory: &mut ImageMemory) -> Result<(), DockerError> {
+        let config = self.config()?;
+        let image = self.spec(0)?.image;
+        let version = config.version();
+        let pinned = config
+            .image()
+            .is_ok_and(|reference| reference.digest.is_some());
+        let pulled_already = memory.ready_for == Some(version);
+        // A local look, no registry round trip: an image removed since (by hand) is pulled
+        // again even for the same version.
+        if (pulled_already || pinned || config.pull_policy == PullPolicy::IfNotPresent)
+            && self.runtime.image_present(&image).await?
+        {
+            if !pulled_already {
+                memory.note = None;
+                tracing::info!(app = %self.app, image, "image present; not pulling");
+            }
+            memory.ready_for = Some(version);
+            return Ok(());
+        }
+        match self.runtime.ensure_image(&image).await? {
+            ImageOutcome::Pulled => memory.note = None,
+            ImageOutcome::LocalFallback { pull_error } => {
+                memory.note = Some(format!(
+                    "pull of {image} failed, running the local copy: {pull_error}"
+                ));
+            }
+        }
+        memory.ready_for = Some(version);
+        Ok(())
+    }
+
+    /// Runs one container action (the ones a step may run together).
+    async fn container_action(&self, action: &Action) -> Result<(), DockerError> {
+        let runtime = self.runtime;
+        match action {
+            Action::Create { index } => runtime.create_container(&self.spec(*index)?).await,
+            Action::Replace { index, name } => {
+                let spec = self.spec(*index)?;
+                runtime.remove_container(name).await?;
+                runtime.create_container(&spec).await
+            }
+            Action::Remove { name } => runtime.remove_container(name).await,
+            Action::Start { name } => {
+                tracing::info!(app = %self.app, container = %name, "starting a stopped container");
+                runtime.start_container(name).await
+            }
+            Action::Restart { name } => {
+                tracing::warn!(app = %self.app, container = %name, "restarting an unhealthy container");
+                runtime.restart_container(name).await
+            }
+            Action::RandomWait | Action::EnsureImage | Action::AwaitReady { .. } => {
+                unreachable!("{action:?} is not a container action")
+            }
+        }
+    }
 }
 
 /// Waits until a container runs and, with a health check, is healthy.
@@ -198,10 +358,10 @@ pub async fn converge_app<R: ContainerRuntime>(
         max_restart_wait: Duration::ZERO,
         shutdown: &shutdown,
     };
-    let mut pull_note = None;
+    let mut memory = ImageMemory::default();
     for _ in 0..max_passes {
-        if pass.run(&FixedDesired, &mut pull_note).await? == PassOutcome::Idle {
-            return Ok(pull_note);
+        if pass.run(&FixedDesired, &mut memory).await? == PassOutcome::Idle {
+            return Ok(memory.note);
         }
     }
     Err(DockerError::Operation {

@@ -83,6 +83,10 @@ pub async fn run<R: ContainerRuntime>(
     for app in &persisted {
         shared.wake(app);
     }
+    // Also removes, in app mode, the containers of apps dropped from NEBULA_APPS.
+    shared.tasks.spawn(tracing::Instrument::in_current_span(
+        shared.clone().resync_loop(),
+    ));
     if group_mode {
         shared.tasks.spawn(tracing::Instrument::in_current_span(
             shared.clone().prune_loop(),

@@ -94,7 +94,8 @@ fn main() -> ExitCode {
                     config.registry.clone(),
                     device::capacity(),
                 )?
-                .owned_by(config.device_id.as_str());
+                .owned_by(config.device_id.as_str())
+                .with_container_logs(config.container_logs.clone());
                 nebula_agent::run(config, docker, shutdown).await
             }
             RuntimeKind::Simulated => {

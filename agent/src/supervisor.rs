@@ -7,16 +7,17 @@
 //! observation and a new plan, so nothing stays half-applied.
 
 use crate::backoff::Backoff;
-use crate::config::Config;
-use crate::error::StateError;
-use crate::executor::{Pass, PassGuard, PassOutcome};
-use crate::reconcile;
+use crate::config::{Config, Mode};
+use crate::error::{DockerError, StateError};
+use crate::executor::{ImageMemory, Pass, PassGuard, PassOutcome};
+use crate::reconcile::{self, ObservedContainer};
 use crate::runtime::ContainerRuntime;
 use crate::state::{Changes, DesiredState, StateStore};
 use nebula_protocol::{AppConfig, Name, Revision};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -43,6 +44,29 @@ pub struct Shared<R> {
     /// A failure outside the transport (persisting the prune revision) that must end the
     /// agent with an error.
     fatal: Mutex<Option<StateError>>,
+    /// The engine's containers as last listed, shared by the workers.
+    observation: Observation,
+}
+
+/// How long one listing of the engine's containers serves the workers that ask for it,
+/// unless one of them changed something meanwhile. The periodic re-check wakes every
+/// worker at once, so they plan from one listing instead of one each.
+const OBSERVATION_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// One listing of the engine shared by the workers (single flight: a worker that asks while
+/// another lists waits for that listing).
+#[derive(Debug, Default)]
+struct Observation {
+    /// Bumped whenever a worker has changed containers: a listing made before is stale.
+    generation: AtomicU64,
+    latest: tokio::sync::Mutex<Option<Snapshot>>,
+}
+
+#[derive(Debug)]
+struct Snapshot {
+    generation: u64,
+    taken: Instant,
+    containers: Arc<Vec<ObservedContainer>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -73,6 +97,7 @@ impl<R: ContainerRuntime> Shared<R> {
             shutdown,
             tasks: TaskTracker::new(),
             fatal: Mutex::new(None),
+            observation: Observation::default(),
         })
     }
 
@@ -145,25 +170,35 @@ impl<R: ContainerRuntime> Shared<R> {
         notify.notify_one();
     }
 
-    /// Group mode: starts workers for apps that have containers but are not desired, so
-    /// their containers are removed (an app dropped from the group while the agent was down).
-    pub async fn adopt_orphans(self: &Arc<Self>) {
+    /// Starts workers for apps that have containers but are not desired, so their
+    /// containers are removed: in group mode after a sync or group change (an app dropped
+    /// from the group while the agent was down), in app mode at start (an app dropped from
+    /// `NEBULA_APPS`). Apps configured in app mode are left to their own sync.
+    /// `false` when the engine could not be listed.
+    pub async fn adopt_orphans(self: &Arc<Self>) -> bool {
         match self.runtime.list_containers().await {
             Ok(containers) => {
+                let configured: &[Name] = match &self.config.mode {
+                    Mode::Apps(apps) => apps,
+                    Mode::Group(_) => &[],
+                };
                 let apps: BTreeSet<Name> = containers
                     .into_iter()
                     .map(|container| container.app_name)
+                    .filter(|app| !configured.contains(app))
                     .collect();
                 for app in apps {
                     if !lock(&self.workers).contains_key(&app) {
                         self.wake(&app);
                     }
                 }
+                true
             }
             Err(error) => {
                 // The workers of desired apps retry on their own; orphans are looked for
                 // again at the next group change.
                 tracing::warn!(error = %error, "cannot list containers to find orphans");
+                false
             }
         }
     }
@@ -192,10 +227,62 @@ impl<R: ContainerRuntime> Shared<R> {
         };
     }
 
-    /// One app's reconcile loop: a pass, then sleep until woken, the periodic re-check
-    /// (unhealthy containers) or shutdown. Errors back off and retry.
+    /// Wakes every worker every `resync_interval`, so that containers that crashed or went
+    /// unhealthy are repaired; all at once, so that they share one listing of the engine.
+    /// In app mode it also looks for orphans at start, and at each tick until that worked.
+    pub async fn resync_loop(self: Arc<Self>) {
+        let mut orphans_found = matches!(self.config.mode, Mode::Group(_));
+        loop {
+            if !orphans_found {
+                orphans_found = self.adopt_orphans().await;
+            }
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                () = tokio::time::sleep(self.config.resync_interval) => {}
+            }
+            let workers: Vec<Arc<Notify>> = lock(&self.workers).values().cloned().collect();
+            for notify in workers {
+                notify.notify_one();
+            }
+        }
+    }
+
+    /// The engine's containers: a listing at most [`OBSERVATION_MAX_AGE`] old that no
+    /// worker has changed anything since, or a new one.
+    async fn observe(&self) -> Result<Arc<Vec<ObservedContainer>>, DockerError> {
+        let mut latest = self.observation.latest.lock().await;
+        let generation = self.observation.generation.load(Ordering::Acquire);
+        if let Some(snapshot) = latest.as_ref()
+            && snapshot.generation == generation
+            && snapshot.taken.elapsed() < OBSERVATION_MAX_AGE
+        {
+            return Ok(snapshot.containers.clone());
+        }
+        let containers = Arc::new(self.runtime.list_containers().await?);
+        *latest = Some(Snapshot {
+            generation,
+            taken: Instant::now(),
+            containers: containers.clone(),
+        });
+        Ok(containers)
+    }
+
+    /// Ends the worker of an app that is not wanted and has no containers left; a change
+    /// that made it wanted meanwhile gets a new worker.
+    async fn retire(self: &Arc<Self>, app: &Name) {
+        lock(&self.workers).remove(app);
+        self.set_error(app, None);
+        if self.desired_app(app).await.is_some() {
+            self.wake(app);
+        }
+    }
+
+    /// One app's reconcile loop: a pass, then sleep until woken (a change, or the periodic
+    /// re-check of [`Self::resync_loop`]) or shutdown. Errors back off and retry. The
+    /// worker ends once its app is neither wanted nor has containers.
     async fn app_worker(self: Arc<Self>, app: Name, notify: Arc<Notify>) {
         let mut backoff = Backoff::new(Duration::from_secs(1), self.config.max_backoff);
+        let mut image = ImageMemory::default();
         loop {
             if self.shutdown.is_cancelled() {
                 return;
@@ -208,28 +295,37 @@ impl<R: ContainerRuntime> Shared<R> {
                 max_restart_wait: self.config.max_restart_wait,
                 shutdown: &self.shutdown,
             };
-            let mut pull_note = None;
-            let wait = match pass.run(self.as_ref(), &mut pull_note).await {
+            let retry = match pass.run(self.as_ref(), &mut image).await {
                 Ok(PassOutcome::Interrupted) => continue,
+                Ok(PassOutcome::Idle) if desired.is_none() => {
+                    self.retire(&app).await;
+                    return;
+                }
                 Ok(outcome) => {
                     backoff.reset();
                     if outcome == PassOutcome::Applied {
-                        self.set_error(&app, pull_note);
+                        self.set_error(&app, image.note.clone());
                         self.report_now.notify_one();
                     }
-                    self.config.resync_interval
+                    None
                 }
                 Err(error) => {
                     tracing::warn!(app = %app, error = %error, retryable = error.is_retryable(), "applying app failed; will retry");
                     self.set_error(&app, Some(error.to_string()));
                     self.report_now.notify_one();
-                    backoff.next_delay()
+                    Some(backoff.next_delay())
+                }
+            };
+            let retry = async {
+                match retry {
+                    Some(delay) => tokio::time::sleep(delay).await,
+                    None => std::future::pending().await,
                 }
             };
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
                 () = notify.notified() => {}
-                () = tokio::time::sleep(wait) => {}
+                () = retry => {}
             }
         }
     }
@@ -292,5 +388,17 @@ impl<R: ContainerRuntime> Shared<R> {
 impl<R: ContainerRuntime> PassGuard for Shared<R> {
     async fn still_wanted(&self, app: &Name, planned_for: Option<&AppConfig>) -> bool {
         self.desired.lock().await.apps.get(app) == planned_for
+    }
+
+    async fn observe<Q: ContainerRuntime>(
+        &self,
+        _runtime: &Q,
+    ) -> Result<Arc<Vec<ObservedContainer>>, DockerError> {
+        // The passes of this agent run on its own runtime, which `observe` lists.
+        Shared::observe(self).await
+    }
+
+    fn engine_changed(&self) {
+        self.observation.generation.fetch_add(1, Ordering::AcqRel);
     }
 }

@@ -83,6 +83,13 @@ fn bad_configuration_exits_with_64() {
         vec![],
         vec![("NEBULA_DEVICE_GROUP", "g"), ("NEBULA_APPS", "a")],
         vec![("NEBULA_APPS", "bad name")],
+        // Issue 18: a bad DOCKER_HOST restart-looped instead of exiting 64.
+        vec![("NEBULA_APPS", "a"), ("DOCKER_HOST", "tcp//127.0.0.1:2375")],
+        vec![
+            ("NEBULA_APPS", "a"),
+            ("DOCKER_HOST", "unix://relative/docker.sock"),
+        ],
+        vec![("NEBULA_APPS", "a"), ("DOCKER_HOST", "ssh://pi@device")],
     ] {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_nebula-agent"))
             .env_clear()
@@ -128,4 +135,63 @@ fn sigterm_stops_cleanly() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Issue 18: every app worker listed the engine's containers on its own, every pass. One
+/// observation of the engine per pass serves every app: ten converged apps cost one list
+/// per resync period (500 ms in tests), not ten.
+#[tokio::test]
+async fn one_observation_of_the_engine_serves_every_app() {
+    let state_dir = tempfile::tempdir().expect("tempdir");
+    let mut persisted = DesiredState::default();
+    let apps: Vec<Name> = (0..10)
+        .map(|index| Name::new(unique(&format!("observe{index}"))).expect("name"))
+        .collect();
+    for app in &apps {
+        persisted.apps.insert(
+            app.clone(),
+            AppConfig::new(app.clone(), "127.0.0.1:5000/nebula/test:1"),
+        );
+    }
+    StateStore::new(state_dir.path())
+        .save(&persisted)
+        .expect("save");
+    let names: Vec<&str> = apps.iter().map(Name::as_str).collect();
+    let joined = names.join(",");
+    let agent_config = config(&[
+        ("NEBULA_APPS", joined.as_str()),
+        ("NEBULA_DEVICE_ID", "observe-device"),
+        ("NEBULA_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f"),
+        (
+            "NEBULA_STATE_DIR",
+            state_dir.path().to_str().expect("utf-8"),
+        ),
+        ("NEBULA_RUNTIME", "simulated"),
+    ]);
+    let runtime = SimulatedRuntime::new();
+    let shutdown = CancellationToken::new();
+    let agent = tokio::spawn(nebula_agent::run(
+        agent_config,
+        runtime.clone(),
+        shutdown.clone(),
+    ));
+    wait_for("every app applied", Duration::from_secs(10), || {
+        let runtime = runtime.clone();
+        let apps = apps.clone();
+        async move {
+            apps.iter()
+                .all(|app| runtime.applied_revision(app) == Some(1))
+        }
+    })
+    .await;
+    // A rate over a window: four resync periods with nothing to do.
+    let before = runtime.list_calls();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let lists = runtime.list_calls() - before;
+    shutdown.cancel();
+    assert!(agent.await.expect("task").is_ok());
+    assert!(
+        lists <= 6,
+        "{lists} container lists in 4 resync periods of 10 apps"
+    );
 }

@@ -308,7 +308,9 @@ async fn app_lifecycle_publishes_every_revision_once() {
             "app_name": "web", "app_id": 1, "docker_image": "nginx",
             "starting_ports": [80, {"8080": "80"}], "containers_per": {"server": 1},
             "env_vars": {}, "running": true, "networks": ["nebula", "bridge"],
-            "volumes": [], "devices": [], "privileged": false, "rolling_restart": false
+            "volumes": [], "devices": [], "privileged": false, "rolling_restart": false,
+            // Beyond v2, additive: what a v2 client that never sends them gets.
+            "stop_timeout_secs": 10, "pull_policy": "always"
         })
     );
     assert_eq!(
@@ -477,6 +479,96 @@ async fn app_lifecycle_publishes_every_revision_once() {
         (StatusCode::OK, json!(1))
     );
     assert!(harness.shutdown.fatal_reason().is_none());
+}
+
+/// Issue 18's app fields: `stop_timeout_secs`, `pull_policy` and UDP ports are accepted,
+/// validated, stored, echoed and published; partial updates keep them, a full update resets
+/// them to their defaults like every other omitted field.
+#[tokio::test]
+async fn stop_timeout_pull_policy_and_udp_ports_are_accepted_and_echoed() {
+    use nebula_protocol::{PortMapping, PortProtocol, PullPolicy};
+    let harness = harness();
+    let created = harness
+        .call(
+            "POST",
+            "/api/v2/apps/dns",
+            Some(json!({
+                "docker_image": "coredns",
+                "starting_ports": [{"5353": "53/udp"}, {"5353": "53/tcp"}, 9153],
+                "stop_timeout_secs": 30,
+                "pull_policy": "if_not_present"
+            })),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.json);
+    assert_eq!(
+        created.json["starting_ports"],
+        json!([{"5353": "53/udp"}, {"5353": "53/tcp"}, 9153])
+    );
+    assert_eq!(created.json["stop_timeout_secs"], json!(30));
+    assert_eq!(created.json["pull_policy"], json!("if_not_present"));
+    let read = harness.call("GET", "/api/v2/apps/dns", None).await;
+    assert_eq!(read.json, created.json);
+
+    let published = harness.published();
+    let Some((_, Message::AppChanged(config))) = published.last() else {
+        panic!("no AppChanged published: {published:?}");
+    };
+    assert_eq!(config.stop_timeout_secs, 30);
+    assert_eq!(config.pull_policy, PullPolicy::IfNotPresent);
+    assert_eq!(
+        config.starting_ports[0],
+        PortMapping::MappedWithProtocol {
+            host: 5353,
+            container: 53,
+            protocol: PortProtocol::Udp
+        }
+    );
+
+    for (body, key, value) in [
+        (
+            json!({"stop_timeout_secs": 0}),
+            "stop_timeout_secs",
+            json!(0),
+        ),
+        (
+            json!({"stop_timeout_secs": 3600}),
+            "stop_timeout_secs",
+            json!(3600),
+        ),
+        (
+            json!({"pull_policy": "always"}),
+            "pull_policy",
+            json!("always"),
+        ),
+    ] {
+        let patched = harness
+            .call("PATCH", "/api/v2/apps/dns/update", Some(body))
+            .await;
+        assert_eq!(patched.status, StatusCode::ACCEPTED);
+        assert_eq!(patched.json[key], value);
+        assert_eq!(
+            patched.json["starting_ports"][0],
+            json!({"5353": "53/udp"}),
+            "a partial update keeps the rest"
+        );
+    }
+    let full = harness
+        .call(
+            "POST",
+            "/api/v2/apps/dns/update",
+            Some(json!({"docker_image": "coredns"})),
+        )
+        .await;
+    assert_eq!(full.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        (
+            full.json["stop_timeout_secs"].clone(),
+            full.json["pull_policy"].clone()
+        ),
+        (json!(10), json!("always")),
+        "a full update resets omitted fields to their defaults"
+    );
 }
 
 #[tokio::test]
@@ -820,6 +912,72 @@ async fn bad_input_changes_nothing() {
             br#"{"docker_image":"nginx","starting_ports":[{"a":"b"}]}"#.to_vec(),
             StatusCode::FORBIDDEN,
             port_shape.clone(),
+        ),
+        (
+            "negative stop timeout",
+            br#"{"docker_image":"nginx","stop_timeout_secs":-1}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            invalid(&["stop_timeout_secs"]),
+        ),
+        (
+            "stop timeout as a string",
+            br#"{"docker_image":"nginx","stop_timeout_secs":"10"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            invalid(&["stop_timeout_secs"]),
+        ),
+        (
+            "fractional stop timeout",
+            br#"{"docker_image":"nginx","stop_timeout_secs":1.5}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            invalid(&["stop_timeout_secs"]),
+        ),
+        (
+            "stop timeout over an hour",
+            br#"{"docker_image":"nginx","stop_timeout_secs":3601}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            invalid(&["stop_timeout_secs"]),
+        ),
+        (
+            "stop timeout past u32",
+            br#"{"docker_image":"nginx","stop_timeout_secs":4294967296}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            invalid(&["stop_timeout_secs"]),
+        ),
+        (
+            "unknown pull policy",
+            br#"{"docker_image":"nginx","pull_policy":"never"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            invalid(&["pull_policy"]),
+        ),
+        (
+            "pull policy of the wrong case",
+            br#"{"docker_image":"nginx","pull_policy":"Always"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            invalid(&["pull_policy"]),
+        ),
+        (
+            "pull policy not a string",
+            br#"{"docker_image":"nginx","pull_policy":true}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            invalid(&["pull_policy"]),
+        ),
+        (
+            "unknown port protocol",
+            br#"{"docker_image":"nginx","starting_ports":[{"53":"53/sctp"}]}"#.to_vec(),
+            StatusCode::FORBIDDEN,
+            port_shape.clone(),
+        ),
+        (
+            "protocol on the host side",
+            br#"{"docker_image":"nginx","starting_ports":[{"53/udp":"53"}]}"#.to_vec(),
+            StatusCode::FORBIDDEN,
+            port_shape.clone(),
+        ),
+        (
+            "udp port out of range",
+            br#"{"docker_image":"nginx","starting_ports":[{"53":"70000/udp"}]}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            port_range.clone(),
         ),
         (
             "too large",

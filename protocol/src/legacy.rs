@@ -5,7 +5,10 @@
 //! reads records of that era as too, so an upgraded agent and an upgraded control plane agree
 //! on what a container created before the upgrade is.
 
-use crate::model::{AppConfig, ContainersPer, DeviceGroup, PortMapping, Revision};
+use crate::model::{
+    AppConfig, ContainersPer, DEFAULT_STOP_TIMEOUT_SECS, DeviceGroup, PortMapping, PullPolicy,
+    Revision,
+};
 use crate::names::Name;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -43,6 +46,9 @@ impl From<AppConfigV1> for AppConfig {
             privileged: old.privileged,
             rolling_restart: old.rolling_restart,
             incarnation: 0,
+            // Version 1 agents stopped with Docker's default and pulled on every change.
+            stop_timeout_secs: DEFAULT_STOP_TIMEOUT_SECS,
+            pull_policy: PullPolicy::Always,
         }
     }
 }
@@ -98,9 +104,13 @@ mod tests {
         assert_eq!(read.app_id, 4);
         assert_eq!(read.containers_per, ContainersPer::Server(2));
         assert!(read.rolling_restart);
-        // The current layout is not readable as version 1 without the appended field.
+        assert_eq!(read.stop_timeout_secs, DEFAULT_STOP_TIMEOUT_SECS);
+        assert_eq!(read.pull_policy, PullPolicy::Always);
+        // The current layout is version 1 with appended fields: incarnation (one varint
+        // byte for 0), stop_timeout_secs (10) and pull_policy (variant 0).
         let current = postcard::to_allocvec(&AppConfig::from(old.clone())).expect("encode");
-        assert_eq!(current.len(), bytes.len() + 1, "one appended varint");
+        assert_eq!(current.len(), bytes.len() + 3, "three appended varints");
+        assert_eq!(&current[..bytes.len()], &bytes[..]);
 
         let group = DeviceGroupV1 {
             device_group: Name::new("edge").expect("name"),

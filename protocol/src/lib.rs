@@ -24,6 +24,6 @@ pub use message::{
 };
 pub use model::{
     AppConfig, ContainersPer, CronJob, DeviceGroup, Incarnation, ObjectVersion, PortMapping,
-    Revision, ValidationError,
+    PortProtocol, PullPolicy, Revision, ValidationError,
 };
 pub use names::{Name, NameError};

@@ -49,6 +49,12 @@ pub const DEFAULT_NETWORKS: [&str; 2] = ["nebula", "bridge"];
 pub const NEBULA_NETWORK: &str = "nebula";
 /// Largest container count `containers_per` may ask for on one device.
 pub const MAX_CONTAINERS_PER_DEVICE: u32 = 1024;
+/// Docker's own default: how long a container gets to stop after SIGTERM before SIGKILL.
+pub const DEFAULT_STOP_TIMEOUT_SECS: u32 = 10;
+/// Longest `stop_timeout_secs` an app may ask for: an hour. Longer would let one app's
+/// container hold its app's update (and the agent's shutdown) for longer than any board's
+/// supervisor waits.
+pub const MAX_STOP_TIMEOUT_SECS: u32 = 3600;
 
 /// Why an object's configuration is not acceptable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -81,29 +87,105 @@ pub enum ValidationError {
     Duplicate(String),
     #[error("{0} is marked unavailable but is not a member, or its config is present")]
     Unavailable(String),
+    #[error("stop_timeout_secs must be 0-{max}, got {value}")]
+    StopTimeout { value: u32, max: u32 },
+}
+
+/// The transport protocol of a published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum PortProtocol {
+    Tcp,
+    Udp,
+}
+
+impl PortProtocol {
+    /// Docker's (and the v2 container side's) spelling: `tcp`, `udp`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "tcp" => Some(Self::Tcp),
+            "udp" => Some(Self::Udp),
+            _ => None,
+        }
+    }
 }
 
 /// How a container's ports are published; `i` is the container's 0-based index on the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PortMapping {
-    /// v2's plain int `p`: container port `p` published on host port `p + i`.
+    /// v2's plain int `p`: container port `p` (TCP) published on host port `p + i`.
     Same(u16),
-    /// v2's `{"<host>": "<container>"}`: container port published on host port `host + i`.
+    /// v2's `{"<host>": "<container>"}`: container port (TCP) published on host port
+    /// `host + i`.
     Mapped { host: u16, container: u16 },
+    /// `{"<host>": "<container>/udp"}` (or `/tcp`): the same with the protocol spelled out,
+    /// as Docker spells a container port. Kept apart from [`Self::Mapped`] so that a read
+    /// returns what was written. Appended in protocol version 2.
+    MappedWithProtocol {
+        host: u16,
+        container: u16,
+        protocol: PortProtocol,
+    },
 }
 
 impl PortMapping {
     pub fn host_base(self) -> u16 {
         match self {
             Self::Same(port) => port,
-            Self::Mapped { host, .. } => host,
+            Self::Mapped { host, .. } | Self::MappedWithProtocol { host, .. } => host,
         }
     }
 
     pub fn container_port(self) -> u16 {
         match self {
             Self::Same(port) => port,
-            Self::Mapped { container, .. } => container,
+            Self::Mapped { container, .. } | Self::MappedWithProtocol { container, .. } => {
+                container
+            }
+        }
+    }
+
+    /// TCP unless the mapping says otherwise (v2 published TCP only).
+    pub fn protocol(self) -> PortProtocol {
+        match self {
+            Self::MappedWithProtocol { protocol, .. } => protocol,
+            Self::Same(_) | Self::Mapped { .. } => PortProtocol::Tcp,
+        }
+    }
+}
+
+/// When the agent pulls an app's image (`pull_policy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PullPolicy {
+    /// Pull on every change of the app (once per revision), as v2 did; a local copy is used
+    /// when the registry cannot be reached.
+    #[default]
+    Always,
+    /// Pull only when the image is not on the device: for devices on metered links, and
+    /// for tags that never move.
+    IfNotPresent,
+}
+
+impl PullPolicy {
+    /// The JSON spelling: `always`, `if_not_present`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "always",
+            Self::IfNotPresent => "if_not_present",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "always" => Some(Self::Always),
+            "if_not_present" => Some(Self::IfNotPresent),
+            _ => None,
         }
     }
 }
@@ -198,6 +280,11 @@ pub struct AppConfig {
     pub rolling_restart: bool,
     /// Appended in protocol version 2.
     pub incarnation: Incarnation,
+    /// Seconds a container gets to stop after SIGTERM before it is killed (Docker's `-t`).
+    /// Appended in protocol version 2; [`DEFAULT_STOP_TIMEOUT_SECS`] is Docker's default.
+    pub stop_timeout_secs: u32,
+    /// When the image is pulled. Appended in protocol version 2.
+    pub pull_policy: PullPolicy,
 }
 
 impl AppConfig {
@@ -217,6 +304,8 @@ impl AppConfig {
             privileged: false,
             rolling_restart: false,
             incarnation: 0,
+            stop_timeout_secs: DEFAULT_STOP_TIMEOUT_SECS,
+            pull_policy: PullPolicy::default(),
         }
     }
 
@@ -234,6 +323,12 @@ impl AppConfig {
         self.image()?;
         self.containers_per.validate()?;
         validate_ports(&self.starting_ports)?;
+        if self.stop_timeout_secs > MAX_STOP_TIMEOUT_SECS {
+            return Err(ValidationError::StopTimeout {
+                value: self.stop_timeout_secs,
+                max: MAX_STOP_TIMEOUT_SECS,
+            });
+        }
         validate_workload(&self.env_vars, &self.networks, &self.volumes, &self.devices)
     }
 }
@@ -429,7 +524,53 @@ mod tests {
         assert_eq!(app.networks, vec!["nebula", "bridge"]);
         assert!(!app.privileged && !app.rolling_restart);
         assert!(app.starting_ports.is_empty() && app.env_vars.is_empty());
+        assert_eq!(app.stop_timeout_secs, 10);
+        assert_eq!(app.pull_policy, PullPolicy::Always);
         assert!(app.validate().is_ok());
+    }
+
+    #[test]
+    fn stop_timeout_is_bounded() {
+        let mut app = app();
+        for good in [0, 1, MAX_STOP_TIMEOUT_SECS] {
+            app.stop_timeout_secs = good;
+            assert!(app.validate().is_ok(), "{good}");
+        }
+        app.stop_timeout_secs = MAX_STOP_TIMEOUT_SECS + 1;
+        assert_eq!(
+            app.validate(),
+            Err(ValidationError::StopTimeout {
+                value: MAX_STOP_TIMEOUT_SECS + 1,
+                max: MAX_STOP_TIMEOUT_SECS
+            })
+        );
+    }
+
+    #[test]
+    fn ports_are_tcp_unless_they_say_udp() {
+        assert_eq!(PortMapping::Same(80).protocol(), PortProtocol::Tcp);
+        let mapped = PortMapping::Mapped {
+            host: 8080,
+            container: 80,
+        };
+        assert_eq!(mapped.protocol(), PortProtocol::Tcp);
+        let udp = PortMapping::MappedWithProtocol {
+            host: 5353,
+            container: 53,
+            protocol: PortProtocol::Udp,
+        };
+        assert_eq!(
+            (udp.host_base(), udp.container_port(), udp.protocol()),
+            (5353, 53, PortProtocol::Udp)
+        );
+        for protocol in [PortProtocol::Tcp, PortProtocol::Udp] {
+            assert_eq!(PortProtocol::from_name(protocol.as_str()), Some(protocol));
+        }
+        assert_eq!(PortProtocol::from_name("sctp"), None);
+        for policy in [PullPolicy::Always, PullPolicy::IfNotPresent] {
+            assert_eq!(PullPolicy::from_name(policy.as_str()), Some(policy));
+        }
+        assert_eq!(PullPolicy::from_name("never"), None);
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! ports they get and how they are labelled. The control plane uses these to validate a
 //! config before storing it; the agent to realise it.
 
-use crate::model::{AppConfig, ContainersPer, PortMapping, ValidationError};
+use crate::model::{
+    AppConfig, ContainersPer, DEFAULT_STOP_TIMEOUT_SECS, PortMapping, PortProtocol, PullPolicy,
+    ValidationError,
+};
 use crate::names::Name;
 
 /// Label every container Nebula manages carries, with value [`ORCHESTRATOR_VALUE`].
@@ -69,6 +72,7 @@ pub fn container_index(app: &Name, container_name: &str) -> Option<u32> {
 pub struct PublishedPort {
     pub host: u16,
     pub container: u16,
+    pub protocol: PortProtocol,
 }
 
 /// The ports container `index` publishes: host port = starting port + index.
@@ -87,6 +91,7 @@ pub fn published_ports(
             Ok(PublishedPort {
                 host,
                 container: mapping.container_port(),
+                protocol: mapping.protocol(),
             })
         })
         .collect()
@@ -100,7 +105,8 @@ pub fn published_ports(
 /// Stable across releases by construction: the stream is written field by field here, not
 /// by a serialiser, and a field added to [`AppConfig`] later must join it only when its
 /// value differs from its default, so that upgrading an agent never makes every container
-/// look outdated.
+/// look outdated. (`stop_timeout_secs` and `pull_policy` joined that way; so did the
+/// `MappedWithProtocol` port form, which only configs that use it contain.)
 pub fn config_hash(app: &AppConfig) -> String {
     let mut hasher = Fnv1a::default();
     hasher.text(app.app_name.as_str());
@@ -112,10 +118,16 @@ pub fn config_hash(app: &AppConfig) -> String {
         let (tag, host, container) = match *mapping {
             PortMapping::Same(port) => (0, port, port),
             PortMapping::Mapped { host, container } => (1, host, container),
+            PortMapping::MappedWithProtocol {
+                host, container, ..
+            } => (2, host, container),
         };
         hasher.number(tag);
         hasher.number(u64::from(host));
         hasher.number(u64::from(container));
+        if let PortMapping::MappedWithProtocol { protocol, .. } = mapping {
+            hasher.text(protocol.as_str());
+        }
     }
     hasher.text(app.containers_per.key());
     hasher.number(u64::from(app.containers_per.value()));
@@ -133,6 +145,16 @@ pub fn config_hash(app: &AppConfig) -> String {
     }
     hasher.number(u64::from(app.privileged));
     hasher.number(u64::from(app.rolling_restart));
+    // Fields appended after the hash was first released: each joins the stream, tagged with
+    // its name, only when it differs from its default.
+    if app.stop_timeout_secs != DEFAULT_STOP_TIMEOUT_SECS {
+        hasher.text("stop_timeout_secs");
+        hasher.number(u64::from(app.stop_timeout_secs));
+    }
+    if app.pull_policy != PullPolicy::default() {
+        hasher.text("pull_policy");
+        hasher.text(app.pull_policy.as_str());
+    }
     format!("{:016x}", hasher.0)
 }
 
@@ -281,6 +303,30 @@ mod tests {
                 rolling_restart: true,
                 ..app.clone()
             },
+            AppConfig {
+                stop_timeout_secs: 30,
+                ..app.clone()
+            },
+            AppConfig {
+                pull_policy: PullPolicy::IfNotPresent,
+                ..app.clone()
+            },
+            AppConfig {
+                starting_ports: vec![PortMapping::MappedWithProtocol {
+                    host: 80,
+                    container: 80,
+                    protocol: PortProtocol::Tcp,
+                }],
+                ..app.clone()
+            },
+            AppConfig {
+                starting_ports: vec![PortMapping::MappedWithProtocol {
+                    host: 80,
+                    container: 80,
+                    protocol: PortProtocol::Udp,
+                }],
+                ..app.clone()
+            },
         ];
         let mut hashes: Vec<String> = variants.iter().map(config_hash).collect();
         hashes.push(config_hash(&app));
@@ -294,6 +340,14 @@ mod tests {
         let mut right = app.clone();
         right.env_vars = [("A".to_string(), "BC".to_string())].into();
         assert_ne!(config_hash(&left), config_hash(&right));
+        // An appended field at its default leaves the hash as it was before the field
+        // existed (the pinned value above has the defaults).
+        let explicit_defaults = AppConfig {
+            stop_timeout_secs: DEFAULT_STOP_TIMEOUT_SECS,
+            pull_policy: PullPolicy::Always,
+            ..app.clone()
+        };
+        assert_eq!(config_hash(&explicit_defaults), "f08f864e3aadb6c5");
     }
 
     #[test]
@@ -310,13 +364,28 @@ mod tests {
             vec![
                 PublishedPort {
                     host: 82,
-                    container: 80
+                    container: 80,
+                    protocol: PortProtocol::Tcp,
                 },
                 PublishedPort {
                     host: 8002,
-                    container: 80
+                    container: 80,
+                    protocol: PortProtocol::Tcp,
                 },
             ]
+        );
+        let udp = [PortMapping::MappedWithProtocol {
+            host: 5300,
+            container: 53,
+            protocol: PortProtocol::Udp,
+        }];
+        assert_eq!(
+            published_ports(&udp, 1).expect("in range"),
+            vec![PublishedPort {
+                host: 5301,
+                container: 53,
+                protocol: PortProtocol::Udp,
+            }]
         );
         assert!(published_ports(&[PortMapping::Same(65535)], 1).is_err());
         assert!(published_ports(&[PortMapping::Same(65535)], 0).is_ok());

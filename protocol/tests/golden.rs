@@ -8,17 +8,17 @@
 #[path = "support/samples.rs"]
 mod samples;
 
-use nebula_protocol::{decode, encode};
+use nebula_protocol::{PortMapping, PortProtocol, decode, encode};
 
 const GOLDEN: &[(&str, &str)] = &[
     (
         "app_changed",
-        "4e42020003776562071c3132372e302e302e313a353030302f6e6562756c612f746573743a3202005001903f50020201044d4f444504656467650102066e6562756c6106627269646765010e2f646174613a2f646174613a726f01152f6465762f6932632d313a2f6465762f6932632d3100018180d1d9c8989103",
+        "4e42020003776562071c3132372e302e302e313a353030302f6e6562756c612f746573743a3202005001903f50020201044d4f444504656467650102066e6562756c6106627269646765010e2f646174613a2f646174613a726f01152f6465762f6932632d313a2f6465762f6932632d3100018180d1d9c89891031e01",
     ),
     ("app_deleted", "4e42020103776562088180d1d9c8989103"),
     (
         "device_group_changed",
-        "4e4202020465646765030202037765620662726f6b656e01066261636b7570090103776562071c3132372e302e302e313a353030302f6e6562756c612f746573743a3202005001903f50020201044d4f444504656467650102066e6562756c6106627269646765010e2f646174613a2f646174613a726f01152f6465762f6932632d313a2f6465762f6932632d3100018180d1d9c898910301066261636b7570010b2a2f35202a202a202a202a0762757379626f78000102066e6562756c610662726964676500000005010662726f6b656e",
+        "4e4202020465646765030202037765620662726f6b656e01066261636b7570090103776562071c3132372e302e302e313a353030302f6e6562756c612f746573743a3202005001903f50020201044d4f444504656467650102066e6562756c6106627269646765010e2f646174613a2f646174613a726f01152f6465762f6932632d313a2f6465762f6932632d3100018180d1d9c89891031e0101066261636b7570010b2a2f35202a202a202a202a0762757379626f78000102066e6562756c610662726964676500000005010662726f6b656e",
     ),
     ("device_group_deleted", "4e42020304656467650409"),
     (
@@ -27,7 +27,7 @@ const GOLDEN: &[(&str, &str)] = &[
     ),
     (
         "sync_reply",
-        "4e4202050263310003776562071c3132372e302e302e313a353030302f6e6562756c612f746573743a3202005001903f50020201044d4f444504656467650102066e6562756c6106627269646765010e2f646174613a2f646174613a726f01152f6465762f6932632d313a2f6465762f6932632d3100018180d1d9c8989103f7ccd5a2b4c6c88880deb7de9af1d9a2a302",
+        "4e4202050263310003776562071c3132372e302e302e313a353030302f6e6562756c612f746573743a3202005001903f50020201044d4f444504656467650102066e6562756c6106627269646765010e2f646174613a2f646174613a726f01152f6465762f6932632d313a2f6465762f6932632d3100018180d1d9c89891031e01f7ccd5a2b4c6c88880deb7de9af1d9a2a302",
     ),
     (
         "device_report",
@@ -63,5 +63,45 @@ fn variant_tags_are_in_declaration_order() {
     for (index, (name, message)) in samples::every_variant().iter().enumerate() {
         assert_eq!(message.kind(), *name);
         assert_eq!(usize::from(encode(message)[3]), index, "tag of {name}");
+    }
+}
+
+/// The port mapping forms, each pinned on its own: the protocol form was appended in
+/// protocol version 2 and must decode as what it is on every agent that knows it.
+#[test]
+fn port_mappings_have_golden_bytes() {
+    let mappings = [
+        (PortMapping::Same(53), "0035"),
+        (
+            PortMapping::Mapped {
+                host: 5353,
+                container: 53,
+            },
+            "01e92935",
+        ),
+        (
+            PortMapping::MappedWithProtocol {
+                host: 5353,
+                container: 53,
+                protocol: PortProtocol::Udp,
+            },
+            "02e9293501",
+        ),
+        (
+            PortMapping::MappedWithProtocol {
+                host: 5353,
+                container: 53,
+                protocol: PortProtocol::Tcp,
+            },
+            "02e9293500",
+        ),
+    ];
+    for (mapping, golden_hex) in mappings {
+        let bytes = postcard::to_allocvec(&mapping).expect("encode");
+        assert_eq!(hex(&bytes), golden_hex, "{mapping:?}");
+        assert_eq!(
+            postcard::from_bytes::<PortMapping>(&bytes).expect("decode"),
+            mapping
+        );
     }
 }

@@ -29,6 +29,17 @@ fn port_mapping() -> impl Strategy<Value = PortMapping> {
     prop_oneof![
         port().prop_map(PortMapping::Same),
         (port(), port()).prop_map(|(host, container)| PortMapping::Mapped { host, container }),
+        (port(), port(), any::<bool>()).prop_map(|(host, container, udp)| {
+            PortMapping::MappedWithProtocol {
+                host,
+                container,
+                protocol: if udp {
+                    PortProtocol::Udp
+                } else {
+                    PortProtocol::Tcp
+                },
+            }
+        }),
     ]
 }
 
@@ -72,11 +83,16 @@ fn app() -> impl Strategy<Value = AppConfig> {
             any::<bool>(),
             any::<bool>(),
         ),
+        (
+            0..=nebula_protocol::model::MAX_STOP_TIMEOUT_SECS,
+            prop_oneof![Just(PullPolicy::Always), Just(PullPolicy::IfNotPresent)],
+        ),
     )
         .prop_map(
             |(
                 (app_name, app_id, docker_image, starting_ports, containers_per, incarnation),
                 (env_vars, running, networks, volumes, privileged, rolling_restart),
+                (stop_timeout_secs, pull_policy),
             )| {
                 let mut networks: Vec<String> = networks.into_iter().map(String::from).collect();
                 networks.dedup();
@@ -96,6 +112,8 @@ fn app() -> impl Strategy<Value = AppConfig> {
                     privileged,
                     rolling_restart,
                     incarnation,
+                    stop_timeout_secs,
+                    pull_policy,
                 }
             },
         )

@@ -4,7 +4,7 @@
 //! creating an existing network), because the executor retries a failed plan from scratch.
 
 use super::{ContainerRuntime, ContainerSpec, ImageOutcome, NetworkPlan};
-use crate::config::RegistryAuth;
+use crate::config::{ContainerLogs, RegistryAuth};
 use crate::error::DockerError;
 use crate::reconcile::{Health, ObservedContainer};
 use bollard::Docker;
@@ -12,19 +12,19 @@ use bollard::auth::DockerCredentials;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerSummaryHealthStatusEnum, DeviceMapping, HealthStatusEnum,
-    HostConfig, NetworkConnectRequest, NetworkCreateRequest, PortBinding, RestartPolicy,
-    RestartPolicyNameEnum,
+    HostConfig, HostConfigLogConfig, NetworkConnectRequest, NetworkCreateRequest, PortBinding,
+    RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
     ListNetworksOptionsBuilder, PruneImagesOptionsBuilder, RemoveContainerOptionsBuilder,
-    StopContainerOptionsBuilder,
+    StopContainerOptions,
 };
 use futures_util::StreamExt;
 use nebula_protocol::ImageRef;
 use nebula_protocol::model::NEBULA_NETWORK;
 use nebula_protocol::placement::{
-    DeviceCapacity, LABEL_DEVICE_ID, LABEL_ORCHESTRATOR, ORCHESTRATOR_VALUE,
+    DeviceCapacity, LABEL_DEVICE_ID, LABEL_ORCHESTRATOR, ORCHESTRATOR_VALUE, PublishedPort,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -36,8 +36,11 @@ fn network_lock() -> &'static tokio::sync::Mutex<()> {
     LOCK.get_or_init(|| tokio::sync::Mutex::new(()))
 }
 
-/// Seconds Docker gives a container to stop before killing it.
-const STOP_TIMEOUT_SECS: i32 = 10;
+/// How long a pull may go without a progress event before it is given up. Docker sends one
+/// at least every second or so while a layer downloads; a pull silent this long is stuck (a
+/// dead link the engine has not noticed), and holding the app's worker there would keep
+/// every newer change of the app from being applied.
+const PULL_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The Docker engine.
 #[derive(Debug, Clone)]
@@ -52,6 +55,8 @@ pub struct DockerRuntime {
     /// Set once the API version was negotiated down to the engine's (balena and older
     /// Docker engines speak older API versions than bollard's default).
     negotiated: Arc<tokio::sync::OnceCell<()>>,
+    logs: ContainerLogs,
+    pull_stall_timeout: Duration,
 }
 
 impl DockerRuntime {
@@ -70,7 +75,42 @@ impl DockerRuntime {
             capacity,
             owner: None,
             negotiated: Arc::new(tokio::sync::OnceCell::new()),
+            logs: ContainerLogs::default(),
+            pull_stall_timeout: PULL_STALL_TIMEOUT,
         })
+    }
+
+    /// Gives up a pull after `timeout` without a progress event (tests use seconds).
+    pub fn with_pull_stall_timeout(mut self, timeout: Duration) -> Self {
+        self.pull_stall_timeout = timeout;
+        self
+    }
+
+    /// Whether the container called `name` is one this runtime manages: the orchestrator
+    /// label and, when this runtime has an owner, that device's label. A container that is
+    /// gone by now has nothing to protect.
+    async fn is_ours(&self, name: &str) -> Result<bool, DockerError> {
+        let response = match self.docker.inspect_container(name, None).await {
+            Ok(response) => response,
+            Err(error) if status_of(&error) == Some(404) => return Ok(true),
+            Err(error) => return Err(operation_error("inspect container", name, error)),
+        };
+        let labels = response
+            .config
+            .and_then(|config| config.labels)
+            .unwrap_or_default();
+        let label = |key: &str| labels.get(key).map(String::as_str);
+        Ok(label(LABEL_ORCHESTRATOR) == Some(ORCHESTRATOR_VALUE)
+            && self
+                .owner
+                .as_deref()
+                .is_none_or(|owner| label(LABEL_DEVICE_ID) == Some(owner)))
+    }
+
+    /// Sets how the logs of created containers are rotated.
+    pub fn with_container_logs(mut self, logs: ContainerLogs) -> Self {
+        self.logs = logs;
+        self
     }
 
     /// Labels created containers with `device` and only sees containers with that label.
@@ -172,16 +212,18 @@ impl DockerRuntime {
         body
     }
 
-    fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
+    fn create_body(spec: &ContainerSpec, logs: &ContainerLogs) -> ContainerCreateBody {
+        let container_port =
+            |port: &PublishedPort| format!("{}/{}", port.container, port.protocol.as_str());
         let port_bindings: HashMap<String, Option<Vec<PortBinding>>> = spec
             .ports
             .iter()
-            .map(|(host, container)| {
+            .map(|port| {
                 (
-                    format!("{container}/tcp"),
+                    container_port(port),
                     Some(vec![PortBinding {
                         host_ip: None,
-                        host_port: Some(host.to_string()),
+                        host_port: Some(port.host.to_string()),
                     }]),
                 )
             })
@@ -206,12 +248,8 @@ impl DockerRuntime {
             image: Some(spec.image.clone()),
             env: Some(spec.env.clone()),
             labels: Some(spec.labels.clone().into_iter().collect()),
-            exposed_ports: Some(
-                spec.ports
-                    .iter()
-                    .map(|(_, container)| format!("{container}/tcp"))
-                    .collect(),
-            ),
+            exposed_ports: Some(spec.ports.iter().map(container_port).collect()),
+            stop_timeout: Some(i64::from(spec.stop_timeout_secs)),
             host_config: Some(HostConfig {
                 binds: Some(spec.volumes.clone()),
                 devices: Some(devices),
@@ -221,6 +259,13 @@ impl DockerRuntime {
                 restart_policy: Some(RestartPolicy {
                     name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
                     maximum_retry_count: None,
+                }),
+                log_config: Some(HostConfigLogConfig {
+                    typ: Some("json-file".into()),
+                    config: Some(HashMap::from([
+                        ("max-size".to_string(), logs.max_size.clone()),
+                        ("max-file".to_string(), logs.max_files.to_string()),
+                    ])),
                 }),
                 ..Default::default()
             }),
@@ -233,7 +278,10 @@ impl DockerRuntime {
             .name(&spec.name)
             .build();
         self.docker
-            .create_container(Some(options), self.labelled(Self::create_body(spec)))
+            .create_container(
+                Some(options),
+                self.labelled(Self::create_body(spec, &self.logs)),
+            )
             .await?;
         Ok(())
     }
@@ -337,6 +385,7 @@ impl ContainerRuntime for DockerRuntime {
         &self,
         name: &str,
     ) -> Result<Option<ObservedContainer>, DockerError> {
+        self.negotiate().await?;
         let response = match self.docker.inspect_container(name, None).await {
             Ok(response) => response,
             Err(error) if status_of(&error) == Some(404) => return Ok(None),
@@ -364,6 +413,15 @@ impl ContainerRuntime for DockerRuntime {
             state_word,
             health,
         ))
+    }
+
+    async fn image_present(&self, image: &str) -> Result<bool, DockerError> {
+        self.negotiate().await?;
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(error) if status_of(&error) == Some(404) => Ok(false),
+            Err(error) => Err(operation_error("inspect image", image, error)),
+        }
     }
 
     async fn ensure_image(&self, image: &str) -> Result<ImageOutcome, DockerError> {
@@ -396,7 +454,18 @@ impl ContainerRuntime for DockerRuntime {
         );
         let mut pull_error = None;
         let mut final_status = None;
-        while let Some(item) = stream.next().await {
+        loop {
+            let item = match tokio::time::timeout(self.pull_stall_timeout, stream.next()).await {
+                Ok(Some(item)) => item,
+                Ok(None) => break,
+                Err(_) => {
+                    pull_error = Some(format!(
+                        "stalled: no progress for {} s",
+                        self.pull_stall_timeout.as_secs()
+                    ));
+                    break;
+                }
+            };
             match item {
                 Ok(info) => {
                     if let Some(detail) = info.error_detail.and_then(|detail| detail.message) {
@@ -459,9 +528,15 @@ impl ContainerRuntime for DockerRuntime {
         }
         match self.create_once(spec).await {
             Ok(()) => {}
-            // A leftover of the same name (a crash between create and start, or a container
-            // made by hand): names are ours by contract, so replace it.
+            // A leftover of the same name: one of ours (a crash between create and start)
+            // is replaced; anything else may be a service someone runs on the device by
+            // hand, and is never touched.
             Err(error) if status_of(&error) == Some(409) => {
+                if !self.is_ours(&spec.name).await? {
+                    return Err(DockerError::NameTaken {
+                        name: spec.name.clone(),
+                    });
+                }
                 tracing::warn!(container = %spec.name, "replacing a leftover container of the same name");
                 self.remove_container(&spec.name).await?;
                 self.create_once(spec)
@@ -499,10 +574,14 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn remove_container(&self, name: &str) -> Result<(), DockerError> {
-        let stop = StopContainerOptionsBuilder::new()
-            .t(STOP_TIMEOUT_SECS)
-            .build();
-        match self.docker.stop_container(name, Some(stop)).await {
+        self.negotiate().await?;
+        // No `t`: the engine waits the container's own StopTimeout (its app's
+        // `stop_timeout_secs`, Docker's 10 s on containers created before it was set).
+        match self
+            .docker
+            .stop_container(name, None::<StopContainerOptions>)
+            .await
+        {
             // 304: already stopped; 404: already gone.
             Ok(()) => {}
             Err(error) if matches!(status_of(&error), Some(304 | 404)) => {}
@@ -522,6 +601,7 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn start_container(&self, name: &str) -> Result<(), DockerError> {
+        self.negotiate().await?;
         match self.docker.start_container(name, None).await {
             Ok(()) => Ok(()),
             Err(error) if status_of(&error) == Some(304) => Ok(()),
@@ -530,6 +610,7 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn restart_container(&self, name: &str) -> Result<(), DockerError> {
+        self.negotiate().await?;
         self.docker
             .restart_container(name, None)
             .await
@@ -537,6 +618,7 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn prune_images(&self) -> Result<(), DockerError> {
+        self.negotiate().await?;
         // `dangling=false` prunes every unused image, not only untagged ones.
         let filters = HashMap::from([("dangling", vec!["false"])]);
         let options = PruneImagesOptionsBuilder::new().filters(&filters).build();
@@ -554,6 +636,7 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn restart_count(&self, name: &str) -> Option<u64> {
+        self.negotiate().await.ok()?;
         let response = self.docker.inspect_container(name, None).await.ok()?;
         response
             .restart_count
@@ -569,6 +652,7 @@ impl ContainerRuntime for DockerRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nebula_protocol::PortProtocol;
 
     #[test]
     fn health_from_docker_ps_status() {
@@ -595,13 +679,30 @@ mod tests {
             image: "nginx:latest".into(),
             labels: [("orchestrator".to_string(), "nebula".to_string())].into(),
             env: vec!["A=1".into()],
-            ports: vec![(8001, 80)],
+            ports: vec![
+                PublishedPort {
+                    host: 8001,
+                    container: 80,
+                    protocol: PortProtocol::Tcp,
+                },
+                PublishedPort {
+                    host: 5353,
+                    container: 53,
+                    protocol: PortProtocol::Udp,
+                },
+            ],
             volumes: vec!["/a:/b:ro".into()],
             devices: vec!["/dev/null:/dev/x".into(), "/dev/zero:/dev/z:r".into()],
             privileged: true,
             network: NetworkPlan::Mode("host".into()),
+            stop_timeout_secs: 30,
         };
-        let body = DockerRuntime::create_body(&spec);
+        let logs = ContainerLogs {
+            max_size: "1m".into(),
+            max_files: 2,
+        };
+        let body = DockerRuntime::create_body(&spec, &logs);
+        assert_eq!(body.stop_timeout, Some(30));
         let host = body.host_config.expect("host config");
         assert_eq!(host.network_mode.as_deref(), Some("host"));
         assert_eq!(host.privileged, Some(true));
@@ -620,6 +721,19 @@ mod tests {
             host.restart_policy.expect("policy").name,
             Some(RestartPolicyNameEnum::UNLESS_STOPPED)
         );
-        assert_eq!(body.exposed_ports, Some(vec!["80/tcp".to_string()]));
+        assert_eq!(
+            bindings["53/udp"].as_ref().expect("binding")[0]
+                .host_port
+                .as_deref(),
+            Some("5353")
+        );
+        let mut exposed = body.exposed_ports.expect("exposed");
+        exposed.sort();
+        assert_eq!(exposed, vec!["53/udp".to_string(), "80/tcp".to_string()]);
+        let log_config = host.log_config.expect("log config");
+        assert_eq!(log_config.typ.as_deref(), Some("json-file"));
+        let options = log_config.config.expect("options");
+        assert_eq!(options["max-size"], "1m");
+        assert_eq!(options["max-file"], "2");
     }
 }

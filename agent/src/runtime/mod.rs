@@ -11,7 +11,7 @@ use crate::reconcile::ObservedContainer;
 use nebula_protocol::model::NEBULA_NETWORK;
 use nebula_protocol::placement::{
     self, DeviceCapacity, LABEL_APP_ID, LABEL_APP_NAME, LABEL_CONFIG_HASH, LABEL_INCARNATION,
-    LABEL_ORCHESTRATOR, ORCHESTRATOR_VALUE,
+    LABEL_ORCHESTRATOR, ORCHESTRATOR_VALUE, PublishedPort,
 };
 use nebula_protocol::{AppConfig, Name};
 use std::collections::BTreeMap;
@@ -26,12 +26,16 @@ pub struct ContainerSpec {
     pub image: String,
     pub labels: BTreeMap<String, String>,
     pub env: Vec<String>,
-    /// (host port, container port), TCP.
-    pub ports: Vec<(u16, u16)>,
+    /// Host port, container port and protocol (TCP or UDP).
+    pub ports: Vec<PublishedPort>,
     pub volumes: Vec<String>,
     pub devices: Vec<String>,
     pub privileged: bool,
     pub network: NetworkPlan,
+    /// Seconds the container gets to stop after SIGTERM. Set on the container itself, so
+    /// that whoever stops it later (this agent removing an orphan, `docker stop` by hand)
+    /// waits as long as its app asked.
+    pub stop_timeout_secs: u32,
 }
 
 /// Where a container's network interfaces go (API.md `networks`).
@@ -69,10 +73,7 @@ impl ContainerSpec {
         };
         let image = app.image().map_err(|error| invalid(error.to_string()))?;
         let ports = placement::published_ports(&app.starting_ports, index)
-            .map_err(|error| invalid(error.to_string()))?
-            .into_iter()
-            .map(|port| (port.host, port.container))
-            .collect();
+            .map_err(|error| invalid(error.to_string()))?;
         let labels = BTreeMap::from([
             (
                 LABEL_ORCHESTRATOR.to_string(),
@@ -98,6 +99,7 @@ impl ContainerSpec {
             devices: app.devices.clone(),
             privileged: app.privileged,
             network: NetworkPlan::from_networks(&app.networks),
+            stop_timeout_secs: app.stop_timeout_secs,
         })
     }
 }
@@ -137,19 +139,25 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         name: &str,
     ) -> impl Future<Output = Result<Option<ObservedContainer>, DockerError>> + Send;
 
+    /// Whether `image` (canonical reference) is on the device, without pulling it.
+    fn image_present(&self, image: &str) -> impl Future<Output = Result<bool, DockerError>> + Send;
+
     /// Pulls `image` (canonical reference); falls back to a local copy.
     fn ensure_image(
         &self,
         image: &str,
     ) -> impl Future<Output = Result<ImageOutcome, DockerError>> + Send;
 
-    /// Creates and starts a container. A leftover container of the same name is replaced.
+    /// Creates and starts a container. A leftover container of the same name is replaced
+    /// when it is one of ours (our labels, this device); any other container of that name is
+    /// left alone and the create fails with [`DockerError::NameTaken`].
     fn create_container(
         &self,
         spec: &ContainerSpec,
     ) -> impl Future<Output = Result<(), DockerError>> + Send;
 
-    /// Stops and removes a container; a missing one is not an error.
+    /// Stops (waiting the container's own stop timeout) and removes a container; a missing
+    /// one is not an error.
     fn remove_container(&self, name: &str) -> impl Future<Output = Result<(), DockerError>> + Send;
 
     fn start_container(&self, name: &str) -> impl Future<Output = Result<(), DockerError>> + Send;
@@ -209,7 +217,7 @@ pub fn containers_of<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nebula_protocol::PortMapping;
+    use nebula_protocol::{PortMapping, PortProtocol};
 
     #[test]
     fn spec_carries_every_app_field() {
@@ -233,7 +241,19 @@ mod tests {
         let spec = ContainerSpec::for_app(&app, 2).expect("spec");
         assert_eq!(spec.name, "web-3");
         assert_eq!(spec.image, "127.0.0.1:5000/nebula/test:latest");
-        assert_eq!(spec.ports, vec![(8002, 8000), (9002, 80)]);
+        let ports: Vec<_> = spec
+            .ports
+            .iter()
+            .map(|port| (port.host, port.container, port.protocol))
+            .collect();
+        assert_eq!(
+            ports,
+            vec![
+                (8002, 8000, PortProtocol::Tcp),
+                (9002, 80, PortProtocol::Tcp)
+            ]
+        );
+        assert_eq!(spec.stop_timeout_secs, 10);
         assert_eq!(spec.env, vec!["A=b=c"]);
         assert_eq!(spec.labels["orchestrator"], "nebula");
         assert_eq!(spec.labels["app_name"], "web");

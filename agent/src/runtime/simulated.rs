@@ -21,6 +21,10 @@ struct Inner {
     with_healthcheck: BTreeSet<String>,
     /// Operations performed, for tests ("create web-1", "remove web-1", ...).
     operations: Vec<String>,
+    /// How many times the containers were listed (an observation of the engine).
+    list_calls: u64,
+    /// Containers another party made (not ours): a create of that name fails.
+    foreign: BTreeSet<String>,
 }
 
 /// An in-memory container runtime.
@@ -96,6 +100,21 @@ impl SimulatedRuntime {
             .containers
             .get(name)
             .map(|(spec, _)| spec.clone())
+    }
+
+    /// Adds a container this agent does not manage, as someone on the device would have.
+    pub fn add_foreign_container(&self, name: &str) {
+        self.lock().foreign.insert(name.to_string());
+    }
+
+    /// Whether the container another party made is still there.
+    pub fn has_foreign_container(&self, name: &str) -> bool {
+        self.lock().foreign.contains(name)
+    }
+
+    /// How many times the containers were listed so far.
+    pub fn list_calls(&self) -> u64 {
+        self.lock().list_calls
     }
 
     /// The operations performed so far.
@@ -186,8 +205,9 @@ impl ContainerRuntime for SimulatedRuntime {
     }
 
     async fn list_containers(&self) -> Result<Vec<ObservedContainer>, DockerError> {
-        Ok(self
-            .lock()
+        let mut inner = self.lock();
+        inner.list_calls += 1;
+        Ok(inner
             .containers
             .values()
             .map(|(_, observed)| observed.clone())
@@ -209,6 +229,10 @@ impl ContainerRuntime for SimulatedRuntime {
             observed.health = Some(Health::Healthy);
         }
         Ok(Some(snapshot))
+    }
+
+    async fn image_present(&self, image: &str) -> Result<bool, DockerError> {
+        Ok(self.lock().local.contains(image))
     }
 
     async fn ensure_image(&self, image: &str) -> Result<ImageOutcome, DockerError> {
@@ -235,6 +259,11 @@ impl ContainerRuntime for SimulatedRuntime {
 
     async fn create_container(&self, spec: &ContainerSpec) -> Result<(), DockerError> {
         let mut inner = self.lock();
+        if inner.foreign.contains(&spec.name) {
+            return Err(DockerError::NameTaken {
+                name: spec.name.clone(),
+            });
+        }
         if !inner.local.contains(&spec.image) {
             return Err(DockerError::Operation {
                 operation: "create container",

@@ -6,10 +6,17 @@
 //! Format: 4 bytes of magic and version, then postcard. postcard is not self-describing, so
 //! every layout change gets a new version byte and a migration from the previous one:
 //!
-//! * `NBS\x01` — the previous release: `{apps: BTreeMap<Name, AppConfigV1>,
+//! * `NBS\x01` — the release before incarnations: `{apps: BTreeMap<Name, AppConfigV1>,
 //!   group: Option<DeviceGroupV1>, last_pruned: Option<Revision>}`. Read and converted
 //!   (incarnation 0, no tombstones, no known store); never written.
-//! * `NBS\x02` — [`DesiredState`] as declared.
+//! * `NBS\x02` — [`DesiredState`] before `AppConfig` gained `stop_timeout_secs` and
+//!   `pull_policy` ([`AppConfigFormat2`]). Read and converted (Docker's stop timeout,
+//!   `always`); never written.
+//! * `NBS\x03` — [`DesiredState`] as declared.
+//!
+//! The file holds wire types, so an appended protocol field changes its layout too:
+//! `the_current_format_is_pinned` fails on any such change, and the fix is a new format
+//! version with a migration here, never an edit of an old one.
 //!
 //! A file that cannot be read back is moved aside and the agent starts empty and re-syncs:
 //! a corrupt file must not crash-loop the agent.
@@ -17,7 +24,11 @@
 use super::DesiredState;
 use crate::error::StateError;
 use nebula_protocol::legacy::{AppConfigV1, DeviceGroupV1};
-use nebula_protocol::{Name, Revision};
+use nebula_protocol::model::DEFAULT_STOP_TIMEOUT_SECS;
+use nebula_protocol::{
+    AppConfig, ContainersPer, DeviceGroup, Incarnation, Name, ObjectVersion, PortMapping,
+    PullPolicy, Revision, StoreId,
+};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -25,14 +36,84 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Magic and version of the format this release writes.
+const MAGIC_V3: &[u8; 4] = b"NBS\x03";
+/// Magic and version of the previous formats, still read.
 const MAGIC_V2: &[u8; 4] = b"NBS\x02";
-/// Magic and version of the previous release's format, still read.
 const MAGIC_V1: &[u8; 4] = b"NBS\x01";
 const STATE_FILE: &str = "desired-state.bin";
 /// Owner read and write only.
 const FILE_MODE: u32 = 0o600;
 
-/// The previous release's state, field for field.
+/// [`AppConfig`] as state format 2 holds it, field for field.
+#[derive(Deserialize)]
+struct AppConfigFormat2 {
+    app_name: Name,
+    app_id: Revision,
+    docker_image: String,
+    starting_ports: Vec<PortMapping>,
+    containers_per: ContainersPer,
+    env_vars: BTreeMap<String, String>,
+    running: bool,
+    networks: Vec<String>,
+    volumes: Vec<String>,
+    devices: Vec<String>,
+    privileged: bool,
+    rolling_restart: bool,
+    incarnation: Incarnation,
+}
+
+impl From<AppConfigFormat2> for AppConfig {
+    fn from(old: AppConfigFormat2) -> Self {
+        Self {
+            app_name: old.app_name,
+            app_id: old.app_id,
+            docker_image: old.docker_image,
+            starting_ports: old.starting_ports,
+            containers_per: old.containers_per,
+            env_vars: old.env_vars,
+            running: old.running,
+            networks: old.networks,
+            volumes: old.volumes,
+            devices: old.devices,
+            privileged: old.privileged,
+            rolling_restart: old.rolling_restart,
+            incarnation: old.incarnation,
+            // What an agent of format 2 did: Docker's stop timeout, a pull on every change.
+            stop_timeout_secs: DEFAULT_STOP_TIMEOUT_SECS,
+            pull_policy: PullPolicy::Always,
+        }
+    }
+}
+
+/// [`DesiredState`] as state format 2 holds it, field for field.
+#[derive(Deserialize)]
+struct DesiredStateFormat2 {
+    apps: BTreeMap<Name, AppConfigFormat2>,
+    group: Option<DeviceGroup>,
+    last_pruned: Option<Revision>,
+    deleted_apps: BTreeMap<Name, ObjectVersion>,
+    deleted_groups: BTreeMap<Name, ObjectVersion>,
+    store_id: Option<StoreId>,
+}
+
+impl From<DesiredStateFormat2> for DesiredState {
+    fn from(old: DesiredStateFormat2) -> Self {
+        Self {
+            apps: old
+                .apps
+                .into_iter()
+                .map(|(name, app)| (name, app.into()))
+                .collect(),
+            group: old.group,
+            last_pruned: old.last_pruned,
+            deleted_apps: old.deleted_apps,
+            deleted_groups: old.deleted_groups,
+            store_id: old.store_id,
+        }
+    }
+}
+
+/// The state of the release before incarnations (format 1), field for field.
 #[derive(Deserialize)]
 struct DesiredStateV1 {
     apps: BTreeMap<Name, AppConfigV1>,
@@ -119,7 +200,7 @@ impl StateStore {
             source,
         };
         std::fs::create_dir_all(&self.directory).map_err(write_error)?;
-        let bytes = postcard::to_extend(state, MAGIC_V2.to_vec()).map_err(|error| {
+        let bytes = postcard::to_extend(state, MAGIC_V3.to_vec()).map_err(|error| {
             write_error(std::io::Error::other(format!(
                 "cannot encode state: {error}"
             )))
@@ -146,8 +227,10 @@ impl StateStore {
 }
 
 fn decode_state(bytes: &[u8]) -> Result<DesiredState, String> {
-    let state = if let Some(body) = bytes.strip_prefix(MAGIC_V2.as_slice()) {
+    let state = if let Some(body) = bytes.strip_prefix(MAGIC_V3.as_slice()) {
         decode_exactly::<DesiredState>(body)?
+    } else if let Some(body) = bytes.strip_prefix(MAGIC_V2.as_slice()) {
+        decode_exactly::<DesiredStateFormat2>(body)?.into()
     } else if let Some(body) = bytes.strip_prefix(MAGIC_V1.as_slice()) {
         decode_exactly::<DesiredStateV1>(body)?.into()
     } else {
@@ -203,7 +286,7 @@ mod tests {
         assert!(warning.is_none());
 
         let bytes = std::fs::read(store.path()).expect("read");
-        assert_eq!(&bytes[..4], b"NBS\x02");
+        assert_eq!(&bytes[..4], b"NBS\x03");
         let mode = std::fs::metadata(store.path())
             .expect("metadata")
             .permissions()
@@ -233,7 +316,7 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
     }
 
-    /// The state file the previous release (commit 08d36e6, `NBS\x01`) wrote for group
+    /// The state file the release before incarnations (commit 08d36e6, `NBS\x01`) wrote for group
     /// `edge` at revision 3, prune_id 2, with member `web` at revision 4 (image
     /// `127.0.0.1:5000/nebula/test:1`, port 8000, 2 per server, env `A=1`, networks
     /// `nebula`, rolling restart) and `last_pruned` 2 — captured byte for byte from that
@@ -291,9 +374,87 @@ mod tests {
 
         // The next save writes the current format, which loads back the same.
         store.save(&state).expect("save");
-        assert_eq!(&std::fs::read(store.path()).expect("read")[..4], b"NBS\x02");
+        assert_eq!(&std::fs::read(store.path()).expect("read")[..4], b"NBS\x03");
         assert_eq!(store.load().expect("load").0, state);
     }
+
+    /// What the previous format (`NBS\x02`, main 93e7cd7) wrote for group `edge` (incarnation
+    /// 5, revision 3, prune_id 2) with member `web` (incarnation 7, revision 4, image
+    /// `127.0.0.1:5000/nebula/test:1`, port 8000, 2 per server, env `A=1`, networks
+    /// `nebula`, rolling restart), `last_pruned` 2, a tombstone of `old` at 1/9 and a known
+    /// store — captured byte for byte from that commit's `StateStore::save`.
+    const PREVIOUS_FORMAT_FILE: &str = "4e425302010377656203776562041c3132372e302e302e313a353030302f6e6562756c612f746573743a310100c03e000201014101310101066e6562756c610000000107010465646765030201037765620005010201036f6c6401090001f7ccd5a2b4c6c88880deb7de9af1d9a2a302";
+
+    fn unhex(hex: &str) -> Vec<u8> {
+        (0..hex.len())
+            .step_by(2)
+            .map(|index| u8::from_str_radix(&hex[index..index + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    }
+
+    /// Issue 18: the state file must survive the next field. A file of the previous format
+    /// loads, every app with the defaults of the fields it did not have.
+    #[test]
+    fn a_state_file_of_the_previous_format_is_migrated() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let store = StateStore::new(directory.path());
+        std::fs::write(store.path(), unhex(PREVIOUS_FORMAT_FILE)).expect("write");
+        let (state, warning) = store.load().expect("load");
+        assert!(warning.is_none(), "{warning:?}");
+
+        let web = &state.apps[&name("web")];
+        assert_eq!(web.version(), ObjectVersion::new(7, 4));
+        assert_eq!(web.docker_image, "127.0.0.1:5000/nebula/test:1");
+        assert_eq!(web.starting_ports, vec![PortMapping::Same(8000)]);
+        assert_eq!(web.containers_per, ContainersPer::Server(2));
+        assert!(web.running && web.rolling_restart);
+        assert_eq!(web.stop_timeout_secs, 10);
+        assert_eq!(web.pull_policy, PullPolicy::Always);
+        let group = state.group.as_ref().expect("group");
+        assert_eq!(
+            (group.version(), group.prune_id),
+            (ObjectVersion::new(5, 3), 2)
+        );
+        assert_eq!(state.last_pruned, Some(2));
+        assert_eq!(
+            state.deleted_apps.get(&name("old")),
+            Some(&ObjectVersion::new(1, 9))
+        );
+        assert!(state.store_id.is_some());
+
+        store.save(&state).expect("save");
+        assert_eq!(&std::fs::read(store.path()).expect("read")[..4], b"NBS\x03");
+        assert_eq!(store.load().expect("load").0, state);
+    }
+
+    /// The bytes of the current format for a state using every field. A change here means
+    /// the layout changed (an appended protocol field, a new state field): give it a new
+    /// format version with a migration from this one instead of editing the hex.
+    #[test]
+    fn the_current_format_is_pinned() {
+        let mut state = DesiredState::default();
+        let mut web = app("web", 7, 4);
+        web.stop_timeout_secs = 30;
+        web.pull_policy = PullPolicy::IfNotPresent;
+        state.apply_group_change(group(5, 3, &["web"], vec![web]));
+        state.last_pruned = Some(2);
+        state
+            .deleted_apps
+            .insert(name("old"), ObjectVersion::new(1, 9));
+        state.store_id = Some(StoreId(42));
+        let directory = tempfile::tempdir().expect("tempdir");
+        let store = StateStore::new(directory.path());
+        store.save(&state).expect("save");
+        let bytes = std::fs::read(store.path()).expect("read");
+        assert_eq!(hex(&bytes), CURRENT_FORMAT_FILE);
+        assert_eq!(store.load().expect("load").0, state);
+    }
+
+    const CURRENT_FORMAT_FILE: &str = "4e42530301037765620377656204056e67696e78000001000102066e6562756c610662726964676500000000071e01010167030101037765620005010201036f6c64010900012a";
 
     #[test]
     fn corrupt_file_is_moved_aside_and_the_agent_starts_empty() {
@@ -307,6 +468,7 @@ mod tests {
             &b""[..],
             b"NBS\x01\xff\xff\xff",
             b"NBS\x02\xff\xff\xff",
+            b"NBS\x03\xff\xff\xff",
             b"random bytes",
             b"NBS\x09",
             &truncated,

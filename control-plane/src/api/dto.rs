@@ -5,12 +5,15 @@
 
 use super::errors::ApiError;
 use nebula_protocol::placement::validate_port_range;
-use nebula_protocol::{AppConfig, ContainersPer, DeviceGroup, Name, PortMapping, ValidationError};
+use nebula_protocol::{
+    AppConfig, ContainersPer, DeviceGroup, Name, PortMapping, PortProtocol, PullPolicy,
+    ValidationError,
+};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 
 /// The app fields a client may write.
-pub const APP_FIELDS: [&str; 11] = [
+pub const APP_FIELDS: [&str; 13] = [
     "docker_image",
     "starting_ports",
     "containers_per",
@@ -21,6 +24,10 @@ pub const APP_FIELDS: [&str; 11] = [
     "devices",
     "privileged",
     "rolling_restart",
+    // Beyond v2 (additive): a client that never sends them gets the defaults, which behave
+    // as v2 did.
+    "stop_timeout_secs",
+    "pull_policy",
     // Accepted for v2 compatibility only as the same value as the path: see `parse_app`.
     "app_name",
 ];
@@ -62,6 +69,8 @@ pub struct AppPatch {
     pub devices: Option<Vec<String>>,
     pub privileged: Option<bool>,
     pub rolling_restart: Option<bool>,
+    pub stop_timeout_secs: Option<u32>,
+    pub pull_policy: Option<PullPolicy>,
 }
 
 impl AppPatch {
@@ -100,6 +109,12 @@ impl AppPatch {
         }
         if let Some(value) = self.rolling_restart {
             config.rolling_restart = value;
+        }
+        if let Some(value) = self.stop_timeout_secs {
+            config.stop_timeout_secs = value;
+        }
+        if let Some(value) = self.pull_policy {
+            config.pull_policy = value;
         }
     }
 }
@@ -150,7 +165,21 @@ fn port_number(value: &Value) -> Result<u16, ApiError> {
         .ok_or_else(ApiError::invalid_port)
 }
 
-/// v2's `starting_ports`: ints, or one-entry dicts `{"<host>": "<container>"}`.
+/// The container side of a `starting_ports` dict entry: a port, or (beyond v2) a port with
+/// Docker's protocol suffix, `"53/udp"` or `"80/tcp"`.
+fn container_port(value: &Value) -> Result<(u16, Option<PortProtocol>), ApiError> {
+    if let Value::String(text) = value
+        && let Some((port, protocol)) = text.trim().split_once('/')
+    {
+        let protocol = PortProtocol::from_name(protocol).ok_or_else(ApiError::port_shape)?;
+        let port = port_number(&Value::String(port.to_string()))?;
+        return Ok((port, Some(protocol)));
+    }
+    port_number(value).map(|port| (port, None))
+}
+
+/// v2's `starting_ports`: ints, or one-entry dicts `{"<host>": "<container>"}`, where the
+/// container side may name its protocol (`"53/udp"`).
 pub fn starting_ports(value: &Value) -> Result<Vec<PortMapping>, ApiError> {
     let items = value.as_array().ok_or_else(ApiError::port_shape)?;
     items
@@ -163,8 +192,14 @@ pub fn starting_ports(value: &Value) -> Result<Vec<PortMapping>, ApiError> {
             Value::Object(entry) if entry.len() == 1 => {
                 let (host, container) = entry.iter().next().ok_or_else(ApiError::port_shape)?;
                 let host = port_number(&Value::String(host.clone()))?;
-                let container = port_number(container)?;
-                Ok(PortMapping::Mapped { host, container })
+                Ok(match container_port(container)? {
+                    (container, None) => PortMapping::Mapped { host, container },
+                    (container, Some(protocol)) => PortMapping::MappedWithProtocol {
+                        host,
+                        container,
+                        protocol,
+                    },
+                })
             }
             _ => Err(ApiError::port_shape()),
         })
@@ -204,6 +239,17 @@ pub fn parse_app(object: &Map<String, Value>, app: &Name) -> Result<AppPatch, Ap
                 .as_bool()
                 .map(|flag| patch.rolling_restart = Some(flag))
                 .is_some(),
+            // Its range is checked with the whole config (`validate_app`).
+            "stop_timeout_secs" => value
+                .as_u64()
+                .and_then(|seconds| u32::try_from(seconds).ok())
+                .map(|seconds| patch.stop_timeout_secs = Some(seconds))
+                .is_some(),
+            "pull_policy" => value
+                .as_str()
+                .and_then(PullPolicy::from_name)
+                .map(|policy| patch.pull_policy = Some(policy))
+                .is_some(),
             "networks" => string_list(value)
                 .map(|list| patch.networks = Some(list))
                 .is_some(),
@@ -242,6 +288,7 @@ pub fn validation_error(error: &ValidationError) -> ApiError {
         ValidationError::Schedule(_) => "schedule",
         // Only group states carry an unavailable list; no REST body does.
         ValidationError::Unavailable(_) => "apps",
+        ValidationError::StopTimeout { .. } => "stop_timeout_secs",
     };
     ApiError::invalid(vec![field.to_string()])
 }
@@ -269,6 +316,11 @@ pub fn app_json(config: &AppConfig) -> Value {
             PortMapping::Mapped { host, container } => {
                 json!({ host.to_string(): container.to_string() })
             }
+            PortMapping::MappedWithProtocol {
+                host,
+                container,
+                protocol,
+            } => json!({ host.to_string(): format!("{container}/{}", protocol.as_str()) }),
         })
         .collect();
     json!({
@@ -284,6 +336,8 @@ pub fn app_json(config: &AppConfig) -> Value {
         "devices": config.devices,
         "privileged": config.privileged,
         "rolling_restart": config.rolling_restart,
+        "stop_timeout_secs": config.stop_timeout_secs,
+        "pull_policy": config.pull_policy.as_str(),
     })
 }
 
@@ -375,6 +429,43 @@ mod tests {
     }
 
     #[test]
+    fn container_ports_may_name_their_protocol() {
+        let ports = starting_ports(&json!([{"5353": "53/udp"}, {"8080": "80/tcp"}, {"81": "81"}]))
+            .expect("ports");
+        assert_eq!(
+            ports,
+            vec![
+                PortMapping::MappedWithProtocol {
+                    host: 5353,
+                    container: 53,
+                    protocol: PortProtocol::Udp
+                },
+                PortMapping::MappedWithProtocol {
+                    host: 8080,
+                    container: 80,
+                    protocol: PortProtocol::Tcp
+                },
+                PortMapping::Mapped {
+                    host: 81,
+                    container: 81
+                },
+            ]
+        );
+        for bad in [
+            json!([{"53": "53/sctp"}]),
+            json!([{"53/udp": "53"}]),
+            json!([{"53": "udp/53"}]),
+            json!([{"53": "/udp"}]),
+        ] {
+            assert_eq!(starting_ports(&bad), Err(ApiError::port_shape()), "{bad}");
+        }
+        assert_eq!(
+            starting_ports(&json!([{"53": "0/udp"}])),
+            Err(ApiError::invalid_port())
+        );
+    }
+
+    #[test]
     fn port_errors_are_v2s() {
         for bad in [
             json!([0]),
@@ -409,8 +500,18 @@ mod tests {
                 container: 80,
             },
         ];
+        config.starting_ports.push(PortMapping::MappedWithProtocol {
+            host: 5353,
+            container: 53,
+            protocol: PortProtocol::Udp,
+        });
         config.containers_per = ContainersPer::Memory(512);
+        config.stop_timeout_secs = 45;
+        config.pull_policy = PullPolicy::IfNotPresent;
         let json = app_json(&config);
+        assert_eq!(json["starting_ports"][2], json!({"5353": "53/udp"}));
+        assert_eq!(json["stop_timeout_secs"], json!(45));
+        assert_eq!(json["pull_policy"], json!("if_not_present"));
         let mut object = json.as_object().cloned().expect("object");
         object.remove("app_id");
         let patch = parse_app(&object, &name).expect("parse");

@@ -32,7 +32,8 @@ pub mod mongo;
 use crate::error::StoreError;
 use async_trait::async_trait;
 use nebula_protocol::{
-    AppConfig, ContainersPer, DeviceGroup, Incarnation, Name, PortMapping, Revision, StoreId,
+    AppConfig, ContainersPer, DeviceGroup, Incarnation, Name, PortMapping, PortProtocol,
+    PullPolicy, Revision, StoreId,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -287,14 +288,32 @@ pub struct AppDocument {
     /// read containers of that era.
     #[serde(default)]
     pub incarnation: Incarnation,
+    /// Absent in records written before the field existed: Docker's default.
+    #[serde(default = "default_stop_timeout_secs")]
+    pub stop_timeout_secs: u32,
+    /// `always` or `if_not_present`; absent in older records: `always`, as v2 pulled.
+    #[serde(default = "default_pull_policy")]
+    pub pull_policy: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+fn default_stop_timeout_secs() -> u32 {
+    nebula_protocol::model::DEFAULT_STOP_TIMEOUT_SECS
+}
+
+fn default_pull_policy() -> String {
+    PullPolicy::default().as_str().to_string()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredPort {
     pub host: u16,
     pub container: u16,
     /// True for v2's plain-int form, so a read returns what was written.
     pub same: bool,
+    /// `tcp` or `udp` when the client spelled the protocol out (`"53/udp"`); absent for the
+    /// v2 forms, which are TCP, and in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -352,6 +371,12 @@ impl From<&AppConfig> for AppDocument {
                     host: mapping.host_base(),
                     container: mapping.container_port(),
                     same: matches!(mapping, PortMapping::Same(_)),
+                    protocol: match mapping {
+                        PortMapping::MappedWithProtocol { protocol, .. } => {
+                            Some(protocol.as_str().to_string())
+                        }
+                        PortMapping::Same(_) | PortMapping::Mapped { .. } => None,
+                    },
                 })
                 .collect(),
             containers_per: StoredContainersPer {
@@ -366,6 +391,8 @@ impl From<&AppConfig> for AppDocument {
             privileged: config.privileged,
             rolling_restart: config.rolling_restart,
             incarnation: config.incarnation,
+            stop_timeout_secs: config.stop_timeout_secs,
+            pull_policy: config.pull_policy.as_str().to_string(),
         }
     }
 }
@@ -381,16 +408,22 @@ impl AppDocument {
                 .starting_ports
                 .iter()
                 .map(|port| {
-                    if port.same {
-                        PortMapping::Same(port.container)
-                    } else {
-                        PortMapping::Mapped {
+                    Ok(match (&port.protocol, port.same) {
+                        (Some(protocol), _) => PortMapping::MappedWithProtocol {
                             host: port.host,
                             container: port.container,
-                        }
-                    }
+                            protocol: PortProtocol::from_name(protocol).ok_or_else(|| {
+                                StoreError::corrupt(kind, &self.app_name, "unknown port protocol")
+                            })?,
+                        },
+                        (None, true) => PortMapping::Same(port.container),
+                        (None, false) => PortMapping::Mapped {
+                            host: port.host,
+                            container: port.container,
+                        },
+                    })
                 })
-                .collect(),
+                .collect::<Result<_, StoreError>>()?,
             containers_per: ContainersPer::from_key(
                 &self.containers_per.key,
                 self.containers_per.value,
@@ -406,6 +439,9 @@ impl AppDocument {
             privileged: self.privileged,
             rolling_restart: self.rolling_restart,
             incarnation: self.incarnation,
+            stop_timeout_secs: self.stop_timeout_secs,
+            pull_policy: PullPolicy::from_name(&self.pull_policy)
+                .ok_or_else(|| StoreError::corrupt(kind, &self.app_name, "unknown pull_policy"))?,
         })
     }
 }
@@ -461,4 +497,56 @@ pub fn to_record<T: Serialize>(
         tombstone,
         body,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An app record as the previous release stored it: no incarnation, stop timeout, pull
+    /// policy or port protocol.
+    const PREVIOUS_RECORD: &str = r#"{"app_name":"web","app_id":3,"docker_image":"nginx","starting_ports":[{"host":80,"container":80,"same":true},{"host":8080,"container":80,"same":false}],"containers_per":{"key":"server","value":2},"env_vars":{},"running":true,"networks":["nebula"],"volumes":[],"devices":[],"privileged":false,"rolling_restart":false}"#;
+
+    #[test]
+    fn records_of_the_previous_release_read_with_the_defaults() {
+        let document: AppDocument = serde_json::from_str(PREVIOUS_RECORD).expect("parse");
+        let config = document.to_config().expect("config");
+        assert_eq!(config.stop_timeout_secs, 10);
+        assert_eq!(config.pull_policy, PullPolicy::Always);
+        assert_eq!(config.incarnation, 0);
+        assert_eq!(
+            config.starting_ports,
+            vec![
+                PortMapping::Same(80),
+                PortMapping::Mapped {
+                    host: 8080,
+                    container: 80
+                }
+            ]
+        );
+        // Written back, the v2 port forms carry no protocol key: the record reads the same
+        // by the previous release.
+        let written = serde_json::to_string(&AppDocument::from(&config)).expect("write");
+        assert!(!written.contains("protocol"), "{written}");
+    }
+
+    #[test]
+    fn new_fields_round_trip_through_the_record() {
+        let mut config = AppConfig::new(Name::new("dns").expect("name"), "coredns");
+        config.starting_ports = vec![PortMapping::MappedWithProtocol {
+            host: 5353,
+            container: 53,
+            protocol: PortProtocol::Udp,
+        }];
+        config.stop_timeout_secs = 0;
+        config.pull_policy = PullPolicy::IfNotPresent;
+        let written = serde_json::to_string(&AppDocument::from(&config)).expect("write");
+        let read: AppDocument = serde_json::from_str(&written).expect("read");
+        assert_eq!(read.to_config().expect("config"), config);
+
+        let mut corrupt: serde_json::Value = serde_json::from_str(&written).expect("json");
+        corrupt["pull_policy"] = serde_json::json!("sometimes");
+        let corrupt: AppDocument = serde_json::from_value(corrupt).expect("document");
+        assert!(corrupt.to_config().is_err());
+    }
 }

@@ -28,6 +28,8 @@ pub fn app() -> AppConfig {
         privileged: false,
         rolling_restart: true,
         incarnation: 1_764_460_800_000_001,
+        stop_timeout_secs: 30,
+        pull_policy: PullPolicy::IfNotPresent,
     }
 }
 

@@ -241,13 +241,21 @@ pub fn app_config_from_document(document: &serde_json::Value) -> nebula_protocol
                     }
                     serde_json::Value::Object(map) => {
                         let (host, container) = map.iter().next().expect("one entry");
-                        let container = container.as_str().map_or_else(
-                            || container.as_u64().expect("port"),
-                            |text| text.parse().expect("port"),
-                        );
-                        PortMapping::Mapped {
-                            host: host.parse().expect("port"),
-                            container: container as u16,
+                        let host = host.parse().expect("port");
+                        match container.as_str().and_then(|text| text.split_once('/')) {
+                            Some((port, protocol)) => PortMapping::MappedWithProtocol {
+                                host,
+                                container: port.parse().expect("port"),
+                                protocol: nebula_protocol::PortProtocol::from_name(protocol)
+                                    .expect("protocol"),
+                            },
+                            None => PortMapping::Mapped {
+                                host,
+                                container: container.as_str().map_or_else(
+                                    || container.as_u64().expect("port") as u16,
+                                    |text| text.parse().expect("port"),
+                                ),
+                            },
                         }
                     }
                     other => panic!("unexpected port {other}"),
@@ -276,5 +284,11 @@ pub fn app_config_from_document(document: &serde_json::Value) -> nebula_protocol
     app.devices = strings("devices");
     app.privileged = document["privileged"].as_bool().unwrap_or(false);
     app.rolling_restart = document["rolling_restart"].as_bool().unwrap_or(false);
+    if let Some(seconds) = document["stop_timeout_secs"].as_u64() {
+        app.stop_timeout_secs = u32::try_from(seconds).expect("stop_timeout_secs");
+    }
+    if let Some(policy) = document["pull_policy"].as_str() {
+        app.pull_policy = nebula_protocol::PullPolicy::from_name(policy).expect("pull_policy");
+    }
     app
 }
