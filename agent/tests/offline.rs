@@ -8,6 +8,7 @@ use common::{config, unique, wait_for};
 use nebula_agent::runtime::simulated::SimulatedRuntime;
 use nebula_agent::state::{DesiredState, StateStore};
 use nebula_protocol::{AppConfig, ContainersPer, Name};
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -193,5 +194,90 @@ async fn one_observation_of_the_engine_serves_every_app() {
     assert!(
         lists <= 6,
         "{lists} container lists in 4 resync periods of 10 apps"
+    );
+}
+
+/// Issue 18: the systemd unit could give up: systemd's default start limit (5 starts in
+/// 10 s) stops restarting a fast crash loop for good, leaving the device unmanaged until
+/// someone visits it. The unit turns the limit off in `[Unit]` (where systemd reads it) and
+/// restarts always, except on a configuration error (exit 64).
+#[test]
+fn the_systemd_unit_never_gives_up_restarting() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/systemd/nebula-agent.service"
+    ))
+    .expect("unit file");
+    let mut sections: HashMap<String, Vec<String>> = HashMap::new();
+    let mut current = String::new();
+    for line in unit.lines().map(str::trim) {
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        if line.starts_with('[') {
+            current = line.to_string();
+        } else {
+            sections
+                .entry(current.clone())
+                .or_default()
+                .push(line.to_string());
+        }
+    }
+    let has = |section: &str, setting: &str| {
+        sections
+            .get(section)
+            .is_some_and(|lines| lines.iter().any(|line| line == setting))
+    };
+    assert!(has("[Unit]", "StartLimitIntervalSec=0"), "{unit}");
+    assert!(has("[Service]", "Restart=always"), "{unit}");
+    assert!(has("[Service]", "RestartPreventExitStatus=64"), "{unit}");
+}
+
+/// Issue 18: app workers never ended, and each kept polling the engine. A worker whose app
+/// is neither wanted nor has containers ends: here the container of an app dropped from
+/// `NEBULA_APPS` is removed, then nothing lists the engine any more (no other app has a
+/// desired config yet, and there is no broker to report to).
+#[tokio::test]
+async fn the_worker_of_a_removed_app_ends() {
+    use nebula_agent::runtime::ContainerSpec;
+    let state_dir = tempfile::tempdir().expect("tempdir");
+    let kept = Name::new(unique("kept")).expect("name");
+    let dropped = Name::new(unique("dropped")).expect("name");
+    let runtime = SimulatedRuntime::new();
+    let mut leftover = AppConfig::new(dropped.clone(), "127.0.0.1:5000/nebula/test:1");
+    leftover.app_id = 3;
+    runtime.adopt_container(&ContainerSpec::for_app(&leftover, 0).expect("spec"));
+    let agent_config = config(&[
+        ("NEBULA_APPS", kept.as_str()),
+        ("NEBULA_DEVICE_ID", "retire-device"),
+        ("NEBULA_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f"),
+        (
+            "NEBULA_STATE_DIR",
+            state_dir.path().to_str().expect("utf-8"),
+        ),
+        ("NEBULA_RUNTIME", "simulated"),
+    ]);
+    let shutdown = CancellationToken::new();
+    let agent = tokio::spawn(nebula_agent::run(
+        agent_config,
+        runtime.clone(),
+        shutdown.clone(),
+    ));
+    wait_for("the dropped app removed", Duration::from_secs(10), || {
+        let runtime = runtime.clone();
+        let dropped = dropped.clone();
+        async move { runtime.container_names(&dropped).is_empty() }
+    })
+    .await;
+    // Let the worker see its app converged (one more pass), then four resync periods.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let before = runtime.list_calls();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let lists = runtime.list_calls() - before;
+    shutdown.cancel();
+    assert!(agent.await.expect("task").is_ok());
+    assert_eq!(
+        lists, 0,
+        "the engine was listed {lists} times with no app to look after"
     );
 }

@@ -252,5 +252,10 @@ async fn idle_agent_footprint_with_ten_containers() {
                     .as_bytes(),
             )
         });
+    // The budget of issue 18: a board with 512 MiB runs the agent beside its apps.
+    assert!(
+        resident <= 8 * 1024,
+        "idle agent with 10 containers: {resident} KiB resident, over the 8 MiB budget"
+    );
     assert_eq!(agent.process.exits(), 0, "{}", agent.process.log());
 }

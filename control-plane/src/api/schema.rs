@@ -15,8 +15,8 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
-/// One entry of `starting_ports`: a port (`8080`: the same host and container port), or
-/// `{"<host>": "<container>"}`.
+/// One entry of `starting_ports`: a port (`8080`: the same host and container port, TCP),
+/// or `{"<host>": "<container>"}` where the container side may end in `/tcp` or `/udp`.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum StartingPort {
@@ -42,6 +42,19 @@ pub struct App {
     pub devices: Vec<String>,
     pub privileged: bool,
     pub rolling_restart: bool,
+    /// Seconds a container gets after SIGTERM before it is killed (0-3600).
+    pub stop_timeout_secs: u32,
+    pub pull_policy: PullPolicy,
+}
+
+/// When the agent pulls an app's image.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PullPolicy {
+    /// Once per change of the app (v2's behaviour).
+    Always,
+    /// Only when the image is not on the device.
+    IfNotPresent,
 }
 
 /// The fields a client may write (create and full update need `docker_image`; a partial
@@ -59,6 +72,8 @@ pub struct AppFields {
     pub devices: Option<Vec<String>>,
     pub privileged: Option<bool>,
     pub rolling_restart: Option<bool>,
+    pub stop_timeout_secs: Option<u32>,
+    pub pull_policy: Option<PullPolicy>,
     /// Accepted for v2 clients only when it equals the name in the path.
     pub app_name: Option<String>,
 }
