@@ -291,7 +291,9 @@ impl Config {
         let heartbeat = parse_heartbeat(environment, &brokers)?;
 
         let docker_host = non_empty("DOCKER_HOST").unwrap_or_else(|| DEFAULT_DOCKER_HOST.into());
-        validate_docker_host(&docker_host)?;
+        if runtime == RuntimeKind::Docker {
+            validate_docker_host(&docker_host)?;
+        }
 
         let container_logs = ContainerLogs {
             max_size: match non_empty("NEBULA_CONTAINER_LOG_MAX_SIZE") {
@@ -300,7 +302,12 @@ impl Config {
             },
             max_files: match non_empty("NEBULA_CONTAINER_LOG_MAX_FILES") {
                 Some(files) => match files.trim().parse::<u32>() {
-                    Ok(files) if (1..=100).contains(&files) => files,
+                    Ok(count)
+                        if (1..=100).contains(&count)
+                            && files.trim().bytes().all(|byte| byte.is_ascii_digit()) =>
+                    {
+                        count
+                    }
                     _ => {
                         return Err(ConfigError::Invalid {
                             variable: "NEBULA_CONTAINER_LOG_MAX_FILES",
@@ -465,8 +472,18 @@ fn parse_log_size(value: &str) -> Result<String, ConfigError> {
         Some((at, 'g')) => (&lower[..at], 1 << 30),
         _ => (lower.as_str(), 1),
     };
-    let number: u64 = digits.parse().map_err(|_| invalid())?;
-    if number.saturating_mul(multiplier) < 1024 {
+    // Digits only (`u64::from_str` takes a leading `+`, which Docker refuses), and a byte
+    // count the engine can hold (an i64).
+    if digits.is_empty() || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return Err(invalid());
+    }
+    let bytes = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|number| number.checked_mul(multiplier))
+        .filter(|bytes| *bytes <= i64::MAX as u64)
+        .ok_or_else(invalid)?;
+    if bytes < 1024 {
         return Err(invalid());
     }
     Ok(lower)
@@ -638,6 +655,9 @@ mod tests {
             ("NEBULA_CONTAINER_LOG_MAX_SIZE", "10t"),
             ("NEBULA_CONTAINER_LOG_MAX_SIZE", "100"),
             ("NEBULA_CONTAINER_LOG_MAX_SIZE", "m"),
+            ("NEBULA_CONTAINER_LOG_MAX_SIZE", "+10m"),
+            ("NEBULA_CONTAINER_LOG_MAX_SIZE", "99999999999g"),
+            ("NEBULA_CONTAINER_LOG_MAX_FILES", "+3"),
             ("NEBULA_CONTAINER_LOG_MAX_FILES", "0"),
             ("NEBULA_CONTAINER_LOG_MAX_FILES", "101"),
             ("NEBULA_CONTAINER_LOG_MAX_FILES", "three"),

@@ -50,6 +50,28 @@ pub trait PassGuard: Sync {
 
     /// Called after a pass changed (or may have changed) containers.
     fn engine_changed(&self) {}
+
+    /// Whether a pull of `image` begun for `planned_for` is still worth finishing. A
+    /// change that keeps the image (an env var, a port) must not throw away a download
+    /// half done on a slow link; by default, whether the plan still matters.
+    fn pull_still_wanted(
+        &self,
+        app: &Name,
+        planned_for: Option<&AppConfig>,
+        image: &str,
+    ) -> impl Future<Output = bool> + Send {
+        let _ = image;
+        self.still_wanted(app, planned_for)
+    }
+}
+
+/// What a long step watches for while it runs.
+#[derive(Debug, Clone, Copy)]
+enum Watch<'a> {
+    /// Any change of the desired config.
+    Plan,
+    /// A change of the image (or the app no longer running here).
+    Image(&'a str),
 }
 
 /// A guard for a desired config that cannot change under the pass.
@@ -168,7 +190,15 @@ impl<R: ContainerRuntime> Pass<'_, R> {
                     step.iter().map(|action| self.container_action(action)),
                 )
                 .await;
-                results.into_iter().collect::<Result<Vec<()>, _>>()?;
+                let mut first_error = None;
+                for error in results.into_iter().filter_map(Result::err) {
+                    // The report carries one error per app; the log keeps every one.
+                    tracing::warn!(app = %self.app, error = %error, "container action failed");
+                    first_error.get_or_insert(error);
+                }
+                if let Some(error) = first_error {
+                    return Err(error);
+                }
             }
         }
         tracing::info!(app = %self.app, version = ?version, "applied");
@@ -208,8 +238,9 @@ impl<R: ContainerRuntime> Pass<'_, R> {
                 }
             }
             Action::EnsureImage => {
+                let image = self.spec(0)?.image;
                 let Some(result) = self
-                    .unless_superseded(guard, self.ensure_image(memory))
+                    .unless_superseded(guard, Watch::Image(&image), self.ensure_image(memory))
                     .await
                 else {
                     return Ok(false);
@@ -219,7 +250,11 @@ impl<R: ContainerRuntime> Pass<'_, R> {
             Action::AwaitReady { index } => {
                 let name = self.spec(*index)?.name;
                 let Some(result) = self
-                    .unless_superseded(guard, await_ready(self.runtime, &name, self.shutdown))
+                    .unless_superseded(
+                        guard,
+                        Watch::Plan,
+                        await_ready(self.runtime, &name, self.shutdown),
+                    )
                     .await
                 else {
                     return Ok(false);
@@ -236,13 +271,19 @@ impl<R: ContainerRuntime> Pass<'_, R> {
     async fn unless_superseded<T>(
         &self,
         guard: &impl PassGuard,
+        watch: Watch<'_>,
         work: impl Future<Output = T>,
     ) -> Option<T> {
         let superseded = async {
             loop {
                 tokio::time::sleep(SUPERSEDED_POLL).await;
-                if self.shutdown.is_cancelled() || !guard.still_wanted(self.app, self.desired).await
-                {
+                let wanted = match watch {
+                    Watch::Plan => guard.still_wanted(self.app, self.desired).await,
+                    Watch::Image(image) => {
+                        guard.pull_still_wanted(self.app, self.desired, image).await
+                    }
+                };
+                if self.shutdown.is_cancelled() || !wanted {
                     return;
                 }
             }
@@ -369,4 +410,95 @@ pub async fn converge_app<R: ContainerRuntime>(
         target: app.to_string(),
         reason: format!("not converged after {max_passes} plans"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::simulated::SimulatedRuntime;
+    use nebula_protocol::ContainersPer;
+
+    const IMAGE: &str = "127.0.0.1:5000/nebula/test:1";
+    const PINNED: &str = "127.0.0.1:5000/nebula/test@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn app(image: &str, policy: PullPolicy) -> AppConfig {
+        let mut app = AppConfig::new(Name::new("web").expect("name"), image);
+        app.app_id = 1;
+        app.containers_per = ContainersPer::Server(1);
+        app.pull_policy = policy;
+        app
+    }
+
+    fn pulls(runtime: &SimulatedRuntime) -> usize {
+        runtime
+            .operations()
+            .iter()
+            .filter(|operation| operation.starts_with("pull "))
+            .count()
+    }
+
+    /// Runs `passes` passes of `app` with one image memory, as a worker does.
+    async fn run(runtime: &SimulatedRuntime, app: &AppConfig, passes: usize) -> Vec<bool> {
+        let shutdown = CancellationToken::new();
+        let pass = Pass {
+            runtime,
+            app: &app.app_name,
+            desired: Some(app),
+            max_restart_wait: Duration::ZERO,
+            shutdown: &shutdown,
+        };
+        let mut memory = ImageMemory::default();
+        let mut outcomes = Vec::new();
+        for _ in 0..passes {
+            outcomes.push(pass.run(&FixedDesired, &mut memory).await.is_ok());
+        }
+        outcomes
+    }
+
+    #[tokio::test]
+    async fn if_not_present_and_digests_skip_the_pull_of_a_present_image() {
+        for (image, policy) in [
+            (IMAGE, PullPolicy::IfNotPresent),
+            (PINNED, PullPolicy::Always),
+        ] {
+            let runtime = SimulatedRuntime::new();
+            let config = app(image, policy);
+            let canonical = config.image().expect("image").canonical();
+            runtime.add_local_image(&canonical);
+            assert_eq!(run(&runtime, &config, 2).await, vec![true, true]);
+            assert_eq!(pulls(&runtime), 0, "{image} {policy:?}");
+            assert_eq!(runtime.applied_revision(&config.app_name), Some(1));
+        }
+    }
+
+    #[tokio::test]
+    async fn an_absent_image_is_pulled_whatever_the_policy() {
+        for policy in [PullPolicy::IfNotPresent, PullPolicy::Always] {
+            let runtime = SimulatedRuntime::new();
+            let config = app(IMAGE, policy);
+            assert_eq!(run(&runtime, &config, 2).await, vec![true, true]);
+            assert_eq!(pulls(&runtime), 1, "{policy:?}");
+        }
+        // `always` pulls a present image too: once per version.
+        let runtime = SimulatedRuntime::new();
+        let config = app(IMAGE, PullPolicy::Always);
+        runtime.add_local_image(&config.image().expect("image").canonical());
+        run(&runtime, &config, 2).await;
+        assert_eq!(pulls(&runtime), 1);
+    }
+
+    #[tokio::test]
+    async fn passes_failing_after_the_pull_pull_once_per_version() {
+        let runtime = SimulatedRuntime::new();
+        let mut config = app(IMAGE, PullPolicy::Always);
+        // The container's name is taken by someone else: every pass fails at the create.
+        runtime.add_foreign_container("web-1");
+        assert_eq!(run(&runtime, &config, 3).await, vec![false, false, false]);
+        assert_eq!(pulls(&runtime), 1);
+        assert!(runtime.has_foreign_container("web-1"));
+        // A new revision is pulled again, once.
+        config.app_id = 2;
+        run(&runtime, &config, 3).await;
+        assert_eq!(pulls(&runtime), 2);
+    }
 }

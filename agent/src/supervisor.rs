@@ -15,7 +15,7 @@ use crate::runtime::ContainerRuntime;
 use crate::state::{Changes, DesiredState, StateStore};
 use nebula_protocol::{AppConfig, Name, Revision};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -30,7 +30,7 @@ pub struct Shared<R> {
     pub runtime: R,
     store: StateStore,
     desired: tokio::sync::Mutex<DesiredState>,
-    workers: Mutex<HashMap<Name, Arc<Notify>>>,
+    workers: Mutex<HashMap<Name, Arc<Worker>>>,
     /// Last error per app (a failed pull, a Docker error), for reports.
     errors: Mutex<BTreeMap<Name, String>>,
     /// Wakes the reporter after an applied change.
@@ -46,6 +46,17 @@ pub struct Shared<R> {
     fatal: Mutex<Option<StateError>>,
     /// The engine's containers as last listed, shared by the workers.
     observation: Observation,
+}
+
+/// What the agent holds of one app's worker.
+#[derive(Debug, Default)]
+struct Worker {
+    /// Wakes the worker: a change of its app, or the periodic re-check.
+    wake: Notify,
+    /// Waiting out an error's backoff: the periodic re-check leaves it alone, so a lasting
+    /// failure (a registry out of reach) is retried at the backoff's pace, not every
+    /// re-check. A change of the app still wakes it.
+    backing_off: AtomicBool,
 }
 
 /// How long one listing of the engine's containers serves the workers that ask for it,
@@ -149,25 +160,24 @@ impl<R: ContainerRuntime> Shared<R> {
 
     /// Wakes (starting if needed) the worker of `app`.
     pub fn wake(self: &Arc<Self>, app: &Name) {
-        let notify = {
+        let worker = {
             let mut workers = lock(&self.workers);
-            if let Some(notify) = workers.get(app) {
-                notify.clone()
+            if let Some(worker) = workers.get(app) {
+                worker.clone()
             } else {
-                let notify = Arc::new(Notify::new());
-                workers.insert(app.clone(), notify.clone());
+                let worker = Arc::new(Worker::default());
+                workers.insert(app.clone(), worker.clone());
                 let shared = self.clone();
                 let app = app.clone();
-                let worker_notify = notify.clone();
+                let handle = worker.clone();
                 // In the caller's span: the fleet simulator runs each agent in one naming
                 // its device.
-                self.tasks.spawn(
-                    async move { shared.app_worker(app, worker_notify).await }.in_current_span(),
-                );
-                notify
+                self.tasks
+                    .spawn(async move { shared.app_worker(app, handle).await }.in_current_span());
+                worker
             }
         };
-        notify.notify_one();
+        worker.wake.notify_one();
     }
 
     /// Starts workers for apps that have containers but are not desired, so their
@@ -234,15 +244,21 @@ impl<R: ContainerRuntime> Shared<R> {
         let mut orphans_found = matches!(self.config.mode, Mode::Group(_));
         loop {
             if !orphans_found {
-                orphans_found = self.adopt_orphans().await;
+                // An engine that does not answer must not hold up shutdown.
+                tokio::select! {
+                    () = self.shutdown.cancelled() => return,
+                    found = self.adopt_orphans() => orphans_found = found,
+                }
             }
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
                 () = tokio::time::sleep(self.config.resync_interval) => {}
             }
-            let workers: Vec<Arc<Notify>> = lock(&self.workers).values().cloned().collect();
-            for notify in workers {
-                notify.notify_one();
+            let workers: Vec<Arc<Worker>> = lock(&self.workers).values().cloned().collect();
+            for worker in workers {
+                if !worker.backing_off.load(Ordering::Acquire) {
+                    worker.wake.notify_one();
+                }
             }
         }
     }
@@ -280,7 +296,7 @@ impl<R: ContainerRuntime> Shared<R> {
     /// One app's reconcile loop: a pass, then sleep until woken (a change, or the periodic
     /// re-check of [`Self::resync_loop`]) or shutdown. Errors back off and retry. The
     /// worker ends once its app is neither wanted nor has containers.
-    async fn app_worker(self: Arc<Self>, app: Name, notify: Arc<Notify>) {
+    async fn app_worker(self: Arc<Self>, app: Name, worker: Arc<Worker>) {
         let mut backoff = Backoff::new(Duration::from_secs(1), self.config.max_backoff);
         let mut image = ImageMemory::default();
         loop {
@@ -316,6 +332,7 @@ impl<R: ContainerRuntime> Shared<R> {
                     Some(backoff.next_delay())
                 }
             };
+            worker.backing_off.store(retry.is_some(), Ordering::Release);
             let retry = async {
                 match retry {
                     Some(delay) => tokio::time::sleep(delay).await,
@@ -324,7 +341,7 @@ impl<R: ContainerRuntime> Shared<R> {
             };
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
-                () = notify.notified() => {}
+                () = worker.wake.notified() => {}
                 () = retry => {}
             }
         }
@@ -400,5 +417,24 @@ impl<R: ContainerRuntime> PassGuard for Shared<R> {
 
     fn engine_changed(&self) {
         self.observation.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    async fn pull_still_wanted(
+        &self,
+        app: &Name,
+        _planned_for: Option<&AppConfig>,
+        image: &str,
+    ) -> bool {
+        self.desired
+            .lock()
+            .await
+            .apps
+            .get(app)
+            .is_some_and(|config| {
+                config.running
+                    && config
+                        .image()
+                        .is_ok_and(|reference| reference.canonical() == image)
+            })
     }
 }

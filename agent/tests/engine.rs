@@ -184,13 +184,17 @@ async fn a_udp_port_answers() {
 }
 
 /// Issue 18: container logs were never rotated, and json-file grows until the SD card is
-/// full. Every container gets json-file with a maximum size and number of files.
+/// full. On an engine logging to json-file (this one), every container gets a maximum size
+/// and number of files. Its app's stop timeout is the container's own StopTimeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn containers_get_rotated_logs() {
+async fn containers_get_rotated_logs_and_their_app_stop_timeout() {
     let runtime = docker_runtime();
     let name = unique_name("engine-logs");
     let _cleanup = Cleanup::apps(&[&name]);
-    let config = app(&name, &test_image(1), 1, 1);
+    let mut config = app(&name, &test_image(1), 1, 1);
+    // Above bollard's 2-minute request limit: stops wait for the engine a minute longer
+    // than the longest stop timeout. (The test image stops at once on SIGTERM.)
+    config.stop_timeout_secs = 130;
     converge_app(&runtime, &name, Some(&config), 3)
         .await
         .expect("converge");
@@ -199,6 +203,13 @@ async fn containers_get_rotated_logs() {
         log_config,
         r#"{"Type":"json-file","Config":{"max-file":"3","max-size":"10m"}}"#
     );
+    assert_eq!(
+        inspect(&format!("{name}-1"), "{{.Config.StopTimeout}}"),
+        "130"
+    );
+    converge_app(&runtime, &name, None, 2)
+        .await
+        .expect("remove");
 }
 
 /// Issue 18: some engine calls skipped API-version negotiation. Every call path negotiates

@@ -51,9 +51,8 @@ pub const NEBULA_NETWORK: &str = "nebula";
 pub const MAX_CONTAINERS_PER_DEVICE: u32 = 1024;
 /// Docker's own default: how long a container gets to stop after SIGTERM before SIGKILL.
 pub const DEFAULT_STOP_TIMEOUT_SECS: u32 = 10;
-/// Longest `stop_timeout_secs` an app may ask for: an hour. Longer would let one app's
-/// container hold its app's update (and the agent's shutdown) for longer than any board's
-/// supervisor waits.
+/// Longest `stop_timeout_secs` an app may ask for: an hour. A container may hold its app's
+/// update or stop that long; the agent waits for the engine's answer a minute longer.
 pub const MAX_STOP_TIMEOUT_SECS: u32 = 3600;
 
 /// Why an object's configuration is not acceptable.

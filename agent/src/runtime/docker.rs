@@ -22,7 +22,7 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 use nebula_protocol::ImageRef;
-use nebula_protocol::model::NEBULA_NETWORK;
+use nebula_protocol::model::{MAX_STOP_TIMEOUT_SECS, NEBULA_NETWORK};
 use nebula_protocol::placement::{
     DeviceCapacity, LABEL_DEVICE_ID, LABEL_ORCHESTRATOR, ORCHESTRATOR_VALUE, PublishedPort,
 };
@@ -57,6 +57,16 @@ pub struct DockerRuntime {
     negotiated: Arc<tokio::sync::OnceCell<()>>,
     logs: ContainerLogs,
     pull_stall_timeout: Duration,
+    /// The engine's default log driver, asked once: rotation options are set only where it
+    /// is `json-file` (balenaOS, for one, logs to journald, kept in memory).
+    default_log_driver: Arc<tokio::sync::OnceCell<String>>,
+}
+
+/// How long a stop or restart may take before the agent gives up waiting for the engine's
+/// answer: the engine answers only once the container's stop timeout ran out, which may be
+/// up to [`MAX_STOP_TIMEOUT_SECS`] (other calls keep bollard's 2 minutes).
+fn stop_request_timeout() -> Duration {
+    Duration::from_secs(u64::from(MAX_STOP_TIMEOUT_SECS) + 60)
 }
 
 impl DockerRuntime {
@@ -77,7 +87,35 @@ impl DockerRuntime {
             negotiated: Arc::new(tokio::sync::OnceCell::new()),
             logs: ContainerLogs::default(),
             pull_stall_timeout: PULL_STALL_TIMEOUT,
+            default_log_driver: Arc::new(tokio::sync::OnceCell::new()),
         })
+    }
+
+    /// The rotation options for a created container, when the engine's default log driver
+    /// is `json-file`; `None` leaves the engine's own logging alone.
+    async fn log_config(&self) -> Result<Option<HostConfigLogConfig>, DockerError> {
+        let driver = self
+            .default_log_driver
+            .get_or_try_init(|| async {
+                let info = self
+                    .docker
+                    .info()
+                    .await
+                    .map_err(|error| operation_error("info", "engine", error))?;
+                let driver = info.logging_driver.unwrap_or_default();
+                if driver != "json-file" {
+                    tracing::info!(driver, "the engine logs elsewhere than json-file; container log rotation is left to it");
+                }
+                Ok::<_, DockerError>(driver)
+            })
+            .await?;
+        Ok((driver == "json-file").then(|| HostConfigLogConfig {
+            typ: Some("json-file".into()),
+            config: Some(HashMap::from([
+                ("max-size".to_string(), self.logs.max_size.clone()),
+                ("max-file".to_string(), self.logs.max_files.to_string()),
+            ])),
+        }))
     }
 
     /// Gives up a pull after `timeout` without a progress event (tests use seconds).
@@ -212,7 +250,10 @@ impl DockerRuntime {
         body
     }
 
-    fn create_body(spec: &ContainerSpec, logs: &ContainerLogs) -> ContainerCreateBody {
+    fn create_body(
+        spec: &ContainerSpec,
+        log_config: Option<HostConfigLogConfig>,
+    ) -> ContainerCreateBody {
         let container_port =
             |port: &PublishedPort| format!("{}/{}", port.container, port.protocol.as_str());
         let port_bindings: HashMap<String, Option<Vec<PortBinding>>> = spec
@@ -260,27 +301,25 @@ impl DockerRuntime {
                     name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
                     maximum_retry_count: None,
                 }),
-                log_config: Some(HostConfigLogConfig {
-                    typ: Some("json-file".into()),
-                    config: Some(HashMap::from([
-                        ("max-size".to_string(), logs.max_size.clone()),
-                        ("max-file".to_string(), logs.max_files.to_string()),
-                    ])),
-                }),
+                log_config,
                 ..Default::default()
             }),
             ..Default::default()
         }
     }
 
-    async fn create_once(&self, spec: &ContainerSpec) -> Result<(), BollardError> {
+    async fn create_once(
+        &self,
+        spec: &ContainerSpec,
+        log_config: Option<HostConfigLogConfig>,
+    ) -> Result<(), BollardError> {
         let options = CreateContainerOptionsBuilder::new()
             .name(&spec.name)
             .build();
         self.docker
             .create_container(
                 Some(options),
-                self.labelled(Self::create_body(spec, &self.logs)),
+                self.labelled(Self::create_body(spec, log_config)),
             )
             .await?;
         Ok(())
@@ -526,7 +565,8 @@ impl ContainerRuntime for DockerRuntime {
         if let NetworkPlan::Nebula { .. } = &spec.network {
             self.ensure_network(NEBULA_NETWORK).await?;
         }
-        match self.create_once(spec).await {
+        let log_config = self.log_config().await?;
+        match self.create_once(spec, log_config.clone()).await {
             Ok(()) => {}
             // A leftover of the same name: one of ours (a crash between create and start)
             // is replaced; anything else may be a service someone runs on the device by
@@ -539,7 +579,7 @@ impl ContainerRuntime for DockerRuntime {
                 }
                 tracing::warn!(container = %spec.name, "replacing a leftover container of the same name");
                 self.remove_container(&spec.name).await?;
-                self.create_once(spec)
+                self.create_once(spec, log_config)
                     .await
                     .map_err(|error| operation_error("create container", &spec.name, error))?;
             }
@@ -579,6 +619,8 @@ impl ContainerRuntime for DockerRuntime {
         // `stop_timeout_secs`, Docker's 10 s on containers created before it was set).
         match self
             .docker
+            .clone()
+            .with_timeout(stop_request_timeout())
             .stop_container(name, None::<StopContainerOptions>)
             .await
         {
@@ -612,6 +654,8 @@ impl ContainerRuntime for DockerRuntime {
     async fn restart_container(&self, name: &str) -> Result<(), DockerError> {
         self.negotiate().await?;
         self.docker
+            .clone()
+            .with_timeout(stop_request_timeout())
             .restart_container(name, None)
             .await
             .map_err(|error| operation_error("restart container", name, error))
@@ -697,11 +741,14 @@ mod tests {
             network: NetworkPlan::Mode("host".into()),
             stop_timeout_secs: 30,
         };
-        let logs = ContainerLogs {
-            max_size: "1m".into(),
-            max_files: 2,
+        let logs = HostConfigLogConfig {
+            typ: Some("json-file".into()),
+            config: Some(HashMap::from([
+                ("max-size".to_string(), "1m".to_string()),
+                ("max-file".to_string(), "2".to_string()),
+            ])),
         };
-        let body = DockerRuntime::create_body(&spec, &logs);
+        let body = DockerRuntime::create_body(&spec, Some(logs));
         assert_eq!(body.stop_timeout, Some(30));
         let host = body.host_config.expect("host config");
         assert_eq!(host.network_mode.as_deref(), Some("host"));
