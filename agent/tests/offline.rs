@@ -159,23 +159,8 @@ async fn one_observation_of_the_engine_serves_every_app() {
         .expect("save");
     let names: Vec<&str> = apps.iter().map(Name::as_str).collect();
     let joined = names.join(",");
-    let agent_config = config(&[
-        ("NEBULA_APPS", joined.as_str()),
-        ("NEBULA_DEVICE_ID", "observe-device"),
-        ("NEBULA_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f"),
-        (
-            "NEBULA_STATE_DIR",
-            state_dir.path().to_str().expect("utf-8"),
-        ),
-        ("NEBULA_RUNTIME", "simulated"),
-    ]);
     let runtime = SimulatedRuntime::new();
-    let shutdown = CancellationToken::new();
-    let agent = tokio::spawn(nebula_agent::run(
-        agent_config,
-        runtime.clone(),
-        shutdown.clone(),
-    ));
+    let (shutdown, agent) = start_simulated(&joined, "observe-device", state_dir.path(), &runtime);
     wait_for("every app applied", Duration::from_secs(10), || {
         let runtime = runtime.clone();
         let apps = apps.clone();
@@ -247,22 +232,8 @@ async fn the_worker_of_a_removed_app_ends() {
     let mut leftover = AppConfig::new(dropped.clone(), "127.0.0.1:5000/nebula/test:1");
     leftover.app_id = 3;
     runtime.adopt_container(&ContainerSpec::for_app(&leftover, 0).expect("spec"));
-    let agent_config = config(&[
-        ("NEBULA_APPS", kept.as_str()),
-        ("NEBULA_DEVICE_ID", "retire-device"),
-        ("NEBULA_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f"),
-        (
-            "NEBULA_STATE_DIR",
-            state_dir.path().to_str().expect("utf-8"),
-        ),
-        ("NEBULA_RUNTIME", "simulated"),
-    ]);
-    let shutdown = CancellationToken::new();
-    let agent = tokio::spawn(nebula_agent::run(
-        agent_config,
-        runtime.clone(),
-        shutdown.clone(),
-    ));
+    let (shutdown, agent) =
+        start_simulated(kept.as_str(), "retire-device", state_dir.path(), &runtime);
     wait_for("the dropped app removed", Duration::from_secs(10), || {
         let runtime = runtime.clone();
         let dropped = dropped.clone();
@@ -280,4 +251,30 @@ async fn the_worker_of_a_removed_app_ends() {
         lists, 0,
         "the engine was listed {lists} times with no app to look after"
     );
+}
+
+/// Starts an app-mode agent on `runtime` with no broker to reach (port 1).
+fn start_simulated(
+    apps: &str,
+    device: &str,
+    state_dir: &std::path::Path,
+    runtime: &SimulatedRuntime,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), nebula_agent::error::AgentError>>,
+) {
+    let agent_config = config(&[
+        ("NEBULA_APPS", apps),
+        ("NEBULA_DEVICE_ID", device),
+        ("NEBULA_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f"),
+        ("NEBULA_STATE_DIR", state_dir.to_str().expect("utf-8")),
+        ("NEBULA_RUNTIME", "simulated"),
+    ]);
+    let shutdown = CancellationToken::new();
+    let agent = tokio::spawn(nebula_agent::run(
+        agent_config,
+        runtime.clone(),
+        shutdown.clone(),
+    ));
+    (shutdown, agent)
 }
