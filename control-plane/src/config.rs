@@ -41,10 +41,58 @@ pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const DEFAULT_DATA_DIR: &str = "./nebula-data";
 pub const DEFAULT_MONGO_DB: &str = "nebula";
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreConfig {
     Embedded { data_dir: PathBuf },
     Mongo { url: String, database: String },
+}
+
+impl std::fmt::Debug for StoreConfig {
+    // A `?config` field must never put the database password in a log line.
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Embedded { data_dir } => formatter
+                .debug_struct("Embedded")
+                .field("data_dir", data_dir)
+                .finish(),
+            Self::Mongo { url, database } => formatter
+                .debug_struct("Mongo")
+                .field("url", &redact_password(url))
+                .field("database", database)
+                .finish(),
+        }
+    }
+}
+
+/// `url` with the password of its user info (`scheme://user:password@host…`) replaced by
+/// `<redacted>`; a URL without one is returned as it is.
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    // The user info ends at the last `@` before the path: a password may contain `@` only
+    // percent-encoded, but `/`, `?` and `#` end the authority either way.
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) => match user_info.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:<redacted>@{host}{path}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// What to say at start when authentication is off on an address other machines can reach:
+/// anyone who reaches the API could then reconfigure every device (`privileged` containers,
+/// host volumes). `None` when auth is on or the API listens on loopback only.
+pub fn insecure_listen_warning(config: &Config) -> Option<String> {
+    (!config.auth_enabled && !config.listen.ip().is_loopback()).then(|| {
+        format!(
+            "authentication is disabled (NEBULA_AUTH_ENABLED=false) and the API listens on {}: anyone who can reach it can change what every device runs; keep NEBULA_AUTH_ENABLED=false to 127.0.0.1 (NEBULA_LISTEN) for development",
+            config.listen
+        )
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +101,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     pub listen: SocketAddr,
     /// The broker, or the nodes of a RabbitMQ cluster (`NEBULA_AMQP_URL`, comma-separated):
@@ -81,6 +129,33 @@ pub struct Config {
     /// A device whose last report is older than this is removed from the registry
     /// (`NEBULA_DEVICE_EXPIRY_SECS`, default 30 days); it comes back with its next report.
     pub device_expiry: Duration,
+}
+
+impl std::fmt::Debug for Config {
+    // Every field, with the passwords of the broker and database URLs redacted.
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let amqp_urls: Vec<String> = self
+            .amqp_urls
+            .iter()
+            .map(|url| redact_password(url))
+            .collect();
+        formatter
+            .debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("amqp_urls", &amqp_urls)
+            .field("queue_type", &self.queue_type)
+            .field("store", &self.store)
+            .field("auth_enabled", &self.auth_enabled)
+            .field("admin", &self.admin)
+            .field("log_format", &self.log_format)
+            .field("outbox_interval", &self.outbox_interval)
+            .field("sync_prefetch", &self.sync_prefetch)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("publish_timeout", &self.publish_timeout)
+            .field("http", &self.http)
+            .field("device_expiry", &self.device_expiry)
+            .finish()
+    }
 }
 
 /// Default of `NEBULA_DEVICE_EXPIRY_SECS`: thirty days.
@@ -475,6 +550,75 @@ mod tests {
             ("NEBULA_AMQP_QUEUE_TYPE", "quorum"),
         ]);
         assert_eq!(behind.queue_type, QueueType::Quorum);
+    }
+
+    #[test]
+    fn debug_output_never_holds_a_password() {
+        let printed = format!(
+            "{:?}",
+            config(&[
+                ("NEBULA_AUTH_ENABLED", "false"),
+                (
+                    "NEBULA_AMQP_URL",
+                    "amqp://nebula:amqp-secret@a:5672/%2f,amqps://nebula:amqp-secret@b:5671/prod",
+                ),
+                ("NEBULA_STORE", "mongodb"),
+                (
+                    "NEBULA_MONGO_URL",
+                    "mongodb://admin:mongo-secret@db1:27017,db2:27017/?replicaSet=rs0",
+                ),
+            ])
+            .expect("valid")
+        );
+        for secret in ["amqp-secret", "mongo-secret"] {
+            assert!(!printed.contains(secret), "{printed}");
+        }
+        assert!(
+            printed.contains("amqp://nebula:<redacted>@a:5672/%2f"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("mongodb://admin:<redacted>@db1:27017,db2:27017/?replicaSet=rs0"),
+            "{printed}"
+        );
+        for (url, redacted) in [
+            (
+                "amqp://guest:guest@127.0.0.1:5672/%2f",
+                "amqp://guest:<redacted>@127.0.0.1:5672/%2f",
+            ),
+            ("amqp://user@host/", "amqp://user@host/"),
+            ("amqp://host", "amqp://host"),
+            (
+                "mongodb://u:p%40ss@h/db?x=a@b",
+                "mongodb://u:<redacted>@h/db?x=a@b",
+            ),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redact_password(url), redacted);
+        }
+    }
+
+    #[test]
+    fn disabled_auth_beyond_loopback_is_warned_about() {
+        let open = config(&[
+            ("NEBULA_AUTH_ENABLED", "false"),
+            ("NEBULA_LISTEN", "0.0.0.0:8180"),
+        ])
+        .expect("valid");
+        let warning = insecure_listen_warning(&open).expect("a warning");
+        assert!(warning.contains("0.0.0.0:8180"), "{warning}");
+        let local = config(&[
+            ("NEBULA_AUTH_ENABLED", "false"),
+            ("NEBULA_LISTEN", "127.0.0.1:8180"),
+        ])
+        .expect("valid");
+        assert_eq!(insecure_listen_warning(&local), None);
+        let authenticated = config(&[
+            ("NEBULA_ADMIN_TOKEN", "a-token"),
+            ("NEBULA_LISTEN", "0.0.0.0:8180"),
+        ])
+        .expect("valid");
+        assert_eq!(insecure_listen_warning(&authenticated), None);
     }
 
     #[test]

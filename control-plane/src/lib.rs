@@ -126,6 +126,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
         })?;
     let address = listener.local_addr().map_err(RunError::Serve)?;
     tracing::info!(address = %address, "listening");
+    if let Some(warning) = config::insecure_listen_warning(&config) {
+        tracing::warn!("{warning}");
+    }
 
     let tasks = TaskTracker::new();
     // The broker connection, its consumers (sync responder, report ingester) and every
