@@ -247,7 +247,11 @@ fn wire_figures(
     };
     let change_message_bytes = change.bytes_of(SegmentKind::Delivery, Direction::FromBroker)
         + change.bytes_of(SegmentKind::Ack, Direction::ToBroker);
-    let one_report = report_bytes(&change);
+    // A change makes the agent report twice: when the change arrives (the device is
+    // behind) and when it is applied. One report is the window's report bytes over its
+    // report publishes.
+    let reports_in_change = change.segments_of(SegmentKind::Publish, Direction::ToBroker);
+    let one_report = report_bytes(&change) / reports_in_change.max(1);
     let mut failed = Vec::new();
     // Each side sends a heartbeat after half a timeout without sending (lapin and RabbitMQ
     // alike): per side, the bytes of one heartbeat (with its ACK) as measured, times the
@@ -298,7 +302,7 @@ fn wire_figures(
     eprintln!(
         "footprint ({}): idle {} packets, {} IP bytes in {window:.1} s -> {:.0} bytes/month of keep-alive \
          + {one_report} bytes per report x {reports_per_month:.1} reports/month = {idle_per_month:.0} bytes/month \
-         (budget {budget}); one change: {} IP bytes ({change_message_bytes} the change message, {one_report} the report); boot: {} IP bytes",
+         (budget {budget}); one change: {} IP bytes ({change_message_bytes} the change message, {reports_in_change} reports of {one_report}); boot: {} IP bytes",
         transport.name(),
         idle.packets,
         idle.ip_bytes,
@@ -321,6 +325,7 @@ fn wire_figures(
         "change": {
             "tally": change,
             "change_message_bytes": change_message_bytes,
+            "reports": reports_in_change,
             "report_bytes": one_report,
         },
         "boot": boot,
@@ -383,6 +388,9 @@ async fn measure(
         .ok_or_else(|| anyhow::anyhow!("no app_id in {reply}"))?;
     let peak = PeakSampler::start(agent.clone());
     wait_running(&engine, app, revision, CONTAINERS, Duration::from_secs(180)).await?;
+    // The agent reports 200 ms after it applied a change; without this wait the window
+    // could close on the report it sent when the change arrived, before that one.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let applying_peak_kib = peak.stop().await;
     let change_end = report_confirmed(capture, transport, port, broker_port, change_start).await?;
     Ok(Measured {
