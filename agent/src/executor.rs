@@ -240,7 +240,11 @@ impl<R: ContainerRuntime> Pass<'_, R> {
             Action::EnsureImage => {
                 let image = self.spec(0)?.image;
                 let Some(result) = self
-                    .unless_superseded(guard, Watch::Image(&image), self.ensure_image(memory))
+                    .unless_superseded(
+                        guard,
+                        Watch::Image(&image),
+                        self.ensure_image(&image, memory),
+                    )
                     .await
                 else {
                     return Ok(false);
@@ -300,9 +304,8 @@ impl<R: ContainerRuntime> Pass<'_, R> {
     /// Makes the desired image available: once per version of the app; without a pull when
     /// the image is present and either the app says `if_not_present` or the reference is a
     /// digest (which cannot move).
-    async fn ensure_image(&self, memory: &mut ImageMemory) -> Result<(), DockerError> {
+    async fn ensure_image(&self, image: &str, memory: &mut ImageMemory) -> Result<(), DockerError> {
         let config = self.config()?;
-        let image = self.spec(0)?.image;
         let version = config.version();
         let pinned = config
             .image()
@@ -311,7 +314,7 @@ impl<R: ContainerRuntime> Pass<'_, R> {
         // A local look, no registry round trip: an image removed since (by hand) is pulled
         // again even for the same version.
         if (pulled_already || pinned || config.pull_policy == PullPolicy::IfNotPresent)
-            && self.runtime.image_present(&image).await?
+            && self.runtime.image_present(image).await?
         {
             if !pulled_already {
                 memory.note = None;
@@ -320,7 +323,7 @@ impl<R: ContainerRuntime> Pass<'_, R> {
             memory.ready_for = Some(version);
             return Ok(());
         }
-        match self.runtime.ensure_image(&image).await? {
+        match self.runtime.ensure_image(image).await? {
             ImageOutcome::Pulled => memory.note = None,
             ImageOutcome::LocalFallback { pull_error } => {
                 memory.note = Some(format!(

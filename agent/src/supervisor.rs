@@ -186,15 +186,16 @@ impl<R: ContainerRuntime> Shared<R> {
     /// `NEBULA_APPS`). Apps configured in app mode are left to their own sync.
     /// `false` when the engine could not be listed.
     pub async fn adopt_orphans(self: &Arc<Self>) -> bool {
-        match self.runtime.list_containers().await {
+        // The workers' shared listing: the workers woken here plan from it too.
+        match self.observe().await {
             Ok(containers) => {
                 let configured: &[Name] = match &self.config.mode {
                     Mode::Apps(apps) => apps,
                     Mode::Group(_) => &[],
                 };
                 let apps: BTreeSet<Name> = containers
-                    .into_iter()
-                    .map(|container| container.app_name)
+                    .iter()
+                    .map(|container| container.app_name.clone())
                     .filter(|app| !configured.contains(app))
                     .collect();
                 for app in apps {

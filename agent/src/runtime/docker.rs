@@ -548,15 +548,15 @@ impl ContainerRuntime for DockerRuntime {
             );
             return Ok(ImageOutcome::Pulled);
         };
-        match self.docker.inspect_image(image).await {
-            Ok(_) => {
-                tracing::warn!(image, error = %pull_error, "pull failed; running the local copy");
-                Ok(ImageOutcome::LocalFallback { pull_error })
-            }
-            Err(_) => Err(DockerError::ImageUnavailable {
+        // Any failure to find a local copy leaves the pull's error as the reason.
+        if self.image_present(image).await.unwrap_or(false) {
+            tracing::warn!(image, error = %pull_error, "pull failed; running the local copy");
+            Ok(ImageOutcome::LocalFallback { pull_error })
+        } else {
+            Err(DockerError::ImageUnavailable {
                 image: image.to_string(),
                 reason: pull_error,
-            }),
+            })
         }
     }
 
