@@ -10,7 +10,7 @@ mod common;
 
 use common::engine::{
     Cleanup, FakeRegistry, RegistryBehaviour, TestImage, app, app_container_names,
-    container_exists, docker, docker_runtime, inspect, test_image, unique_name,
+    container_exists, docker, docker_runtime, inspect, pull, test_image, unique_name,
 };
 use common::{config, wait_for};
 use nebula_agent::executor::converge_app;
@@ -79,7 +79,7 @@ async fn a_foreign_container_named_like_ours_survives() {
     // Made by hand: no labels of ours at all.
     let by_hand = format!("{name}-1");
     cleanup.container(&by_hand);
-    docker(&["pull", "-q", &test_image(1)]);
+    pull(&test_image(1));
     let hand_made_id = docker(&[
         "create",
         "--name",
@@ -349,7 +349,7 @@ async fn a_stalled_pull_times_out() {
 async fn a_failing_create_does_not_pull_again() {
     let registry = FakeRegistry::start(RegistryBehaviour::NotFound).await;
     let image = format!("{}/nebula/pull-once:1", registry.address);
-    docker(&["pull", "-q", &test_image(1)]);
+    pull(&test_image(1));
     docker(&["tag", &test_image(1), &image]);
     struct Untag(String);
     impl Drop for Untag {

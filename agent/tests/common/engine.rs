@@ -63,6 +63,39 @@ pub fn app(name: &Name, image: &str, revision: u64, count: u32) -> AppConfig {
     app
 }
 
+/// Pulls `image` from the local registry with the test credentials, through a throwaway
+/// docker CLI config: the machine's own (`~/.docker`) is never touched, and on a fresh
+/// machine it holds no login for the registry.
+pub fn pull(image: &str) {
+    use std::io::Write;
+    let config = tempfile::tempdir().expect("tempdir");
+    let auth = registry_auth();
+    let mut login = std::process::Command::new("docker")
+        .arg("--config")
+        .arg(config.path())
+        .args(["login", "-u", &auth.user, "--password-stdin", &auth.host])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run docker login");
+    login
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(auth.password.as_bytes())
+        .expect("write the password");
+    let output = login.wait_with_output().expect("docker login");
+    assert!(
+        output.status.success(),
+        "docker login {}: {}",
+        auth.host,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let config = config.path().to_string_lossy().into_owned();
+    docker(&["--config", &config, "pull", "-q", image]);
+}
+
 /// Runs `docker` with `arguments`; panics with its stderr when it fails. Returns stdout.
 pub fn docker(arguments: &[&str]) -> String {
     let output = std::process::Command::new("docker")
@@ -159,7 +192,7 @@ impl TestImage {
         );
         std::fs::write(context.path().join("Dockerfile"), dockerfile).expect("Dockerfile");
         // The base must be local for a build without any pull.
-        docker(&["pull", "-q", &test_image(1)]);
+        pull(&test_image(1));
         let reference = format!("127.0.0.1:5999/nebula-test/{purpose}:{}", unique("run"));
         let output = std::process::Command::new("docker")
             .env("DOCKER_BUILDKIT", "0")
