@@ -17,6 +17,9 @@ export NEBULA_TEST_AMQP_URL=${NEBULA_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1
 # The three-node cluster (`scripts/services.sh start rabbitmq-cluster`): one URL per node.
 export NEBULA_TEST_CLUSTER_AMQP_URL=${NEBULA_TEST_CLUSTER_AMQP_URL:-amqp://guest:guest@127.0.0.1:5681/%2f,amqp://guest:guest@127.0.0.1:5682/%2f,amqp://guest:guest@127.0.0.1:5683/%2f}
 export NEBULA_TEST_MQTT_URL=${NEBULA_TEST_MQTT_URL:-mqtt://guest:guest@127.0.0.1:1883}
+# The broker's TLS listener, with certificates of the development CA (scripts/dev-ca.sh); it
+# asks every client for a certificate of that CA (client.pem/client.key there).
+export NEBULA_TEST_AMQPS_URL=${NEBULA_TEST_AMQPS_URL:-amqps://guest:guest@127.0.0.1:5671/%2f}
 export NEBULA_TEST_MONGO_URL=${NEBULA_TEST_MONGO_URL:-mongodb://127.0.0.1:27017}
 export NEBULA_TEST_REGISTRY=${NEBULA_TEST_REGISTRY:-127.0.0.1:5000}
 export NEBULA_TEST_REGISTRY_USER=${NEBULA_TEST_REGISTRY_USER:-nebula}
@@ -35,4 +38,5 @@ export NEBULA_TEST_IMAGE_UDP=${NEBULA_TEST_IMAGE_UDP:-$NEBULA_TEST_REGISTRY/nebu
 # Where the services keep their data, pid files and logs.
 export NEBULA_SERVICES_DIR=${NEBULA_SERVICES_DIR:-/var/lib/nebula-dev}
 export NEBULA_LOG_DIR=${NEBULA_LOG_DIR:-/var/log/nebula-dev}
+export NEBULA_TEST_TLS_DIR=${NEBULA_TEST_TLS_DIR:-$NEBULA_SERVICES_DIR/tls}
 export NEBULA_TEST_REGISTRY_DIR=${NEBULA_TEST_REGISTRY_DIR:-/var/lib/nebula-test-registry}

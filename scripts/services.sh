@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Starts, stops and reports the local services that Nebula's tests and scripts/up.sh use:
-#   rabbitmq    RabbitMQ, AMQP on 127.0.0.1:5672 and MQTT (plugin) on 127.0.0.1:1883
+#   rabbitmq    RabbitMQ, AMQP on 127.0.0.1:5672, AMQPS on 127.0.0.1:5671 (certificates of the
+#               development CA, scripts/dev-ca.sh; clients must present one too) and MQTT
+#               (plugin) on 127.0.0.1:1883
 #   docker      the Docker engine (dockerd), socket /var/run/docker.sock
 #   registry    a Docker registry on 127.0.0.1:5000 with htpasswd (bcrypt) auth, user and
 #               password from scripts/env.sh (NEBULA_TEST_REGISTRY_USER/PASSWORD)
@@ -67,12 +69,24 @@ write_if_changed() {
 # Node name rabbit@localhost rather than rabbit@<hostname>: a sandbox's hostname may not
 # resolve. It goes in rabbitmq-env.conf, which rabbitmqctl reads too, so `rabbitmqctl` works
 # from any shell (tests use it to close connections, for instance).
+# The TLS listener asks every client for a certificate of the development CA (mutual TLS, as
+# a fleet whose devices hold their own certificates would run it).
+rabbitmq_conf() {
+  printf '%s\n' "# Written by Nebula's scripts/services.sh: loopback only (guest logs in only there anyway)." \
+    "listeners.tcp.default = 127.0.0.1:5672" \
+    "listeners.ssl.default = 127.0.0.1:5671" \
+    "ssl_options.cacertfile = $NEBULA_TEST_TLS_DIR/ca.pem" \
+    "ssl_options.certfile = $NEBULA_TEST_TLS_DIR/server.pem" \
+    "ssl_options.keyfile = $NEBULA_TEST_TLS_DIR/server.key" \
+    "ssl_options.verify = verify_peer" \
+    "ssl_options.fail_if_no_peer_cert = true" \
+    "mqtt.listeners.tcp.default = 127.0.0.1:1883"
+}
 rabbitmq_configure() {
+  bash scripts/dev-ca.sh
   write_if_changed /etc/rabbitmq/rabbitmq-env.conf "# Written by Nebula's scripts/services.sh.
 NODENAME=rabbit@localhost"
-  write_if_changed /etc/rabbitmq/rabbitmq.conf "# Written by Nebula's scripts/services.sh: loopback only (guest logs in only there anyway).
-listeners.tcp.default = 127.0.0.1:5672
-mqtt.listeners.tcp.default = 127.0.0.1:1883"
+  write_if_changed /etc/rabbitmq/rabbitmq.conf "$(rabbitmq_conf)"
   # TCP_USER_TIMEOUT (IPPROTO_TCP 6, option 18) of 60 s on the broker's AMQP sockets: a
   # device whose link died silently is dropped 60 s after something the broker sends it (a
   # change, or its next heartbeat, within one heartbeat timeout) goes unacknowledged, instead
@@ -89,7 +103,7 @@ mqtt.listeners.tcp.default = 127.0.0.1:1883"
   chown rabbitmq:rabbitmq /etc/rabbitmq/rabbitmq-env.conf /etc/rabbitmq/rabbitmq.conf /etc/rabbitmq/advanced.config \
     /etc/rabbitmq/enabled_plugins
 }
-rabbitmq_ready() { port_open 127.0.0.1 5672 && port_open 127.0.0.1 1883; }
+rabbitmq_ready() { port_open 127.0.0.1 5672 && port_open 127.0.0.1 5671 && port_open 127.0.0.1 1883; }
 # The Erlang cookie every node (and rabbitmqctl) shares. Made once, before any node starts: on
 # a fresh machine the single node and the three cluster nodes start together, and each would
 # otherwise race to create it (one can fail on the read-only file, or they end up different).
@@ -105,8 +119,16 @@ erlang_cookie() {
 }
 rabbitmq_start() {
   # A running broker's configuration is left alone: rewriting the node name under it would cut
-  # rabbitmqctl (and the tests using it) off from it. `restart rabbitmq` applies ours.
-  port_open 127.0.0.1 5672 && return 0
+  # rabbitmqctl (and the tests using it) off from it. `restart rabbitmq` applies ours; so does
+  # `start` when the broker runs without a listener this version of the file adds.
+  if port_open 127.0.0.1 5672; then
+    if ! port_open 127.0.0.1 5671 && [ "$(cat /etc/rabbitmq/rabbitmq.conf 2>/dev/null)" != "$(rabbitmq_conf)" ]; then
+      say "RabbitMQ runs with an earlier configuration (no TLS listener); restarting it with this one"
+      rabbitmq_stop
+    else
+      return 0
+    fi
+  fi
   erlang_cookie
   rabbitmq_configure
   # As Debian's /usr/sbin/rabbitmq-server does (su to the rabbitmq user, from its home), but
@@ -132,7 +154,7 @@ rabbitmq_stop() {
   local pid
   if pid=$(listener_pid 5672 beam.smp); then kill -TERM "$pid" 2>/dev/null || true; fi
 }
-rabbitmq_status() { rabbitmq_ready && echo "running (pid $(listener_pid 5672 beam.smp), node $(rabbitmq_node), AMQP 127.0.0.1:5672, MQTT 127.0.0.1:1883)"; }
+rabbitmq_status() { rabbitmq_ready && echo "running (pid $(listener_pid 5672 beam.smp), node $(rabbitmq_node), AMQP 127.0.0.1:5672, AMQPS 127.0.0.1:5671, MQTT 127.0.0.1:1883)"; }
 # The node name from the configuration file (what a bare `rabbitmqctl` talks to).
 rabbitmq_node() { sed -n 's/^NODENAME=//p' /etc/rabbitmq/rabbitmq-env.conf 2>/dev/null | grep . || echo "rabbit@$(hostname -s)"; }
 

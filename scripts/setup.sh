@@ -4,6 +4,7 @@
 #                     busybox for the test images, qemu-user to run the ARM agents here, htpasswd
 #   Rust              rustup + stable, rustfmt, clippy, the agent's cross targets, cargo-zigbuild
 #   Python venv       nx-27017 (MongoDB-wire server for the tests), ziglang (cargo-zigbuild's linker)
+#   development CA    the local broker's TLS certificates (scripts/dev-ca.sh)
 # Idempotent and fast (about a second) when everything is there: every step checks before it
 # installs, and `apt-get update` only runs when a package is missing.
 # Usage: scripts/setup.sh
@@ -30,7 +31,7 @@ RUST_TARGETS=(aarch64-unknown-linux-musl aarch64-unknown-linux-gnu armv7-unknown
 # tcpdump: the footprint benchmark counts the agent's broker traffic at the IP level with it;
 # iptables: the metered-link tests drop one connection's packets with it.
 packages=(rabbitmq-server docker.io docker-registry busybox-static qemu-user apache2-utils
-          iproute2 iptables tcpdump curl ca-certificates tar python3 python3-venv
+          iproute2 iptables tcpdump curl ca-certificates openssl tar python3 python3-venv
           libc6-armhf-cross libc6-arm64-cross libc6-riscv64-cross gcc libc6-dev)
 missing=()
 for package in "${packages[@]}"; do
@@ -109,5 +110,8 @@ if ! command -v cargo-zigbuild >/dev/null 2>&1; then
   say "installing cargo-zigbuild (a few minutes)"
   cargo install --quiet --locked cargo-zigbuild
 fi
+
+# --- the development CA (the broker's TLS listener, the amqps tests) ----------------------------
+bash scripts/dev-ca.sh
 
 say "ready"

@@ -35,6 +35,9 @@ cargo fmt --all --check
 
 step "cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
+# The agent without TLS too (a plain `cargo build -p nebula-agent`): the workspace build above
+# has its `tls` feature on, through the tests.
+cargo clippy --locked -p nebula-agent --all-targets -- -D warnings
 
 step "dependency invariants"
 cargo xtask check-deps

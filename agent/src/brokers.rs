@@ -78,6 +78,13 @@ impl BrokerList {
         &self.brokers
     }
 
+    /// Whether any node is reached over TLS (`amqps://`).
+    pub fn uses_tls(&self) -> bool {
+        self.brokers
+            .iter()
+            .any(|broker| broker.uri.scheme == lapin::uri::AMQPScheme::AMQPS)
+    }
+
     /// Starts the rotation at node `index` (modulo the number of nodes). The transport passes
     /// a random number, so a fleet started together spreads over the nodes.
     pub fn start_at(&mut self, index: usize) {

@@ -5,6 +5,7 @@
 
 use crate::brokers::BrokerList;
 use crate::error::ConfigError;
+use crate::tls::TlsSettings;
 use nebula_protocol::Name;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -148,6 +149,8 @@ impl Default for ContainerLogs {
 pub struct Config {
     /// `NEBULA_AMQP_URL`: one broker, or the nodes of a cluster.
     pub brokers: BrokerList,
+    /// `amqps://`: `NEBULA_AMQP_CA_FILE`, `NEBULA_AMQP_CERT_FILE`, `NEBULA_AMQP_KEY_FILE`.
+    pub tls: TlsSettings,
     pub device_id: Name,
     pub hostname: String,
     pub mode: Mode,
@@ -234,6 +237,7 @@ impl Config {
             variable: "NEBULA_AMQP_URL",
             reason,
         })?;
+        let tls = TlsSettings::from_env(non_empty, brokers.uses_tls())?;
 
         let runtime = match non_empty("NEBULA_RUNTIME").as_deref().map(str::trim) {
             None | Some("docker") => RuntimeKind::Docker,
@@ -333,6 +337,7 @@ impl Config {
 
         Ok(Self {
             brokers,
+            tls,
             device_id,
             hostname: host.hostname.clone(),
             mode,

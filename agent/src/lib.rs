@@ -8,7 +8,8 @@
 //!
 //! Codemap:
 //! * [`config`] — environment → validated [`config::Config`]; [`brokers`] the broker list
-//!   (`NEBULA_AMQP_URL`, one node or a cluster's) and its rotation.
+//!   (`NEBULA_AMQP_URL`, one node or a cluster's) and its rotation; [`tls`] the CA and
+//!   client certificate of `amqps://`.
 //! * [`state`] — desired state, its version and sync rules, the versioned state file.
 //! * [`reconcile`] — (desired, observed) → actions; pure.
 //! * [`executor`] — one observe → plan → execute pass.
@@ -33,6 +34,7 @@ pub mod report;
 pub mod runtime;
 pub mod state;
 pub mod supervisor;
+pub mod tls;
 pub mod transport;
 
 pub use config::Config;
@@ -68,6 +70,7 @@ pub async fn run<R: ContainerRuntime>(
         device = %config.device_id,
         mode = %config.mode_label(),
         apps = desired.apps.len(),
+        tls = config.tls.summary.as_deref().unwrap_or("off"),
         "starting nebula-agent {}",
         report::AGENT_VERSION
     );

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 /// Shown at the end of `nebula --help`: scripts rely on these codes.
 const EXIT_CODES: &str = "\
 Configuration: flags > environment (NEBULA_URL, NEBULA_USER, NEBULA_PASSWORD, NEBULA_TOKEN,
-NEBULA_OUTPUT) > config file ($XDG_CONFIG_HOME/nebula/config.toml, else
+NEBULA_OUTPUT, NEBULA_CA_FILE) > config file ($XDG_CONFIG_HOME/nebula/config.toml, else
 ~/.config/nebula/config.toml, with the keys url, user, password, token, output).
 
 Exit codes: 0 ok, 1 control plane unreachable or failing, 2 usage or invalid request,
@@ -47,6 +47,10 @@ pub struct GlobalArgs {
     /// Config file [env: NEBULA_CONFIG] [default: $XDG_CONFIG_HOME/nebula/config.toml]
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// PEM file of the authorities trusted for an https:// URL, instead of the built-in
+    /// ones [env: NEBULA_CA_FILE]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

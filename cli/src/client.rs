@@ -40,15 +40,33 @@ pub struct Client {
 
 impl Client {
     pub fn new(settings: &Settings) -> Result<Self, RequestError> {
-        let http = reqwest::blocking::Client::builder()
+        let mut builder = reqwest::blocking::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("nebula-cli/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|error| RequestError::Unreachable {
+            .user_agent(concat!("nebula-cli/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &settings.ca_file {
+            // Only the given authorities, as `curl --cacert`: a fleet's own CA is pinned.
+            let unusable = |reason: String| RequestError::Unreachable {
                 url: settings.url.clone(),
-                reason: format!("cannot set up the HTTP client: {}", root_cause(&error)),
-            })?;
+                reason: format!("CA file {}: {reason}", path.display()),
+            };
+            let pem = std::fs::read(path).map_err(|error| unusable(error.to_string()))?;
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|error| unusable(root_cause(&error)))?;
+            if certificates.is_empty() {
+                return Err(unusable(
+                    "no certificate (-----BEGIN CERTIFICATE-----) in it".into(),
+                ));
+            }
+            builder = builder.tls_built_in_root_certs(false);
+            for certificate in certificates {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        let http = builder.build().map_err(|error| RequestError::Unreachable {
+            url: settings.url.clone(),
+            reason: format!("cannot set up the HTTP client: {}", root_cause(&error)),
+        })?;
         Ok(Self {
             http,
             api: format!("{}/api/v2", settings.url),

@@ -34,7 +34,9 @@ impl Environment for std::collections::BTreeMap<&str, &str> {
 pub enum ConfigError {
     #[error("cannot read config file {path}: {reason}")]
     Read { path: PathBuf, reason: String },
-    #[error("config file {path} is invalid: {reason} (keys: url, user, password, token, output)")]
+    #[error(
+        "config file {path} is invalid: {reason} (keys: url, user, password, token, output, ca_file)"
+    )]
     Parse { path: PathBuf, reason: String },
     #[error("{source_name} is invalid: {reason}")]
     Invalid { source_name: String, reason: String },
@@ -55,6 +57,7 @@ pub struct Layer {
     pub password: Option<String>,
     pub token: Option<String>,
     pub output: Option<OutputFormat>,
+    pub ca_file: Option<String>,
 }
 
 impl Layer {
@@ -65,10 +68,12 @@ impl Layer {
             password: flags.password.clone(),
             token: flags.token.clone(),
             output: flags.output,
+            ca_file: flags.ca_file.clone(),
         }
     }
 
-    /// `NEBULA_URL`, `NEBULA_USER`, `NEBULA_PASSWORD`, `NEBULA_TOKEN`, `NEBULA_OUTPUT`. An
+    /// `NEBULA_URL`, `NEBULA_USER`, `NEBULA_PASSWORD`, `NEBULA_TOKEN`, `NEBULA_OUTPUT`,
+    /// `NEBULA_CA_FILE`. An
     /// empty variable counts as unset (`NEBULA_TOKEN= nebula ...` switches a token off).
     pub fn from_environment(environment: &dyn Environment) -> Result<Self, ConfigError> {
         let get = |name| environment.var(name).filter(|value| !value.is_empty());
@@ -85,6 +90,7 @@ impl Layer {
             password: get("NEBULA_PASSWORD"),
             token: get("NEBULA_TOKEN"),
             output,
+            ca_file: get("NEBULA_CA_FILE"),
         })
     }
 
@@ -158,6 +164,8 @@ pub struct Settings {
     pub url: String,
     pub auth: Auth,
     pub output: OutputFormat,
+    /// PEM file of the authorities trusted for `https://` instead of the built-in ones.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Merges the layers, key by key, flags first. A user (from any layer) means basic
@@ -192,7 +200,13 @@ pub fn resolve(flags: &Layer, environment: &Layer, file: &Layer) -> Result<Setti
         .iter()
         .find_map(|layer| layer.output)
         .unwrap_or_default();
-    Ok(Settings { url, auth, output })
+    let ca_file = pick(|layer| &layer.ca_file).map(PathBuf::from);
+    Ok(Settings {
+        url,
+        auth,
+        output,
+        ca_file,
+    })
 }
 
 /// Flags, environment and file together, as `main` does it.

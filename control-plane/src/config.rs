@@ -95,6 +95,17 @@ pub fn insecure_listen_warning(config: &Config) -> Option<String> {
     })
 }
 
+/// The warning an instance logs at start when it serves plain HTTP beyond loopback with
+/// authentication on: passwords and tokens would cross the network in clear.
+pub fn plain_http_warning(config: &Config) -> Option<String> {
+    (config.auth_enabled && config.https.is_none() && !config.listen.ip().is_loopback()).then(|| {
+        format!(
+            "the API is served over plain HTTP on {}: passwords and tokens cross the network in clear; set NEBULA_TLS_CERT and NEBULA_TLS_KEY, or keep it behind a TLS-terminating proxy",
+            config.listen
+        )
+    })
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -104,6 +115,8 @@ pub enum LogFormat {
 #[derive(Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// HTTPS on `listen` (`NEBULA_TLS_CERT`, `NEBULA_TLS_KEY`); plain HTTP when `None`.
+    pub https: Option<crate::https::Https>,
     /// The broker, or the nodes of a RabbitMQ cluster (`NEBULA_AMQP_URL`, comma-separated):
     /// the instance connects to one at random and fails over to the next on loss.
     pub amqp_urls: Vec<String>,
@@ -142,6 +155,7 @@ impl std::fmt::Debug for Config {
         formatter
             .debug_struct("Config")
             .field("listen", &self.listen)
+            .field("https", &self.https)
             .field("amqp_urls", &amqp_urls)
             .field("queue_type", &self.queue_type)
             .field("store", &self.store)
@@ -414,9 +428,14 @@ impl Config {
                 reason: format!("{device_expiry_secs} s is shorter than a minute"),
             });
         }
+        let https = crate::https::Https::from_paths(
+            value(environment, crate::https::CERT),
+            value(environment, crate::https::KEY),
+        )?;
         Ok(Self {
             device_expiry: Duration::from_secs(device_expiry_secs),
             listen,
+            https,
             amqp_urls,
             queue_type,
             store,
@@ -619,6 +638,30 @@ mod tests {
         ])
         .expect("valid");
         assert_eq!(insecure_listen_warning(&authenticated), None);
+    }
+
+    #[test]
+    fn plain_http_with_credentials_beyond_loopback_is_warned_about() {
+        let open = config(&[
+            ("NEBULA_ADMIN_TOKEN", "a-token"),
+            ("NEBULA_LISTEN", "0.0.0.0:8180"),
+        ])
+        .expect("valid");
+        let warning = plain_http_warning(&open).expect("a warning");
+        assert!(warning.contains("NEBULA_TLS_CERT"), "{warning}");
+        let local = config(&[
+            ("NEBULA_ADMIN_TOKEN", "a-token"),
+            ("NEBULA_LISTEN", "127.0.0.1:8180"),
+        ])
+        .expect("valid");
+        assert_eq!(plain_http_warning(&local), None);
+        // Without authentication there is no secret to leak (the other warning covers it).
+        let no_auth = config(&[
+            ("NEBULA_AUTH_ENABLED", "false"),
+            ("NEBULA_LISTEN", "0.0.0.0:8180"),
+        ])
+        .expect("valid");
+        assert_eq!(plain_http_warning(&no_auth), None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The HTTP server: hyper's HTTP/1 connection driver around the axum router, with the time
-//! limits and the connection cap of [`HttpLimits`], and a graceful shutdown.
+//! limits and the connection cap of [`HttpLimits`], HTTPS when configured
+//! ([`crate::https`]), and a graceful shutdown.
 //!
 //! axum's own `serve` sets no header-read timeout and no connection limit, so a client that
 //! opens connections and sends nothing (or sends headers a byte a minute) could hold an
@@ -15,12 +16,13 @@ use axum::middleware::Next;
 use axum::response::IntoResponse;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 /// How long accepting pauses after an error (out of file descriptors, typically) before it
@@ -41,10 +43,11 @@ pub fn with_request_timeout(router: Router, limit: Duration) -> Router {
     ))
 }
 
-/// Serves `router` on `listener` until `shutdown` is cancelled, then lets open requests
-/// finish for up to `grace`.
+/// Serves `router` on `listener` (over TLS with `tls`) until `shutdown` is cancelled, then
+/// lets open requests finish for up to `grace`.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     router: Router,
     limits: HttpLimits,
     shutdown: CancellationToken,
@@ -73,17 +76,20 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let connection = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .serve_connection(
-                TokioIo::new(stream),
-                TowerToHyperService::new(router.clone()),
-            );
-        let connection = graceful.watch(connection);
+        let (router, watcher, tls) = (router.clone(), graceful.watcher(), tls.clone());
+        let header_read_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(error = %error, "http connection ended with an error");
+            match tls {
+                None => drive(stream, router, header_read_timeout, watcher).await,
+                // The handshake in the connection's own task, so a slow client never holds
+                // up accepting; it gets the header timeout, as a plain client its headers.
+                Some(tls) => {
+                    match tokio::time::timeout(header_read_timeout, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => drive(stream, router, header_read_timeout, watcher).await,
+                        Ok(Err(error)) => tracing::debug!(error = %error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                }
             }
             drop(permit);
         });
@@ -93,5 +99,19 @@ pub async fn serve(
         () = tokio::time::sleep(grace) => {
             tracing::warn!(grace_secs = grace.as_secs_f64(), "requests still in flight after the grace period");
         }
+    }
+}
+
+/// Serves one connection (plain or TLS) until it ends or the graceful shutdown closes it.
+async fn drive<I>(io: I, router: Router, header_read_timeout: Duration, watcher: Watcher)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(router));
+    if let Err(error) = watcher.watch(connection).await {
+        tracing::debug!(error = %error, "http connection ended with an error");
     }
 }

@@ -19,6 +19,7 @@ pub mod config;
 pub mod error;
 pub mod gate;
 pub mod http;
+pub mod https;
 pub mod metrics;
 pub mod outbox;
 pub mod reports;
@@ -125,8 +126,19 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
             source,
         })?;
     let address = listener.local_addr().map_err(RunError::Serve)?;
-    tracing::info!(address = %address, "listening");
-    if let Some(warning) = config::insecure_listen_warning(&config) {
+    match &config.https {
+        Some(https) => {
+            tracing::info!(address = %address, certificate = https.cert_path, "listening (HTTPS)")
+        }
+        None => tracing::info!(address = %address, "listening (HTTP)"),
+    }
+    for warning in [
+        config::insecure_listen_warning(&config),
+        config::plain_http_warning(&config),
+    ]
+    .into_iter()
+    .flatten()
+    {
         tracing::warn!("{warning}");
     }
 
@@ -164,6 +176,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
     let grace = config.shutdown_grace;
     http::serve(
         listener,
+        config.https.map(|https| https.acceptor),
         api::router(state),
         config.http,
         shutdown.token().clone(),

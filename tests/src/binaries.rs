@@ -52,6 +52,12 @@ pub fn binary(name: &'static str) -> PathBuf {
         }
         let status = command
             .args(["build", "--quiet", "--package", package, "--bin", name])
+            // The agent as released: with amqps:// (the tests run it over TLS too).
+            .args(if name == "nebula-agent" {
+                vec!["--features", "tls"]
+            } else {
+                vec![]
+            })
             .args(if profile_dir.ends_with("release") {
                 vec!["--release"]
             } else {

@@ -12,6 +12,23 @@ pub fn amqp_url() -> String {
     )
 }
 
+/// RabbitMQ's TLS listener: certificates of the development CA (`scripts/dev-ca.sh`), and
+/// it asks every client for one of that CA's too.
+pub fn amqps_url() -> String {
+    env_or(
+        "NEBULA_TEST_AMQPS_URL",
+        "amqps://guest:guest@127.0.0.1:5671/%2f",
+    )
+}
+
+/// A file of the development CA (`scripts/dev-ca.sh`): `ca.pem`, `client.pem`, `client.key`.
+pub fn tls_file(name: &str) -> String {
+    format!(
+        "{}/{name}",
+        env_or("NEBULA_TEST_TLS_DIR", "/var/lib/nebula-dev/tls")
+    )
+}
+
 /// The MongoDB-wire server.
 pub fn mongo_url() -> String {
     env_or("NEBULA_TEST_MONGO_URL", "mongodb://127.0.0.1:27017")

@@ -44,6 +44,8 @@ pub enum StoreKind {
 pub struct ControlPlane {
     pub process: Supervised,
     pub address: String,
+    /// Serving HTTPS (`NEBULA_TLS_CERT` given) with a certificate of the development CA.
+    pub https: bool,
 }
 
 impl ControlPlane {
@@ -92,8 +94,13 @@ impl ControlPlane {
         for (key, value) in extra_env {
             env.insert((*key).to_string(), (*value).to_string());
         }
+        let https = env.contains_key("NEBULA_TLS_CERT");
         let process = Supervised::start(name, binary("nebula-control-plane"), env, log_dir).await;
-        let control_plane = Self { process, address };
+        let control_plane = Self {
+            process,
+            address,
+            https,
+        };
         control_plane.wait_ready().await?;
         Ok(control_plane)
     }
@@ -105,8 +112,16 @@ impl ControlPlane {
 
     /// Like [`ControlPlane::wait_ready`], up to `deadline`.
     pub async fn wait_ready_within(&self, deadline: Duration) -> anyhow::Result<()> {
-        let url = format!("http://{}/readyz", self.address);
-        let client = reqwest::Client::new();
+        let url = format!("{}/readyz", self.url());
+        let client = if self.https {
+            let ca = std::fs::read(services::tls_file("ca.pem"))?;
+            reqwest::Client::builder()
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
+                .build()?
+        } else {
+            reqwest::Client::new()
+        };
         wait_for(&format!("{} ready", self.process), deadline, || {
             let request = client.get(&url).timeout(Duration::from_secs(2)).send();
             async move {
@@ -118,6 +133,12 @@ impl ControlPlane {
             }
         })
         .await
+    }
+
+    /// `http://address` or `https://address`.
+    pub fn url(&self) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}", self.address)
     }
 
     pub fn rest(&self) -> Rest {

@@ -42,11 +42,17 @@ impl Vhost {
 
     /// The broker URL for this vhost at the broker's own address.
     pub fn amqp_url(&self) -> String {
-        let base = crate::services::amqp_url();
-        // Replace the vhost part ("/%2f" by default) of the configured URL.
-        let without_vhost = base
-            .rsplit_once('/')
-            .map_or(base.as_str(), |(prefix, _)| prefix);
+        self.in_url(&crate::services::amqp_url())
+    }
+
+    /// The URL of the broker's TLS listener for this vhost.
+    pub fn amqps_url(&self) -> String {
+        self.in_url(&crate::services::amqps_url())
+    }
+
+    /// `base` with its vhost part ("/%2f" by default) replaced by this vhost.
+    fn in_url(&self, base: &str) -> String {
+        let without_vhost = base.rsplit_once('/').map_or(base, |(prefix, _)| prefix);
         format!("{without_vhost}/{}", self.name)
     }
 }

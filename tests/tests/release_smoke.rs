@@ -1,16 +1,16 @@
 //! The release agents on their real targets: the aarch64 and armv7 builds of
 //! `cargo xtask dist` run under qemu-user against the local RabbitMQ, control plane and
 //! Docker engine (the engine socket is just a unix socket), sync a group, run its app's
-//! container and report; the riscv64 build prints its version under qemu. Then the resident
-//! memory of a native release agent idle with ten containers under management, printed as a
-//! figure. And the static release CLI, natively and under qemu, against a control plane.
+//! container and report, the aarch64 one over amqps (TLS, client certificate); the riscv64
+//! build prints its version under qemu. Then the resident memory of a native release agent
+//! idle with ten containers under management, printed as a figure. And the static release CLI, natively and under qemu, against a control plane.
 //!
 //! Ignored in a plain `cargo test`: they need the release artifacts. `scripts/test.sh`
 //! builds them and runs these with `--ignored`.
 
 mod support;
 
-use nebula_tests::services::test_image;
+use nebula_tests::services::{test_image, tls_file};
 use nebula_tests::system::{Agent, AgentMode};
 use nebula_tests::unique_name;
 use serde_json::json;
@@ -31,8 +31,16 @@ fn release_binary(triple: &str) -> PathBuf {
     path
 }
 
+/// How a smoke-tested agent reaches the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Amqp,
+    /// The broker's TLS listener, with the development CA and a client certificate.
+    Amqps,
+}
+
 /// Runs the `triple` agent through `launcher` and checks it converges and reports.
-async fn smoke(triple: &str, launcher: &[&str]) {
+async fn smoke(triple: &str, launcher: &[&str], link: Link) {
     let scenario = Scenario::new(&format!(
         "qemu-{}",
         triple.split('-').next().unwrap_or(triple)
@@ -51,13 +59,29 @@ async fn smoke(triple: &str, launcher: &[&str]) {
     command.push(release_binary(triple).to_string_lossy().into_owned());
     check_version(&command, triple);
 
+    let (url, tls) = match link {
+        Link::Amqp => (scenario.vhost.amqp_url(), Vec::new()),
+        Link::Amqps => (
+            scenario.vhost.amqps_url(),
+            vec![
+                ("NEBULA_AMQP_CA_FILE", tls_file("ca.pem")),
+                ("NEBULA_AMQP_CERT_FILE", tls_file("client.pem")),
+                ("NEBULA_AMQP_KEY_FILE", tls_file("client.key")),
+            ],
+        ),
+    };
+    let tls: Vec<(&str, &str)> = tls
+        .iter()
+        .map(|(key, value)| (*key, value.as_str()))
+        .collect();
+
     let start = Instant::now();
     let agent = Agent::start_command(
         &device,
         &AgentMode::Group(group),
-        &scenario.vhost.amqp_url(),
+        &url,
         &scenario.directory,
-        &[],
+        &tls,
         &command,
     )
     .await;
@@ -65,7 +89,7 @@ async fn smoke(triple: &str, launcher: &[&str]) {
     let report = tap
         .wait(support::DEADLINE, |report| applied(report, &app, 1))
         .await;
-    scenario.report(&format!("{triple} under {}", launcher[0]), start);
+    scenario.report(&format!("{triple} under {} ({link:?})", launcher[0]), start);
     assert_eq!(report.device_id.as_str(), device);
     assert!(
         report.resources.memory_total_bytes > 0,
@@ -83,9 +107,11 @@ fn check_version(command: &[String], triple: &str) {
         .expect("run --version");
     let line = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "--version failed: {output:?}");
+    // Every release agent speaks amqps:// (`cargo xtask dist` builds the `tls` feature in).
     assert!(
         line.starts_with(concat!("nebula-agent ", env!("CARGO_PKG_VERSION")))
-            && line.contains(triple),
+            && line.contains(triple)
+            && line.contains("tls"),
         "--version of the {triple} build: {line}"
     );
     eprintln!("{triple}: {}", line.trim());
@@ -94,7 +120,8 @@ fn check_version(command: &[String], triple: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs `cargo xtask dist`; run by scripts/test.sh"]
 async fn aarch64_musl_agent_runs_under_qemu() {
-    smoke("aarch64-unknown-linux-musl", &["qemu-aarch64"]).await;
+    // Over amqps: the release agents are built with TLS, and this is the primary target.
+    smoke("aarch64-unknown-linux-musl", &["qemu-aarch64"], Link::Amqps).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,6 +131,7 @@ async fn armv7_gnueabihf_agent_runs_under_qemu() {
     smoke(
         "armv7-unknown-linux-gnueabihf",
         &["qemu-arm", "-L", "/usr/arm-linux-gnueabihf"],
+        Link::Amqp,
     )
     .await;
 }

@@ -11,8 +11,17 @@ const RULES: &[(&str, &[&str], &str)] = &[
     ),
     (
         "nebula-agent",
-        &["mongodb", "axum", "openssl-sys", "openssl", "native-tls"],
-        "the agent ships to small devices: no database driver, no web server, no OpenSSL",
+        &[
+            "mongodb",
+            "axum",
+            "openssl-sys",
+            "openssl",
+            "native-tls",
+            "aws-lc-rs",
+            "aws-lc-sys",
+        ],
+        "the agent ships to small devices: no database driver, no web server, no OpenSSL; \
+         its TLS is rustls with ring, which cross-builds with zig alone (aws-lc needs cmake)",
     ),
     (
         "nebula-cli",

@@ -1,7 +1,7 @@
 //! `cargo xtask dist`: release artifacts of `nebula-agent` and of the `nebula` CLI.
 //!
 //! For every target in `targets/*.toml` (or those named with `--target`): build the agent with
-//! the `agent-release` profile through cargo-zigbuild, pack
+//! the `agent-release` profile and its `tls` feature (`amqps://`) through cargo-zigbuild, pack
 //! `dist/nebula-agent-<version>-<target>.tar.gz` (binary, LICENSE, README excerpt, systemd
 //! unit) and check the target's size budget. For the targets in [`CLI_TARGETS`] among them,
 //! build the CLI with the `cli-release` profile and pack `dist/nebula-cli-<version>-<target>.tar.gz`
@@ -40,6 +40,8 @@ struct Artifact {
     /// Whether the target's size budget applies (the agent's; the CLI runs on operators'
     /// machines and has none).
     budgeted: bool,
+    /// Cargo features the release is built with.
+    features: &'static str,
 }
 
 const AGENT: Artifact = Artifact {
@@ -48,6 +50,9 @@ const AGENT: Artifact = Artifact {
     binary: "nebula-agent",
     profile: "agent-release",
     budgeted: true,
+    // amqps:// (rustls with ring): a fleet on untrusted networks needs it, and it fits the
+    // budget.
+    features: "tls",
 };
 
 const CLI: Artifact = Artifact {
@@ -56,6 +61,7 @@ const CLI: Artifact = Artifact {
     binary: "nebula",
     profile: "cli-release",
     budgeted: false,
+    features: "",
 };
 
 /// One file of `targets/`.
@@ -283,6 +289,11 @@ fn build(artifact: Artifact, target: &Target, path: &OsString) -> Result<PathBuf
             "--target",
             zig_target,
         ])
+        .args(if artifact.features.is_empty() {
+            vec![]
+        } else {
+            vec!["--features", artifact.features]
+        })
         .env(flags_variable, target.field("rustflags"))
         .env("PATH", path)
         .current_dir(&root)

@@ -140,7 +140,12 @@ pub async fn run<R: ContainerRuntime>(shared: Arc<Shared<R>>) -> Result<(), Agen
         uri.query.heartbeat = Some(heartbeat);
         let attempt = tokio::time::timeout(
             CONNECT_TIMEOUT,
-            connect(uri, properties.clone(), unacknowledged_limit),
+            connect(
+                uri,
+                properties.clone(),
+                &shared.config.tls,
+                unacknowledged_limit,
+            ),
         );
         let connection = tokio::select! {
             () = shared.shutdown.cancelled() => return Ok(()),
@@ -187,10 +192,16 @@ pub async fn run<R: ContainerRuntime>(shared: Arc<Shared<R>>) -> Result<(), Agen
 async fn connect(
     uri: AMQPUri,
     properties: ConnectionProperties,
+    tls: &crate::tls::TlsSettings,
     unacknowledged_limit: Duration,
 ) -> Result<Connection, lapin::Error> {
     let runtime = lapin::runtime::default_runtime()?;
     let limit_ms = u32::try_from(unacknowledged_limit.as_millis()).unwrap_or(u32::MAX);
+    #[cfg_attr(
+        not(feature = "tls"),
+        expect(unused_variables, reason = "amqps:// needs the tls feature")
+    )]
+    let tls = tls.clone();
     Connection::connector(
         uri,
         runtime,
@@ -215,10 +226,22 @@ async fn connect(
             }
             match uri.scheme {
                 AMQPScheme::AMQP => Ok(stream),
-                AMQPScheme::AMQPS => stream
-                    .into_tls(&uri.authority.host, OwnedTLSConfig::default().as_ref())
-                    .await
-                    .map_err(io_error),
+                // The broker's certificate is verified for the URL's host name, against
+                // NEBULA_AMQP_CA_FILE or the system's store (crate::tls).
+                #[cfg(feature = "tls")]
+                AMQPScheme::AMQPS => match &tls.connector {
+                    Some(connector) => stream
+                        .into_rustls(connector, &uri.authority.host)
+                        .await
+                        .map_err(io_error),
+                    None => Err(io_error(std::io::Error::other(
+                        "amqps:// without TLS settings (a bug: the configuration makes them)",
+                    ))),
+                },
+                #[cfg(not(feature = "tls"))]
+                AMQPScheme::AMQPS => Err(io_error(std::io::Error::other(
+                    "amqps:// needs an agent built with the `tls` feature",
+                ))),
             }
         },
         properties,

@@ -1,0 +1,234 @@
+//! The agent over `amqps://` against the real broker's TLS listener (`scripts/services.sh`:
+//! 127.0.0.1:5671, certificates of the development CA, a client certificate required):
+//! it converges and follows a change with the fleet's CA and its client certificate; it
+//! refuses a broker whose certificate its trust store does not vouch for; the broker refuses
+//! it without a client certificate; bad TLS files stop it at start with exit code 64. And the
+//! control plane over HTTPS (`NEBULA_TLS_CERT`/`NEBULA_TLS_KEY`), driven by the CLI with
+//! `--ca-file`, which refuses it without.
+
+mod support;
+
+use nebula_tests::binaries::binary;
+use nebula_tests::services::{test_image, tls_file};
+use nebula_tests::system::{ADMIN_PASSWORD, ADMIN_USER, Agent, AgentMode, ControlPlane, StoreKind};
+use nebula_tests::{unique_name, wait_for};
+use serde_json::json;
+use std::time::{Duration, Instant};
+use support::Scenario;
+
+/// How long a refused agent is given to show why in its log (its first attempt is at once).
+const REFUSAL_DEADLINE: Duration = Duration::from_secs(30);
+
+fn ca_and_client_certificate() -> Vec<(&'static str, String)> {
+    vec![
+        ("NEBULA_AMQP_CA_FILE", tls_file("ca.pem")),
+        ("NEBULA_AMQP_CERT_FILE", tls_file("client.pem")),
+        ("NEBULA_AMQP_KEY_FILE", tls_file("client.key")),
+    ]
+}
+
+fn borrowed<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter()
+        .map(|(key, value)| (*key, value.as_str()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_converges_over_amqps_with_a_client_certificate() {
+    let scenario = Scenario::new("tls");
+    let control_plane = scenario.control_plane("cp").await;
+    let rest = control_plane.rest();
+    let app = scenario.app_name("tls");
+    let group = unique_name("group");
+    rest.create_app(&app, json!({"docker_image": test_image(1)}))
+        .await
+        .expect("create");
+    rest.create_group(&group, &[&app]).await.expect("group");
+
+    let start = Instant::now();
+    let env = ca_and_client_certificate();
+    let agent = Agent::start_with(
+        &unique_name("tls-device"),
+        &AgentMode::Group(group),
+        &scenario.vhost.amqps_url(),
+        &scenario.directory,
+        &borrowed(&env),
+    )
+    .await;
+    scenario.converged(&app, 1, 1).await;
+    scenario.report("create over amqps", start);
+    // A change after the boot flow arrives over the TLS connection too.
+    let start = Instant::now();
+    rest.update_app(&app, json!({"docker_image": test_image(2)}))
+        .await
+        .expect("update");
+    scenario.converged(&app, 1, 2).await;
+    scenario.report("update over amqps", start);
+    let log = agent.process.log();
+    assert!(
+        log.contains("client certificate"),
+        "the agent says what it trusts and presents: {log}"
+    );
+    assert_eq!(agent.process.exits(), 0, "{log}");
+}
+
+/// Starts an agent on the TLS listener with `env` and returns its log once it shows `needle`.
+async fn refused(scenario: &Scenario, env: &[(&'static str, String)], needle: &str) -> String {
+    let agent = Agent::start_with(
+        &unique_name("tls-refused"),
+        &AgentMode::Group(unique_name("group")),
+        &scenario.vhost.amqps_url(),
+        &scenario.directory,
+        &borrowed(env),
+    )
+    .await;
+    let log = wait_for(needle, REFUSAL_DEADLINE, || async {
+        let log = agent.process.log();
+        log.contains(needle).then_some(log)
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{error}: {}", agent.process.log()));
+    assert!(
+        !log.contains("connected to the broker"),
+        "the agent got a connection anyway: {log}"
+    );
+    agent.process.stop(Duration::from_secs(10)).await;
+    log
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_certificate_outside_the_trust_store_is_refused() {
+    let scenario = Scenario::new("tls-unknown-ca");
+    // No NEBULA_AMQP_CA_FILE: the system's authorities (Debian's ca-certificates), which do
+    // not include the development CA. The client certificate is there, so the refusal is the
+    // agent's.
+    let env = vec![
+        ("NEBULA_AMQP_CERT_FILE", tls_file("client.pem")),
+        ("NEBULA_AMQP_KEY_FILE", tls_file("client.key")),
+    ];
+    let log = refused(&scenario, &env, "UnknownIssuer").await;
+    assert!(
+        log.contains("the system's certificate authorities"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_refuses_an_agent_without_a_client_certificate() {
+    let scenario = Scenario::new("tls-no-client-cert");
+    let env = vec![("NEBULA_AMQP_CA_FILE", tls_file("ca.pem"))];
+    // rustls reports the broker's alert: the handshake needed a certificate.
+    refused(&scenario, &env, "CertificateRequired").await;
+}
+
+#[test]
+fn bad_tls_files_stop_the_agent_with_exit_code_64() {
+    let directory = nebula_tests::system::scratch_dir("tls-config");
+    let not_a_certificate = directory.join("garbage.pem");
+    std::fs::write(&not_a_certificate, "not a certificate\n").expect("write");
+    let missing = directory.join("missing.pem");
+    let cases: [(&str, &[(&str, String)]); 4] = [
+        (
+            "NEBULA_AMQP_CA_FILE",
+            &[("NEBULA_AMQP_CA_FILE", missing.display().to_string())],
+        ),
+        (
+            "NEBULA_AMQP_CA_FILE",
+            &[(
+                "NEBULA_AMQP_CA_FILE",
+                not_a_certificate.display().to_string(),
+            )],
+        ),
+        (
+            "NEBULA_AMQP_KEY_FILE",
+            &[("NEBULA_AMQP_CERT_FILE", tls_file("client.pem"))],
+        ),
+        // The CA's certificate with the client's key: they do not belong together.
+        (
+            "NEBULA_AMQP_KEY_FILE",
+            &[
+                ("NEBULA_AMQP_CERT_FILE", tls_file("ca.pem")),
+                ("NEBULA_AMQP_KEY_FILE", tls_file("client.key")),
+            ],
+        ),
+    ];
+    for (variable, env) in cases {
+        let output = std::process::Command::new(binary("nebula-agent"))
+            .env_clear()
+            .env("NEBULA_DEVICE_ID", unique_name("tls-config"))
+            .env("NEBULA_DEVICE_GROUP", "group")
+            .env("NEBULA_AMQP_URL", nebula_tests::services::amqps_url())
+            .env("NEBULA_STATE_DIR", directory.join("state"))
+            .envs(env.iter().map(|(key, value)| (*key, value)))
+            .output()
+            .expect("run the agent");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{env:?}: {stderr}");
+        assert!(
+            stderr.contains(variable),
+            "{env:?} names {variable}: {stderr}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_talks_https_to_the_control_plane_with_the_fleet_ca() {
+    let scenario = Scenario::new("tls-https");
+    let store = StoreKind::Embedded(scenario.directory.join("store"));
+    let (cert, key) = (tls_file("server.pem"), tls_file("server.key"));
+    let control_plane = ControlPlane::start_with(
+        "cp-https",
+        &store,
+        &scenario.vhost.amqp_url(),
+        &scenario.directory,
+        &[("NEBULA_TLS_CERT", &cert), ("NEBULA_TLS_KEY", &key)],
+    )
+    .await
+    .expect("control plane starts over HTTPS");
+    let url = control_plane.url();
+    assert!(url.starts_with("https://"), "{url}");
+    let app = scenario.app_name("https");
+    let ca = tls_file("ca.pem");
+    let cli = |arguments: &[&str], ca_file: Option<&str>| {
+        let mut command = std::process::Command::new(binary("nebula"));
+        command
+            .args(arguments)
+            .env_clear()
+            .env("HOME", &scenario.directory)
+            .env("NEBULA_URL", &url)
+            .env("NEBULA_USER", ADMIN_USER)
+            .env("NEBULA_PASSWORD", ADMIN_PASSWORD);
+        if let Some(ca_file) = ca_file {
+            command.env("NEBULA_CA_FILE", ca_file);
+        }
+        command.output().expect("run nebula")
+    };
+    let image = test_image(1);
+    let created = cli(&["apps", "create", &app, "--image", &image], Some(&ca));
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let shown = cli(&["apps", "get", &app, "-o", "json"], Some(&ca));
+    let document: serde_json::Value = serde_json::from_slice(&shown.stdout)
+        .unwrap_or_else(|error| panic!("{error}: {}", String::from_utf8_lossy(&shown.stderr)));
+    assert_eq!(document["docker_image"], image.as_str(), "{document}");
+    // Without the fleet's CA the CLI's built-in authorities do not vouch for the certificate.
+    let refused = cli(&["apps", "get", &app], None);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("UnknownIssuer"), "{stderr}");
+    // A plain-HTTP client gets no API out of the TLS port.
+    let plain = cli(
+        &[
+            "apps",
+            "get",
+            &app,
+            "--url",
+            &url.replacen("https", "http", 1),
+        ],
+        Some(&ca),
+    );
+    assert!(!plain.status.success());
+}
