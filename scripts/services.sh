@@ -122,9 +122,17 @@ rabbitmq_start() {
   # rabbitmqctl (and the tests using it) off from it. `restart rabbitmq` applies ours; so does
   # `start` when the broker runs without a listener this version of the file adds.
   if port_open 127.0.0.1 5672; then
-    if ! port_open 127.0.0.1 5671 && [ "$(cat /etc/rabbitmq/rabbitmq.conf 2>/dev/null)" != "$(rabbitmq_conf)" ]; then
+    # Only a broker this script started (its pid file) is restarted; another one (a system
+    # service, say) is left alone, and the wait for its TLS listener says what to do.
+    if ! port_open 127.0.0.1 5671 && pid_alive "$run_dir/rabbitmq.pid" &&
+      [ "$(cat /etc/rabbitmq/rabbitmq.conf 2>/dev/null)" != "$(rabbitmq_conf)" ]; then
       say "RabbitMQ runs with an earlier configuration (no TLS listener); restarting it with this one"
       rabbitmq_stop
+      local deadline=$((SECONDS + 30))
+      while port_open 127.0.0.1 5672; do
+        [ "$SECONDS" -lt "$deadline" ] || die "RabbitMQ did not stop within 30 s; stop it, then start it again"
+        sleep 0.2
+      done
     else
       return 0
     fi
@@ -140,7 +148,7 @@ rabbitmq_start() {
 }
 rabbitmq_wait() {
   wait_until 90 "$log_dir/rabbitmq.log" RabbitMQ "$run_dir/rabbitmq.pid" rabbitmq_ready ||
-    { echo "(RabbitMQ's own log: /var/log/rabbitmq/rabbit@localhost.log)" >&2; return 1; }
+    { echo "(RabbitMQ's own log: /var/log/rabbitmq/rabbit@localhost.log; a broker started some other way keeps its own listeners: \`scripts/services.sh restart rabbitmq\` applies this script's)" >&2; return 1; }
 }
 rabbitmq_stop() {
   if port_open 127.0.0.1 5672; then

@@ -63,7 +63,9 @@ bash scripts/services.sh start
 # The demo image ($NEBULA_TEST_IMAGE:1, busybox httpd on port 8000) into the local registry,
 # where the agent pulls it from: built here, nothing is pulled from the internet.
 bash scripts/test-image.sh
-cargo build --release --locked -p nebula-control-plane -p nebula-agent -p nebula-cli
+# The agent with TLS, as released, so that it can also be pointed at the broker's amqps://
+# listener (README, "Securing a fleet").
+cargo build --release --locked -p nebula-control-plane -p nebula-agent -p nebula-cli --features nebula-agent/tls
 mkdir -p "$run_dir"
 
 # start_process NAME VARIABLE=VALUE...: runs target/release/NAME in a session of its own

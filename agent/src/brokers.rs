@@ -78,11 +78,12 @@ impl BrokerList {
         &self.brokers
     }
 
-    /// Whether any node is reached over TLS (`amqps://`).
-    pub fn uses_tls(&self) -> bool {
+    /// How many of the nodes are reached over TLS (`amqps://`).
+    pub fn tls_nodes(&self) -> usize {
         self.brokers
             .iter()
-            .any(|broker| broker.uri.scheme == lapin::uri::AMQPScheme::AMQPS)
+            .filter(|broker| broker.uri.scheme == lapin::uri::AMQPScheme::AMQPS)
+            .count()
     }
 
     /// Starts the rotation at node `index` (modulo the number of nodes). The transport passes

@@ -237,7 +237,7 @@ impl Config {
             variable: "NEBULA_AMQP_URL",
             reason,
         })?;
-        let tls = TlsSettings::from_env(non_empty, brokers.uses_tls())?;
+        let tls = TlsSettings::from_env(non_empty, brokers.tls_nodes(), brokers.brokers().len())?;
 
         let runtime = match non_empty("NEBULA_RUNTIME").as_deref().map(str::trim) {
             None | Some("docker") => RuntimeKind::Docker,

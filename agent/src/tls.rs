@@ -38,11 +38,13 @@ impl std::fmt::Debug for TlsSettings {
 
 impl TlsSettings {
     /// Reads the files the environment names. `lookup` gives a variable's non-empty value;
-    /// `amqps` says whether any broker URL is `amqps://`. TLS files for a plain connection
-    /// are refused: the operator believes the link is encrypted, and it would not be.
+    /// `tls_nodes` of the `nodes` broker URLs are `amqps://`. TLS files with a plain
+    /// `amqp://` node are refused: the operator believes every link is encrypted, and the
+    /// one to that node would not be.
     pub fn from_env(
         lookup: impl Fn(&str) -> Option<String>,
-        amqps: bool,
+        tls_nodes: usize,
+        nodes: usize,
     ) -> Result<Self, ConfigError> {
         let ca = lookup(CA_FILE);
         let cert = lookup(CERT_FILE);
@@ -59,14 +61,18 @@ impl TlsSettings {
                 None => Ok(Self::default()),
             };
         }
-        if !amqps {
-            return match set {
-                Some(variable) => Err(invalid(
+        match set {
+            Some(variable) if tls_nodes < nodes => {
+                return Err(invalid(
                     variable,
-                    "no URL of NEBULA_AMQP_URL is amqps://, so the connection would not be encrypted; use amqps:// (port 5671 on RabbitMQ) or unset it",
-                )),
-                None => Ok(Self::default()),
-            };
+                    &format!(
+                        "{} of the {nodes} URLs of NEBULA_AMQP_URL are plain amqp://, so those connections would not be encrypted; use amqps:// (port 5671 on RabbitMQ) for every node, or unset it",
+                        nodes - tls_nodes
+                    ),
+                ));
+            }
+            None if tls_nodes == 0 => return Ok(Self::default()),
+            _ => {}
         }
         let client = match (cert, key) {
             (None, None) => None,
@@ -154,10 +160,12 @@ fn build(ca: Option<&str>, client: Option<(String, String)>) -> Result<TlsSettin
             "the system's certificate authorities".to_string(),
         ),
     };
-    let (connector, summary) = match client {
+    // Which variable a failure to assemble the connector is about.
+    let (connector, summary, blamed) = match client {
         None => (
             config.connector_with_no_client_auth(),
             format!("trusting {trusted}"),
+            CA_FILE,
         ),
         Some((cert, key)) => {
             let chain = certificates(CERT_FILE, &cert)?;
@@ -171,17 +179,13 @@ fn build(ca: Option<&str>, client: Option<(String, String)>) -> Result<TlsSettin
             (
                 config.connector_with_single_cert(chain, key_der),
                 format!("trusting {trusted}, client certificate {cert}"),
+                // The certificates parsed: what is left is the key not fitting them.
+                KEY_FILE,
             )
         }
     };
-    let connector = connector.map_err(|error| {
-        let variable = if summary.contains("client certificate") {
-            KEY_FILE
-        } else {
-            CA_FILE
-        };
-        invalid(variable, &format!("cannot set up TLS: {error}"))
-    })?;
+    let connector =
+        connector.map_err(|error| invalid(blamed, &format!("cannot set up TLS: {error}")))?;
     Ok(TlsSettings {
         summary: Some(summary),
         connector: Some(connector),
@@ -193,14 +197,16 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn from(pairs: &[(&str, &str)], amqps: bool) -> Result<TlsSettings, ConfigError> {
+    /// `amqps` of the two broker URLs are `amqps://`.
+    fn from(pairs: &[(&str, &str)], amqps: usize) -> Result<TlsSettings, ConfigError> {
         let environment: HashMap<String, String> = pairs
             .iter()
             .map(|(key, value)| (key.to_string(), value.to_string()))
             .collect();
-        TlsSettings::from_env(|key| environment.get(key).cloned(), amqps)
+        TlsSettings::from_env(|key| environment.get(key).cloned(), amqps, 2)
     }
 
+    #[cfg(feature = "tls")]
     fn variable(error: ConfigError) -> &'static str {
         match error {
             ConfigError::Invalid { variable, .. } => variable,
@@ -210,20 +216,24 @@ mod tests {
 
     #[test]
     fn nothing_set_for_a_plain_connection_is_no_tls() {
-        let settings = from(&[], false).expect("valid");
+        let settings = from(&[], 0).expect("valid");
         assert!(settings.summary.is_none());
     }
 
+    #[cfg(feature = "tls")]
     #[test]
     fn tls_files_for_a_plain_connection_are_refused() {
-        let error = from(&[(CA_FILE, "/etc/nebula/ca.pem")], false).expect_err("refused");
+        let error = from(&[(CA_FILE, "/etc/nebula/ca.pem")], 0).expect_err("refused");
         assert_eq!(variable(error), CA_FILE);
+        // One plain node of a cluster's list is one unencrypted link.
+        let error = from(&[(CA_FILE, "/etc/nebula/ca.pem")], 1).expect_err("refused");
+        assert!(error.to_string().contains("1 of the 2"), "{error}");
     }
 
     #[cfg(not(feature = "tls"))]
     #[test]
     fn a_build_without_tls_says_so() {
-        let error = from(&[(CA_FILE, "/etc/nebula/ca.pem")], true).expect_err("refused");
+        let error = from(&[(CA_FILE, "/etc/nebula/ca.pem")], 2).expect_err("refused");
         assert!(error.to_string().contains("without TLS"), "{error}");
     }
 
@@ -244,16 +254,16 @@ mod tests {
             "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
         );
         for path in [&*missing, &empty, &not_a_certificate] {
-            let error = from(&[(CA_FILE, path)], true).expect_err(path);
+            let error = from(&[(CA_FILE, path)], 2).expect_err(path);
             assert_eq!(variable(error), CA_FILE, "{path}");
         }
         // A certificate without its key, and the reverse.
         assert_eq!(
-            variable(from(&[(CERT_FILE, &empty)], true).expect_err("no key")),
+            variable(from(&[(CERT_FILE, &empty)], 2).expect_err("no key")),
             KEY_FILE
         );
         assert_eq!(
-            variable(from(&[(KEY_FILE, &empty)], true).expect_err("no cert")),
+            variable(from(&[(KEY_FILE, &empty)], 2).expect_err("no cert")),
             CERT_FILE
         );
     }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 const EXIT_CODES: &str = "\
 Configuration: flags > environment (NEBULA_URL, NEBULA_USER, NEBULA_PASSWORD, NEBULA_TOKEN,
 NEBULA_OUTPUT, NEBULA_CA_FILE) > config file ($XDG_CONFIG_HOME/nebula/config.toml, else
-~/.config/nebula/config.toml, with the keys url, user, password, token, output).
+~/.config/nebula/config.toml, with the keys url, user, password, token, output, ca_file).
 
 Exit codes: 0 ok, 1 control plane unreachable or failing, 2 usage or invalid request,
 3 not found, 4 unauthorized or forbidden, 5 already exists or conflicting state.";

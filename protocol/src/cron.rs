@@ -1,9 +1,11 @@
 //! Five-field cron schedules (`minute hour day-of-month month day-of-week`).
 //!
-//! The control plane validates schedules with this parser; the agent's scheduler asks it
-//! when a job is next due ([`Schedule::next_after`]). Supported per field: `*`, `N`, `A-B`,
+//! The control plane validates schedules with this parser; [`Schedule::next_after`] says
+//! when a job is next due, for the agent's scheduler (issue 14; not wired in yet). Supported per field: `*`, `N`, `A-B`,
 //! `*/S`, `A-B/S`, `N/S`, and comma lists of those; day-of-week 0–7 with both 0 and 7
-//! meaning Sunday. Times are UTC: no daylight-saving gaps or repeats to handle.
+//! meaning Sunday. Times are UTC: no daylight-saving gaps or repeats to handle. As in Vixie
+//! cron, when neither day field starts with `*` either one matching is enough; otherwise both
+//! must match (so `*/2` in one of them restricts the days together with the other).
 
 /// Seconds in a minute and minutes in a day.
 const MINUTE: i64 = 60;
