@@ -126,11 +126,12 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
             source,
         })?;
     let address = listener.local_addr().map_err(RunError::Serve)?;
+    // The message stays "listening" (tools and tests look for it); `scheme` says which.
     match &config.https {
         Some(https) => {
-            tracing::info!(address = %address, certificate = https.cert_path, "listening (HTTPS)")
+            tracing::info!(address = %address, scheme = "https", certificate = https.cert_path, "listening");
         }
-        None => tracing::info!(address = %address, "listening (HTTP)"),
+        None => tracing::info!(address = %address, scheme = "http", "listening"),
     }
     for warning in [
         config::insecure_listen_warning(&config),
