@@ -11,7 +11,8 @@
 //!   (`NEBULA_AMQP_URL`, one node or a cluster's) and its rotation; [`tls`] the CA and
 //!   client certificate of `amqps://`.
 //! * [`state`] — desired state, its version and sync rules, the versioned state file.
-//! * [`reconcile`] — (desired, observed) → actions; pure.
+//! * [`reconcile`] — (desired, observed) → actions; pure. [`cron`] — when cron jobs fire;
+//!   pure (not wired in yet).
 //! * [`executor`] — one observe → plan → execute pass.
 //! * [`supervisor`] — shared state, per-app workers running passes, the prune task.
 //! * [`runtime`] — the container runtime trait, Docker and simulated implementations.
@@ -26,6 +27,7 @@ pub mod backoff;
 pub mod brokers;
 pub mod build_info;
 pub mod config;
+pub mod cron;
 pub mod device;
 pub mod error;
 pub mod executor;

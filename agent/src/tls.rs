@@ -76,8 +76,18 @@ impl TlsSettings {
         }
         let client = match (cert, key) {
             (None, None) => None,
-            (Some(_), None) => return Err(invalid(KEY_FILE, "set it with NEBULA_AMQP_CERT_FILE")),
-            (None, Some(_)) => return Err(invalid(CERT_FILE, "set it with NEBULA_AMQP_KEY_FILE")),
+            (Some(_), None) => {
+                return Err(invalid(
+                    KEY_FILE,
+                    "not set, but NEBULA_AMQP_CERT_FILE is: a client certificate needs its key",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    CERT_FILE,
+                    "not set, but NEBULA_AMQP_KEY_FILE is: a key needs its client certificate",
+                ));
+            }
             (Some(cert), Some(key)) => Some((cert, key)),
         };
         build(ca.as_deref(), client)
