@@ -6,8 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
 started=$SECONDS
+# Each step with the minutes:seconds since the start, to see where a run's time goes.
+step() { printf '\n==> %s  [%d:%02d]\n' "$*" $(((SECONDS - started) / 60)) $(((SECONDS - started) % 60)); }
 
 step "disk space"
 # A full run writes about 11 GiB (debug, release and musl builds, images); stop now with a
@@ -49,7 +50,9 @@ rm -f target/e2e-convergence.txt
 cargo test --locked --workspace --all-targets
 
 step "benchmark binaries"
-cargo build --locked --release -p nebula-tests -p nebula-control-plane
+# The whole workspace's binaries, with one feature set: what the benchmarks' agents and
+# control planes are started from (tests/src/binaries.rs builds exactly this, as a no-op).
+cargo build --locked --release --workspace --bins
 
 step "benchmarks (figures, no timing assertions)"
 # Before the wire benchmarks start: sync-storm restarts the broker, which would cut their
@@ -88,7 +91,8 @@ step "release agents: every target, size budget"
 cargo xtask dist
 
 step "qemu smoke test of the release agents"
-cargo test --locked -p nebula-tests --test release_smoke -- --ignored --nocapture
+# --workspace: the features of the test build above, so nothing is compiled again.
+cargo test --locked --workspace --test release_smoke -- --ignored --nocapture
 
 step "container images FROM scratch"
 bash scripts/images.sh

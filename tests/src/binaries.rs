@@ -8,16 +8,13 @@ use std::sync::OnceLock;
 /// Path of a workspace binary in the profile the tests were built with; builds it first when
 /// missing (`cargo test -p nebula-tests` alone does not build other packages' binaries).
 pub fn binary(name: &'static str) -> PathBuf {
-    static AGENT: OnceLock<PathBuf> = OnceLock::new();
-    static CONTROL_PLANE: OnceLock<PathBuf> = OnceLock::new();
-    static CLI: OnceLock<PathBuf> = OnceLock::new();
-    let (cell, package) = match name {
-        "nebula-agent" => (&AGENT, "nebula-agent"),
-        "nebula-control-plane" => (&CONTROL_PLANE, "nebula-control-plane"),
-        "nebula" => (&CLI, "nebula-cli"),
-        other => panic!("unknown binary {other}"),
-    };
-    cell.get_or_init(|| {
+    // One build gives all three.
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    assert!(
+        ["nebula-agent", "nebula-control-plane", "nebula"].contains(&name),
+        "unknown binary {name}"
+    );
+    let profile_dir = BUILT.get_or_init(|| {
         // Test executables live in target/<profile>/deps, binaries (nebula-bench) in
         // target/<profile>: the workspace's binaries are in target/<profile> either way.
         let executable = std::env::current_exe().expect("current_exe");
@@ -28,7 +25,6 @@ pub fn binary(name: &'static str) -> PathBuf {
         if profile_dir.ends_with("deps") {
             profile_dir.pop();
         }
-        let path = profile_dir.join(name);
         let mut command = std::process::Command::new(env!("CARGO"));
         // `cargo test` gives the test process the variables of the package under test
         // (CARGO_PKG_NAME=nebula-tests, CARGO_MANIFEST_DIR, ...). Build scripts that declare
@@ -50,25 +46,26 @@ pub fn binary(name: &'static str) -> PathBuf {
                 command.env_remove(variable.as_ref());
             }
         }
+        // The whole workspace, as `scripts/test.sh` builds it (`cargo test --workspace
+        // --all-targets`, `cargo build --release --workspace --bins`): one feature set for
+        // every crate, so this finds everything built. A `-p <package>` build would unify
+        // features per package and compile the dependency tree again for each binary (on a
+        // fresh clone that cost CI ~8 minutes). The agent's `tls` feature (as released) is on
+        // through the tests crate's dependency on it.
         let status = command
-            .args(["build", "--quiet", "--package", package, "--bin", name])
-            // The agent as released: with amqps:// (the tests run it over TLS too).
-            .args(if name == "nebula-agent" {
-                vec!["--features", "tls"]
-            } else {
-                vec![]
-            })
+            .args(["build", "--quiet", "--workspace"])
             .args(if profile_dir.ends_with("release") {
-                vec!["--release"]
+                vec!["--release", "--bins"]
             } else {
-                vec![]
+                vec!["--all-targets"]
             })
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .status()
             .expect("run cargo build");
-        assert!(status.success(), "cargo build of {name} failed");
-        assert!(path.exists(), "{} missing after build", path.display());
-        path
-    })
-    .clone()
+        assert!(status.success(), "cargo build of the workspace failed");
+        profile_dir
+    });
+    let path = profile_dir.join(name);
+    assert!(path.exists(), "{} missing after build", path.display());
+    path
 }

@@ -562,7 +562,20 @@ async fn devices_and_rollout_through_the_cli() {
     .expect("device listed");
     let errors = openapi::check_answer(&document, "get", &list_path, 200, &listed);
     assert!(errors.is_empty(), "{errors:#?}");
-    let shown = fixture.json(&["devices", "get", device]);
+    // The container as last reported: a report can carry an engine listing taken (and shared
+    // for up to a second) just before the container started, so wait for one that shows it
+    // running.
+    let shown = wait_for(
+        "the device's container reported running",
+        Duration::from_secs(30),
+        || {
+            let shown = fixture.json(&["devices", "get", device]);
+            let running = shown["apps"][0]["containers"][0]["state"] == "running";
+            async move { running.then_some(shown) }
+        },
+    )
+    .await
+    .expect("container reported running");
     let errors = openapi::check_answer(
         &document,
         "get",
