@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Starts, stops and reports the local services that Nebula's tests and scripts/up.sh use:
 #   rabbitmq    RabbitMQ, AMQP on 127.0.0.1:5672, AMQPS on 127.0.0.1:5671 (certificates of the
-#               development CA, scripts/dev-ca.sh; clients must present one too) and MQTT
-#               (plugin) on 127.0.0.1:1883
+#               development CA, scripts/dev-ca.sh; clients must present one too), MQTT
+#               (plugin) on 127.0.0.1:1883 and MQTT over TLS on 127.0.0.1:8883 (the same CA)
 #   docker      the Docker engine (dockerd), socket /var/run/docker.sock
 #   registry    a Docker registry on 127.0.0.1:5000 with htpasswd (bcrypt) auth, user and
 #               password from scripts/env.sh (NEBULA_TEST_REGISTRY_USER/PASSWORD)
@@ -80,7 +80,8 @@ rabbitmq_conf() {
     "ssl_options.keyfile = $NEBULA_TEST_TLS_DIR/server.key" \
     "ssl_options.verify = verify_peer" \
     "ssl_options.fail_if_no_peer_cert = true" \
-    "mqtt.listeners.tcp.default = 127.0.0.1:1883"
+    "mqtt.listeners.tcp.default = 127.0.0.1:1883" \
+    "mqtt.listeners.ssl.default = 127.0.0.1:8883"
 }
 rabbitmq_configure() {
   bash scripts/dev-ca.sh
@@ -103,7 +104,10 @@ NODENAME=rabbit@localhost"
   chown rabbitmq:rabbitmq /etc/rabbitmq/rabbitmq-env.conf /etc/rabbitmq/rabbitmq.conf /etc/rabbitmq/advanced.config \
     /etc/rabbitmq/enabled_plugins
 }
-rabbitmq_ready() { port_open 127.0.0.1 5672 && port_open 127.0.0.1 5671 && port_open 127.0.0.1 1883; }
+rabbitmq_ready() { port_open 127.0.0.1 5672 && rabbitmq_tls_ready && port_open 127.0.0.1 1883; }
+# The TLS listeners (AMQPS, MQTTS): a broker started by an earlier version of this script
+# lacks one of them.
+rabbitmq_tls_ready() { port_open 127.0.0.1 5671 && port_open 127.0.0.1 8883; }
 # The Erlang cookie every node (and rabbitmqctl) shares. Made once, before any node starts: on
 # a fresh machine the single node and the three cluster nodes start together, and each would
 # otherwise race to create it (one can fail on the read-only file, or they end up different).
@@ -124,9 +128,9 @@ rabbitmq_start() {
   if port_open 127.0.0.1 5672; then
     # Only a broker this script started (its pid file) is restarted; another one (a system
     # service, say) is left alone, and the wait for its TLS listener says what to do.
-    if ! port_open 127.0.0.1 5671 && pid_alive "$run_dir/rabbitmq.pid" &&
+    if ! rabbitmq_tls_ready && pid_alive "$run_dir/rabbitmq.pid" &&
       [ "$(cat /etc/rabbitmq/rabbitmq.conf 2>/dev/null)" != "$(rabbitmq_conf)" ]; then
-      say "RabbitMQ runs with an earlier configuration (no TLS listener); restarting it with this one"
+      say "RabbitMQ runs with an earlier configuration (a TLS listener missing); restarting it with this one"
       rabbitmq_stop
       local deadline=$((SECONDS + 30))
       while port_open 127.0.0.1 5672; do
@@ -162,7 +166,7 @@ rabbitmq_stop() {
   local pid
   if pid=$(listener_pid 5672 beam.smp); then kill -TERM "$pid" 2>/dev/null || true; fi
 }
-rabbitmq_status() { rabbitmq_ready && echo "running (pid $(listener_pid 5672 beam.smp), node $(rabbitmq_node), AMQP 127.0.0.1:5672, AMQPS 127.0.0.1:5671, MQTT 127.0.0.1:1883)"; }
+rabbitmq_status() { rabbitmq_ready && echo "running (pid $(listener_pid 5672 beam.smp), node $(rabbitmq_node), AMQP 127.0.0.1:5672, AMQPS 127.0.0.1:5671, MQTT 127.0.0.1:1883, MQTTS 127.0.0.1:8883)"; }
 # The node name from the configuration file (what a bare `rabbitmqctl` talks to).
 rabbitmq_node() { sed -n 's/^NODENAME=//p' /etc/rabbitmq/rabbitmq-env.conf 2>/dev/null | grep . || echo "rabbit@$(hostname -s)"; }
 

@@ -2,7 +2,9 @@
 //!
 //! Every instance consumes the queue (competing consumers) with a bounded prefetch and
 //! answers up to that many requests at once. Replies go to the request's `reply_to` through
-//! the default exchange (RabbitMQ's direct reply-to), with the request's correlation id and
+//! the default exchange (RabbitMQ's direct reply-to) — or, for a request made over MQTT
+//! (published on `amq.topic`, which is bound to the queue), to the device's reply topic —
+//! with the request's correlation id and
 //! this store's identity (DESIGN §2: an agent acts on "not found" only from the store it
 //! knows). A message that is not a valid sync request is rejected without requeue and
 //! logged, never retried forever; so is a request for an object whose record is corrupt (the
@@ -71,9 +73,19 @@ async fn handle(channel: &Channel, service: &Service, delivery: Delivery) -> Res
             return reject(service, &delivery).await;
         }
     };
-    let Some(reply_to) = delivery.properties.reply_to().clone() else {
-        tracing::warn!(device = %request.device_id, "sync request without reply_to, rejected");
-        return reject(service, &delivery).await;
+    // Where the answer goes: an AMQP agent names its direct reply-to queue; an MQTT agent
+    // (its request came through amq.topic) cannot, and gets the answer on its device's reply
+    // topic, spelled here from the device id.
+    let (reply_exchange, reply_key) = match delivery.properties.reply_to() {
+        Some(reply_to) => (String::new(), reply_to.to_string()),
+        None if delivery.exchange.as_str() == names::MQTT_EXCHANGE => (
+            names::MQTT_EXCHANGE.to_string(),
+            names::mqtt_routing_key(&names::reply_topic(&request.device_id)),
+        ),
+        None => {
+            tracing::warn!(device = %request.device_id, "sync request without reply_to, rejected");
+            return reject(service, &delivery).await;
+        }
     };
     if let Some(known) = request.known_store
         && known != service.store().identity()
@@ -118,11 +130,12 @@ async fn handle(channel: &Channel, service: &Service, delivery: Delivery) -> Res
         result,
         store_id: service.store().identity(),
     });
-    // Direct reply-to does not support confirms; the agent times out and asks again.
+    // Direct reply-to does not support confirms (nor, here, the reply topic); the agent
+    // times out and asks again.
     channel
         .basic_publish(
-            "".into(),
-            reply_to,
+            reply_exchange.as_str().into(),
+            reply_key.as_str().into(),
             BasicPublishOptions::default(),
             &encode(&reply),
             BasicProperties::default().with_correlation_id(correlation_id),

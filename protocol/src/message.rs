@@ -7,7 +7,7 @@
 use crate::model::{
     AppConfig, CronJob, DeviceGroup, Incarnation, ObjectVersion, Revision, ValidationError,
 };
-use crate::names::Name;
+use crate::names::{self, Name};
 use serde::{Deserialize, Serialize};
 
 /// Everything that crosses the broker, wrapped in the envelope of [`crate::envelope`].
@@ -40,6 +40,18 @@ pub enum Message {
 }
 
 impl Message {
+    /// The MQTT topic a change message is published on (the object's, see
+    /// [`crate::names::app_topic`]); `None` for the messages that are not changes.
+    pub fn topic(&self) -> Option<String> {
+        match self {
+            Self::AppChanged(config) => Some(names::app_topic(&config.app_name)),
+            Self::AppDeleted { app_name, .. } => Some(names::app_topic(app_name)),
+            Self::DeviceGroupChanged(state) => Some(names::group_topic(&state.group.device_group)),
+            Self::DeviceGroupDeleted { device_group, .. } => Some(names::group_topic(device_group)),
+            Self::SyncRequest(_) | Self::SyncReply(_) | Self::DeviceReport(_) => None,
+        }
+    }
+
     /// The version a delete message removes, for the revision rules of DESIGN §2.
     pub fn deleted_version(&self) -> Option<ObjectVersion> {
         match self {

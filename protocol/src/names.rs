@@ -159,15 +159,50 @@ pub fn report_routing_key(device: &Name) -> String {
     format!("report.{device}")
 }
 
-/// MQTT topic an app's changes are published on when agents use MQTT. RabbitMQ's MQTT plugin
-/// maps `/` to `.` on `amq.topic`, so this is routing key `nebula.app.<app>` there.
-pub fn app_topic(app: &Name) -> String {
-    format!("nebula/app/{app}")
+// ----- MQTT (RabbitMQ's MQTT plugin) ------------------------------------------------------
+//
+// MQTT clients publish and subscribe on RabbitMQ's `amq.topic` exchange; the plugin maps a
+// topic to a routing key by turning every `/` into `.` (RabbitMQ 3.10 leaves a `.` of the
+// topic as it is). A `.` inside a name would then split one topic level into two routing-key
+// words, so names go into topics through [`topic_level`], which escapes `.` as `~` (not a
+// name character: the escaping is one-to-one).
+
+/// The exchange RabbitMQ's MQTT plugin publishes and subscribes on.
+pub const MQTT_EXCHANGE: &str = "amq.topic";
+/// MQTT topic agents publish sync requests to.
+pub const SYNC_TOPIC: &str = "nebula/sync";
+
+/// A name as one MQTT topic level: `.` escaped as `~`.
+pub fn topic_level(name: &Name) -> String {
+    name.as_str().replace('.', "~")
 }
 
-/// MQTT topic of a device group's changes.
+/// The `amq.topic` routing key RabbitMQ's MQTT plugin gives `topic`.
+pub fn mqtt_routing_key(topic: &str) -> String {
+    topic.replace('/', ".")
+}
+
+/// `nebula/app/<app>`: the MQTT topic of an app's changes.
+pub fn app_topic(app: &Name) -> String {
+    format!("nebula/app/{}", topic_level(app))
+}
+
+/// `nebula/group/<group>`: the MQTT topic of a device group's changes (its members' app
+/// changes stay on their apps' topics).
 pub fn group_topic(group: &Name) -> String {
-    format!("nebula/group/{group}")
+    format!("nebula/group/{}", topic_level(group))
+}
+
+/// `nebula/device/<device>/reply`: where the control plane answers a device's sync requests
+/// made over MQTT. It is spelled from the device id of the request, never taken from it.
+pub fn reply_topic(device: &Name) -> String {
+    format!("nebula/device/{}/reply", topic_level(device))
+}
+
+/// `report/<device>`: the MQTT topic of a device's reports; its routing key on `amq.topic`
+/// matches [`REPORTS_BINDING_KEY`], through which `amq.topic` is bound to the reports exchange.
+pub fn report_topic(device: &Name) -> String {
+    format!("report/{}", topic_level(device))
 }
 
 #[cfg(test)]
@@ -176,6 +211,47 @@ mod tests {
 
     fn name(value: &str) -> Name {
         Name::new(value).expect("valid name")
+    }
+
+    #[test]
+    fn dotted_names_stay_one_topic_level_and_distinct() {
+        let dotted = name("my.app");
+        assert_eq!(app_topic(&dotted), "nebula/app/my~app");
+        assert_eq!(mqtt_routing_key(&app_topic(&dotted)), "nebula.app.my~app");
+        // Three words on amq.topic, as for any name: `nebula.app.*` patterns hold.
+        for topic in [
+            app_topic(&dotted),
+            group_topic(&dotted),
+            reply_topic(&name("a.b.c")),
+        ] {
+            let key = mqtt_routing_key(&topic);
+            assert_eq!(
+                key.split('.').count(),
+                topic.split('/').count(),
+                "{topic} -> {key}"
+            );
+        }
+        // One-to-one: names that differ give keys that differ.
+        let names = ["a.b", "a~b", "a-b", "a_b", "ab", "a..b", "a.b.c"];
+        let keys: std::collections::BTreeSet<String> = names
+            .iter()
+            .filter_map(|value| Name::new(*value).ok())
+            .map(|value| mqtt_routing_key(&app_topic(&value)))
+            .collect();
+        assert_eq!(
+            keys.len(),
+            names
+                .iter()
+                .filter(|value| Name::new(**value).is_ok())
+                .count()
+        );
+        assert!(Name::new("a~b").is_err(), "~ must stay outside names");
+        assert_eq!(
+            mqtt_routing_key(&report_topic(&name("pi.1"))),
+            "report.pi~1",
+            "matches {REPORTS_BINDING_KEY}"
+        );
+        assert_eq!(mqtt_routing_key(SYNC_TOPIC), SYNC_QUEUE);
     }
 
     #[test]

@@ -205,6 +205,28 @@ impl AmqpBroker {
             )
             .await
             .map_err(operation("queue.bind"))?;
+        // MQTT agents (RabbitMQ's MQTT plugin publishes on amq.topic): their sync requests
+        // reach the same queue, their reports the same exchange.
+        self.channel
+            .queue_bind(
+                names::SYNC_QUEUE.into(),
+                names::MQTT_EXCHANGE.into(),
+                names::mqtt_routing_key(names::SYNC_TOPIC).as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(operation("queue.bind"))?;
+        self.channel
+            .exchange_bind(
+                names::REPORTS_EXCHANGE.into(),
+                names::MQTT_EXCHANGE.into(),
+                names::REPORTS_BINDING_KEY.into(),
+                ExchangeBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(operation("exchange.bind"))?;
         Ok(())
     }
 
@@ -433,6 +455,19 @@ impl Publisher for AmqpBroker {
                     },
                     FieldTable::default(),
                 )
+                .await?;
+            // Every change also reaches MQTT subscribers, without a second publish: the
+            // exchange is bound into amq.topic, where the publish's routing key (the
+            // object's topic, see `publish`) picks the subscribers. Bound on every declare,
+            // as the declare itself: whichever instance created the exchange, and whenever.
+            channel
+                .exchange_bind(
+                    names::MQTT_EXCHANGE.into(),
+                    exchange.into(),
+                    "".into(),
+                    ExchangeBindOptions::default(),
+                    FieldTable::default(),
+                )
                 .await
         })
         .await
@@ -491,12 +526,17 @@ impl Publisher for AmqpBroker {
             reason,
         };
         let payload = encode(message);
+        // Fanout exchanges ignore it; amq.topic, bound to them, routes on it to MQTT agents.
+        let routing_key = message
+            .topic()
+            .map(|topic| names::mqtt_routing_key(&topic))
+            .unwrap_or_default();
         let channel = self.borrow().await?;
         let confirmed = async {
             let confirm = channel
                 .basic_publish(
                     exchange.into(),
-                    "".into(),
+                    routing_key.as_str().into(),
                     BasicPublishOptions::default(),
                     &payload,
                     BasicProperties::default()
