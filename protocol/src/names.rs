@@ -199,10 +199,12 @@ pub fn reply_topic(device: &Name) -> String {
     format!("nebula/device/{}/reply", topic_level(device))
 }
 
-/// `report/<device>`: the MQTT topic of a device's reports; its routing key on `amq.topic`
-/// matches [`REPORTS_BINDING_KEY`], through which `amq.topic` is bound to the reports exchange.
+/// `report/<device>`: the MQTT topic of a device's reports. Its routing key on `amq.topic` is
+/// exactly [`report_routing_key`] — the device id is not escaped here: the control plane
+/// checks a report's routing key against its device id, and [`REPORTS_BINDING_KEY`] (through
+/// which `amq.topic` is bound to the reports exchange) takes any number of words.
 pub fn report_topic(device: &Name) -> String {
-    format!("report/{}", topic_level(device))
+    format!("report/{device}")
 }
 
 #[cfg(test)]
@@ -246,10 +248,11 @@ mod tests {
                 .count()
         );
         assert!(Name::new("a~b").is_err(), "~ must stay outside names");
+        let device = name("pi.1");
         assert_eq!(
-            mqtt_routing_key(&report_topic(&name("pi.1"))),
-            "report.pi~1",
-            "matches {REPORTS_BINDING_KEY}"
+            mqtt_routing_key(&report_topic(&device)),
+            report_routing_key(&device),
+            "the same key over AMQP and MQTT"
         );
         assert_eq!(mqtt_routing_key(SYNC_TOPIC), SYNC_QUEUE);
     }

@@ -3,19 +3,29 @@
 //! agent: every change reaches the subscribers of its object's topic — once, through the
 //! exchanges bound into `amq.topic`, not a second publish — also for names with dots (escaped
 //! in topics); a sync request published on `nebula/sync` is answered on the requesting
-//! device's reply topic, and on no other device's.
+//! device's reply topic, and on no other device's; a report published on the device's report
+//! topic is the device's latest report. And the broker's MQTT TLS listener (8883) takes a
+//! client with a certificate of the development CA and refuses one without.
 
 mod support;
 
 use nebula_protocol::{
-    Message, Name, SyncReply, SyncRequest, SyncResult, SyncTarget, decode, encode, names,
+    DeviceMode, DeviceReport, Message, Name, ResourceUsage, SyncReply, SyncRequest, SyncResult,
+    SyncTarget, decode, encode, names,
 };
-use nebula_tests::unique_name;
+use nebula_tests::services::tls_file;
+use nebula_tests::{unique_name, wait_for};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::json;
+use std::sync::Arc;
 use std::time::Duration;
 use support::Scenario;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
 /// How long a message that should arrive may take.
 const DELIVERY: Duration = Duration::from_secs(10);
@@ -118,7 +128,6 @@ async fn changes_reach_mqtt_subscribers_once_and_syncs_are_answered_on_the_devic
     let app = name(&scenario.app_name("mqtt.app"));
     let group = name(&unique_name("mqtt.group"));
     let device = name(&unique_name("pi.mqtt"));
-    let other_device = name(&unique_name("pi.mqtt-other"));
     let vhost = scenario.vhost.name.as_str();
     let mut agent = MqttTap::subscribe(
         vhost,
@@ -130,10 +139,11 @@ async fn changes_reach_mqtt_subscribers_once_and_syncs_are_answered_on_the_devic
         ],
     )
     .await;
-    let mut other = MqttTap::subscribe(
+    // Every device's reply topic: a reply is for the device that asked, on its topic alone.
+    let mut replies = MqttTap::subscribe(
         vhost,
-        other_device.as_str(),
-        &[names::reply_topic(&other_device)],
+        &unique_name("reply-watcher"),
+        &["nebula/device/+/reply".to_string()],
     )
     .await;
 
@@ -204,7 +214,29 @@ async fn changes_reach_mqtt_subscribers_once_and_syncs_are_answered_on_the_devic
         panic!("not an app sync reply: {message:?}");
     };
     assert_eq!((answered, config.app_id), (correlation_id, 2));
-    other.nothing("another device's sync reply").await;
+    let (topic, _) = replies.next("the reply, seen on the wildcard").await;
+    assert_eq!(topic, names::reply_topic(&device));
+    replies.nothing("one request, one reply").await;
+
+    // A report on the device's report topic: the device's latest report.
+    agent
+        .publish(
+            &names::report_topic(&device),
+            &Message::DeviceReport(report(&device, &group)),
+        )
+        .await;
+    let path = format!("/devices/{device}");
+    let shown = wait_for("the MQTT report stored", DELIVERY, || {
+        let rest = rest.clone();
+        let path = path.clone();
+        async move {
+            let reply = rest.get(&path).await.ok()?;
+            (reply.status == 200).then_some(reply.body)
+        }
+    })
+    .await
+    .expect("device shown");
+    assert_eq!(shown["hostname"], "mqtt-test-host", "{shown}");
 
     // Delete: on the app's topic.
     rest.delete_app(app.as_str()).await.expect("delete app");
@@ -213,5 +245,126 @@ async fn changes_reach_mqtt_subscribers_once_and_syncs_are_answered_on_the_devic
     assert!(
         matches!(&message, Message::AppDeleted { app_name, .. } if *app_name == app),
         "{message:?}"
+    );
+}
+
+/// A report with no apps, as an agent of `group` would send it.
+fn report(device: &Name, group: &Name) -> DeviceReport {
+    DeviceReport {
+        device_id: device.clone(),
+        hostname: "mqtt-test-host".into(),
+        device_group: Some(group.clone()),
+        device_group_id: Some(1),
+        prune_id: Some(1),
+        report_creation_time: 1,
+        updated: true,
+        agent_version: "e2e_mqtt".into(),
+        apps: Vec::new(),
+        resources: ResourceUsage {
+            cpu_cores: 2,
+            cpu_percent: 0.5,
+            memory_total_bytes: 1 << 30,
+            memory_used_bytes: 1 << 28,
+            root_disk_total_bytes: 1 << 34,
+            root_disk_used_bytes: 1 << 32,
+        },
+        target: "x86_64-unknown-linux-musl".into(),
+        os: "Debian".into(),
+        kernel: "Linux 6.1".into(),
+        docker_version: None,
+        uptime_secs: 10,
+        agent_uptime_secs: 5,
+        report_interval_secs: 60,
+        mode: DeviceMode::Group(group.clone()),
+        session: 1,
+        sequence: 1,
+        device_group_incarnation: None,
+        stopping: false,
+    }
+}
+
+/// MQTT's CONNECT for `client_id` as guest on the default vhost (MQTT 3.1.1, clean session).
+fn connect_packet(client_id: &str) -> Vec<u8> {
+    let field = |bytes: &[u8]| {
+        let mut out = u16::try_from(bytes.len())
+            .expect("short")
+            .to_be_bytes()
+            .to_vec();
+        out.extend_from_slice(bytes);
+        out
+    };
+    let mut body = field(b"MQTT");
+    // Level 4 (3.1.1); flags: user name, password, clean session; keep-alive 30 s.
+    body.extend_from_slice(&[4, 0xC2, 0, 30]);
+    for part in [client_id.as_bytes(), b"guest", b"guest"] {
+        body.extend(field(part));
+    }
+    let mut packet = vec![0x10, u8::try_from(body.len()).expect("short packet")];
+    packet.extend(body);
+    packet
+}
+
+/// What the broker's MQTT TLS listener answers a CONNECT over TLS with `client`'s
+/// certificate (or none): the CONNACK's bytes, or why there was none.
+async fn mqtts_connect(client: Option<(&str, &str)>) -> Result<Vec<u8>, String> {
+    let mut roots = RootCertStore::empty();
+    for certificate in CertificateDer::pem_file_iter(tls_file("ca.pem")).expect("CA file") {
+        roots.add(certificate.expect("CA")).expect("CA added");
+    }
+    // The provider named: the tests link more than one rustls backend.
+    let builder = ClientConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots);
+    let config = match client {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(tls_file(cert))
+                    .expect("certificate file")
+                    .collect::<Result<Vec<_>, _>>()
+                    .expect("certificate"),
+                PrivateKeyDer::from_pem_file(tls_file(key)).expect("key"),
+            )
+            .expect("client certificate"),
+        None => builder.with_no_client_auth(),
+    };
+    let tcp = tokio::net::TcpStream::connect("127.0.0.1:8883")
+        .await
+        .map_err(|error| format!("connect: {error}"))?;
+    let exchange = async {
+        let mut stream = TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("localhost").expect("name"), tcp)
+            .await
+            .map_err(|error| format!("handshake: {error}"))?;
+        stream
+            .write_all(&connect_packet(&unique_name("mqtts-check")))
+            .await
+            .map_err(|error| format!("write: {error}"))?;
+        let mut connack = [0u8; 4];
+        stream
+            .read_exact(&mut connack)
+            .await
+            .map_err(|error| format!("read: {error}"))?;
+        Ok(connack.to_vec())
+    };
+    tokio::time::timeout(DELIVERY, exchange)
+        .await
+        .map_err(|_| "no answer".to_string())?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mqtt_tls_listener_takes_clients_of_the_fleet_ca_only() {
+    // CONNACK, length 2, no session present, return code 0 (accepted).
+    assert_eq!(
+        mqtts_connect(Some(("client.pem", "client.key"))).await,
+        Ok(vec![0x20, 2, 0, 0])
+    );
+    // Without a certificate the broker ends the handshake (TLS 1.3: seen at the first read).
+    let refused = mqtts_connect(None).await;
+    assert!(
+        refused.is_err(),
+        "accepted without a client certificate: {refused:?}"
     );
 }

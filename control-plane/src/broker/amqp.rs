@@ -455,22 +455,33 @@ impl Publisher for AmqpBroker {
                     },
                     FieldTable::default(),
                 )
-                .await?;
-            // Every change also reaches MQTT subscribers, without a second publish: the
-            // exchange is bound into amq.topic, where the publish's routing key (the
-            // object's topic, see `publish`) picks the subscribers. Bound on every declare,
-            // as the declare itself: whichever instance created the exchange, and whenever.
-            channel
-                .exchange_bind(
-                    names::MQTT_EXCHANGE.into(),
-                    exchange.into(),
-                    "".into(),
-                    ExchangeBindOptions::default(),
-                    FieldTable::default(),
-                )
                 .await
         })
-        .await
+        .await?;
+        // Every change also reaches MQTT subscribers, without a second publish: the exchange
+        // is bound into amq.topic, where the publish's routing key (the object's topic, see
+        // `publish`) picks the subscribers. Bound on every declare, as the declare itself:
+        // whichever instance created the exchange, and whenever (a per-connection memory of
+        // what is bound would go stale when another instance deletes and re-creates it).
+        let bound = self
+            .on_channel("exchange.bind", exchange, |channel| async move {
+                channel
+                    .exchange_bind(
+                        names::MQTT_EXCHANGE.into(),
+                        exchange.into(),
+                        "".into(),
+                        ExchangeBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+            })
+            .await;
+        match bound {
+            // Deleted by another instance since the declare: the publish that follows meets
+            // the same 404 and answers it as that object's race, as before.
+            Err(error) if error.is_not_found() => Ok(()),
+            other => other,
+        }
     }
 
     async fn delete_exchange(&self, exchange: &str) -> Result<(), AmqpError> {

@@ -75,11 +75,20 @@ impl ExchangeDefinition {
         routing_key: ShortString,
         arguments: FieldTable,
     ) {
-        self.bindings.push(BindingDefinition {
-            source,
-            routing_key,
-            arguments,
-        });
+        // Nebula patch: a binding made again (bindings are idempotent) is not recorded again.
+        // Upstream pushes every bind-ok, so a long-lived channel that binds the same exchanges
+        // on every write grows without bound.
+        if !self.bindings.iter().any(|binding| {
+            binding.source == source
+                && binding.routing_key == routing_key
+                && binding.arguments == arguments
+        }) {
+            self.bindings.push(BindingDefinition {
+                source,
+                routing_key,
+                arguments,
+            });
+        }
     }
 
     pub(crate) fn deregister_binding(
@@ -142,11 +151,20 @@ impl QueueDefinition {
         routing_key: ShortString,
         arguments: FieldTable,
     ) {
-        self.bindings.push(BindingDefinition {
-            source,
-            routing_key,
-            arguments,
-        });
+        // Nebula patch: a binding made again (bindings are idempotent) is not recorded again.
+        // Upstream pushes every bind-ok, so a long-lived channel that binds the same exchanges
+        // on every write grows without bound.
+        if !self.bindings.iter().any(|binding| {
+            binding.source == source
+                && binding.routing_key == routing_key
+                && binding.arguments == arguments
+        }) {
+            self.bindings.push(BindingDefinition {
+                source,
+                routing_key,
+                arguments,
+            });
+        }
     }
 
     pub(crate) fn deregister_binding(
