@@ -5,6 +5,7 @@
 
 use crate::brokers::BrokerList;
 use crate::error::ConfigError;
+use crate::mqtt_url::MqttUrl;
 use crate::tls::TlsSettings;
 use nebula_protocol::Name;
 use std::collections::HashMap;
@@ -39,6 +40,7 @@ impl Environment for HashMap<&str, &str> {
 }
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const DEFAULT_MQTT_URL: &str = "mqtt://guest:guest@127.0.0.1:1883";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/nebula-agent";
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
 /// Six hours: reports also go out after every applied change, and the control plane tells a
@@ -144,9 +146,19 @@ impl Default for ContainerLogs {
     }
 }
 
+/// How the agent reaches the broker: `NEBULA_TRANSPORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// AMQP 0-9-1 (the default): `NEBULA_AMQP_URL`.
+    Amqp,
+    /// MQTT 3.1.1 through RabbitMQ's MQTT plugin: `NEBULA_MQTT_URL`. Needs the `mqtt` feature.
+    Mqtt(MqttUrl),
+}
+
 /// The agent's validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub transport: Transport,
     /// `NEBULA_AMQP_URL`: one broker, or the nodes of a cluster.
     pub brokers: BrokerList,
     /// `amqps://`: `NEBULA_AMQP_CA_FILE`, `NEBULA_AMQP_CERT_FILE`, `NEBULA_AMQP_KEY_FILE`.
@@ -238,6 +250,10 @@ impl Config {
             reason,
         })?;
         let tls = TlsSettings::from_env(non_empty, brokers.tls_nodes(), brokers.brokers().len())?;
+        let transport = parse_transport(
+            non_empty("NEBULA_TRANSPORT").as_deref(),
+            non_empty("NEBULA_MQTT_URL").as_deref(),
+        )?;
 
         let runtime = match non_empty("NEBULA_RUNTIME").as_deref().map(str::trim) {
             None | Some("docker") => RuntimeKind::Docker,
@@ -336,6 +352,7 @@ impl Config {
         }
 
         Ok(Self {
+            transport,
             brokers,
             tls,
             device_id,
@@ -451,6 +468,32 @@ fn parse_heartbeat(
 /// `DOCKER_HOST` must name a unix socket by absolute path: the agent is built with that
 /// transport only, and a value it cannot use must stop it with the other configuration
 /// errors (exit 64) rather than fail every engine call in a restart loop.
+/// `NEBULA_TRANSPORT` (`amqp`, the default, or `mqtt`) with `NEBULA_MQTT_URL`.
+fn parse_transport(transport: Option<&str>, mqtt_url: Option<&str>) -> Result<Transport, ConfigError> {
+    let invalid = |variable, reason: String| ConfigError::Invalid { variable, reason };
+    match transport.map(str::trim) {
+        None | Some("amqp") => match mqtt_url {
+            // Most likely NEBULA_TRANSPORT was forgotten: say so rather than go on over AMQP.
+            Some(_) => Err(invalid(
+                "NEBULA_MQTT_URL",
+                "is set, but NEBULA_TRANSPORT is not mqtt (the agent would use NEBULA_AMQP_URL)".into(),
+            )),
+            None => Ok(Transport::Amqp),
+        },
+        Some("mqtt") if !cfg!(feature = "mqtt") => Err(invalid(
+            "NEBULA_TRANSPORT",
+            "this agent was built without MQTT (the `mqtt` feature); the release builds have it".into(),
+        )),
+        Some("mqtt") => MqttUrl::parse(mqtt_url.unwrap_or(DEFAULT_MQTT_URL))
+            .map(Transport::Mqtt)
+            .map_err(|reason| invalid("NEBULA_MQTT_URL", reason)),
+        Some(other) => Err(invalid(
+            "NEBULA_TRANSPORT",
+            format!("{other:?} is not a transport: amqp (the default) or mqtt"),
+        )),
+    }
+}
+
 fn validate_docker_host(value: &str) -> Result<(), ConfigError> {
     match value.strip_prefix("unix://") {
         Some(path) if path.starts_with('/') && path.len() > 1 => Ok(()),
@@ -674,6 +717,51 @@ mod tests {
                 ),
                 "{bad:?} should be rejected"
             );
+        }
+    }
+
+    #[test]
+    fn amqp_unless_mqtt_is_asked_for() {
+        let base = [("NEBULA_DEVICE_GROUP", "g")];
+        assert_eq!(parse(&base).expect("config").transport, Transport::Amqp);
+        let mqtt = parse(&[
+            ("NEBULA_DEVICE_GROUP", "g"),
+            ("NEBULA_TRANSPORT", "mqtt"),
+            ("NEBULA_MQTT_URL", "mqtt://pi:pw@broker:1883/fleet"),
+        ]);
+        if cfg!(feature = "mqtt") {
+            let Transport::Mqtt(url) = mqtt.expect("config").transport else {
+                panic!("not mqtt");
+            };
+            assert_eq!((url.host.as_str(), url.username.as_str()), ("broker", "fleet:pi"));
+        } else {
+            assert!(
+                matches!(mqtt, Err(ConfigError::Invalid { variable: "NEBULA_TRANSPORT", .. })),
+                "{mqtt:?}"
+            );
+        }
+        for (transport, url, variable) in [
+            (Some("carrier-pigeon"), None, "NEBULA_TRANSPORT"),
+            (None, Some("mqtt://broker"), "NEBULA_MQTT_URL"),
+            (Some("amqp"), Some("mqtt://broker"), "NEBULA_MQTT_URL"),
+        ] {
+            let mut pairs = vec![("NEBULA_DEVICE_GROUP", "g")];
+            pairs.extend(transport.map(|value| ("NEBULA_TRANSPORT", value)));
+            pairs.extend(url.map(|value| ("NEBULA_MQTT_URL", value)));
+            let error = parse(&pairs).expect_err("refused");
+            assert!(
+                matches!(error, ConfigError::Invalid { variable: got, .. } if got == variable),
+                "{pairs:?}: {error}"
+            );
+        }
+        if cfg!(feature = "mqtt") {
+            let error = parse(&[
+                ("NEBULA_DEVICE_GROUP", "g"),
+                ("NEBULA_TRANSPORT", "mqtt"),
+                ("NEBULA_MQTT_URL", "amqp://broker"),
+            ])
+            .expect_err("not an mqtt URL");
+            assert!(error.to_string().starts_with("NEBULA_MQTT_URL"), "{error}");
         }
     }
 

@@ -31,6 +31,7 @@ pub mod cron;
 pub mod device;
 pub mod error;
 pub mod executor;
+pub mod mqtt_url;
 pub mod reconcile;
 pub mod report;
 pub mod runtime;

@@ -1,13 +1,14 @@
-//! What a change message does to the desired state — written once for both modes and any
-//! transport. [`route`] is pure (which rule of [`DesiredState`] a message goes to, if any);
-//! [`apply_change`] runs it through [`Shared::update`], which persists before returning.
+//! What a change message or a sync reply does to the desired state — written once for both
+//! modes and any transport. [`route`] is pure (which rule of [`DesiredState`] a message goes
+//! to, if any); [`apply_change`] runs it through [`Shared::update`], which persists before
+//! returning; [`apply_sync_reply`] applies a sync reply as authoritative.
 
 use super::Target;
 use crate::error::StateError;
 use crate::runtime::ContainerRuntime;
-use crate::state::{Changes, DesiredState};
+use crate::state::{Changes, DesiredState, StoreChange, SyncOutcome};
 use crate::supervisor::Shared;
-use nebula_protocol::{AppConfig, GroupState, Message, Name, ObjectVersion};
+use nebula_protocol::{AppConfig, GroupState, Message, Name, ObjectVersion, StoreId, SyncReply};
 use std::sync::Arc;
 
 /// Where a message goes.
@@ -131,6 +132,103 @@ pub async fn apply_change<R: ContainerRuntime>(
         target_deleted: applied && route.ends(target),
         changes,
     })
+}
+
+/// Applies a sync reply for `target` as authoritative (persisted before this returns) and
+/// logs what it did.
+pub async fn apply_sync_reply<R: ContainerRuntime>(
+    shared: &Arc<Shared<R>>,
+    target: &Target,
+    reply: SyncReply,
+) -> Result<SyncOutcome, StateError> {
+    let store = reply.store_id;
+    let sync_target = target.sync_target();
+    let mut outcome = SyncOutcome::Mismatched;
+    let changes = shared
+        .update(|state| {
+            let (changes, applied) = state.apply_sync(&sync_target, store, reply.result);
+            outcome = applied;
+            changes
+        })
+        .await?;
+    log_sync(target, store, outcome, changes.apps.len());
+    if matches!(target, Target::Group(_))
+        && matches!(outcome, SyncOutcome::Applied { .. } | SyncOutcome::Removed)
+    {
+        // Apps that left the group while the agent was away have containers but no
+        // desired config; their workers remove them.
+        shared.adopt_orphans().await;
+    }
+    if !changes.is_empty() {
+        shared.report_now.notify_one();
+    }
+    Ok(outcome)
+}
+
+/// Logs what a sync reply did; a `NotFound` from a store the agent does not know is an
+/// operator's problem and says so loudly.
+fn log_sync(target: &Target, store: StoreId, outcome: SyncOutcome, changed_apps: usize) {
+    match outcome {
+        SyncOutcome::Applied {
+            store: StoreChange::Same,
+        } => tracing::info!(target = %target, store = %store, changed_apps, "synced"),
+        SyncOutcome::Applied {
+            store: StoreChange::First,
+        } => {
+            tracing::info!(target = %target, store = %store, changed_apps, "synced; this is the first store this agent synced with")
+        }
+        SyncOutcome::Applied {
+            store: StoreChange::Switched { from },
+        } => tracing::warn!(
+            target = %target,
+            previous_store = %from,
+            store = %store,
+            changed_apps,
+            "synced with a different store than before and applied its state (a restored backup, \
+             a migrated store, or a control plane pointed at another database?); from now on only \
+             this store may remove apps"
+        ),
+        SyncOutcome::Removed => tracing::info!(
+            target = %target,
+            store = %store,
+            changed_apps,
+            "the control plane's store has no such target: removed what was held for it"
+        ),
+        SyncOutcome::NotFoundElsewhere {
+            known: Some(known), ..
+        } => tracing::error!(
+            target = %target,
+            known_store = %known,
+            reply_store = %store,
+            "a control plane answered \"not found\" from store {store}, but this agent synced with \
+             store {known}: keeping every app running and asking again later. Check for a second \
+             control plane answering nebula.sync on an empty or wrong store (an empty \
+             NEBULA_DATA_DIR, for example the relative default started from another directory, or \
+             the wrong MongoDB database in NEBULA_MONGO_DB)"
+        ),
+        SyncOutcome::NotFoundElsewhere {
+            known: None,
+            held_anything: true,
+        } => tracing::error!(
+            target = %target,
+            reply_store = %store,
+            "a control plane answered \"not found\" from store {store}, and this agent has not \
+             synced with any store yet (state of an earlier release) to tell whether that is the \
+             right one: keeping every app running and asking again later. Check for a second \
+             control plane on an empty NEBULA_DATA_DIR or the wrong NEBULA_MONGO_DB; if the target \
+             was deleted on purpose, stop the agent, remove its state file (NEBULA_STATE_DIR) and \
+             the target's containers, and start it again"
+        ),
+        SyncOutcome::NotFoundElsewhere {
+            known: None,
+            held_anything: false,
+        } => tracing::info!(target = %target, store = %store, "unknown to the control plane"),
+        SyncOutcome::Mismatched => tracing::warn!(
+            target = %target,
+            store = %store,
+            "the sync reply is about something else (a control-plane bug); asking again later"
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -1,11 +1,25 @@
-//! Transports: how desired state reaches the agent and reports leave it. AMQP (lapin) is
-//! the only one today. What a transport follows is a [`Target`]; what a message does to the
-//! desired state is decided once, in [`dispatch`], whatever carried it.
+//! Transports: how desired state reaches the agent and reports leave it: AMQP (lapin, the
+//! default) or MQTT (rumqttc, the `mqtt` feature), each a thin adapter over the same core.
+//! What a transport follows is a [`Target`]; what a message does to the desired state is
+//! decided once, in [`dispatch`], whatever carried it; when a report goes out, in
+//! [`reports`].
 
 pub mod amqp;
 pub mod dispatch;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
+pub(crate) mod reports;
 
 use nebula_protocol::{Name, SyncTarget};
+
+/// How a task of a session ended.
+#[derive(Debug)]
+pub(crate) enum FlowEnd {
+    /// Its stop token was cancelled (shutdown, or the session is winding down).
+    Stopped,
+    /// The connection is gone.
+    ConnectionLost(String),
+}
 
 /// What one boot flow follows: one app (app mode) or the device group (group mode).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,10 +13,10 @@ use super::{FlowEnd, agent_queue, exchange, operation, reply_code};
 use crate::backoff::Backoff;
 use crate::error::{AmqpError, StateError};
 use crate::runtime::ContainerRuntime;
-use crate::state::{StoreChange, SyncOutcome};
+use crate::state::SyncOutcome;
 use crate::supervisor::Shared;
 use crate::transport::Target;
-use crate::transport::dispatch::apply_change;
+use crate::transport::dispatch::{apply_change, apply_sync_reply};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -24,7 +24,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
-use nebula_protocol::{StoreId, decode};
+use nebula_protocol::decode;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -183,24 +183,7 @@ async fn boot<R: ContainerRuntime>(
     };
     // The next boot pass (after a deletion or a dropped queue) starts with short timeouts.
     *attempts = sync_attempts(shared);
-    let store = reply.store_id;
-    let sync_target = target.sync_target();
-    let mut outcome = SyncOutcome::Mismatched;
-    let changes = shared
-        .update(|state| {
-            let (changes, applied) = state.apply_sync(&sync_target, store, reply.result);
-            outcome = applied;
-            changes
-        })
-        .await?;
-    log_sync(target, store, outcome, changes.apps.len());
-    if matches!(target, Target::Group(_))
-        && matches!(outcome, SyncOutcome::Applied { .. } | SyncOutcome::Removed)
-    {
-        // Apps that left the group while the agent was away have containers but no
-        // desired config; their workers remove them.
-        shared.adopt_orphans().await;
-    }
+    let outcome = apply_sync_reply(shared, target, reply).await?;
     if !outcome.found() {
         close(&channel, "target not found").await;
         return Ok(Step::RetryLater(Retry::NotFound(outcome)));
@@ -370,72 +353,6 @@ async fn handle<R: ContainerRuntime>(
         shared.report_now.notify_one();
     }
     Ok(dispatched.target_deleted)
-}
-
-/// Logs what a sync reply did; a `NotFound` from a store the agent does not know is an
-/// operator's problem and says so loudly.
-fn log_sync(target: &Target, store: StoreId, outcome: SyncOutcome, changed_apps: usize) {
-    match outcome {
-        SyncOutcome::Applied {
-            store: StoreChange::Same,
-        } => tracing::info!(target = %target, store = %store, changed_apps, "synced"),
-        SyncOutcome::Applied {
-            store: StoreChange::First,
-        } => {
-            tracing::info!(target = %target, store = %store, changed_apps, "synced; this is the first store this agent synced with")
-        }
-        SyncOutcome::Applied {
-            store: StoreChange::Switched { from },
-        } => tracing::warn!(
-            target = %target,
-            previous_store = %from,
-            store = %store,
-            changed_apps,
-            "synced with a different store than before and applied its state (a restored backup, \
-             a migrated store, or a control plane pointed at another database?); from now on only \
-             this store may remove apps"
-        ),
-        SyncOutcome::Removed => tracing::info!(
-            target = %target,
-            store = %store,
-            changed_apps,
-            "the control plane's store has no such target: removed what was held for it"
-        ),
-        SyncOutcome::NotFoundElsewhere {
-            known: Some(known), ..
-        } => tracing::error!(
-            target = %target,
-            known_store = %known,
-            reply_store = %store,
-            "a control plane answered \"not found\" from store {store}, but this agent synced with \
-             store {known}: keeping every app running and asking again later. Check for a second \
-             control plane answering nebula.sync on an empty or wrong store (an empty \
-             NEBULA_DATA_DIR, for example the relative default started from another directory, or \
-             the wrong MongoDB database in NEBULA_MONGO_DB)"
-        ),
-        SyncOutcome::NotFoundElsewhere {
-            known: None,
-            held_anything: true,
-        } => tracing::error!(
-            target = %target,
-            reply_store = %store,
-            "a control plane answered \"not found\" from store {store}, and this agent has not \
-             synced with any store yet (state of an earlier release) to tell whether that is the \
-             right one: keeping every app running and asking again later. Check for a second \
-             control plane on an empty NEBULA_DATA_DIR or the wrong NEBULA_MONGO_DB; if the target \
-             was deleted on purpose, stop the agent, remove its state file (NEBULA_STATE_DIR) and \
-             the target's containers, and start it again"
-        ),
-        SyncOutcome::NotFoundElsewhere {
-            known: None,
-            held_anything: false,
-        } => tracing::info!(target = %target, store = %store, "unknown to the control plane"),
-        SyncOutcome::Mismatched => tracing::warn!(
-            target = %target,
-            store = %store,
-            "the sync reply is about something else (a control-plane bug); asking again later"
-        ),
-    }
 }
 
 async fn close(channel: &Channel, reason: &str) {

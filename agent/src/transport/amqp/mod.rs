@@ -36,6 +36,7 @@ use crate::error::{AgentError, AmqpError, StateError};
 use crate::runtime::ContainerRuntime;
 use crate::supervisor::Shared;
 use crate::transport::Target;
+use crate::transport::reports::report_loop;
 use futures_util::StreamExt;
 use lapin::tcp::{AMQPUriTcpExt, AsyncTcpStream, OwnedTLSConfig};
 use lapin::uri::{AMQPScheme, AMQPUri};
@@ -59,14 +60,7 @@ const SESSION_WIND_DOWN: Duration = Duration::from_secs(10);
 /// larger messages (a big group state) are simply split across frames.
 const DEFAULT_FRAME_MAX: u32 = 16 * 1024;
 
-/// How a task of a session ended.
-#[derive(Debug)]
-pub(crate) enum FlowEnd {
-    /// Its stop token was cancelled (shutdown, or the session is winding down).
-    Stopped,
-    /// The connection is gone.
-    ConnectionLost(String),
-}
+pub(crate) use super::FlowEnd;
 
 pub(crate) fn operation(operation: &'static str) -> impl FnOnce(lapin::Error) -> AmqpError {
     move |source| AmqpError::Operation { operation, source }
@@ -261,7 +255,12 @@ async fn session<R: ContainerRuntime>(
     // Tasks run in the session's span (the fleet simulator names each agent's device in it).
     tasks.spawn({
         let (shared, connection, stop) = (shared.clone(), connection.clone(), stop.clone());
-        async move { Ok(reports::report_loop(shared, connection, stop).await) }.in_current_span()
+        let publisher = reports::AmqpReports {
+            connection,
+            channel: None,
+            routing_key: names::report_routing_key(&shared.config.device_id),
+        };
+        async move { Ok(report_loop(shared, publisher, stop).await) }.in_current_span()
     });
     let targets = match &shared.config.mode {
         Mode::Group(group) => vec![Target::Group(group.clone())],

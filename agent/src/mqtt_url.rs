@@ -1,0 +1,170 @@
+//! `NEBULA_MQTT_URL`: where an MQTT agent connects (`NEBULA_TRANSPORT=mqtt`).
+//!
+//! `mqtt://user:password@host:port/vhost`: port 1883 by default; the path, when given, is the
+//! RabbitMQ virtual host, which RabbitMQ's MQTT plugin takes in the user name (`vhost:user`).
+//! Parsed with the rest of the configuration, without I/O, whether or not this agent was
+//! built with MQTT (the transport says so at start).
+
+use std::fmt;
+
+/// The MQTT port of RabbitMQ's plugin (and of MQTT).
+pub const DEFAULT_PORT: u16 = 1883;
+
+/// A parsed `NEBULA_MQTT_URL`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MqttUrl {
+    pub host: String,
+    pub port: u16,
+    /// As the broker takes it: `vhost:user` when the URL names a vhost.
+    pub username: String,
+    pub password: String,
+}
+
+impl fmt::Debug for MqttUrl {
+    // Never the password: configurations are logged.
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "{self}")
+    }
+}
+
+impl fmt::Display for MqttUrl {
+    // The address and user, never the password: for logs.
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            formatter,
+            "mqtt://{}@{}:{}",
+            self.username, self.host, self.port
+        )
+    }
+}
+
+impl MqttUrl {
+    /// Parses `value`; the error says what is wrong, for `NEBULA_MQTT_URL is invalid: ...`.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let value = value.trim();
+        let rest = match value.split_once("://") {
+            Some(("mqtt", rest)) => rest,
+            Some(("mqtts", _)) => {
+                return Err(
+                    "mqtts:// is not supported by this agent yet; use mqtt:// on a trusted network, or AMQP over amqps://".into(),
+                );
+            }
+            _ => return Err(format!("{value:?} is not an mqtt:// URL")),
+        };
+        let (authority, vhost) = match rest.split_once('/') {
+            Some((authority, path)) => (authority, percent_decode(path)?),
+            None => (rest, String::new()),
+        };
+        let (credentials, address) = match authority.rsplit_once('@') {
+            Some((credentials, address)) => (Some(credentials), address),
+            None => (None, authority),
+        };
+        let (user, password) = match credentials {
+            Some(credentials) => {
+                let (user, password) = credentials.split_once(':').unwrap_or((credentials, ""));
+                (percent_decode(user)?, percent_decode(password)?)
+            }
+            // RabbitMQ's default user, as for AMQP URLs without credentials.
+            None => ("guest".to_string(), "guest".to_string()),
+        };
+        if user.is_empty() {
+            return Err("the user name is empty".into());
+        }
+        let (host, port) = match address.rsplit_once(':') {
+            Some((host, port)) if !host.ends_with(']') || address.starts_with('[') => {
+                let port = port
+                    .parse::<u16>()
+                    .map_err(|_| format!("{port:?} is not a port"))?;
+                (host, port)
+            }
+            _ => (address, DEFAULT_PORT),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err("the host is empty".into());
+        }
+        if port == 0 {
+            return Err("port 0".into());
+        }
+        let username = match vhost.as_str() {
+            "" | "/" => user,
+            vhost => format!("{vhost}:{user}"),
+        };
+        Ok(Self {
+            host: host.to_string(),
+            port,
+            username,
+            password,
+        })
+    }
+}
+
+/// `%xx` escapes of URL parts (a `/` vhost is `%2f`, as in AMQP URLs).
+fn percent_decode(part: &str) -> Result<String, String> {
+    let bytes = part.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'%' {
+            let hex = part
+                .get(index + 1..index + 3)
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                .ok_or_else(|| format!("bad %-escape in {part:?}"))?;
+            decoded.push(hex);
+            index += 3;
+        } else {
+            decoded.push(bytes[index]);
+            index += 1;
+        }
+    }
+    String::from_utf8(decoded).map_err(|_| format!("{part:?} is not UTF-8 once decoded"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_credentials_port_and_vhost() {
+        let url = MqttUrl::parse("mqtt://pi:s%40cret@broker.example.com:1884/fleet").expect("url");
+        assert_eq!(
+            url,
+            MqttUrl {
+                host: "broker.example.com".into(),
+                port: 1884,
+                username: "fleet:pi".into(),
+                password: "s@cret".into(),
+            }
+        );
+        assert_eq!(url.to_string(), "mqtt://fleet:pi@broker.example.com:1884");
+        assert!(!format!("{url:?}").contains("s@cret"));
+        let default = MqttUrl::parse("mqtt://127.0.0.1").expect("url");
+        assert_eq!(
+            (default.port, default.username.as_str(), default.password.as_str()),
+            (DEFAULT_PORT, "guest", "guest")
+        );
+        // The default vhost, spelled as in AMQP URLs, is no prefix.
+        let slash = MqttUrl::parse("mqtt://u:p@h/%2f").expect("url");
+        assert_eq!(slash.username, "u");
+        let ipv6 = MqttUrl::parse("mqtt://u:p@[::1]:1883").expect("url");
+        assert_eq!((ipv6.host.as_str(), ipv6.port), ("::1", 1883));
+    }
+
+    #[test]
+    fn rejects_what_is_not_an_mqtt_url() {
+        for bad in [
+            "amqp://u:p@h",
+            "h:1883",
+            "mqtt://",
+            "mqtt://u:p@:1883",
+            "mqtt://u:p@h:port",
+            "mqtt://u:p@h:0",
+            "mqtt://:p@h",
+            "mqtt://u:p@h/%zz",
+        ] {
+            assert!(MqttUrl::parse(bad).is_err(), "{bad}");
+        }
+        let tls = MqttUrl::parse("mqtts://u:p@h:8883").expect_err("not yet");
+        assert!(tls.contains("mqtts://"), "{tls}");
+    }
+}
