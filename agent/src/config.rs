@@ -469,20 +469,25 @@ fn parse_heartbeat(
 /// transport only, and a value it cannot use must stop it with the other configuration
 /// errors (exit 64) rather than fail every engine call in a restart loop.
 /// `NEBULA_TRANSPORT` (`amqp`, the default, or `mqtt`) with `NEBULA_MQTT_URL`.
-fn parse_transport(transport: Option<&str>, mqtt_url: Option<&str>) -> Result<Transport, ConfigError> {
+fn parse_transport(
+    transport: Option<&str>,
+    mqtt_url: Option<&str>,
+) -> Result<Transport, ConfigError> {
     let invalid = |variable, reason: String| ConfigError::Invalid { variable, reason };
     match transport.map(str::trim) {
         None | Some("amqp") => match mqtt_url {
             // Most likely NEBULA_TRANSPORT was forgotten: say so rather than go on over AMQP.
             Some(_) => Err(invalid(
                 "NEBULA_MQTT_URL",
-                "is set, but NEBULA_TRANSPORT is not mqtt (the agent would use NEBULA_AMQP_URL)".into(),
+                "is set, but NEBULA_TRANSPORT is not mqtt (the agent would use NEBULA_AMQP_URL)"
+                    .into(),
             )),
             None => Ok(Transport::Amqp),
         },
         Some("mqtt") if !cfg!(feature = "mqtt") => Err(invalid(
             "NEBULA_TRANSPORT",
-            "this agent was built without MQTT (the `mqtt` feature); the release builds have it".into(),
+            "this agent was built without MQTT (the `mqtt` feature); the release builds have it"
+                .into(),
         )),
         Some("mqtt") => MqttUrl::parse(mqtt_url.unwrap_or(DEFAULT_MQTT_URL))
             .map(Transport::Mqtt)
@@ -733,10 +738,19 @@ mod tests {
             let Transport::Mqtt(url) = mqtt.expect("config").transport else {
                 panic!("not mqtt");
             };
-            assert_eq!((url.host.as_str(), url.username.as_str()), ("broker", "fleet:pi"));
+            assert_eq!(
+                (url.host.as_str(), url.username.as_str()),
+                ("broker", "fleet:pi")
+            );
         } else {
             assert!(
-                matches!(mqtt, Err(ConfigError::Invalid { variable: "NEBULA_TRANSPORT", .. })),
+                matches!(
+                    mqtt,
+                    Err(ConfigError::Invalid {
+                        variable: "NEBULA_TRANSPORT",
+                        ..
+                    })
+                ),
                 "{mqtt:?}"
             );
         }

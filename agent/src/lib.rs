@@ -99,7 +99,17 @@ pub async fn run<R: ContainerRuntime>(
         ));
     }
 
-    let mut result = transport::amqp::run(shared.clone()).await;
+    let mut result = match &shared.config.transport {
+        config::Transport::Amqp => transport::amqp::run(shared.clone()).await,
+        #[cfg(feature = "mqtt")]
+        config::Transport::Mqtt(_) => transport::mqtt::run(shared.clone()).await,
+        // The configuration refuses NEBULA_TRANSPORT=mqtt without the feature.
+        #[cfg(not(feature = "mqtt"))]
+        config::Transport::Mqtt(_) => Err(AgentError::Config(error::ConfigError::Invalid {
+            variable: "NEBULA_TRANSPORT",
+            reason: "this agent was built without MQTT".into(),
+        })),
+    };
     if let Some(fatal) = shared.take_fatal() {
         result = Err(fatal.into());
     }

@@ -140,7 +140,11 @@ mod tests {
         assert!(!format!("{url:?}").contains("s@cret"));
         let default = MqttUrl::parse("mqtt://127.0.0.1").expect("url");
         assert_eq!(
-            (default.port, default.username.as_str(), default.password.as_str()),
+            (
+                default.port,
+                default.username.as_str(),
+                default.password.as_str()
+            ),
             (DEFAULT_PORT, "guest", "guest")
         );
         // The default vhost, spelled as in AMQP URLs, is no prefix.

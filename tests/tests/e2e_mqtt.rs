@@ -6,6 +6,10 @@
 //! device's reply topic, and on no other device's; a report published on the device's report
 //! topic is the device's latest report. And the broker's MQTT TLS listener (8883) takes a
 //! client with a certificate of the development CA and refuses one without.
+//!
+//! Then the agent itself over MQTT (`NEBULA_TRANSPORT=mqtt`) against the real broker and
+//! Docker engine: create, update, stop, start, a member app added to its group, a change made
+//! while the device was down (SIGKILL), the session cut by the broker, delete.
 
 mod support;
 
@@ -13,7 +17,8 @@ use nebula_protocol::{
     DeviceMode, DeviceReport, Message, Name, ResourceUsage, SyncReply, SyncRequest, SyncResult,
     SyncTarget, decode, encode, names,
 };
-use nebula_tests::services::tls_file;
+use nebula_tests::services::{test_image, tls_file};
+use nebula_tests::system::{Agent, AgentMode};
 use nebula_tests::{unique_name, wait_for};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use rustls_pki_types::pem::PemObject;
@@ -21,6 +26,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 use support::Scenario;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -283,8 +289,8 @@ fn report(device: &Name, group: &Name) -> DeviceReport {
     }
 }
 
-/// MQTT's CONNECT for `client_id` as guest on the default vhost (MQTT 3.1.1, clean session).
-fn connect_packet(client_id: &str) -> Vec<u8> {
+/// MQTT's CONNECT for `client_id` as `user` (password guest; MQTT 3.1.1, clean session).
+fn connect_packet(client_id: &str, user: &str) -> Vec<u8> {
     let field = |bytes: &[u8]| {
         let mut out = u16::try_from(bytes.len())
             .expect("short")
@@ -296,7 +302,7 @@ fn connect_packet(client_id: &str) -> Vec<u8> {
     let mut body = field(b"MQTT");
     // Level 4 (3.1.1); flags: user name, password, clean session; keep-alive 30 s.
     body.extend_from_slice(&[4, 0xC2, 0, 30]);
-    for part in [client_id.as_bytes(), b"guest", b"guest"] {
+    for part in [client_id.as_bytes(), user.as_bytes(), b"guest"] {
         body.extend(field(part));
     }
     let mut packet = vec![0x10, u8::try_from(body.len()).expect("short packet")];
@@ -339,7 +345,7 @@ async fn mqtts_connect(client: Option<(&str, &str)>) -> Result<Vec<u8>, String> 
             .await
             .map_err(|error| format!("handshake: {error}"))?;
         stream
-            .write_all(&connect_packet(&unique_name("mqtts-check")))
+            .write_all(&connect_packet(&unique_name("mqtts-check"), "guest"))
             .await
             .map_err(|error| format!("write: {error}"))?;
         let mut connack = [0u8; 4];
@@ -367,4 +373,129 @@ async fn the_mqtt_tls_listener_takes_clients_of_the_fleet_ca_only() {
         refused.is_err(),
         "accepted without a client certificate: {refused:?}"
     );
+}
+
+/// `NEBULA_MQTT_URL` of the scenario's vhost.
+fn mqtt_url(vhost: &str) -> String {
+    format!("mqtt://guest:guest@127.0.0.1:1883/{vhost}")
+}
+
+/// Cuts the MQTT session of `client_id` as a broker restart would: a client connecting with
+/// the same client id takes the session over (MQTT 3.1.1, 3.1.4), and the broker closes the
+/// old connection; then the newcomer leaves.
+async fn take_session_over(vhost: &str, client_id: &str) {
+    let mut stream = tokio::net::TcpStream::connect("127.0.0.1:1883")
+        .await
+        .expect("MQTT listener");
+    stream
+        .write_all(&connect_packet(client_id, &format!("{vhost}:guest")))
+        .await
+        .expect("CONNECT");
+    let mut connack = [0u8; 4];
+    tokio::time::timeout(DELIVERY, stream.read_exact(&mut connack))
+        .await
+        .expect("CONNACK in time")
+        .expect("CONNACK");
+    assert_eq!(connack, [0x20, 2, 0, 0], "takeover accepted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_over_mqtt_follows_its_group_through_every_kind_of_change() {
+    let scenario = Scenario::new("mqtt-agent");
+    let control_plane = scenario.control_plane("cp").await;
+    let rest = control_plane.rest();
+    let app = scenario.app_name("mqtt.web");
+    let second = scenario.app_name("mqtt.second");
+    let group = unique_name("mqtt.fleet");
+    let device = unique_name("pi.mqtt-agent");
+    rest.create_app(&app, json!({"docker_image": test_image(1)}))
+        .await
+        .expect("create");
+    rest.create_group(&group, &[&app]).await.expect("group");
+
+    let start = Instant::now();
+    let url = mqtt_url(&scenario.vhost.name);
+    let agent = Agent::start_with(
+        &device,
+        &AgentMode::Group(group.clone()),
+        &scenario.vhost.amqp_url(),
+        &scenario.directory,
+        &[("NEBULA_TRANSPORT", "mqtt"), ("NEBULA_MQTT_URL", &url)],
+    )
+    .await;
+    scenario.converged(&app, 1, 1).await;
+    scenario.report("mqtt: create", start);
+
+    let start = Instant::now();
+    rest.update_app(&app, json!({"docker_image": test_image(2)}))
+        .await
+        .expect("update");
+    scenario.converged(&app, 1, 2).await;
+    scenario.report("mqtt: update", start);
+
+    let start = Instant::now();
+    rest.app_action(&app, "stop").await.expect("stop");
+    scenario.converged(&app, 0, 3).await;
+    scenario.report("mqtt: stop", start);
+    let start = Instant::now();
+    rest.app_action(&app, "start").await.expect("start");
+    scenario.converged(&app, 1, 4).await;
+    scenario.report("mqtt: start", start);
+
+    // A member added: its topic is followed from then on.
+    let start = Instant::now();
+    rest.create_app(&second, json!({"docker_image": test_image(1)}))
+        .await
+        .expect("create second");
+    rest.update_group(&group, &[&app, &second])
+        .await
+        .expect("add member");
+    scenario.converged(&second, 1, 1).await;
+    rest.update_app(&second, json!({"env_vars": {"STEP": "after-join"}}))
+        .await
+        .expect("update second");
+    scenario.converged(&second, 1, 2).await;
+    scenario.report("mqtt: member added, then changed", start);
+
+    // The device loses power; the app changes meanwhile; it comes back and catches up.
+    agent.process.kill_and_stay_down().await;
+    rest.update_app(&app, json!({"env_vars": {"STEP": "while-down"}}))
+        .await
+        .expect("update while down");
+    let start = Instant::now();
+    agent.process.restart_with(&[]).await;
+    scenario.converged(&app, 1, 5).await;
+    scenario.report("mqtt: changed while the device was down", start);
+
+    // The broker cuts the session (as a restart would): the agent reconnects, syncs, and
+    // follows changes again, in-process.
+    let start = Instant::now();
+    take_session_over(&scenario.vhost.name, &device).await;
+    wait_for("the agent noticing the cut", DELIVERY, || {
+        let noticed = agent.process.log().contains("lost the MQTT session");
+        async move { noticed.then_some(()) }
+    })
+    .await
+    .expect("cut noticed");
+    rest.update_app(&app, json!({"env_vars": {"STEP": "after-cut"}}))
+        .await
+        .expect("update after cut");
+    scenario.converged(&app, 1, 6).await;
+    scenario.report("mqtt: session cut, then a change", start);
+
+    // Deleted: its containers go.
+    let start = Instant::now();
+    rest.update_group(&group, &[&second])
+        .await
+        .expect("drop member");
+    rest.delete_app(&app).await.expect("delete");
+    scenario.converged(&app, 0, 0).await;
+    scenario.report("mqtt: app left the group and was deleted", start);
+    let log = agent.process.log();
+    assert!(log.contains("connected to the MQTT broker"), "{log}");
+    assert!(
+        log.matches("lost the MQTT session").count() >= 1,
+        "the cut session was noticed: {log}"
+    );
+    assert_eq!(agent.process.exits(), 0, "no exit but the SIGKILL: {log}");
 }

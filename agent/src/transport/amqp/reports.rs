@@ -28,9 +28,14 @@ pub(crate) struct AmqpReports {
 
 impl ReportPublisher for AmqpReports {
     async fn publish(&mut self, payload: &[u8]) -> Result<(), String> {
-        publish(&self.connection, &mut self.channel, &self.routing_key, payload)
-            .await
-            .map_err(|error| error.to_string())
+        publish(
+            &self.connection,
+            &mut self.channel,
+            &self.routing_key,
+            payload,
+        )
+        .await
+        .map_err(|error| error.to_string())
     }
 
     fn connected(&self) -> bool {
@@ -84,4 +89,3 @@ async fn publish(
     *channel = Some(open);
     Ok(())
 }
-
