@@ -13,6 +13,9 @@ pub fn features() -> Vec<&'static str> {
     if cfg!(feature = "tls") {
         features.push("tls");
     }
+    if cfg!(feature = "mqtt") {
+        features.push("mqtt");
+    }
     features
 }
 

@@ -1,6 +1,6 @@
-//! Scenario 5: RabbitMQ restarted under running agents. Agents lose their connection,
-//! reconnect in-process (they do not exit), re-sync and converge; app containers keep
-//! running throughout (their ids do not change).
+//! Scenario 5: RabbitMQ restarted under running agents — over AMQP in group and app mode,
+//! and over MQTT. Agents lose their connection, reconnect in-process (they do not exit),
+//! re-sync and converge; app containers keep running throughout (their ids do not change).
 //!
 //! In a test binary of its own: restarting the broker would disturb any test running
 //! next to it, and cargo runs test binaries one after another.
@@ -21,6 +21,7 @@ async fn agents_survive_a_broker_restart_without_restarting_apps() {
     let control_plane = scenario.control_plane("cp").await;
     let rest = control_plane.rest();
     let (grouped, single) = (scenario.app_name("grouped"), scenario.app_name("single"));
+    let over_mqtt = scenario.app_name("over.mqtt");
     let group = unique_name("group");
     rest.create_app(
         &grouped,
@@ -29,6 +30,9 @@ async fn agents_survive_a_broker_restart_without_restarting_apps() {
     .await
     .expect("create");
     rest.create_app(&single, json!({"docker_image": test_image(1)}))
+        .await
+        .expect("create");
+    rest.create_app(&over_mqtt, json!({"docker_image": test_image(1)}))
         .await
         .expect("create");
     rest.create_group(&group, &[&grouped]).await.expect("group");
@@ -46,8 +50,18 @@ async fn agents_survive_a_broker_restart_without_restarting_apps() {
         &scenario.directory,
     )
     .await;
+    let mqtt_url = format!("mqtt://guest:guest@127.0.0.1:1883/{}", scenario.vhost.name);
+    let mqtt_agent = Agent::start_with(
+        "device-br-mqtt",
+        &AgentMode::Apps(vec![over_mqtt.clone()]),
+        &scenario.vhost.amqp_url(),
+        &scenario.directory,
+        &[("NEBULA_TRANSPORT", "mqtt"), ("NEBULA_MQTT_URL", &mqtt_url)],
+    )
+    .await;
     let grouped_before = identities(&scenario.converged(&grouped, 2, 1).await);
     let single_before = identities(&scenario.converged(&single, 1, 1).await);
+    let mqtt_before = identities(&scenario.converged(&over_mqtt, 1, 1).await);
 
     let start = Instant::now();
     for arguments in [["stop_app"], ["start_app"]] {
@@ -71,7 +85,11 @@ async fn agents_survive_a_broker_restart_without_restarting_apps() {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs();
-    for (device, app) in [("device-br-group", &grouped), ("device-br-app", &single)] {
+    for (device, app) in [
+        ("device-br-group", &grouped),
+        ("device-br-app", &single),
+        ("device-br-mqtt", &over_mqtt),
+    ] {
         let mut tap = ReportTap::new(&scenario.vhost.amqp_url(), device).await;
         tap.wait(support::DEADLINE, |report| {
             report.report_creation_time >= restarted_at && applied(report, app, 1)
@@ -79,7 +97,7 @@ async fn agents_survive_a_broker_restart_without_restarting_apps() {
         .await;
     }
     scenario.report("broker restart, agents re-synced", start);
-    for agent in [&group_agent, &app_agent] {
+    for agent in [&group_agent, &app_agent, &mqtt_agent] {
         assert_eq!(
             agent.process.exits(),
             0,
@@ -97,6 +115,11 @@ async fn agents_survive_a_broker_restart_without_restarting_apps() {
         single_before,
         "containers restarted"
     );
+    assert_eq!(
+        identities(&scenario.converged(&over_mqtt, 1, 1).await),
+        mqtt_before,
+        "containers restarted"
+    );
 
     // A change after the restart reaches both, proving they re-synced and consume again.
     let grouped_id = app_id(
@@ -111,7 +134,14 @@ async fn agents_survive_a_broker_restart_without_restarting_apps() {
             .await
             .expect("update"),
     );
+    let mqtt_id = app_id(
+        &rest
+            .update_app(&over_mqtt, json!({"env_vars": {"AFTER": "restart"}}))
+            .await
+            .expect("update"),
+    );
     scenario.converged(&grouped, 2, grouped_id).await;
     scenario.converged(&single, 1, single_id).await;
+    scenario.converged(&over_mqtt, 1, mqtt_id).await;
     scenario.report("broker restart + change", start);
 }

@@ -1,9 +1,10 @@
 //! The release agents on their real targets: the aarch64 and armv7 builds of
 //! `cargo xtask dist` run under qemu-user against the local RabbitMQ, control plane and
 //! Docker engine (the engine socket is just a unix socket), sync a group, run its app's
-//! container and report, the aarch64 one over amqps (TLS, client certificate); the riscv64
-//! build prints its version under qemu. Then the resident memory of a native release agent
-//! idle with ten containers under management, printed as a figure. And the static release CLI, natively and under qemu, against a control plane.
+//! container and report, the aarch64 one over amqps (TLS, client certificate) and over MQTT;
+//! the riscv64 build prints its version under qemu. Then the resident memory of a native
+//! release agent idle with ten containers under management, over AMQP and over MQTT, printed
+//! as figures. And the static release CLI, natively and under qemu, against a control plane.
 //!
 //! Ignored in a plain `cargo test`: they need the release artifacts. `scripts/test.sh`
 //! builds them and runs these with `--ignored`.
@@ -37,6 +38,35 @@ enum Link {
     Amqp,
     /// The broker's TLS listener, with the development CA and a client certificate.
     Amqps,
+    /// RabbitMQ's MQTT plugin (`NEBULA_TRANSPORT=mqtt`).
+    Mqtt,
+}
+
+impl Link {
+    /// The broker URL and the extra environment of an agent on this link, for `scenario`.
+    fn environment(self, scenario: &Scenario) -> (String, Vec<(&'static str, String)>) {
+        match self {
+            Self::Amqp => (scenario.vhost.amqp_url(), Vec::new()),
+            Self::Amqps => (
+                scenario.vhost.amqps_url(),
+                vec![
+                    ("NEBULA_AMQP_CA_FILE", tls_file("ca.pem")),
+                    ("NEBULA_AMQP_CERT_FILE", tls_file("client.pem")),
+                    ("NEBULA_AMQP_KEY_FILE", tls_file("client.key")),
+                ],
+            ),
+            Self::Mqtt => (
+                scenario.vhost.amqp_url(),
+                vec![
+                    ("NEBULA_TRANSPORT", "mqtt".to_string()),
+                    (
+                        "NEBULA_MQTT_URL",
+                        format!("mqtt://guest:guest@127.0.0.1:1883/{}", scenario.vhost.name),
+                    ),
+                ],
+            ),
+        }
+    }
 }
 
 /// Runs the `triple` agent through `launcher` and checks it converges and reports.
@@ -59,18 +89,8 @@ async fn smoke(triple: &str, launcher: &[&str], link: Link) {
     command.push(release_binary(triple).to_string_lossy().into_owned());
     check_version(&command, triple);
 
-    let (url, tls) = match link {
-        Link::Amqp => (scenario.vhost.amqp_url(), Vec::new()),
-        Link::Amqps => (
-            scenario.vhost.amqps_url(),
-            vec![
-                ("NEBULA_AMQP_CA_FILE", tls_file("ca.pem")),
-                ("NEBULA_AMQP_CERT_FILE", tls_file("client.pem")),
-                ("NEBULA_AMQP_KEY_FILE", tls_file("client.key")),
-            ],
-        ),
-    };
-    let tls: Vec<(&str, &str)> = tls
+    let (url, env) = link.environment(&scenario);
+    let env: Vec<(&str, &str)> = env
         .iter()
         .map(|(key, value)| (*key, value.as_str()))
         .collect();
@@ -81,7 +101,7 @@ async fn smoke(triple: &str, launcher: &[&str], link: Link) {
         &AgentMode::Group(group),
         &url,
         &scenario.directory,
-        &tls,
+        &env,
         &command,
     )
     .await;
@@ -107,11 +127,12 @@ fn check_version(command: &[String], triple: &str) {
         .expect("run --version");
     let line = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "--version failed: {output:?}");
-    // Every release agent speaks amqps:// (`cargo xtask dist` builds the `tls` feature in).
+    // Every release agent speaks amqps:// and MQTT (`cargo xtask dist` builds the `tls` and
+    // `mqtt` features in).
     assert!(
         line.starts_with(concat!("nebula-agent ", env!("CARGO_PKG_VERSION")))
             && line.contains(triple)
-            && line.contains("tls"),
+            && line.contains("features: tls,mqtt"),
         "--version of the {triple} build: {line}"
     );
     eprintln!("{triple}: {}", line.trim());
@@ -122,6 +143,12 @@ fn check_version(command: &[String], triple: &str) {
 async fn aarch64_musl_agent_runs_under_qemu() {
     // Over amqps: the release agents are built with TLS, and this is the primary target.
     smoke("aarch64-unknown-linux-musl", &["qemu-aarch64"], Link::Amqps).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs `cargo xtask dist`; run by scripts/test.sh"]
+async fn aarch64_musl_agent_runs_over_mqtt_under_qemu() {
+    smoke("aarch64-unknown-linux-musl", &["qemu-aarch64"], Link::Mqtt).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,11 +255,23 @@ async fn release_cli_runs_on_both_targets() {
 }
 
 /// Resident memory of the native (x86_64 musl) release agent, idle, managing ten
-/// containers. Measured natively: under qemu-user the figure would be the emulator's.
+/// containers, over AMQP. Measured natively: under qemu-user the figure would be the
+/// emulator's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs `cargo xtask dist`; run by scripts/test.sh"]
 async fn idle_agent_footprint_with_ten_containers() {
-    let scenario = Scenario::new("footprint");
+    idle_footprint(Link::Amqp).await;
+}
+
+/// The same over MQTT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs `cargo xtask dist`; run by scripts/test.sh"]
+async fn idle_mqtt_agent_footprint_with_ten_containers() {
+    idle_footprint(Link::Mqtt).await;
+}
+
+async fn idle_footprint(link: Link) {
+    let scenario = Scenario::new(&format!("footprint-{link:?}").to_lowercase());
     let control_plane = scenario.control_plane("cp").await;
     let rest = control_plane.rest();
     let app = scenario.app_name("footprint");
@@ -248,12 +287,17 @@ async fn idle_agent_footprint_with_ten_containers() {
     let binary = release_binary("x86_64-unknown-linux-musl")
         .to_string_lossy()
         .into_owned();
+    let (url, env) = link.environment(&scenario);
+    let env: Vec<(&str, &str)> = env
+        .iter()
+        .map(|(key, value)| (*key, value.as_str()))
+        .collect();
     let agent = Agent::start_command(
         &device,
         &AgentMode::Group(group),
-        &scenario.vhost.amqp_url(),
+        &url,
         &scenario.directory,
-        &[],
+        &env,
         &[binary],
     )
     .await;
@@ -262,7 +306,7 @@ async fn idle_agent_footprint_with_ten_containers() {
     tokio::time::sleep(Duration::from_secs(12)).await;
     let resident = agent.process.resident_kib().await.expect("agent running");
     eprintln!(
-        "footprint: idle x86_64-musl agent with 10 containers: {:.2} MiB resident (target 8 MiB)",
+        "footprint: idle x86_64-musl agent over {link:?} with 10 containers: {:.2} MiB resident (target 8 MiB)",
         resident as f64 / 1024.0
     );
     let path = PathBuf::from(concat!(
@@ -276,8 +320,10 @@ async fn idle_agent_footprint_with_ten_containers() {
         .and_then(|mut file| {
             std::io::Write::write_all(
                 &mut file,
-                format!("footprint idle agent, 10 containers: {resident} KiB resident\n")
-                    .as_bytes(),
+                format!(
+                    "footprint idle agent over {link:?}, 10 containers: {resident} KiB resident\n"
+                )
+                .as_bytes(),
             )
         });
     // The budget of issue 18: a board with 512 MiB runs the agent beside its apps.

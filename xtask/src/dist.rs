@@ -1,7 +1,8 @@
 //! `cargo xtask dist`: release artifacts of `nebula-agent` and of the `nebula` CLI.
 //!
 //! For every target in `targets/*.toml` (or those named with `--target`): build the agent with
-//! the `agent-release` profile and its `tls` feature (`amqps://`) through cargo-zigbuild, pack
+//! the `agent-release` profile and its `tls` (`amqps://`) and `mqtt` features through
+//! cargo-zigbuild, pack
 //! `dist/nebula-agent-<version>-<target>.tar.gz` (binary, LICENSE, README excerpt, systemd
 //! unit) and check the target's size budget. For the targets in [`CLI_TARGETS`] among them,
 //! build the CLI with the `cli-release` profile and pack `dist/nebula-cli-<version>-<target>.tar.gz`
@@ -50,9 +51,9 @@ const AGENT: Artifact = Artifact {
     binary: "nebula-agent",
     profile: "agent-release",
     budgeted: true,
-    // amqps:// (rustls with ring): a fleet on untrusted networks needs it, and it fits the
-    // budget.
-    features: "tls",
+    // amqps:// (rustls with ring): a fleet on untrusted networks needs it; MQTT (rumqttc):
+    // where only MQTT gets through. Both fit the budget.
+    features: "tls,mqtt",
 };
 
 const CLI: Artifact = Artifact {
