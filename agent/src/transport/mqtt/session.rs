@@ -490,8 +490,11 @@ impl<R: ContainerRuntime> Session<R> {
         Ok(true)
     }
 
-    /// The target a change on `topic` is for.
+    /// The target a change on `topic` is for (none for the reply topic: a late sync reply).
     fn target_of(&self, topic: &str) -> Option<Target> {
+        if topic == self.reply_topic {
+            return None;
+        }
         self.targets().into_iter().find(|target| match target {
             Target::App(app) => topic == names::app_topic(app),
             Target::Group(group) => {
