@@ -465,9 +465,6 @@ fn parse_heartbeat(
     Ok(Duration::from_secs(seconds))
 }
 
-/// `DOCKER_HOST` must name a unix socket by absolute path: the agent is built with that
-/// transport only, and a value it cannot use must stop it with the other configuration
-/// errors (exit 64) rather than fail every engine call in a restart loop.
 /// `NEBULA_TRANSPORT` (`amqp`, the default, or `mqtt`) with `NEBULA_MQTT_URL`.
 fn parse_transport(
     transport: Option<&str>,
@@ -499,6 +496,9 @@ fn parse_transport(
     }
 }
 
+/// `DOCKER_HOST` must name a unix socket by absolute path: the agent is built with that
+/// transport only, and a value it cannot use must stop it with the other configuration
+/// errors (exit 64) rather than fail every engine call in a restart loop.
 fn validate_docker_host(value: &str) -> Result<(), ConfigError> {
     match value.strip_prefix("unix://") {
         Some(path) if path.starts_with('/') && path.len() > 1 => Ok(()),

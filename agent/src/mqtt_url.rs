@@ -1,7 +1,9 @@
 //! `NEBULA_MQTT_URL`: where an MQTT agent connects (`NEBULA_TRANSPORT=mqtt`).
 //!
 //! `mqtt://user:password@host:port/vhost`: port 1883 by default; the path, when given, is the
-//! RabbitMQ virtual host, which RabbitMQ's MQTT plugin takes in the user name (`vhost:user`).
+//! RabbitMQ virtual host, which RabbitMQ's MQTT plugin takes in the user name (`vhost:user`,
+//! split at the last `:`, so a user name may not hold one); without a path the broker's
+//! default MQTT vhost applies. IPv6 address literals are refused, as in `NEBULA_AMQP_URL`.
 //! Parsed with the rest of the configuration, without I/O, whether or not this agent was
 //! built with MQTT (the transport says so at start).
 
@@ -70,25 +72,36 @@ impl MqttUrl {
         if user.is_empty() {
             return Err("the user name is empty".into());
         }
-        let (host, port) = match address.rsplit_once(':') {
-            Some((host, port)) if !host.ends_with(']') || address.starts_with('[') => {
+        if user.contains(':') {
+            return Err(
+                "the user name holds a ':' (RabbitMQ would read what precedes it as a vhost)"
+                    .into(),
+            );
+        }
+        if address.starts_with('[') {
+            return Err("IPv6 address literals are not supported: use a host name".into());
+        }
+        let (host, port) = match address.split_once(':') {
+            Some((host, port)) => {
                 let port = port
                     .parse::<u16>()
                     .map_err(|_| format!("{port:?} is not a port"))?;
                 (host, port)
             }
-            _ => (address, DEFAULT_PORT),
+            None => (address, DEFAULT_PORT),
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() {
             return Err("the host is empty".into());
         }
         if port == 0 {
             return Err("port 0".into());
         }
-        let username = match vhost.as_str() {
-            "" | "/" => user,
-            vhost => format!("{vhost}:{user}"),
+        let username = if !vhost.is_empty() {
+            // A vhost named, even the default one (`%2f`): the plugin's own default vhost
+            // (`mqtt.vhost`) need not be `/`.
+            format!("{vhost}:{user}")
+        } else {
+            user
         };
         Ok(Self {
             host: host.to_string(),
@@ -106,8 +119,10 @@ fn percent_decode(part: &str) -> Result<String, String> {
     let mut index = 0;
     while index < bytes.len() {
         if bytes[index] == b'%' {
+            // Two hex digits exactly (`from_str_radix` alone would take a sign).
             let hex = part
                 .get(index + 1..index + 3)
+                .filter(|hex| hex.bytes().all(|byte| byte.is_ascii_hexdigit()))
                 .and_then(|hex| u8::from_str_radix(hex, 16).ok())
                 .ok_or_else(|| format!("bad %-escape in {part:?}"))?;
             decoded.push(hex);
@@ -147,11 +162,12 @@ mod tests {
             ),
             (DEFAULT_PORT, "guest", "guest")
         );
-        // The default vhost, spelled as in AMQP URLs, is no prefix.
+        // The default vhost spelled as in AMQP URLs is named too; no path, none.
         let slash = MqttUrl::parse("mqtt://u:p@h/%2f").expect("url");
-        assert_eq!(slash.username, "u");
-        let ipv6 = MqttUrl::parse("mqtt://u:p@[::1]:1883").expect("url");
-        assert_eq!((ipv6.host.as_str(), ipv6.port), ("::1", 1883));
+        assert_eq!(slash.username, "/:u");
+        for bare in ["mqtt://u:p@h:1883", "mqtt://u:p@h:1883/"] {
+            assert_eq!(MqttUrl::parse(bare).expect("url").username, "u", "{bare}");
+        }
     }
 
     #[test]
@@ -165,6 +181,10 @@ mod tests {
             "mqtt://u:p@h:0",
             "mqtt://:p@h",
             "mqtt://u:p@h/%zz",
+            "mqtt://u:p@h/%+1",
+            "mqtt://u:p@[::1]:1883",
+            "mqtt://u:p@::1",
+            "mqtt://a%3Ab:p@h",
         ] {
             assert!(MqttUrl::parse(bad).is_err(), "{bad}");
         }

@@ -9,7 +9,8 @@
 //!
 //! Then the agent itself over MQTT (`NEBULA_TRANSPORT=mqtt`) against the real broker and
 //! Docker engine: create, update, stop, start, a member app added to its group, a change made
-//! while the device was down (SIGKILL), the session cut by the broker, delete.
+//! while the device was down (SIGKILL), the session cut by the broker, delete; and in app
+//! mode, an app created after the agent started, deleted, and created again.
 
 mod support;
 
@@ -498,4 +499,49 @@ async fn an_agent_over_mqtt_follows_its_group_through_every_kind_of_change() {
         "the cut session was noticed: {log}"
     );
     assert_eq!(agent.process.exits(), 0, "no exit but the SIGKILL: {log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_mode_agent_over_mqtt_waits_for_its_app_and_follows_it_through_delete() {
+    let scenario = Scenario::new("mqtt-app-mode");
+    let control_plane = scenario.control_plane("cp").await;
+    let rest = control_plane.rest();
+    let app = scenario.app_name("mqtt.single");
+    let device = unique_name("pi.mqtt-app-mode");
+    let url = mqtt_url(&scenario.vhost.name);
+    // Started before its app exists: it subscribes to the app's topic all the same.
+    let agent = Agent::start_with(
+        &device,
+        &AgentMode::Apps(vec![app.clone()]),
+        &scenario.vhost.amqp_url(),
+        &scenario.directory,
+        &[("NEBULA_TRANSPORT", "mqtt"), ("NEBULA_MQTT_URL", &url)],
+    )
+    .await;
+    wait_for("the agent synced", DELIVERY, || {
+        let synced = agent.process.log().contains("synced; following changes");
+        async move { synced.then_some(()) }
+    })
+    .await
+    .expect("synced");
+    let start = Instant::now();
+    rest.create_app(&app, json!({"docker_image": test_image(1)}))
+        .await
+        .expect("create");
+    scenario.converged(&app, 1, 1).await;
+    scenario.report("mqtt app mode: created after the agent started", start);
+
+    // Deleted while it is the agent's own app: its containers go.
+    let start = Instant::now();
+    rest.delete_app(&app).await.expect("delete");
+    scenario.converged(&app, 0, 0).await;
+    scenario.report("mqtt app mode: delete", start);
+    // Created again (a new incarnation): it runs again.
+    let start = Instant::now();
+    rest.create_app(&app, json!({"docker_image": test_image(2)}))
+        .await
+        .expect("create again");
+    scenario.converged(&app, 1, 1).await;
+    scenario.report("mqtt app mode: created again", start);
+    assert_eq!(agent.process.exits(), 0, "{}", agent.process.log());
 }

@@ -37,6 +37,17 @@ const MAX_INCOMING_PACKET: usize = 4 * 1024 * 1024;
 const MAX_OUTGOING_PACKET: usize = 256 * 1024;
 /// Requests (subscribe, publish, ack) queued for the event loop.
 const REQUEST_CAPACITY: usize = 64;
+/// How long connecting (TCP and CONNACK) and each write may take.
+const NETWORK_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// What the event loop's driver hands the session.
 #[derive(Debug)]
@@ -71,12 +82,19 @@ pub async fn run<R: ContainerRuntime>(shared: Arc<Shared<R>>) -> Result<(), Agen
                 () = tokio::time::sleep(delay) => {}
             }
         }
-        let (client, event_loop) = AsyncClient::new(options(&shared, &url), REQUEST_CAPACITY);
+        let (client, mut event_loop) = AsyncClient::new(options(&shared, &url), REQUEST_CAPACITY);
+        // rumqttc's 5 s default bounds the connect and every write: too short for a slow
+        // cellular link (the MQTT agent's use case).
+        event_loop
+            .network_options
+            .set_connection_timeout(NETWORK_TIMEOUT.as_secs());
         let (sender, inbound) = mpsc::unbounded_channel();
-        let driver = tokio::spawn(drive(event_loop, sender));
+        // Aborted when the session ends, however it ends (this future dropped included): the
+        // event loop holds the connection and would keep it alive.
+        let driver = AbortOnDrop(tokio::spawn(drive(event_loop, sender)));
         let started = Instant::now();
         let end = session::run(&shared, &url, client, inbound).await;
-        driver.abort();
+        drop(driver);
         match end? {
             session::End::Shutdown => return Ok(()),
             session::End::Unreachable(reason) => {

@@ -38,8 +38,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-/// How long the broker may take to accept the session.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the broker may take to accept the session (beyond the event loop's own network
+/// timeout, which then says why).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long the broker may take to acknowledge a subscription.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a stopping agent gives its goodbye report and disconnect to go out.
@@ -119,23 +120,30 @@ pub(crate) async fn run<R: ContainerRuntime>(
         resync: Vec::new(),
     };
     let stopped = session.flow().await;
-    // The reporter sends its goodbye on a shutdown (queued before the disconnect below).
+    // The reporter sends its goodbye on a shutdown (queued before the disconnect below); one
+    // stuck (a hung engine call in a report) does not outlive its session.
     stop.cancel();
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, reporter).await;
+    let mut reporter = reporter;
+    if tokio::time::timeout(CLOSE_TIMEOUT, &mut reporter)
+        .await
+        .is_err()
+    {
+        reporter.abort();
+    }
     match stopped {
         Stop::Shutdown => {
-            // Best effort: the goodbye report and a clean DISCONNECT, so the broker drops the
-            // session at once.
-            if client.disconnect().await.is_ok() {
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            // Best effort, time-limited: the goodbye report and a clean DISCONNECT, so the
+            // broker drops the session at once.
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                if client.disconnect().await.is_ok() {
                     while let Some(event) = session.inbound.recv().await {
                         if matches!(event, Inbound::Lost(_)) {
                             break;
                         }
                     }
-                })
-                .await;
-            }
+                }
+            })
+            .await;
             Ok(End::Shutdown)
         }
         Stop::Lost(reason) => Ok(End::Lost(reason)),
@@ -227,7 +235,8 @@ impl<R: ContainerRuntime> Session<R> {
         );
         loop {
             if let Some(publish) = self.pending.pop_front() {
-                self.handle(publish).await?;
+                // Acknowledged when it was held.
+                self.handle(publish, false).await?;
                 continue;
             }
             let due = self.resync.iter().map(|(_, at, _)| *at).min();
@@ -239,7 +248,7 @@ impl<R: ContainerRuntime> Session<R> {
                 inbound = self.recv() => inbound?,
             };
             if let Inbound::Message(publish) = inbound {
-                self.handle(publish).await?;
+                self.handle(publish, true).await?;
             }
         }
     }
@@ -333,10 +342,11 @@ impl<R: ContainerRuntime> Session<R> {
         }
     }
 
-    /// Keeps a change for after the sync or subscription in progress, acknowledged now: the
-    /// broker sends a session only so many unacknowledged messages, and the reply being
-    /// waited for must not queue behind them. Lost before it is applied, it is made up for
-    /// by the next session's sync.
+    /// Keeps a change for after the sync or subscription in progress, acknowledged now (the
+    /// one exception to "acknowledged once persisted"): the broker sends a session only so
+    /// many unacknowledged messages (10 by default), and the reply being waited for must not
+    /// queue behind them. Lost before it is applied (a crash, a lost session), it is made up
+    /// for by the sync every session starts with.
     async fn hold(&mut self, publish: Publish) -> Result<(), Stop> {
         self.client.ack(&publish).await.map_err(lost)?;
         if publish.topic != self.reply_topic {
@@ -347,12 +357,14 @@ impl<R: ContainerRuntime> Session<R> {
 
     /// Syncs `target` until its subscriptions cover every member the answer names.
     async fn sync(&mut self, target: &Target) -> Result<(), Stop> {
-        let mut attempts = SyncAttempts::new(
-            &self.shared.config.device_id,
-            self.shared.config.sync_timeout,
-            self.shared.config.max_sync_timeout,
-        );
         loop {
+            // Attempts of their own for each pass: a late reply to a request of the pass
+            // before was computed before the new subscriptions took, and must not count.
+            let mut attempts = SyncAttempts::new(
+                &self.shared.config.device_id,
+                self.shared.config.sync_timeout,
+                self.shared.config.max_sync_timeout,
+            );
             let reply = self.request_sync(target, &mut attempts).await?;
             let outcome = apply_sync_reply(&self.shared, target, reply).await?;
             self.resync.retain(|(pending, _, _)| pending != target);
@@ -503,29 +515,39 @@ impl<R: ContainerRuntime> Session<R> {
         })
     }
 
-    /// Applies one change (persisted before it is acknowledged).
-    async fn handle(&mut self, publish: Publish) -> Result<(), Stop> {
+    /// Applies one change, then acknowledges it when `ack` (not yet done: it was not held),
+    /// so that it is acknowledged only once persisted.
+    async fn handle(&mut self, publish: Publish, ack: bool) -> Result<(), Stop> {
         let Some(target) = self.target_of(&publish.topic) else {
             // A late sync reply, or a topic just left.
-            self.client.ack(&publish).await.map_err(lost)?;
-            return Ok(());
+            return self.ack(&publish, ack).await;
         };
         let message = match decode(&publish.payload) {
             Ok(message) => message,
             Err(error) => {
                 tracing::warn!(target = %target, topic = publish.topic, error = %error, bytes = publish.payload.len(), "dropping a message that does not decode or validate");
-                self.client.ack(&publish).await.map_err(lost)?;
-                return Ok(());
+                return self.ack(&publish, ack).await;
             }
         };
         let dispatched = apply_change(&self.shared, &target, message).await?;
-        self.client.ack(&publish).await.map_err(lost)?;
+        self.ack(&publish, ack).await?;
         if !dispatched.changes.is_empty() {
             self.shared.report_now.notify_one();
         }
         if dispatched.changes.group && self.follow_members(&target).await? {
             // Changes of the new members published before their subscription took.
             self.sync(&target).await?;
+        }
+        Ok(())
+    }
+}
+
+impl<R> Session<R> {
+    /// Acknowledges `publish` when `ack` (each delivery once: a broker may reuse a packet id
+    /// once it is acknowledged).
+    async fn ack(&self, publish: &Publish, ack: bool) -> Result<(), Stop> {
+        if ack {
+            self.client.ack(publish).await.map_err(lost)?;
         }
         Ok(())
     }
