@@ -130,15 +130,17 @@ async fn a_duplicate_device_id_is_refused_and_does_not_share_changes() {
         &[("NEBULA_MAX_BACKOFF_SECS", "2"), ("NO_COLOR", "1")],
     )
     .await;
+    // The agent's own explanation, which follows lapin's log line of the 405 (waiting for
+    // "RESOURCE_LOCKED" alone raced with it: lapin's line names the code too).
     nebula_tests::wait_for("the clone reports the duplicate", DEADLINE, || {
         let log = clone.process.log();
-        async move { log.contains("RESOURCE_LOCKED").then_some(()) }
+        async move { log.contains("NEBULA_DEVICE_ID").then_some(()) }
     })
     .await
     .expect("the clone says what is wrong");
     let log = clone.process.log();
     assert!(
-        log.contains("NEBULA_DEVICE_ID") && log.contains("/etc/machine-id"),
+        log.contains("RESOURCE_LOCKED") && log.contains("/etc/machine-id"),
         "{log}"
     );
 
