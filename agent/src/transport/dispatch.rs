@@ -159,9 +159,8 @@ pub async fn apply_sync_reply<R: ContainerRuntime>(
         // desired config; their workers remove them.
         shared.adopt_orphans().await;
     }
-    if !changes.is_empty() {
-        shared.report_now.notify_one();
-    }
+    // No report asked for here: the workers report once the sync's changes are applied, and
+    // one more on arrival would cost a report on the wire at every boot.
     Ok(outcome)
 }
 
