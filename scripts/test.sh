@@ -39,6 +39,8 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 # The agent without TLS too (a plain `cargo build -p nebula-agent`): the workspace build above
 # has its `tls` feature on, through the tests.
 cargo clippy --locked -p nebula-agent --all-targets -- -D warnings
+# And the MQTT-only agent (no lapin: `cargo xtask check-deps` checks that below).
+cargo clippy --locked -p nebula-agent --no-default-features --features mqtt,tls --all-targets -- -D warnings
 
 step "dependency invariants"
 cargo xtask check-deps
@@ -61,6 +63,8 @@ step "benchmarks (figures, no timing assertions)"
 for scenario in fanout sync-storm; do
   target/release/nebula-bench "$scenario" --agents 1000 --broker both
 done
+# The same fanout with the agents over MQTT (issue 17), on the single node.
+target/release/nebula-bench fanout --agents 1000 --broker single --transport mqtt
 target/release/nebula-bench rest --seconds 3 --concurrency 16
 
 step "wire benchmarks (footprint, dead link), in the background"
@@ -75,11 +79,14 @@ step "wire benchmarks (footprint, dead link), in the background"
 cargo xtask dist --target x86_64-unknown-linux-musl
 target/release/nebula-bench footprint >target/footprint.json 2>target/footprint.log &
 footprint_pid=$!
+# The same agent over MQTT, side by side (its own connection and port, no queue checks).
+target/release/nebula-bench footprint --transport mqtt >target/footprint-mqtt.json 2>target/footprint-mqtt.log &
+footprint_mqtt_pid=$!
 target/release/nebula-bench dead-link >target/dead-link.json 2>target/dead-link.log &
 dead_link_pid=$!
 # On an early exit: stop them, and drop the link-drop rules dead-link could leave behind.
 cleanup_wire_benchmarks() {
-  kill "$footprint_pid" "$dead_link_pid" 2>/dev/null || true
+  kill "$footprint_pid" "$footprint_mqtt_pid" "$dead_link_pid" 2>/dev/null || true
   iptables -w -S INPUT 2>/dev/null | grep nebula-test-link-drop | sed 's/^-A /-D /' |
     while read -r rule; do eval "iptables -w $rule" || true; done
 }
@@ -100,11 +107,15 @@ bash scripts/images.sh
 step "wire benchmarks: waiting for them to finish"
 footprint_status=0
 wait "$footprint_pid" || footprint_status=$?
+footprint_mqtt_status=0
+wait "$footprint_mqtt_pid" || footprint_mqtt_status=$?
 dead_link_status=0
 wait "$dead_link_pid" || dead_link_status=$?
 trap - EXIT
-cat target/footprint.log target/footprint.json target/dead-link.log target/dead-link.json
+cat target/footprint.log target/footprint.json target/footprint-mqtt.log target/footprint-mqtt.json \
+  target/dead-link.log target/dead-link.json
 [ "$footprint_status" -eq 0 ] || { echo "footprint benchmark failed (exit $footprint_status)"; exit 1; }
+[ "$footprint_mqtt_status" -eq 0 ] || { echo "footprint benchmark over MQTT failed (exit $footprint_mqtt_status)"; exit 1; }
 [ "$dead_link_status" -eq 0 ] || { echo "dead-link benchmark failed (exit $dead_link_status)"; exit 1; }
 
 if [ -f target/e2e-convergence.txt ]; then

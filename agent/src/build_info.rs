@@ -7,9 +7,13 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The target triple the binary was compiled for (set by `build.rs`).
 pub const TARGET: &str = env!("NEBULA_BUILD_TARGET");
 
-/// The optional cargo features compiled in.
+/// The optional cargo features compiled in (`amqp` is a default one, but an MQTT-only build
+/// leaves it out, and the line must tell the two apart).
 pub fn features() -> Vec<&'static str> {
     let mut features = Vec::new();
+    if cfg!(feature = "amqp") {
+        features.push("amqp");
+    }
     if cfg!(feature = "tls") {
         features.push("tls");
     }
@@ -19,7 +23,7 @@ pub fn features() -> Vec<&'static str> {
     features
 }
 
-/// One line: `nebula-agent 0.1.0 (aarch64-unknown-linux-musl; features: none)`.
+/// One line: `nebula-agent 0.1.0 (aarch64-unknown-linux-musl; features: amqp,tls,mqtt)`.
 pub fn version_line() -> String {
     let features = features();
     let features = if features.is_empty() {
@@ -47,5 +51,7 @@ mod tests {
             "build.rs sets a real triple: {TARGET}"
         );
         assert_eq!(line.contains("tls"), cfg!(feature = "tls"), "{line}");
+        assert_eq!(line.contains("amqp"), cfg!(feature = "amqp"), "{line}");
+        assert_eq!(line.contains("mqtt"), cfg!(feature = "mqtt"), "{line}");
     }
 }

@@ -3,10 +3,12 @@
 //! the process environment, and the host facts it needs (the machine id, the host name) come
 //! in as a [`HostIdentity`] read by the caller.
 
+#[cfg(feature = "amqp")]
 use crate::brokers::BrokerList;
 use crate::error::ConfigError;
+#[cfg(feature = "mqtt")]
 use crate::mqtt_url::MqttUrl;
-use crate::tls::TlsSettings;
+use crate::tls::{self, TlsSettings};
 use nebula_protocol::Name;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -147,11 +149,15 @@ impl Default for ContainerLogs {
 }
 
 /// How the agent reaches the broker: `NEBULA_TRANSPORT`.
+/// Only the transports this agent was built with exist (the configuration says what is
+/// missing): AMQP with the `amqp` feature (the default), MQTT with `mqtt`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transport {
     /// AMQP 0-9-1 (the default): `NEBULA_AMQP_URL`.
+    #[cfg(feature = "amqp")]
     Amqp,
-    /// MQTT 3.1.1 through RabbitMQ's MQTT plugin: `NEBULA_MQTT_URL`. Needs the `mqtt` feature.
+    /// MQTT 3.1.1 through RabbitMQ's MQTT plugin: `NEBULA_MQTT_URL`.
+    #[cfg(feature = "mqtt")]
     Mqtt(MqttUrl),
 }
 
@@ -160,8 +166,11 @@ pub enum Transport {
 pub struct Config {
     pub transport: Transport,
     /// `NEBULA_AMQP_URL`: one broker, or the nodes of a cluster.
+    #[cfg(feature = "amqp")]
     pub brokers: BrokerList,
-    /// `amqps://`: `NEBULA_AMQP_CA_FILE`, `NEBULA_AMQP_CERT_FILE`, `NEBULA_AMQP_KEY_FILE`.
+    /// TLS of the transport's broker connection: `NEBULA_AMQP_CA_FILE`, `_CERT_FILE`,
+    /// `_KEY_FILE` for `amqps://`, `NEBULA_MQTT_CA_FILE`, `_CERT_FILE`, `_KEY_FILE` for
+    /// `mqtts://`.
     pub tls: TlsSettings,
     pub device_id: Name,
     pub hostname: String,
@@ -242,6 +251,7 @@ impl Config {
             None => device_id_from_machine_id(host.machine_id.as_ref())?,
         };
 
+        #[cfg(feature = "amqp")]
         let brokers = BrokerList::parse(
             &non_empty("NEBULA_AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.into()),
         )
@@ -249,11 +259,40 @@ impl Config {
             variable: "NEBULA_AMQP_URL",
             reason,
         })?;
-        let tls = TlsSettings::from_env(non_empty, brokers.tls_nodes(), brokers.brokers().len())?;
         let transport = parse_transport(
             non_empty("NEBULA_TRANSPORT").as_deref(),
             non_empty("NEBULA_MQTT_URL").as_deref(),
         )?;
+        // Each transport has TLS files of its own; the other's set is a mistake to point out,
+        // not to ignore (the operator believes the link uses them).
+        let (used, unused, transport_name) = match &transport {
+            #[cfg(feature = "amqp")]
+            Transport::Amqp => (&tls::AMQP, &tls::MQTT, "amqp"),
+            #[cfg(feature = "mqtt")]
+            Transport::Mqtt(_) => (&tls::MQTT, &tls::AMQP, "mqtt"),
+        };
+        if let Some(variable) = unused.first_set(non_empty) {
+            return Err(ConfigError::Invalid {
+                variable,
+                reason: format!(
+                    "is set, but NEBULA_TRANSPORT is {transport_name}: this transport's TLS files are {}, {} and {}",
+                    used.ca, used.cert, used.key
+                ),
+            });
+        }
+        let tls = match &transport {
+            #[cfg(feature = "amqp")]
+            Transport::Amqp => TlsSettings::from_env(
+                non_empty,
+                used,
+                brokers.tls_nodes(),
+                brokers.brokers().len(),
+            )?,
+            #[cfg(feature = "mqtt")]
+            Transport::Mqtt(url) => {
+                TlsSettings::from_env(non_empty, used, usize::from(url.tls), 1)?
+            }
+        };
 
         let runtime = match non_empty("NEBULA_RUNTIME").as_deref().map(str::trim) {
             None | Some("docker") => RuntimeKind::Docker,
@@ -308,7 +347,12 @@ impl Config {
             });
         }
 
-        let heartbeat = parse_heartbeat(environment, &brokers)?;
+        #[cfg(feature = "amqp")]
+        let from_url = amqp_url_heartbeat(&brokers)?;
+        // Only AMQP URLs carry a heartbeat.
+        #[cfg(not(feature = "amqp"))]
+        let from_url = None;
+        let heartbeat = parse_heartbeat(environment, from_url)?;
 
         let docker_host = non_empty("DOCKER_HOST").unwrap_or_else(|| DEFAULT_DOCKER_HOST.into());
         if runtime == RuntimeKind::Docker {
@@ -353,6 +397,7 @@ impl Config {
 
         Ok(Self {
             transport,
+            #[cfg(feature = "amqp")]
             brokers,
             tls,
             device_id,
@@ -415,15 +460,9 @@ fn device_id_from_machine_id(machine_id: Option<&MachineId>) -> Result<Name, Con
     }
 }
 
-/// The heartbeat timeout: `NEBULA_HEARTBEAT_SECS`, or the URL's `heartbeat` parameter (the
-/// one lapin and other AMQP clients read), or the default. Setting both is ambiguous, so it
-/// is an error even when they agree; so is 0 (no heartbeat: a dead link would never be
-/// noticed, and RabbitMQ would keep the device's queue forever).
-fn parse_heartbeat(
-    environment: &impl Environment,
-    brokers: &BrokerList,
-) -> Result<Duration, ConfigError> {
-    const VARIABLE: &str = "NEBULA_HEARTBEAT_SECS";
+/// The `heartbeat` parameter of the broker URLs, when they give one (all the same one).
+#[cfg(feature = "amqp")]
+fn amqp_url_heartbeat(brokers: &BrokerList) -> Result<Option<u16>, ConfigError> {
     let mut in_urls: Vec<u16> = brokers
         .brokers()
         .iter()
@@ -437,7 +476,18 @@ fn parse_heartbeat(
             reason: "the broker URLs ask for different heartbeats".into(),
         });
     }
-    let from_url = in_urls.first().copied();
+    Ok(in_urls.first().copied())
+}
+
+/// The heartbeat timeout: `NEBULA_HEARTBEAT_SECS`, or the URL's `heartbeat` parameter (the
+/// one lapin and other AMQP clients read), or the default. Setting both is ambiguous, so it
+/// is an error even when they agree; so is 0 (no heartbeat: a dead link would never be
+/// noticed, and RabbitMQ would keep the device's queue forever).
+fn parse_heartbeat(
+    environment: &impl Environment,
+    from_url: Option<u16>,
+) -> Result<Duration, ConfigError> {
+    const VARIABLE: &str = "NEBULA_HEARTBEAT_SECS";
     let explicit = environment
         .get(VARIABLE)
         .filter(|value| !value.trim().is_empty());
@@ -471,25 +521,38 @@ fn parse_transport(
     mqtt_url: Option<&str>,
 ) -> Result<Transport, ConfigError> {
     let invalid = |variable, reason: String| ConfigError::Invalid { variable, reason };
-    match transport.map(str::trim) {
-        None | Some("amqp") => match mqtt_url {
+    // An agent built with MQTT only takes MQTT without being told.
+    let asked = transport
+        .map(str::trim)
+        .unwrap_or(if cfg!(feature = "amqp") {
+            "amqp"
+        } else {
+            "mqtt"
+        });
+    match asked {
+        "amqp" if mqtt_url.is_some() => Err(invalid(
             // Most likely NEBULA_TRANSPORT was forgotten: say so rather than go on over AMQP.
-            Some(_) => Err(invalid(
-                "NEBULA_MQTT_URL",
-                "is set, but NEBULA_TRANSPORT is not mqtt (the agent would use NEBULA_AMQP_URL)"
-                    .into(),
-            )),
-            None => Ok(Transport::Amqp),
-        },
-        Some("mqtt") if !cfg!(feature = "mqtt") => Err(invalid(
+            "NEBULA_MQTT_URL",
+            "is set, but NEBULA_TRANSPORT is not mqtt (the agent would use NEBULA_AMQP_URL)".into(),
+        )),
+        #[cfg(feature = "amqp")]
+        "amqp" => Ok(Transport::Amqp),
+        #[cfg(not(feature = "amqp"))]
+        "amqp" => Err(invalid(
+            "NEBULA_TRANSPORT",
+            "this agent was built without AMQP (an MQTT-only build): use mqtt".into(),
+        )),
+        #[cfg(feature = "mqtt")]
+        "mqtt" => MqttUrl::parse(mqtt_url.unwrap_or(DEFAULT_MQTT_URL))
+            .map(Transport::Mqtt)
+            .map_err(|reason| invalid("NEBULA_MQTT_URL", reason)),
+        #[cfg(not(feature = "mqtt"))]
+        "mqtt" => Err(invalid(
             "NEBULA_TRANSPORT",
             "this agent was built without MQTT (the `mqtt` feature); the release builds have it"
                 .into(),
         )),
-        Some("mqtt") => MqttUrl::parse(mqtt_url.unwrap_or(DEFAULT_MQTT_URL))
-            .map(Transport::Mqtt)
-            .map_err(|reason| invalid("NEBULA_MQTT_URL", reason)),
-        Some(other) => Err(invalid(
+        other => Err(invalid(
             "NEBULA_TRANSPORT",
             format!("{other:?} is not a transport: amqp (the default) or mqtt"),
         )),
@@ -600,6 +663,7 @@ mod tests {
         assert_eq!(config.device_id, MACHINE_ID);
         assert_eq!(config.hostname, "raspberrypi");
         assert_eq!(config.max_backoff, Duration::from_secs(30));
+        #[cfg(feature = "amqp")]
         assert_eq!(
             config.brokers,
             BrokerList::parse(DEFAULT_AMQP_URL).expect("valid")
@@ -690,10 +754,6 @@ mod tests {
             ("NEBULA_REPORT_INTERVAL_SECS", "soon"),
             ("NEBULA_MAX_RESTART_WAIT_SECS", "-1"),
             ("NEBULA_DEVICE_ID", "bad id"),
-            ("NEBULA_AMQP_URL", "http://broker"),
-            ("NEBULA_AMQP_URL", "amqp://broker:notaport/"),
-            ("NEBULA_AMQP_URL", " , "),
-            ("NEBULA_AMQP_URL", "amqp://a/%2f,http://b"),
             ("NEBULA_REGISTRY_USER", "only-user"),
             ("NEBULA_MAX_BACKOFF_SECS", "0"),
             ("NEBULA_MAX_BACKOFF_SECS", "a while"),
@@ -723,8 +783,38 @@ mod tests {
                 "{bad:?} should be rejected"
             );
         }
+        // Read by agents built with AMQP only (an MQTT-only build has no use for it).
+        #[cfg(feature = "amqp")]
+        for bad in [
+            "http://broker",
+            "amqp://broker:notaport/",
+            " , ",
+            "amqp://a/%2f,http://b",
+        ] {
+            assert!(
+                matches!(
+                    parse(&[("NEBULA_DEVICE_GROUP", "g"), ("NEBULA_AMQP_URL", bad)]),
+                    Err(ConfigError::Invalid {
+                        variable: "NEBULA_AMQP_URL",
+                        ..
+                    })
+                ),
+                "{bad:?} should be rejected"
+            );
+        }
     }
 
+    #[cfg(not(feature = "amqp"))]
+    #[test]
+    fn an_mqtt_only_agent_takes_mqtt_unasked_and_refuses_amqp() {
+        let config = parse(&[("NEBULA_DEVICE_GROUP", "g")]).expect("config");
+        assert!(matches!(config.transport, Transport::Mqtt(_)));
+        let error = parse(&[("NEBULA_DEVICE_GROUP", "g"), ("NEBULA_TRANSPORT", "amqp")])
+            .expect_err("no AMQP in this build");
+        assert!(error.to_string().contains("without AMQP"), "{error}");
+    }
+
+    #[cfg(feature = "amqp")]
     #[test]
     fn amqp_unless_mqtt_is_asked_for() {
         let base = [("NEBULA_DEVICE_GROUP", "g")];
@@ -734,7 +824,8 @@ mod tests {
             ("NEBULA_TRANSPORT", "mqtt"),
             ("NEBULA_MQTT_URL", "mqtt://pi:pw@broker:1883/fleet"),
         ]);
-        if cfg!(feature = "mqtt") {
+        #[cfg(feature = "mqtt")]
+        {
             let Transport::Mqtt(url) = mqtt.expect("config").transport else {
                 panic!("not mqtt");
             };
@@ -742,7 +833,9 @@ mod tests {
                 (url.host.as_str(), url.username.as_str()),
                 ("broker", "fleet:pi")
             );
-        } else {
+        }
+        #[cfg(not(feature = "mqtt"))]
+        {
             assert!(
                 matches!(
                     mqtt,
@@ -780,6 +873,64 @@ mod tests {
     }
 
     #[test]
+    fn each_transport_takes_its_own_tls_files_only() {
+        // MQTT's files with the AMQP transport: named, not ignored.
+        let error = parse(&[
+            ("NEBULA_DEVICE_GROUP", "g"),
+            ("NEBULA_MQTT_CA_FILE", "/etc/nebula/ca.pem"),
+        ])
+        .expect_err("refused");
+        assert!(
+            matches!(
+                error,
+                ConfigError::Invalid {
+                    variable: "NEBULA_MQTT_CA_FILE",
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        if cfg!(feature = "mqtt") {
+            let error = parse(&[
+                ("NEBULA_DEVICE_GROUP", "g"),
+                ("NEBULA_TRANSPORT", "mqtt"),
+                ("NEBULA_AMQP_KEY_FILE", "/etc/nebula/device.key"),
+            ])
+            .expect_err("refused");
+            assert!(
+                matches!(
+                    error,
+                    ConfigError::Invalid {
+                        variable: "NEBULA_AMQP_KEY_FILE",
+                        ..
+                    }
+                ),
+                "{error}"
+            );
+            assert!(
+                error.to_string().contains("NEBULA_MQTT_KEY_FILE"),
+                "{error}"
+            );
+        }
+        if cfg!(all(feature = "mqtt", feature = "tls")) {
+            // A CA file with a plain mqtt:// URL would encrypt nothing.
+            let error = parse(&[
+                ("NEBULA_DEVICE_GROUP", "g"),
+                ("NEBULA_TRANSPORT", "mqtt"),
+                ("NEBULA_MQTT_URL", "mqtt://broker"),
+                ("NEBULA_MQTT_CA_FILE", "/etc/nebula/ca.pem"),
+            ])
+            .expect_err("refused");
+            assert!(
+                error
+                    .to_string()
+                    .contains("NEBULA_MQTT_URL is a plain mqtt:// URL"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
     fn container_logs_rotate_by_default_and_take_docker_sizes() {
         let config = parse(&[("NEBULA_DEVICE_GROUP", "g")]).expect("valid");
         assert_eq!(config.container_logs, ContainerLogs::default());
@@ -807,6 +958,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "amqp")]
     #[test]
     fn the_amqp_url_may_list_the_nodes_of_a_cluster() {
         let config = parse(&[
@@ -846,6 +998,7 @@ mod tests {
         assert!(!error.contains("secret"), "{error}");
     }
 
+    #[cfg(feature = "amqp")]
     #[test]
     fn the_heartbeat_comes_from_the_variable_or_the_url_but_not_both() {
         let from_url = parse(&[

@@ -23,6 +23,7 @@ pub enum ConfigError {
 /// Errors talking to the broker. None of them ends the agent: a failed boot flow starts
 /// over on a new channel, a lost connection is re-established (DESIGN §3), so whether one
 /// is worth retrying is decided by whether the connection is still up, not by the variant.
+#[cfg(feature = "amqp")]
 #[derive(Debug, thiserror::Error)]
 pub enum AmqpError {
     #[error("{operation} failed: {source}")]
@@ -112,6 +113,7 @@ impl StateError {
 pub enum AgentError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[cfg(feature = "amqp")]
     #[error(transparent)]
     Amqp(#[from] AmqpError),
     #[error(transparent)]

@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+#[cfg(feature = "amqp")]
 pub mod brokers;
 pub mod build_info;
 pub mod config;
@@ -41,7 +42,13 @@ pub mod tls;
 pub mod transport;
 
 pub use config::Config;
-pub use error::{AgentError, AmqpError, ConfigError, DockerError, StateError};
+#[cfg(feature = "amqp")]
+pub use error::AmqpError;
+pub use error::{AgentError, ConfigError, DockerError, StateError};
+
+// An agent needs a way to hear of changes.
+#[cfg(not(any(feature = "amqp", feature = "mqtt")))]
+compile_error!("build nebula-agent with the `amqp` feature (the default), `mqtt`, or both");
 pub use runtime::ContainerRuntime;
 
 use config::Mode;
@@ -99,16 +106,13 @@ pub async fn run<R: ContainerRuntime>(
         ));
     }
 
+    // The configuration refuses a transport this agent was built without, so only the
+    // transports built in are reachable here.
     let mut result = match &shared.config.transport {
+        #[cfg(feature = "amqp")]
         config::Transport::Amqp => transport::amqp::run(shared.clone()).await,
         #[cfg(feature = "mqtt")]
-        config::Transport::Mqtt(_) => transport::mqtt::run(shared.clone()).await,
-        // The configuration refuses NEBULA_TRANSPORT=mqtt without the feature.
-        #[cfg(not(feature = "mqtt"))]
-        config::Transport::Mqtt(_) => Err(AgentError::Config(error::ConfigError::Invalid {
-            variable: "NEBULA_TRANSPORT",
-            reason: "this agent was built without MQTT".into(),
-        })),
+        config::Transport::Mqtt(url) => transport::mqtt::run(shared.clone(), url.clone()).await,
     };
     if let Some(fatal) = shared.take_fatal() {
         result = Err(fatal.into());

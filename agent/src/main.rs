@@ -22,6 +22,11 @@ Configured through the environment (see the agent README and DESIGN §5):
                                   or a comma-separated list of a cluster's nodes: the agent starts
                                   at a random node and moves to the next one after a failed
                                   attempt or a lost connection
+  NEBULA_AMQP_CA_FILE, _CERT_FILE, _KEY_FILE   amqps:// trust store and client certificate (PEM)
+  NEBULA_TRANSPORT                amqp (default) or mqtt
+  NEBULA_MQTT_URL                 with mqtt: mqtt:// or mqtts:// URL, the vhost as its path
+                                  (default mqtt://guest:guest@127.0.0.1:1883)
+  NEBULA_MQTT_CA_FILE, _CERT_FILE, _KEY_FILE   mqtts:// trust store and client certificate (PEM)
   NEBULA_DEVICE_ID                device id (default: /etc/machine-id, else /var/lib/dbus/machine-id;
                                   two agents with one id are refused by the broker)
   NEBULA_STATE_DIR                where desired state is persisted (default /var/lib/nebula-agent)
@@ -31,7 +36,8 @@ Configured through the environment (see the agent README and DESIGN §5):
   NEBULA_REPORT_INTERVAL_SECS     periodic device report (default 21600: six hours; reports also
                                   go out after every change they would show)
   NEBULA_HEARTBEAT_SECS           AMQP heartbeat timeout asked of the broker (default 900); a dead
-                                  link is noticed within 9.5 min at it (or the URL's heartbeat parameter)
+                                  link is noticed within 9.5 min at it (or the URL's heartbeat
+                                  parameter); over MQTT the keep-alive is half of it
   NEBULA_MAX_BACKOFF_SECS         ceiling of every retry wait, reconnects included (default 30)
   NEBULA_LOG_FORMAT               text (default) or json; RUST_LOG filters
 ";

@@ -1,33 +1,71 @@
-//! TLS of the broker connection (`amqps://`): which certificate authorities the agent trusts
-//! and the client certificate it may present.
+//! TLS of the broker connection (`amqps://`, `mqtts://`): which certificate authorities the
+//! agent trusts and the client certificate it may present.
 //!
 //! The broker's certificate is always verified, for the host name of the URL; there is
 //! deliberately no switch to turn verification off. It is verified against the authorities of
-//! `NEBULA_AMQP_CA_FILE` when set (a fleet's private CA: then only those, as `curl --cacert`
-//! does), else against the system's store (the `ca-certificates` of the device's OS).
-//! `NEBULA_AMQP_CERT_FILE` and `NEBULA_AMQP_KEY_FILE` (PEM) give a client certificate, for
-//! brokers that ask for one. Everything is read, checked and assembled with the rest of the
-//! configuration, so a wrong path, a truncated certificate, a key that does not belong to its
-//! certificate or a system without CA certificates stops the agent at start (exit 64)
-//! instead of failing every connection attempt.
+//! the CA file when one is set (`NEBULA_AMQP_CA_FILE`, or `NEBULA_MQTT_CA_FILE` over MQTT: a
+//! fleet's private CA, then only those, as `curl --cacert` does), else against the system's
+//! store (the `ca-certificates` of the device's OS). The cert and key files (PEM) give a
+//! client certificate, for brokers that ask for one. Everything is read, checked and
+//! assembled with the rest of the configuration, so a wrong path, a truncated certificate, a
+//! key that does not belong to its certificate or a system without CA certificates stops the
+//! agent at start (exit 64) instead of failing every connection attempt. Both transports get
+//! the same rustls configuration (ring, TLS 1.2 and 1.3).
 
 use crate::error::ConfigError;
 
-pub const CA_FILE: &str = "NEBULA_AMQP_CA_FILE";
-pub const CERT_FILE: &str = "NEBULA_AMQP_CERT_FILE";
-pub const KEY_FILE: &str = "NEBULA_AMQP_KEY_FILE";
+/// The variables of one transport's TLS files, and how its URLs are spelled, for errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsVariables {
+    pub ca: &'static str,
+    pub cert: &'static str,
+    pub key: &'static str,
+    url: &'static str,
+    plain: &'static str,
+    secure: &'static str,
+    port: u16,
+}
 
-/// How `amqps://` connections are made: empty when no broker URL is `amqps://`.
+pub const AMQP: TlsVariables = TlsVariables {
+    ca: "NEBULA_AMQP_CA_FILE",
+    cert: "NEBULA_AMQP_CERT_FILE",
+    key: "NEBULA_AMQP_KEY_FILE",
+    url: "NEBULA_AMQP_URL",
+    plain: "amqp://",
+    secure: "amqps://",
+    port: 5671,
+};
+
+pub const MQTT: TlsVariables = TlsVariables {
+    ca: "NEBULA_MQTT_CA_FILE",
+    cert: "NEBULA_MQTT_CERT_FILE",
+    key: "NEBULA_MQTT_KEY_FILE",
+    url: "NEBULA_MQTT_URL",
+    plain: "mqtt://",
+    secure: "mqtts://",
+    port: 8883,
+};
+
+impl TlsVariables {
+    /// The first of this transport's TLS variables that is set.
+    pub fn first_set(&self, lookup: impl Fn(&str) -> Option<String>) -> Option<&'static str> {
+        [self.ca, self.cert, self.key]
+            .into_iter()
+            .find(|variable| lookup(variable).is_some())
+    }
+}
+
+/// How TLS connections are made: empty when no broker URL asks for TLS.
 #[derive(Clone, Default)]
 pub struct TlsSettings {
     /// What the connector trusts and presents, for logs.
     pub summary: Option<String>,
     #[cfg(feature = "tls")]
-    pub connector: Option<lapin::tcp::RustlsConnector>,
+    pub config: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl std::fmt::Debug for TlsSettings {
-    // The connector holds the private key: only the summary is shown.
+    // The configuration holds the private key: only the summary is shown.
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("TlsSettings")
@@ -38,20 +76,19 @@ impl std::fmt::Debug for TlsSettings {
 
 impl TlsSettings {
     /// Reads the files the environment names. `lookup` gives a variable's non-empty value;
-    /// `tls_nodes` of the `nodes` broker URLs are `amqps://`. TLS files with a plain
-    /// `amqp://` node are refused: the operator believes every link is encrypted, and the
-    /// one to that node would not be.
+    /// `tls_nodes` of the `nodes` broker URLs ask for TLS. TLS files with a plain URL are
+    /// refused: the operator believes every link is encrypted, and the one to that node
+    /// would not be.
     pub fn from_env(
         lookup: impl Fn(&str) -> Option<String>,
+        variables: &TlsVariables,
         tls_nodes: usize,
         nodes: usize,
     ) -> Result<Self, ConfigError> {
-        let ca = lookup(CA_FILE);
-        let cert = lookup(CERT_FILE);
-        let key = lookup(KEY_FILE);
-        let set = [(CA_FILE, &ca), (CERT_FILE, &cert), (KEY_FILE, &key)]
-            .into_iter()
-            .find_map(|(variable, value)| value.as_ref().map(|_| variable));
+        let ca = lookup(variables.ca);
+        let cert = lookup(variables.cert);
+        let key = lookup(variables.key);
+        let set = variables.first_set(&lookup);
         if !cfg!(feature = "tls") {
             return match set {
                 Some(variable) => Err(invalid(
@@ -63,11 +100,25 @@ impl TlsSettings {
         }
         match set {
             Some(variable) if tls_nodes < nodes => {
+                let TlsVariables {
+                    url,
+                    plain,
+                    secure,
+                    port,
+                    ..
+                } = variables;
+                let which = if nodes == 1 {
+                    format!("{url} is a plain {plain} URL")
+                } else {
+                    format!(
+                        "{} of the {nodes} URLs of {url} are plain {plain}",
+                        nodes - tls_nodes
+                    )
+                };
                 return Err(invalid(
                     variable,
                     &format!(
-                        "{} of the {nodes} URLs of NEBULA_AMQP_URL are plain amqp://, so those connections would not be encrypted; use amqps:// (port 5671 on RabbitMQ) for every node, or unset it",
-                        nodes - tls_nodes
+                        "{which}, so those connections would not be encrypted; use {secure} (port {port} on RabbitMQ) for every node, or unset it"
                     ),
                 ));
             }
@@ -78,19 +129,25 @@ impl TlsSettings {
             (None, None) => None,
             (Some(_), None) => {
                 return Err(invalid(
-                    KEY_FILE,
-                    "not set, but NEBULA_AMQP_CERT_FILE is: a client certificate needs its key",
+                    variables.key,
+                    &format!(
+                        "not set, but {} is: a client certificate needs its key",
+                        variables.cert
+                    ),
                 ));
             }
             (None, Some(_)) => {
                 return Err(invalid(
-                    CERT_FILE,
-                    "not set, but NEBULA_AMQP_KEY_FILE is: a key needs its client certificate",
+                    variables.cert,
+                    &format!(
+                        "not set, but {} is: a key needs its client certificate",
+                        variables.key
+                    ),
                 ));
             }
             (Some(cert), Some(key)) => Some((cert, key)),
         };
-        build(ca.as_deref(), client)
+        build(variables, ca.as_deref(), client)
     }
 }
 
@@ -102,14 +159,21 @@ fn invalid(variable: &'static str, reason: &str) -> ConfigError {
 }
 
 #[cfg(not(feature = "tls"))]
-fn build(_ca: Option<&str>, _client: Option<(String, String)>) -> Result<TlsSettings, ConfigError> {
-    // `from_env` never gets here without TLS (`amqps://` is refused with the URL).
+fn build(
+    _variables: &TlsVariables,
+    _ca: Option<&str>,
+    _client: Option<(String, String)>,
+) -> Result<TlsSettings, ConfigError> {
+    // `from_env` never gets here without TLS (a TLS URL is refused with the URL).
     Ok(TlsSettings::default())
 }
 
 #[cfg(feature = "tls")]
-fn build(ca: Option<&str>, client: Option<(String, String)>) -> Result<TlsSettings, ConfigError> {
-    use lapin::tcp::RustlsConnectorConfig;
+fn build(
+    variables: &TlsVariables,
+    ca: Option<&str>,
+    client: Option<(String, String)>,
+) -> Result<TlsSettings, ConfigError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -149,56 +213,62 @@ fn build(ca: Option<&str>, client: Option<(String, String)>) -> Result<TlsSettin
         Ok(certificates)
     };
 
-    let (config, trusted) = match ca {
+    let mut roots = rustls::RootCertStore::empty();
+    let trusted = match ca {
         Some(path) => {
-            let roots = certificates(CA_FILE, path)?;
-            let trusted = format!("{} authorities of {path}", roots.len());
-            (
-                RustlsConnectorConfig::default().with_parsable_certificates(roots),
-                trusted,
-            )
+            let (added, _) = roots.add_parsable_certificates(certificates(variables.ca, path)?);
+            format!("{added} authorities of {path}")
         }
-        None => (
-            RustlsConnectorConfig::new_with_native_certs().map_err(|error| {
-                invalid(
-                    CA_FILE,
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(native.certs);
+            if added == 0 {
+                let secure = variables.secure;
+                let ca = variables.ca;
+                let reason = native
+                    .errors
+                    .first()
+                    .map_or_else(|| "none found".to_string(), ToString::to_string);
+                return Err(invalid(
+                    variables.ca,
                     &format!(
-                        "amqps:// needs certificate authorities to verify the broker, and none could be loaded from this system ({error}): install the OS's CA certificates (ca-certificates), or set NEBULA_AMQP_CA_FILE to the broker's CA"
+                        "{secure} needs certificate authorities to verify the broker, and none could be loaded from this system ({reason}): install the OS's CA certificates (ca-certificates), or set {ca} to the broker's CA"
                     ),
-                )
-            })?,
-            "the system's certificate authorities".to_string(),
-        ),
+                ));
+            }
+            "the system's certificate authorities".to_string()
+        }
     };
-    // Which variable a failure to assemble the connector is about.
-    let (connector, summary, blamed) = match client {
-        None => (
-            config.connector_with_no_client_auth(),
-            format!("trusting {trusted}"),
-            CA_FILE,
-        ),
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|error| invalid(variables.ca, &format!("cannot set up TLS: {error}")))?
+    .with_root_certificates(roots);
+    let (config, summary) = match client {
+        None => (builder.with_no_client_auth(), format!("trusting {trusted}")),
         Some((cert, key)) => {
-            let chain = certificates(CERT_FILE, &cert)?;
-            let key_pem = read(KEY_FILE, &key)?;
+            let chain = certificates(variables.cert, &cert)?;
+            let key_pem = read(variables.key, &key)?;
             let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|error| {
                 invalid(
-                    KEY_FILE,
+                    variables.key,
                     &format!("{key}: no usable PEM private key (PKCS#8, PKCS#1 or SEC1): {error}"),
                 )
             })?;
+            // The certificates parsed: what is left is the key not fitting them.
+            let config = builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|error| invalid(variables.key, &format!("cannot set up TLS: {error}")))?;
             (
-                config.connector_with_single_cert(chain, key_der),
+                config,
                 format!("trusting {trusted}, client certificate {cert}"),
-                // The certificates parsed: what is left is the key not fitting them.
-                KEY_FILE,
             )
         }
     };
-    let connector =
-        connector.map_err(|error| invalid(blamed, &format!("cannot set up TLS: {error}")))?;
     Ok(TlsSettings {
         summary: Some(summary),
-        connector: Some(connector),
+        config: Some(std::sync::Arc::new(config)),
     })
 }
 
@@ -213,7 +283,7 @@ mod tests {
             .iter()
             .map(|(key, value)| (key.to_string(), value.to_string()))
             .collect();
-        TlsSettings::from_env(|key| environment.get(key).cloned(), amqps, 2)
+        TlsSettings::from_env(|key| environment.get(key).cloned(), &AMQP, amqps, 2)
     }
 
     #[cfg(feature = "tls")]
@@ -233,17 +303,17 @@ mod tests {
     #[cfg(feature = "tls")]
     #[test]
     fn tls_files_for_a_plain_connection_are_refused() {
-        let error = from(&[(CA_FILE, "/etc/nebula/ca.pem")], 0).expect_err("refused");
-        assert_eq!(variable(error), CA_FILE);
+        let error = from(&[(AMQP.ca, "/etc/nebula/ca.pem")], 0).expect_err("refused");
+        assert_eq!(variable(error), AMQP.ca);
         // One plain node of a cluster's list is one unencrypted link.
-        let error = from(&[(CA_FILE, "/etc/nebula/ca.pem")], 1).expect_err("refused");
+        let error = from(&[(AMQP.ca, "/etc/nebula/ca.pem")], 1).expect_err("refused");
         assert!(error.to_string().contains("1 of the 2"), "{error}");
     }
 
     #[cfg(not(feature = "tls"))]
     #[test]
     fn a_build_without_tls_says_so() {
-        let error = from(&[(CA_FILE, "/etc/nebula/ca.pem")], 2).expect_err("refused");
+        let error = from(&[(AMQP.ca, "/etc/nebula/ca.pem")], 2).expect_err("refused");
         assert!(error.to_string().contains("without TLS"), "{error}");
     }
 
@@ -264,17 +334,17 @@ mod tests {
             "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
         );
         for path in [&*missing, &empty, &not_a_certificate] {
-            let error = from(&[(CA_FILE, path)], 2).expect_err(path);
-            assert_eq!(variable(error), CA_FILE, "{path}");
+            let error = from(&[(AMQP.ca, path)], 2).expect_err(path);
+            assert_eq!(variable(error), AMQP.ca, "{path}");
         }
         // A certificate without its key, and the reverse.
         assert_eq!(
-            variable(from(&[(CERT_FILE, &empty)], 2).expect_err("no key")),
-            KEY_FILE
+            variable(from(&[(AMQP.cert, &empty)], 2).expect_err("no key")),
+            AMQP.key
         );
         assert_eq!(
-            variable(from(&[(KEY_FILE, &empty)], 2).expect_err("no cert")),
-            CERT_FILE
+            variable(from(&[(AMQP.key, &empty)], 2).expect_err("no cert")),
+            AMQP.cert
         );
     }
 }

@@ -58,6 +58,26 @@ impl Fleet {
         state_root: &Path,
         report_interval_secs: u64,
     ) -> anyhow::Result<Self> {
+        Self::start_with(
+            count,
+            group,
+            amqp_url,
+            state_root,
+            report_interval_secs,
+            &[],
+        )
+    }
+
+    /// [`Fleet::start`] with more of the agents' environment: `NEBULA_TRANSPORT=mqtt` and
+    /// `NEBULA_MQTT_URL` for a fleet over MQTT.
+    pub fn start_with(
+        count: usize,
+        group: &str,
+        amqp_url: &str,
+        state_root: &Path,
+        report_interval_secs: u64,
+        extra_env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let shutdown = CancellationToken::new();
         let restarts = Arc::new(AtomicU64::new(0));
         let mut tasks = tokio::task::JoinSet::new();
@@ -67,7 +87,7 @@ impl Fleet {
             let device_id = format!("{prefix}-{index}");
             let state_dir = state_root.join(&device_id);
             let report_interval = report_interval_secs.to_string();
-            let environment: HashMap<&str, &str> = HashMap::from([
+            let mut environment: HashMap<&str, &str> = HashMap::from([
                 ("NEBULA_AMQP_URL", amqp_url),
                 ("NEBULA_DEVICE_ID", device_id.as_str()),
                 ("NEBULA_DEVICE_GROUP", group),
@@ -75,6 +95,7 @@ impl Fleet {
                 ("NEBULA_STATE_DIR", state_dir.to_str().unwrap_or_default()),
                 ("NEBULA_REPORT_INTERVAL_SECS", report_interval.as_str()),
             ]);
+            environment.extend(extra_env.iter().copied());
             let host = nebula_agent::config::HostIdentity {
                 hostname: device_id.clone(),
                 machine_id: None,

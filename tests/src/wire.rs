@@ -5,8 +5,8 @@
 //! transport's broker port, and [`agent_connections`] finds which local ports a process holds
 //! towards that port, so that the packets of exactly one agent's connection are counted
 //! whatever else talks to the broker at the same time. [`Transport`] says, per transport,
-//! which port that is and how a data segment reads (AMQP now; MQTT is one more variant: its
-//! port and a [`Transport::kind`] for its packet types, PINGREQ/PINGRESP as its heartbeats).
+//! which port that is and how a data segment reads: AMQP frames, or MQTT packets
+//! (PINGREQ/PINGRESP as its heartbeats).
 //!
 //! [`LinkDrop`] makes one connection's link die the way a cellular one does — packets vanish
 //! in both directions, nothing is refused or reset — with an iptables rule on its local port,
@@ -21,20 +21,25 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
     Amqp,
+    Mqtt,
 }
+
+/// The MQTT listener of the test broker (`scripts/services.sh`).
+pub const MQTT_PORT: u16 = 1883;
 
 impl Transport {
     pub fn parse(name: &str) -> anyhow::Result<Self> {
         match name {
             "amqp" => Ok(Self::Amqp),
-            "mqtt" => anyhow::bail!("the agent has no MQTT transport yet (issue 17)"),
-            other => anyhow::bail!("unknown transport {other:?}: expected amqp"),
+            "mqtt" => Ok(Self::Mqtt),
+            other => anyhow::bail!("unknown transport {other:?}: expected amqp or mqtt"),
         }
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Amqp => "amqp",
+            Self::Mqtt => "mqtt",
         }
     }
 
@@ -46,24 +51,45 @@ impl Transport {
                 url.parse::<lapin::uri::AMQPUri>()
                     .map_or(5672, |uri| uri.authority.port)
             }
+            Self::Mqtt => MQTT_PORT,
         }
     }
 
-    /// What a segment's payload (its first bytes) carries. `None` for a pure ACK.
-    pub fn kind(self, payload: &[u8], payload_len: u32) -> Option<SegmentKind> {
+    /// What a segment's payload (its first bytes) sent in `direction` carries. `None` for a
+    /// pure ACK.
+    pub fn kind(
+        self,
+        payload: &[u8],
+        payload_len: u32,
+        direction: Direction,
+    ) -> Option<SegmentKind> {
         if payload_len == 0 {
             return None;
         }
         Some(match self {
             Self::Amqp => amqp_kind(payload),
+            Self::Mqtt => mqtt_kind(payload, direction),
         })
+    }
+}
+
+/// MQTT 3.1.1 packets: the packet type is the high nibble of the first byte. A PUBLISH is a
+/// delivery when the broker sends it, the agent's publish (a report, a sync request) when the
+/// agent does; a PUBACK acknowledges either.
+fn mqtt_kind(payload: &[u8], direction: Direction) -> SegmentKind {
+    match payload.first().map(|byte| byte >> 4) {
+        Some(12 | 13) => SegmentKind::Heartbeat,
+        Some(3) if direction == Direction::FromBroker => SegmentKind::Delivery,
+        Some(3) => SegmentKind::Publish,
+        Some(4) => SegmentKind::Ack,
+        _ => SegmentKind::Other,
     }
 }
 
 /// What a data segment carries, by its first frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum SegmentKind {
-    /// A keep-alive of the protocol (AMQP heartbeat frame).
+    /// A keep-alive of the protocol (AMQP heartbeat frame, MQTT PINGREQ/PINGRESP).
     Heartbeat,
     /// A message the broker delivers to the agent (AMQP basic.deliver).
     Delivery,
@@ -483,7 +509,13 @@ impl Tally {
         let mut last_from_broker = SegmentKind::Other;
         for packet in packets {
             let to_broker = packet.destination_port == broker_port;
-            let (kind, direction) = match transport.kind(&packet.payload, packet.payload_len) {
+            let sent = if to_broker {
+                Direction::ToBroker
+            } else {
+                Direction::FromBroker
+            };
+            let (kind, direction) = match transport.kind(&packet.payload, packet.payload_len, sent)
+            {
                 Some(kind) if to_broker => {
                     last_to_broker = kind;
                     (kind, Direction::ToBroker)
@@ -664,23 +696,63 @@ mod tests {
     fn amqp_segments_are_told_apart_by_their_first_frame() {
         let heartbeat = [8, 0, 0, 0, 0, 0, 0, 0xce];
         assert_eq!(
-            Transport::Amqp.kind(&heartbeat, 8),
+            Transport::Amqp.kind(&heartbeat, 8, Direction::ToBroker),
             Some(SegmentKind::Heartbeat)
         );
         let deliver = [1, 0, 1, 0, 0, 0, 40, 0, 60, 0, 60, 0];
         assert_eq!(
-            Transport::Amqp.kind(&deliver, 300),
+            Transport::Amqp.kind(&deliver, 300, Direction::ToBroker),
             Some(SegmentKind::Delivery)
         );
         let publish = [1, 0, 2, 0, 0, 0, 40, 0, 60, 0, 40];
         assert_eq!(
-            Transport::Amqp.kind(&publish, 300),
+            Transport::Amqp.kind(&publish, 300, Direction::ToBroker),
             Some(SegmentKind::Publish)
         );
         let ack = [1, 0, 2, 0, 0, 0, 13, 0, 60, 0, 80];
-        assert_eq!(Transport::Amqp.kind(&ack, 21), Some(SegmentKind::Ack));
-        assert_eq!(Transport::Amqp.kind(&[], 0), None);
-        assert_eq!(Transport::Amqp.kind(&[3, 0], 100), Some(SegmentKind::Other));
+        assert_eq!(
+            Transport::Amqp.kind(&ack, 21, Direction::ToBroker),
+            Some(SegmentKind::Ack)
+        );
+        assert_eq!(Transport::Amqp.kind(&[], 0, Direction::ToBroker), None);
+        assert_eq!(
+            Transport::Amqp.kind(&[3, 0], 100, Direction::ToBroker),
+            Some(SegmentKind::Other)
+        );
+    }
+
+    #[test]
+    fn mqtt_packets_are_told_apart_by_type_and_direction() {
+        let mqtt = |payload: &[u8], direction| Transport::Mqtt.kind(payload, 2, direction);
+        for ping in [[0xc0, 0], [0xd0, 0]] {
+            assert_eq!(
+                mqtt(&ping, Direction::ToBroker),
+                Some(SegmentKind::Heartbeat)
+            );
+        }
+        // PUBLISH, QoS 1.
+        assert_eq!(
+            mqtt(&[0x32, 40], Direction::FromBroker),
+            Some(SegmentKind::Delivery)
+        );
+        assert_eq!(
+            mqtt(&[0x32, 40], Direction::ToBroker),
+            Some(SegmentKind::Publish)
+        );
+        assert_eq!(
+            mqtt(&[0x40, 2], Direction::ToBroker),
+            Some(SegmentKind::Ack)
+        );
+        // CONNECT, SUBSCRIBE.
+        assert_eq!(
+            mqtt(&[0x10, 30], Direction::ToBroker),
+            Some(SegmentKind::Other)
+        );
+        assert_eq!(
+            mqtt(&[0x82, 30], Direction::ToBroker),
+            Some(SegmentKind::Other)
+        );
+        assert_eq!(Transport::Mqtt.kind(&[], 0, Direction::ToBroker), None);
     }
 
     fn packet(time: f64, from: u16, to: u16, payload: &[u8], syn: bool) -> Packet {
@@ -761,7 +833,7 @@ mod tests {
         assert_eq!((packet.source_port, packet.destination_port), (40000, 5672));
         assert!((packet.time - 7.5).abs() < 1e-9);
         assert_eq!(
-            Transport::Amqp.kind(&packet.payload, packet.payload_len),
+            Transport::Amqp.kind(&packet.payload, packet.payload_len, Direction::ToBroker),
             Some(SegmentKind::Heartbeat)
         );
     }

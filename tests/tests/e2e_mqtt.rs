@@ -10,7 +10,9 @@
 //! Then the agent itself over MQTT (`NEBULA_TRANSPORT=mqtt`) against the real broker and
 //! Docker engine: create, update, stop, start, a member app added to its group, a change made
 //! while the device was down (SIGKILL), the session cut by the broker, delete; and in app
-//! mode, an app created after the agent started, deleted, and created again.
+//! mode, an app created after the agent started, deleted, and created again. Over
+//! `mqtts://` (8883) with the fleet's CA and a client certificate it converges and follows a
+//! change; without a client certificate the broker refuses it.
 
 mod support;
 
@@ -544,4 +546,93 @@ async fn an_app_mode_agent_over_mqtt_waits_for_its_app_and_follows_it_through_de
     scenario.converged(&app, 1, 1).await;
     scenario.report("mqtt app mode: created again", start);
     assert_eq!(agent.process.exits(), 0, "{}", agent.process.log());
+}
+
+/// The TLS variables of an agent over `mqtts://` on the development CA's listener; the
+/// client certificate only when `client` is set.
+fn mqtts_env(vhost: &str, client: bool) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        ("NEBULA_TRANSPORT", "mqtt".to_string()),
+        (
+            "NEBULA_MQTT_URL",
+            format!("mqtts://guest:guest@127.0.0.1:8883/{vhost}"),
+        ),
+        ("NEBULA_MQTT_CA_FILE", tls_file("ca.pem")),
+    ];
+    if client {
+        env.push(("NEBULA_MQTT_CERT_FILE", tls_file("client.pem")));
+        env.push(("NEBULA_MQTT_KEY_FILE", tls_file("client.key")));
+    }
+    env
+}
+
+fn borrowed<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter()
+        .map(|(key, value)| (*key, value.as_str()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_over_mqtts_converges_with_a_client_certificate() {
+    let scenario = Scenario::new("mqtts-agent");
+    let control_plane = scenario.control_plane("cp").await;
+    let rest = control_plane.rest();
+    let app = scenario.app_name("mqtts.web");
+    let group = unique_name("mqtts.fleet");
+    rest.create_app(&app, json!({"docker_image": test_image(1)}))
+        .await
+        .expect("create");
+    rest.create_group(&group, &[&app]).await.expect("group");
+
+    let start = Instant::now();
+    let env = mqtts_env(&scenario.vhost.name, true);
+    let agent = Agent::start_with(
+        &unique_name("pi.mqtts"),
+        &AgentMode::Group(group),
+        &scenario.vhost.amqp_url(),
+        &scenario.directory,
+        &borrowed(&env),
+    )
+    .await;
+    scenario.converged(&app, 1, 1).await;
+    scenario.report("mqtts: create", start);
+    let start = Instant::now();
+    rest.update_app(&app, json!({"docker_image": test_image(2)}))
+        .await
+        .expect("update");
+    scenario.converged(&app, 1, 2).await;
+    scenario.report("mqtts: update", start);
+    let log = agent.process.log();
+    assert!(
+        log.contains("mqtts://") && log.contains("client certificate"),
+        "the agent says where it connects and what it presents: {log}"
+    );
+    assert_eq!(agent.process.exits(), 0, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_refuses_an_mqtts_agent_without_a_client_certificate() {
+    let scenario = Scenario::new("mqtts-refused");
+    let env = mqtts_env(&scenario.vhost.name, false);
+    let agent = Agent::start_with(
+        &unique_name("pi.mqtts-refused"),
+        &AgentMode::Group(unique_name("group")),
+        &scenario.vhost.amqp_url(),
+        &scenario.directory,
+        &borrowed(&env),
+    )
+    .await;
+    // rustls reports the broker's alert: the handshake needed a certificate.
+    let needle = "CertificateRequired";
+    let log = wait_for(needle, DELIVERY * 3, || {
+        let log = agent.process.log();
+        async move { log.contains(needle).then_some(log) }
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{error}: {}", agent.process.log()));
+    assert!(
+        log.contains("MQTT broker unreachable") && !log.contains("synced; following changes"),
+        "{log}"
+    );
+    agent.process.stop(Duration::from_secs(10)).await;
 }

@@ -132,7 +132,7 @@ fn check_version(command: &[String], triple: &str) {
     assert!(
         line.starts_with(concat!("nebula-agent ", env!("CARGO_PKG_VERSION")))
             && line.contains(triple)
-            && line.contains("features: tls,mqtt"),
+            && line.contains("features: amqp,tls,mqtt"),
         "--version of the {triple} build: {line}"
     );
     eprintln!("{triple}: {}", line.trim());

@@ -1,6 +1,6 @@
 //! Fails when a crate links a dependency its architecture invariants forbid.
 
-/// (crate, forbidden dependencies, why).
+/// (crate, forbidden dependencies, why), over every feature of the crate.
 const RULES: &[(&str, &[&str], &str)] = &[
     (
         "nebula-protocol",
@@ -40,39 +40,73 @@ const RULES: &[(&str, &[&str], &str)] = &[
     ),
 ];
 
+/// (crate, the only features built, forbidden dependencies, why): builds that leave a
+/// dependency out.
+const FEATURE_RULES: &[(&str, &str, &[&str], &str)] = &[
+    (
+        "nebula-agent",
+        "mqtt,tls",
+        &[
+            "lapin",
+            "amq-protocol",
+            "amq-protocol-tcp",
+            "amq-protocol-uri",
+        ],
+        "an MQTT-only agent (issue 17) links no AMQP client",
+    ),
+    (
+        "nebula-agent",
+        "amqp,tls",
+        &["rumqttc"],
+        "an AMQP-only agent links no MQTT client",
+    ),
+];
+
 pub fn run() -> Result<(), String> {
     let mut violations = Vec::new();
-    for (krate, forbidden, why) in RULES {
-        // Every target and every feature: a dependency behind an optional feature or a
-        // platform cfg is still one a user can end up shipping.
-        let tree = super::output(
-            "cargo",
-            &[
-                "tree",
-                "--package",
-                krate,
-                "--edges",
-                "normal,build",
-                "--target",
-                "all",
-                "--all-features",
-                "--prefix",
-                "none",
-                "--format",
-                "{p}",
-            ],
-        )?;
+    // Every feature: a dependency behind an optional feature is still one a user can end up
+    // shipping.
+    let all = RULES
+        .iter()
+        .map(|(krate, forbidden, why)| (*krate, None, *forbidden, *why));
+    let some = FEATURE_RULES
+        .iter()
+        .map(|(krate, features, forbidden, why)| (*krate, Some(*features), *forbidden, *why));
+    for (krate, features, forbidden, why) in all.chain(some) {
+        let mut arguments = vec![
+            "tree",
+            "--package",
+            krate,
+            "--edges",
+            "normal,build",
+            // Every target: a platform cfg is no excuse either.
+            "--target",
+            "all",
+            "--prefix",
+            "none",
+            "--format",
+            "{p}",
+        ];
+        match features {
+            None => arguments.push("--all-features"),
+            Some(features) => arguments.extend(["--no-default-features", "--features", features]),
+        }
+        let tree = super::output("cargo", &arguments)?;
         let names: std::collections::BTreeSet<&str> = tree
             .lines()
             .filter_map(|line| line.split_whitespace().next())
             .collect();
-        for dependency in *forbidden {
+        let label = match features {
+            None => krate.to_string(),
+            Some(features) => format!("{krate} (features {features} only)"),
+        };
+        for dependency in forbidden {
             if names.contains(dependency) {
-                violations.push(format!("{krate} depends on {dependency} ({why})"));
+                violations.push(format!("{label} depends on {dependency} ({why})"));
             }
         }
         println!(
-            "check-deps: {krate}: {} crates, none of {}",
+            "check-deps: {label}: {} crates, none of {}",
             names.len(),
             forbidden.join("/")
         );

@@ -7,7 +7,10 @@
 //! unit) and check the target's size budget. For the targets in [`CLI_TARGETS`] among them,
 //! build the CLI with the `cli-release` profile and pack `dist/nebula-cli-<version>-<target>.tar.gz`
 //! (binary `nebula`, LICENSE, `cli/README.md`). Then write `dist/SHA256SUMS` and print a size
-//! table. `--only agent` or `--only cli` builds one of the two.
+//! table. `--only agent` or `--only cli` builds one of the two. `--transport amqp` or
+//! `--transport mqtt` builds only an agent with that one transport (and TLS), packed as
+//! `nebula-agent-amqp-only-…` / `nebula-agent-mqtt-only-…`, for a fleet that wants the
+//! smaller binary; its binary takes the release agent's place in `target/`.
 //!
 //! cargo-zigbuild needs `zig`, which `scripts/setup.sh` installs into the project's venv
 //! (`$NEBULA_VENV/nebula-bin`, default `/opt/nebula-venv/nebula-bin`) and puts on PATH only
@@ -43,6 +46,8 @@ struct Artifact {
     budgeted: bool,
     /// Cargo features the release is built with.
     features: &'static str,
+    /// Whether the package's default features are on too.
+    default_features: bool,
 }
 
 const AGENT: Artifact = Artifact {
@@ -52,8 +57,24 @@ const AGENT: Artifact = Artifact {
     profile: "agent-release",
     budgeted: true,
     // amqps:// (rustls with ring): a fleet on untrusted networks needs it; MQTT (rumqttc):
-    // where only MQTT gets through. Both fit the budget.
+    // where only MQTT gets through. Both fit the budget. AMQP is the default feature.
     features: "tls,mqtt",
+    default_features: true,
+};
+
+/// The agent with one transport (`--transport`).
+const AGENT_AMQP_ONLY: Artifact = Artifact {
+    name: "nebula-agent-amqp-only",
+    features: "amqp,tls",
+    default_features: false,
+    ..AGENT
+};
+
+const AGENT_MQTT_ONLY: Artifact = Artifact {
+    name: "nebula-agent-mqtt-only",
+    features: "mqtt,tls",
+    default_features: false,
+    ..AGENT
 };
 
 const CLI: Artifact = Artifact {
@@ -63,6 +84,7 @@ const CLI: Artifact = Artifact {
     profile: "cli-release",
     budgeted: false,
     features: "",
+    default_features: true,
 };
 
 /// One file of `targets/`.
@@ -124,6 +146,7 @@ pub fn run(arguments: &[String]) -> Result<(), String> {
     let mut wanted: Vec<String> = Vec::new();
     let mut check_budget = true;
     let mut only = Only::Both;
+    let mut agent = AGENT;
     let mut iterator = arguments.iter();
     while let Some(argument) = iterator.next() {
         match argument.as_str() {
@@ -135,6 +158,14 @@ pub fn run(arguments: &[String]) -> Result<(), String> {
                     Some("cli") => Only::Cli,
                     other => return Err(format!("--only takes agent or cli, not {other:?}")),
                 }
+            }
+            "--transport" => {
+                agent = match iterator.next().map(String::as_str) {
+                    Some("amqp") => AGENT_AMQP_ONLY,
+                    Some("mqtt") => AGENT_MQTT_ONLY,
+                    other => return Err(format!("--transport takes amqp or mqtt, not {other:?}")),
+                };
+                only = Only::Agent;
             }
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -161,7 +192,7 @@ pub fn run(arguments: &[String]) -> Result<(), String> {
     };
     let mut jobs: Vec<(Artifact, &Target)> = Vec::new();
     if only != Only::Cli {
-        jobs.extend(selected.iter().map(|target| (AGENT, *target)));
+        jobs.extend(selected.iter().map(|target| (agent, *target)));
     }
     if only != Only::Agent {
         jobs.extend(
@@ -294,6 +325,11 @@ fn build(artifact: Artifact, target: &Target, path: &OsString) -> Result<PathBuf
             vec![]
         } else {
             vec!["--features", artifact.features]
+        })
+        .args(if artifact.default_features {
+            vec![]
+        } else {
+            vec!["--no-default-features"]
         })
         .env(flags_variable, target.field("rustflags"))
         .env("PATH", path)

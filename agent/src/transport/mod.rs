@@ -1,14 +1,17 @@
 //! Transports: how desired state reaches the agent and reports leave it: AMQP (lapin, the
-//! default) or MQTT (rumqttc, the `mqtt` feature), each a thin adapter over the same core.
+//! `amqp` feature, on by default) or MQTT (rumqttc, the `mqtt` feature), each a thin adapter
+//! over the same core.
 //! What a transport follows is a [`Target`]; what a message does to the desired state is
 //! decided once, in [`dispatch`], whatever carried it; when a report goes out, in
 //! [`reports`].
 
+#[cfg(feature = "amqp")]
 pub mod amqp;
 pub mod dispatch;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
 pub(crate) mod reports;
+pub mod sync_attempts;
 
 use nebula_protocol::{Name, SyncTarget};
 

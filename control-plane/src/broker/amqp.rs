@@ -15,6 +15,7 @@
 //! every connect, so broker durability buys nothing but fsyncs.
 
 use super::Publisher;
+use super::exposed::Exposed;
 use crate::error::AmqpError;
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -25,7 +26,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
-use nebula_protocol::{Message, encode, names};
+use nebula_protocol::{Incarnation, Message, encode, names};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -120,6 +121,9 @@ pub struct AmqpBroker {
     channel: Channel,
     idle: std::sync::Arc<std::sync::Mutex<Vec<Channel>>>,
     publish_timeout: Duration,
+    /// The object exchanges this connection has bound into amq.topic (see
+    /// [`Publisher::expose_to_mqtt`]); a new connection starts empty.
+    exposed: std::sync::Arc<Exposed>,
 }
 
 impl AmqpBroker {
@@ -158,6 +162,7 @@ impl AmqpBroker {
             channel,
             idle: std::sync::Arc::default(),
             publish_timeout,
+            exposed: std::sync::Arc::default(),
         };
         // A broker that takes the connection but not the declarations (a node pausing) must
         // not hold the link either.
@@ -458,11 +463,17 @@ impl Publisher for AmqpBroker {
                 .await
         })
         .await?;
-        // Every change also reaches MQTT subscribers, without a second publish: the exchange
-        // is bound into amq.topic, where the publish's routing key (the object's topic, see
-        // `publish`) picks the subscribers. Bound on every declare, as the declare itself:
-        // whichever instance created the exchange, and whenever (a per-connection memory of
-        // what is bound would go stale when another instance deletes and re-creates it).
+        Ok(())
+    }
+
+    async fn expose_to_mqtt(
+        &self,
+        exchange: &str,
+        incarnation: Incarnation,
+    ) -> Result<(), AmqpError> {
+        if self.exposed.contains(exchange, incarnation) {
+            return Ok(());
+        }
         let bound = self
             .on_channel("exchange.bind", exchange, |channel| async move {
                 channel
@@ -477,14 +488,19 @@ impl Publisher for AmqpBroker {
             })
             .await;
         match bound {
+            Ok(()) => {
+                self.exposed.insert(exchange, incarnation);
+                Ok(())
+            }
             // Deleted by another instance since the declare: the publish that follows meets
             // the same 404 and answers it as that object's race, as before.
             Err(error) if error.is_not_found() => Ok(()),
-            other => other,
+            Err(error) => Err(error),
         }
     }
 
     async fn delete_exchange(&self, exchange: &str) -> Result<(), AmqpError> {
+        self.exposed.forget(exchange);
         let deleted = self
             .on_channel("exchange.delete", exchange, |channel| async move {
                 channel

@@ -5,7 +5,7 @@ use super::Publisher;
 use crate::error::AmqpError;
 use crate::gate::{Gate, Gates};
 use async_trait::async_trait;
-use nebula_protocol::Message;
+use nebula_protocol::{Incarnation, Message, names};
 use std::collections::BTreeSet;
 use std::sync::{Mutex, MutexGuard};
 
@@ -115,6 +115,21 @@ impl Publisher for FakeBroker {
         self.check("exchange.declare")?
             .exchanges
             .insert(exchange.to_string());
+        Ok(())
+    }
+
+    async fn expose_to_mqtt(
+        &self,
+        exchange: &str,
+        _incarnation: Incarnation,
+    ) -> Result<(), AmqpError> {
+        let mut state = self.check("exchange.bind")?;
+        // As RabbitMQ: amq.topic always exists; a missing source is left to the publish.
+        if state.exchanges.contains(exchange) {
+            state
+                .bindings
+                .insert((names::MQTT_EXCHANGE.to_string(), exchange.to_string()));
+        }
         Ok(())
     }
 

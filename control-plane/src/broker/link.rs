@@ -26,7 +26,7 @@ use crate::error::AmqpError;
 use crate::service::Service;
 use crate::shutdown::Shutdown;
 use async_trait::async_trait;
-use nebula_protocol::Message;
+use nebula_protocol::{Incarnation, Message};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
@@ -222,6 +222,15 @@ impl BrokerLink {
 impl Publisher for BrokerLink {
     async fn declare_exchange(&self, exchange: &str) -> Result<(), AmqpError> {
         self.on_session(|broker| async move { broker.declare_exchange(exchange).await })
+            .await
+    }
+
+    async fn expose_to_mqtt(
+        &self,
+        exchange: &str,
+        incarnation: Incarnation,
+    ) -> Result<(), AmqpError> {
+        self.on_session(|broker| async move { broker.expose_to_mqtt(exchange, incarnation).await })
             .await
     }
 

@@ -9,17 +9,28 @@
 
 pub mod amqp;
 pub mod consume;
+pub mod exposed;
 pub mod fake;
 pub mod link;
 
 use crate::error::AmqpError;
 use async_trait::async_trait;
-use nebula_protocol::Message;
+use nebula_protocol::{Incarnation, Message};
 
 #[async_trait]
 pub trait Publisher: Send + Sync + std::fmt::Debug {
     /// Declares a durable fanout exchange (idempotent).
     async fn declare_exchange(&self, exchange: &str) -> Result<(), AmqpError>;
+
+    /// Makes what is published on an object's `exchange` reach MQTT subscribers too, without
+    /// a second publish: binds it into `amq.topic`, where the publish's routing key (the
+    /// object's topic) picks the subscribers. Once per `incarnation` of the object and
+    /// connection (see [`exposed`]); a missing exchange is left to the publish that follows.
+    async fn expose_to_mqtt(
+        &self,
+        exchange: &str,
+        incarnation: Incarnation,
+    ) -> Result<(), AmqpError>;
 
     /// Deletes an exchange (idempotent: a missing exchange is not an error).
     async fn delete_exchange(&self, exchange: &str) -> Result<(), AmqpError>;

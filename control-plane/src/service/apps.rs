@@ -23,10 +23,8 @@ impl Lifecycle for AppConfig {
     async fn publish(service: &Service, stored: &Stored<Self>) -> Result<(), ServiceError> {
         let exchange = names::app_exchange(&stored.document.app_name);
         service
-            .broker
-            .declare_exchange(&exchange)
-            .await
-            .map_err(|error| service.broker_error(error))?;
+            .declare_object_exchange(&exchange, stored.document.incarnation)
+            .await?;
         service
             .publish(&exchange, &Message::AppChanged(stored.document.clone()))
             .await
@@ -40,7 +38,9 @@ impl Lifecycle for AppConfig {
             app_id: config.app_id,
             incarnation: config.incarnation,
         };
-        service.publish_delete(&exchange, &message).await?;
+        service
+            .publish_delete(&exchange, config.incarnation, &message)
+            .await?;
         // Every group that lists the app leaves it. Read after the tombstone was written: a
         // group write that checked the app before then is caught by that write's repair.
         for group in groups_containing(service, &config.app_name).await? {

@@ -93,7 +93,9 @@ impl Lifecycle for DeviceGroup {
             device_group_id: group.device_group_id,
             incarnation: group.incarnation,
         };
-        service.publish_delete(&exchange, &message).await?;
+        service
+            .publish_delete(&exchange, group.incarnation, &message)
+            .await?;
         // Deleting the exchange drops its bindings with it.
         delete_exchange_unless_revived(service, &tombstone).await?;
         clear_pending(service, &tombstone).await?;
@@ -154,10 +156,9 @@ pub(crate) async fn reconcile_topology(
 ) -> Result<(), ServiceError> {
     let broker = &service.broker;
     let group_exchange = names::group_exchange(&group.device_group);
-    broker
-        .declare_exchange(&group_exchange)
-        .await
-        .map_err(|error| service.broker_error(error))?;
+    service
+        .declare_object_exchange(&group_exchange, group.incarnation)
+        .await?;
     for app in &group.apps {
         if !app_is_live(service, app).await? {
             continue;

@@ -183,18 +183,33 @@ impl Service {
         Ok(())
     }
 
+    /// Declares the exchange of an object's `incarnation` and binds it into `amq.topic` for
+    /// MQTT agents (once per incarnation, see `broker::exposed`).
+    async fn declare_object_exchange(
+        &self,
+        exchange: &str,
+        incarnation: nebula_protocol::Incarnation,
+    ) -> Result<(), ServiceError> {
+        self.broker
+            .declare_exchange(exchange)
+            .await
+            .map_err(|error| self.broker_error(error))?;
+        self.broker
+            .expose_to_mqtt(exchange, incarnation)
+            .await
+            .map_err(|error| self.broker_error(error))
+    }
+
     /// Tells the devices an object is gone: declares its exchange (a publish to a missing
     /// one fails) and publishes the delete. Another instance finishing the same delete first,
     /// and dropping the exchange in between, is not an error.
     async fn publish_delete(
         &self,
         exchange: &str,
+        incarnation: nebula_protocol::Incarnation,
         message: &nebula_protocol::Message,
     ) -> Result<(), ServiceError> {
-        self.broker
-            .declare_exchange(exchange)
-            .await
-            .map_err(|error| self.broker_error(error))?;
+        self.declare_object_exchange(exchange, incarnation).await?;
         match self.publish(exchange, message).await {
             Err(ServiceError::Amqp(error)) if error.is_not_found() => Ok(()),
             result => result,

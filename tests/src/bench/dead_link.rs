@@ -51,6 +51,7 @@ pub async fn run(options: &Options) -> anyhow::Result<serde_json::Value> {
     let settings = Settings {
         heartbeat_secs: options.optional_number("heartbeat-secs")?,
         report_interval_secs: None,
+        transport: Transport::Amqp,
     };
     let heartbeat = Duration::from_secs(settings.heartbeat_secs());
     let agent_binary = release_agent()?;

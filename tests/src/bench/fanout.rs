@@ -5,6 +5,7 @@
 //!
 //! `--broker cluster` runs it on the three-node cluster (agents spread over its nodes),
 //! `--broker both` on the single node and then on the cluster, side by side.
+//! `--transport mqtt` runs the agents over MQTT (issue 17; the single node's MQTT listener).
 //!
 //! Not counted: an agent's work on a real container runtime (the simulated one applies at
 //! once; `footprint` and the e2e suite have real-Docker figures), and network latency to
@@ -14,6 +15,7 @@ use super::Options;
 use super::fleet_setup::{Broker, FleetBench, on_brokers};
 use super::stats::Percentiles;
 use crate::fleet::Fleet;
+use crate::wire::{self, Transport};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -25,20 +27,40 @@ async fn run_on(options: &Options, broker: Broker) -> anyhow::Result<serde_json:
     let agents = options.number("agents", 100)? as usize;
     let updates = options.number("updates", 20)?;
     let deadline = Duration::from_secs(options.number("deadline-secs", 120)?);
+    let transport = Transport::parse(&options.text("transport", "amqp"))?;
+    anyhow::ensure!(
+        transport == Transport::Amqp || broker == Broker::Single,
+        "--transport mqtt runs on the single broker only (the cluster's nodes have no MQTT listener)"
+    );
     let bench = FleetBench::prepare("fanout", broker).await?;
     let app = bench.app_name();
 
     eprintln!(
-        "fanout: starting {agents} agents ({} broker)",
-        broker.label()
+        "fanout: starting {agents} agents ({} broker, {})",
+        broker.label(),
+        transport.name()
     );
+    let mqtt_url = format!(
+        "mqtt://guest:guest@127.0.0.1:{}/{}",
+        wire::MQTT_PORT,
+        bench.vhost.name
+    );
+    let mqtt_env = [
+        ("NEBULA_TRANSPORT", "mqtt"),
+        ("NEBULA_MQTT_URL", mqtt_url.as_str()),
+    ];
+    let extra_env: &[(&str, &str)] = match transport {
+        Transport::Amqp => &[],
+        Transport::Mqtt => &mqtt_env,
+    };
     let booted = Instant::now();
-    let fleet = Fleet::start(
+    let fleet = Fleet::start_with(
         agents,
         &bench.group,
         &bench.amqp_url,
         &bench.state_root,
         3600,
+        extra_env,
     )?;
     fleet.wait_applied(&app, 1, booted, deadline).await?;
     let boot_secs = booted.elapsed().as_secs_f64();
@@ -106,7 +128,7 @@ async fn run_on(options: &Options, broker: Broker) -> anyhow::Result<serde_json:
     Ok(json!({
         "scenario": "fanout",
         "broker": broker.label(),
-        "parameters": {"agents": agents, "updates": updates, "broker": broker.label()},
+        "parameters": {"agents": agents, "updates": updates, "broker": broker.label(), "transport": transport.name()},
         "agents": agents,
         "updates": updates,
         // What the user waits for, per update: request sent -> applied on every agent.

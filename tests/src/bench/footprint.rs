@@ -22,7 +22,12 @@
 //! over `--max-idle-bytes-per-month` (2,000,000 by default: issue 19's 2 MB), or when the
 //! window does not hold the heartbeats that figure assumes.
 //!
-//! Options: `--transport amqp` (MQTT: issue 17), `--idle-secs N` (default: half the
+//! Over MQTT (`--transport mqtt`, issue 17) the same phases, with MQTT's packets: PINGREQ
+//! and PINGRESP are the keep-alive (the agent asks for a keep-alive of half its heartbeat
+//! timeout, so the same window holds one of each), PUBLISH and PUBACK the messages and their
+//! acknowledgements; there are no queue checks.
+//!
+//! Options: `--transport amqp|mqtt`, `--idle-secs N` (default: half the
 //! heartbeat timeout plus 10 s), `--heartbeat-secs N` and `--report-interval-secs N` to
 //! measure other settings than the agent's defaults, `--max-idle-bytes-per-month N`.
 
@@ -86,6 +91,7 @@ pub(super) fn release_agent() -> anyhow::Result<PathBuf> {
 pub(super) struct Settings {
     pub(super) heartbeat_secs: Option<u64>,
     pub(super) report_interval_secs: Option<u64>,
+    pub(super) transport: Transport,
 }
 
 impl Settings {
@@ -98,9 +104,9 @@ impl Settings {
             .unwrap_or(DEFAULT_REPORT_INTERVAL_SECS)
     }
 
-    /// The agent's environment for these settings. The test harness sets a short report
-    /// interval for every agent; an empty value gives the agent's own default back.
-    fn environment(self) -> Vec<(&'static str, String)> {
+    /// The agent's environment for these settings, on `vhost`. The test harness sets a short
+    /// report interval for every agent; an empty value gives the agent's own default back.
+    fn environment(self, vhost: &str) -> Vec<(&'static str, String)> {
         let mut environment = vec![(
             "NEBULA_REPORT_INTERVAL_SECS",
             self.report_interval_secs
@@ -108,6 +114,13 @@ impl Settings {
         )];
         if let Some(secs) = self.heartbeat_secs {
             environment.push(("NEBULA_HEARTBEAT_SECS", secs.to_string()));
+        }
+        if self.transport == Transport::Mqtt {
+            environment.push(("NEBULA_TRANSPORT", "mqtt".into()));
+            environment.push((
+                "NEBULA_MQTT_URL",
+                format!("mqtt://guest:guest@127.0.0.1:{}/{vhost}", wire::MQTT_PORT),
+            ));
         }
         environment
     }
@@ -121,7 +134,7 @@ pub(super) async fn start_release_agent(
     directory: &std::path::Path,
     settings: Settings,
 ) -> Agent {
-    let environment = settings.environment();
+    let environment = settings.environment(&bench.vhost.name);
     let environment: Vec<(&str, &str)> = environment
         .iter()
         .map(|(key, value)| (*key, value.as_str()))
@@ -142,6 +155,7 @@ pub async fn run(options: &Options) -> anyhow::Result<serde_json::Value> {
     let settings = Settings {
         heartbeat_secs: options.optional_number("heartbeat-secs")?,
         report_interval_secs: options.optional_number("report-interval-secs")?,
+        transport,
     };
     // A little over half a heartbeat timeout by default: see the module docs.
     let idle_secs = options.number("idle-secs", settings.heartbeat_secs() / 2 + 10)?;
@@ -168,7 +182,7 @@ pub async fn run(options: &Options) -> anyhow::Result<serde_json::Value> {
         &device,
         idle_secs,
         &capture,
-        transport,
+        settings,
         broker_port,
     )
     .await;
@@ -311,7 +325,7 @@ fn wire_figures(
         boot.ip_bytes,
     );
     let figures = json!({
-        "counted": "every IP packet of the agent's broker connection, both directions, IP and TCP headers included (not Ethernet or radio framing, not DNS, not TLS: the test broker is plain AMQP on loopback)",
+        "counted": "every IP packet of the agent's broker connection, both directions, IP and TCP headers included (not Ethernet or radio framing, not DNS, not TLS: the test broker is plain AMQP or MQTT on loopback)",
         "idle": {
             "window_secs": window,
             "tally": idle,
@@ -345,19 +359,30 @@ async fn measure(
     device: &str,
     idle_secs: u64,
     capture: &Capture,
-    transport: Transport,
+    settings: Settings,
     broker_port: u16,
 ) -> anyhow::Result<Measured> {
+    let transport = settings.transport;
     let engine = docker()?;
     eprintln!("footprint: waiting for {CONTAINERS} containers");
     wait_running(&engine, app, 1, CONTAINERS, Duration::from_secs(180)).await?;
     let (pid, port) = wire::agent_connection(agent, broker_port).await?;
-    let negotiated_heartbeat_secs = wire::broker_heartbeat_secs(device)?;
+    // MQTT has no negotiation: the agent's keep-alive is half its heartbeat timeout, as
+    // AMQP's heartbeats go after half the negotiated timeout.
+    let negotiated_heartbeat_secs = match transport {
+        Transport::Amqp => wire::broker_heartbeat_secs(device)?,
+        Transport::Mqtt => settings.heartbeat_secs(),
+    };
     // The boot ends with the report of the first convergence.
     let boot_end = report_confirmed(capture, transport, port, broker_port, 0.0).await?;
-    // The agent checks its queue for a while after consuming starts (before the report):
-    // the idle window starts once those checks are over, when only heartbeats are left.
-    let settled = boot_end + LAST_QUEUE_CHECK.as_secs_f64() + 5.0;
+    // The AMQP agent checks its queue for a while after consuming starts (before the
+    // report): the idle window starts once those checks are over, when only heartbeats are
+    // left. The MQTT agent has none.
+    let queue_checks = match transport {
+        Transport::Amqp => LAST_QUEUE_CHECK.as_secs_f64(),
+        Transport::Mqtt => 0.0,
+    };
+    let settled = boot_end + queue_checks + 5.0;
     eprintln!(
         "footprint: waiting {:.0} s for the agent's queue checks to end",
         settled - wire::now()
@@ -427,12 +452,13 @@ async fn report_confirmed(
                 .collect();
             let published = packets.iter().position(|packet| {
                 packet.destination_port == broker_port
-                    && transport.kind(&packet.payload, packet.payload_len)
+                    && transport.kind(&packet.payload, packet.payload_len, Direction::ToBroker)
                         == Some(SegmentKind::Publish)
             })?;
             packets[published..].iter().find(|packet| {
                 packet.source_port == broker_port
-                    && transport.kind(&packet.payload, packet.payload_len) == Some(SegmentKind::Ack)
+                    && transport.kind(&packet.payload, packet.payload_len, Direction::FromBroker)
+                        == Some(SegmentKind::Ack)
             })?;
             let last = packets.last()?.time;
             (wire::now() - last >= QUIET).then_some(last + 0.001)

@@ -7,7 +7,7 @@
 //! does.
 
 use super::queue::{self, Declared, Refusal};
-use super::sync::{SyncAttempts, request_sync};
+use super::sync::request_sync;
 use super::watch::{CheckChannel, QueueWatch};
 use super::{FlowEnd, agent_queue, exchange, operation, reply_code};
 use crate::backoff::Backoff;
@@ -17,6 +17,7 @@ use crate::state::SyncOutcome;
 use crate::supervisor::Shared;
 use crate::transport::Target;
 use crate::transport::dispatch::{apply_change, apply_sync_reply};
+use crate::transport::sync_attempts::SyncAttempts;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{

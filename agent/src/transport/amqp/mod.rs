@@ -28,8 +28,6 @@ mod watch;
 
 pub use watch::LAST_QUEUE_CHECK;
 
-pub use sync::SyncAttempts;
-
 use crate::backoff::ReconnectSchedule;
 use crate::config::Mode;
 use crate::error::{AgentError, AmqpError, StateError};
@@ -191,11 +189,11 @@ async fn connect(
 ) -> Result<Connection, lapin::Error> {
     let runtime = lapin::runtime::default_runtime()?;
     let limit_ms = u32::try_from(unacknowledged_limit.as_millis()).unwrap_or(u32::MAX);
-    #[cfg_attr(
-        not(feature = "tls"),
-        expect(unused_variables, reason = "amqps:// needs the tls feature")
-    )]
-    let tls = tls.clone();
+    #[cfg(feature = "tls")]
+    let connector = tls.config.clone().map(lapin::tcp::RustlsConnector::from);
+    // amqps:// needs the tls feature; the configuration refuses it without.
+    #[cfg(not(feature = "tls"))]
+    let _ = tls;
     Connection::connector(
         uri,
         runtime,
@@ -223,7 +221,7 @@ async fn connect(
                 // The broker's certificate is verified for the URL's host name, against
                 // NEBULA_AMQP_CA_FILE or the system's store (crate::tls).
                 #[cfg(feature = "tls")]
-                AMQPScheme::AMQPS => match &tls.connector {
+                AMQPScheme::AMQPS => match &connector {
                     Some(connector) => stream
                         .into_rustls(connector, &uri.authority.host)
                         .await

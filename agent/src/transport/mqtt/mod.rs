@@ -16,7 +16,6 @@
 mod session;
 
 use crate::backoff::ReconnectSchedule;
-use crate::config::Transport;
 use crate::error::AgentError;
 use crate::mqtt_url::MqttUrl;
 use crate::runtime::ContainerRuntime;
@@ -60,14 +59,11 @@ pub(crate) enum Inbound {
     Lost(String),
 }
 
-/// Runs the MQTT transport until shutdown (`Ok`) or a failed state write (`Err`).
-pub async fn run<R: ContainerRuntime>(shared: Arc<Shared<R>>) -> Result<(), AgentError> {
-    let Transport::Mqtt(url) = &shared.config.transport else {
-        return Err(AgentError::Task(
-            "the MQTT transport started without an MQTT URL (a bug)".into(),
-        ));
-    };
-    let url = url.clone();
+/// Runs the MQTT transport to `url` until shutdown (`Ok`) or a failed state write (`Err`).
+pub async fn run<R: ContainerRuntime>(
+    shared: Arc<Shared<R>>,
+    url: MqttUrl,
+) -> Result<(), AgentError> {
     let mut schedule = ReconnectSchedule::new(RECONNECT_BASE, shared.config.max_backoff);
     loop {
         let delay = schedule.before_attempt();
@@ -125,6 +121,16 @@ fn options<R>(shared: &Shared<R>, url: &MqttUrl) -> MqttOptions {
         .clamp(MIN_KEEP_ALIVE, Duration::from_secs(u64::from(u16::MAX)));
     options.set_keep_alive(keep_alive);
     options.set_max_packet_size(MAX_INCOMING_PACKET, MAX_OUTGOING_PACKET);
+    // mqtts://: the configuration built the rustls client (crate::tls), the broker's
+    // certificate verified for the URL's host name.
+    #[cfg(feature = "tls")]
+    if url.tls
+        && let Some(config) = &shared.config.tls.config
+    {
+        options.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(config.clone()),
+        ));
+    }
     options
 }
 

@@ -24,10 +24,11 @@ use crate::report::AGENT_VERSION;
 use crate::runtime::ContainerRuntime;
 use crate::state::SyncOutcome;
 use crate::supervisor::Shared;
+use crate::transport::FlowEnd;
 use crate::transport::Target;
-use crate::transport::amqp::SyncAttempts;
 use crate::transport::dispatch::{apply_change, apply_sync_reply};
 use crate::transport::reports::{ReportPublisher, report_loop};
+use crate::transport::sync_attempts::SyncAttempts;
 use nebula_protocol::{Message, SyncReply, SyncRequest, decode, encode, names};
 use rumqttc::{AsyncClient, Publish, QoS, SubscribeFilter, SubscribeReasonCode};
 use std::collections::{BTreeSet, VecDeque};
@@ -107,7 +108,15 @@ pub(crate) async fn run<R: ContainerRuntime>(
             topic: names::report_topic(&shared.config.device_id),
             alive: alive.clone(),
         };
-        report_loop(shared.clone(), publisher, stop.clone()).in_current_span()
+        let reports = report_loop(shared.clone(), publisher, stop.clone());
+        async move {
+            // The session notices a lost connection by itself; this only says why the
+            // reporter stopped.
+            if let FlowEnd::ConnectionLost(reason) = reports.await {
+                tracing::debug!(reason, "the reporter stopped: the MQTT session is gone");
+            }
+        }
+        .in_current_span()
     });
     let mut session = Session {
         shared: shared.clone(),
