@@ -530,6 +530,7 @@ fn parse_transport(
             "mqtt"
         });
     match asked {
+        #[cfg(feature = "amqp")]
         "amqp" if mqtt_url.is_some() => Err(invalid(
             // Most likely NEBULA_TRANSPORT was forgotten: say so rather than go on over AMQP.
             "NEBULA_MQTT_URL",
@@ -812,6 +813,14 @@ mod tests {
         let error = parse(&[("NEBULA_DEVICE_GROUP", "g"), ("NEBULA_TRANSPORT", "amqp")])
             .expect_err("no AMQP in this build");
         assert!(error.to_string().contains("without AMQP"), "{error}");
+        // Even with an MQTT URL set: the build, not a forgotten variable, is the reason.
+        let error = parse(&[
+            ("NEBULA_DEVICE_GROUP", "g"),
+            ("NEBULA_TRANSPORT", "amqp"),
+            ("NEBULA_MQTT_URL", "mqtt://broker"),
+        ])
+        .expect_err("no AMQP in this build");
+        assert!(error.to_string().contains("without AMQP"), "{error}");
     }
 
     #[cfg(feature = "amqp")]
@@ -875,21 +884,28 @@ mod tests {
     #[test]
     fn each_transport_takes_its_own_tls_files_only() {
         // MQTT's files with the AMQP transport: named, not ignored.
-        let error = parse(&[
-            ("NEBULA_DEVICE_GROUP", "g"),
-            ("NEBULA_MQTT_CA_FILE", "/etc/nebula/ca.pem"),
-        ])
-        .expect_err("refused");
-        assert!(
-            matches!(
-                error,
-                ConfigError::Invalid {
-                    variable: "NEBULA_MQTT_CA_FILE",
-                    ..
-                }
-            ),
-            "{error}"
-        );
+        #[cfg(feature = "amqp")]
+        {
+            let error = parse(&[
+                ("NEBULA_DEVICE_GROUP", "g"),
+                ("NEBULA_MQTT_CA_FILE", "/etc/nebula/ca.pem"),
+            ])
+            .expect_err("refused");
+            assert!(
+                matches!(
+                    error,
+                    ConfigError::Invalid {
+                        variable: "NEBULA_MQTT_CA_FILE",
+                        ..
+                    }
+                ),
+                "{error}"
+            );
+            assert!(
+                error.to_string().contains("NEBULA_TRANSPORT is amqp"),
+                "{error}"
+            );
+        }
         if cfg!(feature = "mqtt") {
             let error = parse(&[
                 ("NEBULA_DEVICE_GROUP", "g"),

@@ -23,7 +23,7 @@ Configured through the environment (see the agent README and DESIGN §5):
                                   at a random node and moves to the next one after a failed
                                   attempt or a lost connection
   NEBULA_AMQP_CA_FILE, _CERT_FILE, _KEY_FILE   amqps:// trust store and client certificate (PEM)
-  NEBULA_TRANSPORT                amqp (default) or mqtt
+  NEBULA_TRANSPORT                amqp (default) or mqtt (the default of an MQTT-only build)
   NEBULA_MQTT_URL                 with mqtt: mqtt:// or mqtts:// URL, the vhost as its path
                                   (default mqtt://guest:guest@127.0.0.1:1883)
   NEBULA_MQTT_CA_FILE, _CERT_FILE, _KEY_FILE   mqtts:// trust store and client certificate (PEM)

@@ -12,7 +12,8 @@
 //! while the device was down (SIGKILL), the session cut by the broker, delete; and in app
 //! mode, an app created after the agent started, deleted, and created again. Over
 //! `mqtts://` (8883) with the fleet's CA and a client certificate it converges and follows a
-//! change; without a client certificate the broker refuses it.
+//! change; without a client certificate the broker refuses it, and trusting only the system's
+//! authorities it refuses the broker.
 
 mod support;
 
@@ -551,13 +552,24 @@ async fn an_app_mode_agent_over_mqtt_waits_for_its_app_and_follows_it_through_de
 /// The TLS variables of an agent over `mqtts://` on the development CA's listener; the
 /// client certificate only when `client` is set.
 fn mqtts_env(vhost: &str, client: bool) -> Vec<(&'static str, String)> {
+    let mut env = mqtts_trusting_the_system(vhost, false);
+    env.push(("NEBULA_MQTT_CA_FILE", tls_file("ca.pem")));
+    if client {
+        env.push(("NEBULA_MQTT_CERT_FILE", tls_file("client.pem")));
+        env.push(("NEBULA_MQTT_KEY_FILE", tls_file("client.key")));
+    }
+    env
+}
+
+/// `mqtts://` without a CA file (the system's authorities, which do not include the
+/// development CA), with the client certificate when `client` is set.
+fn mqtts_trusting_the_system(vhost: &str, client: bool) -> Vec<(&'static str, String)> {
     let mut env = vec![
         ("NEBULA_TRANSPORT", "mqtt".to_string()),
         (
             "NEBULA_MQTT_URL",
             format!("mqtts://guest:guest@127.0.0.1:8883/{vhost}"),
         ),
-        ("NEBULA_MQTT_CA_FILE", tls_file("ca.pem")),
     ];
     if client {
         env.push(("NEBULA_MQTT_CERT_FILE", tls_file("client.pem")));
@@ -610,20 +622,17 @@ async fn an_agent_over_mqtts_converges_with_a_client_certificate() {
     assert_eq!(agent.process.exits(), 0, "{log}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_broker_refuses_an_mqtts_agent_without_a_client_certificate() {
-    let scenario = Scenario::new("mqtts-refused");
-    let env = mqtts_env(&scenario.vhost.name, false);
+/// Starts an MQTT agent with `env` and waits until its log shows `needle`, having never
+/// synced.
+async fn refused_over_mqtts(scenario: &Scenario, env: &[(&'static str, String)], needle: &str) {
     let agent = Agent::start_with(
         &unique_name("pi.mqtts-refused"),
         &AgentMode::Group(unique_name("group")),
         &scenario.vhost.amqp_url(),
         &scenario.directory,
-        &borrowed(&env),
+        &borrowed(env),
     )
     .await;
-    // rustls reports the broker's alert: the handshake needed a certificate.
-    let needle = "CertificateRequired";
     let log = wait_for(needle, DELIVERY * 3, || {
         let log = agent.process.log();
         async move { log.contains(needle).then_some(log) }
@@ -635,4 +644,20 @@ async fn the_broker_refuses_an_mqtts_agent_without_a_client_certificate() {
         "{log}"
     );
     agent.process.stop(Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_refuses_an_mqtts_agent_without_a_client_certificate() {
+    let scenario = Scenario::new("mqtts-refused");
+    let env = mqtts_env(&scenario.vhost.name, false);
+    // rustls reports the broker's alert: the handshake needed a certificate.
+    refused_over_mqtts(&scenario, &env, "CertificateRequired").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtts_agent_refuses_a_broker_its_trust_store_does_not_vouch_for() {
+    let scenario = Scenario::new("mqtts-unknown-ca");
+    // The client certificate is there, so the refusal is the agent's own.
+    let env = mqtts_trusting_the_system(&scenario.vhost.name, true);
+    refused_over_mqtts(&scenario, &env, "UnknownIssuer").await;
 }

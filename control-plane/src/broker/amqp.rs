@@ -500,7 +500,6 @@ impl Publisher for AmqpBroker {
     }
 
     async fn delete_exchange(&self, exchange: &str) -> Result<(), AmqpError> {
-        self.exposed.forget(exchange);
         let deleted = self
             .on_channel("exchange.delete", exchange, |channel| async move {
                 channel
@@ -508,6 +507,8 @@ impl Publisher for AmqpBroker {
                     .await
             })
             .await;
+        // Forgotten once the exchange is gone: a bind recorded meanwhile went with it.
+        self.exposed.forget(exchange);
         match deleted {
             // Already gone (another instance finished the same delete): what was asked.
             Err(error) if error.is_not_found() => Ok(()),

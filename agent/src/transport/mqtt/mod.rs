@@ -64,6 +64,13 @@ pub async fn run<R: ContainerRuntime>(
     shared: Arc<Shared<R>>,
     url: MqttUrl,
 ) -> Result<(), AgentError> {
+    // Never a quiet fall back to plain TCP: the configuration builds the TLS settings of
+    // every mqtts:// URL (and refuses one in a build without TLS).
+    if url.tls && !tls_configured(&shared) {
+        return Err(AgentError::Task(
+            "mqtts:// without TLS settings (a bug: the configuration makes them)".into(),
+        ));
+    }
     let mut schedule = ReconnectSchedule::new(RECONNECT_BASE, shared.config.max_backoff);
     loop {
         let delay = schedule.before_attempt();
@@ -106,6 +113,16 @@ pub async fn run<R: ContainerRuntime>(
             }
         }
     }
+}
+
+#[cfg(feature = "tls")]
+fn tls_configured<R>(shared: &Shared<R>) -> bool {
+    shared.config.tls.config.is_some()
+}
+
+#[cfg(not(feature = "tls"))]
+fn tls_configured<R>(_shared: &Shared<R>) -> bool {
+    false
 }
 
 /// The session's options: clean, the device id as client id, acknowledgements sent by the
