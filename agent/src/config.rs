@@ -265,11 +265,18 @@ impl Config {
         )?;
         // Each transport has TLS files of its own; the other's set is a mistake to point out,
         // not to ignore (the operator believes the link uses them).
-        let (used, unused, transport_name) = match &transport {
+        // Which of the transport's broker URLs ask for TLS, of how many.
+        let (used, unused, transport_name, tls_nodes, nodes) = match &transport {
             #[cfg(feature = "amqp")]
-            Transport::Amqp => (&tls::AMQP, &tls::MQTT, "amqp"),
+            Transport::Amqp => (
+                &tls::AMQP,
+                &tls::MQTT,
+                "amqp",
+                brokers.tls_nodes(),
+                brokers.brokers().len(),
+            ),
             #[cfg(feature = "mqtt")]
-            Transport::Mqtt(_) => (&tls::MQTT, &tls::AMQP, "mqtt"),
+            Transport::Mqtt(url) => (&tls::MQTT, &tls::AMQP, "mqtt", usize::from(url.tls), 1),
         };
         if let Some(variable) = unused.first_set(non_empty) {
             return Err(ConfigError::Invalid {
@@ -280,19 +287,7 @@ impl Config {
                 ),
             });
         }
-        let tls = match &transport {
-            #[cfg(feature = "amqp")]
-            Transport::Amqp => TlsSettings::from_env(
-                non_empty,
-                used,
-                brokers.tls_nodes(),
-                brokers.brokers().len(),
-            )?,
-            #[cfg(feature = "mqtt")]
-            Transport::Mqtt(url) => {
-                TlsSettings::from_env(non_empty, used, usize::from(url.tls), 1)?
-            }
-        };
+        let tls = TlsSettings::from_env(non_empty, used, tls_nodes, nodes)?;
 
         let runtime = match non_empty("NEBULA_RUNTIME").as_deref().map(str::trim) {
             None | Some("docker") => RuntimeKind::Docker,

@@ -31,7 +31,7 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
-use support::Scenario;
+use support::{Scenario, borrowed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
@@ -576,12 +576,6 @@ fn mqtts_trusting_the_system(vhost: &str, client: bool) -> Vec<(&'static str, St
         env.push(("NEBULA_MQTT_KEY_FILE", tls_file("client.key")));
     }
     env
-}
-
-fn borrowed<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
-    env.iter()
-        .map(|(key, value)| (*key, value.as_str()))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,7 @@ use nebula_tests::system::{ADMIN_PASSWORD, ADMIN_USER, Agent, AgentMode, Control
 use nebula_tests::{unique_name, wait_for};
 use serde_json::json;
 use std::time::{Duration, Instant};
-use support::Scenario;
+use support::{Scenario, borrowed};
 
 /// How long a refused agent is given to show why in its log (its first attempt is at once).
 const REFUSAL_DEADLINE: Duration = Duration::from_secs(30);
@@ -25,12 +25,6 @@ fn ca_and_client_certificate() -> Vec<(&'static str, String)> {
         ("NEBULA_AMQP_CERT_FILE", tls_file("client.pem")),
         ("NEBULA_AMQP_KEY_FILE", tls_file("client.key")),
     ]
-}
-
-fn borrowed<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
-    env.iter()
-        .map(|(key, value)| (*key, value.as_str()))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -474,20 +474,7 @@ impl Publisher for AmqpBroker {
         if self.exposed.contains(exchange, incarnation) {
             return Ok(());
         }
-        let bound = self
-            .on_channel("exchange.bind", exchange, |channel| async move {
-                channel
-                    .exchange_bind(
-                        names::MQTT_EXCHANGE.into(),
-                        exchange.into(),
-                        "".into(),
-                        ExchangeBindOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await
-            })
-            .await;
-        match bound {
+        match self.bind_exchange(names::MQTT_EXCHANGE, exchange).await {
             Ok(()) => {
                 self.exposed.insert(exchange, incarnation);
                 Ok(())

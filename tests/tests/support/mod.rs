@@ -292,3 +292,10 @@ pub fn app_config_from_document(document: &serde_json::Value) -> nebula_protocol
     }
     app
 }
+
+/// An agent environment of owned values, as `Agent::start_with` takes it.
+pub fn borrowed<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter()
+        .map(|(key, value)| (*key, value.as_str()))
+        .collect()
+}
