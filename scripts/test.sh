@@ -45,16 +45,33 @@ cargo clippy --locked -p nebula-agent --no-default-features --features mqtt,tls 
 step "dependency invariants"
 cargo xtask check-deps
 
-step "tests"
+step "tests: build"
 rm -f target/e2e-convergence.txt
+cargo test --locked --workspace --all-targets --no-run
+
+step "tests: run (release builds beside them, at the lowest CPU priority)"
+# A third of the tests' time goes to waiting on the broker, the engine and timers. Meanwhile
+# the release binaries the benchmarks run build in the background under `nice -n 19`: the
+# tests get the processors whenever they want them, the build gets what they leave. First
+# the whole workspace's binaries with one feature set (what the benchmarks' agents and
+# control planes are started from; tests/src/binaries.rs builds exactly this, as a no-op),
+# then the release agent of this machine's architecture (the wire benchmarks' agent).
+# Cargo holds no lock on target/debug while tests run, and this build uses other directories.
+# setsid: a process group of its own, so that an early exit (a failing test) stops all of it.
+setsid nice -n 19 bash -c 'cargo build --locked --release --workspace --bins &&
+  cargo xtask dist --target x86_64-unknown-linux-musl' >target/background-build.log 2>&1 &
+background_build_pid=$!
+trap 'kill -- -"$background_build_pid" 2>/dev/null || true' EXIT
 # Real-service tests share one broker, engine and database server; names are unique per
 # test, so they run in parallel like the rest.
 cargo test --locked --workspace --all-targets
 
-step "benchmark binaries"
-# The whole workspace's binaries, with one feature set: what the benchmarks' agents and
-# control planes are started from (tests/src/binaries.rs builds exactly this, as a no-op).
-cargo build --locked --release --workspace --bins
+step "release builds: waiting for the background build"
+background_build_status=0
+wait "$background_build_pid" || background_build_status=$?
+trap - EXIT
+cat target/background-build.log
+[ "$background_build_status" -eq 0 ] || { echo "release build failed (exit $background_build_status)"; exit 1; }
 
 step "benchmarks (figures, no timing assertions)"
 # Before the wire benchmarks start: sync-storm restarts the broker, which would cut their
@@ -68,15 +85,14 @@ target/release/nebula-bench fanout --agents 1000 --broker single --transport mqt
 target/release/nebula-bench rest --seconds 3 --concurrency 16
 
 step "wire benchmarks (footprint, dead link), in the background"
-# The release agent of this machine's architecture first, for them. At the agent's default
-# settings, footprint waits for the agent's queue checks to end (255 s), then measures an idle
+# The release agent of this machine's architecture (built beside the tests) runs them. At the
+# agent's default settings, footprint waits for the agent's queue checks to end (255 s), then measures an idle
 # window of half a heartbeat timeout (450 s: one heartbeat each way); dead-link blackholes an
 # agent's link and waits until the agent noticed, reconnected and applied the change made
 # meanwhile (after the agent's queue checks too; up to 570 s + 30 s more). They run beside the
 # steps below, which neither restart the broker nor touch their connections, so they add only
 # what is left of their ~13-15 minutes when those are done. They fail the run when an idle agent costs more than 2 MB a month on the
 # wire, or a dead link is not noticed and made up for within the stated times.
-cargo xtask dist --target x86_64-unknown-linux-musl
 target/release/nebula-bench footprint >target/footprint.json 2>target/footprint.log &
 footprint_pid=$!
 # The same agent over MQTT, side by side (its own connection and port, no queue checks).

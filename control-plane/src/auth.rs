@@ -7,10 +7,15 @@
 //! changing handlers. Authentication runs before any handler or cache (API.md difference 1).
 //!
 //! Secrets are compared in constant time over SHA-256 digests, so neither the content nor the
-//! length of the configured secret leaks through timing (API.md difference 7).
+//! length of the configured secret leaks through timing (API.md difference 7). Repeated
+//! failures from one address are slowed down ([`crate::login_throttle`]).
 
+use crate::login_throttle::{LoginThrottle, Verdict};
 use base64::Engine;
 use sha2::{Digest, Sha256};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 use subtle::ConstantTimeEq;
 
 /// Who is calling.
@@ -79,12 +84,13 @@ fn equal(provided: &[u8], expected: &[u8; 32]) -> bool {
     bool::from(digest(provided).ct_eq(expected))
 }
 
-/// Checks `Authorization` headers against the configuration.
+/// Checks `Authorization` headers against the configuration. Clones share one throttle.
 #[derive(Clone)]
 pub struct Authenticator {
     enabled: bool,
     basic: Option<(String, [u8; 32])>,
     token: Option<[u8; 32]>,
+    throttle: Arc<Mutex<LoginThrottle>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -111,6 +117,31 @@ impl Authenticator {
                 .token
                 .as_deref()
                 .map(|token| digest(token.as_bytes())),
+            throttle: Arc::default(),
+        }
+    }
+
+    fn throttle(&self) -> std::sync::MutexGuard<'_, LoginThrottle> {
+        self.throttle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether a request from `source` may have its credentials checked now.
+    pub fn check_source(&self, source: IpAddr) -> Verdict {
+        if !self.enabled {
+            return Verdict::Proceed;
+        }
+        self.throttle().check(source, Instant::now())
+    }
+
+    /// Records wrong credentials from `source`; returns its failures in a row.
+    pub fn login_failed(&self, source: IpAddr) -> u32 {
+        self.throttle().failed(source, Instant::now())
+    }
+
+    /// `source` logged in: its failures are forgotten.
+    pub fn login_succeeded(&self, source: IpAddr) {
+        if self.enabled {
+            self.throttle().succeeded(source);
         }
     }
 
@@ -139,6 +170,34 @@ impl Authenticator {
             None
         }
     }
+}
+
+/// The scheme of an `Authorization` header value, for logs: `basic`, `bearer` or `other`.
+pub fn scheme(authorization: &str) -> &'static str {
+    match authorization
+        .trim()
+        .split_once(' ')
+        .map(|(scheme, _)| scheme)
+    {
+        Some(scheme) if scheme.eq_ignore_ascii_case("basic") => "basic",
+        Some(scheme) if scheme.eq_ignore_ascii_case("bearer") => "bearer",
+        _ => "other",
+    }
+}
+
+/// The user name a Basic `Authorization` header claims (at most 64 characters), for logs.
+/// Never the password; nothing for other schemes.
+pub fn claimed_user(authorization: &str) -> Option<String> {
+    let (scheme, value) = authorization.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(value.trim())
+        .ok()?;
+    let decoded = String::from_utf8_lossy(&decoded);
+    let (user, _password) = decoded.split_once(':')?;
+    Some(user.chars().take(64).collect())
 }
 
 #[cfg(test)]
@@ -208,6 +267,41 @@ mod tests {
     fn disabled_lets_anyone_in() {
         let auth = Authenticator::new(false, &AdminCredentials::default());
         assert_eq!(auth.authenticate(None), Some(Principal::Anonymous));
+    }
+
+    #[test]
+    fn logs_get_the_scheme_and_user_never_the_secret() {
+        let header = basic("nebula", "hunter2");
+        assert_eq!(scheme(&header), "basic");
+        assert_eq!(claimed_user(&header).as_deref(), Some("nebula"));
+        assert_eq!(scheme("Bearer tok"), "bearer");
+        assert_eq!(claimed_user("Bearer tok"), None);
+        assert_eq!(scheme("Digest abc"), "other");
+        assert_eq!(claimed_user("Basic !!!"), None);
+        let long = basic(&"u".repeat(200), "x");
+        assert_eq!(claimed_user(&long).map(|user| user.len()), Some(64));
+    }
+
+    #[test]
+    fn failures_lock_a_source_out_and_a_disabled_instance_never() {
+        let source: IpAddr = "192.0.2.7".parse().expect("address");
+        let auth = authenticator();
+        for _ in 0..crate::login_throttle::FREE_FAILURES {
+            assert_eq!(auth.check_source(source), Verdict::Proceed);
+            auth.login_failed(source);
+        }
+        assert_eq!(auth.check_source(source), Verdict::Proceed);
+        // Clones (one per request) share the throttle.
+        auth.clone().login_failed(source);
+        assert!(matches!(auth.check_source(source), Verdict::Locked { .. }));
+        auth.login_succeeded(source);
+        assert_eq!(auth.check_source(source), Verdict::Proceed);
+
+        let disabled = Authenticator::new(false, &AdminCredentials::default());
+        for _ in 0..20 {
+            disabled.login_failed(source);
+        }
+        assert_eq!(disabled.check_source(source), Verdict::Proceed);
     }
 
     #[test]

@@ -11,9 +11,10 @@
 use crate::api::errors::ApiError;
 use crate::config::HttpLimits;
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request};
 use axum::middleware::Next;
 use axum::response::IntoResponse;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
@@ -64,10 +65,10 @@ pub async fn serve(
                 Err(_) => break,
             },
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     tracing::warn!(error = %error, "accepting a connection failed");
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
@@ -76,16 +77,27 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let (router, watcher, tls) = (router.clone(), graceful.watcher(), tls.clone());
+        // Every request of the connection learns its peer (failed logins are counted per
+        // address: crate::login_throttle).
+        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+            router.clone(),
+            move |mut request: hyper::Request<Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                request
+            },
+        ));
+        let (watcher, tls) = (graceful.watcher(), tls.clone());
         let header_read_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
             match tls {
-                None => drive(stream, router, header_read_timeout, watcher).await,
+                None => drive(stream, service, header_read_timeout, watcher).await,
                 // The handshake in the connection's own task, so a slow client never holds
                 // up accepting; it gets the header timeout, as a plain client its headers.
                 Some(tls) => {
                     match tokio::time::timeout(header_read_timeout, tls.accept(stream)).await {
-                        Ok(Ok(stream)) => drive(stream, router, header_read_timeout, watcher).await,
+                        Ok(Ok(stream)) => {
+                            drive(stream, service, header_read_timeout, watcher).await
+                        }
                         Ok(Err(error)) => tracing::debug!(error = %error, "TLS handshake failed"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
@@ -103,14 +115,21 @@ pub async fn serve(
 }
 
 /// Serves one connection (plain or TLS) until it ends or the graceful shutdown closes it.
-async fn drive<I>(io: I, router: Router, header_read_timeout: Duration, watcher: Watcher)
+async fn drive<I, S>(io: I, service: S, header_read_timeout: Duration, watcher: Watcher)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            hyper::Request<Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
 {
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout)
-        .serve_connection(TokioIo::new(io), TowerToHyperService::new(router));
+        .serve_connection(TokioIo::new(io), service);
     if let Err(error) = watcher.watch(connection).await {
         tracing::debug!(error = %error, "http connection ended with an error");
     }

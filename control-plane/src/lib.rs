@@ -20,6 +20,7 @@ pub mod error;
 pub mod gate;
 pub mod http;
 pub mod https;
+pub mod login_throttle;
 pub mod metrics;
 pub mod outbox;
 pub mod reports;

@@ -115,6 +115,8 @@ pub struct Metrics {
     reports_stored: AtomicU64,
     reports_stale: AtomicU64,
     reports_rejected: AtomicU64,
+    login_failures: AtomicU64,
+    logins_throttled: AtomicU64,
     sync_latency: Histogram,
     confirm_latency: Histogram,
     report_latency: Histogram,
@@ -141,6 +143,8 @@ impl Default for Metrics {
             reports_stored: AtomicU64::default(),
             reports_stale: AtomicU64::default(),
             reports_rejected: AtomicU64::default(),
+            login_failures: AtomicU64::default(),
+            logins_throttled: AtomicU64::default(),
             sync_latency: Histogram::default(),
             confirm_latency: Histogram::default(),
             report_latency: Histogram::default(),
@@ -175,6 +179,16 @@ impl Metrics {
     /// A message on the reports queue was not a valid report of the device it names.
     pub fn report_rejected(&self) {
         self.reports_rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request came with credentials that are wrong.
+    pub fn login_failed(&self) {
+        self.login_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request was refused unchecked: its source is locked out after failed logins.
+    pub fn login_throttled(&self) {
+        self.logins_throttled.fetch_add(1, Ordering::Relaxed);
     }
 
     /// An HTTP request to `route` (the route's template, never the names in the path) was
@@ -339,6 +353,16 @@ impl Metrics {
             "nebula_reports_rejected_total",
             "Messages on the reports queue that were not valid reports of the device they name.",
             &[("", get(&self.reports_rejected))],
+        );
+        counter(
+            "nebula_login_failures_total",
+            "Requests with wrong credentials (the source address is in the log, never the secret).",
+            &[("", get(&self.login_failures))],
+        );
+        counter(
+            "nebula_logins_throttled_total",
+            "Requests refused with 429, unchecked, because their address is locked out after failed logins.",
+            &[("", get(&self.logins_throttled))],
         );
         let http = self
             .http

@@ -342,3 +342,87 @@ fn base64_basic(user: &str, password: &str) -> String {
         base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
     )
 }
+
+/// Issue 14: wrong credentials are counted in `/metrics` and logged with the source address,
+/// never the password; past five in a row the address is refused with 429 and `Retry-After`
+/// — right credentials too — until the lock ends; a success then starts it from zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_are_counted_logged_and_slowed_down() {
+    let vhost = TestVhost::create();
+    let data = tempfile::tempdir().expect("tempdir");
+    let control_plane = ControlPlane::start(embedded(&vhost, data.path())).await;
+    let client = reqwest::Client::new();
+    let url = control_plane.url("/apps");
+    let attempt = |password: &str| {
+        client
+            .get(&url)
+            .basic_auth(support::USER, Some(password))
+            .send()
+    };
+    let status = |response: reqwest::Result<reqwest::Response>| {
+        response.expect("answered").status().as_u16()
+    };
+
+    // No credentials at all is not a guess: neither counted nor locked.
+    for _ in 0..8 {
+        assert_eq!(status(client.get(&url).send().await), 401);
+    }
+    for n in 1..=6 {
+        assert_eq!(
+            status(attempt(&format!("wrong-guess-{n}")).await),
+            401,
+            "guess {n}"
+        );
+    }
+    // The sixth failure locked the address for a second: the right password is refused too.
+    let refused = attempt(support::PASSWORD).await.expect("answered");
+    assert_eq!(refused.status().as_u16(), 429);
+    assert_eq!(
+        refused
+            .headers()
+            .get("retry-after")
+            .and_then(|value| value.to_str().ok()),
+        Some("1")
+    );
+    let body: serde_json::Value = refused.json().await.expect("JSON");
+    assert_eq!(
+        body,
+        json!({"too_many_failed_logins": true, "retry_after_secs": 1})
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(status(attempt(support::PASSWORD).await), 200);
+    // The success reset the address: five failures are free again.
+    for n in 7..=11 {
+        assert_eq!(
+            status(attempt(&format!("wrong-guess-{n}")).await),
+            401,
+            "guess {n}"
+        );
+    }
+    assert_eq!(status(attempt(support::PASSWORD).await), 200);
+
+    let address = &control_plane.address;
+    assert_eq!(
+        metric(address, "nebula_login_failures_total").await,
+        Some(11)
+    );
+    assert_eq!(
+        metric(address, "nebula_logins_throttled_total").await,
+        Some(1)
+    );
+    let logs = control_plane.logs.lock().expect("logs").clone();
+    let failed: Vec<&String> = logs
+        .iter()
+        .filter(|line| line.contains("\"failed login\""))
+        .collect();
+    assert_eq!(failed.len(), 11, "{failed:#?}");
+    for line in &failed {
+        assert!(line.contains("\"source\":\"127.0.0.1\""), "{line}");
+        assert!(line.contains(support::USER), "{line}");
+    }
+    assert!(
+        !logs.iter().any(|line| line.contains("wrong-guess")),
+        "a password reached the log"
+    );
+    control_plane.terminate().await;
+}

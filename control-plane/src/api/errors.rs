@@ -67,6 +67,14 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, json!({"authenticated": false}))
     }
 
+    /// `429`: the source is locked out after failed logins (crate::login_throttle).
+    pub fn too_many_failed_logins(retry_after_secs: u64) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            json!({"too_many_failed_logins": true, "retry_after_secs": retry_after_secs}),
+        )
+    }
+
     pub fn forbidden() -> Self {
         Self::new(StatusCode::FORBIDDEN, json!({"access_allowed": false}))
     }

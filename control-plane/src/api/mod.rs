@@ -17,7 +17,8 @@ pub mod dto;
 pub mod errors;
 pub mod schema;
 
-use crate::auth::{Authenticator, Permission, Principal};
+use crate::auth::{self, Authenticator, Permission, Principal};
+use crate::login_throttle::Verdict;
 use crate::metrics::Gauges;
 use crate::service::Service;
 use axum::extract::{FromRequest, Request, State};
@@ -104,12 +105,47 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok());
-    match state.authenticator.authenticate(header) {
+    // The peer's address, which crate::http puts on every request; a router driven without it
+    // (unit tests) is not throttled.
+    let source = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip());
+    let authenticator = &state.authenticator;
+    if let Some(source) = source
+        && let Verdict::Locked { retry_after } = authenticator.check_source(source)
+    {
+        state.service.metrics().login_throttled();
+        // Whole seconds, rounded up: a client retrying at once after them is let through.
+        let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        let mut response = ApiError::too_many_failed_logins(seconds).into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        return response;
+    }
+    match authenticator.authenticate(header) {
         Some(principal) => {
+            if let Some(source) = source {
+                authenticator.login_succeeded(source);
+            }
             request.extensions_mut().insert(principal);
             next.run(request).await
         }
         None => {
+            // Credentials given and wrong (a request without any is not a guess).
+            if let Some(given) = header {
+                state.service.metrics().login_failed();
+                let failures = source.map(|source| authenticator.login_failed(source));
+                // Never the secret: the scheme, and for Basic the user name claimed.
+                tracing::warn!(
+                    source = %source.map_or_else(|| "unknown".to_string(), |source| source.to_string()),
+                    failures_in_a_row = failures.unwrap_or(0),
+                    scheme = auth::scheme(given),
+                    user = ?auth::claimed_user(given),
+                    "failed login"
+                );
+            }
             let mut response = ApiError::unauthorized().into_response();
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -333,6 +369,7 @@ fn error_response(description: &str, schema: &str) -> RefOr<utoipa::openapi::Res
     ),
     components(schemas(
         schema::Unauthenticated,
+        schema::TooManyFailedLogins,
         schema::AccessDenied,
         schema::Corrupt,
         schema::Unavailable,
@@ -385,6 +422,11 @@ pub fn openapi() -> OpenApi {
                     for (status, description, schema) in [
                         ("401", "Missing or wrong credentials", "Unauthenticated"),
                         ("403", "Not allowed", "AccessDenied"),
+                        (
+                            "429",
+                            "Too many failed logins from this address: try again after Retry-After seconds",
+                            "TooManyFailedLogins",
+                        ),
                         ("500", "A stored object cannot be read back", "Corrupt"),
                         (
                             "503",

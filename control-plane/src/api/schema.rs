@@ -169,6 +169,15 @@ pub struct Unauthenticated {
     pub authenticated: bool,
 }
 
+/// `429`: too many failed logins from this address; try again after `retry_after_secs`
+/// (also in the `Retry-After` header).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TooManyFailedLogins {
+    pub too_many_failed_logins: bool,
+    pub retry_after_secs: u64,
+}
+
 /// `403`: authenticated, but not allowed.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
