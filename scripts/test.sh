@@ -56,12 +56,19 @@ step "tests: run (release builds beside them, at the lowest CPU priority)"
 # the whole workspace's binaries with one feature set (what the benchmarks' agents and
 # control planes are started from; tests/src/binaries.rs builds exactly this, as a no-op),
 # then the release agent of this machine's architecture (the wire benchmarks' agent).
-# Cargo holds no lock on target/debug while tests run, and this build uses other directories.
-# setsid: a process group of its own, so that an early exit (a failing test) stops all of it.
-setsid nice -n 19 bash -c 'cargo build --locked --release --workspace --bins &&
-  cargo xtask dist --target x86_64-unknown-linux-musl' >target/background-build.log 2>&1 &
+# Cargo holds no build lock while the tests run (their own `cargo build` of target/debug is a
+# no-op, and `cargo xtask` only takes that lock for a moment), and this build writes other
+# directories. setsid gives it a process group of its own, so that an early exit (a failing
+# test) stops all of it; a session of its own also means a scheduler autogroup of its own on
+# kernels that have them, where nice only ranks processes within their group: the group's
+# own nice value is set to 19 too.
+setsid bash -c '{ echo 19 >/proc/self/autogroup; } 2>/dev/null
+  exec nice -n 19 bash -c "cargo build --locked --release --workspace --bins &&
+    cargo xtask dist --target x86_64-unknown-linux-musl"' >target/background-build.log 2>&1 &
 background_build_pid=$!
-trap 'kill -- -"$background_build_pid" 2>/dev/null || true' EXIT
+stop_background_build() { kill -- -"$background_build_pid" 2>/dev/null || true; }
+trap stop_background_build EXIT
+trap 'stop_background_build; exit 130' INT TERM HUP
 # Real-service tests share one broker, engine and database server; names are unique per
 # test, so they run in parallel like the rest.
 cargo test --locked --workspace --all-targets
@@ -69,7 +76,7 @@ cargo test --locked --workspace --all-targets
 step "release builds: waiting for the background build"
 background_build_status=0
 wait "$background_build_pid" || background_build_status=$?
-trap - EXIT
+trap - EXIT INT TERM HUP
 cat target/background-build.log
 [ "$background_build_status" -eq 0 ] || { echo "release build failed (exit $background_build_status)"; exit 1; }
 

@@ -124,6 +124,16 @@ pub fn classify(
              (NEBULA_USER, NEBULA_PASSWORD) or NEBULA_TOKEN, or put them in the config file"
         ));
     }
+    if flag(body, "too_many_failed_logins") == Some(true) {
+        let seconds = body
+            .get("retry_after_secs")
+            .and_then(Value::as_u64)
+            .unwrap_or(1);
+        return CliError::Unauthorized(format!(
+            "{url} refuses this address for {seconds} s after too many failed logins (HTTP 429): \
+             check the credentials, then try again"
+        ));
+    }
     if flag(body, "access_allowed") == Some(false) {
         return CliError::Unauthorized(format!(
             "not allowed (HTTP 403 on {request}): this user lacks the permission; an admin can \
@@ -261,6 +271,12 @@ mod tests {
             (
                 403,
                 json!({"access_allowed": false}),
+                &app,
+                ExitCode::Unauthorized,
+            ),
+            (
+                429,
+                json!({"too_many_failed_logins": true, "retry_after_secs": 4}),
                 &app,
                 ExitCode::Unauthorized,
             ),

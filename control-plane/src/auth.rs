@@ -15,7 +15,7 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
 /// Who is calling.
@@ -84,6 +84,22 @@ fn equal(provided: &[u8], expected: &[u8; 32]) -> bool {
     bool::from(digest(provided).ct_eq(expected))
 }
 
+/// What became of a request's credentials ([`Authenticator::authenticate_from`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Authenticated(Principal),
+    /// No credentials given: not a guess, not counted.
+    Missing,
+    /// Wrong credentials; the source's failures in a row (`None` when not throttled).
+    Wrong {
+        failures: Option<u32>,
+    },
+    /// The source is locked out after failed logins: refused without a check.
+    Locked {
+        retry_after: Duration,
+    },
+}
+
 /// Checks `Authorization` headers against the configuration. Clones share one throttle.
 #[derive(Clone)]
 pub struct Authenticator {
@@ -125,24 +141,45 @@ impl Authenticator {
         self.throttle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Whether a request from `source` may have its credentials checked now.
-    pub fn check_source(&self, source: IpAddr) -> Verdict {
-        if !self.enabled {
-            return Verdict::Proceed;
+    /// Authenticates a request from `source` (the peer's address; `None` is never throttled):
+    /// a locked-out source is refused unchecked, wrong credentials are counted against it.
+    /// Check, comparison and count happen under one lock, so concurrent guesses cannot all
+    /// slip through at the moment a lock ends.
+    pub fn authenticate_from(
+        &self,
+        source: Option<IpAddr>,
+        authorization: Option<&str>,
+    ) -> Outcome {
+        let outcome =
+            |principal: Option<Principal>, failures: &mut dyn FnMut() -> Option<u32>| match (
+                principal,
+                authorization,
+            ) {
+                (Some(principal), _) => Outcome::Authenticated(principal),
+                (None, None) => Outcome::Missing,
+                (None, Some(_)) => Outcome::Wrong {
+                    failures: failures(),
+                },
+            };
+        let Some(source) = source.filter(|_| self.enabled) else {
+            return outcome(self.authenticate(authorization), &mut || None);
+        };
+        let mut throttle = self.throttle();
+        let now = Instant::now();
+        if let Verdict::Locked { retry_after } = throttle.check(source, now) {
+            return Outcome::Locked { retry_after };
         }
-        self.throttle().check(source, Instant::now())
+        outcome(self.authenticate(authorization), &mut || {
+            Some(throttle.failed(source, now))
+        })
     }
 
-    /// Records wrong credentials from `source`; returns its failures in a row.
-    pub fn login_failed(&self, source: IpAddr) -> u32 {
-        self.throttle().failed(source, Instant::now())
-    }
-
-    /// `source` logged in: its failures are forgotten.
-    pub fn login_succeeded(&self, source: IpAddr) {
-        if self.enabled {
-            self.throttle().succeeded(source);
-        }
+    /// Whether `user` is the configured admin's name: a claimed name is logged only then (a
+    /// token or password typed into the user field must not reach the log).
+    pub fn is_known_user(&self, user: &str) -> bool {
+        self.basic
+            .as_ref()
+            .is_some_and(|(name, _)| equal(user.as_bytes(), &digest(name.as_bytes())))
     }
 
     /// The principal for an `Authorization` header value, or `None` when it is missing or wrong.
@@ -284,24 +321,65 @@ mod tests {
 
     #[test]
     fn failures_lock_a_source_out_and_a_disabled_instance_never() {
-        let source: IpAddr = "192.0.2.7".parse().expect("address");
+        let source = Some("192.0.2.7".parse().expect("address"));
+        let other = Some("192.0.2.8".parse().expect("address"));
         let auth = authenticator();
-        for _ in 0..crate::login_throttle::FREE_FAILURES {
-            assert_eq!(auth.check_source(source), Verdict::Proceed);
-            auth.login_failed(source);
+        let wrong = basic("nebula", "wrong");
+        let right = basic("nebula", "secret");
+        // No credentials: not counted.
+        for _ in 0..10 {
+            assert_eq!(auth.authenticate_from(source, None), Outcome::Missing);
         }
-        assert_eq!(auth.check_source(source), Verdict::Proceed);
-        // Clones (one per request) share the throttle.
-        auth.clone().login_failed(source);
-        assert!(matches!(auth.check_source(source), Verdict::Locked { .. }));
-        auth.login_succeeded(source);
-        assert_eq!(auth.check_source(source), Verdict::Proceed);
+        for n in 1..=crate::login_throttle::FREE_FAILURES {
+            assert_eq!(
+                auth.authenticate_from(source, Some(&wrong)),
+                Outcome::Wrong { failures: Some(n) }
+            );
+        }
+        assert_eq!(
+            auth.authenticate_from(source, Some(&right)),
+            Outcome::Authenticated(Principal::LocalAdmin)
+        );
+        // A success does not reset the count; clones (one per request) share the throttle.
+        assert_eq!(
+            auth.clone().authenticate_from(source, Some("Bearer nope")),
+            Outcome::Wrong { failures: Some(6) }
+        );
+        for header in [Some(right.as_str()), Some(wrong.as_str()), None] {
+            assert!(
+                matches!(
+                    auth.authenticate_from(source, header),
+                    Outcome::Locked { .. }
+                ),
+                "{header:?}"
+            );
+        }
+        assert_eq!(
+            auth.authenticate_from(other, Some(&right)),
+            Outcome::Authenticated(Principal::LocalAdmin)
+        );
+        // Without a source address (no peer known) nothing is throttled.
+        assert_eq!(
+            auth.authenticate_from(None, Some(&wrong)),
+            Outcome::Wrong { failures: None }
+        );
 
         let disabled = Authenticator::new(false, &AdminCredentials::default());
         for _ in 0..20 {
-            disabled.login_failed(source);
+            assert_eq!(
+                disabled.authenticate_from(source, Some(&wrong)),
+                Outcome::Authenticated(Principal::Anonymous)
+            );
         }
-        assert_eq!(disabled.check_source(source), Verdict::Proceed);
+    }
+
+    #[test]
+    fn only_the_configured_user_name_is_known() {
+        let auth = authenticator();
+        assert!(auth.is_known_user("nebula"));
+        assert!(!auth.is_known_user("tok"));
+        assert!(!auth.is_known_user(""));
+        assert!(!Authenticator::new(true, &AdminCredentials::default()).is_known_user("nebula"));
     }
 
     #[test]

@@ -4,14 +4,18 @@
 //! it out for [`FIRST_LOCK`], doubling per further failure up to [`MAX_LOCK`]. While locked,
 //! every request of that source is refused with `429` and `Retry-After` before its
 //! credentials are even checked — also right ones, or guessing would go on at full speed
-//! between the refusals. A success resets the source; a source without a failure for
-//! [`FORGET_AFTER`] is forgotten. A refusal costs no connection slot and no waiting task.
+//! between the refusals. A success does not reset the count (else a client that logs in
+//! rightly, behind the same NAT as a guesser, would hand the guesser five fresh guesses each
+//! time); a source without a failure for [`FORGET_AFTER`] is forgotten. A refusal costs no
+//! connection slot and no waiting task.
 //!
-//! IPv6 sources count per /64, the block one host usually gets. Counts are per control-plane
-//! instance (several instances behind a balancer each allow the free failures), and behind a
-//! reverse proxy the source is the proxy. At most [`CAPACITY`] sources are remembered; past
-//! that the one whose last failure is oldest is forgotten first, so the table cannot grow
-//! without bound under a spray of addresses.
+//! The price: clients sharing an address with a guesser (a NAT, a reverse proxy — whose
+//! address is the source then —, one IPv6 /64: sources count per /64, the block one host
+//! usually gets) are locked out with it, for at most [`MAX_LOCK`] after its last failure.
+//! Counts are per control-plane instance (several instances behind a balancer each allow the
+//! free failures). At most [`CAPACITY`] sources are remembered: when the table is full, the
+//! expired ones go, else the eighth whose last failures are oldest, so memory stays bounded
+//! and a spray of new addresses costs one scan per [`CAPACITY`]/8 of them.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
@@ -109,13 +113,6 @@ impl LoginThrottle {
         failures.count
     }
 
-    /// A source logged in: it starts again from zero.
-    pub fn succeeded(&mut self, source: IpAddr) {
-        if !self.sources.is_empty() {
-            self.sources.remove(&key(source));
-        }
-    }
-
     /// Sources remembered now.
     pub fn len(&self) -> usize {
         self.sources.len()
@@ -125,8 +122,8 @@ impl LoginThrottle {
         self.sources.is_empty()
     }
 
-    /// Forgets every expired source, and if none had expired, the one whose last failure is
-    /// the oldest. Runs only when the table is full, so its linear scan is rare.
+    /// Forgets every expired source, and if none had expired, the eighth of the table whose
+    /// last failures are the oldest: a linear pass, once per `CAPACITY / 8` new sources at most.
     fn make_room(&mut self, now: Instant) {
         let before = self.sources.len();
         self.sources
@@ -134,13 +131,15 @@ impl LoginThrottle {
         if self.sources.len() < before {
             return;
         }
-        if let Some(oldest) = self
+        let mut by_age: Vec<(Instant, IpAddr)> = self
             .sources
             .iter()
-            .min_by_key(|(_, failures)| failures.last)
-            .map(|(key, _)| *key)
-        {
-            self.sources.remove(&oldest);
+            .map(|(key, failures)| (failures.last, *key))
+            .collect();
+        let evict = (by_age.len() / 8).max(1);
+        by_age.select_nth_unstable(evict - 1);
+        for (_, key) in &by_age[..evict] {
+            self.sources.remove(key);
         }
     }
 }
@@ -184,19 +183,6 @@ mod tests {
         assert_eq!(expected, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
         // Another source is not affected.
         assert_eq!(locked(&mut throttle, B, now), None);
-    }
-
-    #[test]
-    fn a_success_resets_the_source() {
-        let mut throttle = LoginThrottle::default();
-        let now = Instant::now();
-        for _ in 0..FREE_FAILURES {
-            throttle.failed(A, now);
-        }
-        throttle.succeeded(A);
-        assert!(throttle.is_empty());
-        assert_eq!(throttle.failed(A, now), 1);
-        assert_eq!(locked(&mut throttle, A, now), None);
     }
 
     #[test]
@@ -244,17 +230,20 @@ mod tests {
         assert_eq!(throttle.len(), CAPACITY);
         let now = start + Duration::from_secs(60);
         throttle.failed(source(CAPACITY), now);
+        // The eighth with the oldest failures went (sources 0 to CAPACITY/8 - 1), then the
+        // new one came in.
+        let evicted = CAPACITY / 8;
+        assert_eq!(throttle.len(), CAPACITY - evicted + 1);
+        assert_eq!(throttle.failed(source(evicted), now), 2, "kept");
+        assert_eq!(throttle.failed(source(evicted - 1), now), 1, "counted anew");
+        assert_eq!(throttle.failed(source(0), now), 1, "counted anew");
+        assert_eq!(throttle.len(), CAPACITY - evicted + 3);
+        // Full again; once its entries have expired, the next new source drops all of them.
+        for n in 0..CAPACITY - throttle.len() {
+            throttle.failed(source(2 * CAPACITY + n), now);
+        }
         assert_eq!(throttle.len(), CAPACITY);
-        // Source 0 had the oldest failure: it went; source 1 is still counted.
-        assert_eq!(throttle.failed(source(1), now), 2);
-        assert_eq!(throttle.len(), CAPACITY);
-        assert_eq!(
-            throttle.failed(source(0), now),
-            1,
-            "forgotten, counted anew"
-        );
-        // Once entries have expired, the next new source past the cap drops all of them.
-        throttle.failed(source(CAPACITY + 1), now + FORGET_AFTER);
+        throttle.failed(source(3 * CAPACITY), now + FORGET_AFTER);
         assert_eq!(throttle.len(), 1);
     }
 }

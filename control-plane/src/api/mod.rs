@@ -17,8 +17,7 @@ pub mod dto;
 pub mod errors;
 pub mod schema;
 
-use crate::auth::{self, Authenticator, Permission, Principal};
-use crate::login_throttle::Verdict;
+use crate::auth::{self, Authenticator, Outcome, Permission, Principal};
 use crate::metrics::Gauges;
 use crate::service::Service;
 use axum::extract::{FromRequest, Request, State};
@@ -112,37 +111,34 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|info| info.0.ip());
     let authenticator = &state.authenticator;
-    if let Some(source) = source
-        && let Verdict::Locked { retry_after } = authenticator.check_source(source)
-    {
-        state.service.metrics().login_throttled();
-        // Whole seconds, rounded up: a client retrying at once after them is let through.
-        let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-        let mut response = ApiError::too_many_failed_logins(seconds).into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
-        return response;
-    }
-    match authenticator.authenticate(header) {
-        Some(principal) => {
-            if let Some(source) = source {
-                authenticator.login_succeeded(source);
-            }
+    match authenticator.authenticate_from(source, header) {
+        Outcome::Authenticated(principal) => {
             request.extensions_mut().insert(principal);
             next.run(request).await
         }
-        None => {
+        Outcome::Locked { retry_after } => {
+            state.service.metrics().login_throttled();
+            // Whole seconds, rounded up: a client retrying right after them is let through.
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            let mut response = ApiError::too_many_failed_logins(seconds).into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+            response
+        }
+        outcome @ (Outcome::Missing | Outcome::Wrong { .. }) => {
             // Credentials given and wrong (a request without any is not a guess).
-            if let Some(given) = header {
+            if let (Outcome::Wrong { failures }, Some(given)) = (outcome, header) {
                 state.service.metrics().login_failed();
-                let failures = source.map(|source| authenticator.login_failed(source));
-                // Never the secret: the scheme, and for Basic the user name claimed.
+                // Never the secret: the scheme, and a claimed user name only when it is a
+                // known one (a token typed into the user field must not be logged).
+                let user =
+                    auth::claimed_user(given).filter(|user| authenticator.is_known_user(user));
                 tracing::warn!(
                     source = %source.map_or_else(|| "unknown".to_string(), |source| source.to_string()),
                     failures_in_a_row = failures.unwrap_or(0),
                     scheme = auth::scheme(given),
-                    user = ?auth::claimed_user(given),
+                    user = user.as_deref().unwrap_or("-"),
                     "failed login"
                 );
             }
