@@ -49,36 +49,15 @@ step "tests: build"
 rm -f target/e2e-convergence.txt
 cargo test --locked --workspace --all-targets --no-run
 
-step "tests: run (release builds beside them, at the lowest CPU priority)"
-# A third of the tests' time goes to waiting on the broker, the engine and timers. Meanwhile
-# the release binaries the benchmarks run build in the background under `nice -n 19`: the
-# tests get the processors whenever they want them, the build gets what they leave. First
-# the whole workspace's binaries with one feature set (what the benchmarks' agents and
-# control planes are started from; tests/src/binaries.rs builds exactly this, as a no-op),
-# then the release agent of this machine's architecture (the wire benchmarks' agent).
-# Cargo holds no build lock while the tests run (their own `cargo build` of target/debug is a
-# no-op, and `cargo xtask` only takes that lock for a moment), and this build writes other
-# directories. setsid gives it a process group of its own, so that an early exit (a failing
-# test) stops all of it; a session of its own also means a scheduler autogroup of its own on
-# kernels that have them, where nice only ranks processes within their group: the group's
-# own nice value is set to 19 too.
-setsid bash -c '{ echo 19 >/proc/self/autogroup; } 2>/dev/null
-  exec nice -n 19 bash -c "cargo build --locked --release --workspace --bins &&
-    cargo xtask dist --target x86_64-unknown-linux-musl"' >target/background-build.log 2>&1 &
-background_build_pid=$!
-stop_background_build() { kill -- -"$background_build_pid" 2>/dev/null || true; }
-trap stop_background_build EXIT
-trap 'stop_background_build; exit 130' INT TERM HUP
+step "tests: run"
 # Real-service tests share one broker, engine and database server; names are unique per
 # test, so they run in parallel like the rest.
 cargo test --locked --workspace --all-targets
 
-step "release builds: waiting for the background build"
-background_build_status=0
-wait "$background_build_pid" || background_build_status=$?
-trap - EXIT INT TERM HUP
-cat target/background-build.log
-[ "$background_build_status" -eq 0 ] || { echo "release build failed (exit $background_build_status)"; exit 1; }
+step "benchmark binaries"
+# The whole workspace's binaries, with one feature set: what the benchmarks' agents and
+# control planes are started from (tests/src/binaries.rs builds exactly this, as a no-op).
+cargo build --locked --release --workspace --bins
 
 step "benchmarks (figures, no timing assertions)"
 # Before the wire benchmarks start: sync-storm restarts the broker, which would cut their
@@ -92,14 +71,15 @@ target/release/nebula-bench fanout --agents 1000 --broker single --transport mqt
 target/release/nebula-bench rest --seconds 3 --concurrency 16
 
 step "wire benchmarks (footprint, dead link), in the background"
-# The release agent of this machine's architecture (built beside the tests) runs them. At the
-# agent's default settings, footprint waits for the agent's queue checks to end (255 s), then measures an idle
+# The release agent of this machine's architecture first, for them. At the agent's default
+# settings, footprint waits for the agent's queue checks to end (255 s), then measures an idle
 # window of half a heartbeat timeout (450 s: one heartbeat each way); dead-link blackholes an
 # agent's link and waits until the agent noticed, reconnected and applied the change made
 # meanwhile (after the agent's queue checks too; up to 570 s + 30 s more). They run beside the
 # steps below, which neither restart the broker nor touch their connections, so they add only
 # what is left of their ~13-15 minutes when those are done. They fail the run when an idle agent costs more than 2 MB a month on the
 # wire, or a dead link is not noticed and made up for within the stated times.
+cargo xtask dist --target x86_64-unknown-linux-musl
 target/release/nebula-bench footprint >target/footprint.json 2>target/footprint.log &
 footprint_pid=$!
 # The same agent over MQTT, side by side (its own connection and port, no queue checks).
