@@ -150,28 +150,21 @@ impl Authenticator {
         source: Option<IpAddr>,
         authorization: Option<&str>,
     ) -> Outcome {
-        let outcome =
-            |principal: Option<Principal>, failures: &mut dyn FnMut() -> Option<u32>| match (
-                principal,
-                authorization,
-            ) {
-                (Some(principal), _) => Outcome::Authenticated(principal),
-                (None, None) => Outcome::Missing,
-                (None, Some(_)) => Outcome::Wrong {
-                    failures: failures(),
-                },
-            };
-        let Some(source) = source.filter(|_| self.enabled) else {
-            return outcome(self.authenticate(authorization), &mut || None);
-        };
-        let mut throttle = self.throttle();
-        let now = Instant::now();
-        if let Verdict::Locked { retry_after } = throttle.check(source, now) {
+        let mut throttled = source
+            .filter(|_| self.enabled)
+            .map(|source| (source, self.throttle(), Instant::now()));
+        if let Some((source, throttle, now)) = &mut throttled
+            && let Verdict::Locked { retry_after } = throttle.check(*source, *now)
+        {
             return Outcome::Locked { retry_after };
         }
-        outcome(self.authenticate(authorization), &mut || {
-            Some(throttle.failed(source, now))
-        })
+        match (self.authenticate(authorization), authorization) {
+            (Some(principal), _) => Outcome::Authenticated(principal),
+            (None, None) => Outcome::Missing,
+            (None, Some(_)) => Outcome::Wrong {
+                failures: throttled.map(|(source, mut throttle, now)| throttle.failed(source, now)),
+            },
+        }
     }
 
     /// Whether `user` is the configured admin's name: a claimed name is logged only then (a
