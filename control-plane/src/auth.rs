@@ -180,51 +180,68 @@ impl Authenticator {
         if !self.enabled {
             return Some(Principal::Anonymous);
         }
-        let (scheme, value) = authorization?.trim().split_once(' ')?;
-        let value = value.trim();
-        if scheme.eq_ignore_ascii_case("basic") {
-            let (user, expected) = self.basic.as_ref()?;
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(value)
-                .ok()?;
-            let decoded = String::from_utf8(decoded).ok()?;
-            let (given_user, given_password) = decoded.split_once(':')?;
-            // Both halves are always compared, so a wrong user name costs the same time.
-            let user_ok = equal(given_user.as_bytes(), &digest(user.as_bytes()));
-            let password_ok = equal(given_password.as_bytes(), expected);
-            (user_ok & password_ok).then_some(Principal::LocalAdmin)
-        } else if scheme.eq_ignore_ascii_case("bearer") {
-            let expected = self.token.as_ref()?;
-            equal(value.as_bytes(), expected).then_some(Principal::LocalAdmin)
-        } else {
-            None
+        match parts(authorization?)? {
+            (Scheme::Basic, value) => {
+                let (user, expected) = self.basic.as_ref()?;
+                let decoded = String::from_utf8(basic_decoded(value)?).ok()?;
+                let (given_user, given_password) = decoded.split_once(':')?;
+                // Both halves are always compared, so a wrong user name costs the same time.
+                let user_ok = equal(given_user.as_bytes(), &digest(user.as_bytes()));
+                let password_ok = equal(given_password.as_bytes(), expected);
+                (user_ok & password_ok).then_some(Principal::LocalAdmin)
+            }
+            (Scheme::Bearer, value) => {
+                let expected = self.token.as_ref()?;
+                equal(value.as_bytes(), expected).then_some(Principal::LocalAdmin)
+            }
+            (Scheme::Other, _) => None,
         }
     }
 }
 
+/// The schemes an `Authorization` header value may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Basic,
+    Bearer,
+    Other,
+}
+
+/// An `Authorization` header value split into its scheme and the (trimmed) rest; `None` when
+/// it has no space. The one parse that authentication and the failed-login log share.
+fn parts(authorization: &str) -> Option<(Scheme, &str)> {
+    let (scheme, value) = authorization.trim().split_once(' ')?;
+    let scheme = if scheme.eq_ignore_ascii_case("basic") {
+        Scheme::Basic
+    } else if scheme.eq_ignore_ascii_case("bearer") {
+        Scheme::Bearer
+    } else {
+        Scheme::Other
+    };
+    Some((scheme, value.trim()))
+}
+
+/// The bytes of `user:password` a Basic value carries, `None` when it is not base64.
+fn basic_decoded(value: &str) -> Option<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD.decode(value).ok()
+}
+
 /// The scheme of an `Authorization` header value, for logs: `basic`, `bearer` or `other`.
 pub fn scheme(authorization: &str) -> &'static str {
-    match authorization
-        .trim()
-        .split_once(' ')
-        .map(|(scheme, _)| scheme)
-    {
-        Some(scheme) if scheme.eq_ignore_ascii_case("basic") => "basic",
-        Some(scheme) if scheme.eq_ignore_ascii_case("bearer") => "bearer",
-        _ => "other",
+    match parts(authorization) {
+        Some((Scheme::Basic, _)) => "basic",
+        Some((Scheme::Bearer, _)) => "bearer",
+        Some((Scheme::Other, _)) | None => "other",
     }
 }
 
 /// The user name a Basic `Authorization` header claims (at most 64 characters), for logs.
 /// Never the password; nothing for other schemes.
 pub fn claimed_user(authorization: &str) -> Option<String> {
-    let (scheme, value) = authorization.trim().split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
+    let (Scheme::Basic, value) = parts(authorization)? else {
         return None;
-    }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(value.trim())
-        .ok()?;
+    };
+    let decoded = basic_decoded(value)?;
     let decoded = String::from_utf8_lossy(&decoded);
     let (user, _password) = decoded.split_once(':')?;
     Some(user.chars().take(64).collect())

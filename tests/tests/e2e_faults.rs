@@ -184,7 +184,7 @@ async fn an_agent_killed_mid_change_converges_without_restarting_finished_contai
     let device = "device-kill";
     // Rolling: one container replaced at a time, so the change lasts long enough to be
     // killed in the middle of it. Replaced all at once (the default), the four containers
-    // were sometimes all new by the time the kill landed (seen once on an idle machine).
+    // can all be new by the time the kill lands (seen once, on an idle machine).
     rest.create_app(
         &app,
         json!({"docker_image": test_image(1), "containers_per": {"server": 4}, "rolling_restart": true}),
