@@ -16,6 +16,9 @@ esac
 export NEBULA_TEST_AMQP_URL=${NEBULA_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 # The three-node cluster (`scripts/services.sh start rabbitmq-cluster`): one URL per node.
 export NEBULA_TEST_CLUSTER_AMQP_URL=${NEBULA_TEST_CLUSTER_AMQP_URL:-amqp://guest:guest@127.0.0.1:5681/%2f,amqp://guest:guest@127.0.0.1:5682/%2f,amqp://guest:guest@127.0.0.1:5683/%2f}
+# RabbitMQ's management API on the single node: where control planes make devices' own broker
+# users (NEBULA_RABBITMQ_MANAGEMENT_URL).
+export NEBULA_TEST_RABBITMQ_MANAGEMENT_URL=${NEBULA_TEST_RABBITMQ_MANAGEMENT_URL:-http://guest:guest@127.0.0.1:15672}
 export NEBULA_TEST_MQTT_URL=${NEBULA_TEST_MQTT_URL:-mqtt://guest:guest@127.0.0.1:1883}
 # The broker's TLS listener, with certificates of the development CA (scripts/dev-ca.sh); it
 # asks every client for a certificate of that CA (client.pem/client.key there).

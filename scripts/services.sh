@@ -2,7 +2,8 @@
 # Starts, stops and reports the local services that Nebula's tests and scripts/up.sh use:
 #   rabbitmq    RabbitMQ, AMQP on 127.0.0.1:5672, AMQPS on 127.0.0.1:5671 (certificates of the
 #               development CA, scripts/dev-ca.sh; clients must present one too), MQTT
-#               (plugin) on 127.0.0.1:1883 and MQTT over TLS on 127.0.0.1:8883 (the same CA)
+#               (plugin) on 127.0.0.1:1883 and MQTT over TLS on 127.0.0.1:8883 (the same CA),
+#               the management API on 127.0.0.1:15672 (devices' own broker users)
 #   docker      the Docker engine (dockerd), socket /var/run/docker.sock
 #   registry    a Docker registry on 127.0.0.1:5000 with htpasswd (bcrypt) auth, user and
 #               password from scripts/env.sh (NEBULA_TEST_REGISTRY_USER/PASSWORD)
@@ -81,7 +82,9 @@ rabbitmq_conf() {
     "ssl_options.verify = verify_peer" \
     "ssl_options.fail_if_no_peer_cert = true" \
     "mqtt.listeners.tcp.default = 127.0.0.1:1883" \
-    "mqtt.listeners.ssl.default = 127.0.0.1:8883"
+    "mqtt.listeners.ssl.default = 127.0.0.1:8883" \
+    "management.tcp.ip = 127.0.0.1" \
+    "management.tcp.port = 15672"
 }
 rabbitmq_configure() {
   bash scripts/dev-ca.sh
@@ -98,16 +101,18 @@ NODENAME=rabbit@localhost"
   write_if_changed /etc/rabbitmq/advanced.config "%% Written by Nebula's scripts/services.sh.
 [{rabbit, [{tcp_listen_options, [{backlog, 128}, {nodelay, true}, {linger, {true, 0}},
                                  {exit_on_close, false}, {raw, 6, 18, <<60000:32/native>>}]}]}]."
-  # The same content as `rabbitmq-plugins enable --offline rabbitmq_mqtt` writes, without booting
-  # an Erlang VM for it (two seconds saved on every start).
-  write_if_changed /etc/rabbitmq/enabled_plugins '[rabbitmq_mqtt].'
+  # The same content as `rabbitmq-plugins enable --offline rabbitmq_mqtt rabbitmq_management`
+  # writes, without booting an Erlang VM for it (two seconds saved on every start). The
+  # management API is where the control plane makes devices' own broker users
+  # (NEBULA_RABBITMQ_MANAGEMENT_URL).
+  write_if_changed /etc/rabbitmq/enabled_plugins '[rabbitmq_mqtt,rabbitmq_management].'
   chown rabbitmq:rabbitmq /etc/rabbitmq/rabbitmq-env.conf /etc/rabbitmq/rabbitmq.conf /etc/rabbitmq/advanced.config \
     /etc/rabbitmq/enabled_plugins
 }
-rabbitmq_ready() { port_open 127.0.0.1 5672 && rabbitmq_tls_ready && port_open 127.0.0.1 1883; }
-# The TLS listeners (AMQPS, MQTTS): a broker started by an earlier version of this script
-# lacks one of them.
-rabbitmq_tls_ready() { port_open 127.0.0.1 5671 && port_open 127.0.0.1 8883; }
+rabbitmq_ready() { port_open 127.0.0.1 5672 && rabbitmq_later_listeners_ready && port_open 127.0.0.1 1883; }
+# The listeners later versions of this script added (AMQPS, MQTTS, the management API): a
+# broker started by an earlier version lacks one of them.
+rabbitmq_later_listeners_ready() { port_open 127.0.0.1 5671 && port_open 127.0.0.1 8883 && port_open 127.0.0.1 15672; }
 # The Erlang cookie every node (and rabbitmqctl) shares. Made once, before any node starts: on
 # a fresh machine the single node and the three cluster nodes start together, and each would
 # otherwise race to create it (one can fail on the read-only file, or they end up different).
@@ -127,10 +132,10 @@ rabbitmq_start() {
   # `start` when the broker runs without a listener this version of the file adds.
   if port_open 127.0.0.1 5672; then
     # Only a broker this script started (its pid file) is restarted; another one (a system
-    # service, say) is left alone, and the wait for its TLS listener says what to do.
-    if ! rabbitmq_tls_ready && pid_alive "$run_dir/rabbitmq.pid" &&
+    # service, say) is left alone, and the wait for its listeners says what to do.
+    if ! rabbitmq_later_listeners_ready && pid_alive "$run_dir/rabbitmq.pid" &&
       [ "$(cat /etc/rabbitmq/rabbitmq.conf 2>/dev/null)" != "$(rabbitmq_conf)" ]; then
-      say "RabbitMQ runs with an earlier configuration (a TLS listener missing); restarting it with this one"
+      say "RabbitMQ runs with an earlier configuration (a listener missing); restarting it with this one"
       rabbitmq_stop
       local deadline=$((SECONDS + 30))
       while port_open 127.0.0.1 5672; do
@@ -166,7 +171,7 @@ rabbitmq_stop() {
   local pid
   if pid=$(listener_pid 5672 beam.smp); then kill -TERM "$pid" 2>/dev/null || true; fi
 }
-rabbitmq_status() { rabbitmq_ready && echo "running (pid $(listener_pid 5672 beam.smp), node $(rabbitmq_node), AMQP 127.0.0.1:5672, AMQPS 127.0.0.1:5671, MQTT 127.0.0.1:1883, MQTTS 127.0.0.1:8883)"; }
+rabbitmq_status() { rabbitmq_ready && echo "running (pid $(listener_pid 5672 beam.smp), node $(rabbitmq_node), AMQP 127.0.0.1:5672, AMQPS 127.0.0.1:5671, MQTT 127.0.0.1:1883, MQTTS 127.0.0.1:8883, management 127.0.0.1:15672)"; }
 # The node name from the configuration file (what a bare `rabbitmqctl` talks to).
 rabbitmq_node() { sed -n 's/^NODENAME=//p' /etc/rabbitmq/rabbitmq-env.conf 2>/dev/null | grep . || echo "rabbit@$(hostname -s)"; }
 

@@ -83,7 +83,8 @@ start_process() {
 
 start_process nebula-control-plane \
   NEBULA_LISTEN="$listen" NEBULA_DATA_DIR="$data_dir/store" \
-  NEBULA_ADMIN_USER="$user" NEBULA_ADMIN_PASSWORD="$password"
+  NEBULA_ADMIN_USER="$user" NEBULA_ADMIN_PASSWORD="$password" \
+  NEBULA_RABBITMQ_MANAGEMENT_URL="$NEBULA_TEST_RABBITMQ_MANAGEMENT_URL"
 wait_until 30 "$run_dir/nebula-control-plane.log" "the control plane" "$run_dir/nebula-control-plane.pid" \
   curl -fsS "http://$listen/readyz" || exit 1
 

@@ -281,6 +281,41 @@ fn target_key(target: &SyncTarget) -> String {
     }
 }
 
+/// `nebula.sync` as a control plane declares it: the queue, and the exchange agents publish
+/// their requests to, bound to it.
+async fn declare_sync_queue(channel: &Channel) {
+    channel
+        .queue_declare(
+            SYNC_QUEUE.into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare sync queue");
+    channel
+        .exchange_declare(
+            names::SYNC_EXCHANGE.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare sync exchange");
+    channel
+        .queue_bind(
+            SYNC_QUEUE.into(),
+            names::SYNC_EXCHANGE.into(),
+            names::SYNC_BINDING_KEY.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind sync queue");
+}
+
 impl ControlPlane {
     async fn start(url: &str) -> Self {
         let connection = Connection::connect(url, ConnectionProperties::default())
@@ -288,14 +323,7 @@ impl ControlPlane {
             .expect("connect");
         let channel = connection.create_channel().await.expect("channel");
         let responder = connection.create_channel().await.expect("channel");
-        responder
-            .queue_declare(
-                SYNC_QUEUE.into(),
-                QueueDeclareOptions::durable(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("declare sync queue");
+        declare_sync_queue(&responder).await;
         let mut requests = responder
             .basic_consume(
                 SYNC_QUEUE.into(),
@@ -1204,14 +1232,7 @@ async fn a_sync_reply_to_an_earlier_attempt_is_accepted() {
         )
         .await
         .expect("declare exchange");
-    channel
-        .queue_declare(
-            SYNC_QUEUE.into(),
-            QueueDeclareOptions::durable(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("declare sync queue");
+    declare_sync_queue(&channel).await;
     let mut requests = channel
         .basic_consume(
             SYNC_QUEUE.into(),

@@ -41,6 +41,8 @@ pub enum Permission<'a> {
     Prune,
     /// The device inventory (every device's report).
     ListDevices,
+    /// Mint and revoke devices' own broker credentials (admin only).
+    ManageDeviceCredentials,
 }
 
 impl Principal {

@@ -95,6 +95,15 @@ pub fn insecure_listen_warning(config: &Config) -> Option<String> {
     })
 }
 
+/// The warning an instance logs at start when it cannot give devices their own broker
+/// credentials: every device then logs in with a shared one, which may publish changes for
+/// any device (the development shortcut).
+pub fn shared_login_warning(config: &Config) -> Option<String> {
+    config.device_credentials.is_none().then(|| {
+        "device credentials are off (NEBULA_RABBITMQ_MANAGEMENT_URL is not set): devices share one broker login, and whoever holds it can publish changes to every device; for a fleet, give each device its own (README, \"Securing a fleet\")".to_string()
+    })
+}
+
 /// The warning an instance logs at start when it serves plain HTTP beyond loopback with
 /// authentication on: passwords and tokens would cross the network in clear.
 pub fn plain_http_warning(config: &Config) -> Option<String> {
@@ -142,6 +151,77 @@ pub struct Config {
     /// A device whose last report is older than this is removed from the registry
     /// (`NEBULA_DEVICE_EXPIRY_SECS`, default 30 days); it comes back with its next report.
     pub device_expiry: Duration,
+    /// Devices' own broker credentials (`POST /api/v2/devices/<id>/credentials`), when
+    /// `NEBULA_RABBITMQ_MANAGEMENT_URL` is set.
+    pub device_credentials: Option<DeviceCredentialsConfig>,
+}
+
+/// Where devices' own broker users are made, and the URL handed to devices.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DeviceCredentialsConfig {
+    /// RabbitMQ's management API, with an administrator's credentials
+    /// (`NEBULA_RABBITMQ_MANAGEMENT_URL`, e.g. `http://admin:secret@broker:15672`).
+    pub management_url: String,
+    /// The broker URL devices connect to, without credentials (`NEBULA_DEVICE_AMQP_URL`; by
+    /// default the first of `NEBULA_AMQP_URL`, its user info dropped): a device's minted URL
+    /// is this one with the device's user and password in it. Its virtual host is the one
+    /// the device's permissions are set on.
+    pub device_amqp_url: String,
+}
+
+impl std::fmt::Debug for DeviceCredentialsConfig {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("DeviceCredentialsConfig")
+            .field("management_url", &redact_password(&self.management_url))
+            .field("device_amqp_url", &redact_password(&self.device_amqp_url))
+            .finish()
+    }
+}
+
+/// `NEBULA_RABBITMQ_MANAGEMENT_URL` and `NEBULA_DEVICE_AMQP_URL`, checked.
+fn device_credentials(
+    environment: &impl Environment,
+    amqp_urls: &[String],
+) -> Result<Option<DeviceCredentialsConfig>, ConfigError> {
+    let Some(management_url) = value(environment, "NEBULA_RABBITMQ_MANAGEMENT_URL") else {
+        if value(environment, "NEBULA_DEVICE_AMQP_URL").is_some() {
+            return Err(ConfigError::Invalid {
+                variable: "NEBULA_DEVICE_AMQP_URL",
+                reason: "is only used with NEBULA_RABBITMQ_MANAGEMENT_URL, which is not set".into(),
+            });
+        }
+        return Ok(None);
+    };
+    let management_url = management_url.trim().to_string();
+    crate::broker::users::BrokerUsers::new(&management_url, "/").map_err(|reason| {
+        ConfigError::Invalid {
+            variable: "NEBULA_RABBITMQ_MANAGEMENT_URL",
+            reason,
+        }
+    })?;
+    let device_amqp_url = match value(environment, "NEBULA_DEVICE_AMQP_URL") {
+        Some(url) => broker_urls(url.trim())
+            .map_err(|error| match error {
+                ConfigError::Invalid { reason, .. } => ConfigError::Invalid {
+                    variable: "NEBULA_DEVICE_AMQP_URL",
+                    reason,
+                },
+                other => other,
+            })?
+            .remove(0),
+        None => amqp_urls[0].clone(),
+    };
+    crate::device_credentials::device_url(&device_amqp_url, "x", "x").map_err(|reason| {
+        ConfigError::Invalid {
+            variable: "NEBULA_DEVICE_AMQP_URL",
+            reason,
+        }
+    })?;
+    Ok(Some(DeviceCredentialsConfig {
+        management_url,
+        device_amqp_url,
+    }))
 }
 
 impl std::fmt::Debug for Config {
@@ -168,6 +248,7 @@ impl std::fmt::Debug for Config {
             .field("publish_timeout", &self.publish_timeout)
             .field("http", &self.http)
             .field("device_expiry", &self.device_expiry)
+            .field("device_credentials", &self.device_credentials)
             .finish()
     }
 }
@@ -432,7 +513,9 @@ impl Config {
             value(environment, crate::https::CERT),
             value(environment, crate::https::KEY),
         )?;
+        let device_credentials = device_credentials(environment, &amqp_urls)?;
         Ok(Self {
+            device_credentials,
             device_expiry: Duration::from_secs(device_expiry_secs),
             listen,
             https,
@@ -615,6 +698,66 @@ mod tests {
         ] {
             assert_eq!(redact_password(url), redacted);
         }
+    }
+
+    #[test]
+    fn device_credentials_need_the_management_api_and_default_to_the_first_broker() {
+        let admin = [
+            ("NEBULA_ADMIN_USER", "nebula"),
+            ("NEBULA_ADMIN_PASSWORD", "nebula"),
+        ];
+        let off = config(&admin).expect("valid");
+        assert_eq!(off.device_credentials, None);
+        assert!(shared_login_warning(&off).is_some());
+        let mut on = admin.to_vec();
+        on.extend([
+            (
+                "NEBULA_AMQP_URL",
+                "amqp://cp:cp-secret@a:5672/fleet,amqp://cp:cp-secret@b:5672/fleet",
+            ),
+            (
+                "NEBULA_RABBITMQ_MANAGEMENT_URL",
+                "http://admin:mgmt-secret@a:15672",
+            ),
+        ]);
+        let config_on = config(&on).expect("valid");
+        let credentials = config_on.device_credentials.clone().expect("on");
+        assert_eq!(
+            credentials.device_amqp_url,
+            "amqp://cp:cp-secret@a:5672/fleet"
+        );
+        assert_eq!(shared_login_warning(&config_on), None);
+        let printed = format!("{config_on:?}");
+        for secret in ["cp-secret", "mgmt-secret"] {
+            assert!(!printed.contains(secret), "{printed}");
+        }
+        on.push((
+            "NEBULA_DEVICE_AMQP_URL",
+            "amqps://broker.example:5671/fleet",
+        ));
+        let public = config(&on).expect("valid").device_credentials.expect("on");
+        assert_eq!(public.device_amqp_url, "amqps://broker.example:5671/fleet");
+        for (variable, bad) in [
+            ("NEBULA_RABBITMQ_MANAGEMENT_URL", "amqp://admin:x@a:5672"),
+            ("NEBULA_DEVICE_AMQP_URL", "http://broker.example"),
+        ] {
+            let mut wrong = on.clone();
+            wrong.retain(|(name, _)| *name != variable);
+            wrong.push((variable, bad));
+            assert!(
+                matches!(config(&wrong), Err(ConfigError::Invalid { variable: named, .. }) if named == variable),
+                "{variable}={bad}"
+            );
+        }
+        let mut orphan = admin.to_vec();
+        orphan.push(("NEBULA_DEVICE_AMQP_URL", "amqp://broker.example:5672/%2f"));
+        assert!(matches!(
+            config(&orphan),
+            Err(ConfigError::Invalid {
+                variable: "NEBULA_DEVICE_AMQP_URL",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod api;
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod device_credentials;
 pub mod error;
 pub mod gate;
 pub mod http;
@@ -90,6 +91,12 @@ pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreErr
 /// Runs the control plane until `shutdown` is cancelled (graceful, `Ok`) or a fatal error
 /// (`Err`, the process must exit non-zero).
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
+    let credentials = match &config.device_credentials {
+        Some(settings) => Some(Arc::new(
+            service::credentials::CredentialIssuer::new(settings).map_err(RunError::Fatal)?,
+        )),
+        None => None,
+    };
     let store = open_store(&config.store).await?;
     tracing::info!(backend = store.backend(), store_id = %store.identity(), "store open");
     let link = BrokerLink::new(
@@ -137,6 +144,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
     for warning in [
         config::insecure_listen_warning(&config),
         config::plain_http_warning(&config),
+        config::shared_login_warning(&config),
     ]
     .into_iter()
     .flatten()
@@ -174,6 +182,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
     let state = AppState {
         service: service.clone(),
         authenticator: Authenticator::new(config.auth_enabled, &config.admin),
+        credentials,
     };
     let grace = config.shutdown_grace;
     http::serve(

@@ -111,6 +111,7 @@ pub struct Metrics {
     corrupt_records: AtomicU64,
     outbox_skipped_corrupt: AtomicU64,
     sync_corrupt: AtomicU64,
+    sync_refused: AtomicU64,
     sync_foreign_store: AtomicU64,
     reports_stored: AtomicU64,
     reports_stale: AtomicU64,
@@ -139,6 +140,7 @@ impl Default for Metrics {
             corrupt_records: AtomicU64::default(),
             outbox_skipped_corrupt: AtomicU64::default(),
             sync_corrupt: AtomicU64::default(),
+            sync_refused: AtomicU64::default(),
             sync_foreign_store: AtomicU64::default(),
             reports_stored: AtomicU64::default(),
             reports_stale: AtomicU64::default(),
@@ -259,6 +261,12 @@ impl Metrics {
         self.sync_corrupt.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A sync request was refused: beyond what the asking device's credential covers, or
+    /// for another device than the one that sent it.
+    pub fn sync_refused(&self) {
+        self.sync_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A sync request came from an agent that last synced with another store.
     pub fn sync_foreign_store(&self) {
         self.sync_foreign_store.fetch_add(1, Ordering::Relaxed);
@@ -335,6 +343,11 @@ impl Metrics {
             "nebula_sync_requests_corrupt_total",
             "Sync requests rejected because the app or group is corrupt in the store.",
             &[("", get(&self.sync_corrupt))],
+        );
+        counter(
+            "nebula_sync_requests_refused_total",
+            "Sync requests refused: beyond what the asking device's own credential covers, or for another device than the one that sent them.",
+            &[("", get(&self.sync_refused))],
         );
         counter(
             "nebula_sync_foreign_store_total",
@@ -467,6 +480,7 @@ mod tests {
         metrics.corrupt_record();
         metrics.outbox_skipped_corrupt();
         metrics.sync_corrupt();
+        metrics.sync_refused();
         metrics.sync_foreign_store();
         metrics.sync_foreign_store();
         metrics.report_ingested(true, Duration::from_millis(2));

@@ -11,9 +11,15 @@
 //! agent keeps what it has and asks again later). The consumer ending for any reason ends
 //! the broker connection (`broker::link` makes a new one): an instance that no longer
 //! answers syncs must not go on as if all were well.
+//!
+//! A device is answered only for what it is entitled to: a device with its own broker
+//! credential only within that credential's scope, and never for another device
+//! (`device_credentials::check_sync`, from the routing key and `user_id` the broker vouches
+//! for). A refused request is rejected without requeue; the agent keeps what it runs.
 
 use crate::broker::amqp::{AmqpBroker, operation};
 use crate::broker::consume::consume;
+use crate::device_credentials::{Asker, check_sync};
 use crate::error::{AmqpError, StoreError};
 use crate::service::{Service, ServiceError};
 use lapin::message::Delivery;
@@ -87,6 +93,9 @@ async fn handle(channel: &Channel, service: &Service, delivery: Delivery) -> Res
             return reject(service, &delivery).await;
         }
     };
+    if !entitled(service, &delivery, &request).await? {
+        return Ok(());
+    }
     if let Some(known) = request.known_store
         && known != service.store().identity()
     {
@@ -150,6 +159,56 @@ async fn handle(channel: &Channel, service: &Service, delivery: Delivery) -> Res
     service.metrics().sync_latency(started.elapsed());
     tracing::debug!(device = %request.device_id, target = ?request.target, found, "sync request answered");
     Ok(())
+}
+
+/// Whether the asking device may have what it asks for (`device_credentials::check_sync`).
+/// A refused request is rejected, counted and logged; one whose check the store cannot make
+/// now goes back to the queue for another instance. `Ok(false)`: the delivery is settled.
+async fn entitled(
+    service: &Service,
+    delivery: &Delivery,
+    request: &SyncRequest,
+) -> Result<bool, AmqpError> {
+    let credential = match service.credential(&request.device_id).await {
+        Ok(credential) => credential,
+        Err(error) => {
+            tracing::error!(error = %error, device = %request.device_id, "cannot read the device's credential; the sync request goes back to the queue");
+            delivery
+                .nack(BasicNackOptions {
+                    requeue: !matches!(error, ServiceError::Store(StoreError::Corrupt { .. })),
+                    ..BasicNackOptions::default()
+                })
+                .await
+                .map_err(operation("basic.nack"))?;
+            return Ok(false);
+        }
+    };
+    let asker = Asker {
+        exchange: delivery.exchange.as_str(),
+        routing_key: delivery.routing_key.as_str(),
+        user_id: delivery
+            .properties
+            .user_id()
+            .as_ref()
+            .map(|user| user.as_str()),
+    };
+    match check_sync(
+        &request.device_id,
+        &request.target,
+        asker,
+        credential.as_ref(),
+    ) {
+        Ok(()) => Ok(true),
+        Err(refusal) => {
+            tracing::warn!(device = %request.device_id, user_id = asker.user_id.unwrap_or("-"), refusal = %refusal, "sync request refused");
+            service.metrics().sync_refused();
+            delivery
+                .reject(BasicRejectOptions { requeue: false })
+                .await
+                .map_err(operation("basic.reject"))?;
+            Ok(false)
+        }
+    }
 }
 
 async fn reject(service: &Service, delivery: &Delivery) -> Result<(), AmqpError> {

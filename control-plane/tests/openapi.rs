@@ -57,6 +57,7 @@ fn harness() -> Harness {
         router: router(AppState {
             service: service.clone(),
             authenticator,
+            credentials: None,
         }),
         service,
         broker,

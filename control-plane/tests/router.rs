@@ -50,6 +50,7 @@ fn harness() -> Harness {
         router: router(AppState {
             service,
             authenticator,
+            credentials: None,
         }),
         store,
         broker,

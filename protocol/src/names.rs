@@ -121,6 +121,16 @@ impl PartialEq<&str> for Name {
 
 /// Queue that every control-plane instance consumes sync requests from (competing consumers).
 pub const SYNC_QUEUE: &str = "nebula.sync";
+/// Topic exchange agents publish sync requests to, with [`sync_routing_key`]; bound to
+/// [`SYNC_QUEUE`] with [`SYNC_BINDING_KEY`]. Not the default exchange: a device allowed to
+/// write to that one could put messages into any queue, another device's included, so a
+/// device's own broker credential may write only to this exchange and to the reports
+/// exchange, each only with its own routing key.
+pub const SYNC_EXCHANGE: &str = "nebula.sync";
+/// Binding key of [`SYNC_QUEUE`] on [`SYNC_EXCHANGE`]: every device's requests.
+pub const SYNC_BINDING_KEY: &str = "sync.#";
+/// Prefix of the broker user of a device's own credential ([`device_user`]).
+pub const DEVICE_USER_PREFIX: &str = "nebula-device-";
 /// RabbitMQ's direct reply-to pseudo queue, used for sync replies.
 pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 /// Topic exchange agents publish device reports to.
@@ -152,6 +162,28 @@ pub fn app_queue(device: &Name, app: &Name) -> String {
 /// `nebula.device.<device>.group.<group>`: a group-mode agent's queue.
 pub fn group_queue(device: &Name, group: &Name) -> String {
     format!("nebula.device.{device}.group.{group}")
+}
+
+/// `sync.<device>`: routing key of a device's sync requests on [`SYNC_EXCHANGE`]. The broker
+/// lets a device's own credential publish there with its own device id only, so the control
+/// plane knows who asks.
+pub fn sync_routing_key(device: &Name) -> String {
+    format!("sync.{device}")
+}
+
+/// The device a routing key of [`SYNC_EXCHANGE`] names, if it is one of [`sync_routing_key`].
+pub fn device_of_sync_routing_key(routing_key: &str) -> Option<Name> {
+    Name::new(routing_key.strip_prefix("sync.")?).ok()
+}
+
+/// `nebula-device-<device>`: the broker user of a device's own credential.
+pub fn device_user(device: &Name) -> String {
+    format!("{DEVICE_USER_PREFIX}{device}")
+}
+
+/// The device whose own credential `user` is, if it is one of [`device_user`].
+pub fn device_of_user(user: &str) -> Option<Name> {
+    Name::new(user.strip_prefix(DEVICE_USER_PREFIX)?).ok()
 }
 
 /// `report.<device>`: routing key of a device's reports on [`REPORTS_EXCHANGE`].
@@ -291,7 +323,32 @@ mod tests {
         assert_eq!(app_topic(&app), "nebula/app/web");
         assert_eq!(group_topic(&group), "nebula/group/edge");
         assert_eq!(SYNC_QUEUE, "nebula.sync");
+        assert_eq!(sync_routing_key(&device), "sync.pi-7");
         assert_eq!(AGENT_QUEUE_EXPIRES_MS, 604_800_000);
+    }
+
+    #[test]
+    fn devices_are_read_back_from_their_sync_routing_key_and_broker_user() {
+        for id in ["pi-7", "a.b", "x_1"] {
+            let device = name(id);
+            assert_eq!(
+                device_of_sync_routing_key(&sync_routing_key(&device)),
+                Some(device.clone())
+            );
+            assert_eq!(device_of_user(&device_user(&device)), Some(device));
+        }
+        assert_eq!(device_user(&name("pi-7")), "nebula-device-pi-7");
+        for other in ["nebula.sync", "sync.", "sync.bad name", "report.pi-7"] {
+            assert_eq!(device_of_sync_routing_key(other), None, "{other}");
+        }
+        for other in [
+            "guest",
+            "nebula-device-",
+            "nebula-device-bad name",
+            "device-pi",
+        ] {
+            assert_eq!(device_of_user(other), None, "{other}");
+        }
     }
 
     #[test]

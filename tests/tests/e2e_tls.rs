@@ -3,7 +3,8 @@
 //! it converges and follows a change with the fleet's CA and its client certificate; it
 //! refuses a broker whose certificate its trust store does not vouch for; the broker refuses
 //! it without a client certificate; bad TLS files stop it at start with exit code 64. And the
-//! control plane over HTTPS (`NEBULA_TLS_CERT`/`NEBULA_TLS_KEY`), driven by the CLI with
+//! A device with its own broker credential converges over amqps and is cut off when it is
+//! revoked. And the control plane over HTTPS (`NEBULA_TLS_CERT`/`NEBULA_TLS_KEY`), driven by the CLI with
 //! `--ca-file`, which refuses it without.
 
 mod support;
@@ -64,6 +65,109 @@ async fn agent_converges_over_amqps_with_a_client_certificate() {
         "the agent says what it trusts and presents: {log}"
     );
     assert_eq!(agent.process.exits(), 0, "{log}");
+}
+
+/// A device with its own broker credential (issue 16), minted through the API over amqps:
+/// the agent converges with it and follows a change; revoked, its connection is closed,
+/// it cannot log in again, and its app keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_with_its_own_credential_converges_and_is_cut_off_when_revoked() {
+    let scenario = Scenario::new("device-credential");
+    let management = std::env::var("NEBULA_TEST_RABBITMQ_MANAGEMENT_URL")
+        .unwrap_or_else(|_| "http://guest:guest@127.0.0.1:15672".into());
+    let device_url = scenario.vhost.amqps_url();
+    let control_plane = ControlPlane::start_with(
+        "cp",
+        &StoreKind::Embedded(scenario.directory.join("store-cp")),
+        &scenario.vhost.amqp_url(),
+        &scenario.directory,
+        &[
+            ("NEBULA_RABBITMQ_MANAGEMENT_URL", management.as_str()),
+            ("NEBULA_DEVICE_AMQP_URL", device_url.as_str()),
+        ],
+    )
+    .await
+    .expect("control plane starts");
+    let rest = control_plane.rest();
+    let app = scenario.app_name("enrolled");
+    let group = unique_name("group");
+    rest.create_app(&app, json!({"docker_image": test_image(1)}))
+        .await
+        .expect("create");
+    rest.create_group(&group, &[&app]).await.expect("group");
+    let device = unique_name("enrolled-device");
+    let _cleanup = DeviceUser(format!("nebula-device-{device}"));
+    let credentials = format!("/devices/{device}/credentials");
+    let minted = rest
+        .post(&credentials, json!({"device_group": group}))
+        .await
+        .expect("mint")
+        .ok()
+        .expect("minted");
+    let url = minted["amqp_url"].as_str().expect("amqp_url").to_string();
+    assert!(
+        url.starts_with(&format!("amqps://nebula-device-{device}:")),
+        "{url}"
+    );
+
+    let start = Instant::now();
+    let env = ca_and_client_certificate();
+    let agent = Agent::start_with(
+        &device,
+        &AgentMode::Group(group.clone()),
+        &url,
+        &scenario.directory,
+        &borrowed(&env),
+    )
+    .await;
+    scenario.converged(&app, 1, 1).await;
+    scenario.report("create with the device's own credential", start);
+    let start = Instant::now();
+    rest.update_app(&app, json!({"docker_image": test_image(2)}))
+        .await
+        .expect("update");
+    scenario.converged(&app, 1, 2).await;
+    scenario.report("update with the device's own credential", start);
+    let log = agent.process.log();
+    assert!(
+        !log.contains("not this device's own credential"),
+        "the agent took its own login for a shared one: {log}"
+    );
+
+    let start = Instant::now();
+    let revoked = rest
+        .delete(&credentials)
+        .await
+        .expect("revoke")
+        .ok()
+        .expect("revoked");
+    assert_eq!(revoked["had_credential"], true, "{revoked}");
+    let log = wait_for(
+        "the revoked agent refused by the broker",
+        Duration::from_secs(60),
+        || {
+            let log = agent.process.log();
+            async move { log.contains("ACCESS_REFUSED").then_some(log) }
+        },
+    )
+    .await
+    .unwrap_or_else(|error| panic!("{error}: {}", agent.process.log()));
+    scenario.report("revoked: connection closed, login refused", start);
+    assert!(log.contains("lost the broker connection"), "{log}");
+    // The device keeps running what it had.
+    scenario.converged(&app, 1, 2).await;
+}
+
+/// Removes a test device's broker user whatever happens to the test (a vhost's deletion
+/// leaves users).
+struct DeviceUser(String);
+
+impl Drop for DeviceUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["delete_user", &self.0])
+            .output();
+    }
 }
 
 /// Starts an agent on the TLS listener with `env` and returns its log once it shows `needle`.

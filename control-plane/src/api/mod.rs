@@ -11,6 +11,7 @@
 //! and validates real answers against the document ([`openapi`]).
 
 pub mod apps;
+pub mod credentials;
 pub mod device_groups;
 pub mod devices;
 pub mod dto;
@@ -41,6 +42,8 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub struct AppState {
     pub service: Service,
     pub authenticator: Authenticator,
+    /// Devices' own broker credentials; `None` without `NEBULA_RABBITMQ_MANAGEMENT_URL`.
+    pub credentials: Option<std::sync::Arc<crate::service::credentials::CredentialIssuer>>,
 }
 
 /// A JSON success answer.
@@ -318,6 +321,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(device_groups::prune))
         .routes(routes!(devices::group_status))
+        .routes(routes!(credentials::mint, credentials::revoke))
         .routes(routes!(device_groups::prune_all))
         .routes(routes!(devices::list))
         .routes(routes!(devices::read))

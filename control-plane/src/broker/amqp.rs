@@ -187,6 +187,30 @@ impl AmqpBroker {
     async fn declare_fixed_topology(&self, queue_type: QueueType) -> Result<(), AmqpError> {
         self.declare_own_queue(names::SYNC_QUEUE, queue_type.arguments())
             .await?;
+        // Agents publish sync requests here, each with its own device id as routing key
+        // (agents of earlier releases through the default exchange, still answered).
+        self.channel
+            .exchange_declare(
+                names::SYNC_EXCHANGE.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(operation("exchange.declare"))?;
+        self.channel
+            .queue_bind(
+                names::SYNC_QUEUE.into(),
+                names::SYNC_EXCHANGE.into(),
+                names::SYNC_BINDING_KEY.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(operation("queue.bind"))?;
         self.channel
             .exchange_declare(
                 names::REPORTS_EXCHANGE.into(),

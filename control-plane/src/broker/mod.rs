@@ -12,6 +12,7 @@ pub mod consume;
 pub mod exposed;
 pub mod fake;
 pub mod link;
+pub mod users;
 
 use crate::error::AmqpError;
 use async_trait::async_trait;

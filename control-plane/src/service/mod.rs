@@ -4,7 +4,8 @@
 //! hooks), [`write`] (the one write path of every kind, with per-object combining), [`apps`]
 //! and [`groups`] (each kind's broker side; groups derive their exchange bindings from the
 //! store), [`outbox`] (republishing what was never confirmed, and topology at start),
-//! [`devices`] (the device registry fed by reports, and rollout status).
+//! [`devices`] (the device registry fed by reports, and rollout status), [`credentials`]
+//! (devices' own broker credentials: the record and the broker user).
 //!
 //! Failure policy: a store that is unreachable, or a broker that fails, ends the instance
 //! (the caller gets an error, the outbox of the next instance finishes the change). A
@@ -12,6 +13,7 @@
 //! in sync), and a broker 404 is that object's race with another instance.
 
 pub mod apps;
+pub mod credentials;
 pub mod devices;
 pub mod groups;
 pub mod outbox;
@@ -324,7 +326,7 @@ impl Service {
     /// Objects whose last change the broker has not confirmed yet (for `/metrics`).
     pub async fn outbox_backlog(&self) -> Result<u64, ServiceError> {
         let mut backlog = 0;
-        for kind in Kind::ALL {
+        for kind in Kind::PUBLISHED {
             backlog += self
                 .store
                 .pending(kind)

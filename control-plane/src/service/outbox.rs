@@ -30,7 +30,7 @@ impl Service {
     ) -> Result<(usize, PendingSet), ServiceError> {
         let mut handled = 0;
         let mut seen = PendingSet::new();
-        for kind in Kind::ALL {
+        for kind in Kind::PUBLISHED {
             let records = self
                 .store
                 .pending(kind)
@@ -50,6 +50,8 @@ impl Service {
                 let outcome = match kind {
                     Kind::App => self.republish::<AppConfig>(record).await,
                     Kind::DeviceGroup => self.republish::<DeviceGroup>(record).await,
+                    // Not a published kind: never flagged, nothing to send.
+                    Kind::DeviceCredential => Ok(false),
                 };
                 match outcome {
                     Ok(true) => handled += 1,

@@ -43,16 +43,22 @@ use std::collections::BTreeMap;
 pub enum Kind {
     App,
     DeviceGroup,
+    /// Devices' own broker credentials (`crate::device_credentials`): never published, so
+    /// never in the outbox.
+    DeviceCredential,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 2] = [Kind::App, Kind::DeviceGroup];
+    pub const ALL: [Kind; 3] = [Kind::App, Kind::DeviceGroup, Kind::DeviceCredential];
+    /// The kinds whose changes are published to the broker (through the outbox).
+    pub const PUBLISHED: [Kind; 2] = [Kind::App, Kind::DeviceGroup];
 
     /// Table or collection name.
     pub fn collection(self) -> &'static str {
         match self {
             Self::App => "apps",
             Self::DeviceGroup => "device_groups",
+            Self::DeviceCredential => "device_credentials",
         }
     }
 
@@ -61,6 +67,7 @@ impl Kind {
         match self {
             Self::App => "app",
             Self::DeviceGroup => "device_group",
+            Self::DeviceCredential => "device_credential",
         }
     }
 }

@@ -68,10 +68,12 @@ enum FlowError {
 }
 
 /// Follows `target` on `connection` until `stop` is cancelled (`Stopped`) or the
-/// connection is lost. Only a failed state write is an error.
+/// connection is lost. Only a failed state write is an error. `user` is the broker user the
+/// connection logged in as (the `user_id` of its sync requests).
 pub async fn follow<R: ContainerRuntime>(
     shared: Arc<Shared<R>>,
     connection: Arc<Connection>,
+    user: Arc<str>,
     target: Target,
     stop: CancellationToken,
 ) -> Result<FlowEnd, StateError> {
@@ -81,7 +83,7 @@ pub async fn follow<R: ContainerRuntime>(
         if stop.is_cancelled() {
             return Ok(FlowEnd::Stopped);
         }
-        let retry = match boot(&shared, &connection, &target, &mut attempts, &stop).await {
+        let retry = match boot(&shared, &connection, &user, &target, &mut attempts, &stop).await {
             Ok(Step::Stopped) => return Ok(FlowEnd::Stopped),
             Ok(Step::StartOver) => {
                 tracing::info!(target = %target, "starting the boot flow over");
@@ -151,6 +153,7 @@ fn sync_attempts<R: ContainerRuntime>(shared: &Shared<R>) -> SyncAttempts {
 async fn boot<R: ContainerRuntime>(
     shared: &Arc<Shared<R>>,
     connection: &Connection,
+    user: &str,
     target: &Target,
     attempts: &mut SyncAttempts,
     stop: &CancellationToken,
@@ -168,9 +171,12 @@ async fn boot<R: ContainerRuntime>(
         Bound::Refused(refusal) => return Ok(Step::RetryLater(Retry::Refused(refusal))),
     };
 
-    let requested = until_stopped(stop, request_sync(shared, &channel, target, attempts, stop))
-        .await
-        .unwrap_or(Ok(None));
+    let requested = until_stopped(
+        stop,
+        request_sync(shared, &channel, user, target, attempts, stop),
+    )
+    .await
+    .unwrap_or(Ok(None));
     let reply = match requested {
         Ok(Some(reply)) => reply,
         Ok(None) => {

@@ -105,6 +105,7 @@ pub async fn run<R: ContainerRuntime>(shared: Arc<Shared<R>>) -> Result<(), Agen
     let mut brokers = shared.config.brokers.clone();
     brokers.start_at(fastrand::usize(..));
     let nodes = brokers.brokers().len();
+    warn_of_a_shared_login(&shared.config.device_id, &brokers);
     // The configuration took the URLs' own heartbeat parameter into account, and bounds it
     // to the AMQP field's 16 bits.
     let heartbeat = u16::try_from(shared.config.heartbeat.as_secs()).unwrap_or(u16::MAX);
@@ -128,6 +129,7 @@ pub async fn run<R: ContainerRuntime>(shared: Arc<Shared<R>>) -> Result<(), Agen
             }
         }
         let mut uri = broker.uri().clone();
+        let user: Arc<str> = uri.authority.userinfo.username.as_str().into();
         uri.query.frame_max.get_or_insert(DEFAULT_FRAME_MAX);
         uri.query.heartbeat = Some(heartbeat);
         let attempt = tokio::time::timeout(
@@ -155,7 +157,7 @@ pub async fn run<R: ContainerRuntime>(shared: Arc<Shared<R>>) -> Result<(), Agen
         };
         tracing::info!(device = %shared.config.device_id, node, vhost, nodes, "connected to the broker");
         let connected_at = Instant::now();
-        match session(&shared, Arc::new(connection)).await? {
+        match session(&shared, Arc::new(connection), user).await? {
             SessionEnd::Shutdown => return Ok(()),
             SessionEnd::Lost(reason) => {
                 tracing::warn!(
@@ -167,6 +169,27 @@ pub async fn run<R: ContainerRuntime>(shared: Arc<Shared<R>>) -> Result<(), Agen
                 schedule.session_ended(connected_at);
                 brokers.leave(fastrand::usize(..));
             }
+        }
+    }
+}
+
+/// Says loudly at start when the agent logs in with a broker user other than its own device
+/// credential's (`nebula-device-<id>`, `POST /api/v2/devices/<id>/credentials`): a login
+/// shared by devices (the development setup's `guest`) lets whoever holds it publish changes
+/// to every device.
+fn warn_of_a_shared_login(device: &nebula_protocol::Name, brokers: &crate::brokers::BrokerList) {
+    let own = names::device_user(device);
+    for broker in brokers.brokers() {
+        let user = &broker.uri().authority.userinfo.username;
+        if *user != own {
+            tracing::warn!(
+                user = %user,
+                own_user = %own,
+                "logging in to the broker with a login that is not this device's own credential: \
+                 if other devices share it, whoever holds it can publish changes to every device \
+                 (fine for development; for a fleet, mint one per device, README \"Securing a fleet\")"
+            );
+            return;
         }
     }
 }
@@ -246,6 +269,7 @@ async fn connect(
 async fn session<R: ContainerRuntime>(
     shared: &Arc<Shared<R>>,
     connection: Arc<Connection>,
+    user: Arc<str>,
 ) -> Result<SessionEnd, StateError> {
     let stop = shared.shutdown.child_token();
     let mut events = connection.events_listener();
@@ -257,6 +281,7 @@ async fn session<R: ContainerRuntime>(
             connection,
             channel: None,
             routing_key: names::report_routing_key(&shared.config.device_id),
+            user: user.clone(),
         };
         async move { Ok(report_loop(shared, publisher, stop).await) }.in_current_span()
     });
@@ -266,8 +291,14 @@ async fn session<R: ContainerRuntime>(
     };
     for target in targets {
         tasks.spawn(
-            follow::follow(shared.clone(), connection.clone(), target, stop.clone())
-                .in_current_span(),
+            follow::follow(
+                shared.clone(),
+                connection.clone(),
+                user.clone(),
+                target,
+                stop.clone(),
+            )
+            .in_current_span(),
         );
     }
     let end = loop {

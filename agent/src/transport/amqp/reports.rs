@@ -24,6 +24,8 @@ pub(crate) struct AmqpReports {
     pub channel: Option<Channel>,
     /// `report.<device>`.
     pub routing_key: String,
+    /// The broker user the connection logged in as, sent as `user_id` (the broker checks it).
+    pub user: Arc<str>,
 }
 
 impl ReportPublisher for AmqpReports {
@@ -32,6 +34,7 @@ impl ReportPublisher for AmqpReports {
             &self.connection,
             &mut self.channel,
             &self.routing_key,
+            &self.user,
             payload,
         )
         .await
@@ -49,6 +52,7 @@ async fn publish(
     connection: &Connection,
     channel: &mut Option<Channel>,
     routing_key: &str,
+    user: &str,
     payload: &[u8],
 ) -> Result<(), AmqpError> {
     let open = match channel.take().filter(|open| open.status().connected()) {
@@ -70,7 +74,9 @@ async fn publish(
             routing_key.into(),
             BasicPublishOptions::default(),
             payload,
-            BasicProperties::default().with_delivery_mode(TRANSIENT),
+            BasicProperties::default()
+                .with_delivery_mode(TRANSIENT)
+                .with_user_id(user.into()),
         )
         .await
         .map_err(operation("basic.publish report"))?;

@@ -30,16 +30,22 @@ use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Confirmation};
-use nebula_protocol::names::{DIRECT_REPLY_TO, SYNC_QUEUE};
+use nebula_protocol::names::{self, DIRECT_REPLY_TO, SYNC_EXCHANGE};
 use nebula_protocol::{Message, SyncReply, SyncRequest, decode, encode};
 use tokio_util::sync::CancellationToken;
 
 /// Asks for the target's state until a reply to one of this flow's requests arrives;
 /// `None` when `stop` is cancelled first. `attempts` belongs to the boot flow (see the
 /// module doc); an unconfirmed request is an error, and the channel is not to be reused.
+///
+/// Requests go to the sync exchange with the device's own routing key and `user` (the
+/// connection's broker user) as `user_id`, which the broker checks: with a device's own
+/// credential, both tell the control plane who asks, and it answers only for what that
+/// device is entitled to.
 pub async fn request_sync<R: ContainerRuntime>(
     shared: &Shared<R>,
     channel: &Channel,
+    user: &str,
     target: &Target,
     attempts: &mut SyncAttempts,
     stop: &CancellationToken,
@@ -63,6 +69,7 @@ pub async fn request_sync<R: ContainerRuntime>(
         .await
         .map_err(operation("basic.consume reply-to"))?;
     let device = &shared.config.device_id;
+    let routing_key = names::sync_routing_key(device);
     loop {
         let (correlation_id, timeout) = attempts.next_attempt();
         let known_store = shared.known_store().await;
@@ -76,11 +83,12 @@ pub async fn request_sync<R: ContainerRuntime>(
         let expiration = timeout.as_millis().to_string();
         let mut confirm = channel
             .basic_publish(
-                "".into(),
-                SYNC_QUEUE.into(),
+                SYNC_EXCHANGE.into(),
+                routing_key.as_str().into(),
                 BasicPublishOptions::default(),
                 &encode(&request),
                 BasicProperties::default()
+                    .with_user_id(user.into())
                     .with_reply_to(DIRECT_REPLY_TO.into())
                     .with_correlation_id(correlation_id.as_str().into())
                     .with_expiration(expiration.as_str().into()),

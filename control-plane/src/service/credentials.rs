@@ -1,0 +1,172 @@
+//! Devices' own broker credentials (issue 16): the record in the store (what the device is
+//! entitled to, read by the sync responder) and the user on the broker (what enforces it).
+//!
+//! Order, so that a broker user never exists without its record (a device user without one
+//! is refused by the sync responder, `device_credentials::check_sync`): minting writes the
+//! record first, then the user; revoking removes the user (the broker closes its connections) first,
+//! then the record. A failure between the two leaves a record without a user, which grants
+//! nothing: the device cannot log in.
+
+use super::{Service, ServiceError};
+use crate::broker::users::{BrokerUsers, UsersError};
+use crate::device_credentials::{self, CredentialDocument, Scope};
+use crate::error::StoreError;
+use crate::store::{Kind, to_record};
+use nebula_protocol::{Name, names};
+
+/// What minting and revoking need besides the store: the broker's management API and the URL
+/// devices connect to.
+#[derive(Debug, Clone)]
+pub struct CredentialIssuer {
+    pub users: BrokerUsers,
+    /// The broker URL devices get, with their own login put in.
+    pub device_amqp_url: String,
+}
+
+impl CredentialIssuer {
+    pub fn new(config: &crate::config::DeviceCredentialsConfig) -> Result<Self, String> {
+        let vhost = device_credentials::vhost_of(&config.device_amqp_url)?;
+        Ok(Self {
+            users: BrokerUsers::new(&config.management_url, &vhost)?,
+            device_amqp_url: config.device_amqp_url.clone(),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    #[error(transparent)]
+    Broker(#[from] UsersError),
+    #[error("cannot make a password: {0}")]
+    Random(String),
+    #[error("cannot build the device's broker URL: {0}")]
+    DeviceUrl(String),
+}
+
+/// Stored writes of one record race only with another admin's mint or revoke of the same
+/// device; a few retries settle it.
+const WRITE_ATTEMPTS: usize = 5;
+
+impl Service {
+    /// The device's credential on record, if it has one.
+    pub async fn credential(
+        &self,
+        device: &Name,
+    ) -> Result<Option<CredentialDocument>, ServiceError> {
+        let record = self
+            .store
+            .get(Kind::DeviceCredential, device.as_str())
+            .await
+            .map_err(|error| self.store_error(error))?;
+        match record.filter(|record| !record.tombstone) {
+            None => Ok(None),
+            Some(record) => serde_json::from_str(&record.body)
+                .map(Some)
+                .map_err(|error| {
+                    ServiceError::Store(StoreError::corrupt(
+                        Kind::DeviceCredential,
+                        device.as_str(),
+                        error,
+                    ))
+                }),
+        }
+    }
+
+    /// Writes the device's record (`None`: marks it revoked). Returns whether one was live
+    /// before.
+    async fn put_credential_record(
+        &self,
+        device: &Name,
+        document: Option<&CredentialDocument>,
+    ) -> Result<bool, ServiceError> {
+        let kind = Kind::DeviceCredential;
+        let record = match document {
+            Some(document) => to_record(kind, device.as_str(), document, false, false),
+            None => to_record(kind, device.as_str(), &serde_json::Value::Null, false, true),
+        }
+        .map_err(ServiceError::Store)?;
+        let mut raced = None;
+        for _ in 0..WRITE_ATTEMPTS {
+            let current = self
+                .store
+                .get(kind, device.as_str())
+                .await
+                .map_err(|error| self.store_error(error))?;
+            let written = match &current {
+                None if document.is_none() => return Ok(false),
+                None => self.store.insert(kind, &record).await.map(|()| 0),
+                Some(current) => self.store.replace(kind, current.version, &record).await,
+            };
+            match written {
+                Ok(_) => return Ok(current.is_some_and(|current| !current.tombstone)),
+                Err(error @ (StoreError::Conflict { .. } | StoreError::AlreadyExists { .. })) => {
+                    raced = Some(error);
+                }
+                Err(error) => return Err(self.store_error(error)),
+            }
+        }
+        Err(ServiceError::Store(raced.unwrap_or(StoreError::Conflict {
+            kind: kind.label(),
+            name: device.to_string(),
+            expected: 0,
+        })))
+    }
+}
+
+/// Mints `device`'s credential for `scope` (replacing one it had: the old password stops
+/// working) and returns the URL the device connects with — the only place its password is
+/// ever shown.
+pub async fn mint(
+    service: &Service,
+    issuer: &CredentialIssuer,
+    device: &Name,
+    scope: Scope,
+    created_by: &str,
+) -> Result<String, CredentialError> {
+    let password = new_password()?;
+    let grants = device_credentials::grants(device, &scope);
+    let document = CredentialDocument {
+        device_id: device.clone(),
+        scope,
+        created_at_ms: now_ms(),
+        created_by: created_by.to_string(),
+    };
+    service
+        .put_credential_record(device, Some(&document))
+        .await?;
+    issuer.users.put_device(device, &password, &grants).await?;
+    device_credentials::device_url(
+        &issuer.device_amqp_url,
+        &names::device_user(device),
+        &password,
+    )
+    .map_err(CredentialError::DeviceUrl)
+}
+
+/// Revokes `device`'s credential: its user is removed from the broker (which closes its open
+/// connections), its record marked revoked. Returns whether it had one on record.
+pub async fn revoke(
+    service: &Service,
+    issuer: &CredentialIssuer,
+    device: &Name,
+) -> Result<bool, CredentialError> {
+    issuer.users.remove_device(device).await?;
+    Ok(service.put_credential_record(device, None).await?)
+}
+
+/// 32 random bytes from the operating system, hex: a password only a machine will type.
+fn new_password() -> Result<String, CredentialError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|error| CredentialError::Random(error.to_string()))?;
+    Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        })
+}

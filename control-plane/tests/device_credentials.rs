@@ -1,0 +1,530 @@
+//! A device's own broker credential, against the real broker and the real binary (issue 16):
+//! minted through the API, it lets the device do what an agent does for its scope and
+//! nothing else — the broker refuses the rest — and the sync responder answers it only for
+//! its scope; revoked, it cannot log in any more and its open connection is closed.
+
+mod support;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use nebula_control_plane::metrics::sample;
+use nebula_protocol::{Message, Name, SyncReply, SyncResult, SyncTarget, decode, encode, names};
+use reqwest::Method;
+use serde_json::json;
+use std::time::{Duration, Instant};
+use support::{ControlPlane, DEADLINE, TestVhost, call, embedded, get_text, http, name, unique};
+
+fn management_url() -> String {
+    std::env::var("NEBULA_TEST_RABBITMQ_MANAGEMENT_URL")
+        .unwrap_or_else(|_| "http://guest:guest@127.0.0.1:15672".into())
+}
+
+/// Removes the test device's broker user whatever happens to the test (a vhost's deletion
+/// leaves users).
+struct DeviceUser(String);
+
+impl Drop for DeviceUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["delete_user", &self.0])
+            .output();
+    }
+}
+
+async fn try_connect(url: &str) -> Result<Connection, lapin::Error> {
+    Connection::connect(url, ConnectionProperties::default()).await
+}
+
+fn assert_refused<T>(what: &str, result: Result<T, lapin::Error>) {
+    match result {
+        Ok(_) => panic!("{what}: allowed, expected ACCESS_REFUSED"),
+        Err(error) => assert!(
+            format!("{error:?}").contains("ACCESS_REFUSED"),
+            "{what}: expected ACCESS_REFUSED, got {error:?}"
+        ),
+    }
+}
+
+/// Publishes on a fresh confirm-mode channel and waits for the confirm: an error when the
+/// broker closes the channel instead.
+async fn publish(
+    connection: &Connection,
+    exchange: &str,
+    routing_key: &str,
+    properties: BasicProperties,
+    payload: &[u8],
+) -> Result<(), lapin::Error> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let confirm = channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions::default(),
+            payload,
+            properties,
+        )
+        .await?;
+    confirm.await?;
+    // A refused publish closes the channel asynchronously: one more round trip surfaces it.
+    channel.basic_qos(1, Default::default()).await?;
+    Ok(())
+}
+
+/// How a sync request is sent: exchange, routing key and `user_id`.
+#[derive(Debug, Clone, Copy)]
+struct Sent<'a> {
+    exchange: &'a str,
+    routing_key: &'a str,
+    user_id: Option<&'a str>,
+}
+
+/// A sync request claiming `device`, sent as `sent`; the reply, or `None` when none came
+/// within `wait`.
+async fn device_sync(
+    connection: &Connection,
+    sent: Sent<'_>,
+    device: &Name,
+    target: SyncTarget,
+    wait: Duration,
+) -> Option<SyncReply> {
+    let channel = connection.create_channel().await.expect("channel");
+    let mut replies = channel
+        .basic_consume(
+            names::DIRECT_REPLY_TO.into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume reply-to");
+    let correlation_id = unique("sync");
+    let request = Message::SyncRequest(nebula_protocol::SyncRequest {
+        device_id: device.clone(),
+        target,
+        correlation_id: correlation_id.clone(),
+        agent_version: "test".into(),
+        known_store: None,
+    });
+    let mut properties = BasicProperties::default()
+        .with_reply_to(names::DIRECT_REPLY_TO.into())
+        .with_correlation_id(correlation_id.as_str().into());
+    if let Some(user_id) = sent.user_id {
+        properties = properties.with_user_id(user_id.into());
+    }
+    channel
+        .basic_publish(
+            sent.exchange.into(),
+            sent.routing_key.into(),
+            BasicPublishOptions::default(),
+            &encode(&request),
+            properties,
+        )
+        .await
+        .expect("publish sync request");
+    let delivery = tokio::time::timeout(wait, replies.next()).await.ok()??;
+    match decode(&delivery.expect("delivery").data).expect("decode") {
+        Message::SyncReply(reply) => Some(reply),
+        other => panic!("not a sync reply: {other:?}"),
+    }
+}
+
+async fn refused_syncs(address: &str) -> u64 {
+    sample(
+        &get_text(address, "/metrics").await.1,
+        "nebula_sync_requests_refused_total",
+    )
+    .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_credential_allows_its_own_scope_only_and_dies_with_its_revocation() {
+    let vhost = TestVhost::create();
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut environment = embedded(&vhost, data.path());
+    environment.insert("NEBULA_RABBITMQ_MANAGEMENT_URL", management_url());
+    let control_plane = ControlPlane::start(environment).await;
+    let client = http();
+    let device = name(&unique("pi"));
+    let _cleanup = DeviceUser(names::device_user(&device));
+    let credentials = control_plane.url(&format!("/devices/{device}/credentials"));
+
+    // Two groups with an app each: the device is entitled to "edge" only.
+    for (app, group) in [("edge-app", "edge"), ("lab-app", "lab")] {
+        let (status, body) = call(
+            &client,
+            Method::POST,
+            &control_plane.url(&format!("/apps/{app}")),
+            Some(json!({"docker_image": "registry.example/app:1", "running": true})),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = call(
+            &client,
+            Method::POST,
+            &control_plane.url(&format!("/device_groups/{group}")),
+            Some(json!({"apps": [app]})),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    // Bad bodies are refused with a reason, and mint nothing.
+    for bad in [
+        json!({}),
+        json!({"device_group": "edge", "apps": ["edge-app"]}),
+        json!({"apps": []}),
+        json!({"device_group": "bad name"}),
+        json!({"device_group": "edge", "password": "mine"}),
+    ] {
+        let (status, body) = call(&client, Method::POST, &credentials, Some(bad.clone())).await;
+        assert_eq!(status, 400, "{bad} answered {body}");
+    }
+
+    let (status, minted) = call(
+        &client,
+        Method::POST,
+        &credentials,
+        Some(json!({"device_group": "edge"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{minted}");
+    assert_eq!(minted["device_id"], device.as_str());
+    let url = minted["amqp_url"].as_str().expect("amqp_url").to_string();
+    assert!(
+        url.starts_with(&format!("amqp://{}:", names::device_user(&device))),
+        "{url}"
+    );
+    assert!(url.ends_with(&format!("/{}", vhost.name)), "{url}");
+    let connection = try_connect(&url).await.expect("the device logs in");
+
+    // What an agent of the group does: its queue, bound to its group's exchange.
+    let own_queue = names::group_queue(&device, &name("edge"));
+    let agent = connection.create_channel().await.expect("channel");
+    agent
+        .queue_declare(
+            own_queue.as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare its own queue");
+    agent
+        .queue_bind(
+            own_queue.as_str().into(),
+            names::group_exchange(&name("edge")).as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind its queue to its group");
+    // (What it publishes here is no report: the control plane rejects it, which is not what
+    // this test is about.)
+    let payload = b"not a report".as_slice();
+    publish(
+        &connection,
+        names::REPORTS_EXCHANGE,
+        &names::report_routing_key(&device),
+        BasicProperties::default(),
+        payload,
+    )
+    .await
+    .expect("publish its own report");
+    let (own_key, own_user) = (
+        names::sync_routing_key(&device),
+        names::device_user(&device),
+    );
+    let as_itself = Sent {
+        exchange: names::SYNC_EXCHANGE,
+        routing_key: &own_key,
+        user_id: Some(&own_user),
+    };
+    let reply = device_sync(
+        &connection,
+        as_itself,
+        &device,
+        SyncTarget::DeviceGroup(name("edge")),
+        DEADLINE,
+    )
+    .await
+    .expect("its group's state");
+    assert!(
+        matches!(&reply.result, SyncResult::Group(state) if state.group.device_group == "edge"),
+        "{reply:?}"
+    );
+
+    // Never a change of its own making: not on an app's, a group's or the default exchange.
+    for (exchange, routing_key) in [
+        (names::app_exchange(&name("edge-app")), String::new()),
+        (names::group_exchange(&name("edge")), String::new()),
+        (String::new(), own_queue.clone()),
+        (String::new(), names::SYNC_QUEUE.to_string()),
+    ] {
+        assert_refused(
+            &format!("publish to {exchange:?} with {routing_key:?}"),
+            publish(
+                &connection,
+                &exchange,
+                &routing_key,
+                BasicProperties::default(),
+                payload,
+            )
+            .await,
+        );
+    }
+    // Nor as another device: its routing keys are its own.
+    let other = name(&unique("other"));
+    assert_refused(
+        "a report as another device",
+        publish(
+            &connection,
+            names::REPORTS_EXCHANGE,
+            &names::report_routing_key(&other),
+            BasicProperties::default(),
+            payload,
+        )
+        .await,
+    );
+    assert_refused(
+        "a sync request with another device's routing key",
+        publish(
+            &connection,
+            names::SYNC_EXCHANGE,
+            &names::sync_routing_key(&other),
+            BasicProperties::default(),
+            payload,
+        )
+        .await,
+    );
+
+    // Another device's queue: not declared, consumed or bound by this one.
+    let admin = support::connect(&vhost.url).await;
+    let admin_channel = admin.create_channel().await.expect("channel");
+    let other_queue = names::group_queue(&other, &name("edge"));
+    admin_channel
+        .queue_declare(
+            other_queue.as_str().into(),
+            QueueDeclareOptions {
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("admin declares another device's queue");
+    let attempt = connection.create_channel().await.expect("channel");
+    assert_refused(
+        "declare another device's queue",
+        attempt
+            .queue_declare(
+                names::group_queue(&other, &name("lab")).as_str().into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await,
+    );
+    let attempt = connection.create_channel().await.expect("channel");
+    assert_refused(
+        "consume another device's queue",
+        attempt
+            .basic_consume(
+                other_queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await,
+    );
+    let attempt = connection.create_channel().await.expect("channel");
+    assert_refused(
+        "bind another device's queue",
+        attempt
+            .queue_bind(
+                other_queue.as_str().into(),
+                names::group_exchange(&name("edge")).as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await,
+    );
+    // Nor its own queue to another group's exchange (that group's changes).
+    let attempt = connection.create_channel().await.expect("channel");
+    assert_refused(
+        "bind its queue to another group",
+        attempt
+            .queue_bind(
+                own_queue.as_str().into(),
+                names::group_exchange(&name("lab")).as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await,
+    );
+    let attempt = connection.create_channel().await.expect("channel");
+    assert_refused(
+        "declare an exchange",
+        attempt
+            .exchange_declare(
+                "nebula.app.mine".into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await,
+    );
+
+    // Sync answers only within its scope: another group, an app, or a request claiming
+    // another device are refused (no reply, counted), and so is a request for this device's
+    // out-of-scope target whoever sends it (here the shared admin login, through the default
+    // exchange and without a user_id, as agents of earlier releases do).
+    let refused_before = refused_syncs(&control_plane.address).await;
+    let shared_login = Sent {
+        exchange: "",
+        routing_key: names::SYNC_QUEUE,
+        user_id: None,
+    };
+    let attempts = [
+        (
+            &connection,
+            as_itself,
+            device.clone(),
+            SyncTarget::DeviceGroup(name("lab")),
+        ),
+        (
+            &connection,
+            as_itself,
+            device.clone(),
+            SyncTarget::App(name("lab-app")),
+        ),
+        (
+            &connection,
+            as_itself,
+            other.clone(),
+            SyncTarget::DeviceGroup(name("edge")),
+        ),
+        (
+            &admin,
+            shared_login,
+            device.clone(),
+            SyncTarget::DeviceGroup(name("lab")),
+        ),
+    ];
+    let refusals = attempts.len() as u64;
+    for (through, sent, claimed, target) in attempts {
+        let reply = device_sync(
+            through,
+            sent,
+            &claimed,
+            target.clone(),
+            Duration::from_secs(3),
+        )
+        .await;
+        assert!(
+            reply.is_none(),
+            "{sent:?} {claimed} {target:?} answered: {reply:?}"
+        );
+    }
+    assert_eq!(
+        refused_syncs(&control_plane.address).await,
+        refused_before + refusals
+    );
+    // A device without a credential of its own is answered as before.
+    let unenrolled = device_sync(
+        &admin,
+        shared_login,
+        &other,
+        SyncTarget::DeviceGroup(name("lab")),
+        DEADLINE,
+    )
+    .await;
+    assert!(
+        unenrolled.is_some(),
+        "a device without a credential is answered"
+    );
+
+    // Revoked: the open connection is closed, and the device cannot log in again.
+    let (status, body) = call(&client, Method::DELETE, &credentials, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"device_id": device.as_str(), "had_credential": true})
+    );
+    let revoked = Instant::now();
+    while connection.status().connected() {
+        assert!(
+            revoked.elapsed() < Duration::from_secs(60),
+            "the revoked device's connection is still open after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "revoked device's connection closed {:.2} s after the DELETE answered",
+        revoked.elapsed().as_secs_f64()
+    );
+    assert!(
+        try_connect(&url).await.is_err(),
+        "a revoked device logged in"
+    );
+    let (status, body) = call(&client, Method::DELETE, &credentials, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["had_credential"], false, "{body}");
+    assert!(
+        control_plane.log_count("device credential revoked") >= 1,
+        "{}",
+        control_plane.logs()
+    );
+    assert!(
+        !control_plane
+            .logs()
+            .contains(url.rsplit_once('@').map_or("", |(login, _)| login)),
+        "the minted password reached the log"
+    );
+}
+
+/// Without `NEBULA_RABBITMQ_MANAGEMENT_URL` the endpoints say what is missing, and the
+/// instance says at start that devices share a login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_management_api_minting_says_what_is_missing() {
+    let vhost = TestVhost::create();
+    let data = tempfile::tempdir().expect("tempdir");
+    let control_plane = ControlPlane::start(embedded(&vhost, data.path())).await;
+    let url = control_plane.url("/devices/pi/credentials");
+    let (status, body) = call(
+        &http(),
+        Method::POST,
+        &url,
+        Some(json!({"device_group": "edge"})),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|error| error.contains("NEBULA_RABBITMQ_MANAGEMENT_URL")),
+        "{body}"
+    );
+    assert!(
+        control_plane.logs().contains("device credentials are off"),
+        "{}",
+        control_plane.logs()
+    );
+}
