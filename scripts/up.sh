@@ -95,7 +95,16 @@ output=$("${cli[@]}" groups create "$group" 2>&1) || [ $? -eq 5 ] || die "cannot
 
 device=${NEBULA_DEVICE_ID:-$(cat /etc/machine-id 2>/dev/null || hostname)}
 echo "$device" >"$device_file"
+# The agent logs in to the broker with a credential of its own, which lets it follow its group
+# and nothing else (README, "Securing a fleet"); minted again on every start, which replaces
+# the password. The answer is one line of JSON whose URL holds no quote.
+credential=$(curl -fsS -u "$user:$password" -H 'content-type: application/json' \
+  -d "{\"device_group\": \"$group\"}" "http://$listen/api/v2/devices/$device/credentials") ||
+  die "cannot mint the broker credential of device $device (see $run_dir/nebula-control-plane.log)"
+amqp_url=$(sed -n 's/.*"amqp_url":"\([^"]*\)".*/\1/p' <<<"$credential")
+[ -n "$amqp_url" ] || die "no amqp_url in the answer of the credential mint: $credential"
 start_process nebula-agent \
+  NEBULA_AMQP_URL="$amqp_url" \
   NEBULA_DEVICE_ID="$device" NEBULA_DEVICE_GROUP="$group" NEBULA_STATE_DIR="$data_dir/agent" \
   NEBULA_REGISTRY_HOST="$NEBULA_TEST_REGISTRY" NEBULA_REGISTRY_USER="$NEBULA_TEST_REGISTRY_USER" \
   NEBULA_REGISTRY_PASSWORD="$NEBULA_TEST_REGISTRY_PASSWORD"
@@ -103,7 +112,8 @@ start_process nebula-agent \
 cat <<EOT
 
 Nebula is running: API http://$listen/api/v2 (user $user, password $password), agent
-$device in device group "$group". Deploy the demo app to this machine and see it:
+$device in device group "$group" (with a broker login of its own). Deploy the demo app to this
+machine and see it:
   install -m 755 $PWD/target/release/nebula /usr/local/bin/
   export NEBULA_URL=http://$listen NEBULA_USER=$user NEBULA_PASSWORD=$password
   nebula apps create hello --image $NEBULA_TEST_IMAGE:1 --port 8081:8000

@@ -209,6 +209,25 @@ pub enum DevicesCommand {
     },
     /// Show a device: its agent, host, apps and containers
     Get { device: Name },
+    /// Mint the device's own broker login for its group (or apps) and print the URL it
+    /// connects with: its NEBULA_AMQP_URL, shown only now (minting again replaces it)
+    Credential {
+        device: Name,
+        /// The device group the device follows
+        #[arg(
+            long,
+            value_name = "GROUP",
+            required_unless_present = "apps",
+            conflicts_with = "apps"
+        )]
+        group: Option<Name>,
+        /// App mode: the apps the device follows (comma-separated)
+        #[arg(long, value_name = "APP", value_delimiter = ',')]
+        apps: Vec<Name>,
+    },
+    /// Revoke the device's own broker login: its open connection is closed and it cannot
+    /// log in again (its containers keep running)
+    Revoke { device: Name },
 }
 
 #[derive(Debug, Subcommand)]

@@ -162,11 +162,11 @@ pub struct DeviceCredentialsConfig {
     /// RabbitMQ's management API, with an administrator's credentials
     /// (`NEBULA_RABBITMQ_MANAGEMENT_URL`, e.g. `http://admin:secret@broker:15672`).
     pub management_url: String,
-    /// The broker URL devices connect to, without credentials (`NEBULA_DEVICE_AMQP_URL`; by
-    /// default the first of `NEBULA_AMQP_URL`, its user info dropped): a device's minted URL
-    /// is this one with the device's user and password in it. Its virtual host is the one
-    /// the device's permissions are set on.
-    pub device_amqp_url: String,
+    /// The broker URLs devices connect to, without credentials (`NEBULA_DEVICE_AMQP_URL`,
+    /// comma-separated like `NEBULA_AMQP_URL`, which is the default; user info dropped): a
+    /// device's minted URL is this list with the device's user and password in each. The
+    /// first one's virtual host is the one the device's permissions are set on.
+    pub device_amqp_urls: Vec<String>,
 }
 
 impl std::fmt::Debug for DeviceCredentialsConfig {
@@ -174,7 +174,7 @@ impl std::fmt::Debug for DeviceCredentialsConfig {
         formatter
             .debug_struct("DeviceCredentialsConfig")
             .field("management_url", &redact_password(&self.management_url))
-            .field("device_amqp_url", &redact_password(&self.device_amqp_url))
+            .field("device_amqp_urls", &self.device_amqp_urls)
             .finish()
     }
 }
@@ -200,27 +200,26 @@ fn device_credentials(
             reason,
         }
     })?;
-    let device_amqp_url = match value(environment, "NEBULA_DEVICE_AMQP_URL") {
-        Some(url) => broker_urls(url.trim())
-            .map_err(|error| match error {
-                ConfigError::Invalid { reason, .. } => ConfigError::Invalid {
-                    variable: "NEBULA_DEVICE_AMQP_URL",
-                    reason,
-                },
-                other => other,
-            })?
-            .remove(0),
-        None => amqp_urls[0].clone(),
+    let invalid = |reason| ConfigError::Invalid {
+        variable: "NEBULA_DEVICE_AMQP_URL",
+        reason,
     };
-    crate::device_credentials::device_url(&device_amqp_url, "x", "x").map_err(|reason| {
-        ConfigError::Invalid {
-            variable: "NEBULA_DEVICE_AMQP_URL",
-            reason,
-        }
-    })?;
+    let given = match value(environment, "NEBULA_DEVICE_AMQP_URL") {
+        Some(urls) => broker_urls(urls.trim()).map_err(|error| match error {
+            ConfigError::Invalid { reason, .. } => invalid(reason),
+            other => other,
+        })?,
+        None => amqp_urls.to_vec(),
+    };
+    // Without the control plane's own login, which must never reach a device.
+    let device_amqp_urls = given
+        .iter()
+        .map(|url| crate::device_credentials::device_url(url, "", ""))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(invalid)?;
     Ok(Some(DeviceCredentialsConfig {
         management_url,
-        device_amqp_url,
+        device_amqp_urls,
     }))
 }
 
@@ -723,8 +722,8 @@ mod tests {
         let config_on = config(&on).expect("valid");
         let credentials = config_on.device_credentials.clone().expect("on");
         assert_eq!(
-            credentials.device_amqp_url,
-            "amqp://cp:cp-secret@a:5672/fleet"
+            credentials.device_amqp_urls,
+            ["amqp://a:5672/fleet", "amqp://b:5672/fleet"]
         );
         assert_eq!(shared_login_warning(&config_on), None);
         let printed = format!("{config_on:?}");
@@ -736,7 +735,10 @@ mod tests {
             "amqps://broker.example:5671/fleet",
         ));
         let public = config(&on).expect("valid").device_credentials.expect("on");
-        assert_eq!(public.device_amqp_url, "amqps://broker.example:5671/fleet");
+        assert_eq!(
+            public.device_amqp_urls,
+            ["amqps://broker.example:5671/fleet"]
+        );
         for (variable, bad) in [
             ("NEBULA_RABBITMQ_MANAGEMENT_URL", "amqp://admin:x@a:5672"),
             ("NEBULA_DEVICE_AMQP_URL", "http://broker.example"),

@@ -11,11 +11,14 @@
 //!   with `report.<id>` (topic permissions) — never to `nebula.app.*`, `nebula.group.*` or the
 //!   default exchange, through which it could reach any queue.
 //!
-//! The sync responder answers it only for its scope ([`check_sync`]). RabbitMQ matches a
-//! permission's regular expression against every kind of resource by name; the queues
-//! `nebula.sync` and `nebula.reports` share their exchanges' names, so a device may also bind
-//! those two queues to its own scope's exchange: their consumers then reject the changes as
-//! not being sync requests or reports (counted, logged), and the device learns nothing.
+//! The sync responder answers it only for its scope ([`check_sync`]), and the report
+//! consumer takes only its own reports from it ([`check_report`]). RabbitMQ matches a
+//! permission's regular expression against every kind of resource by name, so a device may
+//! also declare an exchange named like its own queue, and bind to it what it may write to:
+//! its queue, the sync and reports exchanges, and the `nebula.reports` queue (named like the
+//! reports exchange). Both checks therefore take only deliveries published straight to the
+//! exchange agents use, never dead-lettered ones; what else arrives is rejected (counted,
+//! logged).
 
 use nebula_protocol::{Name, SyncTarget, names};
 use serde::{Deserialize, Serialize};
@@ -82,18 +85,37 @@ fn exactly(names: &[String]) -> String {
 /// exchange's empty name, which must never be writable; `a^` cannot match anything).
 const NOTHING: &str = "a^";
 
-/// The broker permissions of `device`'s own credential for `scope` (see the module doc).
-pub fn grants(device: &Name, scope: &Scope) -> Grants {
-    let (queues, exchanges): (Vec<String>, Vec<String>) = match scope {
-        Scope::DeviceGroup(group) => (
-            vec![names::group_queue(device, group)],
-            vec![names::group_exchange(group)],
-        ),
+/// The agent queues of `device` for `scope`.
+pub fn agent_queues(device: &Name, scope: &Scope) -> Vec<String> {
+    match scope {
+        Scope::DeviceGroup(group) => vec![names::group_queue(device, group)],
         Scope::Apps(apps) => apps
             .iter()
-            .map(|app| (names::app_queue(device, app), names::app_exchange(app)))
-            .unzip(),
-    };
+            .map(|app| names::app_queue(device, app))
+            .collect(),
+    }
+}
+
+/// The exchanges of `scope`'s group or apps.
+pub fn scope_exchanges(scope: &Scope) -> Vec<String> {
+    match scope {
+        Scope::DeviceGroup(group) => vec![names::group_exchange(group)],
+        Scope::Apps(apps) => apps.iter().map(names::app_exchange).collect(),
+    }
+}
+
+/// Why a device id cannot get a credential: `.group.` or `.app.` inside it would make its
+/// agent queues' names those of another device's (`nebula.device.a.group.b` + group `c` is
+/// device `a` + group `b.group.c`), which its permissions would then cover.
+pub fn ambiguous_device_id(device: &Name) -> bool {
+    let id = device.as_str();
+    id.contains(".group.") || id.contains(".app.")
+}
+
+/// The broker permissions of `device`'s own credential for `scope` (see the module doc).
+pub fn grants(device: &Name, scope: &Scope) -> Grants {
+    let queues = agent_queues(device, scope);
+    let exchanges = scope_exchanges(scope);
     let mut writable = queues.clone();
     writable.extend([
         names::SYNC_EXCHANGE.to_string(),
@@ -126,14 +148,15 @@ pub fn grants(device: &Name, scope: &Scope) -> Grants {
 }
 
 /// The URL a device connects with: `base` (an `amqp://` or `amqps://` URL; its own user
-/// info, if any, is dropped) with `user` and `password` in it.
+/// info, if any, is dropped) with `user` and `password` in it (both empty: none).
 pub fn device_url(base: &str, user: &str, password: &str) -> Result<String, String> {
     let mut url = reqwest::Url::parse(base).map_err(|error| error.to_string())?;
     if !matches!(url.scheme(), "amqp" | "amqps") || url.host_str().is_none() {
         return Err("not an amqp:// or amqps:// URL with a host".into());
     }
+    let password = (!password.is_empty()).then_some(password);
     url.set_username(user)
-        .and_then(|()| url.set_password(Some(password)))
+        .and_then(|()| url.set_password(password))
         .map_err(|()| "the URL cannot hold user info".to_string())?;
     Ok(url.to_string())
 }
@@ -145,23 +168,33 @@ pub fn vhost_of(url: &str) -> Result<String, String> {
         .map_err(|error| error.to_string())
 }
 
-/// Who a sync request comes from, as far as the broker vouches for it.
+/// How a delivery reached the control plane's queue, as far as the broker vouches for it.
 #[derive(Debug, Clone, Copy)]
 pub struct Asker<'a> {
-    /// The exchange and routing key it was published with.
+    /// The exchange it was first published to, and its routing key.
     pub exchange: &'a str,
     pub routing_key: &'a str,
-    /// Its `user_id` property: RabbitMQ refuses a message whose `user_id` is not the
+    /// Its `user_id` property: RabbitMQ refuses a publish whose `user_id` is not the
     /// connection's user, so when present it names the publisher.
     pub user_id: Option<&'a str>,
+    /// It carries an `x-death` header: it was dead-lettered out of some queue, and the exchange
+    /// and routing key it arrived with are then the dead-lettering queue's choice, not checked
+    /// against anyone's permissions.
+    pub dead_lettered: bool,
 }
 
-/// Why a sync request is not answered.
+/// Why a sync request or a report is not taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
+    #[error(
+        "it was dead-lettered (x-death): its exchange and routing key say nothing of its sender"
+    )]
+    DeadLettered,
+    #[error("it came through exchange {0:?}, not one agents publish to")]
+    UnexpectedExchange(String),
     #[error("the routing key {0:?} of the sync exchange names no device")]
     BadRoutingKey(String),
-    #[error("the request claims device {claimed}, but was sent as device {sent_as}")]
+    #[error("it claims device {claimed}, but was sent as device {sent_as}")]
     NotItsDevice { claimed: Name, sent_as: Name },
     #[error("sent with device {0}'s own credential, which is no longer on record (revoked)")]
     Revoked(Name),
@@ -169,14 +202,56 @@ pub enum Refusal {
     OutOfScope { device: Name, target: String },
 }
 
+/// The device the broker vouches for as the sender of a delivery that came through one of
+/// `exchanges` (each with the routing key of `device_of_key`), or `None` when it vouches for
+/// none (the default exchange, `amq.topic`: a device credential cannot write to either, so
+/// what comes through them was sent with another login, which may claim any device). Then
+/// `claimed` must be that device.
+///
+/// Only a delivery published straight to the exchange it names is taken: RabbitMQ matches a
+/// permission's regular expression against every kind of resource by name, so a device may
+/// declare an exchange named like its own queue, bind it to the sync or reports exchange,
+/// and publish there with any routing key; the delivery then names that exchange. A
+/// dead-lettered one is refused for the same reason.
+fn vouched_sender(
+    claimed: &Name,
+    asker: Asker<'_>,
+    own_exchange: &str,
+    device_of_key: impl Fn(&str) -> Option<Name>,
+) -> Result<Option<Name>, Refusal> {
+    if asker.dead_lettered {
+        return Err(Refusal::DeadLettered);
+    }
+    let by_key = match asker.exchange {
+        exchange if exchange == own_exchange => Some(
+            device_of_key(asker.routing_key)
+                .ok_or_else(|| Refusal::BadRoutingKey(asker.routing_key.to_string()))?,
+        ),
+        "" | names::MQTT_EXCHANGE => None,
+        other => return Err(Refusal::UnexpectedExchange(other.to_string())),
+    };
+    let by_user = asker.user_id.and_then(names::device_of_user);
+    if let Some(sent_as) = [&by_key, &by_user]
+        .into_iter()
+        .flatten()
+        .find(|sent_as| *sent_as != claimed)
+    {
+        return Err(Refusal::NotItsDevice {
+            claimed: claimed.clone(),
+            sent_as: sent_as.clone(),
+        });
+    }
+    Ok(by_user)
+}
+
 /// Checks a sync request of `device` (as the request claims) for `target` against what the
 /// broker vouches for (`asker`) and the device's credential on record, if any.
 ///
-/// A device with its own credential can publish sync requests only with its own routing key
-/// (its topic permission), so the routing key names it; its `user_id`, when set, too. Either
-/// must agree with the request. A device with a credential on record is answered only within
-/// its scope, whoever asks for it. A device without one is answered as before (the shared
-/// broker login of a development setup or of a fleet not yet enrolled, and agents of earlier
+/// A device credential can send sync requests only to the sync exchange with its own routing
+/// key (its topic permission) and its own `user_id` if any: both must name the claimed device
+/// ([`vouched_sender`]). A device with a credential on record is answered only within its
+/// scope, whoever asks for it. A device without one is answered as before (the shared broker
+/// login of a development setup or of a fleet not yet enrolled, and agents of earlier
 /// releases, which publish through the default exchange).
 pub fn check_sync(
     device: &Name,
@@ -184,30 +259,29 @@ pub fn check_sync(
     asker: Asker<'_>,
     credential: Option<&CredentialDocument>,
 ) -> Result<(), Refusal> {
-    let mut sent_as = Vec::with_capacity(2);
-    if asker.exchange == names::SYNC_EXCHANGE {
-        sent_as.push(
-            names::device_of_sync_routing_key(asker.routing_key)
-                .ok_or_else(|| Refusal::BadRoutingKey(asker.routing_key.to_string()))?,
-        );
-    }
-    let user_device = asker.user_id.and_then(names::device_of_user);
-    sent_as.extend(user_device.clone());
-    if let Some(other) = sent_as.into_iter().find(|sent_as| sent_as != device) {
-        return Err(Refusal::NotItsDevice {
-            claimed: device.clone(),
-            sent_as: other,
-        });
-    }
+    let by_user = vouched_sender(device, asker, names::SYNC_EXCHANGE, |key| {
+        names::device_of_sync_routing_key(key)
+    })?;
     match credential {
         Some(credential) if !credential.scope.covers(target) => Err(Refusal::OutOfScope {
             device: device.clone(),
             target: target_label(target),
         }),
         Some(_) => Ok(()),
-        None if user_device.is_some() => Err(Refusal::Revoked(device.clone())),
+        None if by_user.is_some() => Err(Refusal::Revoked(device.clone())),
         None => Ok(()),
     }
+}
+
+/// Checks a report of `device` (as the report says) against what the broker vouches for: a
+/// device credential can publish reports only straight to the reports exchange with its own
+/// routing key (and its own `user_id` if any).
+pub fn check_report(device: &Name, asker: Asker<'_>) -> Result<(), Refusal> {
+    vouched_sender(device, asker, names::REPORTS_EXCHANGE, |key| {
+        key.strip_prefix("report.")
+            .and_then(|id| Name::new(id).ok())
+    })
+    .map(|_| ())
 }
 
 fn target_label(target: &SyncTarget) -> String {
@@ -239,6 +313,16 @@ mod tests {
             exchange: names::SYNC_EXCHANGE,
             routing_key,
             user_id,
+            dead_lettered: false,
+        }
+    }
+
+    fn through<'a>(exchange: &'a str, user_id: Option<&'a str>) -> Asker<'a> {
+        Asker {
+            exchange,
+            routing_key: names::SYNC_QUEUE,
+            user_id,
+            dead_lettered: false,
         }
     }
 
@@ -248,13 +332,13 @@ mod tests {
         assert_eq!(grants.configure, r"^(nebula\.device\.pi\.7\.group\.edge)$");
         assert_eq!(
             grants.write,
-            r"^(nebula\.device\.pi\.7\.group\.edge|nebula\.sync|nebula\.reports)$"
+            r"^(nebula\.device\.pi\.7\.group\.edge|nebula\.sync\.requests|nebula\.reports)$"
         );
         assert_eq!(
             grants.read,
             r"^(nebula\.device\.pi\.7\.group\.edge|nebula\.group\.edge)$"
         );
-        assert_eq!(grants.topics[0].exchange, "nebula.sync");
+        assert_eq!(grants.topics[0].exchange, "nebula.sync.requests");
         assert_eq!(grants.topics[0].write, r"^(sync\.pi\.7)$");
         assert_eq!(grants.topics[1].exchange, "nebula.reports");
         assert_eq!(grants.topics[1].write, r"^(report\.pi\.7)$");
@@ -293,6 +377,13 @@ mod tests {
             "fleet"
         );
         assert!(device_url("http://127.0.0.1:15672", "u", "p").is_err());
+        assert_eq!(
+            device_url("amqp://cp:secret@broker:5672/%2f", "", "").expect("url"),
+            "amqp://broker:5672/%2f"
+        );
+        assert!(ambiguous_device_id(&name("a.group.b")));
+        assert!(ambiguous_device_id(&name("x.app.y")));
+        assert!(!ambiguous_device_id(&name("group.app-7")));
     }
 
     #[test]
@@ -313,11 +404,7 @@ mod tests {
         }
         // Through the default exchange, without a user_id (what only a shared login can
         // send): still bound by the device's record.
-        let shared = Asker {
-            exchange: "",
-            routing_key: names::SYNC_QUEUE,
-            user_id: None,
-        };
+        let shared = through("", None);
         assert!(check_sync(&device, &SyncTarget::App(name("x")), shared, Some(&record)).is_err());
         let apps = credential("pi", Scope::Apps(vec![name("a"), name("b")]));
         assert_eq!(
@@ -339,11 +426,7 @@ mod tests {
             matches!(other, Err(Refusal::NotItsDevice { .. })),
             "{other:?}"
         );
-        let by_user = Asker {
-            exchange: "",
-            routing_key: names::SYNC_QUEUE,
-            user_id: Some("nebula-device-pi"),
-        };
+        let by_user = through("", Some("nebula-device-pi"));
         assert!(matches!(
             check_sync(&name("victim"), &target, by_user, None),
             Err(Refusal::NotItsDevice { .. })
@@ -366,16 +449,8 @@ mod tests {
         for asker in [
             via_exchange("sync.pi", None),
             via_exchange("sync.pi", Some("guest")),
-            Asker {
-                exchange: "",
-                routing_key: names::SYNC_QUEUE,
-                user_id: None,
-            },
-            Asker {
-                exchange: names::MQTT_EXCHANGE,
-                routing_key: names::SYNC_QUEUE,
-                user_id: None,
-            },
+            through("", None),
+            through(names::MQTT_EXCHANGE, None),
         ] {
             assert_eq!(
                 check_sync(&device, &target, asker, None),

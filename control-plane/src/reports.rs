@@ -17,7 +17,9 @@
 //! go, which is what a "latest report" registry wants anyway.
 
 use crate::broker::amqp::{AmqpBroker, operation};
+use crate::broker::consume::asker;
 use crate::broker::consume::consume;
+use crate::device_credentials::check_report;
 use crate::error::AmqpError;
 use crate::service::Service;
 use crate::service::devices::{IngestError, Ingested, now_ms};
@@ -88,6 +90,10 @@ async fn handle(service: &Service, delivery: Delivery) -> Result<(), AmqpError> 
     let Some(report) = report_of(&delivery.data, delivery.routing_key.as_str()) else {
         return reject(service, &delivery).await;
     };
+    if let Err(refusal) = check_report(&report.device_id, asker(&delivery)) {
+        tracing::warn!(device = %report.device_id, refusal = %refusal, "device report refused");
+        return reject(service, &delivery).await;
+    }
     let routing_key = delivery.routing_key.as_str();
     match service.ingest_report(&report, routing_key, now_ms()).await {
         Ok(ingested) => {

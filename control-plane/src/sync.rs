@@ -18,8 +18,9 @@
 //! for). A refused request is rejected without requeue; the agent keeps what it runs.
 
 use crate::broker::amqp::{AmqpBroker, operation};
+use crate::broker::consume::asker;
 use crate::broker::consume::consume;
-use crate::device_credentials::{Asker, check_sync};
+use crate::device_credentials::check_sync;
 use crate::error::{AmqpError, StoreError};
 use crate::service::{Service, ServiceError};
 use lapin::message::Delivery;
@@ -83,7 +84,15 @@ async fn handle(channel: &Channel, service: &Service, delivery: Delivery) -> Res
     // (its request came through amq.topic) cannot, and gets the answer on its device's reply
     // topic, spelled here from the device id.
     let (reply_exchange, reply_key) = match delivery.properties.reply_to() {
-        Some(reply_to) => (String::new(), reply_to.to_string()),
+        // Direct reply-to only: a reply to a queue the request names would let anyone who
+        // can send a sync request have the control plane put messages into any queue.
+        Some(reply_to) if reply_to.as_str().starts_with(names::DIRECT_REPLY_TO) => {
+            (String::new(), reply_to.to_string())
+        }
+        Some(reply_to) => {
+            tracing::warn!(device = %request.device_id, reply_to = %reply_to, "sync request with a reply_to other than direct reply-to, rejected");
+            return reject(service, &delivery).await;
+        }
         None if delivery.exchange.as_str() == names::MQTT_EXCHANGE => (
             names::MQTT_EXCHANGE.to_string(),
             names::mqtt_routing_key(&names::reply_topic(&request.device_id)),
@@ -183,15 +192,7 @@ async fn entitled(
             return Ok(false);
         }
     };
-    let asker = Asker {
-        exchange: delivery.exchange.as_str(),
-        routing_key: delivery.routing_key.as_str(),
-        user_id: delivery
-            .properties
-            .user_id()
-            .as_ref()
-            .map(|user| user.as_str()),
-    };
+    let asker = asker(delivery);
     match check_sync(
         &request.device_id,
         &request.target,

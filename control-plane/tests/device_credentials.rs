@@ -139,6 +139,22 @@ async fn device_sync(
     }
 }
 
+/// Waits for the broker to close `connection` (after a revocation or a new mint).
+async fn closes_within_a_minute(connection: &Connection, what: &str) {
+    let since = Instant::now();
+    while connection.status().connected() {
+        assert!(
+            since.elapsed() < Duration::from_secs(60),
+            "the {what} device's connection is still open after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "{what} device's connection closed {:.2} s after the API answered",
+        since.elapsed().as_secs_f64()
+    );
+}
+
 async fn refused_syncs(address: &str) -> u64 {
     sample(
         &get_text(address, "/metrics").await.1,
@@ -207,6 +223,9 @@ async fn a_device_credential_allows_its_own_scope_only_and_dies_with_its_revocat
     );
     assert!(url.ends_with(&format!("/{}", vhost.name)), "{url}");
     let connection = try_connect(&url).await.expect("the device logs in");
+    let victim = name(&unique("victim"));
+    let admin = support::connect(&vhost.url).await;
+    around_the_permissions(&control_plane, &connection, &admin, &device, &victim).await;
 
     // What an agent of the group does: its queue, bound to its group's exchange.
     let own_queue = names::group_queue(&device, &name("edge"));
@@ -312,7 +331,6 @@ async fn a_device_credential_allows_its_own_scope_only_and_dies_with_its_revocat
     );
 
     // Another device's queue: not declared, consumed or bound by this one.
-    let admin = support::connect(&vhost.url).await;
     let admin_channel = admin.create_channel().await.expect("channel");
     let other_queue = names::group_queue(&other, &name("edge"));
     admin_channel
@@ -461,6 +479,24 @@ async fn a_device_credential_allows_its_own_scope_only_and_dies_with_its_revocat
         "a device without a credential is answered"
     );
 
+    // Minted again: the old password stops working, and the connection made with it is
+    // closed (its bindings must not outlive the scope they were made for).
+    let (status, again) = call(
+        &client,
+        Method::POST,
+        &credentials,
+        Some(json!({"device_group": "edge"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{again}");
+    closes_within_a_minute(&connection, "re-minted").await;
+    assert!(
+        try_connect(&url).await.is_err(),
+        "the replaced password still works"
+    );
+    let url = again["amqp_url"].as_str().expect("amqp_url").to_string();
+    let connection = try_connect(&url).await.expect("the new login works");
+
     // Revoked: the open connection is closed, and the device cannot log in again.
     let (status, body) = call(&client, Method::DELETE, &credentials, None).await;
     assert_eq!(status, 200, "{body}");
@@ -468,18 +504,7 @@ async fn a_device_credential_allows_its_own_scope_only_and_dies_with_its_revocat
         body,
         json!({"device_id": device.as_str(), "had_credential": true})
     );
-    let revoked = Instant::now();
-    while connection.status().connected() {
-        assert!(
-            revoked.elapsed() < Duration::from_secs(60),
-            "the revoked device's connection is still open after 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    eprintln!(
-        "revoked device's connection closed {:.2} s after the DELETE answered",
-        revoked.elapsed().as_secs_f64()
-    );
+    closes_within_a_minute(&connection, "revoked").await;
     assert!(
         try_connect(&url).await.is_err(),
         "a revoked device logged in"
@@ -492,12 +517,212 @@ async fn a_device_credential_allows_its_own_scope_only_and_dies_with_its_revocat
         "{}",
         control_plane.logs()
     );
+    let password = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(login, _)| login.split_once(':'))
+        .map(|(_, password)| password)
+        .expect("a password in the URL");
     assert!(
-        !control_plane
-            .logs()
-            .contains(url.rsplit_once('@').map_or("", |(login, _)| login)),
+        !control_plane.logs().contains(password),
         "the minted password reached the log"
     );
+    // What it made on the broker went with it.
+    let leftover = admin.create_channel().await.expect("channel");
+    assert!(
+        leftover
+            .exchange_declare(
+                own_queue.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .is_err(),
+        "the exchange the revoked device made is still there: {}",
+        control_plane.logs()
+    );
+}
+
+/// Around the permissions (found by a review): RabbitMQ matches a permission against every
+/// kind of resource by name, so a device may declare an exchange named like its own queue and
+/// bind to it what it may write to, and it may dead-letter its own queue into the sync
+/// exchange. None of it reaches another device's config or passes for another device's report.
+async fn around_the_permissions(
+    control_plane: &ControlPlane,
+    connection: &Connection,
+    admin: &Connection,
+    device: &Name,
+    victim: &Name,
+) {
+    let own_queue = names::group_queue(device, &name("edge"));
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .exchange_declare(
+            own_queue.as_str().into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("a device may declare an exchange named like its queue");
+    let attempt = connection.create_channel().await.expect("channel");
+    assert_refused(
+        "bind the sync queue to its exchange",
+        attempt
+            .queue_bind(
+                names::SYNC_QUEUE.into(),
+                own_queue.as_str().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await,
+    );
+    // Allowed by the broker, refused by the control plane: the sync exchange and the
+    // `nebula.reports` queue bound to its own exchange, and its own queue dead-lettering at
+    // once into the sync exchange with another device's routing key.
+    let bind = connection.create_channel().await.expect("channel");
+    bind.exchange_bind(
+        names::SYNC_EXCHANGE.into(),
+        own_queue.as_str().into(),
+        "sync.#".into(),
+        lapin::options::ExchangeBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind the sync exchange to its own");
+    bind.queue_bind(
+        names::REPORTS_QUEUE.into(),
+        own_queue.as_str().into(),
+        "report.#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind the reports queue to its own exchange");
+    let mut dead_letter = FieldTable::default();
+    dead_letter.insert(
+        "x-dead-letter-exchange".into(),
+        lapin::types::AMQPValue::LongString(names::SYNC_EXCHANGE.into()),
+    );
+    dead_letter.insert(
+        "x-dead-letter-routing-key".into(),
+        lapin::types::AMQPValue::LongString(names::sync_routing_key(victim).as_str().into()),
+    );
+    dead_letter.insert("x-message-ttl".into(), lapin::types::AMQPValue::LongInt(0));
+    bind.queue_declare(
+        own_queue.as_str().into(),
+        QueueDeclareOptions {
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        },
+        dead_letter,
+    )
+    .await
+    .expect("its own queue, dead-lettering into the sync exchange");
+    bind.queue_bind(
+        own_queue.as_str().into(),
+        own_queue.as_str().into(),
+        "dead".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind its queue to its exchange");
+
+    let refused_before = refused_syncs(&control_plane.address).await;
+    let reports_before = rejected_reports(&control_plane.address).await;
+    let target = SyncTarget::DeviceGroup(name("lab"));
+    for routing_key in [names::sync_routing_key(victim), "dead".to_string()] {
+        let through_its_exchange = Sent {
+            exchange: &own_queue,
+            routing_key: &routing_key,
+            user_id: None,
+        };
+        let reply = device_sync(
+            connection,
+            through_its_exchange,
+            victim,
+            target.clone(),
+            Duration::from_secs(3),
+        )
+        .await;
+        assert!(reply.is_none(), "answered through {routing_key}: {reply:?}");
+    }
+    publish(
+        connection,
+        &own_queue,
+        &names::report_routing_key(victim),
+        BasicProperties::default(),
+        &encode(&Message::DeviceReport(report_of(victim))),
+    )
+    .await
+    .expect("publish to its own exchange");
+    let address = control_plane.address.clone();
+    support::wait_until("the control plane refuses them", || {
+        let address = address.clone();
+        async move {
+            (refused_syncs(&address).await >= refused_before + 2
+                && rejected_reports(&address).await > reports_before)
+                .then_some(())
+        }
+    })
+    .await;
+    let (status, _) = get_text(&control_plane.address, &format!("/api/v2/devices/{victim}")).await;
+    assert_ne!(status, 200, "a forged report made {victim} a device");
+    // Its queue as an agent declares it, for what follows.
+    let cleanup = admin.create_channel().await.expect("channel");
+    cleanup
+        .queue_delete(own_queue.as_str().into(), Default::default())
+        .await
+        .expect("delete the dead-lettering queue");
+}
+
+async fn rejected_reports(address: &str) -> u64 {
+    sample(
+        &get_text(address, "/metrics").await.1,
+        "nebula_reports_rejected_total",
+    )
+    .unwrap_or(0)
+}
+
+/// A decodable report of `device`.
+fn report_of(device: &Name) -> nebula_protocol::DeviceReport {
+    nebula_protocol::DeviceReport {
+        device_id: device.clone(),
+        hostname: "forged".into(),
+        device_group: Some(name("lab")),
+        device_group_id: None,
+        prune_id: None,
+        report_creation_time: 0,
+        updated: true,
+        agent_version: "forged".into(),
+        apps: Vec::new(),
+        resources: nebula_protocol::ResourceUsage {
+            cpu_cores: 1,
+            cpu_percent: 0.0,
+            memory_total_bytes: 0,
+            memory_used_bytes: 0,
+            root_disk_total_bytes: 0,
+            root_disk_used_bytes: 0,
+        },
+        target: String::new(),
+        os: String::new(),
+        kernel: String::new(),
+        docker_version: None,
+        uptime_secs: 0,
+        agent_uptime_secs: 0,
+        report_interval_secs: 60,
+        mode: nebula_protocol::DeviceMode::Group(name("lab")),
+        session: 1,
+        sequence: 1,
+        device_group_incarnation: None,
+        stopping: false,
+    }
 }
 
 /// Without `NEBULA_RABBITMQ_MANAGEMENT_URL` the endpoints say what is missing, and the

@@ -121,12 +121,14 @@ impl PartialEq<&str> for Name {
 
 /// Queue that every control-plane instance consumes sync requests from (competing consumers).
 pub const SYNC_QUEUE: &str = "nebula.sync";
-/// Topic exchange agents publish sync requests to, with [`sync_routing_key`]; bound to
-/// [`SYNC_QUEUE`] with [`SYNC_BINDING_KEY`]. Not the default exchange: a device allowed to
-/// write to that one could put messages into any queue, another device's included, so a
-/// device's own broker credential may write only to this exchange and to the reports
-/// exchange, each only with its own routing key.
-pub const SYNC_EXCHANGE: &str = "nebula.sync";
+/// Topic exchange agents logged in with their own device credential publish sync requests
+/// to, with [`sync_routing_key`]; bound to [`SYNC_QUEUE`] with [`SYNC_BINDING_KEY`]. Not the
+/// default exchange: a device allowed to write to that one could put messages into any
+/// queue, another device's included, so a device's own broker credential may write only to
+/// this exchange and to the reports exchange, each only with its own routing key. Named
+/// unlike the queue: RabbitMQ's permissions match names whatever the kind, and write access
+/// to a queue's name would let a device bind that queue.
+pub const SYNC_EXCHANGE: &str = "nebula.sync.requests";
 /// Binding key of [`SYNC_QUEUE`] on [`SYNC_EXCHANGE`]: every device's requests.
 pub const SYNC_BINDING_KEY: &str = "sync.#";
 /// Prefix of the broker user of a device's own credential ([`device_user`]).
@@ -324,6 +326,7 @@ mod tests {
         assert_eq!(group_topic(&group), "nebula/group/edge");
         assert_eq!(SYNC_QUEUE, "nebula.sync");
         assert_eq!(sync_routing_key(&device), "sync.pi-7");
+        assert_eq!(SYNC_EXCHANGE, "nebula.sync.requests");
         assert_eq!(AGENT_QUEUE_EXPIRES_MS, 604_800_000);
     }
 

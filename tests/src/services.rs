@@ -21,6 +21,15 @@ pub fn amqps_url() -> String {
     )
 }
 
+/// RabbitMQ's management API on the single node, with an administrator's login (where control
+/// planes make devices' own broker users).
+pub fn rabbitmq_management_url() -> String {
+    env_or(
+        "NEBULA_TEST_RABBITMQ_MANAGEMENT_URL",
+        "http://guest:guest@127.0.0.1:15672",
+    )
+}
+
 /// A file of the development CA (`scripts/dev-ca.sh`): `ca.pem`, `client.pem`, `client.key`.
 pub fn tls_file(name: &str) -> String {
     format!(

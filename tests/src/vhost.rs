@@ -84,3 +84,22 @@ pub(crate) fn rabbitmqctl_output(arguments: &[&str]) -> anyhow::Result<String> {
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
+
+/// A device's own broker user (`nebula-device-<id>`, minted by a test), deleted on drop
+/// whatever happens to the test: deleting a vhost leaves users.
+#[derive(Debug)]
+pub struct DeviceUser(pub String);
+
+impl DeviceUser {
+    pub fn of(device: &str) -> Self {
+        Self(format!("nebula-device-{device}"))
+    }
+}
+
+impl Drop for DeviceUser {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["delete_user", &self.0])
+            .output();
+    }
+}

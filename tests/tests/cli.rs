@@ -33,7 +33,13 @@ impl Fixture {
             &StoreKind::Embedded(directory.join("store")),
             &vhost.amqp_url(),
             &directory,
-            &[("NEBULA_ADMIN_TOKEN", TOKEN)],
+            &[
+                ("NEBULA_ADMIN_TOKEN", TOKEN),
+                (
+                    "NEBULA_RABBITMQ_MANAGEMENT_URL",
+                    &services::rabbitmq_management_url(),
+                ),
+            ],
         )
         .await
         .expect("control plane starts");
@@ -489,6 +495,62 @@ async fn credentials_from_flags_environment_config_file_and_token() {
     )
     .expect("write config");
     fixture.run(&["apps", "list"], &[]).success();
+}
+
+async fn logs_in(url: &str) -> bool {
+    lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+        .await
+        .is_ok()
+}
+
+/// A device's own broker login through the CLI: minted (the URL logs in), minted again (the
+/// old password stops working), revoked (no login any more).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_credentials_through_the_cli() {
+    let fixture = Fixture::start("credential").await;
+    let device = unique_name("cli-cred-dev");
+    let _cleanup = nebula_tests::vhost::DeviceUser::of(&device);
+    // A scope is required, and only one kind of it.
+    fixture.admin(&["devices", "credential", &device]).exits(2);
+    fixture
+        .admin(&[
+            "devices",
+            "credential",
+            &device,
+            "--group",
+            "g",
+            "--apps",
+            "a",
+        ])
+        .exits(2);
+    let first = fixture.json(&["devices", "credential", &device, "--group", "edge"]);
+    assert_eq!(first["device_id"], device.as_str(), "{first}");
+    let first_url = first["amqp_url"].as_str().expect("amqp_url").to_string();
+    assert!(
+        logs_in(&first_url).await,
+        "the minted login works: {first_url}"
+    );
+    // Minted again (app mode this time), as a table: the new URL replaces the old one.
+    let table = fixture
+        .admin(&["devices", "credential", &device, "--apps", "a,b"])
+        .success()
+        .stdout();
+    let second_url = table
+        .split_whitespace()
+        .find(|word| word.starts_with("amqp://"))
+        .unwrap_or_else(|| panic!("no URL in the table: {table}"))
+        .to_string();
+    assert_ne!(first_url, second_url);
+    assert!(
+        !logs_in(&first_url).await,
+        "the replaced password still works"
+    );
+    assert!(logs_in(&second_url).await, "the new login works");
+    let revoked = fixture.json(&["devices", "revoke", &device]);
+    assert_eq!(revoked["had_credential"], true, "{revoked}");
+    assert!(!logs_in(&second_url).await, "a revoked device logged in");
+    let again = fixture.json(&["devices", "revoke", &device]);
+    assert_eq!(again["had_credential"], false, "{again}");
 }
 
 /// The device inventory and rollout status through the CLI, with a real agent on the Docker

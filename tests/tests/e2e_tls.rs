@@ -73,8 +73,7 @@ async fn agent_converges_over_amqps_with_a_client_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_with_its_own_credential_converges_and_is_cut_off_when_revoked() {
     let scenario = Scenario::new("device-credential");
-    let management = std::env::var("NEBULA_TEST_RABBITMQ_MANAGEMENT_URL")
-        .unwrap_or_else(|_| "http://guest:guest@127.0.0.1:15672".into());
+    let management = nebula_tests::services::rabbitmq_management_url();
     let device_url = scenario.vhost.amqps_url();
     let control_plane = ControlPlane::start_with(
         "cp",
@@ -96,7 +95,7 @@ async fn an_agent_with_its_own_credential_converges_and_is_cut_off_when_revoked(
         .expect("create");
     rest.create_group(&group, &[&app]).await.expect("group");
     let device = unique_name("enrolled-device");
-    let _cleanup = DeviceUser(format!("nebula-device-{device}"));
+    let _cleanup = nebula_tests::vhost::DeviceUser::of(&device);
     let credentials = format!("/devices/{device}/credentials");
     let minted = rest
         .post(&credentials, json!({"device_group": group}))
@@ -156,18 +155,6 @@ async fn an_agent_with_its_own_credential_converges_and_is_cut_off_when_revoked(
     assert!(log.contains("lost the broker connection"), "{log}");
     // The device keeps running what it had.
     scenario.converged(&app, 1, 2).await;
-}
-
-/// Removes a test device's broker user whatever happens to the test (a vhost's deletion
-/// leaves users).
-struct DeviceUser(String);
-
-impl Drop for DeviceUser {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("rabbitmqctl")
-            .args(["delete_user", &self.0])
-            .output();
-    }
 }
 
 /// Starts an agent on the TLS listener with `env` and returns its log once it shows `needle`.

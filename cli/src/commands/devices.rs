@@ -1,4 +1,5 @@
-//! `nebula devices …`: the device inventory (`GET /api/v2/devices`, `/devices/<id>`).
+//! `nebula devices …`: the device inventory (`GET /api/v2/devices`, `/devices/<id>`), and
+//! devices' own broker logins (`POST`/`DELETE /api/v2/devices/<id>/credentials`).
 
 use super::Context;
 use crate::args::DevicesCommand;
@@ -56,6 +57,42 @@ pub fn run(context: &mut Context<'_>, command: DevicesCommand) -> Result<(), Cli
             let document =
                 context.check(context.client.get(&format!("/devices/{device}")), &subject)?;
             context.print(&document, device_table)
+        }
+        DevicesCommand::Credential {
+            device,
+            group,
+            apps,
+        } => {
+            let scope = match group {
+                Some(group) => json!({"device_group": group}),
+                None => json!({"apps": apps}),
+            };
+            let document = context.check(
+                context
+                    .client
+                    .post(&format!("/devices/{device}/credentials"), &scope),
+                &Subject::None,
+            )?;
+            context.print(&document, |document| {
+                Table::new(&["DEVICE", "AMQP URL (its NEBULA_AMQP_URL; shown only now)"]).row(vec![
+                    cell(&document["device_id"]),
+                    cell(&document["amqp_url"]),
+                ])
+            })
+        }
+        DevicesCommand::Revoke { device } => {
+            let document = context.check(
+                context
+                    .client
+                    .delete(&format!("/devices/{device}/credentials")),
+                &Subject::None,
+            )?;
+            context.print(&document, |document| {
+                Table::new(&["DEVICE", "HAD A CREDENTIAL"]).row(vec![
+                    cell(&document["device_id"]),
+                    cell(&document["had_credential"]),
+                ])
+            })
         }
     }
 }

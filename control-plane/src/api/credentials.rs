@@ -5,7 +5,7 @@
 use super::errors::ApiError;
 use super::{AppState, Body, PathName, dto, require, schema};
 use crate::auth::{Permission, Principal};
-use crate::device_credentials::Scope;
+use crate::device_credentials::{self, Scope};
 use crate::service::credentials::{self, CredentialError};
 use axum::Extension;
 use axum::extract::State;
@@ -33,7 +33,8 @@ pub struct CredentialScope {
 #[serde(deny_unknown_fields)]
 pub struct MintedCredential {
     pub device_id: String,
-    /// `NEBULA_AMQP_URL` for the device: its own user (`nebula-device-<id>`) and password.
+    /// `NEBULA_AMQP_URL` for the device: its own user (`nebula-device-<id>`) and password in
+    /// each of the broker URLs for devices (comma-separated when several: a cluster's nodes).
     pub amqp_url: String,
 }
 
@@ -54,7 +55,7 @@ pub struct RevokedCredential {
     request_body = CredentialScope,
     responses(
         (status = 200, description = "Minted (a credential the device had stops working)", body = MintedCredential),
-        (status = 400, description = "Not exactly one of `device_group` and `apps`, invalid names, unknown fields", body = schema::BadRequest),
+        (status = 400, description = "Not exactly one of `device_group` and `apps`, invalid names (a device id with `.group.` or `.app.` in it too), unknown fields", body = schema::BadRequest),
         (status = 403, description = "Not allowed", body = schema::AccessDenied),
         (status = 413, description = "Body over 1 MiB", body = schema::TooLarge),
         (status = 503, description = "Device credentials are not configured (`NEBULA_RABBITMQ_MANAGEMENT_URL`), or the broker's management API failed", body = schema::Unavailable),
@@ -67,6 +68,10 @@ pub async fn mint(
     Body(body): Body,
 ) -> Result<Response> {
     require(&principal, Permission::ManageDeviceCredentials)?;
+    // `.group.` or `.app.` in the id would make its queues' names another device's.
+    if device_credentials::ambiguous_device_id(&device) {
+        return Err(ApiError::invalid_name(device.as_str()));
+    }
     let scope = scope(&dto::parse_object(&body)?)?;
     let issuer = issuer(&state)?;
     let amqp_url = credentials::mint(
@@ -79,10 +84,16 @@ pub async fn mint(
     .await
     .map_err(credential_error)?;
     tracing::info!(device = %device, "device credential minted");
-    Ok(super::ok(
+    // The password is in it: no cache along the way may keep it.
+    let mut response = super::ok(
         StatusCode::OK,
         json!({"device_id": device.as_str(), "amqp_url": amqp_url}),
-    ))
+    );
+    response.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    Ok(response)
 }
 
 #[utoipa::path(

@@ -17,6 +17,20 @@ use lapin::types::FieldTable;
 use std::future::Future;
 use tokio_util::sync::CancellationToken;
 
+/// What the broker vouches for about a delivery's sender (`device_credentials`).
+pub fn asker(delivery: &Delivery) -> crate::device_credentials::Asker<'_> {
+    let properties = &delivery.properties;
+    crate::device_credentials::Asker {
+        exchange: delivery.exchange.as_str(),
+        routing_key: delivery.routing_key.as_str(),
+        user_id: properties.user_id().as_ref().map(|user| user.as_str()),
+        dead_lettered: properties
+            .headers()
+            .as_ref()
+            .is_some_and(|headers| headers.inner().contains_key("x-death")),
+    }
+}
+
 /// Consumes `queue` until `stop` (or the first error), with `prefetch` deliveries in flight, each handed to
 /// `handle` with the consumer's channel. `role` names the consumer in logs.
 pub async fn consume<F, Fut>(

@@ -29,7 +29,7 @@ pub enum UsersError {
 }
 
 /// A client of the management API for one virtual host.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BrokerUsers {
     client: Client,
     /// The API's base URL, without credentials (they go in the Authorization header).
@@ -37,6 +37,24 @@ pub struct BrokerUsers {
     user: String,
     password: String,
     vhost: String,
+}
+
+impl std::fmt::Debug for BrokerUsers {
+    // Never the administrator's password.
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("BrokerUsers")
+            .field("base", &self.base.as_str())
+            .field("user", &self.user)
+            .field("vhost", &self.vhost)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One binding as the management API lists it.
+#[derive(Debug, serde::Deserialize)]
+struct Binding {
+    properties_key: String,
 }
 
 impl BrokerUsers {
@@ -117,7 +135,47 @@ impl BrokerUsers {
         Ok(())
     }
 
-    /// One call; a missing object of a DELETE is no error (it is gone either way).
+    /// Deletes what a device's user may have made and left behind: the exchanges and queues
+    /// named like its agent queues (`names`), and bindings of the `nebula.reports` queue to its
+    /// scope's `exchanges` (its write permission on that name lets it bind them; the report
+    /// consumer rejects what they carry). Missing ones are no error, and neither is an
+    /// exclusive queue still held by the connection the broker is closing: it goes with it.
+    pub async fn remove_leftovers(
+        &self,
+        names: &[String],
+        exchanges: &[String],
+    ) -> Result<(), UsersError> {
+        for name in names {
+            self.call(Method::DELETE, &["exchanges", &self.vhost, name], None)
+                .await?;
+        }
+        let queue = names::REPORTS_QUEUE;
+        for exchange in exchanges {
+            let path = ["bindings", &self.vhost, "e", exchange, "q", queue];
+            let listed = self.call(Method::GET, &path, None).await?;
+            let bindings: Vec<Binding> = serde_json::from_str(&listed).unwrap_or_default();
+            for binding in bindings {
+                let mut one = path.to_vec();
+                one.push(&binding.properties_key);
+                self.call(Method::DELETE, &one, None).await?;
+            }
+        }
+        for name in names {
+            match self
+                .call(Method::DELETE, &["queues", &self.vhost, name], None)
+                .await
+            {
+                Err(UsersError::Refused { status, body, .. })
+                    if status == StatusCode::BAD_REQUEST && body.contains("exclusive") => {}
+                other => {
+                    other?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One call; a missing object of a DELETE or GET is no error (an empty answer).
     async fn call(
         &self,
         method: Method,
@@ -153,7 +211,10 @@ impl BrokerUsers {
             })?;
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
-        if status.is_success() || (method == Method::DELETE && status == StatusCode::NOT_FOUND) {
+        // A missing object is gone either way; a missing exchange listed for bindings has none.
+        if status.is_success()
+            || (matches!(method, Method::DELETE | Method::GET) && status == StatusCode::NOT_FOUND)
+        {
             return Ok(text);
         }
         Err(UsersError::Refused {

@@ -3,9 +3,13 @@
 //!
 //! Order, so that a broker user never exists without its record (a device user without one
 //! is refused by the sync responder, `device_credentials::check_sync`): minting writes the
-//! record first, then the user; revoking removes the user (the broker closes its connections) first,
-//! then the record. A failure between the two leaves a record without a user, which grants
-//! nothing: the device cannot log in.
+//! record first, then removes any user the device had (the broker closes its connections:
+//! a new scope must not ride on bindings of the old one), then makes the user — and removes it
+//! again if that fails half-way; revoking removes the user first, then what it left on the
+//! broker, then marks the record revoked. A failure between the steps leaves a record
+//! without a user, which grants nothing: the device cannot log in. Mints and revokes of one
+//! instance run one at a time; two instances minting or revoking the same device at the same
+//! moment can still interleave (an admin's race: mint or revoke again to settle it).
 
 use super::{Service, ServiceError};
 use crate::broker::users::{BrokerUsers, UsersError};
@@ -14,21 +18,29 @@ use crate::error::StoreError;
 use crate::store::{Kind, to_record};
 use nebula_protocol::{Name, names};
 
-/// What minting and revoking need besides the store: the broker's management API and the URL
-/// devices connect to.
-#[derive(Debug, Clone)]
+/// What minting and revoking need besides the store: the broker's management API and the
+/// URLs devices connect to.
+#[derive(Debug)]
 pub struct CredentialIssuer {
     pub users: BrokerUsers,
-    /// The broker URL devices get, with their own login put in.
-    pub device_amqp_url: String,
+    /// The broker URLs devices get (without credentials), with their own login put in.
+    pub device_amqp_urls: Vec<String>,
+    /// One mint or revoke at a time (they are rare): each is several calls to the broker
+    /// and the store, which must not interleave with another's for the same device.
+    one_at_a_time: tokio::sync::Mutex<()>,
 }
 
 impl CredentialIssuer {
     pub fn new(config: &crate::config::DeviceCredentialsConfig) -> Result<Self, String> {
-        let vhost = device_credentials::vhost_of(&config.device_amqp_url)?;
+        let first = config
+            .device_amqp_urls
+            .first()
+            .ok_or("no broker URL for devices")?;
+        let vhost = device_credentials::vhost_of(first)?;
         Ok(Self {
             users: BrokerUsers::new(&config.management_url, &vhost)?,
-            device_amqp_url: config.device_amqp_url.clone(),
+            device_amqp_urls: config.device_amqp_urls.clone(),
+            one_at_a_time: tokio::sync::Mutex::new(()),
         })
     }
 }
@@ -116,8 +128,8 @@ impl Service {
 }
 
 /// Mints `device`'s credential for `scope` (replacing one it had: the old password stops
-/// working) and returns the URL the device connects with — the only place its password is
-/// ever shown.
+/// working and its open connection is closed) and returns the URL the device connects with
+/// (one per broker URL, comma-separated) — the only place its password is ever shown.
 pub async fn mint(
     service: &Service,
     issuer: &CredentialIssuer,
@@ -125,7 +137,15 @@ pub async fn mint(
     scope: Scope,
     created_by: &str,
 ) -> Result<String, CredentialError> {
+    let _one = issuer.one_at_a_time.lock().await;
     let password = new_password()?;
+    let user = names::device_user(device);
+    let urls = issuer
+        .device_amqp_urls
+        .iter()
+        .map(|base| device_credentials::device_url(base, &user, &password))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(CredentialError::DeviceUrl)?;
     let grants = device_credentials::grants(device, &scope);
     let document = CredentialDocument {
         device_id: device.clone(),
@@ -136,23 +156,37 @@ pub async fn mint(
     service
         .put_credential_record(device, Some(&document))
         .await?;
-    issuer.users.put_device(device, &password, &grants).await?;
-    device_credentials::device_url(
-        &issuer.device_amqp_url,
-        &names::device_user(device),
-        &password,
-    )
-    .map_err(CredentialError::DeviceUrl)
+    issuer.users.remove_device(device).await?;
+    if let Err(error) = issuer.users.put_device(device, &password, &grants).await {
+        // Half made (a user without all its permissions): gone again, so that nothing but
+        // the record remains, which grants nothing.
+        if let Err(cleanup) = issuer.users.remove_device(device).await {
+            tracing::error!(device = %device, error = %cleanup, "cannot remove the half-made broker user of a failed mint");
+        }
+        return Err(error.into());
+    }
+    Ok(urls.join(","))
 }
 
 /// Revokes `device`'s credential: its user is removed from the broker (which closes its open
-/// connections), its record marked revoked. Returns whether it had one on record.
+/// connections), then what it made there (`BrokerUsers::remove_leftovers`), then its record is
+/// marked revoked. Returns whether it had one on record.
 pub async fn revoke(
     service: &Service,
     issuer: &CredentialIssuer,
     device: &Name,
 ) -> Result<bool, CredentialError> {
+    let _one = issuer.one_at_a_time.lock().await;
+    let record = service.credential(device).await?;
     issuer.users.remove_device(device).await?;
+    if let Some(record) = &record {
+        let queues = device_credentials::agent_queues(device, &record.scope);
+        let exchanges = device_credentials::scope_exchanges(&record.scope);
+        // The user is gone: what it left costs the broker, but grants nothing.
+        if let Err(error) = issuer.users.remove_leftovers(&queues, &exchanges).await {
+            tracing::warn!(device = %device, error = %error, "cannot remove what the revoked device left on the broker; revoke again to retry");
+        }
+    }
     Ok(service.put_credential_record(device, None).await?)
 }
 

@@ -68,12 +68,12 @@ enum FlowError {
 }
 
 /// Follows `target` on `connection` until `stop` is cancelled (`Stopped`) or the
-/// connection is lost. Only a failed state write is an error. `user` is the broker user the
-/// connection logged in as (the `user_id` of its sync requests).
+/// connection is lost. Only a failed state write is an error. `device_login`: the broker user
+/// of the connection when it is a device credential's (see `request_sync`).
 pub async fn follow<R: ContainerRuntime>(
     shared: Arc<Shared<R>>,
     connection: Arc<Connection>,
-    user: Arc<str>,
+    device_login: Option<Arc<str>>,
     target: Target,
     stop: CancellationToken,
 ) -> Result<FlowEnd, StateError> {
@@ -83,7 +83,16 @@ pub async fn follow<R: ContainerRuntime>(
         if stop.is_cancelled() {
             return Ok(FlowEnd::Stopped);
         }
-        let retry = match boot(&shared, &connection, &user, &target, &mut attempts, &stop).await {
+        let retry = match boot(
+            &shared,
+            &connection,
+            device_login.as_deref(),
+            &target,
+            &mut attempts,
+            &stop,
+        )
+        .await
+        {
             Ok(Step::Stopped) => return Ok(FlowEnd::Stopped),
             Ok(Step::StartOver) => {
                 tracing::info!(target = %target, "starting the boot flow over");
@@ -153,7 +162,7 @@ fn sync_attempts<R: ContainerRuntime>(shared: &Shared<R>) -> SyncAttempts {
 async fn boot<R: ContainerRuntime>(
     shared: &Arc<Shared<R>>,
     connection: &Connection,
-    user: &str,
+    device_login: Option<&str>,
     target: &Target,
     attempts: &mut SyncAttempts,
     stop: &CancellationToken,
@@ -173,7 +182,7 @@ async fn boot<R: ContainerRuntime>(
 
     let requested = until_stopped(
         stop,
-        request_sync(shared, &channel, user, target, attempts, stop),
+        request_sync(shared, &channel, device_login, target, attempts, stop),
     )
     .await
     .unwrap_or(Ok(None));

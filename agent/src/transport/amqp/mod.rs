@@ -129,7 +129,13 @@ pub async fn run<R: ContainerRuntime>(shared: Arc<Shared<R>>) -> Result<(), Agen
             }
         }
         let mut uri = broker.uri().clone();
-        let user: Arc<str> = uri.authority.userinfo.username.as_str().into();
+        // A device credential's login (`nebula-device-<id>`) goes in the `user_id` of what
+        // the agent publishes, and sync requests then go through the sync exchange (the only
+        // way such a login may send them). Any other login (a shared one, or one the broker
+        // knows under another name, as with EXTERNAL) publishes as agents always did.
+        let user = &uri.authority.userinfo.username;
+        let device_login: Option<Arc<str>> =
+            names::device_of_user(user).map(|_| Arc::from(user.as_str()));
         uri.query.frame_max.get_or_insert(DEFAULT_FRAME_MAX);
         uri.query.heartbeat = Some(heartbeat);
         let attempt = tokio::time::timeout(
@@ -157,7 +163,7 @@ pub async fn run<R: ContainerRuntime>(shared: Arc<Shared<R>>) -> Result<(), Agen
         };
         tracing::info!(device = %shared.config.device_id, node, vhost, nodes, "connected to the broker");
         let connected_at = Instant::now();
-        match session(&shared, Arc::new(connection), user).await? {
+        match session(&shared, Arc::new(connection), device_login).await? {
             SessionEnd::Shutdown => return Ok(()),
             SessionEnd::Lost(reason) => {
                 tracing::warn!(
@@ -269,7 +275,7 @@ async fn connect(
 async fn session<R: ContainerRuntime>(
     shared: &Arc<Shared<R>>,
     connection: Arc<Connection>,
-    user: Arc<str>,
+    device_login: Option<Arc<str>>,
 ) -> Result<SessionEnd, StateError> {
     let stop = shared.shutdown.child_token();
     let mut events = connection.events_listener();
@@ -281,7 +287,7 @@ async fn session<R: ContainerRuntime>(
             connection,
             channel: None,
             routing_key: names::report_routing_key(&shared.config.device_id),
-            user: user.clone(),
+            device_login: device_login.clone(),
         };
         async move { Ok(report_loop(shared, publisher, stop).await) }.in_current_span()
     });
@@ -294,7 +300,7 @@ async fn session<R: ContainerRuntime>(
             follow::follow(
                 shared.clone(),
                 connection.clone(),
-                user.clone(),
+                device_login.clone(),
                 target,
                 stop.clone(),
             )

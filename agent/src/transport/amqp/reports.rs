@@ -24,8 +24,9 @@ pub(crate) struct AmqpReports {
     pub channel: Option<Channel>,
     /// `report.<device>`.
     pub routing_key: String,
-    /// The broker user the connection logged in as, sent as `user_id` (the broker checks it).
-    pub user: Arc<str>,
+    /// The connection's broker user when it is a device credential's, sent as `user_id` (the
+    /// broker checks it).
+    pub device_login: Option<Arc<str>>,
 }
 
 impl ReportPublisher for AmqpReports {
@@ -34,7 +35,7 @@ impl ReportPublisher for AmqpReports {
             &self.connection,
             &mut self.channel,
             &self.routing_key,
-            &self.user,
+            self.device_login.as_deref(),
             payload,
         )
         .await
@@ -52,7 +53,7 @@ async fn publish(
     connection: &Connection,
     channel: &mut Option<Channel>,
     routing_key: &str,
-    user: &str,
+    device_login: Option<&str>,
     payload: &[u8],
 ) -> Result<(), AmqpError> {
     let open = match channel.take().filter(|open| open.status().connected()) {
@@ -68,15 +69,17 @@ async fn publish(
             open
         }
     };
+    let mut properties = BasicProperties::default().with_delivery_mode(TRANSIENT);
+    if let Some(login) = device_login {
+        properties = properties.with_user_id(login.into());
+    }
     let confirm = open
         .basic_publish(
             REPORTS_EXCHANGE.into(),
             routing_key.into(),
             BasicPublishOptions::default(),
             payload,
-            BasicProperties::default()
-                .with_delivery_mode(TRANSIENT)
-                .with_user_id(user.into()),
+            properties,
         )
         .await
         .map_err(operation("basic.publish report"))?;

@@ -30,7 +30,7 @@ use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Confirmation};
-use nebula_protocol::names::{self, DIRECT_REPLY_TO, SYNC_EXCHANGE};
+use nebula_protocol::names::{self, DIRECT_REPLY_TO, SYNC_EXCHANGE, SYNC_QUEUE};
 use nebula_protocol::{Message, SyncReply, SyncRequest, decode, encode};
 use tokio_util::sync::CancellationToken;
 
@@ -38,14 +38,15 @@ use tokio_util::sync::CancellationToken;
 /// `None` when `stop` is cancelled first. `attempts` belongs to the boot flow (see the
 /// module doc); an unconfirmed request is an error, and the channel is not to be reused.
 ///
-/// Requests go to the sync exchange with the device's own routing key and `user` (the
-/// connection's broker user) as `user_id`, which the broker checks: with a device's own
-/// credential, both tell the control plane who asks, and it answers only for what that
-/// device is entitled to.
+/// Logged in with a device credential (`device_login`), requests go to the sync exchange with
+/// the device's own routing key and that login as `user_id`; the broker lets the login use
+/// no other key and checks the `user_id`, so the control plane knows who asks and answers only
+/// for what that device is entitled to. Any other login sends them through the default
+/// exchange, as agents of earlier releases do.
 pub async fn request_sync<R: ContainerRuntime>(
     shared: &Shared<R>,
     channel: &Channel,
-    user: &str,
+    device_login: Option<&str>,
     target: &Target,
     attempts: &mut SyncAttempts,
     stop: &CancellationToken,
@@ -69,7 +70,10 @@ pub async fn request_sync<R: ContainerRuntime>(
         .await
         .map_err(operation("basic.consume reply-to"))?;
     let device = &shared.config.device_id;
-    let routing_key = names::sync_routing_key(device);
+    let (exchange, routing_key) = match device_login {
+        Some(_) => (SYNC_EXCHANGE, names::sync_routing_key(device)),
+        None => ("", SYNC_QUEUE.to_string()),
+    };
     loop {
         let (correlation_id, timeout) = attempts.next_attempt();
         let known_store = shared.known_store().await;
@@ -81,17 +85,20 @@ pub async fn request_sync<R: ContainerRuntime>(
             known_store,
         });
         let expiration = timeout.as_millis().to_string();
+        let mut properties = BasicProperties::default()
+            .with_reply_to(DIRECT_REPLY_TO.into())
+            .with_correlation_id(correlation_id.as_str().into())
+            .with_expiration(expiration.as_str().into());
+        if let Some(login) = device_login {
+            properties = properties.with_user_id(login.into());
+        }
         let mut confirm = channel
             .basic_publish(
-                SYNC_EXCHANGE.into(),
+                exchange.into(),
                 routing_key.as_str().into(),
                 BasicPublishOptions::default(),
                 &encode(&request),
-                BasicProperties::default()
-                    .with_user_id(user.into())
-                    .with_reply_to(DIRECT_REPLY_TO.into())
-                    .with_correlation_id(correlation_id.as_str().into())
-                    .with_expiration(expiration.as_str().into()),
+                properties,
             )
             .await
             .map_err(operation("basic.publish sync request"))?;
