@@ -104,12 +104,20 @@ pub fn scope_exchanges(scope: &Scope) -> Vec<String> {
     }
 }
 
-/// Why a device id cannot get a credential: `.group.` or `.app.` inside it would make its
-/// agent queues' names those of another device's (`nebula.device.a.group.b` + group `c` is
-/// device `a` + group `b.group.c`), which its permissions would then cover.
-pub fn ambiguous_device_id(device: &Name) -> bool {
-    let id = device.as_str();
-    id.contains(".group.") || id.contains(".app.")
+/// Whether a device id and scope could make agent queue names another device's: a word
+/// `group` or `app` in the id or a scope name (`nebula.device.a.group.b` + group `c` is device
+/// `a` + group `b.group.c`; id `pi.app` + group `x` is device `pi` + app `group.x`), which
+/// the permissions would then cover. Returns the first such name.
+pub fn ambiguous<'a>(device: &'a Name, scope: &'a Scope) -> Option<&'a Name> {
+    let names: Vec<&Name> = match scope {
+        Scope::DeviceGroup(group) => vec![device, group],
+        Scope::Apps(apps) => std::iter::once(device).chain(apps).collect(),
+    };
+    names.into_iter().find(|name| {
+        name.as_str()
+            .split('.')
+            .any(|word| word == "group" || word == "app")
+    })
 }
 
 /// The broker permissions of `device`'s own credential for `scope` (see the module doc).
@@ -194,6 +202,8 @@ pub enum Refusal {
     UnexpectedExchange(String),
     #[error("the routing key {0:?} of the sync exchange names no device")]
     BadRoutingKey(String),
+    #[error("it came through the sync exchange without the user_id of device {0}'s own credential")]
+    NoDeviceUser(Name),
     #[error("it claims device {claimed}, but was sent as device {sent_as}")]
     NotItsDevice { claimed: Name, sent_as: Name },
     #[error("sent with device {0}'s own credential, which is no longer on record (revoked)")]
@@ -262,6 +272,12 @@ pub fn check_sync(
     let by_user = vouched_sender(device, asker, names::SYNC_EXCHANGE, |key| {
         names::device_of_sync_routing_key(key)
     })?;
+    // Only device credentials' agents use the sync exchange, and they always set their
+    // user_id: without it, a user whose record is gone (a race, a store restored from an
+    // older backup) would be answered as a device without a credential.
+    if asker.exchange == names::SYNC_EXCHANGE && by_user.is_none() {
+        return Err(Refusal::NoDeviceUser(device.clone()));
+    }
     match credential {
         Some(credential) if !credential.scope.covers(target) => Err(Refusal::OutOfScope {
             device: device.clone(),
@@ -381,9 +397,25 @@ mod tests {
             device_url("amqp://cp:secret@broker:5672/%2f", "", "").expect("url"),
             "amqp://broker:5672/%2f"
         );
-        assert!(ambiguous_device_id(&name("a.group.b")));
-        assert!(ambiguous_device_id(&name("x.app.y")));
-        assert!(!ambiguous_device_id(&name("group.app-7")));
+        let group = |value| Scope::DeviceGroup(name(value));
+        assert_eq!(
+            ambiguous(&name("a.group.b"), &group("c")),
+            Some(&name("a.group.b"))
+        );
+        assert_eq!(
+            ambiguous(&name("pi.app"), &group("x")),
+            Some(&name("pi.app"))
+        );
+        assert_eq!(
+            ambiguous(&name("pi"), &group("b.group.c")),
+            Some(&name("b.group.c"))
+        );
+        let apps = Scope::Apps(vec![name("web"), name("group.x")]);
+        assert_eq!(ambiguous(&name("pi"), &apps), Some(&name("group.x")));
+        assert_eq!(
+            ambiguous(&name("group-7.apps"), &group("groups.application")),
+            None
+        );
     }
 
     #[test]
@@ -446,15 +478,22 @@ mod tests {
     fn devices_without_a_credential_are_answered_unless_sent_with_a_revoked_one() {
         let target = SyncTarget::App(name("web"));
         let device = name("pi");
-        for asker in [
-            via_exchange("sync.pi", None),
-            via_exchange("sync.pi", Some("guest")),
-            through("", None),
-            through(names::MQTT_EXCHANGE, None),
-        ] {
+        for asker in [through("", None), through(names::MQTT_EXCHANGE, None)] {
             assert_eq!(
                 check_sync(&device, &target, asker, None),
                 Ok(()),
+                "{asker:?}"
+            );
+        }
+        // The sync exchange is a device credential's way only: its user_id is required,
+        // so a user whose record is gone is never answered as a device without one.
+        for asker in [
+            via_exchange("sync.pi", None),
+            via_exchange("sync.pi", Some("guest")),
+        ] {
+            assert_eq!(
+                check_sync(&device, &target, asker, None),
+                Err(Refusal::NoDeviceUser(device.clone())),
                 "{asker:?}"
             );
         }

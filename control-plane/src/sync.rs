@@ -86,7 +86,12 @@ async fn handle(channel: &Channel, service: &Service, delivery: Delivery) -> Res
     let (reply_exchange, reply_key) = match delivery.properties.reply_to() {
         // Direct reply-to only: a reply to a queue the request names would let anyone who
         // can send a sync request have the control plane put messages into any queue.
-        Some(reply_to) if reply_to.as_str().starts_with(names::DIRECT_REPLY_TO) => {
+        Some(reply_to)
+            if reply_to
+                .as_str()
+                .strip_prefix(names::DIRECT_REPLY_TO)
+                .is_some_and(|rest| rest.starts_with('.')) =>
+        {
             (String::new(), reply_to.to_string())
         }
         Some(reply_to) => {

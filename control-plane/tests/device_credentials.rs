@@ -5,7 +5,6 @@
 
 mod support;
 
-use futures_util::StreamExt;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
     QueueBindOptions, QueueDeclareOptions,
@@ -13,11 +12,13 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 use nebula_control_plane::metrics::sample;
-use nebula_protocol::{Message, Name, SyncReply, SyncResult, SyncTarget, decode, encode, names};
+use nebula_protocol::{Message, Name, SyncReply, SyncResult, SyncTarget, encode, names};
 use reqwest::Method;
 use serde_json::json;
 use std::time::{Duration, Instant};
-use support::{ControlPlane, DEADLINE, TestVhost, call, embedded, get_text, http, name, unique};
+use support::{
+    ControlPlane, DEADLINE, Sent, TestVhost, call, embedded, get_text, http, name, unique,
+};
 
 fn management_url() -> String {
     std::env::var("NEBULA_TEST_RABBITMQ_MANAGEMENT_URL")
@@ -50,6 +51,23 @@ fn assert_refused<T>(what: &str, result: Result<T, lapin::Error>) {
     }
 }
 
+/// A `queue.bind` on a fresh channel, which the broker must refuse.
+async fn bind_refused(connection: &Connection, what: &str, queue: &str, exchange: &str) {
+    let channel = connection.create_channel().await.expect("channel");
+    assert_refused(
+        what,
+        channel
+            .queue_bind(
+                queue.into(),
+                exchange.into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await,
+    );
+}
+
 /// Publishes on a fresh confirm-mode channel and waits for the confirm: an error when the
 /// broker closes the channel instead.
 async fn publish(
@@ -78,14 +96,6 @@ async fn publish(
     Ok(())
 }
 
-/// How a sync request is sent: exchange, routing key and `user_id`.
-#[derive(Debug, Clone, Copy)]
-struct Sent<'a> {
-    exchange: &'a str,
-    routing_key: &'a str,
-    user_id: Option<&'a str>,
-}
-
 /// A sync request claiming `device`, sent as `sent`; the reply, or `None` when none came
 /// within `wait`.
 async fn device_sync(
@@ -95,48 +105,7 @@ async fn device_sync(
     target: SyncTarget,
     wait: Duration,
 ) -> Option<SyncReply> {
-    let channel = connection.create_channel().await.expect("channel");
-    let mut replies = channel
-        .basic_consume(
-            names::DIRECT_REPLY_TO.into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume reply-to");
-    let correlation_id = unique("sync");
-    let request = Message::SyncRequest(nebula_protocol::SyncRequest {
-        device_id: device.clone(),
-        target,
-        correlation_id: correlation_id.clone(),
-        agent_version: "test".into(),
-        known_store: None,
-    });
-    let mut properties = BasicProperties::default()
-        .with_reply_to(names::DIRECT_REPLY_TO.into())
-        .with_correlation_id(correlation_id.as_str().into());
-    if let Some(user_id) = sent.user_id {
-        properties = properties.with_user_id(user_id.into());
-    }
-    channel
-        .basic_publish(
-            sent.exchange.into(),
-            sent.routing_key.into(),
-            BasicPublishOptions::default(),
-            &encode(&request),
-            properties,
-        )
-        .await
-        .expect("publish sync request");
-    let delivery = tokio::time::timeout(wait, replies.next()).await.ok()??;
-    match decode(&delivery.expect("delivery").data).expect("decode") {
-        Message::SyncReply(reply) => Some(reply),
-        other => panic!("not a sync reply: {other:?}"),
-    }
+    support::sync_as(connection, sent, device, target, None, wait).await
 }
 
 /// Waits for the broker to close `connection` (after a revocation or a new mint).
@@ -202,6 +171,8 @@ async fn a_device_credential_allows_its_own_scope_only_and_dies_with_its_revocat
         json!({"apps": []}),
         json!({"device_group": "bad name"}),
         json!({"device_group": "edge", "password": "mine"}),
+        json!({"device_group": "b.group.c"}),
+        json!({"apps": ["web", "x.app"]}),
     ] {
         let (status, body) = call(&client, Method::POST, &credentials, Some(bad.clone())).await;
         assert_eq!(status, 400, "{bad} answered {body}");
@@ -370,33 +341,21 @@ async fn a_device_credential_allows_its_own_scope_only_and_dies_with_its_revocat
             )
             .await,
     );
-    let attempt = connection.create_channel().await.expect("channel");
-    assert_refused(
+    bind_refused(
+        &connection,
         "bind another device's queue",
-        attempt
-            .queue_bind(
-                other_queue.as_str().into(),
-                names::group_exchange(&name("edge")).as_str().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await,
-    );
+        other_queue.as_str(),
+        names::group_exchange(&name("edge")).as_str(),
+    )
+    .await;
     // Nor its own queue to another group's exchange (that group's changes).
-    let attempt = connection.create_channel().await.expect("channel");
-    assert_refused(
+    bind_refused(
+        &connection,
         "bind its queue to another group",
-        attempt
-            .queue_bind(
-                own_queue.as_str().into(),
-                names::group_exchange(&name("lab")).as_str().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await,
-    );
+        own_queue.as_str(),
+        names::group_exchange(&name("lab")).as_str(),
+    )
+    .await;
     let attempt = connection.create_channel().await.expect("channel");
     assert_refused(
         "declare an exchange",
@@ -415,11 +374,7 @@ async fn a_device_credential_allows_its_own_scope_only_and_dies_with_its_revocat
     // out-of-scope target whoever sends it (here the shared admin login, through the default
     // exchange and without a user_id, as agents of earlier releases do).
     let refused_before = refused_syncs(&control_plane.address).await;
-    let shared_login = Sent {
-        exchange: "",
-        routing_key: names::SYNC_QUEUE,
-        user_id: None,
-    };
+    let shared_login = Sent::SHARED_LOGIN;
     let attempts = [
         (
             &connection,
@@ -479,13 +434,14 @@ async fn a_device_credential_allows_its_own_scope_only_and_dies_with_its_revocat
         "a device without a credential is answered"
     );
 
-    // Minted again: the old password stops working, and the connection made with it is
-    // closed (its bindings must not outlive the scope they were made for).
+    // Minted again, for another scope: the old password stops working, the connection made
+    // with it is closed, and what it made under the old scope is gone (bindings must not
+    // outlive the scope they were made for).
     let (status, again) = call(
         &client,
         Method::POST,
         &credentials,
-        Some(json!({"device_group": "edge"})),
+        Some(json!({"apps": ["edge-app"]})),
     )
     .await;
     assert_eq!(status, 200, "{again}");
@@ -494,8 +450,26 @@ async fn a_device_credential_allows_its_own_scope_only_and_dies_with_its_revocat
         try_connect(&url).await.is_err(),
         "the replaced password still works"
     );
+    assert!(
+        !exchange_exists(&admin, &own_queue).await,
+        "the exchange it made under its old scope is still there: {}",
+        control_plane.logs()
+    );
     let url = again["amqp_url"].as_str().expect("amqp_url").to_string();
     let connection = try_connect(&url).await.expect("the new login works");
+    let new_queue = names::app_queue(&device, &name("edge-app"));
+    connection
+        .create_channel()
+        .await
+        .expect("channel")
+        .exchange_declare(
+            new_queue.as_str().into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("an exchange named like its new queue");
 
     // Revoked: the open connection is closed, and the device cannot log in again.
     let (status, body) = call(&client, Method::DELETE, &credentials, None).await;
@@ -528,23 +502,27 @@ async fn a_device_credential_allows_its_own_scope_only_and_dies_with_its_revocat
         "the minted password reached the log"
     );
     // What it made on the broker went with it.
-    let leftover = admin.create_channel().await.expect("channel");
     assert!(
-        leftover
-            .exchange_declare(
-                own_queue.as_str().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    passive: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .is_err(),
+        !exchange_exists(&admin, &new_queue).await,
         "the exchange the revoked device made is still there: {}",
         control_plane.logs()
     );
+}
+
+async fn exchange_exists(admin: &Connection, exchange: &str) -> bool {
+    let channel = admin.create_channel().await.expect("channel");
+    channel
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .is_ok()
 }
 
 /// Around the permissions (found by a review): RabbitMQ matches a permission against every
@@ -569,19 +547,13 @@ async fn around_the_permissions(
         )
         .await
         .expect("a device may declare an exchange named like its queue");
-    let attempt = connection.create_channel().await.expect("channel");
-    assert_refused(
+    bind_refused(
+        connection,
         "bind the sync queue to its exchange",
-        attempt
-            .queue_bind(
-                names::SYNC_QUEUE.into(),
-                own_queue.as_str().into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await,
-    );
+        names::SYNC_QUEUE,
+        &own_queue,
+    )
+    .await;
     // Allowed by the broker, refused by the control plane: the sync exchange and the
     // `nebula.reports` queue bound to its own exchange, and its own queue dead-lettering at
     // once into the sync exchange with another device's routing key.
@@ -634,6 +606,7 @@ async fn around_the_permissions(
     .await
     .expect("bind its queue to its exchange");
 
+    assert!(exchange_exists(admin, &own_queue).await);
     let refused_before = refused_syncs(&control_plane.address).await;
     let reports_before = rejected_reports(&control_plane.address).await;
     let target = SyncTarget::DeviceGroup(name("lab"));

@@ -55,7 +55,7 @@ pub struct RevokedCredential {
     request_body = CredentialScope,
     responses(
         (status = 200, description = "Minted (a credential the device had stops working)", body = MintedCredential),
-        (status = 400, description = "Not exactly one of `device_group` and `apps`, invalid names (a device id with `.group.` or `.app.` in it too), unknown fields", body = schema::BadRequest),
+        (status = 400, description = "Not exactly one of `device_group` and `apps`, invalid names (also: a word `group` or `app` between the dots of the device id or a scope name), unknown fields", body = schema::BadRequest),
         (status = 403, description = "Not allowed", body = schema::AccessDenied),
         (status = 413, description = "Body over 1 MiB", body = schema::TooLarge),
         (status = 503, description = "Device credentials are not configured (`NEBULA_RABBITMQ_MANAGEMENT_URL`), or the broker's management API failed", body = schema::Unavailable),
@@ -68,11 +68,12 @@ pub async fn mint(
     Body(body): Body,
 ) -> Result<Response> {
     require(&principal, Permission::ManageDeviceCredentials)?;
-    // `.group.` or `.app.` in the id would make its queues' names another device's.
-    if device_credentials::ambiguous_device_id(&device) {
-        return Err(ApiError::invalid_name(device.as_str()));
-    }
     let scope = scope(&dto::parse_object(&body)?)?;
+    // A word `group` or `app` in the id or a scope name could make its queues' names
+    // another device's.
+    if let Some(ambiguous) = device_credentials::ambiguous(&device, &scope) {
+        return Err(ApiError::invalid_name(ambiguous.as_str()));
+    }
     let issuer = issuer(&state)?;
     let amqp_url = credentials::mint(
         &state.service,

@@ -86,17 +86,39 @@ impl Service {
         }
     }
 
-    /// Writes the device's record (`None`: marks it revoked). Returns whether one was live
-    /// before.
+    /// The device's last credential, revoked or not (a revoked record keeps its scope, so
+    /// that a revocation can be repeated to clean up what the device left); `None` without
+    /// one, or when the record cannot be read.
+    async fn last_credential(
+        &self,
+        device: &Name,
+    ) -> Result<Option<CredentialDocument>, ServiceError> {
+        let record = self
+            .store
+            .get(Kind::DeviceCredential, device.as_str())
+            .await
+            .map_err(|error| self.store_error(error))?;
+        Ok(record.and_then(|record| serde_json::from_str(&record.body).ok()))
+    }
+
+    /// Writes the device's record, live or revoked (`revoked`; `document` is what it keeps,
+    /// `None` for a record that could not be read). Returns whether one was live before.
     async fn put_credential_record(
         &self,
         device: &Name,
         document: Option<&CredentialDocument>,
+        revoked: bool,
     ) -> Result<bool, ServiceError> {
         let kind = Kind::DeviceCredential;
         let record = match document {
-            Some(document) => to_record(kind, device.as_str(), document, false, false),
-            None => to_record(kind, device.as_str(), &serde_json::Value::Null, false, true),
+            Some(document) => to_record(kind, device.as_str(), document, false, revoked),
+            None => to_record(
+                kind,
+                device.as_str(),
+                &serde_json::Value::Null,
+                false,
+                revoked,
+            ),
         }
         .map_err(ServiceError::Store)?;
         let mut raced = None;
@@ -107,7 +129,7 @@ impl Service {
                 .await
                 .map_err(|error| self.store_error(error))?;
             let written = match &current {
-                None if document.is_none() => return Ok(false),
+                None if revoked => return Ok(false),
                 None => self.store.insert(kind, &record).await.map(|()| 0),
                 Some(current) => self.store.replace(kind, current.version, &record).await,
             };
@@ -147,6 +169,7 @@ pub async fn mint(
         .collect::<Result<Vec<_>, _>>()
         .map_err(CredentialError::DeviceUrl)?;
     let grants = device_credentials::grants(device, &scope);
+    let previous = service.last_credential(device).await?;
     let document = CredentialDocument {
         device_id: device.clone(),
         scope,
@@ -154,9 +177,15 @@ pub async fn mint(
         created_by: created_by.to_string(),
     };
     service
-        .put_credential_record(device, Some(&document))
+        .put_credential_record(device, Some(&document), false)
         .await?;
     issuer.users.remove_device(device).await?;
+    // What the device made under its previous scope (or this one) goes with its old user:
+    // a queue or exchange named like one of its queues, bound to an exchange the new scope
+    // no longer covers, would go on carrying that exchange's changes.
+    let mut scopes = vec![&document.scope];
+    scopes.extend(previous.as_ref().map(|previous| &previous.scope));
+    remove_leftovers(issuer, device, &scopes).await;
     if let Err(error) = issuer.users.put_device(device, &password, &grants).await {
         // Half made (a user without all its permissions): gone again, so that nothing but
         // the record remains, which grants nothing.
@@ -177,17 +206,35 @@ pub async fn revoke(
     device: &Name,
 ) -> Result<bool, CredentialError> {
     let _one = issuer.one_at_a_time.lock().await;
-    let record = service.credential(device).await?;
     issuer.users.remove_device(device).await?;
-    if let Some(record) = &record {
-        let queues = device_credentials::agent_queues(device, &record.scope);
-        let exchanges = device_credentials::scope_exchanges(&record.scope);
-        // The user is gone: what it left costs the broker, but grants nothing.
-        if let Err(error) = issuer.users.remove_leftovers(&queues, &exchanges).await {
-            tracing::warn!(device = %device, error = %error, "cannot remove what the revoked device left on the broker; revoke again to retry");
-        }
+    // Revoked before (a revocation repeated to clean up) or live, its last scope says what
+    // to clean; a record that cannot be read is marked revoked all the same.
+    let last = service.last_credential(device).await?;
+    if let Some(last) = &last {
+        remove_leftovers(issuer, device, &[&last.scope]).await;
     }
-    Ok(service.put_credential_record(device, None).await?)
+    Ok(service
+        .put_credential_record(device, last.as_ref(), true)
+        .await?)
+}
+
+/// Removes what `device`'s user may have made under `scopes` (`BrokerUsers::remove_leftovers`).
+/// The user is gone by then: what it left costs the broker but grants nothing, so a failure
+/// is logged, not returned; the next mint or revocation tries again.
+async fn remove_leftovers(issuer: &CredentialIssuer, device: &Name, scopes: &[&Scope]) {
+    let mut queues = Vec::new();
+    let mut exchanges = Vec::new();
+    for scope in scopes {
+        queues.extend(device_credentials::agent_queues(device, scope));
+        exchanges.extend(device_credentials::scope_exchanges(scope));
+    }
+    queues.sort_unstable();
+    queues.dedup();
+    exchanges.sort_unstable();
+    exchanges.dedup();
+    if let Err(error) = issuer.users.remove_leftovers(&queues, &exchanges).await {
+        tracing::warn!(device = %device, error = %error, "cannot remove what the device left on the broker; revoke it again to retry");
+    }
 }
 
 /// 32 random bytes from the operating system, hex: a password only a machine will type.

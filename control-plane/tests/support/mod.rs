@@ -351,6 +351,45 @@ pub async fn sync_within(
     known_store: Option<nebula_protocol::StoreId>,
     wait: Duration,
 ) -> Option<nebula_protocol::SyncReply> {
+    let device = nebula_protocol::Name::new("test-device").expect("name");
+    sync_as(
+        connection,
+        Sent::SHARED_LOGIN,
+        &device,
+        target,
+        known_store,
+        wait,
+    )
+    .await
+}
+
+/// How a sync request is sent: exchange, routing key and `user_id`.
+#[derive(Debug, Clone, Copy)]
+pub struct Sent<'a> {
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
+    pub user_id: Option<&'a str>,
+}
+
+impl Sent<'_> {
+    /// As an agent with a shared login (and agents of earlier releases) sends it.
+    pub const SHARED_LOGIN: Sent<'static> = Sent {
+        exchange: "",
+        routing_key: names::SYNC_QUEUE,
+        user_id: None,
+    };
+}
+
+/// A sync request claiming `device`, sent as `sent`; the reply, or `None` when none came
+/// within `wait`.
+pub async fn sync_as(
+    connection: &Connection,
+    sent: Sent<'_>,
+    device: &nebula_protocol::Name,
+    target: nebula_protocol::SyncTarget,
+    known_store: Option<nebula_protocol::StoreId>,
+    wait: Duration,
+) -> Option<nebula_protocol::SyncReply> {
     let channel = connection.create_channel().await.expect("channel");
     let mut replies = channel
         .basic_consume(
@@ -366,21 +405,25 @@ pub async fn sync_within(
         .expect("consume reply-to");
     let correlation_id = unique("sync");
     let request = Message::SyncRequest(nebula_protocol::SyncRequest {
-        device_id: nebula_protocol::Name::new("test-device").expect("name"),
+        device_id: device.clone(),
         target,
         correlation_id: correlation_id.clone(),
         agent_version: "test".into(),
         known_store,
     });
+    let mut properties = BasicProperties::default()
+        .with_reply_to(names::DIRECT_REPLY_TO.into())
+        .with_correlation_id(correlation_id.as_str().into());
+    if let Some(user_id) = sent.user_id {
+        properties = properties.with_user_id(user_id.into());
+    }
     channel
         .basic_publish(
-            "".into(),
-            names::SYNC_QUEUE.into(),
+            sent.exchange.into(),
+            sent.routing_key.into(),
             BasicPublishOptions::default(),
             &encode(&request),
-            BasicProperties::default()
-                .with_reply_to(names::DIRECT_REPLY_TO.into())
-                .with_correlation_id(correlation_id.as_str().into()),
+            properties,
         )
         .await
         .expect("publish sync request");
