@@ -281,8 +281,9 @@ fn target_key(target: &SyncTarget) -> String {
     }
 }
 
-/// `nebula.sync` as a control plane declares it: the queue, and the exchange agents publish
-/// their requests to, bound to it.
+/// `nebula.sync` as a control plane declares it: the queue, and the exchange agents logged in
+/// as a device user (`nebula-device-*`, as `TestVhost::device_user` makes) publish their
+/// requests to, bound to it.
 async fn declare_sync_queue(channel: &Channel) {
     channel
         .queue_declare(

@@ -186,10 +186,13 @@ async fn entitled(
     let credential = match service.credential(&request.device_id).await {
         Ok(credential) => credential,
         Err(error) => {
-            tracing::error!(error = %error, device = %request.device_id, "cannot read the device's credential; the sync request goes back to the queue");
+            // A corrupt record is rejected (no instance could read it better); a failing
+            // store hands the request back for another instance.
+            let requeue = !matches!(error, ServiceError::Store(StoreError::Corrupt { .. }));
+            tracing::error!(error = %error, device = %request.device_id, requeue, "cannot read the device's credential; sync request not answered");
             delivery
                 .nack(BasicNackOptions {
-                    requeue: !matches!(error, ServiceError::Store(StoreError::Corrupt { .. })),
+                    requeue,
                     ..BasicNackOptions::default()
                 })
                 .await

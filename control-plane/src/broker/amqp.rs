@@ -187,65 +187,31 @@ impl AmqpBroker {
     async fn declare_fixed_topology(&self, queue_type: QueueType) -> Result<(), AmqpError> {
         self.declare_own_queue(names::SYNC_QUEUE, queue_type.arguments())
             .await?;
-        // Agents publish sync requests here, each with its own device id as routing key
-        // (agents of earlier releases through the default exchange, still answered).
-        self.channel
-            .exchange_declare(
-                names::SYNC_EXCHANGE.into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(operation("exchange.declare"))?;
-        self.channel
-            .queue_bind(
-                names::SYNC_QUEUE.into(),
-                names::SYNC_EXCHANGE.into(),
-                names::SYNC_BINDING_KEY.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(operation("queue.bind"))?;
-        self.channel
-            .exchange_declare(
-                names::REPORTS_EXCHANGE.into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(operation("exchange.declare"))?;
+        // Agents logged in with their own device credential publish sync requests here,
+        // each with its own device id as routing key (others through the default exchange).
+        self.declare_durable_topic(names::SYNC_EXCHANGE).await?;
+        self.bind_queue(
+            names::SYNC_QUEUE,
+            names::SYNC_EXCHANGE,
+            names::SYNC_BINDING_KEY,
+        )
+        .await?;
+        self.declare_durable_topic(names::REPORTS_EXCHANGE).await?;
         self.declare_reports_queue(queue_type).await?;
-        self.channel
-            .queue_bind(
-                names::REPORTS_QUEUE.into(),
-                names::REPORTS_EXCHANGE.into(),
-                names::REPORTS_BINDING_KEY.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(operation("queue.bind"))?;
+        self.bind_queue(
+            names::REPORTS_QUEUE,
+            names::REPORTS_EXCHANGE,
+            names::REPORTS_BINDING_KEY,
+        )
+        .await?;
         // MQTT agents (RabbitMQ's MQTT plugin publishes on amq.topic): their sync requests
         // reach the same queue, their reports the same exchange.
-        self.channel
-            .queue_bind(
-                names::SYNC_QUEUE.into(),
-                names::MQTT_EXCHANGE.into(),
-                names::mqtt_routing_key(names::SYNC_TOPIC).as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(operation("queue.bind"))?;
+        self.bind_queue(
+            names::SYNC_QUEUE,
+            names::MQTT_EXCHANGE,
+            &names::mqtt_routing_key(names::SYNC_TOPIC),
+        )
+        .await?;
         self.channel
             .exchange_bind(
                 names::REPORTS_EXCHANGE.into(),
@@ -257,6 +223,34 @@ impl AmqpBroker {
             .await
             .map_err(operation("exchange.bind"))?;
         Ok(())
+    }
+
+    async fn declare_durable_topic(&self, exchange: &str) -> Result<(), AmqpError> {
+        self.channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(operation("exchange.declare"))
+    }
+
+    async fn bind_queue(&self, queue: &str, exchange: &str, key: &str) -> Result<(), AmqpError> {
+        self.channel
+            .queue_bind(
+                queue.into(),
+                exchange.into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(operation("queue.bind"))
     }
 
     /// The reports queue, bounded: every instance consumes it (`reports`), but with every

@@ -15,7 +15,7 @@ use super::{Service, ServiceError};
 use crate::broker::users::{BrokerUsers, UsersError};
 use crate::device_credentials::{self, CredentialDocument, Scope};
 use crate::error::StoreError;
-use crate::store::{Kind, to_record};
+use crate::store::{Kind, Record, to_record};
 use nebula_protocol::{Name, names};
 
 /// What minting and revoking need besides the store: the broker's management API and the
@@ -62,16 +62,20 @@ pub enum CredentialError {
 const WRITE_ATTEMPTS: usize = 5;
 
 impl Service {
+    /// The device's credential record, revoked or not.
+    async fn credential_record(&self, device: &Name) -> Result<Option<Record>, ServiceError> {
+        self.store
+            .get(Kind::DeviceCredential, device.as_str())
+            .await
+            .map_err(|error| self.store_error(error))
+    }
+
     /// The device's credential on record, if it has one.
     pub async fn credential(
         &self,
         device: &Name,
     ) -> Result<Option<CredentialDocument>, ServiceError> {
-        let record = self
-            .store
-            .get(Kind::DeviceCredential, device.as_str())
-            .await
-            .map_err(|error| self.store_error(error))?;
+        let record = self.credential_record(device).await?;
         match record.filter(|record| !record.tombstone) {
             None => Ok(None),
             Some(record) => serde_json::from_str(&record.body)
@@ -93,11 +97,7 @@ impl Service {
         &self,
         device: &Name,
     ) -> Result<Option<CredentialDocument>, ServiceError> {
-        let record = self
-            .store
-            .get(Kind::DeviceCredential, device.as_str())
-            .await
-            .map_err(|error| self.store_error(error))?;
+        let record = self.credential_record(device).await?;
         Ok(record.and_then(|record| serde_json::from_str(&record.body).ok()))
     }
 
@@ -123,11 +123,7 @@ impl Service {
         .map_err(ServiceError::Store)?;
         let mut raced = None;
         for _ in 0..WRITE_ATTEMPTS {
-            let current = self
-                .store
-                .get(kind, device.as_str())
-                .await
-                .map_err(|error| self.store_error(error))?;
+            let current = self.credential_record(device).await?;
             let written = match &current {
                 None if revoked => return Ok(false),
                 None => self.store.insert(kind, &record).await.map(|()| 0),
