@@ -81,10 +81,17 @@ start_process() {
   say "started $name (pid $(cat "$run_dir/$name.pid"), log $run_dir/$name.log)"
 }
 
+# The key the control plane signs every change with (README, "Securing a fleet"), made once.
+signing_key=$data_dir/signing.key
+if [ ! -s "$signing_key" ]; then
+  (umask 077 && openssl genpkey -algorithm ed25519 -out "$signing_key") ||
+    die "cannot make the signing key $signing_key (openssl)"
+fi
 start_process nebula-control-plane \
   NEBULA_LISTEN="$listen" NEBULA_DATA_DIR="$data_dir/store" \
   NEBULA_ADMIN_USER="$user" NEBULA_ADMIN_PASSWORD="$password" \
-  NEBULA_RABBITMQ_MANAGEMENT_URL="$NEBULA_TEST_RABBITMQ_MANAGEMENT_URL"
+  NEBULA_RABBITMQ_MANAGEMENT_URL="$NEBULA_TEST_RABBITMQ_MANAGEMENT_URL" \
+  NEBULA_SIGNING_KEY_FILE="$signing_key"
 wait_until 30 "$run_dir/nebula-control-plane.log" "the control plane" "$run_dir/nebula-control-plane.pid" \
   curl -fsS "http://$listen/readyz" || exit 1
 
@@ -103,8 +110,11 @@ credential=$(curl -fsS -u "$user:$password" -H 'content-type: application/json' 
   die "cannot mint the broker credential of device $device (see $run_dir/nebula-control-plane.log)"
 amqp_url=$(sed -n 's/.*"amqp_url":"\([^"]*\)".*/\1/p' <<<"$credential")
 [ -n "$amqp_url" ] || die "no amqp_url in the answer of the credential mint: $credential"
+# The agent pins the control plane's key: a change not signed with it is dropped.
+signing_public_key=$(sed -n 's/.*"signing_key":"\([0-9a-f]*\)".*/\1/p' <<<"$credential")
+[ -n "$signing_public_key" ] || die "no signing_key in the answer of the credential mint: $credential"
 start_process nebula-agent \
-  NEBULA_AMQP_URL="$amqp_url" \
+  NEBULA_AMQP_URL="$amqp_url" NEBULA_SIGNING_KEY="$signing_public_key" \
   NEBULA_DEVICE_ID="$device" NEBULA_DEVICE_GROUP="$group" NEBULA_STATE_DIR="$data_dir/agent" \
   NEBULA_REGISTRY_HOST="$NEBULA_TEST_REGISTRY" NEBULA_REGISTRY_USER="$NEBULA_TEST_REGISTRY_USER" \
   NEBULA_REGISTRY_PASSWORD="$NEBULA_TEST_REGISTRY_PASSWORD"
@@ -112,7 +122,7 @@ start_process nebula-agent \
 cat <<EOT
 
 Nebula is running: API http://$listen/api/v2 (user $user, password $password), agent
-$device in device group "$group" (with a broker login of its own). Deploy the demo app to this
+$device in device group "$group" (with a broker login of its own, taking only signed changes). Deploy the demo app to this
 machine and see it:
   install -m 755 $PWD/target/release/nebula /usr/local/bin/
   export NEBULA_URL=http://$listen NEBULA_USER=$user NEBULA_PASSWORD=$password

@@ -172,6 +172,10 @@ pub struct Config {
     /// `_KEY_FILE` for `amqps://`, `NEBULA_MQTT_CA_FILE`, `_CERT_FILE`, `_KEY_FILE` for
     /// `mqtts://`.
     pub tls: TlsSettings,
+    /// The control plane's public key (`NEBULA_SIGNING_KEY`, or the one pinned at enrolment):
+    /// with it, every change and sync reply must carry its signature
+    /// (`nebula_protocol::signing`), or it is dropped.
+    pub signing_key: Option<[u8; nebula_protocol::signing::PUBLIC_KEY_LEN]>,
     pub device_id: Name,
     pub hostname: String,
     pub mode: Mode,
@@ -246,10 +250,7 @@ impl Config {
             }
         };
 
-        let device_id = match non_empty("NEBULA_DEVICE_ID") {
-            Some(id) => parse_name("NEBULA_DEVICE_ID", id.trim())?,
-            None => device_id_from_machine_id(host.machine_id.as_ref())?,
-        };
+        let device_id = device_id(environment, host)?;
 
         #[cfg(feature = "amqp")]
         let brokers = BrokerList::parse(
@@ -288,6 +289,7 @@ impl Config {
             });
         }
         let tls = TlsSettings::from_env(non_empty, used, tls_nodes, nodes)?;
+        let signing_key = signing_key(non_empty("NEBULA_SIGNING_KEY").as_deref(), &transport)?;
 
         let runtime = match non_empty("NEBULA_RUNTIME").as_deref().map(str::trim) {
             None | Some("docker") => RuntimeKind::Docker,
@@ -300,16 +302,7 @@ impl Config {
             }
         };
 
-        let log_format = match non_empty("NEBULA_LOG_FORMAT").as_deref().map(str::trim) {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
-                return Err(ConfigError::Invalid {
-                    variable: "NEBULA_LOG_FORMAT",
-                    reason: format!("{other:?}: expected text or json"),
-                });
-            }
-        };
+        let log_format = log_format(environment)?;
 
         let registry = match (
             non_empty("NEBULA_REGISTRY_HOST"),
@@ -395,11 +388,11 @@ impl Config {
             #[cfg(feature = "amqp")]
             brokers,
             tls,
+            signing_key,
             device_id,
             hostname: host.hostname.clone(),
             mode,
-            state_dir: non_empty("NEBULA_STATE_DIR")
-                .map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), PathBuf::from),
+            state_dir: state_dir(environment),
             runtime,
             docker_host,
             container_logs,
@@ -425,6 +418,67 @@ impl Config {
             ),
         }
     }
+}
+
+/// `NEBULA_SIGNING_KEY`: the control plane's ed25519 public key, 64 hex digits. Signatures
+/// travel in AMQP headers, which MQTT 3.1.1 does not have: an MQTT agent cannot check them.
+fn signing_key(
+    value: Option<&str>,
+    transport: &Transport,
+) -> Result<Option<[u8; nebula_protocol::signing::PUBLIC_KEY_LEN]>, ConfigError> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    #[cfg(feature = "mqtt")]
+    if matches!(transport, Transport::Mqtt(_)) {
+        return Err(ConfigError::Invalid {
+            variable: "NEBULA_SIGNING_KEY",
+            reason: "signed changes need NEBULA_TRANSPORT=amqp (MQTT 3.1.1 has no headers to carry the signature)".into(),
+        });
+    }
+    let _ = transport;
+    nebula_protocol::signing::parse_public_key(value)
+        .map(Some)
+        .map_err(|reason| ConfigError::Invalid {
+            variable: "NEBULA_SIGNING_KEY",
+            reason,
+        })
+}
+
+/// The device id: `NEBULA_DEVICE_ID`, else the host's machine id.
+pub fn device_id(environment: &impl Environment, host: &HostIdentity) -> Result<Name, ConfigError> {
+    match environment
+        .get("NEBULA_DEVICE_ID")
+        .filter(|value| !value.trim().is_empty())
+    {
+        Some(id) => parse_name("NEBULA_DEVICE_ID", id.trim()),
+        None => device_id_from_machine_id(host.machine_id.as_ref()),
+    }
+}
+
+/// `NEBULA_LOG_FORMAT`: read before the rest too, so that enrolment (`crate::enrol`) logs in it.
+pub fn log_format(environment: &impl Environment) -> Result<LogFormat, ConfigError> {
+    match environment
+        .get("NEBULA_LOG_FORMAT")
+        .as_deref()
+        .map(str::trim)
+        .filter(|value| !value.is_empty())
+    {
+        None | Some("text") => Ok(LogFormat::Text),
+        Some("json") => Ok(LogFormat::Json),
+        Some(other) => Err(ConfigError::Invalid {
+            variable: "NEBULA_LOG_FORMAT",
+            reason: format!("{other:?}: expected text or json"),
+        }),
+    }
+}
+
+/// Where the agent keeps its state: `NEBULA_STATE_DIR`, else [`DEFAULT_STATE_DIR`].
+pub fn state_dir(environment: &impl Environment) -> PathBuf {
+    environment
+        .get("NEBULA_STATE_DIR")
+        .filter(|value| !value.trim().is_empty())
+        .map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), PathBuf::from)
 }
 
 /// The default device id: the machine id, 32 hex digits (`machine-id(5)`).
@@ -648,6 +702,40 @@ mod tests {
     fn parse(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let environment: HashMap<&str, &str> = pairs.iter().copied().collect();
         Config::from_env(&environment, &host(Some(&format!("{MACHINE_ID}\n"))))
+    }
+
+    #[test]
+    fn a_signing_key_is_64_hex_digits_and_needs_amqp() {
+        let key = "ab".repeat(32);
+        let config =
+            parse(&[("NEBULA_DEVICE_GROUP", "g"), ("NEBULA_SIGNING_KEY", &key)]).expect("valid");
+        assert_eq!(config.signing_key, Some([0xab; 32]));
+        assert_eq!(
+            parse(&[("NEBULA_DEVICE_GROUP", "g")])
+                .expect("valid")
+                .signing_key,
+            None
+        );
+        for bad in ["ab", "zz".repeat(32).as_str()] {
+            match parse(&[("NEBULA_DEVICE_GROUP", "g"), ("NEBULA_SIGNING_KEY", bad)]) {
+                Err(ConfigError::Invalid { variable, .. }) => {
+                    assert_eq!(variable, "NEBULA_SIGNING_KEY");
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        #[cfg(feature = "mqtt")]
+        match parse(&[
+            ("NEBULA_DEVICE_GROUP", "g"),
+            ("NEBULA_TRANSPORT", "mqtt"),
+            ("NEBULA_SIGNING_KEY", &key),
+        ]) {
+            Err(ConfigError::Invalid { variable, reason }) => {
+                assert_eq!(variable, "NEBULA_SIGNING_KEY");
+                assert!(reason.contains("amqp"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

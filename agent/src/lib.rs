@@ -7,6 +7,8 @@
 //! process with [`runtime::simulated::SimulatedRuntime`] (no process-global state here).
 //!
 //! Codemap:
+//! * [`enrol`] — first boot: a provisioning token → the device's own credential, kept in the
+//!   state dir; the environment the configuration is then read from.
 //! * [`config`] — environment → validated [`config::Config`]; [`brokers`] the broker list
 //!   (`NEBULA_AMQP_URL`, one node or a cluster's) and its rotation; [`tls`] the CA and
 //!   client certificate of `amqps://`.
@@ -30,6 +32,7 @@ pub mod build_info;
 pub mod config;
 pub mod cron;
 pub mod device;
+pub mod enrol;
 pub mod error;
 pub mod executor;
 pub mod mqtt_url;

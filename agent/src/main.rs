@@ -2,10 +2,11 @@
 //! SIGINT, and maps the outcome to an exit code (64 for bad configuration, 1 for any other
 //! failure, so the supervisor restarts it).
 
-use nebula_agent::config::{Config, LogFormat, ProcessEnvironment, RuntimeKind};
+use nebula_agent::config::{self, Config, LogFormat, ProcessEnvironment, RuntimeKind};
+use nebula_agent::error::ConfigError;
 use nebula_agent::runtime::docker::DockerRuntime;
 use nebula_agent::runtime::simulated::SimulatedRuntime;
-use nebula_agent::{AgentError, build_info, device};
+use nebula_agent::{AgentError, build_info, device, enrol};
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +19,13 @@ usage: nebula-agent [--version | --help]
 Configured through the environment (see the agent README and DESIGN §5):
   NEBULA_DEVICE_GROUP             follow a device group (group mode), or
   NEBULA_APPS (or APP_NAME)       follow a comma-separated list of apps (app mode)
+  NEBULA_PROVISIONING_TOKEN       first boot: exchange this token for the device's own broker
+                                  credential, kept in NEBULA_STATE_DIR/credential.json (0600),
+                                  which then gives the broker URL and the group or apps
+  NEBULA_CONTROL_PLANE_URL        with the token: http(s)://host:port of the control plane
+  NEBULA_CONTROL_PLANE_CA_FILE, _CERT_FILE, _KEY_FILE   its https:// trust store and client cert
+  NEBULA_SIGNING_KEY              the control plane's ed25519 public key (64 hex digits): changes
+                                  not signed with it are dropped (pinned at enrolment if it signs)
   NEBULA_AMQP_URL                 broker URL (default amqp://guest:guest@127.0.0.1:5672/%2f),
                                   or a comma-separated list of a cluster's nodes: the agent starts
                                   at a random node and moves to the next one after a failed
@@ -65,14 +73,22 @@ fn main() -> ExitCode {
             }
         };
     }
-    let config = match Config::from_env(&ProcessEnvironment, &device::host_identity()) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("nebula-agent: configuration error: {error}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+    let configuration_error = |error: ConfigError| {
+        eprintln!("nebula-agent: configuration error: {error}");
+        ExitCode::from(EXIT_CONFIG)
     };
-    init_tracing(config.log_format);
+    // Logging first: enrolment, which comes before the rest of the configuration, logs.
+    match config::log_format(&ProcessEnvironment) {
+        Ok(format) => init_tracing(format),
+        Err(error) => return configuration_error(error),
+    }
+    let host = device::host_identity();
+    let config = match enrol::environment(ProcessEnvironment, &host)
+        .and_then(|environment| Config::from_env(&environment, &host))
+    {
+        Ok(config) => config,
+        Err(error) => return configuration_error(error),
+    };
 
     // One thread: the agent is I/O bound, and every thread costs RSS on a small board.
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -23,7 +23,8 @@ pub struct TlsVariables {
     url: &'static str,
     plain: &'static str,
     secure: &'static str,
-    port: u16,
+    /// Where the encrypted listener usually is, for the error's advice.
+    port_hint: &'static str,
 }
 
 pub const AMQP: TlsVariables = TlsVariables {
@@ -33,7 +34,7 @@ pub const AMQP: TlsVariables = TlsVariables {
     url: "NEBULA_AMQP_URL",
     plain: "amqp://",
     secure: "amqps://",
-    port: 5671,
+    port_hint: " (port 5671 on RabbitMQ)",
 };
 
 pub const MQTT: TlsVariables = TlsVariables {
@@ -43,7 +44,18 @@ pub const MQTT: TlsVariables = TlsVariables {
     url: "NEBULA_MQTT_URL",
     plain: "mqtt://",
     secure: "mqtts://",
-    port: 8883,
+    port_hint: " (port 8883 on RabbitMQ)",
+};
+
+/// The control plane's `https://`, for the enrolment at first boot (`crate::enrol`).
+pub const CONTROL_PLANE: TlsVariables = TlsVariables {
+    ca: "NEBULA_CONTROL_PLANE_CA_FILE",
+    cert: "NEBULA_CONTROL_PLANE_CERT_FILE",
+    key: "NEBULA_CONTROL_PLANE_KEY_FILE",
+    url: "NEBULA_CONTROL_PLANE_URL",
+    plain: "http://",
+    secure: "https://",
+    port_hint: "",
 };
 
 impl TlsVariables {
@@ -104,7 +116,7 @@ impl TlsSettings {
                     url,
                     plain,
                     secure,
-                    port,
+                    port_hint,
                     ..
                 } = variables;
                 let which = if nodes == 1 {
@@ -118,7 +130,7 @@ impl TlsSettings {
                 return Err(invalid(
                     variable,
                     &format!(
-                        "{which}, so those connections would not be encrypted; use {secure} (port {port} on RabbitMQ) for every node, or unset it"
+                        "{which}, so those connections would not be encrypted; use {secure}{port_hint} for every node, or unset it"
                     ),
                 ));
             }

@@ -64,6 +64,10 @@ pub enum Command {
     /// The device inventory: what every agent last reported, and whether it is online
     #[command(subcommand)]
     Devices(DevicesCommand),
+    /// Provisioning tokens: devices exchange one for their own broker login at first boot
+    /// (the agent's NEBULA_PROVISIONING_TOKEN)
+    #[command(subcommand)]
+    Tokens(TokensCommand),
     /// Whether a change reached the fleet
     #[command(subcommand)]
     Rollout(RolloutCommand),
@@ -228,6 +232,37 @@ pub enum DevicesCommand {
     /// Revoke the device's own broker login: its open connection is closed and it cannot
     /// log in again (its containers keep running)
     Revoke { device: Name },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Make a token for a device group (or apps) and print it: shown only now
+    Create {
+        /// Devices enrolled with it follow this device group
+        #[arg(
+            long,
+            value_name = "GROUP",
+            required_unless_present = "apps",
+            conflicts_with = "apps"
+        )]
+        group: Option<Name>,
+        /// App mode: the apps devices enrolled with it follow (comma-separated)
+        #[arg(long, value_name = "APP", value_delimiter = ',')]
+        apps: Vec<Name>,
+        /// How many devices it may enrol
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        uses: u64,
+        /// Seconds it stays usable (at most a year)
+        #[arg(long, default_value_t = 86_400, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+        expires_in: u64,
+    },
+    /// List the tokens (never their secrets), expired and used-up ones too
+    List,
+    /// Delete a token: it enrols nobody any more (enrolled devices keep their logins)
+    Delete {
+        /// The token's id: the part before the dot
+        token_id: Name,
+    },
 }
 
 #[derive(Debug, Subcommand)]

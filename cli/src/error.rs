@@ -182,6 +182,11 @@ pub fn classify(
             "device {device} has not reported (or was not seen for the expiry): `nebula devices list` shows the devices"
         ));
     }
+    if flag(body, "token_exists") == Some(false) {
+        return CliError::NotFound(
+            "no such provisioning token (`nebula tokens list` shows them)".to_string(),
+        );
+    }
     if flag(body, "running_before_restart") == Some(false) {
         let app = app.unwrap_or("<app>");
         return CliError::Conflict(format!(

@@ -50,6 +50,7 @@ pub fn run(
         Command::Apps(command) => commands::apps::run(&mut context, command),
         Command::Groups(command) => commands::groups::run(&mut context, command),
         Command::Devices(command) => commands::devices::run(&mut context, command),
+        Command::Tokens(command) => commands::tokens::run(&mut context, command),
         Command::Rollout(command) => commands::rollout::run(&mut context, command),
         Command::Prune => commands::fleet::prune(&mut context),
         Command::Status => commands::fleet::status(&mut context),

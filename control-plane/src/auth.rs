@@ -169,6 +169,23 @@ impl Authenticator {
         }
     }
 
+    /// For requests that carry another secret than an admin login (a device's provisioning
+    /// token): how long `source` is still locked out after failed logins, if it is.
+    pub fn locked_out(&self, source: Option<IpAddr>) -> Option<Duration> {
+        let source = source.filter(|_| self.enabled)?;
+        match self.throttle().check(source, Instant::now()) {
+            Verdict::Locked { retry_after } => Some(retry_after),
+            Verdict::Proceed => None,
+        }
+    }
+
+    /// Counts a wrong secret of that kind against `source`, like a failed login; returns its
+    /// failures in a row (`None` when not throttled).
+    pub fn count_failure(&self, source: Option<IpAddr>) -> Option<u32> {
+        let source = source.filter(|_| self.enabled)?;
+        Some(self.throttle().failed(source, Instant::now()))
+    }
+
     /// Whether `user` is the configured admin's name: a claimed name is logged only then (a
     /// token or password typed into the user field must not reach the log).
     pub fn is_known_user(&self, user: &str) -> bool {

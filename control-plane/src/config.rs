@@ -154,6 +154,9 @@ pub struct Config {
     /// Devices' own broker credentials (`POST /api/v2/devices/<id>/credentials`), when
     /// `NEBULA_RABBITMQ_MANAGEMENT_URL` is set.
     pub device_credentials: Option<DeviceCredentialsConfig>,
+    /// The key every change and sync reply is signed with (`NEBULA_SIGNING_KEY_FILE`); unsigned
+    /// without it.
+    pub signing: Option<std::sync::Arc<crate::signing::Signer>>,
 }
 
 /// Where devices' own broker users are made, and the URL handed to devices.
@@ -248,6 +251,7 @@ impl std::fmt::Debug for Config {
             .field("http", &self.http)
             .field("device_expiry", &self.device_expiry)
             .field("device_credentials", &self.device_credentials)
+            .field("signing", &self.signing)
             .finish()
     }
 }
@@ -513,8 +517,19 @@ impl Config {
             value(environment, crate::https::KEY),
         )?;
         let device_credentials = device_credentials(environment, &amqp_urls)?;
+        let signing = value(environment, "NEBULA_SIGNING_KEY_FILE")
+            .map(|path| {
+                crate::signing::Signer::from_file(path.trim())
+                    .map(std::sync::Arc::new)
+                    .map_err(|reason| ConfigError::Invalid {
+                        variable: "NEBULA_SIGNING_KEY_FILE",
+                        reason,
+                    })
+            })
+            .transpose()?;
         Ok(Self {
             device_credentials,
+            signing,
             device_expiry: Duration::from_secs(device_expiry_secs),
             listen,
             https,
@@ -541,7 +556,7 @@ impl Config {
 mod tests {
     use super::*;
 
-    fn config(pairs: &[(&'static str, &'static str)]) -> Result<Config, ConfigError> {
+    fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let map: HashMap<&str, &str> = pairs.iter().copied().collect();
         Config::from_environment(&map)
     }
@@ -696,6 +711,46 @@ mod tests {
             ("not a url", "not a url"),
         ] {
             assert_eq!(redact_password(url), redacted);
+        }
+    }
+
+    #[test]
+    fn a_signing_key_file_is_read_at_start_and_a_bad_one_names_the_variable() {
+        let admin = [
+            ("NEBULA_ADMIN_USER", "nebula"),
+            ("NEBULA_ADMIN_PASSWORD", "nebula"),
+        ];
+        assert!(config(&admin).expect("valid").signing.is_none());
+        let directory = tempfile::tempdir().expect("tempdir");
+        let made = std::process::Command::new("openssl")
+            .args(["genpkey", "-algorithm", "ed25519", "-out"])
+            .arg(directory.path().join("key.pem"))
+            .status()
+            .expect("openssl");
+        assert!(made.success());
+        let good = directory.path().join("key.pem").display().to_string();
+        let mut pairs: Vec<(&str, &str)> = admin.to_vec();
+        pairs.push(("NEBULA_SIGNING_KEY_FILE", &good));
+        let signed = config(&pairs).expect("valid");
+        let signer = signed.signing.as_ref().expect("a signer");
+        assert_eq!(signer.public_key().len(), 64);
+        assert!(format!("{signed:?}").contains(signer.public_key()));
+        let missing = directory.path().join("missing.pem").display().to_string();
+        std::fs::write(
+            directory.path().join("cert.pem"),
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        let not_a_key = directory.path().join("cert.pem").display().to_string();
+        for bad in [missing, not_a_key] {
+            let mut pairs: Vec<(&str, &str)> = admin.to_vec();
+            pairs.push(("NEBULA_SIGNING_KEY_FILE", &bad));
+            match config(&pairs) {
+                Err(ConfigError::Invalid { variable, .. }) => {
+                    assert_eq!(variable, "NEBULA_SIGNING_KEY_FILE");
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
         }
     }
 

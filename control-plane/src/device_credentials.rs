@@ -52,6 +52,10 @@ pub struct CredentialDocument {
     /// When it was minted (Unix milliseconds), and by whom (the API principal).
     pub created_at_ms: u64,
     pub created_by: String,
+    /// An enrolled device's enrolment id, as SHA-256 (hex): the device may repeat its
+    /// enrolment with it (an answer lost on the way), nobody else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrolment_id_sha256: Option<String>,
 }
 
 /// RabbitMQ permissions of one user on one virtual host: regular expressions over resource
@@ -109,15 +113,23 @@ pub fn scope_exchanges(scope: &Scope) -> Vec<String> {
 /// `a` + group `b.group.c`; id `pi.app` + group `x` is device `pi` + app `group.x`), which
 /// the permissions would then cover. Returns the first such name.
 pub fn ambiguous<'a>(device: &'a Name, scope: &'a Scope) -> Option<&'a Name> {
-    let names: Vec<&Name> = match scope {
-        Scope::DeviceGroup(group) => vec![device, group],
-        Scope::Apps(apps) => std::iter::once(device).chain(apps).collect(),
-    };
-    names.into_iter().find(|name| {
-        name.as_str()
-            .split('.')
-            .any(|word| word == "group" || word == "app")
-    })
+    Some(device)
+        .filter(|device| has_ambiguous_word(device))
+        .or_else(|| scope_ambiguous(scope))
+}
+
+/// [`ambiguous`] for the scope's names alone (a provisioning token's, before any device).
+pub fn scope_ambiguous(scope: &Scope) -> Option<&Name> {
+    match scope {
+        Scope::DeviceGroup(group) => Some(group).filter(|group| has_ambiguous_word(group)),
+        Scope::Apps(apps) => apps.iter().find(|app| has_ambiguous_word(app)),
+    }
+}
+
+fn has_ambiguous_word(name: &Name) -> bool {
+    name.as_str()
+        .split('.')
+        .any(|word| word == "group" || word == "app")
 }
 
 /// The broker permissions of `device`'s own credential for `scope` (see the module doc).
@@ -321,6 +333,7 @@ mod tests {
             scope,
             created_at_ms: 0,
             created_by: "admin".into(),
+            enrolment_id_sha256: None,
         }
     }
 

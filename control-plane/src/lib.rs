@@ -24,9 +24,11 @@ pub mod https;
 pub mod login_throttle;
 pub mod metrics;
 pub mod outbox;
+pub mod provisioning;
 pub mod reports;
 pub mod service;
 pub mod shutdown;
+pub mod signing;
 pub mod store;
 pub mod sync;
 
@@ -93,7 +95,8 @@ pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreErr
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
     let credentials = match &config.device_credentials {
         Some(settings) => Some(Arc::new(
-            service::credentials::CredentialIssuer::new(settings).map_err(RunError::Fatal)?,
+            service::credentials::CredentialIssuer::new(settings, config.signing.as_deref())
+                .map_err(RunError::Fatal)?,
         )),
         None => None,
     };
@@ -103,7 +106,19 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
         config.amqp_urls.clone(),
         config.publish_timeout,
         config.queue_type,
-    );
+    )
+    .signing_with(config.signing.clone());
+    match &config.signing {
+        Some(signer) => {
+            tracing::info!(
+                public_key = signer.public_key(),
+                "changes and sync replies are signed"
+            );
+        }
+        None => tracing::warn!(
+            "changes are not signed (NEBULA_SIGNING_KEY_FILE is not set): a broker login that may publish to the change exchanges can reconfigure devices"
+        ),
+    }
     let Some(session) = link
         .connect(Some(CONNECT_PATIENCE), shutdown.token())
         .await?

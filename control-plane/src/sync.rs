@@ -53,18 +53,25 @@ pub async fn run(
     stop: CancellationToken,
 ) -> Result<(), AmqpError> {
     let service = &service;
+    let signer = broker.signer_arc();
+    let signer = signer.as_deref();
     consume(
         &broker,
         names::SYNC_QUEUE,
         prefetch,
         "sync responder",
         &stop,
-        move |channel, delivery| async move { handle(&channel, service, delivery).await },
+        move |channel, delivery| async move { handle(&channel, service, signer, delivery).await },
     )
     .await
 }
 
-async fn handle(channel: &Channel, service: &Service, delivery: Delivery) -> Result<(), AmqpError> {
+async fn handle(
+    channel: &Channel,
+    service: &Service,
+    signer: Option<&crate::signing::Signer>,
+    delivery: Delivery,
+) -> Result<(), AmqpError> {
     let started = std::time::Instant::now();
     let request = match decode(&delivery.data) {
         Ok(Message::SyncRequest(request)) => request,
@@ -155,13 +162,19 @@ async fn handle(channel: &Channel, service: &Service, delivery: Delivery) -> Res
     });
     // Direct reply-to does not support confirms (nor, here, the reply topic); the agent
     // times out and asks again.
+    let body = encode(&reply);
     channel
         .basic_publish(
             reply_exchange.as_str().into(),
             reply_key.as_str().into(),
             BasicPublishOptions::default(),
-            &encode(&reply),
-            BasicProperties::default().with_correlation_id(correlation_id),
+            &body,
+            crate::signing::signed_reply(
+                signer,
+                &body,
+                &request,
+                BasicProperties::default().with_correlation_id(correlation_id),
+            ),
         )
         .await
         .map_err(operation("basic.publish"))?;

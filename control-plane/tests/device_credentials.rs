@@ -10,36 +10,16 @@ use lapin::options::{
     QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Connection, ExchangeKind};
 use nebula_control_plane::metrics::sample;
 use nebula_protocol::{Message, Name, SyncReply, SyncResult, SyncTarget, encode, names};
 use reqwest::Method;
 use serde_json::json;
 use std::time::{Duration, Instant};
 use support::{
-    ControlPlane, DEADLINE, Sent, TestVhost, call, embedded, get_text, http, name, unique,
+    ControlPlane, DEADLINE, DeviceUser, Sent, TestVhost, call, embedded, get_text, http,
+    management_url, name, try_connect, unique,
 };
-
-fn management_url() -> String {
-    std::env::var("NEBULA_TEST_RABBITMQ_MANAGEMENT_URL")
-        .unwrap_or_else(|_| "http://guest:guest@127.0.0.1:15672".into())
-}
-
-/// Removes the test device's broker user whatever happens to the test (a vhost's deletion
-/// leaves users).
-struct DeviceUser(String);
-
-impl Drop for DeviceUser {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("rabbitmqctl")
-            .args(["delete_user", &self.0])
-            .output();
-    }
-}
-
-async fn try_connect(url: &str) -> Result<Connection, lapin::Error> {
-    Connection::connect(url, ConnectionProperties::default()).await
-}
 
 fn assert_refused<T>(what: &str, result: Result<T, lapin::Error>) {
     match result {

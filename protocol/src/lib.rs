@@ -15,6 +15,7 @@ pub mod message;
 pub mod model;
 pub mod names;
 pub mod placement;
+pub mod signing;
 
 pub use envelope::{DecodeError, MAGIC, PROTOCOL_VERSION, decode, encode};
 pub use image::{ImageRef, ImageRefError};

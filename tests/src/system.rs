@@ -142,7 +142,12 @@ impl ControlPlane {
     }
 
     pub fn rest(&self) -> Rest {
-        Rest::new(&self.address, ADMIN_USER, ADMIN_PASSWORD)
+        if self.https {
+            let ca = services::tls_file("ca.pem");
+            Rest::https(&self.address, ADMIN_USER, ADMIN_PASSWORD, ca.as_ref())
+        } else {
+            Rest::new(&self.address, ADMIN_USER, ADMIN_PASSWORD)
+        }
     }
 }
 
@@ -151,6 +156,9 @@ impl ControlPlane {
 pub enum AgentMode {
     Group(String),
     Apps(Vec<String>),
+    /// Neither: an enrolled agent's credential says what it follows (and which broker: pass
+    /// an empty broker URL).
+    Enrolled,
 }
 
 /// One agent process, with the Docker runtime unless said otherwise.
@@ -225,7 +233,11 @@ impl Agent {
         match mode {
             AgentMode::Group(group) => env.insert("NEBULA_DEVICE_GROUP".into(), group.clone()),
             AgentMode::Apps(apps) => env.insert("NEBULA_APPS".into(), apps.join(",")),
+            AgentMode::Enrolled => None,
         };
+        if amqp_url.is_empty() {
+            env.remove("NEBULA_AMQP_URL");
+        }
         for (key, value) in extra_env {
             env.insert((*key).to_string(), (*value).to_string());
         }

@@ -551,6 +551,43 @@ async fn device_credentials_through_the_cli() {
     assert!(!logs_in(&second_url).await, "a revoked device logged in");
     let again = fixture.json(&["devices", "revoke", &device]);
     assert_eq!(again["had_credential"], false, "{again}");
+
+    // Provisioning tokens: made (shown once), listed without their secret, deleted.
+    fixture.admin(&["tokens", "create"]).exits(2);
+    fixture
+        .admin(&["tokens", "create", "--group", "edge", "--uses", "0"])
+        .exits(2);
+    let made = fixture.json(&[
+        "tokens",
+        "create",
+        "--group",
+        "edge",
+        "--uses",
+        "3",
+        "--expires-in",
+        "600",
+    ]);
+    let token = made["token"].as_str().expect("token");
+    let token_id = made["token_id"].as_str().expect("token_id");
+    assert_eq!(
+        (made["uses"].as_u64(), made["uses_left"].as_u64()),
+        (Some(3), Some(3))
+    );
+    let table = fixture.admin(&["tokens", "list"]).success().stdout();
+    assert!(
+        table.contains(token_id) && table.contains("group edge") && table.contains("3/3"),
+        "{table}"
+    );
+    assert!(!table.contains(token), "the list shows the secret: {table}");
+    let deleted = fixture.json(&["tokens", "delete", token_id]);
+    assert_eq!(deleted["deleted"], true, "{deleted}");
+    fixture.admin(&["tokens", "delete", token_id]).exits(3);
+    let listed = fixture.json(&["tokens", "list"]);
+    assert_eq!(
+        listed["provisioning_tokens"],
+        serde_json::json!([]),
+        "{listed}"
+    );
 }
 
 /// The device inventory and rollout status through the CLI, with a real agent on the Docker

@@ -2,9 +2,9 @@
 //! 127.0.0.1:5671, certificates of the development CA, a client certificate required):
 //! it converges and follows a change with the fleet's CA and its client certificate; it
 //! refuses a broker whose certificate its trust store does not vouch for; the broker refuses
-//! it without a client certificate; bad TLS files stop it at start with exit code 64. And the
-//! A device with its own broker credential converges over amqps and is cut off when it is
-//! revoked. And the control plane over HTTPS (`NEBULA_TLS_CERT`/`NEBULA_TLS_KEY`), driven by the CLI with
+//! it without a client certificate; bad TLS files stop it at start with exit code 64. A device with its own broker credential converges over amqps and is cut off when it is
+//! revoked; an agent enrols with a provisioning token over HTTPS at first boot. And the
+//! control plane over HTTPS (`NEBULA_TLS_CERT`/`NEBULA_TLS_KEY`), driven by the CLI with
 //! `--ca-file`, which refuses it without.
 
 mod support;
@@ -73,27 +73,8 @@ async fn agent_converges_over_amqps_with_a_client_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_with_its_own_credential_converges_and_is_cut_off_when_revoked() {
     let scenario = Scenario::new("device-credential");
-    let management = nebula_tests::services::rabbitmq_management_url();
-    let device_url = scenario.vhost.amqps_url();
-    let control_plane = ControlPlane::start_with(
-        "cp",
-        &StoreKind::Embedded(scenario.directory.join("store-cp")),
-        &scenario.vhost.amqp_url(),
-        &scenario.directory,
-        &[
-            ("NEBULA_RABBITMQ_MANAGEMENT_URL", management.as_str()),
-            ("NEBULA_DEVICE_AMQP_URL", device_url.as_str()),
-        ],
-    )
-    .await
-    .expect("control plane starts");
+    let (control_plane, app, group) = credentials_fleet(&scenario, "enrolled", &[]).await;
     let rest = control_plane.rest();
-    let app = scenario.app_name("enrolled");
-    let group = unique_name("group");
-    rest.create_app(&app, json!({"docker_image": test_image(1)}))
-        .await
-        .expect("create");
-    rest.create_group(&group, &[&app]).await.expect("group");
     let device = unique_name("enrolled-device");
     let _cleanup = nebula_tests::vhost::DeviceUser::of(&device);
     let credentials = format!("/devices/{device}/credentials");
@@ -155,6 +136,210 @@ async fn an_agent_with_its_own_credential_converges_and_is_cut_off_when_revoked(
     assert!(log.contains("lost the broker connection"), "{log}");
     // The device keeps running what it had.
     scenario.converged(&app, 1, 2).await;
+}
+
+/// Enrolment at first boot and signed changes (issue 16): an admin makes a provisioning token;
+/// an agent given only the token and the control plane's `https://` URL with its CA — no
+/// broker URL, no group — enrols, keeps its credential and the control plane's public key
+/// (mode 0600) and converges over amqps. A change forged with the broker's admin login —
+/// unsigned, or signed with another key — is dropped. Restarted with the token used up, the
+/// agent runs on the kept credential and follows a genuine (signed) change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_enrols_with_a_provisioning_token_at_first_boot_and_keeps_its_credential() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let scenario = Scenario::new("enrolment");
+    let (cert, key) = (tls_file("server.pem"), tls_file("server.key"));
+    let signing_key = signing_key_file(&scenario.directory);
+    let (control_plane, app, group) = credentials_fleet(
+        &scenario,
+        "enrolment",
+        &[
+            ("NEBULA_TLS_CERT", &cert),
+            ("NEBULA_TLS_KEY", &key),
+            ("NEBULA_SIGNING_KEY_FILE", &signing_key),
+        ],
+    )
+    .await;
+    let rest = control_plane.rest();
+    let made = rest
+        .post("/provisioning_tokens", json!({"device_group": group}))
+        .await
+        .expect("make a token")
+        .ok()
+        .expect("token made");
+    let token = made["token"].as_str().expect("token").to_string();
+    let device = unique_name("enrolling-device");
+    let _cleanup = nebula_tests::vhost::DeviceUser::of(&device);
+
+    let mut env = ca_and_client_certificate();
+    env.extend([
+        ("NEBULA_PROVISIONING_TOKEN", token.clone()),
+        ("NEBULA_CONTROL_PLANE_URL", control_plane.url()),
+        ("NEBULA_CONTROL_PLANE_CA_FILE", tls_file("ca.pem")),
+    ]);
+    let start = Instant::now();
+    let agent = Agent::start_with(
+        &device,
+        &AgentMode::Enrolled,
+        "",
+        &scenario.directory,
+        &borrowed(&env),
+    )
+    .await;
+    scenario.converged(&app, 1, 1).await;
+    scenario.report("first boot: enrol with a token, then converge", start);
+    let kept = agent.state_dir.join("credential.json");
+    let mode = std::fs::metadata(&kept)
+        .expect("the credential is kept in the state dir")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", kept.display());
+    let credential: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&kept).expect("read")).expect("json");
+    assert_eq!(credential["device_id"], device.as_str());
+    assert_eq!(credential["device_group"], group.as_str());
+    let pinned = credential["signing_key"]
+        .as_str()
+        .expect("the key is pinned");
+    assert!(
+        control_plane.process.log().contains(pinned),
+        "the pinned key is not the control plane's: {pinned}"
+    );
+    assert!(
+        credential["amqp_url"]
+            .as_str()
+            .is_some_and(|url| url.starts_with(&format!("amqps://nebula-device-{device}:"))),
+        "{credential}"
+    );
+    let log = agent.process.log();
+    assert!(log.contains("enrolled"), "{log}");
+    assert!(!log.contains(&token), "the token is in the agent's log");
+    assert!(log.contains("pinned control plane key"), "{log}");
+
+    // Forged with the broker's admin login: the group deleted, unsigned and with a signature
+    // of another key. Each would stop the app; the agent drops both.
+    let admin = lapin::Connection::connect(
+        &scenario.vhost.amqp_url(),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .expect("admin connection");
+    let channel = admin.create_channel().await.expect("channel");
+    let forged = nebula_protocol::encode(&nebula_protocol::Message::DeviceGroupDeleted {
+        device_group: nebula_protocol::Name::new(group.as_str()).expect("name"),
+        device_group_id: u64::MAX / 2,
+        incarnation: u64::MAX / 2,
+    });
+    let mut headers = lapin::types::FieldTable::default();
+    headers.insert(
+        nebula_protocol::signing::SIGNATURE_HEADER.into(),
+        lapin::types::AMQPValue::LongString(vec![7u8; 64].into()),
+    );
+    for properties in [
+        lapin::BasicProperties::default(),
+        lapin::BasicProperties::default().with_headers(headers),
+    ] {
+        channel
+            .basic_publish(
+                nebula_protocol::names::group_exchange(
+                    &nebula_protocol::Name::new(group.as_str()).expect("name"),
+                )
+                .as_str()
+                .into(),
+                "".into(),
+                lapin::options::BasicPublishOptions::default(),
+                &forged,
+                properties,
+            )
+            .await
+            .expect("publish");
+    }
+    let rejected = "rejecting a change that is not signed by the control plane";
+    wait_for("both forgeries rejected", Duration::from_secs(30), || {
+        let log = agent.process.log();
+        async move { (log.matches(rejected).count() >= 2).then_some(()) }
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{error}: {}", agent.process.log()));
+    let log = agent.process.log();
+    assert!(log.contains("no signature"), "{log}");
+    assert!(log.contains("does not verify"), "{log}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    scenario.converged(&app, 1, 1).await;
+    admin.close(200, "done".into()).await.expect("close");
+    let listed = rest
+        .get("/provisioning_tokens")
+        .await
+        .expect("list")
+        .ok()
+        .expect("listed");
+    assert_eq!(listed["provisioning_tokens"][0]["uses_left"], 0, "{listed}");
+    agent.process.stop(Duration::from_secs(10)).await;
+
+    // Again, the token used up: the kept credential, no second enrolment.
+    let agent = Agent::start_with(
+        &device,
+        &AgentMode::Enrolled,
+        "",
+        &scenario.directory,
+        &borrowed(&env),
+    )
+    .await;
+    let start = Instant::now();
+    rest.update_app(&app, json!({"docker_image": test_image(2)}))
+        .await
+        .expect("update");
+    scenario.converged(&app, 1, 2).await;
+    scenario.report("update after a restart on the kept credential", start);
+    let log = agent.process.log();
+    assert!(log.contains("already enrolled"), "{log}");
+}
+
+/// A control plane that makes devices' own credentials (for the broker's amqps:// listener),
+/// with `extra` environment, and a group `app` (image 1) is in: (control plane, app, group).
+async fn credentials_fleet(
+    scenario: &Scenario,
+    app: &str,
+    extra: &[(&str, &str)],
+) -> (ControlPlane, String, String) {
+    let management = nebula_tests::services::rabbitmq_management_url();
+    let device_url = scenario.vhost.amqps_url();
+    let mut env = vec![
+        ("NEBULA_RABBITMQ_MANAGEMENT_URL", management.as_str()),
+        ("NEBULA_DEVICE_AMQP_URL", device_url.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    let control_plane = ControlPlane::start_with(
+        &format!("cp-{app}"),
+        &StoreKind::Embedded(scenario.directory.join("store-cp")),
+        &scenario.vhost.amqp_url(),
+        &scenario.directory,
+        &env,
+    )
+    .await
+    .expect("control plane starts");
+    let rest = control_plane.rest();
+    let app = scenario.app_name(app);
+    let group = unique_name("group");
+    rest.create_app(&app, json!({"docker_image": test_image(1)}))
+        .await
+        .expect("create");
+    rest.create_group(&group, &[&app]).await.expect("group");
+    (control_plane, app, group)
+}
+
+/// A fresh ed25519 key for the control plane to sign with (PKCS#8 PEM, as `openssl genpkey`
+/// makes it for an operator).
+fn signing_key_file(directory: &std::path::Path) -> String {
+    let path = directory.join("signing.key");
+    let made = std::process::Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(&path)
+        .status()
+        .expect("run openssl");
+    assert!(made.success(), "openssl genpkey failed");
+    path.to_string_lossy().into_owned()
 }
 
 /// Starts an agent on the TLS listener with `env` and returns its log once it shows `needle`.

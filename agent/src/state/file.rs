@@ -205,23 +205,7 @@ impl StateStore {
                 "cannot encode state: {error}"
             )))
         })?;
-        let temporary = path.with_extension("tmp");
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(FILE_MODE)
-            .open(&temporary)
-            .map_err(write_error)?;
-        // `mode` applies only to a file this call creates; a temp file left by a crash
-        // keeps whatever mode it had, so set it explicitly.
-        file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))
-            .map_err(write_error)?;
-        file.write_all(&bytes).map_err(write_error)?;
-        file.sync_all().map_err(write_error)?;
-        drop(file);
-        std::fs::rename(&temporary, &path).map_err(write_error)?;
-        sync_directory(&self.directory).map_err(write_error)?;
+        write_private(&path, &bytes).map_err(write_error)?;
         Ok(())
     }
 }
@@ -251,6 +235,29 @@ fn decode_exactly<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, String> {
         return Err(format!("{} trailing bytes", rest.len()));
     }
     Ok(value)
+}
+
+/// Writes `bytes` to `path` atomically and durably — temporary file, fsync, rename, fsync of
+/// the directory — mode 0600: a power cut leaves the old file or the new one, never a torn one.
+/// The state file and an enrolled device's credential (`crate::enrol`) are written this way.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let directory = path.parent().unwrap_or_else(|| Path::new("."));
+    std::fs::create_dir_all(directory)?;
+    let temporary = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .open(&temporary)?;
+    // `mode` applies only to a file this call creates; a temp file left by a crash keeps
+    // whatever mode it had, so set it explicitly.
+    file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&temporary, path)?;
+    sync_directory(directory)
 }
 
 /// Makes the rename durable: without it a power cut can lose the directory entry.

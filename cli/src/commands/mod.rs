@@ -5,6 +5,7 @@ pub mod devices;
 pub mod fleet;
 pub mod groups;
 pub mod rollout;
+pub mod tokens;
 
 use crate::client::Client;
 use crate::config::Settings;

@@ -29,13 +29,27 @@ pub struct CredentialScope {
 }
 
 /// `200` of a mint: the only answer that ever holds the password.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MintedCredential {
     pub device_id: String,
     /// `NEBULA_AMQP_URL` for the device: its own user (`nebula-device-<id>`) and password in
     /// each of the broker URLs for devices (comma-separated when several: a cluster's nodes).
     pub amqp_url: String,
+    /// The public key the control plane signs changes with (64 hex digits), for the device to
+    /// pin (`NEBULA_SIGNING_KEY`); absent when changes are not signed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signing_key: Option<String>,
+}
+
+impl std::fmt::Debug for MintedCredential {
+    // The URL holds the password.
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("MintedCredential")
+            .field("device_id", &self.device_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `200` of a revoke.
@@ -68,7 +82,7 @@ pub async fn mint(
     Body(body): Body,
 ) -> Result<Response> {
     require(&principal, Permission::ManageDeviceCredentials)?;
-    let scope = scope(&dto::parse_object(&body)?)?;
+    let scope = scope(&dto::parse_object(&body)?, &[])?;
     // A word `group` or `app` in the id or a scope name could make its queues' names
     // another device's.
     if let Some(ambiguous) = device_credentials::ambiguous(&device, &scope) {
@@ -86,10 +100,12 @@ pub async fn mint(
     .map_err(credential_error)?;
     tracing::info!(device = %device, "device credential minted");
     // The password is in it: no cache along the way may keep it.
-    let mut response = super::ok(
-        StatusCode::OK,
-        json!({"device_id": device.as_str(), "amqp_url": amqp_url}),
-    );
+    let answer = MintedCredential {
+        device_id: device.to_string(),
+        amqp_url,
+        signing_key: issuer.signing_key.clone(),
+    };
+    let mut response = super::ok(StatusCode::OK, json!(answer));
     response.headers_mut().insert(
         axum::http::header::CACHE_CONTROL,
         axum::http::HeaderValue::from_static("no-store"),
@@ -126,7 +142,7 @@ pub async fn revoke(
     ))
 }
 
-fn issuer(state: &AppState) -> Result<&credentials::CredentialIssuer> {
+pub(super) fn issuer(state: &AppState) -> Result<&credentials::CredentialIssuer> {
     state.credentials.as_deref().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -135,11 +151,15 @@ fn issuer(state: &AppState) -> Result<&credentials::CredentialIssuer> {
     })
 }
 
-/// Exactly one of `device_group` (a name) and `apps` (a list of names).
-fn scope(object: &Map<String, Value>) -> Result<Scope> {
+/// Exactly one of `device_group` (a name) and `apps` (a list of names); fields other than
+/// those and `other_fields` are refused.
+pub(super) fn scope(object: &Map<String, Value>, other_fields: &[&str]) -> Result<Scope> {
     let unknown: Vec<String> = object
         .keys()
-        .filter(|key| !matches!(key.as_str(), "device_group" | "apps"))
+        .filter(|key| {
+            !matches!(key.as_str(), "device_group" | "apps")
+                && !other_fields.contains(&key.as_str())
+        })
         .cloned()
         .collect();
     if !unknown.is_empty() {
@@ -170,16 +190,19 @@ fn scope(object: &Map<String, Value>) -> Result<Scope> {
     }
 }
 
-fn principal_name(principal: &Principal) -> &'static str {
+pub(super) fn principal_name(principal: &Principal) -> &'static str {
     match principal {
         Principal::LocalAdmin => "admin",
         Principal::Anonymous => "anonymous",
     }
 }
 
-fn credential_error(error: CredentialError) -> ApiError {
+pub(super) fn credential_error(error: CredentialError) -> ApiError {
     match error {
         CredentialError::Service(error) => error.into(),
+        error @ CredentialError::AlreadyHasOne(_) => {
+            ApiError::new(StatusCode::CONFLICT, json!({"error": error.to_string()}))
+        }
         error @ (CredentialError::Broker(_)
         | CredentialError::Random(_)
         | CredentialError::DeviceUrl(_)) => {

@@ -16,6 +16,7 @@ pub mod device_groups;
 pub mod devices;
 pub mod dto;
 pub mod errors;
+pub mod provisioning;
 pub mod schema;
 
 use crate::auth::{self, Authenticator, Outcome, Permission, Principal};
@@ -322,9 +323,17 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(device_groups::prune))
         .routes(routes!(devices::group_status))
         .routes(routes!(credentials::mint, credentials::revoke))
+        .routes(routes!(provisioning::create, provisioning::list))
+        .routes(routes!(provisioning::delete))
         .routes(routes!(device_groups::prune_all))
         .routes(routes!(devices::list))
         .routes(routes!(devices::read))
+}
+
+/// The routes under `/api/v2` that authenticate by other means than an admin login: a
+/// device's enrolment carries its provisioning token.
+fn device_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(provisioning::enrol))
 }
 
 /// The unauthenticated operational routes.
@@ -340,10 +349,14 @@ fn routes() -> (Router<AppState>, Router<AppState>, OpenApi) {
     let (api, api_document) = OpenApiRouter::new()
         .nest("/api/v2", api_routes())
         .split_for_parts();
+    let (devices, devices_document) = OpenApiRouter::new()
+        .nest("/api/v2", device_routes())
+        .split_for_parts();
     let (open, open_document) = open_routes().split_for_parts();
     let mut document = api_document;
+    document.merge(devices_document);
     document.merge(open_document);
-    (api, open, document)
+    (api, open.merge(devices), document)
 }
 
 /// The error bodies every authenticated operation may answer, whatever its own are.
@@ -399,7 +412,8 @@ pub fn openapi() -> OpenApi {
                 SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
             );
             for (path, item) in document.paths.paths.iter_mut() {
-                let authenticated = path.starts_with("/api/v2/");
+                // Enrolment authenticates with the device's provisioning token instead.
+                let authenticated = path.starts_with("/api/v2/") && !path.ends_with("/enrol");
                 for operation in [
                     &mut item.get,
                     &mut item.put,

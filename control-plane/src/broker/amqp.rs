@@ -124,9 +124,26 @@ pub struct AmqpBroker {
     /// The object exchanges this connection has bound into amq.topic (see
     /// [`Publisher::expose_to_mqtt`]); a new connection starts empty.
     exposed: std::sync::Arc<Exposed>,
+    /// Signs what this connection publishes (`crate::signing`); `None`: unsigned.
+    signer: Option<std::sync::Arc<crate::signing::Signer>>,
 }
 
 impl AmqpBroker {
+    /// Signs every change this connection publishes, and the sync replies of its responder.
+    #[must_use]
+    pub fn signing_with(mut self, signer: Option<std::sync::Arc<crate::signing::Signer>>) -> Self {
+        self.signer = signer;
+        self
+    }
+
+    pub fn signer(&self) -> Option<&crate::signing::Signer> {
+        self.signer.as_deref()
+    }
+
+    pub fn signer_arc(&self) -> Option<std::sync::Arc<crate::signing::Signer>> {
+        self.signer.clone()
+    }
+
     /// Connects to `url` once (at most [`CONNECT_TIMEOUT`]), opens the confirm channel and
     /// declares the fixed topology: the sync queue and the reports exchange/queue, of
     /// `queue_type`. Retrying, and choosing among a cluster's nodes, is the link's job.
@@ -163,6 +180,7 @@ impl AmqpBroker {
             idle: std::sync::Arc::default(),
             publish_timeout,
             exposed: std::sync::Arc::default(),
+            signer: None,
         };
         // A broker that takes the connection but not the declarations (a node pausing) must
         // not hold the link either.
@@ -572,9 +590,13 @@ impl Publisher for AmqpBroker {
                     routing_key.as_str().into(),
                     BasicPublishOptions::default(),
                     &payload,
-                    BasicProperties::default()
-                        .with_delivery_mode(TRANSIENT)
-                        .with_content_type("application/x-nebula".into()),
+                    crate::signing::signed(
+                        self.signer(),
+                        &payload,
+                        BasicProperties::default()
+                            .with_delivery_mode(TRANSIENT)
+                            .with_content_type("application/x-nebula".into()),
+                    ),
                 )
                 .await
                 .map_err(classify("basic.publish", exchange))?;

@@ -77,6 +77,8 @@ struct Inner {
     next: AtomicUsize,
     publish_timeout: Duration,
     queue_type: QueueType,
+    /// Signs what each connection publishes (`crate::signing`).
+    signer: Option<Arc<crate::signing::Signer>>,
     /// The connection writes go through; `None` while reconnecting.
     current: RwLock<Option<Session>>,
 }
@@ -101,9 +103,20 @@ impl BrokerLink {
                 next: AtomicUsize::new(start),
                 publish_timeout,
                 queue_type,
+                signer: None,
                 current: RwLock::new(None),
             }),
         }
+    }
+
+    /// Signs every change and sync reply with `signer`. Only on a link not cloned yet (right
+    /// after [`BrokerLink::new`]), so that every connection it makes signs.
+    #[must_use]
+    pub fn signing_with(mut self, signer: Option<Arc<crate::signing::Signer>>) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("signing_with is called on a new link, before it is shared")
+            .signer = signer;
+        self
     }
 
     /// Connects, trying the nodes in turn (the next one first) until one takes the
@@ -123,7 +136,7 @@ impl BrokerLink {
                 let node = node_of(url);
                 let connected = tokio::select! {
                     () = stop.cancelled() => return Ok(None),
-                    connected = AmqpBroker::connect(url, self.inner.publish_timeout, self.inner.queue_type) => connected,
+                    connected = AmqpBroker::connect(url, self.inner.publish_timeout, self.inner.queue_type) => connected.map(|broker| broker.signing_with(self.inner.signer.clone())),
                 };
                 match connected {
                     Ok(broker) => {

@@ -25,13 +25,19 @@ pub struct CredentialIssuer {
     pub users: BrokerUsers,
     /// The broker URLs devices get (without credentials), with their own login put in.
     pub device_amqp_urls: Vec<String>,
+    /// The public key devices pin (`crate::signing`), handed out with their credential;
+    /// `None` when changes are not signed.
+    pub signing_key: Option<String>,
     /// One mint or revoke at a time (they are rare): each is several calls to the broker
     /// and the store, which must not interleave with another's for the same device.
     one_at_a_time: tokio::sync::Mutex<()>,
 }
 
 impl CredentialIssuer {
-    pub fn new(config: &crate::config::DeviceCredentialsConfig) -> Result<Self, String> {
+    pub fn new(
+        config: &crate::config::DeviceCredentialsConfig,
+        signer: Option<&crate::signing::Signer>,
+    ) -> Result<Self, String> {
         let first = config
             .device_amqp_urls
             .first()
@@ -40,6 +46,7 @@ impl CredentialIssuer {
         Ok(Self {
             users: BrokerUsers::new(&config.management_url, &vhost)?,
             device_amqp_urls: config.device_amqp_urls.clone(),
+            signing_key: signer.map(|signer| signer.public_key().to_string()),
             one_at_a_time: tokio::sync::Mutex::new(()),
         })
     }
@@ -55,6 +62,12 @@ pub enum CredentialError {
     Random(String),
     #[error("cannot build the device's broker URL: {0}")]
     DeviceUrl(String),
+    /// Enrolment only makes a first credential: taking over a device that has one would cut
+    /// the device off and hand its identity to whoever holds the token.
+    #[error(
+        "device {0} already has a credential: an admin revokes it first (DELETE /api/v2/devices/{0}/credentials)"
+    )]
+    AlreadyHasOne(Name),
 }
 
 /// Stored writes of one record race only with another admin's mint or revoke of the same
@@ -156,6 +169,85 @@ pub async fn mint(
     created_by: &str,
 ) -> Result<String, CredentialError> {
     let _one = issuer.one_at_a_time.lock().await;
+    mint_locked(service, issuer, device, scope, created_by, None).await
+}
+
+/// An enrolment's mint: `created_by` names the token, `enrolment_id_sha256` the device's
+/// enrolment id (when it sent one).
+#[derive(Debug, Clone, Copy)]
+pub struct Enrolment<'a> {
+    pub created_by: &'a str,
+    pub enrolment_id_sha256: Option<&'a str>,
+}
+
+/// What [`mint_first`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum First {
+    /// The device's first credential.
+    Minted(String),
+    /// The device repeated its own enrolment (same token, same enrolment id): its
+    /// credential minted again, for the scope it had.
+    Repeated(String, Scope),
+}
+
+/// [`mint`], for a device without a live credential (enrolment), or one repeating its own
+/// enrolment: checked under the same lock as the mint, so two enrolments of one device cannot
+/// both pass.
+pub async fn mint_first(
+    service: &Service,
+    issuer: &CredentialIssuer,
+    device: &Name,
+    scope: Scope,
+    enrolment: Enrolment<'_>,
+) -> Result<First, CredentialError> {
+    let _one = issuer.one_at_a_time.lock().await;
+    match service.credential(device).await? {
+        None => mint_locked(
+            service,
+            issuer,
+            device,
+            scope,
+            enrolment.created_by,
+            enrolment.enrolment_id_sha256,
+        )
+        .await
+        .map(First::Minted),
+        Some(live) if is_repeat(&live, enrolment) => {
+            let url = mint_locked(
+                service,
+                issuer,
+                device,
+                live.scope.clone(),
+                enrolment.created_by,
+                enrolment.enrolment_id_sha256,
+            )
+            .await?;
+            Ok(First::Repeated(url, live.scope))
+        }
+        Some(_) => Err(CredentialError::AlreadyHasOne(device.clone())),
+    }
+}
+
+/// Whether `live` was made by this same enrolment: the same token and enrolment id.
+pub fn is_repeat(live: &CredentialDocument, enrolment: Enrolment<'_>) -> bool {
+    use subtle::ConstantTimeEq;
+    match (&live.enrolment_id_sha256, enrolment.enrolment_id_sha256) {
+        (Some(kept), Some(given)) => {
+            live.created_by == enrolment.created_by
+                && bool::from(kept.as_bytes().ct_eq(given.as_bytes()))
+        }
+        _ => false,
+    }
+}
+
+async fn mint_locked(
+    service: &Service,
+    issuer: &CredentialIssuer,
+    device: &Name,
+    scope: Scope,
+    created_by: &str,
+    enrolment_id_sha256: Option<&str>,
+) -> Result<String, CredentialError> {
     let password = new_password()?;
     let user = names::device_user(device);
     let urls = issuer
@@ -171,6 +263,7 @@ pub async fn mint(
         scope,
         created_at_ms: now_ms(),
         created_by: created_by.to_string(),
+        enrolment_id_sha256: enrolment_id_sha256.map(str::to_string),
     };
     service
         .put_credential_record(device, Some(&document), false)
@@ -240,7 +333,7 @@ fn new_password() -> Result<String, CredentialError> {
     Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| {

@@ -17,6 +17,7 @@ pub mod credentials;
 pub mod devices;
 pub mod groups;
 pub mod outbox;
+pub mod provisioning;
 pub(crate) mod resource;
 pub(crate) mod write;
 

@@ -51,7 +51,7 @@ impl Service {
                     Kind::App => self.republish::<AppConfig>(record).await,
                     Kind::DeviceGroup => self.republish::<DeviceGroup>(record).await,
                     // Not a published kind: never flagged, nothing to send.
-                    Kind::DeviceCredential => Ok(false),
+                    Kind::DeviceCredential | Kind::ProvisioningToken => Ok(false),
                 };
                 match outcome {
                     Ok(true) => handled += 1,

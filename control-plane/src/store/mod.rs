@@ -46,10 +46,17 @@ pub enum Kind {
     /// Devices' own broker credentials (`crate::device_credentials`): never published, so
     /// never in the outbox.
     DeviceCredential,
+    /// Provisioning tokens (`crate::provisioning`): never published either.
+    ProvisioningToken,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::App, Kind::DeviceGroup, Kind::DeviceCredential];
+    pub const ALL: [Kind; 4] = [
+        Kind::App,
+        Kind::DeviceGroup,
+        Kind::DeviceCredential,
+        Kind::ProvisioningToken,
+    ];
     /// The kinds whose changes are published to the broker (through the outbox).
     pub const PUBLISHED: [Kind; 2] = [Kind::App, Kind::DeviceGroup];
 
@@ -59,6 +66,7 @@ impl Kind {
             Self::App => "apps",
             Self::DeviceGroup => "device_groups",
             Self::DeviceCredential => "device_credentials",
+            Self::ProvisioningToken => "provisioning_tokens",
         }
     }
 
@@ -68,6 +76,7 @@ impl Kind {
             Self::App => "app",
             Self::DeviceGroup => "device_group",
             Self::DeviceCredential => "device_credential",
+            Self::ProvisioningToken => "provisioning_token",
         }
     }
 }

@@ -250,6 +250,27 @@ pub async fn call(
     (status, json)
 }
 
+pub fn management_url() -> String {
+    std::env::var("NEBULA_TEST_RABBITMQ_MANAGEMENT_URL")
+        .unwrap_or_else(|_| "http://guest:guest@127.0.0.1:15672".into())
+}
+
+/// Removes a test device's broker user whatever happens to the test (a vhost's deletion
+/// leaves users).
+pub struct DeviceUser(pub String);
+
+impl Drop for DeviceUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["delete_user", &self.0])
+            .output();
+    }
+}
+
+pub async fn try_connect(url: &str) -> Result<Connection, lapin::Error> {
+    Connection::connect(url, ConnectionProperties::default()).await
+}
+
 pub async fn connect(url: &str) -> Connection {
     Connection::connect(url, ConnectionProperties::default())
         .await

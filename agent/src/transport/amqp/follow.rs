@@ -7,6 +7,7 @@
 //! does.
 
 use super::queue::{self, Declared, Refusal};
+use super::signature;
 use super::sync::request_sync;
 use super::watch::{CheckChannel, QueueWatch};
 use super::{FlowEnd, agent_queue, exchange, operation, reply_code};
@@ -358,6 +359,21 @@ async fn handle<R: ContainerRuntime>(
             return Ok(false);
         }
     };
+    if let Err(unsigned) = signature::check(
+        shared.config.signing_key.as_ref(),
+        &delivery.data,
+        &delivery.properties,
+    ) {
+        // Whoever published it holds a broker login, not the control plane's key: dropped
+        // for good (never requeued), and the state stays as the control plane last said.
+        tracing::warn!(target = %target, kind = message.kind(), problem = %unsigned, "rejecting a change that is not signed by the control plane");
+        if let Some(rejected) =
+            until_stopped(stop, delivery.reject(BasicRejectOptions { requeue: false })).await
+        {
+            rejected.map_err(operation("basic.reject"))?;
+        }
+        return Ok(false);
+    }
     let dispatched = apply_change(shared, target, message).await?;
     // Acknowledged only now that the desired state is on disk. Stopped before the ack went
     // out, the session is ending: its queue goes with the connection, and the next boot

@@ -23,6 +23,7 @@
 mod follow;
 mod queue;
 mod reports;
+mod signature;
 mod sync;
 mod watch;
 
@@ -106,6 +107,12 @@ pub async fn run<R: ContainerRuntime>(shared: Arc<Shared<R>>) -> Result<(), Agen
     brokers.start_at(fastrand::usize(..));
     let nodes = brokers.brokers().len();
     warn_of_a_shared_login(&shared.config.device_id, &brokers);
+    if let Some(key) = &shared.config.signing_key {
+        tracing::info!(
+            signing_key = %nebula_protocol::signing::public_key_hex(key),
+            "changes and sync replies count only when signed with the pinned control plane key"
+        );
+    }
     // The configuration took the URLs' own heartbeat parameter into account, and bounds it
     // to the AMQP field's 16 bits.
     let heartbeat = u16::try_from(shared.config.heartbeat.as_secs()).unwrap_or(u16::MAX);

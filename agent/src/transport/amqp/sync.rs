@@ -19,7 +19,7 @@
 //! 20 + 40 s); tracked but on the same channel, 6 agents of 1,000 still waited more than
 //! 120 s.
 
-use super::operation;
+use super::{operation, signature};
 use crate::error::AmqpError;
 use crate::report::AGENT_VERSION;
 use crate::runtime::ContainerRuntime;
@@ -132,7 +132,12 @@ pub async fn request_sync<R: ContainerRuntime>(
                     Some(Err(error)) => return Err(AmqpError::ConnectionLost(error.to_string())),
                     Some(Ok(delivery)) => match decode(&delivery.data) {
                         Ok(Message::SyncReply(reply)) if attempts.answers(&reply.correlation_id) => {
-                            return Ok(Some(reply));
+                            match signature::check_reply(shared.config.signing_key.as_ref(), &delivery.data, &shared.config.device_id, &target.sync_target(), &delivery.properties) {
+                                Ok(()) => return Ok(Some(reply)),
+                                // Not the control plane's: the request stays unanswered,
+                                // and is asked again at its timeout.
+                                Err(unsigned) => tracing::warn!(target = %target, problem = %unsigned, "ignoring a sync reply that is not signed by the control plane"),
+                            }
                         }
                         Ok(other) => tracing::warn!(target = %target, kind = other.kind(), "ignoring a reply to another request"),
                         Err(error) => tracing::warn!(target = %target, error = %error, "ignoring a sync reply that does not decode"),
