@@ -109,10 +109,10 @@ credential=$(curl -fsS -u "$user:$password" -H 'content-type: application/json' 
   -d "{\"device_group\": \"$group\"}" "http://$listen/api/v2/devices/$device/credentials") ||
   die "cannot mint the broker credential of device $device (see $run_dir/nebula-control-plane.log)"
 amqp_url=$(sed -n 's/.*"amqp_url":"\([^"]*\)".*/\1/p' <<<"$credential")
-[ -n "$amqp_url" ] || die "no amqp_url in the answer of the credential mint: $credential"
+[ -n "$amqp_url" ] || die "no amqp_url in the answer of the credential mint"
 # The agent pins the control plane's key: a change not signed with it is dropped.
 signing_public_key=$(sed -n 's/.*"signing_key":"\([0-9a-f]*\)".*/\1/p' <<<"$credential")
-[ -n "$signing_public_key" ] || die "no signing_key in the answer of the credential mint: $credential"
+[ -n "$signing_public_key" ] || die "no signing_key in the answer of the credential mint"
 start_process nebula-agent \
   NEBULA_AMQP_URL="$amqp_url" NEBULA_SIGNING_KEY="$signing_public_key" \
   NEBULA_DEVICE_ID="$device" NEBULA_DEVICE_GROUP="$group" NEBULA_STATE_DIR="$data_dir/agent" \

@@ -220,6 +220,10 @@ pub enum Refusal {
     NotItsDevice { claimed: Name, sent_as: Name },
     #[error("sent with device {0}'s own credential, which is no longer on record (revoked)")]
     Revoked(Name),
+    #[error(
+        "device {0} has its own credential, but this request was not sent with it (no user_id)"
+    )]
+    NotVouched(Name),
     #[error("device {device}'s credential does not cover {target}")]
     OutOfScope { device: Name, target: String },
 }
@@ -295,6 +299,10 @@ pub fn check_sync(
             device: device.clone(),
             target: target_label(target),
         }),
+        // A device with its own credential asks with it: a request claiming it without its
+        // user_id comes from another login (a shared one), which must not get answers signed
+        // for this device (they could be handed to it later, out of date).
+        Some(_) if by_user.is_none() => Err(Refusal::NotVouched(device.clone())),
         Some(_) => Ok(()),
         None if by_user.is_some() => Err(Refusal::Revoked(device.clone())),
         None => Ok(()),
@@ -448,9 +456,15 @@ mod tests {
             ));
         }
         // Through the default exchange, without a user_id (what only a shared login can
-        // send): still bound by the device's record.
+        // send): not answered at all, even within the device's scope.
         let shared = through("", None);
-        assert!(check_sync(&device, &SyncTarget::App(name("x")), shared, Some(&record)).is_err());
+        for target in [SyncTarget::App(name("x")), own.clone()] {
+            assert!(check_sync(&device, &target, shared, Some(&record)).is_err());
+        }
+        assert_eq!(
+            check_sync(&device, &own, shared, Some(&record)),
+            Err(Refusal::NotVouched(device.clone()))
+        );
         let apps = credential("pi", Scope::Apps(vec![name("a"), name("b")]));
         assert_eq!(
             check_sync(&device, &SyncTarget::App(name("b")), asker, Some(&apps)),

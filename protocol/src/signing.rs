@@ -5,7 +5,8 @@
 //! (a "not found" names neither), so that a reply the control plane gave to one request
 //! cannot be passed off as the answer to another. An agent that pinned the public key (at enrolment,
 //! or `NEBULA_SIGNING_KEY`) drops whatever is unsigned or badly signed, so a broker login
-//! alone — even an administrator's — cannot reconfigure it. A header, not the body: agents
+//! alone — even an administrator's — cannot make it act on a message the control plane did
+//! not sign (a re-delivered signed change is dropped by the agent's version order). A header, not the body: agents
 //! without a pinned key, and those of the previous release, read the body as before.
 //! No crypto here (the protocol crate does no I/O and links no crypto library): the control
 //! plane signs and the agent verifies with ring.

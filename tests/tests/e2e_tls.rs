@@ -187,7 +187,7 @@ async fn an_agent_enrols_with_a_provisioning_token_at_first_boot_and_keeps_its_c
         &borrowed(&env),
     )
     .await;
-    scenario.converged(&app, 1, 1).await;
+    let before = scenario.converged(&app, 1, 1).await;
     scenario.report("first boot: enrol with a token, then converge", start);
     let kept = agent.state_dir.join("credential.json");
     let mode = std::fs::metadata(&kept)
@@ -266,7 +266,13 @@ async fn an_agent_enrols_with_a_provisioning_token_at_first_boot_and_keeps_its_c
     assert!(log.contains("no signature"), "{log}");
     assert!(log.contains("does not verify"), "{log}");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    scenario.converged(&app, 1, 1).await;
+    // The very same container, never stopped (a forgery applied and then undone by a re-sync
+    // would show a new one).
+    let after = scenario.converged(&app, 1, 1).await;
+    assert_eq!(
+        (&after[0].id, &after[0].started_at),
+        (&before[0].id, &before[0].started_at)
+    );
     admin.close(200, "done".into()).await.expect("close");
     let listed = rest
         .get("/provisioning_tokens")

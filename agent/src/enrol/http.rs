@@ -101,10 +101,21 @@ fn port_of(text: &str) -> Result<u16, String> {
 }
 
 /// An answer: its status and body.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Response {
     pub status: u16,
     pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for Response {
+    // An enrolment's body holds the device's password.
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Response")
+            .field("status", &self.status)
+            .field("body_bytes", &self.body.len())
+            .finish()
+    }
 }
 
 /// How the connection is encrypted: `None` for `http://`.
@@ -132,7 +143,12 @@ pub fn post_json(
     let mut failures = Vec::new();
     let mut connected = None;
     for address in &addresses {
-        match TcpStream::connect_timeout(address, timeout) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            failures.push(format!("{address}: no time left"));
+            break;
+        }
+        match TcpStream::connect_timeout(address, left) {
             Ok(stream) => {
                 connected = Some(stream);
                 break;

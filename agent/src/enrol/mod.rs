@@ -130,7 +130,11 @@ pub fn environment<E: Environment>(
             ),
         ));
     }
-    if value("NEBULA_TRANSPORT").is_some_and(|transport| transport.trim() == "mqtt") {
+    // An MQTT-only build is MQTT by default.
+    let mqtt = value("NEBULA_TRANSPORT").map_or(!cfg!(feature = "amqp"), |transport| {
+        transport.trim() == "mqtt"
+    });
+    if mqtt {
         return Err(invalid(
             "NEBULA_TRANSPORT",
             "mqtt, but this device is enrolled with an AMQP credential (enrolment does not make MQTT credentials yet)".into(),
@@ -198,6 +202,18 @@ fn enrol(
     })?;
     let control_plane =
         http::BaseUrl::parse(&url).map_err(|reason| invalid("NEBULA_CONTROL_PLANE_URL", reason))?;
+    if control_plane.secure && !cfg!(feature = "tls") {
+        return Err(invalid(
+            "NEBULA_CONTROL_PLANE_URL",
+            "https://, but this agent was built without TLS (the `tls` feature); the release builds have it".into(),
+        ));
+    }
+    if !control_plane.secure {
+        tracing::warn!(
+            control_plane = %url,
+            "enrolling over plain http://: the token and the device's credential cross the network in clear, and whoever answers in the control plane's place hands the device its broker and signing key; use https:// beyond a trusted network"
+        );
+    }
     let tls = TlsSettings::from_env(
         value,
         &tls::CONTROL_PLANE,
@@ -242,31 +258,20 @@ fn enrol(
         let outcome = http::post_json(&control_plane, &endpoint, &request, &tls, REQUEST_TIMEOUT);
         let retry = match outcome {
             Ok(response) if response.status == 200 => {
-                let credential: Credential = serde_json::from_slice(&response.body)
-                    .map_err(|error| {
-                        format!("the control plane's answer is not an enrolment: {error}")
-                    })
-                    .and_then(|credential: Credential| {
-                        if credential.device_id == device_id.as_str() {
-                            Ok(credential)
-                        } else {
-                            Err(format!(
-                                "the control plane enrolled device {}",
-                                credential.device_id
-                            ))
-                        }
-                    })
-                    .map_err(|reason| invalid("NEBULA_CONTROL_PLANE_URL", reason))?;
-                write_credential(path, &credential).map_err(|error| {
-                    invalid(
-                        "NEBULA_STATE_DIR",
-                        format!("enrolled, but cannot keep the credential in {}: {error}; an admin must revoke this device before it can enrol again", path.display()),
-                    )
-                })?;
-                // Done with: a later enrolment (after an admin revoked this one) gets a new id.
-                let _ = std::fs::remove_file(directory.join(ENROLMENT_ID_FILE));
-                tracing::info!(device = %device_id, path = %path.display(), signed_changes = credential.signing_key.is_some(), "enrolled: the device's own credential is kept in the state dir");
-                return Ok(credential);
+                // Checked before it is kept (a bad one would stop every later start), and
+                // kept before the enrolment id goes: until then a failure here is retried,
+                // and the repeat (same id) gets the credential again.
+                match answer(&response.body, &device_id)
+                    .and_then(|credential| keep(path, credential))
+                {
+                    Ok(credential) => {
+                        // Done with: a later enrolment (after a revocation) gets a new id.
+                        let _ = std::fs::remove_file(directory.join(ENROLMENT_ID_FILE));
+                        tracing::info!(device = %device_id, path = %path.display(), signed_changes = credential.signing_key.is_some(), "enrolled: the device's own credential is kept in the state dir");
+                        return Ok(credential);
+                    }
+                    Err(problem) => problem,
+                }
             }
             Ok(response) if response.status == 429 || response.status >= 500 => {
                 format!(
@@ -298,6 +303,41 @@ fn enrol(
         tracing::warn!(error = %retry, retry_in_secs = wait.as_secs_f64(), "enrolment failed; trying again");
         std::thread::sleep(wait);
     }
+}
+
+/// The enrolment answer, checked: this device's, a broker URL, exactly one of a group and a
+/// non-empty list of apps (valid names), and a signing key that parses if there is one.
+fn answer(body: &[u8], device_id: &nebula_protocol::Name) -> Result<Credential, String> {
+    let credential: Credential = serde_json::from_slice(body)
+        .map_err(|error| format!("the control plane's answer is not an enrolment: {error}"))?;
+    if credential.device_id != device_id.as_str() {
+        return Err(format!(
+            "the control plane enrolled device {}",
+            credential.device_id
+        ));
+    }
+    if !(credential.amqp_url.starts_with("amqp://") || credential.amqp_url.starts_with("amqps://"))
+    {
+        return Err("the enrolment answer's amqp_url is not an AMQP URL".into());
+    }
+    let valid = |name: &String| nebula_protocol::Name::new(name.as_str()).is_ok();
+    match (&credential.device_group, &credential.apps) {
+        (Some(group), None) if valid(group) => {}
+        (None, Some(apps)) if !apps.is_empty() && apps.iter().all(valid) => {}
+        _ => return Err("the enrolment answer has no valid group or apps".into()),
+    }
+    if let Some(key) = &credential.signing_key {
+        nebula_protocol::signing::parse_public_key(key)
+            .map_err(|reason| format!("the enrolment answer's signing_key: {reason}"))?;
+    }
+    Ok(credential)
+}
+
+/// Keeps the credential at `path`.
+fn keep(path: &Path, credential: Credential) -> Result<Credential, String> {
+    write_credential(path, &credential)
+        .map(|()| credential)
+        .map_err(|error| format!("cannot keep the credential in {}: {error}", path.display()))
 }
 
 /// The device's enrolment id: the one kept at `path`, or a new one (32 random bytes, hex) kept
@@ -510,6 +550,24 @@ mod tests {
         )
     }
 
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn an_agent_without_tls_refuses_an_https_control_plane_at_start() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let pairs = [
+            ("NEBULA_DEVICE_ID", "pi"),
+            ("NEBULA_PROVISIONING_TOKEN", "t"),
+            ("NEBULA_CONTROL_PLANE_URL", "https://127.0.0.1:1"),
+        ];
+        match environment(base(state.path(), &pairs), &host()) {
+            Err(ConfigError::Invalid { variable, reason }) => {
+                assert_eq!(variable, "NEBULA_CONTROL_PLANE_URL");
+                assert!(reason.contains("without TLS"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     /// A control plane stand-in answering each connection with the next of `answers`; what
     /// each request said comes back from the thread.
     fn serve(answers: Vec<String>) -> (u16, std::thread::JoinHandle<Vec<String>>) {
@@ -544,6 +602,11 @@ mod tests {
                 "503 Service Unavailable",
                 r#"{"error":"store unavailable"}"#,
             ),
+            // Enrolled, but an answer that cannot be kept: retried (not kept, not fatal).
+            answer(
+                "200 OK",
+                r#"{"device_id":"pi","amqp_url":"amqp://nebula-device-pi:pw@127.0.0.1:5672/%2f","device_group":"edge","signing_key":""}"#,
+            ),
             answer(
                 "200 OK",
                 r#"{"device_id":"pi","amqp_url":"amqp://nebula-device-pi:pw@127.0.0.1:5672/%2f","device_group":"edge"}"#,
@@ -562,13 +625,13 @@ mod tests {
         let enrolled = environment(environment_of.clone(), &host()).expect("enrolled");
         assert_eq!(enrolled.get("NEBULA_DEVICE_GROUP").as_deref(), Some("edge"));
         let requests = server.join().expect("server");
-        assert_eq!(requests.len(), 2, "{requests:?}");
+        assert_eq!(requests.len(), 3, "{requests:?}");
         assert!(
             requests[1].starts_with("POST /api/v2/devices/pi/enrol HTTP/1.1"),
             "{}",
             requests[1]
         );
-        // The same enrolment id in both attempts (kept in the state dir before the first),
+        // The same enrolment id in every attempt (kept in the state dir before the first),
         // gone once the credential is kept.
         let bodies: Vec<serde_json::Value> = requests
             .iter()
@@ -580,7 +643,10 @@ mod tests {
         assert_eq!(bodies[1]["provisioning_token"], "0123.abcd");
         let id = bodies[0]["enrolment_id"].as_str().expect("an enrolment id");
         assert_eq!(id.len(), 64);
-        assert_eq!(bodies[1]["enrolment_id"], id);
+        assert!(
+            bodies.iter().all(|body| body["enrolment_id"] == id),
+            "{bodies:?}"
+        );
         assert!(!state.path().join(ENROLMENT_ID_FILE).exists());
         let path = state.path().join(CREDENTIAL_FILE);
         assert_eq!(

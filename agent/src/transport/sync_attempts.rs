@@ -22,7 +22,7 @@ pub struct SyncAttempts {
 impl SyncAttempts {
     pub fn new(device: &Name, first_timeout: Duration, max_timeout: Duration) -> Self {
         Self {
-            prefix: format!("{device}-{:016x}-", fastrand::u64(..)),
+            prefix: format!("{device}-{:016x}-", unpredictable_u64()),
             attempts: 0,
             waited: 0,
             first_timeout,
@@ -55,6 +55,18 @@ impl SyncAttempts {
             .strip_prefix(&self.prefix)
             .and_then(|attempt| attempt.parse::<u32>().ok())
             .is_some_and(|attempt| (1..=self.attempts).contains(&attempt))
+    }
+}
+
+/// A nonce nobody can predict from earlier ones (the operating system's random source, not
+/// `fastrand`): with signed changes, a pass's replies are told apart from older signed ones
+/// by it alone.
+fn unpredictable_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    match ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes) {
+        Ok(()) => u64::from_le_bytes(bytes),
+        // The OS random source does not fail on Linux; a nonce of a pass is still unique.
+        Err(_) => fastrand::u64(..),
     }
 }
 

@@ -178,6 +178,8 @@ pub async fn mint(
 pub struct Enrolment<'a> {
     pub created_by: &'a str,
     pub enrolment_id_sha256: Option<&'a str>,
+    /// The caller found a repeat of this enrolment and spent no use for it.
+    pub repeat: bool,
 }
 
 /// What [`mint_first`] did.
@@ -188,6 +190,9 @@ pub enum First {
     /// The device repeated its own enrolment (same token, same enrolment id): its
     /// credential minted again, for the scope it had.
     Repeated(String, Scope),
+    /// A repeat was expected, but the device's credential is gone (revoked meanwhile):
+    /// nothing was minted.
+    Gone,
 }
 
 /// [`mint`], for a device without a live credential (enrolment), or one repeating its own
@@ -202,6 +207,9 @@ pub async fn mint_first(
 ) -> Result<First, CredentialError> {
     let _one = issuer.one_at_a_time.lock().await;
     match service.credential(device).await? {
+        // Expected a repeat (no use was spent for it), but revoked meanwhile: not a repeat
+        // any more, the caller enrols it anew (or not).
+        None if enrolment.repeat => Ok(First::Gone),
         None => mint_locked(
             service,
             issuer,

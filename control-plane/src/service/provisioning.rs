@@ -211,37 +211,42 @@ pub async fn enrol(
         provisioning::split(token).ok_or(EnrolError::Refused(Refusal::Wrong))?;
     let created_by = format!("provisioning token {token_id}");
     let digest = enrolment_id.map(provisioning::secret_digest);
-    let enrolment = Enrolment {
+    let mut enrolment = Enrolment {
         created_by: &created_by,
         enrolment_id_sha256: digest.as_deref(),
+        repeat: false,
     };
-    let repeat = service
+    enrolment.repeat = service
         .credential(device)
         .await?
         .is_some_and(|live| credentials::is_repeat(&live, enrolment));
-    let (scope, spent) = if repeat {
+    if enrolment.repeat {
         // The token must still be the right one (and not deleted); expired or used up
-        // since, it still repeats what it already granted.
-        match service.token(token_id).await? {
-            Some(document) if document.is_secret(secret) => (document.scope, false),
+        // since, it still repeats what it already granted, for no use.
+        let scope = match service.token(token_id).await? {
+            Some(document) if document.is_secret(secret) => document.scope,
             _ => return Err(EnrolError::Refused(Refusal::Wrong)),
+        };
+        match credentials::mint_first(service, issuer, device, scope.clone(), enrolment).await? {
+            // (`Minted` is never the answer to an expected repeat.)
+            First::Minted(amqp_url) => return Ok(Enrolled { amqp_url, scope }),
+            First::Repeated(amqp_url, scope) => return Ok(Enrolled { amqp_url, scope }),
+            // Revoked meanwhile: enrolled anew below, spending a use like any enrolment.
+            First::Gone => enrolment.repeat = false,
         }
-    } else {
-        (service.take_use(token_id, secret).await?.scope, true)
-    };
+    }
+    let scope = service.take_use(token_id, secret).await?.scope;
     let minted = credentials::mint_first(service, issuer, device, scope.clone(), enrolment).await;
     match minted {
         Ok(First::Minted(amqp_url)) => Ok(Enrolled { amqp_url, scope }),
         Ok(First::Repeated(amqp_url, scope)) => {
-            if spent {
-                service.give_back_use(token_id).await;
-            }
+            // It became a repeat meanwhile (two attempts of the device at once): one use.
+            service.give_back_use(token_id).await;
             Ok(Enrolled { amqp_url, scope })
         }
+        Ok(First::Gone) => unreachable!("mint_first answers Gone only to an expected repeat"),
         Err(error) => {
-            if spent {
-                service.give_back_use(token_id).await;
-            }
+            service.give_back_use(token_id).await;
             Err(error.into())
         }
     }

@@ -2,7 +2,8 @@
 //! change or sync reply counts only with a valid ed25519 signature of its body in the
 //! `nebula-signature` header (`nebula_protocol::signing`). A broker login alone — a leaked
 //! device credential, or an administrator's — can then deliver messages, but not make the
-//! agent act on them.
+//! agent act on one the control plane did not sign (a signed one delivered again is dropped
+//! by the version order, `crate::state`).
 
 use lapin::BasicProperties;
 use lapin::types::AMQPValue;
