@@ -103,6 +103,19 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathName {
     }
 }
 
+/// `429` with `Retry-After` for a source locked out after failed logins (admin logins and
+/// enrolments' provisioning tokens alike), counted.
+pub fn locked_out(state: &AppState, retry_after: std::time::Duration) -> Response {
+    state.service.metrics().login_throttled();
+    // Whole seconds, rounded up: a client retrying right after them is let through.
+    let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    let mut response = ApiError::too_many_failed_logins(seconds).into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+    response
+}
+
 async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let header = request
         .headers()
@@ -120,16 +133,7 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
             request.extensions_mut().insert(principal);
             next.run(request).await
         }
-        Outcome::Locked { retry_after } => {
-            state.service.metrics().login_throttled();
-            // Whole seconds, rounded up: a client retrying right after them is let through.
-            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-            let mut response = ApiError::too_many_failed_logins(seconds).into_response();
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
-            response
-        }
+        Outcome::Locked { retry_after } => locked_out(&state, retry_after),
         outcome @ (Outcome::Missing | Outcome::Wrong { .. }) => {
             // Credentials given and wrong (a request without any is not a guess).
             if let (Outcome::Wrong { failures }, Some(given)) = (outcome, header) {

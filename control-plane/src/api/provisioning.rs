@@ -15,7 +15,7 @@ use crate::service::provisioning::{self as service, EnrolError};
 use axum::Extension;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use std::net::{IpAddr, SocketAddr};
@@ -270,13 +270,7 @@ pub async fn enrol(
     Body(body): Body,
 ) -> Result<Response> {
     if let Some(retry_after) = state.authenticator.locked_out(source) {
-        state.service.metrics().login_throttled();
-        let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-        let mut response = ApiError::too_many_failed_logins(seconds).into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        return Ok(response);
+        return Ok(super::locked_out(&state, retry_after));
     }
     let (token, enrolment_id) = token_of(&dto::parse_object(&body)?)?;
     // The token's scope names were checked when it was made; the device id is checked here.
