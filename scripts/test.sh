@@ -69,6 +69,10 @@ done
 # The same fanout with the agents over MQTT (issue 17), on the single node.
 target/release/nebula-bench fanout --agents 1000 --broker single --transport mqtt
 target/release/nebula-bench rest --seconds 3 --concurrency 16
+# Devices' own logins with the users held by the broker against rabbitmq_auth_backend_http,
+# bare and behind rabbitmq_auth_backend_cache (issue 16's "measure and choose"): each on a
+# node of its own (port 5695), about 2 minutes.
+target/release/nebula-bench auth-backends --devices 1000
 
 step "wire benchmarks (footprint, dead link), in the background"
 # The release agent of this machine's architecture first, for them. At the agent's default

@@ -1,6 +1,7 @@
 //! The benchmark scenarios of `nebula-bench`, each ending with one JSON line of figures.
 
 pub mod agent_log;
+pub mod auth_backends;
 pub mod broker;
 pub mod dead_link;
 pub mod fanout;

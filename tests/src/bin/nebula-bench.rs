@@ -6,7 +6,7 @@ use nebula_tests::bench::{self, Options};
 use std::process::ExitCode;
 use std::time::Duration;
 
-const USAGE: &str = "usage: nebula-bench <fanout|sync-storm|rest|footprint|dead-link> [--agents N] [--seconds N] [...]";
+const USAGE: &str = "usage: nebula-bench <fanout|sync-storm|rest|footprint|dead-link|auth-backends> [--agents N] [--seconds N] [...]";
 
 /// How long leftover blocking work (a cluster node being started again) may hold up the
 /// exit once the scenario has its result.
@@ -56,6 +56,7 @@ async fn run() -> ExitCode {
         "rest" => bench::rest::run(&options).await,
         "footprint" => bench::footprint::run(&options).await,
         "dead-link" => bench::dead_link::run(&options).await,
+        "auth-backends" => bench::auth_backends::run(&options).await,
         other => {
             eprintln!("nebula-bench: unknown scenario {other:?}\n{USAGE}");
             return ExitCode::from(64);
