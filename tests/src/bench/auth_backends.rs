@@ -451,9 +451,13 @@ impl Node {
         let services = std::env::var("NEBULA_SERVICES_DIR")
             .unwrap_or_else(|_| "/var/lib/nebula-dev".to_string());
         let dir = Path::new(&services).join("auth-bench");
+        if listener_pid(port).is_some() {
+            // A node an interrupted run left behind (only a node of this name answers).
+            stop_node();
+        }
         anyhow::ensure!(
             listener_pid(port).is_none(),
-            "something already listens on port {port} (a node of an earlier run? `rabbitmqctl -n {NODE} stop`)"
+            "something other than a node of this benchmark listens on port {port} (--port)"
         );
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("log"))?;
@@ -525,11 +529,7 @@ impl Node {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        let _ = Command::new("timeout")
-            .args(["60", "rabbitmqctl", "-n", NODE, "stop"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        stop_node();
         let pid_file = std::fs::read_to_string(self.dir.join("pid")).ok();
         let pids = [
             listener_pid(self.port),
@@ -556,6 +556,16 @@ impl Drop for Node {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `rabbitmqctl stop` of this benchmark's node, if it runs (bounded: a node that does not
+/// answer is killed by the caller).
+fn stop_node() {
+    let _ = Command::new("timeout")
+        .args(["60", "rabbitmqctl", "-n", NODE, "stop"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// What an agent does at start, as `device`: log in, declare its exclusive group queue, bind
