@@ -303,11 +303,16 @@ fn allowed_by(shared: &Shared, pattern: &str, name: &str) -> bool {
     })
 }
 
+/// Counts a request on `counter`; while the service is down, the answer to give instead.
+fn arrived(shared: &Shared, counter: &AtomicU64) -> Option<Response> {
+    counter.fetch_add(1, Ordering::Relaxed);
+    shared.down.load(Ordering::Relaxed).then(unavailable)
+}
+
 /// `user_path`: a login (user name and password).
 async fn check_user(State(shared): State<Shared>, query: Query) -> Response {
-    shared.requests.user.fetch_add(1, Ordering::Relaxed);
-    if shared.down.load(Ordering::Relaxed) {
-        return unavailable();
+    if let Some(down) = arrived(&shared, &shared.requests.user) {
+        return down;
     }
     let known = query
         .get("username")
@@ -320,9 +325,8 @@ async fn check_user(State(shared): State<Shared>, query: Query) -> Response {
 
 /// `vhost_path`: access to a virtual host.
 async fn check_vhost(State(shared): State<Shared>, query: Query) -> Response {
-    shared.requests.vhost.fetch_add(1, Ordering::Relaxed);
-    if shared.down.load(Ordering::Relaxed) {
-        return unavailable();
+    if let Some(down) = arrived(&shared, &shared.requests.vhost) {
+        return down;
     }
     let known = query
         .get("username")
@@ -332,9 +336,8 @@ async fn check_vhost(State(shared): State<Shared>, query: Query) -> Response {
 
 /// `resource_path`: configure, write or read on a queue or exchange.
 async fn check_resource(State(shared): State<Shared>, query: Query) -> Response {
-    shared.requests.resource.fetch_add(1, Ordering::Relaxed);
-    if shared.down.load(Ordering::Relaxed) {
-        return unavailable();
+    if let Some(down) = arrived(&shared, &shared.requests.resource) {
+        return down;
     }
     let Some((_, grants)) = query.get("username").and_then(|u| shared.devices.get(u)) else {
         return answer(false);
@@ -353,9 +356,8 @@ async fn check_resource(State(shared): State<Shared>, query: Query) -> Response 
 
 /// `topic_path`: a routing key on a topic exchange.
 async fn check_topic(State(shared): State<Shared>, query: Query) -> Response {
-    shared.requests.topic.fetch_add(1, Ordering::Relaxed);
-    if shared.down.load(Ordering::Relaxed) {
-        return unavailable();
+    if let Some(down) = arrived(&shared, &shared.requests.topic) {
+        return down;
     }
     let Some((_, grants)) = query.get("username").and_then(|u| shared.devices.get(u)) else {
         return answer(false);
