@@ -14,6 +14,8 @@ pub struct BrokerUsage {
     pub max_resident_mib: f64,
     /// Average CPU over the sampled period, summed over the nodes, in percent of one core.
     pub cpu_percent: f64,
+    /// CPU time over the sampled period, summed over the nodes, in seconds.
+    pub cpu_secs: f64,
 }
 
 /// Samples until `stop` is called.
@@ -57,7 +59,8 @@ impl BrokerSampler {
             sample(&pids, &mut usage);
             let busy: u64 = ticks.values().map(|(first, last)| last - first).sum();
             // Linux reports CPU time in clock ticks of 1/100 s (USER_HZ).
-            usage.cpu_percent = 100.0 * (busy as f64 / 100.0) / started.elapsed().as_secs_f64();
+            usage.cpu_secs = busy as f64 / 100.0;
+            usage.cpu_percent = 100.0 * usage.cpu_secs / started.elapsed().as_secs_f64();
             usage
         });
         Self {
