@@ -21,6 +21,8 @@ NX_27017_VERSION=0.8.1
 # zig 0.14: 0.13 (LLVM 18) cannot assemble glibc's riscv64 start.S (`.cfi_label`), so the
 # riscv64gc-unknown-linux-gnu agent needs 0.14; aarch64, armv7 and x86_64 build with it alike.
 ZIGLANG_VERSION=0.14.1
+# The upstream Python SDK our v2 API is tested against (tests/sdk/parity.py), in the same venv.
+NEBULA_SDK_VERSION=2.8.0
 RUST_TARGETS=(aarch64-unknown-linux-musl aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
               x86_64-unknown-linux-musl riscv64gc-unknown-linux-gnu)
 
@@ -85,15 +87,16 @@ if ! "$NEBULA_VENV/bin/python" -c '' 2>/dev/null; then
   as_root rm -rf "$NEBULA_VENV"
   as_root "$python" -m venv "$NEBULA_VENV"
 fi
-if ! "$NEBULA_VENV/bin/python" - "$NX_27017_VERSION" "$ZIGLANG_VERSION" 2>/dev/null <<'EOF'
+if ! "$NEBULA_VENV/bin/python" - "$NX_27017_VERSION" "$ZIGLANG_VERSION" "$NEBULA_SDK_VERSION" 2>/dev/null <<'EOF'
 import sys
 from importlib.metadata import version
-sys.exit(version("nx-27017") != sys.argv[1] or version("ziglang") != sys.argv[2])
+sys.exit(version("nx-27017") != sys.argv[1] or version("ziglang") != sys.argv[2]
+         or version("NebulaPythonSDK") != sys.argv[3])
 EOF
 then
-  say "installing nx-27017 $NX_27017_VERSION and ziglang $ZIGLANG_VERSION"
+  say "installing nx-27017 $NX_27017_VERSION, ziglang $ZIGLANG_VERSION and NebulaPythonSDK $NEBULA_SDK_VERSION"
   as_root "$NEBULA_VENV/bin/pip" install -q --disable-pip-version-check \
-    "nx-27017==$NX_27017_VERSION" "ziglang==$ZIGLANG_VERSION"
+    "nx-27017==$NX_27017_VERSION" "ziglang==$ZIGLANG_VERSION" "NebulaPythonSDK==$NEBULA_SDK_VERSION"
 fi
 # Only these commands go on PATH (scripts/env.sh adds nebula-bin): cargo-zigbuild runs `zig`,
 # scripts/services.sh runs `nx-27017`.

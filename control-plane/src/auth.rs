@@ -41,6 +41,8 @@ pub enum Permission<'a> {
     Prune,
     /// The device inventory (every device's report).
     ListDevices,
+    /// The report history (every device's past reports).
+    ListReports,
     /// Mint and revoke devices' own broker credentials (admin only).
     ManageDeviceCredentials,
 }

@@ -151,6 +151,9 @@ pub struct Config {
     /// A device whose last report is older than this is removed from the registry
     /// (`NEBULA_DEVICE_EXPIRY_SECS`, default 30 days); it comes back with its next report.
     pub device_expiry: Duration,
+    /// Past reports kept for `GET /api/v2/reports`: per device (`NEBULA_REPORTS_PER_DEVICE`,
+    /// default 60, 0 keeps none) and for how long (`NEBULA_REPORTS_TTL_SECS`, default a day).
+    pub report_retention: crate::service::reports::Retention,
     /// Devices' own broker credentials (`POST /api/v2/devices/<id>/credentials`), when
     /// `NEBULA_RABBITMQ_MANAGEMENT_URL` is set.
     pub device_credentials: Option<DeviceCredentialsConfig>,
@@ -250,6 +253,7 @@ impl std::fmt::Debug for Config {
             .field("publish_timeout", &self.publish_timeout)
             .field("http", &self.http)
             .field("device_expiry", &self.device_expiry)
+            .field("report_retention", &self.report_retention)
             .field("device_credentials", &self.device_credentials)
             .field("signing", &self.signing)
             .finish()
@@ -326,6 +330,39 @@ fn value(environment: &impl Environment, name: &str) -> Option<String> {
         .var(name)
         .filter(|value| !value.trim().is_empty())
 }
+
+/// `NEBULA_REPORTS_PER_DEVICE` and `NEBULA_REPORTS_TTL_SECS`.
+fn report_retention(
+    environment: &impl Environment,
+) -> Result<crate::service::reports::Retention, ConfigError> {
+    use crate::service::reports::{DEFAULT_PER_DEVICE, DEFAULT_TTL, Retention};
+    let per_device: u32 = parsed(environment, "NEBULA_REPORTS_PER_DEVICE", DEFAULT_PER_DEVICE)?;
+    if per_device > MAX_REPORTS_PER_DEVICE {
+        return Err(ConfigError::Invalid {
+            variable: "NEBULA_REPORTS_PER_DEVICE",
+            reason: format!("{per_device} is more than {MAX_REPORTS_PER_DEVICE}"),
+        });
+    }
+    let ttl_secs: u64 = parsed(
+        environment,
+        "NEBULA_REPORTS_TTL_SECS",
+        DEFAULT_TTL.as_secs(),
+    )?;
+    if ttl_secs < 60 {
+        return Err(ConfigError::Invalid {
+            variable: "NEBULA_REPORTS_TTL_SECS",
+            reason: format!("{ttl_secs} s is shorter than a minute"),
+        });
+    }
+    Ok(Retention {
+        per_device,
+        ttl: Duration::from_secs(ttl_secs),
+    })
+}
+
+/// The most past reports kept per device, against a slip of the keyboard: the history's
+/// size is this × devices × a report's size (a few KiB, at most the device record's cap).
+pub const MAX_REPORTS_PER_DEVICE: u32 = 10_000;
 
 fn parsed<T: std::str::FromStr>(
     environment: &impl Environment,
@@ -512,6 +549,7 @@ impl Config {
                 reason: format!("{device_expiry_secs} s is shorter than a minute"),
             });
         }
+        let report_retention = report_retention(environment)?;
         let https = crate::https::Https::from_paths(
             value(environment, crate::https::CERT),
             value(environment, crate::https::KEY),
@@ -531,6 +569,7 @@ impl Config {
             device_credentials,
             signing,
             device_expiry: Duration::from_secs(device_expiry_secs),
+            report_retention,
             listen,
             https,
             amqp_urls,

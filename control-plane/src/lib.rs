@@ -126,7 +126,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
         return Ok(());
     };
     link.serve(&session);
-    let service = Service::new(Arc::clone(&store), Arc::new(link.clone()), shutdown.clone());
+    let service = Service::new(Arc::clone(&store), Arc::new(link.clone()), shutdown.clone())
+        .with_report_retention(config.report_retention);
     service.metrics().broker_connected();
     if service.store_is_empty().await? {
         // Normal on a first start. Next to other instances serving the same broker it means

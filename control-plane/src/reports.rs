@@ -143,10 +143,23 @@ async fn reject(service: &Service, delivery: &Delivery) -> Result<(), AmqpError>
         .map_err(operation("basic.reject"))
 }
 
-/// Removes devices not seen for `expiry`, at start and every hour, until shutdown. Every
-/// instance runs it; removing what another instance already removed is a no-op.
+/// Removes devices not seen for `expiry`, and past reports beyond the report history's time
+/// limit, at start and every hour, until shutdown. Every instance runs it; removing what
+/// another instance already removed is a no-op.
 pub async fn expire(service: Service, expiry: Duration, shutdown: Shutdown) {
     loop {
+        match service.expire_reports().await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(
+                removed,
+                ttl_secs = service.report_retention().ttl.as_secs(),
+                "expired past reports"
+            ),
+            Err(error) => {
+                tracing::error!(error = %error, "expiring past reports failed");
+                return;
+            }
+        }
         match service.expire_devices(expiry).await {
             Ok(0) => {}
             Ok(removed) => tracing::info!(

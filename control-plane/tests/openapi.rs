@@ -171,6 +171,7 @@ async fn every_route_is_documented_and_every_documented_route_is_served() {
     for required in [
         "/api/v2/devices",
         "/api/v2/devices/{device}",
+        "/api/v2/reports",
         "/api/v2/apps/{app}/status",
         "/api/v2/device_groups/{group}/status",
         "/api/v2/openapi.json",
@@ -535,6 +536,70 @@ async fn real_requests_and_answers_fit_the_document() {
             .await,
         None,
     );
+    // The report history: every stored report (not the stale one), by reception time, in
+    // upstream's page shape.
+    let (status, reports) = harness.call("get", "/api/v2/reports", None, true).await;
+    expect(
+        "get",
+        "/api/v2/reports",
+        200,
+        (status, reports.clone()),
+        None,
+    );
+    let devices: Vec<&str> = reports["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|report| report["device_id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(devices, ["pi-2", "pi-1", "pi-3"]);
+    assert_eq!(reports["data"][0]["hostname"], "host");
+    assert_eq!(
+        reports["data"][2]["current_device_group_config"]["apps"][0]["error"],
+        "pull failed: no such image"
+    );
+    let (_, first) = harness
+        .call(
+            "get",
+            "/api/v2/reports?page_size=2&device_group=edge",
+            None,
+            true,
+        )
+        .await;
+    let cursor = first["last_id"]["$oid"]
+        .as_str()
+        .expect("cursor")
+        .to_string();
+    let next = format!("/api/v2/reports?page_size=2&device_group=edge&last_id={cursor}");
+    let (status, second) = harness.call("get", &next, None, true).await;
+    expect("get", &next, 200, (status, second.clone()), None);
+    assert_eq!(second["data"][0]["device_id"], "pi-3");
+    assert_eq!(second["data"].as_array().map(Vec::len), Some(1));
+    let last = second["last_id"]["$oid"].as_str().expect("cursor");
+    let past_end = format!("/api/v2/reports?last_id={last}");
+    let (status, end) = harness.call("get", &past_end, None, true).await;
+    expect("get", &past_end, 200, (status, end.clone()), None);
+    assert_eq!(end, json!({"data": null, "last_id": null}));
+    let nobody =
+        "/api/v2/reports?hostname=nobody&report_creation_time=123&report_creation_time_filter=eq";
+    assert_eq!(
+        harness.call("get", nobody, None, true).await,
+        (200, json!({"data": null, "last_id": null}))
+    );
+    for bad in ["/api/v2/reports?page_size=0", "/api/v2/reports?colour=red"] {
+        expect(
+            "get",
+            bad,
+            400,
+            harness.call("get", bad, None, true).await,
+            None,
+        );
+    }
+    assert_eq!(
+        harness.call("get", "/api/v2/reports", None, false).await.0,
+        401
+    );
+
     expect(
         "get",
         "/api/v2/devices/pi-1",
@@ -663,7 +728,7 @@ async fn real_requests_and_answers_fit_the_document() {
             "{name} in /metrics"
         );
     }
-    assert_eq!(checked, 31);
+    assert_eq!(checked, 36);
     // The checks can fail: an answer with a key the document does not have, or a wrong
     // type, does not fit.
     let (_, mut device) = harness

@@ -17,6 +17,7 @@ pub mod devices;
 pub mod dto;
 pub mod errors;
 pub mod provisioning;
+pub mod reports;
 pub mod schema;
 
 use crate::auth::{self, Authenticator, Outcome, Permission, Principal};
@@ -332,6 +333,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(device_groups::prune_all))
         .routes(routes!(devices::list))
         .routes(routes!(devices::read))
+        .routes(routes!(reports::list))
 }
 
 /// The routes under `/api/v2` that authenticate by other means than an admin login: a

@@ -562,7 +562,12 @@ impl Service {
                 Err(error) => return Err(IngestError::Service(self.store_error(error))),
             };
             match self.store.put_device(&record, expected).await {
-                Ok(_) => return Ok(Ingested::Stored),
+                Ok(version) => {
+                    self.keep_report(&document, received_ms, version)
+                        .await
+                        .map_err(IngestError::Service)?;
+                    return Ok(Ingested::Stored);
+                }
                 // Another ingester wrote the device meanwhile: compare with what it wrote.
                 Err(
                     StoreError::Conflict { .. }

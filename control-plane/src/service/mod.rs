@@ -5,7 +5,8 @@
 //! and [`groups`] (each kind's broker side; groups derive their exchange bindings from the
 //! store), [`outbox`] (republishing what was never confirmed, and topology at start),
 //! [`devices`] (the device registry fed by reports, and rollout status), [`credentials`]
-//! (devices' own broker credentials: the record and the broker user).
+//! (devices' own broker credentials: the record and the broker user), [`reports`] (the
+//! report history).
 //!
 //! Failure policy: a store that is unreachable, or a broker that fails, ends the instance
 //! (the caller gets an error, the outbox of the next instance finishes the change). A
@@ -18,6 +19,7 @@ pub mod devices;
 pub mod groups;
 pub mod outbox;
 pub mod provisioning;
+pub mod reports;
 pub(crate) mod resource;
 pub(crate) mod write;
 
@@ -107,6 +109,8 @@ pub struct Service {
     /// Whether each device's agent queue existed when last asked, and when
     /// (`devices::PRESENCE_TTL`).
     presence: Arc<std::sync::Mutex<std::collections::HashMap<String, devices::Probed>>>,
+    /// How much report history is kept (`reports`).
+    report_retention: reports::Retention,
 }
 
 impl Service {
@@ -124,6 +128,7 @@ impl Service {
             tasks: tokio_util::task::TaskTracker::new(),
             device_counts: Arc::default(),
             presence: Arc::default(),
+            report_retention: reports::Retention::default(),
         }
     }
 

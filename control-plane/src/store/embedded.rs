@@ -10,7 +10,11 @@
 //! fsync, not twenty; a lone writer waits for nobody. Reads use their own read transactions
 //! on tokio's blocking pool and never wait for the writer.
 
-use super::{DeviceQuery, DeviceRecord, Kind, Record, Store, new_store_id, now_micros};
+use super::history::key_floor;
+use super::{
+    DeviceQuery, DeviceRecord, Kind, Record, ReportQuery, ReportRecord, Store, new_store_id,
+    now_micros,
+};
 use crate::error::StoreError;
 use async_trait::async_trait;
 use nebula_protocol::{Incarnation, StoreId};
@@ -28,6 +32,13 @@ const META_INCARNATION: &str = "last_incarnation";
 const DEVICES: TableDefinition<'static, &'static str, &'static [u8]> =
     TableDefinition::new("devices");
 const DEVICE: &str = "device";
+/// The report history: key → JSON of a [`ReportRecord`] ...
+const REPORTS: TableDefinition<'static, &'static str, &'static [u8]> =
+    TableDefinition::new("reports");
+/// ... and which key each device slot holds (`history`'s ring).
+const REPORT_SLOTS: TableDefinition<'static, &'static str, &'static str> =
+    TableDefinition::new("report_slots");
+const REPORT: &str = "report";
 /// Most writes one transaction takes: bounds the latency a write adds to the others.
 const MAX_BATCH: usize = 256;
 
@@ -101,6 +112,12 @@ impl EmbeddedStore {
             }
             transaction
                 .open_table(DEVICES)
+                .map_err(StoreError::unavailable)?;
+            transaction
+                .open_table(REPORTS)
+                .map_err(StoreError::unavailable)?;
+            transaction
+                .open_table(REPORT_SLOTS)
                 .map_err(StoreError::unavailable)?;
             let mut meta = transaction
                 .open_table(META)
@@ -525,12 +542,115 @@ impl Store for EmbeddedStore {
         })
         .await
     }
+
+    async fn put_report(&self, record: &ReportRecord) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(record).map_err(StoreError::unavailable)?;
+        let key = record.key.clone();
+        let slot = record.slot_id();
+        self.write(move |transaction| {
+            let mut slots = transaction
+                .open_table(REPORT_SLOTS)
+                .map_err(StoreError::unavailable)?;
+            let mut reports = transaction
+                .open_table(REPORTS)
+                .map_err(StoreError::unavailable)?;
+            let replaced = slots
+                .insert(slot.as_str(), key.as_str())
+                .map_err(StoreError::unavailable)?
+                .map(|guard| guard.value().to_string());
+            if let Some(replaced) = replaced {
+                reports
+                    .remove(replaced.as_str())
+                    .map_err(StoreError::unavailable)?;
+            }
+            reports
+                .insert(key.as_str(), bytes.as_slice())
+                .map_err(StoreError::unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_reports(&self, query: &ReportQuery) -> Result<Vec<ReportRecord>, StoreError> {
+        let query = query.clone();
+        self.blocking(move |database| {
+            let transaction = database.begin_read().map_err(StoreError::unavailable)?;
+            let opened = transaction
+                .open_table(REPORTS)
+                .map_err(StoreError::unavailable)?;
+            let entries = match &query.after {
+                Some(after) => opened.range::<&str>(after.as_str()..),
+                None => opened.range::<&str>(..),
+            }
+            .map_err(StoreError::unavailable)?;
+            let mut records = Vec::new();
+            for entry in entries {
+                if records.len() >= query.limit {
+                    break;
+                }
+                let (key, value) = entry.map_err(StoreError::unavailable)?;
+                // A record that does not parse is skipped: its slot's next report replaces
+                // it, and the time limit removes it.
+                let Ok(record) = decode_report(key.value(), value.value()) else {
+                    continue;
+                };
+                if query.matches(&record) {
+                    records.push(record);
+                }
+            }
+            Ok(records)
+        })
+        .await
+    }
+
+    async fn expire_reports(&self, received_before_ms: u64) -> Result<u64, StoreError> {
+        let floor = key_floor(received_before_ms);
+        self.write(move |transaction| {
+            let mut reports = transaction
+                .open_table(REPORTS)
+                .map_err(StoreError::unavailable)?;
+            let mut slots = transaction
+                .open_table(REPORT_SLOTS)
+                .map_err(StoreError::unavailable)?;
+            let mut expired = Vec::new();
+            for entry in reports
+                .range::<&str>(..floor.as_str())
+                .map_err(StoreError::unavailable)?
+            {
+                let (key, value) = entry.map_err(StoreError::unavailable)?;
+                let slot = decode_report(key.value(), value.value())
+                    .ok()
+                    .map(|record| record.slot_id());
+                expired.push((key.value().to_string(), slot));
+            }
+            for (key, slot) in &expired {
+                reports
+                    .remove(key.as_str())
+                    .map_err(StoreError::unavailable)?;
+                if let Some(slot) = slot {
+                    slots
+                        .remove(slot.as_str())
+                        .map_err(StoreError::unavailable)?;
+                }
+            }
+            Ok(expired.len() as u64)
+        })
+        .await
+    }
 }
 
 fn decode_device(device_id: &str, bytes: &[u8]) -> Result<DeviceRecord, StoreError> {
     serde_json::from_slice(bytes).map_err(|error| StoreError::Corrupt {
         kind: DEVICE,
         name: device_id.to_string(),
+        reason: error.to_string(),
+    })
+}
+
+fn decode_report(key: &str, bytes: &[u8]) -> Result<ReportRecord, StoreError> {
+    serde_json::from_slice(bytes).map_err(|error| StoreError::Corrupt {
+        kind: REPORT,
+        name: key.to_string(),
         reason: error.to_string(),
     })
 }

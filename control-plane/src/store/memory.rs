@@ -1,7 +1,11 @@
 //! An in-memory [`Store`] for in-process tests. It passes the same contract suite as the
 //! real backends, so router tests that use it exercise the real store semantics.
 
-use super::{DeviceQuery, DeviceRecord, Kind, Record, Store, new_store_id, now_micros};
+use super::history::key_floor;
+use super::{
+    DeviceQuery, DeviceRecord, Kind, Record, ReportQuery, ReportRecord, Store, new_store_id,
+    now_micros,
+};
 use crate::error::StoreError;
 use crate::gate::{Gate, Gates};
 use async_trait::async_trait;
@@ -13,10 +17,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 /// The label of devices in errors.
 const DEVICE: &str = "device";
 
+#[derive(Debug, Default)]
+struct Reports {
+    by_key: BTreeMap<String, ReportRecord>,
+    /// Slot id → the key of the report in it.
+    slots: HashMap<String, String>,
+}
+
 #[derive(Debug)]
 pub struct MemoryStore {
     tables: Mutex<HashMap<Kind, BTreeMap<String, Record>>>,
     devices: Mutex<BTreeMap<String, DeviceRecord>>,
+    /// Past reports by key, and which key each device slot holds.
+    reports: Mutex<Reports>,
     /// When set, every call fails as if the database had gone away.
     unavailable: AtomicBool,
     identity: StoreId,
@@ -29,6 +42,7 @@ impl Default for MemoryStore {
         Self {
             tables: Mutex::default(),
             devices: Mutex::default(),
+            reports: Mutex::default(),
             unavailable: AtomicBool::default(),
             identity: new_store_id(),
             last_incarnation: AtomicU64::default(),
@@ -90,6 +104,17 @@ impl MemoryStore {
             .lock()
             .map_err(|_| StoreError::Unavailable("memory store lock poisoned".into()))?;
         Ok(action(&mut devices))
+    }
+
+    fn with_reports<R>(&self, action: impl FnOnce(&mut Reports) -> R) -> Result<R, StoreError> {
+        if self.unavailable.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("memory store switched off".into()));
+        }
+        let mut reports = self
+            .reports
+            .lock()
+            .map_err(|_| StoreError::Unavailable("memory store lock poisoned".into()))?;
+        Ok(action(&mut reports))
     }
 }
 
@@ -259,6 +284,39 @@ impl Store for MemoryStore {
             let before = devices.len();
             devices.retain(|_, record| record.last_seen_ms >= seen_before_ms);
             (before - devices.len()) as u64
+        })
+    }
+
+    async fn put_report(&self, record: &ReportRecord) -> Result<(), StoreError> {
+        self.with_reports(|reports| {
+            if let Some(replaced) = reports.slots.insert(record.slot_id(), record.key.clone()) {
+                reports.by_key.remove(&replaced);
+            }
+            reports.by_key.insert(record.key.clone(), record.clone());
+        })
+    }
+
+    async fn list_reports(&self, query: &ReportQuery) -> Result<Vec<ReportRecord>, StoreError> {
+        self.with_reports(|reports| {
+            reports
+                .by_key
+                .values()
+                .filter(|record| query.matches(record))
+                .take(query.limit)
+                .cloned()
+                .collect()
+        })
+    }
+
+    async fn expire_reports(&self, received_before_ms: u64) -> Result<u64, StoreError> {
+        let floor = key_floor(received_before_ms);
+        self.with_reports(|reports| {
+            let kept = reports.by_key.split_off(&floor);
+            let expired = std::mem::replace(&mut reports.by_key, kept);
+            for record in expired.values() {
+                reports.slots.remove(&record.slot_id());
+            }
+            expired.len() as u64
         })
     }
 }

@@ -24,13 +24,18 @@
 //! never flagged for the outbox, never tombstoned. A device that stops reporting is removed
 //! by [`Store::expire_devices`] after `NEBULA_DEVICE_EXPIRY_SECS`, so the table holds the
 //! fleet that exists, not every device that ever did.
+//!
+//! Report history: past reports ([`ReportRecord`], the `*_report*` methods), a third table
+//! outside the write path, bounded per device and in time ([`history`]).
 
 pub mod embedded;
+pub mod history;
 pub mod memory;
 pub mod mongo;
 
 use crate::error::StoreError;
 use async_trait::async_trait;
+pub use history::{ReportQuery, ReportRecord};
 use nebula_protocol::{
     AppConfig, ContainersPer, DeviceGroup, Incarnation, Name, PortMapping, PortProtocol,
     PullPolicy, Revision, StoreId,
@@ -163,6 +168,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Removes every device whose `last_seen_ms` is before `seen_before_ms`; how many.
     async fn expire_devices(&self, seen_before_ms: u64) -> Result<u64, StoreError>;
+
+    /// Writes a past report into its device's slot ([`history`]), replacing what the slot
+    /// held.
+    async fn put_report(&self, record: &ReportRecord) -> Result<(), StoreError>;
+
+    /// The past reports `query` selects, sorted by key: those whose key is greater than
+    /// `query.after`, at most `query.limit` of them.
+    async fn list_reports(&self, query: &ReportQuery) -> Result<Vec<ReportRecord>, StoreError>;
+
+    /// Removes every past report received before `received_before_ms`; how many.
+    async fn expire_reports(&self, received_before_ms: u64) -> Result<u64, StoreError>;
 }
 
 /// A device's latest report as the backends see it: the indexed fields and an opaque body.

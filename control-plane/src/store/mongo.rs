@@ -22,7 +22,8 @@
 //! Store-wide values live in the `nebula_meta` collection: the store's identity
 //! (`{_id: "store", store_id}`) and the last incarnation handed out (`{_id: "incarnation"}`).
 
-use super::{DeviceQuery, DeviceRecord, Kind, Record, Store};
+use super::history::key_floor;
+use super::{DeviceQuery, DeviceRecord, Kind, Record, ReportQuery, ReportRecord, Store};
 use super::{new_store_id, now_micros};
 use crate::error::StoreError;
 use async_trait::async_trait;
@@ -44,6 +45,13 @@ const META: &str = "nebula_meta";
 /// indexed on the group (listings filter on it) and on `last_seen_ms` (expiry).
 const DEVICES: &str = "devices";
 const DEVICE: &str = "device";
+/// The report history: `{_id: slot id, key, device_id, slot, received_ms, hostname,
+/// device_group, report_creation_time, updated, body}`, one document per device slot (a
+/// report replaces its slot's document), indexed on `key` (order, paging and expiry).
+/// `updated` is stored as 0/1: filtering on an integer means the same on every
+/// MongoDB-wire server.
+const REPORTS: &str = "reports";
+const REPORT: &str = "report";
 
 #[derive(Debug, Clone)]
 pub struct MongoStore {
@@ -195,11 +203,19 @@ impl MongoStore {
             .create_indexes([index("device_group"), index("last_seen_ms")])
             .await
             .map_err(StoreError::unavailable)?;
+        self.reports()
+            .create_index(index("key"))
+            .await
+            .map_err(StoreError::unavailable)?;
         Ok(())
     }
 
     fn devices(&self) -> Collection<Document> {
         self.database.collection(DEVICES)
+    }
+
+    fn reports(&self) -> Collection<Document> {
+        self.database.collection(REPORTS)
     }
 
     async fn find(&self, kind: Kind, filter: Document) -> Result<Vec<Record>, StoreError> {
@@ -548,6 +564,79 @@ impl Store for MongoStore {
             .map_err(StoreError::unavailable)?;
         Ok(result.deleted_count)
     }
+
+    async fn put_report(&self, record: &ReportRecord) -> Result<(), StoreError> {
+        let slot = record.slot_id();
+        self.reports()
+            .replace_one(doc! {"_id": &slot}, report_to_document(record))
+            .upsert(true)
+            .await
+            .map_err(|error| {
+                if is_refused_document(&error) {
+                    StoreError::Refused {
+                        kind: REPORT,
+                        name: slot.clone(),
+                        reason: error.to_string(),
+                    }
+                } else {
+                    StoreError::unavailable(error)
+                }
+            })?;
+        Ok(())
+    }
+
+    async fn list_reports(&self, query: &ReportQuery) -> Result<Vec<ReportRecord>, StoreError> {
+        let mut filter = doc! {};
+        if let Some(hostname) = &query.hostname {
+            filter.insert("hostname", hostname);
+        }
+        if let Some(group) = &query.device_group {
+            filter.insert("device_group", group);
+        }
+        if let Some((comparison, wanted)) = query.created {
+            filter.insert(
+                "report_creation_time",
+                doc! {comparison.operator(): clamp(wanted)},
+            );
+        }
+        if let Some(updated) = query.updated {
+            filter.insert("updated", i32::from(updated));
+        }
+        if let Some(after) = &query.after {
+            filter.insert("key", doc! {"$gt": after});
+        }
+        let reports = self.reports();
+        let mut find = reports.find(filter).sort(doc! {"key": 1});
+        if let Ok(limit) = i64::try_from(query.limit) {
+            find = find.limit(limit);
+        }
+        let documents: Vec<Document> = find
+            .await
+            .map_err(StoreError::unavailable)?
+            .try_collect()
+            .await
+            .map_err(StoreError::unavailable)?;
+        // A document that does not parse is skipped: its slot's next report replaces it.
+        // Filtered, sorted and cut here as well, so the answer never depends on the server
+        // honouring the query's operators, `sort` and `limit` as MongoDB does.
+        let mut records: Vec<ReportRecord> = documents
+            .iter()
+            .filter_map(|document| report_from_document(document).ok())
+            .filter(|record| query.matches(record))
+            .collect();
+        records.sort_by(|left, right| left.key.cmp(&right.key));
+        records.truncate(query.limit);
+        Ok(records)
+    }
+
+    async fn expire_reports(&self, received_before_ms: u64) -> Result<u64, StoreError> {
+        let result = self
+            .reports()
+            .delete_many(doc! {"key": {"$lt": key_floor(received_before_ms)}})
+            .await
+            .map_err(StoreError::unavailable)?;
+        Ok(result.deleted_count)
+    }
 }
 
 fn device_version(device_id: &str, version: u64) -> Result<i64, StoreError> {
@@ -555,6 +644,55 @@ fn device_version(device_id: &str, version: u64) -> Result<i64, StoreError> {
         kind: DEVICE,
         name: device_id.to_string(),
         reason: format!("version {version} does not fit in an int64"),
+    })
+}
+
+/// A stored number: an int64 (values beyond it, which no clock gives, are cut to its top).
+fn clamp(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn report_to_document(record: &ReportRecord) -> Document {
+    doc! {
+        "_id": record.slot_id(),
+        "key": &record.key,
+        "device_id": &record.device_id,
+        "slot": i64::from(record.slot),
+        "received_ms": clamp(record.received_ms),
+        "hostname": &record.hostname,
+        "device_group": record.device_group.clone().map_or(Bson::Null, Bson::String),
+        "report_creation_time": clamp(record.report_creation_time),
+        "updated": i32::from(record.updated),
+        "body": &record.body,
+    }
+}
+
+fn report_from_document(document: &Document) -> Result<ReportRecord, StoreError> {
+    let slot_id = document.get_str("_id").unwrap_or_default().to_string();
+    let corrupt = |reason: &str| StoreError::Corrupt {
+        kind: REPORT,
+        name: slot_id.clone(),
+        reason: reason.to_string(),
+    };
+    let text = |field: &str| {
+        document
+            .get_str(field)
+            .map(str::to_string)
+            .map_err(|_| corrupt(&format!("invalid {field}")))
+    };
+    let number = |field: &str| {
+        integer(document.get(field)).ok_or_else(|| corrupt(&format!("invalid {field}")))
+    };
+    Ok(ReportRecord {
+        key: text("key")?,
+        device_id: text("device_id")?,
+        slot: u32::try_from(number("slot")?).map_err(|_| corrupt("invalid slot"))?,
+        received_ms: number("received_ms")?,
+        hostname: text("hostname")?,
+        device_group: document.get_str("device_group").ok().map(str::to_string),
+        report_creation_time: number("report_creation_time")?,
+        updated: number("updated")? != 0,
+        body: text("body")?,
     })
 }
 

@@ -3,6 +3,7 @@
 //! Each function takes a fresh, empty store.
 
 use nebula_control_plane::error::StoreError;
+use nebula_control_plane::store::history::{Comparison, ReportQuery, ReportRecord, report_key};
 use nebula_control_plane::store::{DeviceQuery, DeviceRecord, Kind, Record, Store};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -554,6 +555,149 @@ pub async fn devices_expire(store: Arc<dyn Store>) {
     );
 }
 
+fn report(device: &str, version: u64, slots: u64, received_ms: u64) -> ReportRecord {
+    ReportRecord {
+        key: report_key(received_ms, device, version),
+        device_id: device.to_string(),
+        slot: u32::try_from(version % slots).expect("slot"),
+        received_ms,
+        hostname: format!("host-{device}"),
+        device_group: (device != "solo").then(|| "edge".to_string()),
+        report_creation_time: received_ms / 1000,
+        updated: version.is_multiple_of(2),
+        body: format!("{{\"device\":\"{device}\",\"version\":{version}}}"),
+    }
+}
+
+/// Past reports: a slot holds one report (the newest write), listings are by key with every
+/// filter applied, pages follow the cursor, and expiry removes by reception time.
+pub async fn reports_are_slotted_filtered_paged_and_expired(store: Arc<dyn Store>) {
+    let keys = |records: Vec<ReportRecord>| -> Vec<String> {
+        records.into_iter().map(|record| record.key).collect()
+    };
+    let list = |query: ReportQuery| {
+        let store = Arc::clone(&store);
+        async move { keys(store.list_reports(&query).await.expect("list")) }
+    };
+    // Three slots per device; pi-1 writes versions 1..=5 (keeping 3, 4, 5), pi-2 and solo one.
+    let mut written = Vec::new();
+    for version in 1..=5 {
+        let record = report("pi-1", version, 3, 10_000 + version * 1000);
+        store.put_report(&record).await.expect("put");
+        written.push(record);
+    }
+    for (device, at) in [("pi-2", 12_500), ("solo", 16_000)] {
+        let record = report(device, 1, 3, at);
+        store.put_report(&record).await.expect("put");
+        written.push(record);
+    }
+    let key = |device: &str, version: u64| {
+        written
+            .iter()
+            .find(|record| {
+                record.device_id == device && record.key.ends_with(&format!("{version:020}"))
+            })
+            .expect("written")
+            .key
+            .clone()
+    };
+    let all = vec![
+        key("pi-2", 1),
+        key("pi-1", 3),
+        key("pi-1", 4),
+        key("pi-1", 5),
+        key("solo", 1),
+    ];
+    assert_eq!(list(ReportQuery::default()).await, all);
+    // The newest write of a slot is what it holds, body and all.
+    let stored = store
+        .list_reports(&ReportQuery::default())
+        .await
+        .expect("list");
+    assert_eq!(stored[3], written[4]);
+
+    // Filters, alone and together.
+    let only = |records: &[&String]| records.iter().map(|key| (*key).clone()).collect::<Vec<_>>();
+    assert_eq!(
+        list(ReportQuery {
+            hostname: Some("host-pi-1".into()),
+            ..ReportQuery::default()
+        })
+        .await,
+        only(&[&all[1], &all[2], &all[3]])
+    );
+    assert_eq!(
+        list(ReportQuery {
+            device_group: Some("edge".into()),
+            updated: Some(true),
+            ..ReportQuery::default()
+        })
+        .await,
+        only(&[&all[2]])
+    );
+    for (comparison, time, expected) in [
+        (Comparison::Eq, 14, vec![&all[2]]),
+        (Comparison::Ne, 14, vec![&all[0], &all[1], &all[3], &all[4]]),
+        (Comparison::Gt, 14, vec![&all[3], &all[4]]),
+        (Comparison::Gte, 14, vec![&all[2], &all[3], &all[4]]),
+        (Comparison::Lt, 13, vec![&all[0]]),
+        (Comparison::Lte, 13, vec![&all[0], &all[1]]),
+    ] {
+        assert_eq!(
+            list(ReportQuery {
+                created: Some((comparison, time)),
+                ..ReportQuery::default()
+            })
+            .await,
+            only(&expected),
+            "{comparison:?} {time}"
+        );
+    }
+    // Keyset pages, with a filter.
+    let first = list(ReportQuery {
+        device_group: Some("edge".into()),
+        limit: 2,
+        ..ReportQuery::default()
+    })
+    .await;
+    assert_eq!(first, only(&[&all[0], &all[1]]));
+    let second = list(ReportQuery {
+        device_group: Some("edge".into()),
+        after: first.last().cloned(),
+        limit: 2,
+        ..ReportQuery::default()
+    })
+    .await;
+    assert_eq!(second, only(&[&all[2], &all[3]]));
+    let third = list(ReportQuery {
+        device_group: Some("edge".into()),
+        after: second.last().cloned(),
+        limit: 2,
+        ..ReportQuery::default()
+    })
+    .await;
+    assert!(third.is_empty(), "{third:?}");
+
+    // Expiry by reception time: before 14,000 ms goes (pi-2's and pi-1's version 3).
+    assert_eq!(store.expire_reports(14_000).await.expect("expire"), 2);
+    assert_eq!(list(ReportQuery::default()).await, all[2..].to_vec());
+    assert_eq!(store.expire_reports(14_000).await.expect("expire"), 0);
+    // An expired slot takes a new report; a live one is still replaced.
+    store
+        .put_report(&report("pi-1", 7, 3, 20_000))
+        .await
+        .expect("put");
+    store
+        .put_report(&report("pi-2", 2, 3, 21_000))
+        .await
+        .expect("put");
+    let now = list(ReportQuery::default()).await;
+    assert_eq!(now.len(), 4, "{now:?}");
+    assert!(!now.contains(&all[2]), "version 7 took version 4's slot");
+    assert_eq!(store.expire_reports(u64::MAX).await.expect("expire"), 4);
+    assert!(list(ReportQuery::default()).await.is_empty());
+}
+
 /// Runs every contract function, each on a fresh store from `make`.
 #[macro_export]
 macro_rules! store_contract_tests {
@@ -607,6 +751,11 @@ macro_rules! store_contract_tests {
         async fn devices_expire() {
             let (store, _guard) = $make.await;
             store_contract::devices_expire(store).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn reports_are_slotted_filtered_paged_and_expired() {
+            let (store, _guard) = $make.await;
+            store_contract::reports_are_slotted_filtered_paged_and_expired(store).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn concurrent_writes_of_many_objects() {

@@ -1,0 +1,199 @@
+//! The report history: past device reports, kept for `GET /api/v2/reports` (API.md "Reports").
+//!
+//! Bounded two ways, so that reports never fill the store. Every device has a fixed number
+//! of slots, a ring: the report stored as the device record's version `v` goes to slot
+//! `v % slots`, replacing what the slot held, so a device that reports in a storm only
+//! overwrites its own oldest entries. And a report received longer ago than the history's
+//! time limit is removed by [`super::Store::expire_reports`]. At most devices × slots
+//! records, each within the device record's cap (`service::devices`).
+//!
+//! Order: a record's `key` sorts by reception time (Unix ms, zero-padded), then device id
+//! and version, and is unique; it is the keyset cursor clients page with (`last_id`).
+
+use serde::{Deserialize, Serialize};
+
+/// One past report as the backends see it: the fields filtered on and an opaque body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportRecord {
+    /// The order and page cursor ([`report_key`]).
+    pub key: String,
+    pub device_id: String,
+    /// The device's ring slot this report occupies.
+    pub slot: u32,
+    /// When a control plane ingested it (its clock, Unix ms).
+    pub received_ms: u64,
+    pub hostname: String,
+    pub device_group: Option<String>,
+    /// The device's clock when it made the report (Unix seconds).
+    pub report_creation_time: u64,
+    pub updated: bool,
+    /// The report as the API shows it, serialised as JSON text.
+    pub body: String,
+}
+
+impl ReportRecord {
+    /// The identity of the record's slot: writing another report there replaces this one.
+    pub fn slot_id(&self) -> String {
+        slot_id(&self.device_id, self.slot)
+    }
+}
+
+/// The identity of slot `slot` of `device_id`.
+pub fn slot_id(device_id: &str, slot: u32) -> String {
+    format!("{device_id}/{slot}")
+}
+
+/// The key of the report of `device_id` stored at device-record version `version`, received
+/// at `received_ms`. Fixed-width numbers, so that the text order is the reception order; the
+/// version's fixed width after the device id keeps keys unique whatever the device ids.
+pub fn report_key(received_ms: u64, device_id: &str, version: u64) -> String {
+    format!("{received_ms:013}.{device_id}.{version:020}")
+}
+
+/// Every key of a report received before `received_ms` sorts before this, every later or
+/// equal one after it.
+pub fn key_floor(received_ms: u64) -> String {
+    format!("{received_ms:013}")
+}
+
+/// How `report_creation_time` is compared with the value asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Comparison {
+    Eq,
+    Gt,
+    Lt,
+    Gte,
+    Lte,
+    Ne,
+}
+
+impl Comparison {
+    /// Upstream's names (`report_creation_time_filter`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "eq" => Self::Eq,
+            "gt" => Self::Gt,
+            "lt" => Self::Lt,
+            "gte" => Self::Gte,
+            "lte" => Self::Lte,
+            "ne" => Self::Ne,
+            _ => return None,
+        })
+    }
+
+    /// MongoDB's operator for it.
+    pub fn operator(self) -> &'static str {
+        match self {
+            Self::Eq => "$eq",
+            Self::Gt => "$gt",
+            Self::Lt => "$lt",
+            Self::Gte => "$gte",
+            Self::Lte => "$lte",
+            Self::Ne => "$ne",
+        }
+    }
+
+    /// Whether `stored` compares so with `wanted`.
+    pub fn holds(self, stored: u64, wanted: u64) -> bool {
+        match self {
+            Self::Eq => stored == wanted,
+            Self::Gt => stored > wanted,
+            Self::Lt => stored < wanted,
+            Self::Gte => stored >= wanted,
+            Self::Lte => stored <= wanted,
+            Self::Ne => stored != wanted,
+        }
+    }
+}
+
+/// Which reports [`super::Store::list_reports`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportQuery {
+    pub hostname: Option<String>,
+    pub device_group: Option<String>,
+    pub created: Option<(Comparison, u64)>,
+    pub updated: Option<bool>,
+    /// Keyset paging: only keys greater than this.
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+impl Default for ReportQuery {
+    fn default() -> Self {
+        Self {
+            hostname: None,
+            device_group: None,
+            created: None,
+            updated: None,
+            after: None,
+            limit: usize::MAX,
+        }
+    }
+}
+
+impl ReportQuery {
+    /// Whether `record` is selected (ignoring the limit): how the embedded and memory stores
+    /// filter, and what MongoDB's query says.
+    pub fn matches(&self, record: &ReportRecord) -> bool {
+        self.hostname
+            .as_ref()
+            .is_none_or(|hostname| &record.hostname == hostname)
+            && self
+                .device_group
+                .as_ref()
+                .is_none_or(|group| record.device_group.as_ref() == Some(group))
+            && self.created.is_none_or(|(comparison, wanted)| {
+                comparison.holds(record.report_creation_time, wanted)
+            })
+            && self.updated.is_none_or(|updated| record.updated == updated)
+            && self
+                .after
+                .as_ref()
+                .is_none_or(|after| record.key.as_str() > after.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_sort_by_reception_then_device_and_are_unique() {
+        let mut keys = vec![
+            report_key(2_000, "a", 1),
+            report_key(1_000, "zz", 9),
+            report_key(1_000, "a.b", 1),
+            report_key(1_000, "a", 10),
+            report_key(1_000, "a", 2),
+        ];
+        keys.sort();
+        assert!(keys[0].starts_with("0000000001000.a."), "{keys:?}");
+        assert_eq!(keys[0], report_key(1_000, "a", 2));
+        assert_eq!(keys[1], report_key(1_000, "a", 10));
+        assert_eq!(keys[4], report_key(2_000, "a", 1));
+        let unique: std::collections::BTreeSet<_> = keys.iter().collect();
+        assert_eq!(unique.len(), keys.len());
+        // The floor splits at the reception time.
+        assert!(report_key(1_999, "zzzz", u64::MAX) < key_floor(2_000));
+        assert!(report_key(2_000, "", 0) > key_floor(2_000));
+    }
+
+    #[test]
+    fn comparisons_are_upstream_s() {
+        for (name, stored, wanted, holds) in [
+            ("eq", 5, 5, true),
+            ("eq", 5, 6, false),
+            ("gt", 6, 5, true),
+            ("gt", 5, 5, false),
+            ("lt", 4, 5, true),
+            ("gte", 5, 5, true),
+            ("lte", 6, 5, false),
+            ("ne", 5, 5, false),
+            ("ne", 4, 5, true),
+        ] {
+            let comparison = Comparison::from_name(name).expect(name);
+            assert_eq!(comparison.holds(stored, wanted), holds, "{name}");
+        }
+        assert_eq!(Comparison::from_name("between"), None);
+    }
+}
