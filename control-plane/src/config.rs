@@ -335,7 +335,7 @@ fn value(environment: &impl Environment, name: &str) -> Option<String> {
 fn report_retention(
     environment: &impl Environment,
 ) -> Result<crate::service::reports::Retention, ConfigError> {
-    use crate::service::reports::{DEFAULT_PER_DEVICE, DEFAULT_TTL, Retention};
+    use crate::service::reports::{DEFAULT_PER_DEVICE, DEFAULT_SETTLE, DEFAULT_TTL, Retention};
     let per_device: u32 = parsed(environment, "NEBULA_REPORTS_PER_DEVICE", DEFAULT_PER_DEVICE)?;
     if per_device > MAX_REPORTS_PER_DEVICE {
         return Err(ConfigError::Invalid {
@@ -357,6 +357,7 @@ fn report_retention(
     Ok(Retention {
         per_device,
         ttl: Duration::from_secs(ttl_secs),
+        settle: DEFAULT_SETTLE,
     })
 }
 

@@ -19,6 +19,7 @@ use nebula_control_plane::broker::Publisher;
 use nebula_control_plane::broker::fake::FakeBroker;
 use nebula_control_plane::service::Service;
 use nebula_control_plane::service::devices::{Ingested, now_ms};
+use nebula_control_plane::service::reports::Retention;
 use nebula_control_plane::shutdown::Shutdown;
 use nebula_control_plane::store::Store;
 use nebula_control_plane::store::memory::MemoryStore;
@@ -27,6 +28,7 @@ use nebula_protocol::{
 };
 use serde_json::{Value, json};
 use std::sync::Arc;
+use std::time::Duration;
 use tower::ServiceExt;
 
 const AUTH: &str = "Basic bmVidWxhOnNlY3JldA=="; // nebula:secret
@@ -44,7 +46,12 @@ fn harness() -> Harness {
         Arc::new(MemoryStore::new()) as Arc<dyn Store>,
         Arc::clone(&broker) as Arc<dyn Publisher>,
         Shutdown::new(),
-    );
+    )
+    // Past reports are listed at once here: the reports are ingested a moment before.
+    .with_report_retention(Retention {
+        settle: Duration::ZERO,
+        ..Retention::default()
+    });
     let authenticator = Authenticator::new(
         true,
         &AdminCredentials {

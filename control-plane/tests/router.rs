@@ -419,7 +419,8 @@ async fn app_lifecycle_publishes_every_revision_once() {
         json!([]),
         "full update resets omitted fields"
     );
-    assert_eq!(full.json["env_vars"], json!({}));
+    // Upstream's answer for env_vars a full update omits (API.md).
+    assert_eq!(full.json["env_vars"], json!([]));
     assert_eq!(full.json["running"], json!(false));
 
     let revisions: Vec<(String, u64)> = harness
@@ -570,6 +571,90 @@ async fn stop_timeout_pull_policy_and_udp_ports_are_accepted_and_echoed() {
         (json!(10), json!("always")),
         "a full update resets omitted fields to their defaults"
     );
+}
+
+/// `env_vars` as upstream also takes them: a list of `K=V` strings, echoed as a list; the
+/// devices get the same variables either way. A full update without them answers `[]`.
+#[tokio::test]
+async fn env_vars_keep_the_form_given() {
+    let harness = harness();
+    let created = harness
+        .call(
+            "POST",
+            "/api/v2/apps/envs",
+            Some(json!({"docker_image": "nginx", "env_vars": ["B=2", "A=x=y", "EMPTY=", "B=3"]})),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.json);
+    // Sorted, a later entry of a key winning (as Docker takes a list).
+    assert_eq!(created.json["env_vars"], json!(["A=x=y", "B=3", "EMPTY="]));
+    let read = harness.call("GET", "/api/v2/apps/envs", None).await;
+    assert_eq!(read.json["env_vars"], created.json["env_vars"]);
+    let published = harness.published();
+    let Some((_, Message::AppChanged(config))) = published.last() else {
+        panic!("no AppChanged published: {published:?}");
+    };
+    let expected: std::collections::BTreeMap<String, String> =
+        [("A", "x=y"), ("B", "3"), ("EMPTY", "")]
+            .into_iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect();
+    assert_eq!(config.env_vars, expected, "the device gets the variables");
+
+    // A partial update without env_vars keeps them and their form; with a dict, a dict.
+    let kept = harness
+        .call(
+            "PUT",
+            "/api/v2/apps/envs/update",
+            Some(json!({"running": false})),
+        )
+        .await;
+    assert_eq!(kept.json["env_vars"], created.json["env_vars"]);
+    let dict = harness
+        .call(
+            "PATCH",
+            "/api/v2/apps/envs/update",
+            Some(json!({"env_vars": {"C": "1"}})),
+        )
+        .await;
+    assert_eq!(dict.json["env_vars"], json!({"C": "1"}));
+    // A full update without them: upstream's `[]`; a create without them: `{}`.
+    let full = harness
+        .call(
+            "POST",
+            "/api/v2/apps/envs/update",
+            Some(json!({"docker_image": "nginx"})),
+        )
+        .await;
+    assert_eq!(full.status, StatusCode::ACCEPTED);
+    assert_eq!(full.json["env_vars"], json!([]));
+    let fresh = harness
+        .call(
+            "POST",
+            "/api/v2/apps/plain",
+            Some(json!({"docker_image": "nginx"})),
+        )
+        .await;
+    assert_eq!(fresh.json["env_vars"], json!({}));
+
+    // A list entry without `=`, or not a string, is refused and changes nothing.
+    for bad in [json!(["NOVALUE"]), json!([1]), json!("A=1")] {
+        let refused = harness
+            .call(
+                "PUT",
+                "/api/v2/apps/envs/update",
+                Some(json!({"env_vars": bad})),
+            )
+            .await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(
+            refused.json,
+            json!({"invalid_parameters": ["env_vars"]}),
+            "{bad}"
+        );
+    }
+    let after = harness.call("GET", "/api/v2/apps/envs", None).await;
+    assert_eq!(after.json["env_vars"], json!([]));
 }
 
 #[tokio::test]

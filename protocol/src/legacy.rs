@@ -49,6 +49,7 @@ impl From<AppConfigV1> for AppConfig {
             // Version 1 agents stopped with Docker's default and pulled on every change.
             stop_timeout_secs: DEFAULT_STOP_TIMEOUT_SECS,
             pull_policy: PullPolicy::Always,
+            env_vars_form: crate::model::EnvVarsForm::Dict,
         }
     }
 }

@@ -24,7 +24,7 @@ pub use message::{
     StoreId, SyncReply, SyncRequest, SyncResult, SyncTarget,
 };
 pub use model::{
-    AppConfig, ContainersPer, CronJob, DeviceGroup, Incarnation, ObjectVersion, PortMapping,
-    PortProtocol, PullPolicy, Revision, ValidationError,
+    AppConfig, ContainersPer, CronJob, DeviceGroup, EnvVarsForm, Incarnation, ObjectVersion,
+    PortMapping, PortProtocol, PullPolicy, Revision, ValidationError,
 };
 pub use names::{Name, NameError};

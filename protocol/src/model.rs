@@ -159,6 +159,16 @@ impl PortMapping {
     }
 }
 
+/// How a REST client wrote an app's `env_vars`: v2 takes a dict and, as upstream, a list of
+/// `K=V` strings, and echoes the form given. A presentation detail of the control plane: never
+/// on the wire (`AppConfig::env_vars_form` is skipped by serde) and meaningless to agents.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EnvVarsForm {
+    #[default]
+    Dict,
+    List,
+}
+
 /// When the agent pulls an app's image (`pull_policy`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PullPolicy {
@@ -284,6 +294,10 @@ pub struct AppConfig {
     pub stop_timeout_secs: u32,
     /// When the image is pulled. Appended in protocol version 2.
     pub pull_policy: PullPolicy,
+    /// How the control plane's REST client wrote `env_vars` ([`EnvVarsForm`]): not encoded,
+    /// so messages are byte for byte what they were, and a decoded config holds the default.
+    #[serde(skip)]
+    pub env_vars_form: EnvVarsForm,
 }
 
 impl AppConfig {
@@ -305,6 +319,7 @@ impl AppConfig {
             incarnation: 0,
             stop_timeout_secs: DEFAULT_STOP_TIMEOUT_SECS,
             pull_policy: PullPolicy::default(),
+            env_vars_form: EnvVarsForm::Dict,
         }
     }
 

@@ -114,6 +114,7 @@ fn app() -> impl Strategy<Value = AppConfig> {
                     incarnation,
                     stop_timeout_secs,
                     pull_policy,
+                    env_vars_form: nebula_protocol::EnvVarsForm::Dict,
                 }
             },
         )

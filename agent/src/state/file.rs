@@ -81,6 +81,7 @@ impl From<AppConfigFormat2> for AppConfig {
             // What an agent of format 2 did: Docker's stop timeout, a pull on every change.
             stop_timeout_secs: DEFAULT_STOP_TIMEOUT_SECS,
             pull_policy: PullPolicy::Always,
+            env_vars_form: nebula_protocol::EnvVarsForm::Dict,
         }
     }
 }

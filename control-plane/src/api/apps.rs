@@ -10,7 +10,7 @@ use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use nebula_protocol::{AppConfig, Name};
+use nebula_protocol::{AppConfig, EnvVarsForm, Name};
 use serde_json::json;
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -50,13 +50,18 @@ pub async fn read(
 }
 
 /// A full config from a body: omitted fields take their defaults, `docker_image` is required.
-fn full_config(app: &Name, body: &[u8]) -> Result<AppConfig> {
+/// `replacing`: a full update, where upstream answers omitted `env_vars` as `[]` (the list
+/// form), where a create answers `{}`.
+fn full_config(app: &Name, body: &[u8], replacing: bool) -> Result<AppConfig> {
     let object = dto::parse_object(body)?;
     let patch = dto::parse_app(&object, app)?;
     if patch.docker_image.is_none() {
         return Err(ApiError::missing(&["docker_image"]));
     }
     let mut config = AppConfig::new(app.clone(), "");
+    if replacing {
+        config.env_vars_form = EnvVarsForm::List;
+    }
     patch.apply(&mut config);
     dto::validate_app(&config)?;
     Ok(config)
@@ -81,7 +86,7 @@ pub async fn create(
     if state.service.get_app(&app).await?.is_some() {
         return Err(ServiceError::AppExists(app).into());
     }
-    let config = full_config(&app, &body)?;
+    let config = full_config(&app, &body, false)?;
     let config = state.service.create_app(config).await?;
     Ok(ok(StatusCode::OK, dto::app_json(&config)))
 }
@@ -195,7 +200,7 @@ pub async fn full_update(
     Body(body): Body,
 ) -> Result<Response> {
     require(&principal, Permission::WriteApp(app.as_str()))?;
-    let config = full_config(&app, &body)?;
+    let config = full_config(&app, &body, true)?;
     change(&state, &principal, &app, move |_| Ok(config.clone())).await
 }
 

@@ -6,8 +6,8 @@
 use super::errors::ApiError;
 use nebula_protocol::placement::validate_port_range;
 use nebula_protocol::{
-    AppConfig, ContainersPer, DeviceGroup, Name, PortMapping, PortProtocol, PullPolicy,
-    ValidationError,
+    AppConfig, ContainersPer, DeviceGroup, EnvVarsForm, Name, PortMapping, PortProtocol,
+    PullPolicy, ValidationError,
 };
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -62,7 +62,8 @@ pub struct AppPatch {
     pub docker_image: Option<String>,
     pub starting_ports: Option<Vec<PortMapping>>,
     pub containers_per: Option<ContainersPer>,
-    pub env_vars: Option<BTreeMap<String, String>>,
+    /// With the form the client wrote them in.
+    pub env_vars: Option<(BTreeMap<String, String>, EnvVarsForm)>,
     pub running: Option<bool>,
     pub networks: Option<Vec<String>>,
     pub volumes: Option<Vec<String>>,
@@ -89,8 +90,9 @@ impl AppPatch {
         if let Some(value) = self.containers_per {
             config.containers_per = value;
         }
-        if let Some(value) = self.env_vars {
-            config.env_vars = value;
+        if let Some((vars, form)) = self.env_vars {
+            config.env_vars = vars;
+            config.env_vars_form = form;
         }
         if let Some(value) = self.running {
             config.running = value;
@@ -125,6 +127,37 @@ fn string_list(value: &Value) -> Option<Vec<String>> {
         .iter()
         .map(|item| item.as_str().map(str::to_string))
         .collect()
+}
+
+/// `env_vars` as a dict of strings or, as upstream also takes, a list of `K=V` strings (a
+/// later entry of the same key wins, as in Docker); `None` for anything else, `K` without `=`
+/// included.
+fn env_vars(value: &Value) -> Option<(BTreeMap<String, String>, EnvVarsForm)> {
+    if let Some(items) = value.as_array() {
+        let vars = items
+            .iter()
+            .map(|item| {
+                let (key, value) = item.as_str()?.split_once('=')?;
+                Some((key.to_string(), value.to_string()))
+            })
+            .collect::<Option<BTreeMap<_, _>>>()?;
+        return Some((vars, EnvVarsForm::List));
+    }
+    string_map(value).map(|vars| (vars, EnvVarsForm::Dict))
+}
+
+/// `env_vars` in the form the client wrote them: a dict, or a list of `K=V` strings.
+fn env_vars_json(config: &AppConfig) -> Value {
+    match config.env_vars_form {
+        EnvVarsForm::Dict => json!(config.env_vars),
+        EnvVarsForm::List => json!(
+            config
+                .env_vars
+                .iter()
+                .map(|(key, value)| format!("{key}={value}"))
+                .collect::<Vec<_>>()
+        ),
+    }
 }
 
 fn string_map(value: &Value) -> Option<BTreeMap<String, String>> {
@@ -224,7 +257,7 @@ pub fn parse_app(object: &Map<String, Value>, app: &Name) -> Result<AppPatch, Ap
             "containers_per" => containers_per(value)
                 .map(|per| patch.containers_per = Some(per))
                 .is_some(),
-            "env_vars" => string_map(value)
+            "env_vars" => env_vars(value)
                 .map(|vars| patch.env_vars = Some(vars))
                 .is_some(),
             "running" => value
@@ -329,7 +362,7 @@ pub fn app_json(config: &AppConfig) -> Value {
         "docker_image": config.docker_image,
         "starting_ports": ports,
         "containers_per": { config.containers_per.key(): config.containers_per.value() },
-        "env_vars": config.env_vars,
+        "env_vars": env_vars_json(config),
         "running": config.running,
         "networks": config.networks,
         "volumes": config.volumes,

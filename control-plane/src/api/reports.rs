@@ -5,7 +5,7 @@ use super::errors::ApiError;
 use super::{AppState, require, schema};
 use crate::auth::{Permission, Principal};
 use crate::service::reports::PastReport;
-use crate::store::history::{Comparison, ReportQuery};
+use crate::store::history::{Comparison, ReportQuery, is_key};
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -16,8 +16,6 @@ use utoipa::{IntoParams, ToSchema};
 /// Reports per page when `page_size` is not given (upstream's), and the most one page holds.
 pub const DEFAULT_PAGE: usize = 10;
 pub const MAX_PAGE: usize = 1000;
-/// The longest `last_id` taken: a key is a time, a device id (at most 64) and a version.
-const MAX_CURSOR: usize = 128;
 
 /// A page of past reports. Past the end both are `null`, as upstream answers.
 #[derive(Debug, Serialize, ToSchema)]
@@ -91,8 +89,8 @@ pub fn parse_query(query: Option<&str>) -> Result<ReportQuery, ApiError> {
                 "false" | "False" | "0" => parsed.updated = Some(false),
                 _ => invalid.push(key),
             },
-            "last_id" if value.is_empty() || value.len() > MAX_CURSOR => invalid.push(key),
-            "last_id" => parsed.after = Some(value),
+            "last_id" if is_key(&value) => parsed.after = Some(value),
+            "last_id" => invalid.push(key),
             _ => unknown.push(key),
         }
     }
@@ -150,7 +148,8 @@ mod tests {
     fn the_sdk_s_query_parses() {
         let query = parse_query(Some(
             "page_size=3&hostname=h&device_group=g&report_creation_time_filter=gt\
-             &report_creation_time=1551252013&last_id=abc&updated=True",
+             &report_creation_time=1551252013&last_id=1551252013000.pi-1.00000000000000000003\
+             &updated=True",
         ))
         .expect("parse");
         assert_eq!(
@@ -160,7 +159,8 @@ mod tests {
                 device_group: Some("g".into()),
                 created: Some((Comparison::Gt, 1_551_252_013)),
                 updated: Some(true),
-                after: Some("abc".into()),
+                after: Some("1551252013000.pi-1.00000000000000000003".into()),
+                before: None,
                 limit: 3,
             }
         );
@@ -187,6 +187,7 @@ mod tests {
             ),
             ("updated=maybe", "updated"),
             ("last_id=", "last_id"),
+            ("last_id=5c75489a209bde00015570e5", "last_id"),
         ] {
             assert_eq!(
                 invalid(query),

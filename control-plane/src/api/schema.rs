@@ -24,6 +24,15 @@ pub enum StartingPort {
     Mapped(BTreeMap<String, String>),
 }
 
+/// `env_vars`: a dict, or (as upstream also takes) a list of `K=V` strings; echoed in the form
+/// given. A full update without them answers `[]`, as upstream.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum EnvVars {
+    Dict(BTreeMap<String, String>),
+    List(Vec<String>),
+}
+
 /// An app document (API.md "Apps").
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -35,7 +44,7 @@ pub struct App {
     pub starting_ports: Vec<StartingPort>,
     /// One key: `server`/`instance`, `cpu`, `memory`/`mem`.
     pub containers_per: BTreeMap<String, u32>,
-    pub env_vars: BTreeMap<String, String>,
+    pub env_vars: EnvVars,
     pub running: bool,
     pub networks: Vec<String>,
     pub volumes: Vec<String>,
@@ -65,7 +74,7 @@ pub struct AppFields {
     pub docker_image: Option<String>,
     pub starting_ports: Option<Vec<StartingPort>>,
     pub containers_per: Option<BTreeMap<String, u32>>,
-    pub env_vars: Option<BTreeMap<String, String>>,
+    pub env_vars: Option<EnvVars>,
     pub running: Option<bool>,
     pub networks: Option<Vec<String>>,
     pub volumes: Option<Vec<String>>,

@@ -553,6 +553,14 @@ impl Service {
                         && previous.session == document.session
                         && previous.sequence >= document.sequence
                     {
+                        if previous.sequence == document.sequence {
+                            // The stored report again (a redelivery): its past report may be
+                            // what failed last time. Written again as it was (same key,
+                            // same slot), which is a no-op if it is there.
+                            self.keep_report(&previous, stored.last_seen_ms, stored.version)
+                                .await
+                                .map_err(IngestError::Service)?;
+                        }
                         return Ok(Ingested::Stale);
                     }
                     Some(stored.version)

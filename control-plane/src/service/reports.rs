@@ -21,12 +21,20 @@ pub const DEFAULT_PER_DEVICE: u32 = 60;
 /// How long a past report is kept by default (`NEBULA_REPORTS_TTL_SECS`): a day.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// How much history is kept.
+/// How far behind now listings stop by default: a report is keyed by its reception time
+/// but written a moment later (a store round trip or two; up to `REPORT_PREFETCH` at once),
+/// and instances' clocks differ by what NTP allows. A cursor handed out before such a report
+/// was written would otherwise page past it for good.
+pub const DEFAULT_SETTLE: Duration = Duration::from_secs(5);
+
+/// How much history is kept, and how listings read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
     /// Slots per device; 0 keeps no history.
     pub per_device: u32,
     pub ttl: Duration,
+    /// Listings show reports received at least this long ago ([`DEFAULT_SETTLE`]).
+    pub settle: Duration,
 }
 
 impl Default for Retention {
@@ -34,6 +42,7 @@ impl Default for Retention {
         Self {
             per_device: DEFAULT_PER_DEVICE,
             ttl: DEFAULT_TTL,
+            settle: DEFAULT_SETTLE,
         }
     }
 }
@@ -221,10 +230,13 @@ pub fn record_of(
         key: report_key(received_ms, &document.device_id, version),
         device_id: document.device_id.clone(),
         slot,
+        version,
         received_ms,
         hostname: document.hostname.clone(),
         device_group: document.device_group.clone(),
-        report_creation_time: document.report_creation_time,
+        // Every backend stores it as an int64 (a device clock beyond it is nonsense anyway),
+        // so that every backend compares the same value.
+        report_creation_time: document.report_creation_time.min(i64::MAX.unsigned_abs()),
         updated: document.updated,
         body,
     })
@@ -262,11 +274,19 @@ impl Service {
         }
     }
 
-    /// A page of past reports, oldest first.
+    /// A page of past reports, oldest first, up to the settling horizon
+    /// ([`Retention::settle`]).
     pub async fn reports(&self, query: &ReportQuery) -> Result<ReportPage, ServiceError> {
+        let settle_ms = u64::try_from(self.report_retention.settle.as_millis()).unwrap_or(0);
+        let query = ReportQuery {
+            before: (settle_ms > 0).then(|| {
+                crate::store::history::key_floor(super::devices::now_ms().saturating_sub(settle_ms))
+            }),
+            ..query.clone()
+        };
         let records = self
             .store
-            .list_reports(query)
+            .list_reports(&query)
             .await
             .map_err(|error| self.store_error(error))?;
         let last_id = records.last().map(|record| record.key.clone());
@@ -328,6 +348,7 @@ mod tests {
         .with_report_retention(Retention {
             per_device,
             ttl: Duration::from_secs(3600),
+            settle: Duration::ZERO,
         });
         (service, store)
     }
@@ -447,6 +468,41 @@ mod tests {
             .expect("list");
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].received_ms, now);
+    }
+
+    #[tokio::test]
+    async fn listings_stop_short_of_the_settling_time_and_duplicates_are_kept_again() {
+        let (service, store) = make(10);
+        let retention = service.report_retention();
+        let service = service.with_report_retention(Retention {
+            settle: Duration::from_secs(5),
+            ..retention
+        });
+        let now = crate::service::devices::now_ms();
+        ingest(&service, "pi-1", 1, now - 60_000).await;
+        ingest(&service, "pi-1", 2, now).await;
+        let page = service
+            .reports(&ReportQuery::default())
+            .await
+            .expect("list");
+        assert_eq!(
+            page.reports.len(),
+            1,
+            "the report of just now waits: {page:?}"
+        );
+        // The history write of a stored report failed (it is gone here): the redelivered
+        // report, a duplicate of the latest, writes it again, under the same key.
+        let held = store
+            .list_reports(&ReportQuery::default())
+            .await
+            .expect("list");
+        store.expire_reports(u64::MAX).await.expect("clear");
+        assert_eq!(ingest(&service, "pi-1", 2, now + 30).await, Ingested::Stale);
+        let again = store
+            .list_reports(&ReportQuery::default())
+            .await
+            .expect("list");
+        assert_eq!(again, held[1..].to_vec());
     }
 
     #[test]

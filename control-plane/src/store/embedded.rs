@@ -547,6 +547,7 @@ impl Store for EmbeddedStore {
         let bytes = serde_json::to_vec(record).map_err(StoreError::unavailable)?;
         let key = record.key.clone();
         let slot = record.slot_id();
+        let version = record.version;
         self.write(move |transaction| {
             let mut slots = transaction
                 .open_table(REPORT_SLOTS)
@@ -554,15 +555,26 @@ impl Store for EmbeddedStore {
             let mut reports = transaction
                 .open_table(REPORTS)
                 .map_err(StoreError::unavailable)?;
-            let replaced = slots
-                .insert(slot.as_str(), key.as_str())
+            let current = slots
+                .get(slot.as_str())
                 .map_err(StoreError::unavailable)?
                 .map(|guard| guard.value().to_string());
-            if let Some(replaced) = replaced {
+            if let Some(current) = current {
+                let held = reports
+                    .get(current.as_str())
+                    .map_err(StoreError::unavailable)?
+                    .and_then(|guard| decode_report(&current, guard.value()).ok());
+                // A newer report holds the slot: this older one is not history any more.
+                if held.is_some_and(|held| held.version > version) {
+                    return Ok(());
+                }
                 reports
-                    .remove(replaced.as_str())
+                    .remove(current.as_str())
                     .map_err(StoreError::unavailable)?;
             }
+            slots
+                .insert(slot.as_str(), key.as_str())
+                .map_err(StoreError::unavailable)?;
             reports
                 .insert(key.as_str(), bytes.as_slice())
                 .map_err(StoreError::unavailable)?;
@@ -589,6 +601,13 @@ impl Store for EmbeddedStore {
                     break;
                 }
                 let (key, value) = entry.map_err(StoreError::unavailable)?;
+                if query
+                    .before
+                    .as_ref()
+                    .is_some_and(|before| key.value() >= before.as_str())
+                {
+                    break;
+                }
                 // A record that does not parse is skipped: its slot's next report replaces
                 // it, and the time limit removes it.
                 let Ok(record) = decode_report(key.value(), value.value()) else {
@@ -604,6 +623,22 @@ impl Store for EmbeddedStore {
     }
 
     async fn expire_reports(&self, received_before_ms: u64) -> Result<u64, StoreError> {
+        // In transactions of at most `MAX_BATCH` removals, so that a pass after a long
+        // downtime does not hold the shared writer (and the changes waiting on it) for long.
+        let mut removed = 0;
+        loop {
+            let batch = self.expire_reports_batch(received_before_ms).await?;
+            removed += batch;
+            if batch < MAX_BATCH as u64 {
+                return Ok(removed);
+            }
+        }
+    }
+}
+
+impl EmbeddedStore {
+    /// Removes up to `MAX_BATCH` past reports received before `received_before_ms`.
+    async fn expire_reports_batch(&self, received_before_ms: u64) -> Result<u64, StoreError> {
         let floor = key_floor(received_before_ms);
         self.write(move |transaction| {
             let mut reports = transaction
@@ -617,6 +652,9 @@ impl Store for EmbeddedStore {
                 .range::<&str>(..floor.as_str())
                 .map_err(StoreError::unavailable)?
             {
+                if expired.len() >= MAX_BATCH {
+                    break;
+                }
                 let (key, value) = entry.map_err(StoreError::unavailable)?;
                 let slot = decode_report(key.value(), value.value())
                     .ok()

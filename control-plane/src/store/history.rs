@@ -5,10 +5,15 @@
 //! `v % slots`, replacing what the slot held, so a device that reports in a storm only
 //! overwrites its own oldest entries. And a report received longer ago than the history's
 //! time limit is removed by [`super::Store::expire_reports`]. At most devices × slots
-//! records, each within the device record's cap (`service::devices`).
+//! records, each about the size of the device's record (`service::devices` caps that).
+//! Two ingesters writing one slot (two instances, a redelivery) keep the report of the higher
+//! device-record version: a slow writer never puts an older report over a newer one.
 //!
-//! Order: a record's `key` sorts by reception time (Unix ms, zero-padded), then device id
-//! and version, and is unique; it is the keyset cursor clients page with (`last_id`).
+//! Order: a record's `key` sorts by reception time (Unix ms, zero-padded) first, and is
+//! unique (device id and version follow); it is the keyset cursor clients page with
+//! (`last_id`). Reports are written a little after their reception time, and instances'
+//! clocks differ, so listings stop short of the last few seconds (`service::reports`): a
+//! client paging with a cursor never skips a report written late.
 
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +25,9 @@ pub struct ReportRecord {
     pub device_id: String,
     /// The device's ring slot this report occupies.
     pub slot: u32,
+    /// The device record's version it was stored as: of two writes to one slot, the higher
+    /// stays.
+    pub version: u64,
     /// When a control plane ingested it (its clock, Unix ms).
     pub received_ms: u64,
     pub hostname: String,
@@ -54,6 +62,22 @@ pub fn report_key(received_ms: u64, device_id: &str, version: u64) -> String {
 /// equal one after it.
 pub fn key_floor(received_ms: u64) -> String {
     format!("{received_ms:013}")
+}
+
+/// Whether `text` has the shape of a key ([`report_key`]): what a page cursor must be.
+pub fn is_key(text: &str) -> bool {
+    let digits = |part: &str, width: usize| {
+        part.len() == width && part.bytes().all(|byte| byte.is_ascii_digit())
+    };
+    match (text.get(..13), text.get(13..14), text.len().checked_sub(21)) {
+        (Some(time), Some("."), Some(end)) if end > 14 => {
+            digits(time, 13)
+                && text.get(end..=end) == Some(".")
+                && digits(&text[end + 1..], 20)
+                && !text[14..end].is_empty()
+        }
+        _ => false,
+    }
 }
 
 /// How `report_creation_time` is compared with the value asked for.
@@ -115,6 +139,8 @@ pub struct ReportQuery {
     pub updated: Option<bool>,
     /// Keyset paging: only keys greater than this.
     pub after: Option<String>,
+    /// Only keys less than this: the listing's settling horizon.
+    pub before: Option<String>,
     pub limit: usize,
 }
 
@@ -126,6 +152,7 @@ impl Default for ReportQuery {
             created: None,
             updated: None,
             after: None,
+            before: None,
             limit: usize::MAX,
         }
     }
@@ -150,6 +177,10 @@ impl ReportQuery {
                 .after
                 .as_ref()
                 .is_none_or(|after| record.key.as_str() > after.as_str())
+            && self
+                .before
+                .as_ref()
+                .is_none_or(|before| record.key.as_str() < before.as_str())
     }
 }
 
@@ -176,6 +207,22 @@ mod tests {
         // The floor splits at the reception time.
         assert!(report_key(1_999, "zzzz", u64::MAX) < key_floor(2_000));
         assert!(report_key(2_000, "", 0) > key_floor(2_000));
+    }
+
+    #[test]
+    fn only_keys_are_cursors() {
+        assert!(is_key(&report_key(1_700_000_000_000, "pi-1", 7)));
+        assert!(is_key(&report_key(0, "a.b", u64::MAX)));
+        for text in [
+            "",
+            "5c75489a209bde00015570e5",
+            "1700000000000.pi-1.7",
+            "1700000000000..00000000000000000007",
+            "170000000000x.pi-1.00000000000000000007",
+            "1700000000000.pi-1.0000000000000000000x",
+        ] {
+            assert!(!is_key(text), "{text:?}");
+        }
     }
 
     #[test]

@@ -289,9 +289,18 @@ impl Store for MemoryStore {
 
     async fn put_report(&self, record: &ReportRecord) -> Result<(), StoreError> {
         self.with_reports(|reports| {
-            if let Some(replaced) = reports.slots.insert(record.slot_id(), record.key.clone()) {
-                reports.by_key.remove(&replaced);
+            let slot = record.slot_id();
+            if let Some(current) = reports.slots.get(&slot).cloned() {
+                if reports
+                    .by_key
+                    .get(&current)
+                    .is_some_and(|held| held.version > record.version)
+                {
+                    return;
+                }
+                reports.by_key.remove(&current);
             }
+            reports.slots.insert(slot, record.key.clone());
             reports.by_key.insert(record.key.clone(), record.clone());
         })
     }

@@ -37,8 +37,8 @@ use crate::error::StoreError;
 use async_trait::async_trait;
 pub use history::{ReportQuery, ReportRecord};
 use nebula_protocol::{
-    AppConfig, ContainersPer, DeviceGroup, Incarnation, Name, PortMapping, PortProtocol,
-    PullPolicy, Revision, StoreId,
+    AppConfig, ContainersPer, DeviceGroup, EnvVarsForm, Incarnation, Name, PortMapping,
+    PortProtocol, PullPolicy, Revision, StoreId,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -326,6 +326,10 @@ pub struct AppDocument {
     /// `always` or `if_not_present`; absent in older records: `always`, as v2 pulled.
     #[serde(default = "default_pull_policy")]
     pub pull_policy: String,
+    /// `list` when the client wrote `env_vars` as a list of `K=V` strings; absent for a dict
+    /// (and in older records), so records of dicts read the same by the previous release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_vars_form: Option<String>,
 }
 
 fn default_stop_timeout_secs() -> u32 {
@@ -425,6 +429,10 @@ impl From<&AppConfig> for AppDocument {
             incarnation: config.incarnation,
             stop_timeout_secs: config.stop_timeout_secs,
             pull_policy: config.pull_policy.as_str().to_string(),
+            env_vars_form: match config.env_vars_form {
+                EnvVarsForm::Dict => None,
+                EnvVarsForm::List => Some("list".to_string()),
+            },
         }
     }
 }
@@ -474,6 +482,17 @@ impl AppDocument {
             stop_timeout_secs: self.stop_timeout_secs,
             pull_policy: PullPolicy::from_name(&self.pull_policy)
                 .ok_or_else(|| StoreError::corrupt(kind, &self.app_name, "unknown pull_policy"))?,
+            env_vars_form: match self.env_vars_form.as_deref() {
+                None => EnvVarsForm::Dict,
+                Some("list") => EnvVarsForm::List,
+                Some(_) => {
+                    return Err(StoreError::corrupt(
+                        kind,
+                        &self.app_name,
+                        "unknown env_vars_form",
+                    ));
+                }
+            },
         })
     }
 }
@@ -575,6 +594,13 @@ mod tests {
         let written = serde_json::to_string(&AppDocument::from(&config)).expect("write");
         let read: AppDocument = serde_json::from_str(&written).expect("read");
         assert_eq!(read.to_config().expect("config"), config);
+
+        // The list form of env_vars is kept; a dict writes no form key (older releases read it).
+        config.env_vars_form = nebula_protocol::EnvVarsForm::List;
+        let listed = serde_json::to_string(&AppDocument::from(&config)).expect("write");
+        let read: AppDocument = serde_json::from_str(&listed).expect("read");
+        assert_eq!(read.to_config().expect("config"), config);
+        assert!(!written.contains("env_vars_form"), "{written}");
 
         let mut corrupt: serde_json::Value = serde_json::from_str(&written).expect("json");
         corrupt["pull_policy"] = serde_json::json!("sometimes");

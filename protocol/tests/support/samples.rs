@@ -30,6 +30,7 @@ pub fn app() -> AppConfig {
         incarnation: 1_764_460_800_000_001,
         stop_timeout_secs: 30,
         pull_policy: PullPolicy::IfNotPresent,
+        env_vars_form: nebula_protocol::EnvVarsForm::Dict,
     }
 }
 
