@@ -3,9 +3,9 @@
 //! bounded per device and in time (`store::history`; `NEBULA_REPORTS_PER_DEVICE`,
 //! `NEBULA_REPORTS_TTL_SECS`).
 //!
-//! A past report is written after the device record, in the same ingestion: a store failing
-//! between the two loses that one past report (the redelivered report is then a duplicate of
-//! the latest and is not kept again), never the device record.
+//! A past report is written after the device record, in the same ingestion. A store failing
+//! between the two costs nothing once the report is redelivered: a redelivered copy of a
+//! device's latest report writes its past report again, under the same key.
 
 use super::{Service, ServiceError};
 use crate::store::history::{ReportQuery, ReportRecord, report_key};
