@@ -547,7 +547,7 @@ impl Store for EmbeddedStore {
         let bytes = serde_json::to_vec(record).map_err(StoreError::unavailable)?;
         let key = record.key.clone();
         let slot = record.slot_id();
-        let version = record.version;
+        let record = record.clone();
         self.write(move |transaction| {
             let mut slots = transaction
                 .open_table(REPORT_SLOTS)
@@ -565,7 +565,7 @@ impl Store for EmbeddedStore {
                     .map_err(StoreError::unavailable)?
                     .and_then(|guard| decode_report(&current, guard.value()).ok());
                 // A newer report holds the slot: this older one is not history any more.
-                if held.is_some_and(|held| held.version > version) {
+                if held.is_some_and(|held| held.supersedes(&record)) {
                     return Ok(());
                 }
                 reports

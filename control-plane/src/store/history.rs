@@ -6,8 +6,11 @@
 //! overwrites its own oldest entries. And a report received longer ago than the history's
 //! time limit is removed by [`super::Store::expire_reports`]. At most devices × slots
 //! records, each about the size of the device's record (`service::devices` caps that).
-//! Two ingesters writing one slot (two instances, a redelivery) keep the report of the higher
-//! device-record version: a slow writer never puts an older report over a newer one.
+//! Two ingesters writing one slot (two instances, a late redelivery) keep the later report by
+//! key, that is by reception time ([`ReportRecord::supersedes`]): a slow writer never puts an
+//! older report over a newer one, and a device whose record started again at version 1 (it
+//! expired and came back, or a corrupt record was overwritten) still gets its new reports
+//! kept, which comparing versions would refuse.
 //!
 //! Order: a record's `key` sorts by reception time (Unix ms, zero-padded) first, and is
 //! unique (device id and version follow); it is the keyset cursor clients page with
@@ -25,8 +28,7 @@ pub struct ReportRecord {
     pub device_id: String,
     /// The device's ring slot this report occupies.
     pub slot: u32,
-    /// The device record's version it was stored as: of two writes to one slot, the higher
-    /// stays.
+    /// The device record's version it was stored as (its slot is this modulo the slots).
     pub version: u64,
     /// When a control plane ingested it (its clock, Unix ms).
     pub received_ms: u64,
@@ -40,6 +42,13 @@ pub struct ReportRecord {
 }
 
 impl ReportRecord {
+    /// Whether this record, held in a slot, stays there when `incoming` is written to it: it
+    /// was received later (same device: its key sorts after). The same record again replaces
+    /// itself.
+    pub fn supersedes(&self, incoming: &ReportRecord) -> bool {
+        self.key > incoming.key
+    }
+
     /// The identity of the record's slot: writing another report there replaces this one.
     pub fn slot_id(&self) -> String {
         slot_id(&self.device_id, self.slot)
@@ -70,11 +79,9 @@ pub fn is_key(text: &str) -> bool {
         part.len() == width && part.bytes().all(|byte| byte.is_ascii_digit())
     };
     match (text.get(..13), text.get(13..14), text.len().checked_sub(21)) {
-        (Some(time), Some("."), Some(end)) if end > 14 => {
-            digits(time, 13)
-                && text.get(end..=end) == Some(".")
-                && digits(&text[end + 1..], 20)
-                && !text[14..end].is_empty()
+        // A device id of 1 to 64 characters between the dots.
+        (Some(time), Some("."), Some(end)) if end > 14 && end - 14 <= 64 => {
+            digits(time, 13) && text.get(end..=end) == Some(".") && digits(&text[end + 1..], 20)
         }
         _ => false,
     }
@@ -218,6 +225,7 @@ mod tests {
             "5c75489a209bde00015570e5",
             "1700000000000.pi-1.7",
             "1700000000000..00000000000000000007",
+            &report_key(1, &"d".repeat(65), 1),
             "170000000000x.pi-1.00000000000000000007",
             "1700000000000.pi-1.0000000000000000000x",
         ] {

@@ -294,7 +294,7 @@ impl Store for MemoryStore {
                 if reports
                     .by_key
                     .get(&current)
-                    .is_some_and(|held| held.version > record.version)
+                    .is_some_and(|held| held.supersedes(record))
                 {
                     return;
                 }

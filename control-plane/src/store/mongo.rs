@@ -567,10 +567,19 @@ impl Store for MongoStore {
 
     async fn put_report(&self, record: &ReportRecord) -> Result<(), StoreError> {
         let slot = record.slot_id();
-        // Replaces the slot's report unless a newer one holds it. Then the filter matches
+        // Replaces the slot's report unless a later one holds it (`ReportRecord::supersedes`;
+        // a document without a key, hand-edited, is replaced too). Then the filter matches
         // nothing and the upsert's insert collides with that document's `_id`: the duplicate
-        // key error says "a newer report is there", which is the outcome wanted.
-        let filter = doc! {"_id": &slot, "version": {"$lte": clamp(record.version)}};
+        // key error says "a later report is there", the outcome wanted (nx-27017 leaves the
+        // document as it is without an error: the same outcome). `$or`, `$lte` and a boolean
+        // `$exists` are operators every MongoDB-wire server the tests run on implements.
+        let filter = doc! {
+            "_id": &slot,
+            "$or": [
+                {"key": {"$lte": &record.key}},
+                {"key": {"$exists": false}},
+            ],
+        };
         match self
             .reports()
             .replace_one(filter, report_to_document(record))

@@ -731,9 +731,34 @@ pub async fn reports_are_slotted_filtered_paged_and_expired(store: Arc<dyn Store
     let v6 = report_key(19_000, "pi-1", 6);
     let v7 = report_key(20_000, "pi-1", 7);
     assert_eq!(now, vec![all[3].clone(), all[4].clone(), v6, v7]);
-    // The same version again (a redelivery) is the same record.
+    // A device whose record started again at version 1 (it expired and came back): its new
+    // reports are kept although the slot holds a higher version, received earlier.
+    store
+        .put_report(&report("pi-1", 1, 3, 21_000))
+        .await
+        .expect("put");
+    let v1 = report_key(21_000, "pi-1", 1);
+    assert_eq!(
+        list(ReportQuery::default()).await,
+        vec![
+            all[3].clone(),
+            all[4].clone(),
+            report_key(19_000, "pi-1", 6),
+            v1.clone()
+        ]
+    );
     store
         .put_report(&report("pi-1", 7, 3, 20_000))
+        .await
+        .expect("put");
+    assert_eq!(
+        list(ReportQuery::default()).await.last(),
+        Some(&v1),
+        "nor does the old record come back over it"
+    );
+    // The same version again (a redelivery) is the same record.
+    store
+        .put_report(&report("pi-1", 1, 3, 21_000))
         .await
         .expect("put");
     assert_eq!(list(ReportQuery::default()).await.len(), 4);

@@ -270,14 +270,24 @@ pub fn app_config_from_document(document: &serde_json::Value) -> nebula_protocol
         app.containers_per =
             ContainersPer::from_key(key, value.as_u64().expect("count") as u32).expect("known key");
     }
-    app.env_vars = document["env_vars"]
-        .as_object()
-        .map(|map| {
-            map.iter()
-                .map(|(key, value)| (key.clone(), value.as_str().unwrap_or_default().to_string()))
-                .collect()
-        })
-        .unwrap_or_default();
+    // A dict, or the list of `K=V` strings a client may have written instead.
+    app.env_vars = match &document["env_vars"] {
+        serde_json::Value::Array(items) => items
+            .iter()
+            .filter_map(|item| item.as_str()?.split_once('='))
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect(),
+        other => other
+            .as_object()
+            .map(|map| {
+                map.iter()
+                    .map(|(key, value)| {
+                        (key.clone(), value.as_str().unwrap_or_default().to_string())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
     app.running = document["running"].as_bool().unwrap_or(true);
     app.networks = strings("networks");
     app.volumes = strings("volumes");
