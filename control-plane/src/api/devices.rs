@@ -4,7 +4,7 @@
 //! service's view at the edge, never the stored document itself.
 
 use super::errors::ApiError;
-use super::{AppState, PathName, require, schema};
+use super::{AppState, PathName, query_flag, require, schema};
 use crate::auth::{Permission, Principal};
 use crate::service::ServiceError;
 use crate::service::devices::{AppState as RolloutState, DeviceFilter, DeviceStatus, Rollout};
@@ -280,10 +280,9 @@ pub fn parse_query(query: Option<&str>) -> Result<DeviceFilter> {
             "device_group" => filter.device_group = Some(value),
             "app" => filter.app = Some(value),
             "after" => filter.after = Some(value),
-            "online" => match value.as_str() {
-                "true" | "True" | "1" => filter.online = Some(true),
-                "false" | "False" | "0" => filter.online = Some(false),
-                _ => invalid.push(key),
+            "online" => match query_flag(&value) {
+                Some(online) => filter.online = Some(online),
+                None => invalid.push(key),
             },
             "limit" => match value.parse::<usize>() {
                 Ok(limit) if (1..=MAX_PAGE).contains(&limit) => filter.limit = limit,

@@ -54,6 +54,15 @@ pub fn ok(status: StatusCode, body: Value) -> Response {
 }
 
 /// Validates a name from the path.
+/// A yes/no query value as v2 clients send it (Python's `True`/`False` included).
+pub fn query_flag(value: &str) -> Option<bool> {
+    match value {
+        "true" | "True" | "1" => Some(true),
+        "false" | "False" | "0" => Some(false),
+        _ => None,
+    }
+}
+
 pub fn path_name(raw: &str) -> Result<Name, ApiError> {
     Name::new(raw).map_err(|_| ApiError::invalid_name(raw))
 }

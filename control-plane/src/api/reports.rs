@@ -2,7 +2,7 @@
 //! filters (API.md "Reports"; `service::reports`).
 
 use super::errors::ApiError;
-use super::{AppState, require, schema};
+use super::{AppState, query_flag, require, schema};
 use crate::auth::{Permission, Principal};
 use crate::service::reports::PastReport;
 use crate::store::history::{Comparison, ReportQuery, is_key};
@@ -84,10 +84,9 @@ pub fn parse_query(query: Option<&str>) -> Result<ReportQuery, ApiError> {
                 Some(named) => comparison = named,
                 None => invalid.push(key),
             },
-            "updated" => match value.as_str() {
-                "true" | "True" | "1" => parsed.updated = Some(true),
-                "false" | "False" | "0" => parsed.updated = Some(false),
-                _ => invalid.push(key),
+            "updated" => match query_flag(&value) {
+                Some(updated) => parsed.updated = Some(updated),
+                None => invalid.push(key),
             },
             "last_id" if is_key(&value) => parsed.after = Some(value),
             "last_id" => invalid.push(key),
@@ -122,16 +121,10 @@ pub async fn list(
     require(&principal, Permission::ListReports)?;
     let query = parse_query(query.as_deref())?;
     let page = state.service.reports(&query).await?;
-    let list = if page.reports.is_empty() {
-        ReportList {
-            data: None,
-            last_id: None,
-        }
-    } else {
-        ReportList {
-            data: Some(page.reports),
-            last_id: page.last_id.map(|oid| Cursor { oid }),
-        }
+    // An empty page has no cursor either (`ReportPage`): both `null`, as upstream answers.
+    let list = ReportList {
+        data: (!page.reports.is_empty()).then_some(page.reports),
+        last_id: page.last_id.map(|oid| Cursor { oid }),
     };
     Ok((StatusCode::OK, Json(list)).into_response())
 }

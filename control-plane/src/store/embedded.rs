@@ -545,10 +545,9 @@ impl Store for EmbeddedStore {
 
     async fn put_report(&self, record: &ReportRecord) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(record).map_err(StoreError::unavailable)?;
-        let key = record.key.clone();
-        let slot = record.slot_id();
         let record = record.clone();
         self.write(move |transaction| {
+            let (key, slot) = (record.key.as_str(), record.slot_id());
             let mut slots = transaction
                 .open_table(REPORT_SLOTS)
                 .map_err(StoreError::unavailable)?;
@@ -573,10 +572,10 @@ impl Store for EmbeddedStore {
                     .map_err(StoreError::unavailable)?;
             }
             slots
-                .insert(slot.as_str(), key.as_str())
+                .insert(slot.as_str(), key)
                 .map_err(StoreError::unavailable)?;
             reports
-                .insert(key.as_str(), bytes.as_slice())
+                .insert(key, bytes.as_slice())
                 .map_err(StoreError::unavailable)?;
             Ok(())
         })
