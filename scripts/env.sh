@@ -33,10 +33,12 @@ export NEBULA_TEST_REGISTRY_PASSWORD=${NEBULA_TEST_REGISTRY_PASSWORD:-nebula-reg
 #   $NEBULA_TEST_IMAGE_HEALTHY:1         the same (version 1) with a HEALTHCHECK that passes (every 1 s)
 #   $NEBULA_TEST_IMAGE_UNHEALTHY:1       the same (version 1) with a HEALTHCHECK that always fails
 #   $NEBULA_TEST_IMAGE_UDP:1             answers UDP on port 53 ("nebula udp " and the datagram)
+#   $NEBULA_TEST_IMAGE_ONCE:1            prints a line, sleeps 2 s and exits 0 (cron job runs)
 export NEBULA_TEST_IMAGE=${NEBULA_TEST_IMAGE:-$NEBULA_TEST_REGISTRY/nebula/test}
 export NEBULA_TEST_IMAGE_HEALTHY=${NEBULA_TEST_IMAGE_HEALTHY:-$NEBULA_TEST_REGISTRY/nebula/test-healthy}
 export NEBULA_TEST_IMAGE_UNHEALTHY=${NEBULA_TEST_IMAGE_UNHEALTHY:-$NEBULA_TEST_REGISTRY/nebula/test-unhealthy}
 export NEBULA_TEST_IMAGE_UDP=${NEBULA_TEST_IMAGE_UDP:-$NEBULA_TEST_REGISTRY/nebula/test-udp}
+export NEBULA_TEST_IMAGE_ONCE=${NEBULA_TEST_IMAGE_ONCE:-$NEBULA_TEST_REGISTRY/nebula/test-once}
 
 # Where the services keep their data, pid files and logs.
 export NEBULA_SERVICES_DIR=${NEBULA_SERVICES_DIR:-/var/lib/nebula-dev}

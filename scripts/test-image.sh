@@ -7,6 +7,7 @@
 #   $NEBULA_TEST_IMAGE_HEALTHY:1        test:1 plus a HEALTHCHECK that passes (healthy after ~1 s)
 #   $NEBULA_TEST_IMAGE_UNHEALTHY:1      test:1 plus a HEALTHCHECK that always fails
 #   $NEBULA_TEST_IMAGE_UDP:1            test:1 running udp-echo (deploy/test-image/udp-echo.c) on 53/udp
+#   $NEBULA_TEST_IMAGE_ONCE:1           test:1 printing a line and exiting 0 after 2 s (cron job runs)
 # Recipe: deploy/test-image/. Fast (well under a second) when the registry already holds the
 # images of the current recipe. Needs the services: scripts/services.sh start.
 # Usage: scripts/test-image.sh [--force]
@@ -22,7 +23,7 @@ registry=$NEBULA_TEST_REGISTRY
 busybox=/bin/busybox
 base=$NEBULA_TEST_IMAGE:1
 images=("$NEBULA_TEST_IMAGE:1" "$NEBULA_TEST_IMAGE:2" "$NEBULA_TEST_IMAGE_HEALTHY:1" "$NEBULA_TEST_IMAGE_UNHEALTHY:1"
-        "$NEBULA_TEST_IMAGE_UDP:1")
+        "$NEBULA_TEST_IMAGE_UDP:1" "$NEBULA_TEST_IMAGE_ONCE:1")
 
 [ -x "$busybox" ] || die "$busybox not found: run scripts/setup.sh (package busybox-static)"
 command -v gcc >/dev/null || die "gcc not found: run scripts/setup.sh (packages gcc libc6-dev)"
@@ -86,6 +87,7 @@ build --build-arg VERSION=2 -t "$NEBULA_TEST_IMAGE:2"
 build --build-arg "BASE=$base" -f "$context/Dockerfile.healthy" -t "$NEBULA_TEST_IMAGE_HEALTHY:1"
 build --build-arg "BASE=$base" -f "$context/Dockerfile.unhealthy" -t "$NEBULA_TEST_IMAGE_UNHEALTHY:1"
 build --build-arg "BASE=$base" -f "$context/Dockerfile.udp" -t "$NEBULA_TEST_IMAGE_UDP:1"
+build --build-arg "BASE=$base" -f "$context/Dockerfile.once" -t "$NEBULA_TEST_IMAGE_ONCE:1"
 
 # Log in with a throw-away client config, so the developer's ~/.docker/config.json (and any
 # test that checks what happens without credentials) is left as it was.

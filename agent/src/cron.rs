@@ -1,6 +1,6 @@
 //! When the device's cron jobs run: a sans-I/O scheduler (issue 14). It is told the desired
 //! jobs and the time, and answers which jobs to start now and when to ask again; starting
-//! the job's container is the caller's (not wired in yet).
+//! the job's container is the caller's ([`crate::cron_runner`]).
 //!
 //! The rules, as a device needs them:
 //! * A job fires at the minutes its schedule names, in UTC ([`Schedule::next_after`]), counted

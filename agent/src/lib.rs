@@ -14,7 +14,7 @@
 //!   client certificate of `amqps://`.
 //! * [`state`] — desired state, its version and sync rules, the versioned state file.
 //! * [`reconcile`] — (desired, observed) → actions; pure. [`cron`] — when cron jobs fire;
-//!   pure (not wired in yet).
+//!   pure. [`cron_runner`] — the task that starts, skips and cleans up the runs.
 //! * [`executor`] — one observe → plan → execute pass.
 //! * [`supervisor`] — shared state, per-app workers running passes, the prune task.
 //! * [`runtime`] — the container runtime trait, Docker and simulated implementations.
@@ -31,6 +31,7 @@ pub mod brokers;
 pub mod build_info;
 pub mod config;
 pub mod cron;
+pub mod cron_runner;
 pub mod device;
 pub mod enrol;
 pub mod error;
@@ -83,6 +84,7 @@ pub async fn run<R: ContainerRuntime>(
         device = %config.device_id,
         mode = %config.mode_label(),
         apps = desired.apps.len(),
+        cron_jobs = desired.cron_jobs.len(),
         tls = config.tls.summary.as_deref().unwrap_or("off"),
         "starting nebula-agent {}",
         report::AGENT_VERSION
@@ -108,6 +110,13 @@ pub async fn run<R: ContainerRuntime>(
             shared.clone().prune_loop(),
         ));
     }
+    // Cron jobs run from the persisted desired state whether or not the broker answers. In
+    // app mode there are none; the task then only removes runs a group left behind.
+    shared
+        .tasks
+        .spawn(tracing::Instrument::in_current_span(cron_runner::run(
+            shared.clone(),
+        )));
 
     // The configuration refuses a transport this agent was built without, so only the
     // transports built in are reachable here.
@@ -143,6 +152,8 @@ fn keep_configured(desired: &mut DesiredState, mode: &Mode) {
             desired.group = None;
             desired.last_pruned = None;
             desired.deleted_groups.clear();
+            // Cron jobs come with a group only.
+            desired.cron_jobs.clear();
             desired.apps.retain(|app, _| apps.contains(app));
             desired.deleted_apps.retain(|app, _| apps.contains(app));
         }
@@ -157,6 +168,7 @@ fn keep_configured(desired: &mut DesiredState, mode: &Mode) {
                 desired.last_pruned = None;
                 desired.apps.clear();
                 desired.deleted_apps.clear();
+                desired.cron_jobs.clear();
             }
         }
     }

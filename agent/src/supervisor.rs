@@ -13,7 +13,7 @@ use crate::executor::{ImageMemory, Pass, PassGuard, PassOutcome};
 use crate::reconcile::{self, ObservedContainer};
 use crate::runtime::ContainerRuntime;
 use crate::state::{Changes, DesiredState, StateStore};
-use nebula_protocol::{AppConfig, Name, Revision};
+use nebula_protocol::{AppConfig, CronJob, Name, Revision};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -39,6 +39,11 @@ pub struct Shared<R> {
     pub report_session: crate::report::Session,
     /// Wakes the prune task after a group change.
     prune_now: Notify,
+    /// Wakes the cron runner ([`crate::cron_runner`]) after its jobs changed.
+    pub cron_now: Notify,
+    /// Set once the desired state was confirmed (a sync, a group change; app mode at
+    /// start): the cron runner may then remove runs of jobs that are not desired.
+    cron_sweep: AtomicBool,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
     /// A failure outside the transport (persisting the prune revision) that must end the
@@ -105,6 +110,8 @@ impl<R: ContainerRuntime> Shared<R> {
             report_now: Notify::new(),
             report_session: crate::report::Session::default(),
             prune_now: Notify::new(),
+            cron_now: Notify::new(),
+            cron_sweep: AtomicBool::new(false),
             shutdown,
             tasks: TaskTracker::new(),
             fatal: Mutex::new(None),
@@ -124,6 +131,25 @@ impl<R: ContainerRuntime> Shared<R> {
 
     pub async fn desired_app(&self, app: &Name) -> Option<AppConfig> {
         self.desired.lock().await.apps.get(app).cloned()
+    }
+
+    /// The desired cron jobs.
+    pub async fn desired_cron_jobs(&self) -> BTreeMap<Name, CronJob> {
+        self.desired.lock().await.cron_jobs.clone()
+    }
+
+    /// Wakes the cron runner; `confirmed`: the desired state was just confirmed, so runs of
+    /// jobs that are not desired may go.
+    pub fn wake_cron(&self, confirmed: bool) {
+        if confirmed {
+            self.cron_sweep.store(true, Ordering::Release);
+        }
+        self.cron_now.notify_one();
+    }
+
+    /// Whether the desired state was confirmed since the cron runner last asked.
+    pub fn take_cron_sweep(&self) -> bool {
+        self.cron_sweep.swap(false, Ordering::AcqRel)
     }
 
     /// Applies `change` to the desired state and, when it changed anything, persists the
@@ -154,6 +180,9 @@ impl<R: ContainerRuntime> Shared<R> {
         }
         if changes.group {
             self.prune_now.notify_one();
+        }
+        if changes.cron {
+            self.wake_cron(true);
         }
         Ok(changes)
     }
@@ -186,6 +215,8 @@ impl<R: ContainerRuntime> Shared<R> {
     /// `NEBULA_APPS`). Apps configured in app mode are left to their own sync.
     /// `false` when the engine could not be listed.
     pub async fn adopt_orphans(self: &Arc<Self>) -> bool {
+        // The same moment for cron jobs: runs of jobs not desired may go.
+        self.wake_cron(true);
         // The workers' shared listing: the workers woken here plan from it too.
         match self.observe().await {
             Ok(containers) => {

@@ -4,6 +4,7 @@
 //! removes its containers, so the suite runs in parallel with everything else.
 
 use nebula_agent::config::RegistryAuth;
+use nebula_agent::cron_runner::CronRunner;
 use nebula_agent::error::DockerError;
 use nebula_agent::executor::converge_app;
 use nebula_agent::reconcile::ObservedContainer;
@@ -13,7 +14,8 @@ use nebula_agent::runtime::{ContainerRuntime, ContainerSpec, ImageOutcome};
 use nebula_protocol::placement::{
     DeviceCapacity, LABEL_CONFIG_HASH, LABEL_INCARNATION, config_hash,
 };
-use nebula_protocol::{AppConfig, ContainersPer, Name, PortMapping};
+use nebula_protocol::{AppConfig, ContainersPer, CronJob, Name, PortMapping};
+use std::collections::BTreeMap;
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
@@ -46,6 +48,9 @@ struct Fixture<R> {
     serves_http: bool,
     /// A Docker tag this fixture made, removed on drop.
     docker_tag: Option<String>,
+    /// Ends a cron run's process, as its job finishing would (the test image serves HTTP
+    /// until stopped).
+    end_run: fn(&R, &str),
 }
 
 impl<R> Drop for Fixture<R> {
@@ -83,6 +88,7 @@ fn simulated() -> Fixture<SimulatedRuntime> {
         local_only,
         serves_http: false,
         docker_tag: None,
+        end_run: |runtime, run| runtime.set_state(run, "exited"),
     }
 }
 
@@ -117,6 +123,13 @@ async fn docker() -> Fixture<DockerRuntime> {
         docker_tag: Some(local_only.clone()),
         local_only,
         serves_http: true,
+        end_run: |_, run| {
+            let status = std::process::Command::new("docker")
+                .args(["stop", run])
+                .output()
+                .expect("docker stop");
+            assert!(status.status.success(), "{status:?}");
+        },
     }
 }
 
@@ -126,6 +139,31 @@ struct Cleanup(Name);
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let filter = format!("label=app_name={}", self.0);
+        if let Ok(output) = std::process::Command::new("docker")
+            .args(["ps", "-aq", "--filter", &filter])
+            .output()
+        {
+            let ids: Vec<String> = String::from_utf8_lossy(&output.stdout)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+            if !ids.is_empty() {
+                let _ = std::process::Command::new("docker")
+                    .arg("rm")
+                    .arg("-f")
+                    .args(&ids)
+                    .output();
+            }
+        }
+    }
+}
+
+/// Removes a cron job's runs even when the test panics.
+struct CronCleanup(Name);
+
+impl Drop for CronCleanup {
+    fn drop(&mut self) {
+        let filter = format!("label=cron_job_name={}", self.0);
         if let Ok(output) = std::process::Command::new("docker")
             .args(["ps", "-aq", "--filter", &filter])
             .output()
@@ -456,6 +494,113 @@ async fn other_incarnations_are_replaced_and_previous_release_containers_kept<
     converge_app(runtime, &name, None, 2).await.expect("remove");
 }
 
+/// The runs of cron job `job`, by name.
+async fn runs<R: ContainerRuntime>(runtime: &R, job: &Name) -> Vec<String> {
+    let mut runs: Vec<String> = runtime
+        .list_cron_containers()
+        .await
+        .expect("list runs")
+        .into_iter()
+        .filter(|run| &run.job == job)
+        .map(|run| run.name)
+        .collect();
+    runs.sort();
+    runs
+}
+
+/// Issue 14. A cron run is created with its labels and listed as a run, never as an app
+/// container: app reconcile of the same name does not remove it.
+async fn cron_runs_are_listed_apart_from_apps<R: ContainerRuntime>(fixture: Fixture<R>) {
+    let runtime = &fixture.runtime;
+    let name = unique("contract-cron");
+    let _cleanup = CronCleanup(name.clone());
+    let mut job = CronJob::new(name.clone(), "* * * * *", fixture.image_1.clone());
+    job.cron_job_id = 4;
+    job.incarnation = 2;
+    runtime.ensure_image(&fixture.image_1).await.expect("pull");
+    let spec = ContainerSpec::for_cron_run(&job, 1_796_119_260).expect("spec");
+    runtime.create_container(&spec).await.expect("create");
+    let listed: Vec<_> = runtime
+        .list_cron_containers()
+        .await
+        .expect("list runs")
+        .into_iter()
+        .filter(|run| run.job == name)
+        .collect();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let run = &listed[0];
+    assert_eq!(run.name, format!("{name}-1796119260"));
+    assert_eq!((run.cron_job_id, run.incarnation), (Some(4), Some(2)));
+    assert_eq!(run.fired_at(), Some(1_796_119_260));
+    assert!(!run.is_finished(), "{run:?}");
+    assert!(containers(runtime, &name).await.is_empty());
+    assert!(
+        runtime
+            .list_containers()
+            .await
+            .expect("list")
+            .iter()
+            .all(|container| container.name != run.name)
+    );
+    // An app of the same name that is not wanted: its pass finds nothing to remove.
+    converge_app(runtime, &name, None, 2)
+        .await
+        .expect("converge");
+    assert_eq!(runs(runtime, &name).await, vec![run.name.clone()]);
+    runtime.remove_container(&run.name).await.expect("remove");
+    assert!(runs(runtime, &name).await.is_empty());
+}
+
+/// Issue 14, the runner against the runtime: a fire starts one run, a run still going
+/// skips the next fire, finished runs are kept to the newest three, and a job that goes
+/// takes its runs with it. The clock is the test's (fires a minute apart, no waiting).
+async fn cron_runner_starts_skips_and_cleans_up<R: ContainerRuntime>(fixture: Fixture<R>) {
+    const T0: i64 = 1_796_119_200;
+    let runtime = &fixture.runtime;
+    let name = unique("contract-cronrun");
+    let _cleanup = CronCleanup(name.clone());
+    let mut job = CronJob::new(name.clone(), "* * * * *", fixture.image_1.clone());
+    job.env_vars.insert("NEBULA_TEST".into(), "cron".into());
+    let mut runner = CronRunner::default();
+    runner.set_jobs(&BTreeMap::from([(name.clone(), job)]), T0);
+    let run_name = |minute: i64| format!("{name}-{}", T0 + minute * 60);
+    for minute in [1, 3, 4, 5, 6] {
+        let starts = runner.tick(runtime, T0 + minute * 60).await;
+        assert_eq!(starts.len(), 1, "minute {minute}");
+        let started = starts
+            .into_iter()
+            .next()
+            .expect("one start")
+            .start(runtime)
+            .await
+            .expect("start");
+        assert_eq!(started, run_name(minute));
+        if minute == 1 {
+            // Still going at the next fire (minute 2), as the engine says: skipped.
+            assert!(runner.tick(runtime, T0 + 2 * 60).await.is_empty());
+            assert_eq!(runs(runtime, &name).await, vec![run_name(1)]);
+        }
+        (fixture.end_run)(runtime, &started);
+    }
+    // Run 1 went when run 6 started; once 6 finished too, the newest three are kept.
+    assert_eq!(
+        runs(runtime, &name).await,
+        vec![run_name(3), run_name(4), run_name(5), run_name(6)]
+    );
+    nebula_agent::cron_runner::remove_old_runs(runtime, &name)
+        .await
+        .expect("cleanup");
+    assert_eq!(
+        runs(runtime, &name).await,
+        vec![run_name(4), run_name(5), run_name(6)]
+    );
+    // The job goes (the desired state confirmed): so do its runs.
+    runner.set_jobs(&BTreeMap::new(), T0 + 7 * 60);
+    runner.enable_sweep();
+    assert!(runner.tick(runtime, T0 + 7 * 60).await.is_empty());
+    assert!(runs(runtime, &name).await.is_empty());
+}
+
 macro_rules! contract_suite {
     ($($test:ident),* $(,)?) => {
         mod simulated_runtime {
@@ -484,6 +629,8 @@ contract_suite!(
     local_image_runs_when_registry_is_unreachable,
     operations_are_idempotent,
     other_incarnations_are_replaced_and_previous_release_containers_kept,
+    cron_runs_are_listed_apart_from_apps,
+    cron_runner_starts_skips_and_cleans_up,
 );
 
 #[tokio::test]
@@ -649,4 +796,42 @@ async fn docker_maps_every_app_field() {
     assert!(inspect.contains("\"NetworkMode\":\"nebula\""), "{inspect}");
     assert!(!inspect.contains("\"bridge\":{"), "{inspect}");
     converge_app(runtime, &name, None, 2).await.expect("remove");
+}
+
+/// Issue 14: a cron run carries its job's fields, no restart policy, and the labels the
+/// agent finds it by.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_maps_every_cron_job_field() {
+    let fixture = docker().await;
+    let runtime = &fixture.runtime;
+    let name = unique("contract-cronfields");
+    let _cleanup = CronCleanup(name.clone());
+    let volume = tempfile::tempdir().expect("tempdir");
+    let mut job = CronJob::new(name.clone(), "0 3 * * *", fixture.image_1.clone());
+    job.cron_job_id = 6;
+    job.incarnation = 2;
+    job.env_vars.insert("GREETING".into(), "hello cron".into());
+    job.volumes = vec![format!("{}:/data:ro", volume.path().display())];
+    job.devices = vec!["/dev/null:/dev/nebula-null:rw".into()];
+    job.networks = vec!["nebula".into(), "bridge".into()];
+    let spec = ContainerSpec::for_cron_run(&job, 1_796_119_200).expect("spec");
+    runtime.create_container(&spec).await.expect("create");
+    let inspect = docker_inspect(&format!("{name}-1796119200"));
+    for expected in [
+        "\"GREETING=hello cron\"".to_string(),
+        format!("\"{}:/data:ro\"", volume.path().display()),
+        "\"PathOnHost\":\"/dev/null\",\"PathInContainer\":\"/dev/nebula-null\",\"CgroupPermissions\":\"rw\"".to_string(),
+        "\"Privileged\":false".to_string(),
+        "\"RestartPolicy\":{\"Name\":\"no\"".to_string(),
+        "\"NetworkMode\":\"nebula\"".to_string(),
+        "\"orchestrator\":\"nebula\"".to_string(),
+        format!("\"cron_job_name\":\"{name}\""),
+        "\"cron_job_id\":\"6\"".to_string(),
+        "\"incarnation\":\"2\"".to_string(),
+    ] {
+        assert!(inspect.contains(&expected), "missing {expected} in {inspect}");
+    }
+    assert!(inspect.contains("\"bridge\":{"), "{inspect}");
+    assert!(!inspect.contains("\"app_name\""), "{inspect}");
+    runtime.remove_container(&spec.name).await.expect("remove");
 }

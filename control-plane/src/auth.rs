@@ -38,6 +38,9 @@ pub enum Permission<'a> {
     ReadDeviceGroup(&'a str),
     WriteDeviceGroup(&'a str),
     ListDeviceGroups,
+    ReadCronJob(&'a str),
+    WriteCronJob(&'a str),
+    ListCronJobs,
     Prune,
     /// The device inventory (every device's report).
     ListDevices,

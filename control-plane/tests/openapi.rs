@@ -367,7 +367,51 @@ async fn real_requests_and_answers_fit_the_document() {
         harness.call("get", "/api/v2/apps", None, false).await,
         None,
     );
-    let group = json!({"apps": ["web"]});
+    let job = json!({"schedule": "*/5 * * * *", "docker_image": "127.0.0.1:5000/nebula/test:1",
+                     "env_vars": {"A": "1"}, "volumes": ["/tmp:/data:ro"]});
+    expect(
+        "post",
+        "/api/v2/cron_jobs/nightly",
+        200,
+        harness
+            .call("post", "/api/v2/cron_jobs/nightly", Some(&job), true)
+            .await,
+        Some(&job),
+    );
+    for (method, path, body, status) in [
+        ("post", "/api/v2/cron_jobs/nightly", job.clone(), 403),
+        (
+            "post",
+            "/api/v2/cron_jobs/other",
+            json!({"schedule": "* *", "docker_image": "busybox"}),
+            400,
+        ),
+        ("post", "/api/v2/cron_jobs/other", json!({}), 400),
+        (
+            "patch",
+            "/api/v2/cron_jobs/nightly/update",
+            json!({"schedule": "0 * * * *"}),
+            202,
+        ),
+    ] {
+        expect(
+            method,
+            path,
+            status,
+            harness.call(method, path, Some(&body), true).await,
+            None,
+        );
+    }
+    for path in ["/api/v2/cron_jobs", "/api/v2/cron_jobs/nightly"] {
+        expect(
+            "get",
+            path,
+            200,
+            harness.call("get", path, None, true).await,
+            None,
+        );
+    }
+    let group = json!({"apps": ["web"], "cron_jobs": ["nightly"]});
     expect(
         "post",
         "/api/v2/device_groups/edge",
@@ -735,7 +779,7 @@ async fn real_requests_and_answers_fit_the_document() {
             "{name} in /metrics"
         );
     }
-    assert_eq!(checked, 36);
+    assert_eq!(checked, 43);
     // The checks can fail: an answer with a key the document does not have, or a wrong
     // type, does not fit.
     let (_, mut device) = harness

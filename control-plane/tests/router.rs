@@ -690,7 +690,8 @@ async fn device_groups_bind_apps_and_carry_full_configs() {
         .await;
     assert_eq!(
         (cron.status, cron.json),
-        (StatusCode::FORBIDDEN, json!({"cron_job_exists": false}))
+        (StatusCode::FORBIDDEN, json!({"cron_job_exists": false})),
+        "a group may only list cron jobs that exist"
     );
 
     let created = harness
@@ -883,6 +884,276 @@ type Case = (String, &'static str, String, Vec<u8>, StatusCode, Value);
 
 /// Every kind of bad input, on every endpoint: the documented 4xx with a JSON body, and
 /// neither the store nor the broker changes.
+/// The last `DeviceGroupChanged` published to `group`'s exchange.
+fn last_group_state(harness: &Harness, group: &str) -> nebula_protocol::GroupState {
+    harness
+        .published()
+        .into_iter()
+        .rev()
+        .find_map(|(exchange, message)| match message {
+            Message::DeviceGroupChanged(state) if exchange == format!("nebula.group.{group}") => {
+                Some(state)
+            }
+            _ => None,
+        })
+        .expect("a group state published")
+}
+
+#[tokio::test]
+async fn cron_jobs_reach_devices_through_their_groups() {
+    let harness = harness();
+    let missing = harness
+        .call("POST", "/api/v2/cron_jobs/backup", Some(json!({})))
+        .await;
+    assert_eq!(
+        (missing.status, missing.json),
+        (
+            StatusCode::BAD_REQUEST,
+            json!({"missing_parameters": ["schedule", "docker_image"]})
+        )
+    );
+    for schedule in ["* * * *", "61 * * * *", "not a schedule"] {
+        let bad = harness
+            .call(
+                "POST",
+                "/api/v2/cron_jobs/backup",
+                Some(json!({"schedule": schedule, "docker_image": "busybox"})),
+            )
+            .await;
+        assert_eq!(
+            (bad.status, bad.json),
+            (StatusCode::BAD_REQUEST, json!({"schedule_valid": false})),
+            "{schedule}"
+        );
+    }
+    let created = harness
+        .call(
+            "POST",
+            "/api/v2/cron_jobs/backup",
+            Some(json!({"schedule": "*/5 * * * *", "docker_image": "busybox", "env_vars": {"A": "1"}})),
+        )
+        .await;
+    assert_eq!(
+        (created.status, created.json),
+        (
+            StatusCode::OK,
+            json!({"cron_job_name": "backup", "cron_job_id": 1, "schedule": "*/5 * * * *",
+                   "docker_image": "busybox", "env_vars": {"A": "1"}, "running": true,
+                   "networks": ["nebula", "bridge"], "volumes": [], "devices": [], "privileged": false})
+        )
+    );
+    let exists = harness
+        .call(
+            "POST",
+            "/api/v2/cron_jobs/backup",
+            Some(json!({"schedule": "* * * * *", "docker_image": "busybox"})),
+        )
+        .await;
+    assert_eq!(
+        (exists.status, exists.json),
+        (StatusCode::FORBIDDEN, json!({"cron_job_exists": true}))
+    );
+    let listed = harness.call("GET", "/api/v2/cron_jobs", None).await;
+    assert_eq!(listed.json, json!({"cron_jobs": ["backup"]}));
+
+    let group = harness
+        .call(
+            "POST",
+            "/api/v2/device_groups/edge",
+            Some(json!({"cron_jobs": ["backup"]})),
+        )
+        .await;
+    assert_eq!(group.status, StatusCode::OK);
+    let state = last_group_state(&harness, "edge");
+    assert_eq!(state.group.cron_jobs, vec!["backup"]);
+    assert_eq!(
+        state
+            .cron_jobs
+            .iter()
+            .map(|job| (job.cron_job_name.as_str(), job.cron_job_id))
+            .collect::<Vec<_>>(),
+        vec![("backup", 1)]
+    );
+
+    // A change of the job reaches the group's devices at the same group version.
+    let patched = harness
+        .call(
+            "PATCH",
+            "/api/v2/cron_jobs/backup/update",
+            Some(json!({"schedule": "* * * * *"})),
+        )
+        .await;
+    assert_eq!(
+        (
+            patched.status,
+            patched.json["cron_job_id"].clone(),
+            patched.json["schedule"].clone(),
+            patched.json["env_vars"].clone()
+        ),
+        (
+            StatusCode::ACCEPTED,
+            json!(2),
+            json!("* * * * *"),
+            json!({"A": "1"})
+        )
+    );
+    let state = last_group_state(&harness, "edge");
+    assert_eq!(state.group.device_group_id, 1);
+    assert_eq!(
+        (
+            state.cron_jobs[0].cron_job_id,
+            state.cron_jobs[0].schedule.as_str()
+        ),
+        (2, "* * * * *")
+    );
+    for (method, body, status, answer) in [
+        (
+            "PUT",
+            json!({}),
+            StatusCode::BAD_REQUEST,
+            json!({"missing_parameters": true}),
+        ),
+        (
+            "PUT",
+            json!({"every": 1}),
+            StatusCode::BAD_REQUEST,
+            json!({"unknown_parameters": ["every"]}),
+        ),
+        (
+            "PUT",
+            json!({"running": "yes"}),
+            StatusCode::BAD_REQUEST,
+            json!({"invalid_parameters": ["running"]}),
+        ),
+        (
+            "PUT",
+            json!({"env_vars": ["A=1"]}),
+            StatusCode::BAD_REQUEST,
+            json!({"invalid_parameters": ["env_vars"]}),
+        ),
+        (
+            "PUT",
+            json!({"cron_job_name": "other"}),
+            StatusCode::BAD_REQUEST,
+            json!({"invalid_parameters": ["cron_job_name"]}),
+        ),
+        (
+            "PATCH",
+            json!({"schedule": "* * 31 2"}),
+            StatusCode::BAD_REQUEST,
+            json!({"schedule_valid": false}),
+        ),
+        (
+            "POST",
+            json!({"docker_image": "busybox"}),
+            StatusCode::BAD_REQUEST,
+            json!({"missing_parameters": ["schedule"]}),
+        ),
+        (
+            "POST",
+            json!({"schedule": "* * * * *", "docker_image": "NOT VALID"}),
+            StatusCode::BAD_REQUEST,
+            json!({"invalid_parameters": ["docker_image"]}),
+        ),
+    ] {
+        let refused = harness
+            .call(
+                method,
+                "/api/v2/cron_jobs/backup/update",
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(
+            (refused.status, refused.json),
+            (status, answer),
+            "{method} {body}"
+        );
+    }
+    let unchanged = harness.call("GET", "/api/v2/cron_jobs/backup", None).await;
+    assert_eq!(unchanged.json["cron_job_id"], json!(2));
+    let missing = harness
+        .call(
+            "PATCH",
+            "/api/v2/cron_jobs/ghost/update",
+            Some(json!({"running": false})),
+        )
+        .await;
+    assert_eq!(
+        (missing.status, missing.json),
+        (StatusCode::FORBIDDEN, json!({"cron_job_exists": false}))
+    );
+
+    // A full update resets what it omits.
+    let full = harness
+        .call(
+            "POST",
+            "/api/v2/cron_jobs/backup/update",
+            Some(json!({"schedule": "0 3 * * *", "docker_image": "busybox:1", "privileged": true})),
+        )
+        .await;
+    assert_eq!(full.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        (
+            full.json["cron_job_id"].clone(),
+            full.json["env_vars"].clone(),
+            full.json["privileged"].clone()
+        ),
+        (json!(3), json!({}), json!(true))
+    );
+    let info = harness
+        .call("GET", "/api/v2/device_groups/edge/info", None)
+        .await;
+    assert_eq!(info.json["cron_jobs_list"], json!(["backup"]));
+    assert_eq!(info.json["cron_jobs"], json!([full.json]));
+
+    // Deleting the job takes it out of the group, whose devices then stop running it.
+    let deleted = harness
+        .call("DELETE", "/api/v2/cron_jobs/backup", None)
+        .await;
+    assert_eq!((deleted.status, deleted.json), (StatusCode::OK, json!({})));
+    let gone = harness.call("GET", "/api/v2/cron_jobs/backup", None).await;
+    assert_eq!(
+        (gone.status, gone.json),
+        (StatusCode::FORBIDDEN, json!({"cron_job_exists": false}))
+    );
+    let group = harness
+        .call("GET", "/api/v2/device_groups/edge", None)
+        .await;
+    assert_eq!(
+        (
+            group.json["device_group_id"].clone(),
+            group.json["cron_jobs"].clone()
+        ),
+        (json!(2), json!([]))
+    );
+    let state = last_group_state(&harness, "edge");
+    assert!(state.group.cron_jobs.is_empty() && state.cron_jobs.is_empty());
+    let again = harness
+        .call("DELETE", "/api/v2/cron_jobs/backup", None)
+        .await;
+    assert_eq!(again.status, StatusCode::FORBIDDEN);
+
+    // Re-created: revision 1 of a newer incarnation.
+    let recreated = harness
+        .call(
+            "POST",
+            "/api/v2/cron_jobs/backup",
+            Some(json!({"schedule": "* * * * *", "docker_image": "busybox"})),
+        )
+        .await;
+    assert_eq!(recreated.json["cron_job_id"], json!(1));
+    harness
+        .call(
+            "PUT",
+            "/api/v2/device_groups/edge/update",
+            Some(json!({"cron_jobs": ["backup"]})),
+        )
+        .await;
+    let state = last_group_state(&harness, "edge");
+    assert!(state.cron_jobs[0].incarnation > 0);
+    assert_eq!(state.cron_jobs[0].cron_job_id, 1);
+}
+
 #[tokio::test]
 async fn bad_input_changes_nothing() {
     let harness = harness();

@@ -20,13 +20,11 @@ import time
 
 from NebulaPythonSDK import Nebula
 
-# SDK methods the control plane does not serve yet (issue 14): users, user groups, cron jobs.
+# SDK methods the control plane does not serve yet (issue 14): users and user groups.
 PENDING = {
     "list_users", "list_user", "create_user", "update_user", "delete_user", "refresh_user_token",
     "list_user_groups", "list_user_group", "create_user_group", "update_user_group",
     "delete_user_group",
-    "list_cron_jobs", "list_cron_job_info", "create_cron_job", "update_cron_job",
-    "delete_cron_job",
 }
 
 called = set()
@@ -114,6 +112,44 @@ def device_groups(nebula, prefix, app):
     expect_answer(call(nebula, "delete_app", app), 200)
 
 
+def cron_jobs(nebula, prefix):
+    job = f"{prefix}-cron"
+    image, other = os.environ["NEBULA_SDK_IMAGES"].split(",")
+    config = {
+        "schedule": "*/5 * * * *", "docker_image": image, "env_vars": {"TEST": "test123"},
+        "running": True, "volumes": [], "networks": ["nebula", "bridge"], "devices": [],
+        "privileged": False,
+    }
+    expect_answer(call(nebula, "create_cron_job", job, config), 200, cron_job_id=1, cron_job_name=job, **config)
+    expect_answer(call(nebula, "create_cron_job", job, config), 403, cron_job_exists=True)
+    expect_answer(call(nebula, "list_cron_job_info", job), 200, cron_job_id=1, **config)
+    listed = call(nebula, "list_cron_jobs")
+    expect_answer(listed, 200)
+    expect(job in listed["reply"]["cron_jobs"], "the new cron job is listed")
+    expect_answer(call(nebula, "create_cron_job", f"{prefix}-bad", {"schedule": "61 * * * *", "docker_image": image}),
+                  400, schedule_valid=False)
+    missing = call(nebula, "create_cron_job", f"{prefix}-bad", {})
+    expect_answer(missing, 400)
+    expect(set(missing["reply"]["missing_parameters"]) == {"schedule", "docker_image"},
+           "schedule and docker_image are named missing")
+    # A partial update (PUT) keeps the rest; a full one (POST) resets what it omits.
+    expect_answer(call(nebula, "update_cron_job", job, {"docker_image": other}),
+                  202, cron_job_id=2, docker_image=other, env_vars={"TEST": "test123"})
+    expect_answer(call(nebula, "update_cron_job", job, {"schedule": "0 * * * *", "docker_image": image}, force_all=True),
+                  202, cron_job_id=3, schedule="0 * * * *", env_vars={})
+    # A group lists it; /info carries it in full; deleting it takes it out of the group.
+    group = f"{prefix}-cron-group"
+    expect_answer(call(nebula, "create_device_group", group, {"cron_jobs": [job]}), 200, cron_jobs=[job])
+    info = call(nebula, "list_device_group_info", group)
+    expect_answer(info, 200, cron_jobs_list=[job])
+    expect([found["cron_job_name"] for found in info["reply"]["cron_jobs"]] == [job], "info carries the full job")
+    expect_answer(call(nebula, "delete_cron_job", job), 200)
+    expect_answer(call(nebula, "list_cron_job_info", job), 403, cron_job_exists=False)
+    expect_answer(call(nebula, "delete_cron_job", job), 403, cron_job_exists=False)
+    expect_answer(call(nebula, "list_device_group", group), 200, cron_jobs=[], device_group_id=2)
+    expect_answer(call(nebula, "delete_device_group", group), 200)
+
+
 def reports(nebula, group):
     # Upstream's own check: nothing matches → both null.
     expect_answer(call(nebula, "list_reports", hostname="test_non_existing_hostname",
@@ -168,6 +204,7 @@ def main():
     try:
         app = apps(nebula, prefix)
         device_groups(nebula, prefix, app)
+        cron_jobs(nebula, prefix)
         reports(nebula, os.environ["NEBULA_SDK_GROUP"])
         methods = {name for name in dir(Nebula) if not name.startswith("_") and callable(getattr(Nebula, name))}
         unchecked = methods - called - PENDING

@@ -61,6 +61,11 @@ pub fn test_image(version: u32) -> String {
     format!("{}/nebula/test:{version}", registry())
 }
 
+/// The test image as one short run that exits 0 (for cron jobs).
+pub fn once_test_image() -> String {
+    format!("{}/nebula/test-once:1", registry())
+}
+
 /// The test image with a HEALTHCHECK.
 pub fn healthy_test_image() -> String {
     format!("{}/nebula/test-healthy:1", registry())

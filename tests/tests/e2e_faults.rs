@@ -14,22 +14,9 @@ use std::time::{Duration, Instant};
 use support::amqp::{
     ReportTap, applied, connect, hold_next_sync_request, publish_raw, queue_messages,
 };
-use support::{DEADLINE, Scenario, app_config_from_document, app_id, identities};
+use support::{DEADLINE, Scenario, app_config_from_document, app_id, broker_address, identities};
 
 const GRACE: Duration = Duration::from_secs(10);
-
-fn broker_address() -> std::net::SocketAddr {
-    let url = nebula_tests::services::amqp_url();
-    let authority = url
-        .split('@')
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or("127.0.0.1:5672");
-    std::net::ToSocketAddrs::to_socket_addrs(authority)
-        .expect("broker address")
-        .next()
-        .expect("one address")
-}
 
 /// Scenario 2a: changes made while an agent is down reach it when it comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,10 @@
 //! Every operation is idempotent where Docker allows it (removing a missing container,
 //! creating an existing network), because the executor retries a failed plan from scratch.
 
-use super::{ContainerRuntime, ContainerSpec, ImageOutcome, NetworkPlan};
+use super::{
+    ContainerRuntime, ContainerSpec, ImageOutcome, NetworkPlan, ObservedCronContainer,
+    RestartPolicy,
+};
 use crate::config::{ContainerLogs, RegistryAuth};
 use crate::error::DockerError;
 use crate::reconcile::{Health, ObservedContainer};
@@ -11,9 +14,9 @@ use bollard::Docker;
 use bollard::auth::DockerCredentials;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, ContainerSummaryHealthStatusEnum, DeviceMapping, HealthStatusEnum,
-    HostConfig, HostConfigLogConfig, NetworkConnectRequest, NetworkCreateRequest, PortBinding,
-    RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerSummary, ContainerSummaryHealthStatusEnum, DeviceMapping,
+    HealthStatusEnum, HostConfig, HostConfigLogConfig, NetworkConnectRequest, NetworkCreateRequest,
+    PortBinding, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
@@ -24,7 +27,8 @@ use futures_util::StreamExt;
 use nebula_protocol::ImageRef;
 use nebula_protocol::model::{MAX_STOP_TIMEOUT_SECS, NEBULA_NETWORK};
 use nebula_protocol::placement::{
-    DeviceCapacity, LABEL_DEVICE_ID, LABEL_ORCHESTRATOR, ORCHESTRATOR_VALUE, PublishedPort,
+    DeviceCapacity, LABEL_APP_NAME, LABEL_CRON_JOB_NAME, LABEL_DEVICE_ID, LABEL_ORCHESTRATOR,
+    ORCHESTRATOR_VALUE, PublishedPort,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -240,6 +244,28 @@ impl DockerRuntime {
         Ok(())
     }
 
+    /// Every container, any state, with this runtime's labels (orchestrator, owner) and a
+    /// `kind` label (`app_name` or `cron_job_name`, whatever its value).
+    async fn list_ours(&self, kind: &str) -> Result<Vec<ContainerSummary>, DockerError> {
+        self.negotiate().await?;
+        let mut labels = vec![
+            format!("{LABEL_ORCHESTRATOR}={ORCHESTRATOR_VALUE}"),
+            kind.to_string(),
+        ];
+        if let Some(owner) = &self.owner {
+            labels.push(format!("{LABEL_DEVICE_ID}={owner}"));
+        }
+        let filters = HashMap::from([("label", labels)]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        self.docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|error| operation_error("list", "containers", error))
+    }
+
     /// Adds the owner label to a create body.
     fn labelled(&self, mut body: ContainerCreateBody) -> ContainerCreateBody {
         if let Some(owner) = &self.owner {
@@ -297,8 +323,11 @@ impl DockerRuntime {
                 privileged: Some(spec.privileged),
                 port_bindings: Some(port_bindings),
                 network_mode: Some(network_mode),
-                restart_policy: Some(RestartPolicy {
-                    name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                restart_policy: Some(bollard::models::RestartPolicy {
+                    name: Some(match spec.restart {
+                        RestartPolicy::UnlessStopped => RestartPolicyNameEnum::UNLESS_STOPPED,
+                        RestartPolicy::No => RestartPolicyNameEnum::NO,
+                    }),
                     maximum_retry_count: None,
                 }),
                 log_config,
@@ -375,21 +404,7 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn list_containers(&self) -> Result<Vec<ObservedContainer>, DockerError> {
-        self.negotiate().await?;
-        let mut labels = vec![format!("{LABEL_ORCHESTRATOR}={ORCHESTRATOR_VALUE}")];
-        if let Some(owner) = &self.owner {
-            labels.push(format!("{LABEL_DEVICE_ID}={owner}"));
-        }
-        let filters = HashMap::from([("label", labels)]);
-        let options = ListContainersOptionsBuilder::new()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let summaries = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(|error| operation_error("list", "containers", error))?;
+        let summaries = self.list_ours(LABEL_APP_NAME).await?;
         Ok(summaries
             .into_iter()
             .filter_map(|summary| {
@@ -415,6 +430,31 @@ impl ContainerRuntime for DockerRuntime {
                     summary.image.clone(),
                     state,
                     health,
+                )
+            })
+            .collect())
+    }
+
+    async fn list_cron_containers(&self) -> Result<Vec<ObservedCronContainer>, DockerError> {
+        let summaries = self.list_ours(LABEL_CRON_JOB_NAME).await?;
+        Ok(summaries
+            .into_iter()
+            .filter_map(|summary| {
+                let name = summary
+                    .names
+                    .as_ref()?
+                    .first()?
+                    .trim_start_matches('/')
+                    .to_string();
+                let state = summary
+                    .state
+                    .map(|state| state.to_string())
+                    .unwrap_or_default();
+                super::cron::observe_cron_labels(
+                    name,
+                    summary.labels.as_ref()?,
+                    summary.image.clone().unwrap_or_default(),
+                    state,
                 )
             })
             .collect())
@@ -740,6 +780,7 @@ mod tests {
             privileged: true,
             network: NetworkPlan::Mode("host".into()),
             stop_timeout_secs: 30,
+            restart: RestartPolicy::UnlessStopped,
         };
         let logs = HostConfigLogConfig {
             typ: Some("json-file".into()),

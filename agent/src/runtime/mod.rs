@@ -3,8 +3,11 @@
 //! the fleet simulator and for fast tests. One contract suite (`tests/runtime_contract.rs`)
 //! runs against both.
 
+pub mod cron;
 pub mod docker;
 pub mod simulated;
+
+pub use cron::ObservedCronContainer;
 
 use crate::error::DockerError;
 use crate::reconcile::ObservedContainer;
@@ -17,10 +20,12 @@ use nebula_protocol::{AppConfig, Name};
 use std::collections::BTreeMap;
 use std::future::Future;
 
-/// Everything needed to create one container of an app.
+/// Everything needed to create one container of an app (or one run of a cron job,
+/// [`ContainerSpec::for_cron_run`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerSpec {
     pub name: String,
+    /// The app (or cron job) the container belongs to, for errors.
     pub app_name: Name,
     /// `docker_image` in canonical form (tag defaulted to `latest`).
     pub image: String,
@@ -36,6 +41,16 @@ pub struct ContainerSpec {
     /// that whoever stops it later (this agent removing an orphan, `docker stop` by hand)
     /// waits as long as its app asked.
     pub stop_timeout_secs: u32,
+    pub restart: RestartPolicy,
+}
+
+/// What the engine does when a container's process ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    /// Apps: restarted until stopped on purpose.
+    UnlessStopped,
+    /// Cron runs: a run that ended stays ended (its exit code and logs are the result).
+    No,
 }
 
 /// Where a container's network interfaces go (API.md `networks`).
@@ -100,6 +115,7 @@ impl ContainerSpec {
             privileged: app.privileged,
             network: NetworkPlan::from_networks(&app.networks),
             stop_timeout_secs: app.stop_timeout_secs,
+            restart: RestartPolicy::UnlessStopped,
         })
     }
 }
@@ -128,10 +144,17 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         true
     }
 
-    /// Every Nebula-managed container (label `orchestrator=nebula`), any state.
+    /// Every Nebula-managed app container (label `orchestrator=nebula` and an `app_name`),
+    /// any state. Cron runs are not among them: app reconcile never sees (nor removes) them.
     fn list_containers(
         &self,
     ) -> impl Future<Output = Result<Vec<ObservedContainer>, DockerError>> + Send;
+
+    /// Every Nebula-managed cron run container (label `orchestrator=nebula` and a
+    /// `cron_job_name`), any state.
+    fn list_cron_containers(
+        &self,
+    ) -> impl Future<Output = Result<Vec<ObservedCronContainer>, DockerError>> + Send;
 
     /// One container by name, `None` when it does not exist.
     fn inspect_container(
@@ -148,7 +171,7 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         image: &str,
     ) -> impl Future<Output = Result<ImageOutcome, DockerError>> + Send;
 
-    /// Creates and starts a container. A leftover container of the same name is replaced
+    /// Creates and starts a container (an app's, or a cron run). A leftover container of the same name is replaced
     /// when it is one of ours (our labels, this device); any other container of that name is
     /// left alone and the create fails with [`DockerError::NameTaken`].
     fn create_container(

@@ -2,7 +2,7 @@
 //! records in a map, created "running" at once. Clones share state, so a simulator (or a
 //! test) keeps one clone to observe what the agent applied.
 
-use super::{ContainerRuntime, ContainerSpec, ImageOutcome};
+use super::{ContainerRuntime, ContainerSpec, ImageOutcome, ObservedCronContainer};
 use crate::error::DockerError;
 use crate::reconcile::{Health, ObservedContainer};
 use nebula_protocol::placement::DeviceCapacity;
@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 #[derive(Debug, Default)]
 struct Inner {
     containers: BTreeMap<String, (ContainerSpec, ObservedContainer)>,
+    /// Cron runs, apart from app containers as Docker's listings keep them apart (by label).
+    cron_runs: BTreeMap<String, (ContainerSpec, ObservedCronContainer)>,
     /// `None`: every image can be pulled. `Some`: only these can.
     pullable: Option<BTreeSet<String>>,
     /// Images present "locally".
@@ -87,19 +89,39 @@ impl SimulatedRuntime {
         }
     }
 
-    /// Sets a container's state word (`exited`, ...), as a crash or a manual stop would.
+    /// Sets a container's state word (`exited`, ...), as a crash, a manual stop or (for a
+    /// cron run) the end of its process would.
     pub fn set_state(&self, name: &str, state: &str) {
-        if let Some((_, observed)) = self.lock().containers.get_mut(name) {
+        let mut inner = self.lock();
+        if let Some((_, observed)) = inner.containers.get_mut(name) {
+            observed.state = state.to_string();
+        }
+        if let Some((_, observed)) = inner.cron_runs.get_mut(name) {
             observed.state = state.to_string();
         }
     }
 
-    /// The spec a container was created with.
+    /// The spec a container (or cron run) was created with.
     pub fn spec(&self, name: &str) -> Option<ContainerSpec> {
-        self.lock()
+        let inner = self.lock();
+        inner
             .containers
             .get(name)
             .map(|(spec, _)| spec.clone())
+            .or_else(|| inner.cron_runs.get(name).map(|(spec, _)| spec.clone()))
+    }
+
+    /// The names of `job`'s run containers, oldest fire first.
+    pub fn cron_run_names(&self, job: &Name) -> Vec<String> {
+        let inner = self.lock();
+        let mut runs: Vec<&ObservedCronContainer> = inner
+            .cron_runs
+            .values()
+            .map(|(_, observed)| observed)
+            .filter(|observed| &observed.job == job)
+            .collect();
+        runs.sort_by_key(|run| run.fired_at());
+        runs.into_iter().map(|run| run.name.clone()).collect()
     }
 
     /// Adds a container this agent does not manage, as someone on the device would have.
@@ -214,6 +236,17 @@ impl ContainerRuntime for SimulatedRuntime {
             .collect())
     }
 
+    async fn list_cron_containers(&self) -> Result<Vec<ObservedCronContainer>, DockerError> {
+        // Not counted in `list_calls`, which measures the app workers' shared listing: the
+        // cron runner lists runs on its own clock.
+        let inner = self.lock();
+        Ok(inner
+            .cron_runs
+            .values()
+            .map(|(_, observed)| observed.clone())
+            .collect())
+    }
+
     async fn inspect_container(
         &self,
         name: &str,
@@ -278,6 +311,18 @@ impl ContainerRuntime for SimulatedRuntime {
         // Read back through the labels, as from Docker: what a container is, is what its
         // labels say.
         let labels = spec.labels.clone().into_iter().collect();
+        if let Some(run) = super::cron::observe_cron_labels(
+            spec.name.clone(),
+            &labels,
+            spec.image.clone(),
+            "running".into(),
+        ) {
+            inner.operations.push(format!("create {}", spec.name));
+            inner
+                .cron_runs
+                .insert(spec.name.clone(), (spec.clone(), run));
+            return Ok(());
+        }
         let observed = super::observe_labels(
             spec.name.clone(),
             &labels,
@@ -298,7 +343,7 @@ impl ContainerRuntime for SimulatedRuntime {
 
     async fn remove_container(&self, name: &str) -> Result<(), DockerError> {
         let mut inner = self.lock();
-        if inner.containers.remove(name).is_some() {
+        if inner.containers.remove(name).is_some() || inner.cron_runs.remove(name).is_some() {
             inner.operations.push(format!("remove {name}"));
         }
         Ok(())
@@ -331,10 +376,13 @@ impl ContainerRuntime for SimulatedRuntime {
 
     async fn prune_images(&self) -> Result<(), DockerError> {
         let mut inner = self.lock();
+        // As Docker: an image any container uses, even a finished cron run, stays.
         let used: BTreeSet<String> = inner
             .containers
             .values()
-            .map(|(spec, _)| spec.image.clone())
+            .map(|(spec, _)| spec)
+            .chain(inner.cron_runs.values().map(|(spec, _)| spec))
+            .map(|spec| spec.image.clone())
             .collect();
         inner.local.retain(|image| used.contains(image));
         inner.operations.push("prune".into());

@@ -12,7 +12,10 @@
 //! * `NBS\x02` — [`DesiredState`] before `AppConfig` gained `stop_timeout_secs` and
 //!   `pull_policy` ([`AppConfigFormat2`]). Read and converted (Docker's stop timeout,
 //!   `always`); never written.
-//! * `NBS\x03` — [`DesiredState`] as declared.
+//! * `NBS\x03` — [`DesiredState`] before it held the group's cron jobs
+//!   ([`DesiredStateFormat3`]). Read and converted (no cron jobs: the next group message or
+//!   sync brings them); never written.
+//! * `NBS\x04` — [`DesiredState`] as declared.
 //!
 //! The file holds wire types, so an appended protocol field changes its layout too:
 //! `the_current_format_is_pinned` fails on any such change, and the fix is a new format
@@ -36,8 +39,9 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Magic and version of the format this release writes.
-const MAGIC_V3: &[u8; 4] = b"NBS\x03";
+const MAGIC_V4: &[u8; 4] = b"NBS\x04";
 /// Magic and version of the previous formats, still read.
+const MAGIC_V3: &[u8; 4] = b"NBS\x03";
 const MAGIC_V2: &[u8; 4] = b"NBS\x02";
 const MAGIC_V1: &[u8; 4] = b"NBS\x01";
 const STATE_FILE: &str = "desired-state.bin";
@@ -110,6 +114,33 @@ impl From<DesiredStateFormat2> for DesiredState {
             deleted_apps: old.deleted_apps,
             deleted_groups: old.deleted_groups,
             store_id: old.store_id,
+            cron_jobs: BTreeMap::new(),
+        }
+    }
+}
+
+/// [`DesiredState`] as state format 3 holds it, field for field: everything but the cron
+/// jobs, appended in format 4.
+#[derive(Deserialize)]
+struct DesiredStateFormat3 {
+    apps: BTreeMap<Name, AppConfig>,
+    group: Option<DeviceGroup>,
+    last_pruned: Option<Revision>,
+    deleted_apps: BTreeMap<Name, ObjectVersion>,
+    deleted_groups: BTreeMap<Name, ObjectVersion>,
+    store_id: Option<StoreId>,
+}
+
+impl From<DesiredStateFormat3> for DesiredState {
+    fn from(old: DesiredStateFormat3) -> Self {
+        Self {
+            apps: old.apps,
+            group: old.group,
+            last_pruned: old.last_pruned,
+            deleted_apps: old.deleted_apps,
+            deleted_groups: old.deleted_groups,
+            store_id: old.store_id,
+            cron_jobs: BTreeMap::new(),
         }
     }
 }
@@ -201,7 +232,7 @@ impl StateStore {
             source,
         };
         std::fs::create_dir_all(&self.directory).map_err(write_error)?;
-        let bytes = postcard::to_extend(state, MAGIC_V3.to_vec()).map_err(|error| {
+        let bytes = postcard::to_extend(state, MAGIC_V4.to_vec()).map_err(|error| {
             write_error(std::io::Error::other(format!(
                 "cannot encode state: {error}"
             )))
@@ -212,8 +243,10 @@ impl StateStore {
 }
 
 fn decode_state(bytes: &[u8]) -> Result<DesiredState, String> {
-    let state = if let Some(body) = bytes.strip_prefix(MAGIC_V3.as_slice()) {
+    let state = if let Some(body) = bytes.strip_prefix(MAGIC_V4.as_slice()) {
         decode_exactly::<DesiredState>(body)?
+    } else if let Some(body) = bytes.strip_prefix(MAGIC_V3.as_slice()) {
+        decode_exactly::<DesiredStateFormat3>(body)?.into()
     } else if let Some(body) = bytes.strip_prefix(MAGIC_V2.as_slice()) {
         decode_exactly::<DesiredStateFormat2>(body)?.into()
     } else if let Some(body) = bytes.strip_prefix(MAGIC_V1.as_slice()) {
@@ -226,6 +259,9 @@ fn decode_state(bytes: &[u8]) -> Result<DesiredState, String> {
     }
     if let Some(group) = &state.group {
         group.validate().map_err(|error| error.to_string())?;
+    }
+    for job in state.cron_jobs.values() {
+        job.validate().map_err(|error| error.to_string())?;
     }
     Ok(state)
 }
@@ -294,7 +330,7 @@ mod tests {
         assert!(warning.is_none());
 
         let bytes = std::fs::read(store.path()).expect("read");
-        assert_eq!(&bytes[..4], b"NBS\x03");
+        assert_eq!(&bytes[..4], b"NBS\x04");
         let mode = std::fs::metadata(store.path())
             .expect("metadata")
             .permissions()
@@ -382,7 +418,7 @@ mod tests {
 
         // The next save writes the current format, which loads back the same.
         store.save(&state).expect("save");
-        assert_eq!(&std::fs::read(store.path()).expect("read")[..4], b"NBS\x03");
+        assert_eq!(&std::fs::read(store.path()).expect("read")[..4], b"NBS\x04");
         assert_eq!(store.load().expect("load").0, state);
     }
 
@@ -435,15 +471,35 @@ mod tests {
         assert!(state.store_id.is_some());
 
         store.save(&state).expect("save");
-        assert_eq!(&std::fs::read(store.path()).expect("read")[..4], b"NBS\x03");
+        assert_eq!(&std::fs::read(store.path()).expect("read")[..4], b"NBS\x04");
         assert_eq!(store.load().expect("load").0, state);
     }
 
-    /// The bytes of the current format for a state using every field. A change here means
-    /// the layout changed (an appended protocol field, a new state field): give it a new
-    /// format version with a migration from this one instead of editing the hex.
+    /// What format 3 (`NBS\x03`, before cron jobs) wrote for group `g` (incarnation 5,
+    /// revision 3) with member `web` (incarnation 7, revision 4, stop timeout 30,
+    /// `if_not_present`), `last_pruned` 2, a tombstone of `old` at 1/9 and store 42 — the
+    /// pinned bytes of that format, captured from its `StateStore::save`.
+    const FORMAT_3_FILE: &str = "4e42530301037765620377656204056e67696e78000001000102066e6562756c610662726964676500000000071e01010167030101037765620005010201036f6c64010900012a";
+
+    /// Issue 14: a file of format 3 loads with no cron jobs (the next group message or sync
+    /// brings them), everything else as it was.
     #[test]
-    fn the_current_format_is_pinned() {
+    fn a_state_file_of_format_3_is_migrated() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let store = StateStore::new(directory.path());
+        std::fs::write(store.path(), unhex(FORMAT_3_FILE)).expect("write");
+        let (state, warning) = store.load().expect("load");
+        assert!(warning.is_none(), "{warning:?}");
+        assert_eq!(state, format_3_state());
+        assert!(state.cron_jobs.is_empty());
+
+        store.save(&state).expect("save");
+        assert_eq!(&std::fs::read(store.path()).expect("read")[..4], b"NBS\x04");
+        assert_eq!(store.load().expect("load").0, state);
+    }
+
+    /// The state [`FORMAT_3_FILE`] holds.
+    fn format_3_state() -> DesiredState {
         let mut state = DesiredState::default();
         let mut web = app("web", 7, 4);
         web.stop_timeout_secs = 30;
@@ -454,6 +510,20 @@ mod tests {
             .deleted_apps
             .insert(name("old"), ObjectVersion::new(1, 9));
         state.store_id = Some(StoreId(42));
+        state
+    }
+
+    /// The bytes of the current format for a state using every field. A change here means
+    /// the layout changed (an appended protocol field, a new state field): give it a new
+    /// format version with a migration from this one instead of editing the hex.
+    #[test]
+    fn the_current_format_is_pinned() {
+        let mut state = format_3_state();
+        let mut job = nebula_protocol::CronJob::new(name("backup"), "*/5 * * * *", "busybox");
+        job.incarnation = 2;
+        job.cron_job_id = 6;
+        job.env_vars.insert("A".into(), "1".into());
+        state.cron_jobs.insert(name("backup"), job);
         let directory = tempfile::tempdir().expect("tempdir");
         let store = StateStore::new(directory.path());
         store.save(&state).expect("save");
@@ -462,7 +532,7 @@ mod tests {
         assert_eq!(store.load().expect("load").0, state);
     }
 
-    const CURRENT_FORMAT_FILE: &str = "4e42530301037765620377656204056e67696e78000001000102066e6562756c610662726964676500000000071e01010167030101037765620005010201036f6c64010900012a";
+    const CURRENT_FORMAT_FILE: &str = "4e42530401037765620377656204056e67696e78000001000102066e6562756c610662726964676500000000071e01010167030101037765620005010201036f6c64010900012a01066261636b7570066261636b7570060b2a2f35202a202a202a202a0762757379626f7801014101310102066e6562756c610662726964676500000002";
 
     #[test]
     fn corrupt_file_is_moved_aside_and_the_agent_starts_empty() {
@@ -477,6 +547,7 @@ mod tests {
             b"NBS\x01\xff\xff\xff",
             b"NBS\x02\xff\xff\xff",
             b"NBS\x03\xff\xff\xff",
+            b"NBS\x04\xff\xff\xff",
             b"random bytes",
             b"NBS\x09",
             &truncated,

@@ -12,6 +12,10 @@
 //!   its membership and every member's config — whatever versions are held, but a `NotFound`
 //!   is acted on only from the store the agent already knows.
 //!
+//! * Cron jobs (group mode only) travel inside the group's document: each is applied by its
+//!   own version, even in a group message at the held group version, since the control
+//!   plane re-publishes the group unchanged when only a cron job changed.
+//!
 //! [`file::StateStore`] persists it atomically in a versioned file format.
 
 pub mod file;
@@ -20,7 +24,9 @@ pub mod sync;
 pub use file::StateStore;
 pub use sync::{StoreChange, SyncOutcome};
 
-use nebula_protocol::{AppConfig, DeviceGroup, GroupState, Name, ObjectVersion, Revision, StoreId};
+use nebula_protocol::{
+    AppConfig, CronJob, DeviceGroup, GroupState, Name, ObjectVersion, Revision, StoreId,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -42,6 +48,9 @@ pub struct DesiredState {
     /// The store of the last sync reply that found its target: a `NotFound` from any other
     /// store is never acted on (see [`sync`]).
     pub store_id: Option<StoreId>,
+    /// Group mode: the group's cron jobs (members of `group.cron_jobs`) as last told. State
+    /// format 4; empty in a file of an older format.
+    pub cron_jobs: BTreeMap<Name, CronJob>,
 }
 
 /// What an update changed.
@@ -51,17 +60,19 @@ pub struct Changes {
     pub apps: Vec<Name>,
     /// The group document changed.
     pub group: bool,
+    /// The desired cron jobs changed (one added, removed or of another config).
+    pub cron: bool,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.apps.is_empty() && !self.group
+        self.apps.is_empty() && !self.group && !self.cron
     }
 
     fn app(name: &Name) -> Self {
         Self {
             apps: vec![name.clone()],
-            group: false,
+            ..Self::default()
         }
     }
 }
@@ -121,8 +132,9 @@ impl DesiredState {
     /// Applies a `DeviceGroupChanged` message. Newer than the held group (and its
     /// tombstone): the document is replaced, apps no longer listed go, and each member's
     /// config in the message is applied by the rules of [`Self::apply_app_change`] (a member
-    /// may have changed again since the group was written). At the same version, only a
-    /// higher `prune_id` is taken (a prune request bumps nothing else). Older: ignored.
+    /// may have changed again since the group was written); cron jobs likewise, and those no
+    /// longer listed go. At the same version, only a higher `prune_id` (a prune request
+    /// bumps nothing else) and newer cron job configs are taken. Older: ignored.
     pub fn apply_group_change(&mut self, state: GroupState) -> Changes {
         let name = state.group.device_group.clone();
         let offered = state.group.version();
@@ -137,14 +149,16 @@ impl DesiredState {
             match offered.cmp(&held.version()) {
                 std::cmp::Ordering::Less => return Changes::default(),
                 std::cmp::Ordering::Equal => {
-                    if state.group.prune_id <= held.prune_id {
-                        return Changes::default();
+                    // The same document again: a prune request (a higher `prune_id`), or a
+                    // cron job changed (the control plane re-publishes the group at its
+                    // version with the job's newer config). Nothing else can differ.
+                    let mut changes = Changes::default();
+                    if state.group.prune_id > held.prune_id {
+                        held.prune_id = state.group.prune_id;
+                        changes.group = true;
                     }
-                    held.prune_id = state.group.prune_id;
-                    return Changes {
-                        apps: Vec::new(),
-                        group: true,
-                    };
+                    changes.cron = self.apply_cron_jobs(state.cron_jobs);
+                    return changes;
                 }
                 std::cmp::Ordering::Greater => {}
             }
@@ -153,7 +167,32 @@ impl DesiredState {
         for app in state.apps {
             changes.apps.extend(self.apply_app_change(app).apps);
         }
+        changes.cron |= self.apply_cron_jobs(state.cron_jobs);
         changes
+    }
+
+    /// Applies the cron jobs of a group message, each only when it is a member of the held
+    /// group and strictly newer than the held config (as [`Self::apply_app_change`] for
+    /// apps: a job may have changed again since the message was written). Returns whether
+    /// any was taken.
+    fn apply_cron_jobs(&mut self, jobs: Vec<CronJob>) -> bool {
+        let mut changed = false;
+        for job in jobs {
+            let name = job.cron_job_name.clone();
+            let member = self
+                .group
+                .as_ref()
+                .is_some_and(|group| group.cron_jobs.contains(&name));
+            let newer = self
+                .cron_jobs
+                .get(&name)
+                .is_none_or(|held| job.version() > held.version());
+            if member && newer {
+                self.cron_jobs.insert(name, job);
+                changed = true;
+            }
+        }
+        changed
     }
 
     /// Applies a `DeviceGroupDeleted` message: unless the held group is newer, everything
@@ -184,8 +223,8 @@ impl DesiredState {
     /// another incarnation restarts the prune bookkeeping (its `prune_id` starts over).
     fn replace_group_document(&mut self, group: DeviceGroup) -> Changes {
         let mut changes = Changes {
-            apps: Vec::new(),
             group: self.group.as_ref() != Some(&group),
+            ..Changes::default()
         };
         let same_life = self.group.as_ref().is_some_and(|held| {
             held.device_group == group.device_group && held.incarnation == group.incarnation
@@ -203,6 +242,11 @@ impl DesiredState {
             self.apps.remove(&app);
             changes.apps.push(app);
         }
+        // A cron job deleted (or moved out of the group) is no longer listed: it goes.
+        let jobs_before = self.cron_jobs.len();
+        self.cron_jobs
+            .retain(|job, _| group.cron_jobs.contains(job));
+        changes.cron = self.cron_jobs.len() != jobs_before;
         // Tombstones matter only for apps that can still arrive: members. Dropping the
         // others keeps the state file bounded by the group's size.
         self.deleted_apps.retain(|app, _| group.apps.contains(app));
@@ -211,13 +255,16 @@ impl DesiredState {
         changes
     }
 
-    /// Forgets the group and every app (deleted, or not found by the known store).
+    /// Forgets the group, every app and every cron job (deleted, or not found by the known
+    /// store).
     fn forget_group(&mut self) -> Changes {
         let changes = Changes {
             apps: self.apps.keys().cloned().collect(),
             group: self.group.is_some(),
+            cron: !self.cron_jobs.is_empty(),
         };
         self.apps.clear();
+        self.cron_jobs.clear();
         self.group = None;
         self.last_pruned = None;
         self.deleted_apps.clear();
@@ -262,6 +309,170 @@ pub(crate) mod tests {
 
     fn version(incarnation: u64, revision: Revision) -> ObjectVersion {
         ObjectVersion::new(incarnation, revision)
+    }
+
+    /// Cron job `job_name` at (incarnation, revision) on `schedule`.
+    pub(crate) fn cron_job(
+        job_name: &str,
+        incarnation: u64,
+        revision: Revision,
+        schedule: &str,
+    ) -> CronJob {
+        let mut job = CronJob::new(name(job_name), schedule, "busybox");
+        job.incarnation = incarnation;
+        job.cron_job_id = revision;
+        job
+    }
+
+    /// [`group`] with the cron jobs `members` listed and `configs` carried.
+    pub(crate) fn group_with_jobs(
+        incarnation: u64,
+        revision: Revision,
+        members: &[&str],
+        configs: Vec<CronJob>,
+    ) -> GroupState {
+        let mut state = group(incarnation, revision, &[], Vec::new());
+        state.group.cron_jobs = members.iter().map(|job| name(job)).collect();
+        state.cron_jobs = configs;
+        state
+    }
+
+    fn held_job_version(state: &DesiredState, job: &str) -> Option<ObjectVersion> {
+        state.cron_jobs.get(&name(job)).map(CronJob::version)
+    }
+
+    #[test]
+    fn cron_jobs_apply_by_their_own_version_even_at_the_same_group_version() {
+        let mut state = DesiredState::default();
+        let changes = state.apply_group_change(group_with_jobs(
+            1,
+            2,
+            &["backup", "report"],
+            vec![
+                cron_job("backup", 1, 1, "0 * * * *"),
+                cron_job("report", 1, 1, "5 * * * *"),
+            ],
+        ));
+        assert!(changes.group && changes.cron);
+        assert_eq!(held_job_version(&state, "backup"), Some(version(1, 1)));
+
+        // The control plane re-publishes the group at its version with backup's newer config:
+        // taken, though the group version did not move.
+        let mut newer = cron_job("backup", 1, 2, "*/5 * * * *");
+        newer.env_vars.insert("A".into(), "1".into());
+        let changes = state.apply_group_change(group_with_jobs(
+            1,
+            2,
+            &["backup", "report"],
+            vec![newer.clone(), cron_job("report", 1, 1, "5 * * * *")],
+        ));
+        assert_eq!(
+            changes,
+            Changes {
+                cron: true,
+                ..Changes::default()
+            }
+        );
+        assert_eq!(state.cron_jobs[&name("backup")], newer);
+
+        // The same message again, or one carrying an older config, changes nothing.
+        assert!(
+            state
+                .apply_group_change(group_with_jobs(
+                    1,
+                    2,
+                    &["backup", "report"],
+                    vec![newer.clone()]
+                ))
+                .is_empty()
+        );
+        assert!(
+            state
+                .apply_group_change(group_with_jobs(
+                    1,
+                    2,
+                    &["backup", "report"],
+                    vec![cron_job("backup", 1, 1, "0 * * * *")]
+                ))
+                .is_empty()
+        );
+        assert_eq!(state.cron_jobs[&name("backup")], newer);
+        // A job the group does not list is not taken, at any version.
+        assert!(
+            state
+                .apply_group_change(group_with_jobs(
+                    1,
+                    2,
+                    &["backup", "report"],
+                    vec![cron_job("stranger", 1, 9, "* * * * *")]
+                ))
+                .is_empty()
+        );
+        // A re-created job (another incarnation) wins at revision 1.
+        let changes = state.apply_group_change(group_with_jobs(
+            1,
+            2,
+            &["backup", "report"],
+            vec![cron_job("backup", 2, 1, "0 0 * * *")],
+        ));
+        assert!(changes.cron && !changes.group);
+        assert_eq!(held_job_version(&state, "backup"), Some(version(2, 1)));
+        // A prune request and a job change in one message: both taken.
+        let mut both = group_with_jobs(
+            1,
+            2,
+            &["backup", "report"],
+            vec![cron_job("report", 1, 2, "5 * * * *")],
+        );
+        both.group.prune_id = 9;
+        let changes = state.apply_group_change(both);
+        assert!(changes.group && changes.cron);
+        assert_eq!(state.group.as_ref().map(|group| group.prune_id), Some(9));
+        assert_eq!(held_job_version(&state, "report"), Some(version(1, 2)));
+    }
+
+    #[test]
+    fn cron_jobs_a_newer_group_no_longer_lists_go() {
+        let mut state = DesiredState::default();
+        state.apply_group_change(group_with_jobs(
+            1,
+            2,
+            &["backup", "report"],
+            vec![
+                cron_job("backup", 1, 3, "0 * * * *"),
+                cron_job("report", 1, 1, "5 * * * *"),
+            ],
+        ));
+        // report deleted (the group's version goes up); backup's config in the message is
+        // older than held and ignored.
+        let changes = state.apply_group_change(group_with_jobs(
+            1,
+            3,
+            &["backup"],
+            vec![cron_job("backup", 1, 2, "0 * * * *")],
+        ));
+        assert!(changes.group && changes.cron);
+        assert_eq!(
+            state.cron_jobs.keys().collect::<Vec<_>>(),
+            vec![&name("backup")]
+        );
+        assert_eq!(held_job_version(&state, "backup"), Some(version(1, 3)));
+        // An older group message cannot bring report back.
+        assert!(
+            state
+                .apply_group_change(group_with_jobs(
+                    1,
+                    2,
+                    &["backup", "report"],
+                    vec![cron_job("report", 1, 9, "5 * * * *")]
+                ))
+                .is_empty()
+        );
+        assert!(!state.cron_jobs.contains_key(&name("report")));
+        // The group deleted: every job goes.
+        let changes = state.apply_group_delete(&name("g"), version(1, 3));
+        assert!(changes.cron);
+        assert!(state.cron_jobs.is_empty());
     }
 
     #[test]

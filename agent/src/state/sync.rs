@@ -11,7 +11,7 @@
 //! wrong database) answers `NotFound` for everything; acting on that would wipe the fleet.
 
 use super::{Changes, DesiredState};
-use nebula_protocol::{AppConfig, GroupState, Name, StoreId, SyncResult, SyncTarget};
+use nebula_protocol::{AppConfig, CronJob, GroupState, Name, StoreId, SyncResult, SyncTarget};
 use std::collections::BTreeMap;
 
 /// How the store of a reply that found its target relates to the one the agent knew.
@@ -124,11 +124,22 @@ impl DesiredState {
         let GroupState {
             group,
             apps,
+            cron_jobs,
             unavailable,
-            ..
         } = state;
         let members = group.apps.clone();
+        let job_members = group.cron_jobs.clone();
         let mut changes = self.replace_group_document(group);
+        // Cron jobs: exactly the reply's listed members, as for apps.
+        let jobs: BTreeMap<Name, CronJob> = cron_jobs
+            .into_iter()
+            .filter(|job| job_members.contains(&job.cron_job_name))
+            .map(|job| (job.cron_job_name.clone(), job))
+            .collect();
+        if self.cron_jobs != jobs {
+            self.cron_jobs = jobs;
+            changes.cron = true;
+        }
         let listed: BTreeMap<Name, AppConfig> = apps
             .into_iter()
             .filter(|app| members.contains(&app.app_name))
@@ -166,7 +177,7 @@ impl DesiredState {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{app, group, name};
+    use super::super::tests::{app, cron_job, group, group_with_jobs, name};
     use super::*;
     use nebula_protocol::ObjectVersion;
 
@@ -220,6 +231,51 @@ mod tests {
         assert_eq!(changes.apps, vec![name("a")]);
         assert!(!changes.group, "the group document did not change");
         assert_eq!(state.apps[&name("a")], changed);
+    }
+
+    #[test]
+    fn after_a_group_sync_the_cron_jobs_are_exactly_the_listed_members() {
+        let mut state = synced_group();
+        state.apply_group_change(group_with_jobs(
+            1,
+            4,
+            &["backup", "report"],
+            vec![
+                cron_job("backup", 1, 5, "0 * * * *"),
+                cron_job("report", 1, 1, "5 * * * *"),
+            ],
+        ));
+        assert_eq!(state.cron_jobs.len(), 2);
+        // The reply lists backup (at an older version: the reply wins) and a new job; report
+        // is gone, and a job carried but not listed is not desired.
+        let reply = group_with_jobs(
+            1,
+            4,
+            &["backup", "nightly"],
+            vec![
+                cron_job("backup", 1, 4, "0 * * * *"),
+                cron_job("nightly", 1, 1, "0 3 * * *"),
+                cron_job("stranger", 1, 1, "* * * * *"),
+            ],
+        );
+        let (changes, outcome) =
+            state.apply_sync(&group_target(), STORE, SyncResult::Group(reply.clone()));
+        assert!(outcome.found());
+        assert!(changes.cron);
+        assert_eq!(
+            state.cron_jobs.keys().collect::<Vec<_>>(),
+            vec![&name("backup"), &name("nightly")]
+        );
+        assert_eq!(
+            state.cron_jobs[&name("backup")].version(),
+            ObjectVersion::new(1, 4)
+        );
+        // The same reply again changes nothing.
+        let (changes, _) = state.apply_sync(&group_target(), STORE, SyncResult::Group(reply));
+        assert!(!changes.cron);
+        // NotFound from the known store: every job goes.
+        let (changes, _) = state.apply_sync(&group_target(), STORE, SyncResult::NotFound);
+        assert!(changes.cron && state.cron_jobs.is_empty());
     }
 
     #[test]

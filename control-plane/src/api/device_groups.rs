@@ -72,7 +72,7 @@ pub async fn info(
         json!({
             "apps": apps,
             "apps_list": apps_list,
-            "cron_jobs": [],
+            "cron_jobs": info.cron_jobs.iter().map(dto::cron_job_json).collect::<Vec<_>>(),
             "cron_jobs_list": info.group.cron_jobs.iter().map(|job| job.as_str()).collect::<Vec<_>>(),
             "prune_id": info.group.prune_id,
             "device_group_id": info.group.device_group_id,

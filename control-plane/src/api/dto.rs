@@ -6,7 +6,7 @@
 use super::errors::ApiError;
 use nebula_protocol::placement::validate_port_range;
 use nebula_protocol::{
-    AppConfig, ContainersPer, DeviceGroup, EnvVarsForm, Name, PortMapping, PortProtocol,
+    AppConfig, ContainersPer, CronJob, DeviceGroup, EnvVarsForm, Name, PortMapping, PortProtocol,
     PullPolicy, ValidationError,
 };
 use serde_json::{Map, Value, json};
@@ -30,6 +30,20 @@ pub const APP_FIELDS: [&str; 13] = [
     "pull_policy",
     // Accepted for v2 compatibility only as the same value as the path: see `parse_app`.
     "app_name",
+];
+
+/// The cron job fields a client may write.
+pub const CRON_JOB_FIELDS: [&str; 9] = [
+    "schedule",
+    "docker_image",
+    "env_vars",
+    "running",
+    "networks",
+    "volumes",
+    "devices",
+    "privileged",
+    // Accepted for v2 compatibility only as the same value as the path, as for apps.
+    "cron_job_name",
 ];
 
 /// The device group fields a client may write.
@@ -371,6 +385,127 @@ pub fn app_json(config: &AppConfig) -> Value {
         "rolling_restart": config.rolling_restart,
         "stop_timeout_secs": config.stop_timeout_secs,
         "pull_policy": config.pull_policy.as_str(),
+    })
+}
+
+/// The fields present in a cron job body, typed.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct CronJobPatch {
+    pub schedule: Option<String>,
+    pub docker_image: Option<String>,
+    pub env_vars: Option<BTreeMap<String, String>>,
+    pub running: Option<bool>,
+    pub networks: Option<Vec<String>>,
+    pub volumes: Option<Vec<String>>,
+    pub devices: Option<Vec<String>>,
+    pub privileged: Option<bool>,
+}
+
+impl CronJobPatch {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Writes the present fields over `job`.
+    pub fn apply(self, job: &mut CronJob) {
+        if let Some(value) = self.schedule {
+            job.schedule = value;
+        }
+        if let Some(value) = self.docker_image {
+            job.docker_image = value;
+        }
+        if let Some(value) = self.env_vars {
+            job.env_vars = value;
+        }
+        if let Some(value) = self.running {
+            job.running = value;
+        }
+        if let Some(value) = self.networks {
+            job.networks = value;
+        }
+        if let Some(value) = self.volumes {
+            job.volumes = value;
+        }
+        if let Some(value) = self.devices {
+            job.devices = value;
+        }
+        if let Some(value) = self.privileged {
+            job.privileged = value;
+        }
+    }
+}
+
+/// Parses a cron job body: unknown fields, then wrong types are reported. `env_vars` is a
+/// dict (the list form is for apps only).
+pub fn parse_cron_job(object: &Map<String, Value>, job: &Name) -> Result<CronJobPatch, ApiError> {
+    unknown_fields(object, &CRON_JOB_FIELDS)?;
+    let mut patch = CronJobPatch::default();
+    let mut invalid = Vec::new();
+    for (key, value) in object {
+        let text = || value.as_str().map(str::to_string);
+        let ok = match key.as_str() {
+            "schedule" => text().map(|text| patch.schedule = Some(text)).is_some(),
+            "docker_image" => text().map(|text| patch.docker_image = Some(text)).is_some(),
+            "env_vars" => string_map(value)
+                .map(|vars| patch.env_vars = Some(vars))
+                .is_some(),
+            "running" => value
+                .as_bool()
+                .map(|flag| patch.running = Some(flag))
+                .is_some(),
+            "privileged" => value
+                .as_bool()
+                .map(|flag| patch.privileged = Some(flag))
+                .is_some(),
+            "networks" => string_list(value)
+                .map(|list| patch.networks = Some(list))
+                .is_some(),
+            "volumes" => string_list(value)
+                .map(|list| patch.volumes = Some(list))
+                .is_some(),
+            "devices" => string_list(value)
+                .map(|list| patch.devices = Some(list))
+                .is_some(),
+            "cron_job_name" => value.as_str() == Some(job.as_str()),
+            _ => false,
+        };
+        if !ok {
+            invalid.push(key.clone());
+        }
+    }
+    if invalid.is_empty() {
+        Ok(patch)
+    } else {
+        Err(ApiError::invalid(invalid))
+    }
+}
+
+/// Validates a complete cron job before it is stored: a schedule that does not parse is
+/// upstream's `400 {"schedule_valid": false}`, the rest as for apps.
+pub fn validate_cron_job(job: &CronJob) -> Result<(), ApiError> {
+    match job.validate() {
+        Ok(()) => Ok(()),
+        Err(ValidationError::Schedule(_)) => Err(ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            json!({"schedule_valid": false}),
+        )),
+        Err(error) => Err(validation_error(&error)),
+    }
+}
+
+/// The v2 JSON of a cron job.
+pub fn cron_job_json(job: &CronJob) -> Value {
+    json!({
+        "cron_job_name": job.cron_job_name.as_str(),
+        "cron_job_id": job.cron_job_id,
+        "schedule": job.schedule,
+        "docker_image": job.docker_image,
+        "env_vars": job.env_vars,
+        "running": job.running,
+        "networks": job.networks,
+        "volumes": job.volumes,
+        "devices": job.devices,
+        "privileged": job.privileged,
     })
 }
 

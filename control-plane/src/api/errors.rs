@@ -131,6 +131,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::GroupNotFound(_) => forbidden(json!({"device_group_exists": false})),
             ServiceError::GroupExists(_) => forbidden(json!({"device_group_exists": true})),
             ServiceError::CronJobNotFound(_) => forbidden(json!({"cron_job_exists": false})),
+            ServiceError::CronJobExists(_) => forbidden(json!({"cron_job_exists": true})),
             ServiceError::NotRunning(_) => forbidden(json!({"running_before_restart": false})),
             ServiceError::Store(StoreError::Corrupt { kind, name, .. }) => {
                 Self::corrupt(kind, &name)

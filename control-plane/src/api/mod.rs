@@ -12,6 +12,7 @@
 
 pub mod apps;
 pub mod credentials;
+pub mod cron_jobs;
 pub mod device_groups;
 pub mod devices;
 pub mod dto;
@@ -340,6 +341,13 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(provisioning::create, provisioning::list))
         .routes(routes!(provisioning::delete))
         .routes(routes!(device_groups::prune_all))
+        .routes(routes!(cron_jobs::list))
+        .routes(routes!(
+            cron_jobs::read,
+            cron_jobs::create,
+            cron_jobs::delete
+        ))
+        .routes(routes!(cron_jobs::full_update, cron_jobs::partial_update))
         .routes(routes!(devices::list))
         .routes(routes!(devices::read))
         .routes(routes!(reports::list))

@@ -87,6 +87,54 @@ pub struct AppFields {
     pub app_name: Option<String>,
 }
 
+/// A cron job document (API.md "Cron jobs").
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CronJob {
+    pub cron_job_name: String,
+    /// The revision: 1 on create, +1 on every change.
+    pub cron_job_id: u64,
+    /// Five cron fields, UTC.
+    pub schedule: String,
+    pub docker_image: String,
+    pub env_vars: BTreeMap<String, String>,
+    pub running: bool,
+    pub networks: Vec<String>,
+    pub volumes: Vec<String>,
+    pub devices: Vec<String>,
+    pub privileged: bool,
+}
+
+/// The cron job fields a client may write (create and full update need `schedule` and
+/// `docker_image`; a partial update any non-empty subset).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CronJobFields {
+    pub schedule: Option<String>,
+    pub docker_image: Option<String>,
+    pub env_vars: Option<BTreeMap<String, String>>,
+    pub running: Option<bool>,
+    pub networks: Option<Vec<String>>,
+    pub volumes: Option<Vec<String>>,
+    pub devices: Option<Vec<String>>,
+    pub privileged: Option<bool>,
+    /// Accepted for v2 clients only when it equals the name in the path.
+    pub cron_job_name: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CronJobList {
+    pub cron_jobs: Vec<String>,
+}
+
+/// `400 {"schedule_valid": false}`: the schedule is not five cron fields.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleInvalid {
+    pub schedule_valid: bool,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppList {
@@ -123,8 +171,7 @@ pub struct GroupList {
 pub struct GroupInfo {
     pub apps: Vec<App>,
     pub apps_list: Vec<String>,
-    #[schema(value_type = Vec<Object>)]
-    pub cron_jobs: Vec<()>,
+    pub cron_jobs: Vec<CronJob>,
     pub cron_jobs_list: Vec<String>,
     pub prune_id: u64,
     pub device_group_id: u64,
@@ -311,6 +358,7 @@ pub enum BadRequest {
     Port(PortError),
     AppsNotList(AppsNotList),
     CronJobsNotList(CronJobsNotList),
+    Schedule(ScheduleInvalid),
 }
 
 /// `403` answers: not allowed, or v2's "does not exist" / "already exists" / state errors.

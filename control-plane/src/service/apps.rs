@@ -2,11 +2,10 @@
 //! published there as the app's full config, and the delete (tell the devices, leave every
 //! group, drop the exchange).
 
+use super::groups::groups_where;
 use super::resource::Lifecycle;
 use super::write::{Writes, clear_pending, delete_exchange_unless_revived};
 use super::{Service, ServiceError, Stored};
-use crate::error::StoreError;
-use crate::store::Kind;
 use async_trait::async_trait;
 use nebula_protocol::{AppConfig, DeviceGroup, Message, Name, names};
 
@@ -16,8 +15,8 @@ impl Lifecycle for AppConfig {
         &service.apps
     }
 
-    fn exchange(name: &Name) -> String {
-        names::app_exchange(name)
+    fn exchange(name: &Name) -> Option<String> {
+        Some(names::app_exchange(name))
     }
 
     async fn publish(service: &Service, stored: &Stored<Self>) -> Result<(), ServiceError> {
@@ -43,7 +42,8 @@ impl Lifecycle for AppConfig {
             .await?;
         // Every group that lists the app leaves it. Read after the tombstone was written: a
         // group write that checked the app before then is caught by that write's repair.
-        for group in groups_containing(service, &config.app_name).await? {
+        let name = &config.app_name;
+        for group in groups_where(service, |group| group.apps.contains(name)).await? {
             let app = config.app_name.clone();
             let removed = service
                 .update_group(&group, move |current: &DeviceGroup| {
@@ -62,27 +62,4 @@ impl Lifecycle for AppConfig {
         tracing::info!(app = %config.app_name, version = %config.version(), "app deleted");
         Ok(())
     }
-}
-
-/// The live groups that list `app`. A corrupt group is skipped with an error in the log:
-/// its membership cannot be known, and one broken record must not block deleting an app.
-async fn groups_containing(service: &Service, app: &Name) -> Result<Vec<Name>, ServiceError> {
-    let records = service
-        .store
-        .list(Kind::DeviceGroup)
-        .await
-        .map_err(|error| service.store_error(error))?;
-    let mut groups = Vec::new();
-    for record in records.into_iter().filter(|record| !record.tombstone) {
-        match service.parse::<DeviceGroup>(record) {
-            Ok(stored) if stored.document.apps.contains(app) => {
-                groups.push(stored.document.device_group);
-            }
-            Ok(_) => {}
-            // Counted and logged by `parse`; the others still leave the app.
-            Err(ServiceError::Store(StoreError::Corrupt { .. })) => {}
-            Err(error) => return Err(error),
-        }
-    }
-    Ok(groups)
 }

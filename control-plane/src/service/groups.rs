@@ -29,12 +29,12 @@ impl Lifecycle for DeviceGroup {
         &service.groups
     }
 
-    fn exchange(name: &Name) -> String {
-        names::group_exchange(name)
+    fn exchange(name: &Name) -> Option<String> {
+        Some(names::group_exchange(name))
     }
 
-    /// Only apps new to the group must exist (removing a deleted app must work), and no cron
-    /// job can be listed yet: cron jobs come with a later issue, so none exists.
+    /// Only apps and cron jobs new to the group must exist (removing a deleted one must
+    /// work).
     async fn check(
         service: &Service,
         previous: Option<&Self>,
@@ -46,8 +46,11 @@ impl Lifecycle for DeviceGroup {
                 return Err(ServiceError::AppNotFound(app.clone()));
             }
         }
-        if let Some(job) = next.cron_jobs.first() {
-            return Err(ServiceError::CronJobNotFound(job.clone()));
+        for job in &next.cron_jobs {
+            let known = previous.is_some_and(|previous| previous.cron_jobs.contains(job));
+            if !known && !is_live(service, Kind::CronJob, job).await? {
+                return Err(ServiceError::CronJobNotFound(job.clone()));
+            }
         }
         Ok(())
     }
@@ -64,8 +67,8 @@ impl Lifecycle for DeviceGroup {
         settle_topology(service, stored).await
     }
 
-    /// A group that lists an app which no longer exists (deleted while this write checked
-    /// its members) leaves it.
+    /// A group that lists an app or cron job which no longer exists (deleted while this
+    /// write checked its members) leaves it.
     async fn repair(
         service: &Service,
         stored: &Stored<Self>,
@@ -76,12 +79,19 @@ impl Lifecycle for DeviceGroup {
                 gone.push(app.clone());
             }
         }
-        if gone.is_empty() {
+        let mut gone_jobs = Vec::new();
+        for job in &stored.document.cron_jobs {
+            if !is_live(service, Kind::CronJob, job).await? {
+                gone_jobs.push(job.clone());
+            }
+        }
+        if gone.is_empty() && gone_jobs.is_empty() {
             return Ok(None);
         }
-        tracing::warn!(device_group = %stored.document.device_group, apps = ?gone, "the group lists deleted apps; removing them");
+        tracing::warn!(device_group = %stored.document.device_group, apps = ?gone, cron_jobs = ?gone_jobs, "the group lists deleted apps or cron jobs; removing them");
         let mut next = stored.document.clone();
         next.apps.retain(|app| !gone.contains(app));
+        next.cron_jobs.retain(|job| !gone_jobs.contains(job));
         Ok(Some(next))
     }
 
@@ -104,9 +114,11 @@ impl Lifecycle for DeviceGroup {
     }
 }
 
-/// A group's state as its devices get it: the group, the full config of each member, and
-/// the members whose record is corrupt (devices keep what they hold for those: one corrupt
-/// app must not stop the group's other apps from reaching its devices, nor remove it).
+/// A group's state as its devices get it: the group, the full config of each member app and
+/// cron job, and the apps whose record is corrupt (devices keep what they hold for those: one
+/// corrupt app must not stop the group's other apps from reaching its devices, nor remove
+/// it). A corrupt cron job is left out: it fails its publishes until repaired, and devices
+/// stop running it meanwhile rather than run a job whose config nobody can read.
 pub(crate) async fn group_state(
     service: &Service,
     group: &DeviceGroup,
@@ -124,19 +136,57 @@ pub(crate) async fn group_state(
             Err(error) => return Err(error),
         }
     }
+    let mut cron_jobs = Vec::with_capacity(group.cron_jobs.len());
+    for job in &group.cron_jobs {
+        match service.get_cron_job(job).await {
+            Ok(Some(config)) => cron_jobs.push(config),
+            Ok(None) | Err(ServiceError::Store(crate::error::StoreError::Corrupt { .. })) => {}
+            Err(error) => return Err(error),
+        }
+    }
     Ok(nebula_protocol::GroupState {
         group: group.clone(),
         apps,
-        cron_jobs: Vec::new(),
+        cron_jobs,
         unavailable,
     })
+}
+
+/// The live groups for which `wanted` holds. A corrupt group is skipped with an error in the
+/// log: its membership cannot be known, and one broken record must not block deleting an
+/// app or a cron job.
+pub(crate) async fn groups_where(
+    service: &Service,
+    wanted: impl Fn(&DeviceGroup) -> bool,
+) -> Result<Vec<Name>, ServiceError> {
+    let records = service
+        .store
+        .list(Kind::DeviceGroup)
+        .await
+        .map_err(|error| service.store_error(error))?;
+    let mut groups = Vec::new();
+    for record in records.into_iter().filter(|record| !record.tombstone) {
+        match service.parse::<DeviceGroup>(record) {
+            Ok(stored) if wanted(&stored.document) => groups.push(stored.document.device_group),
+            Ok(_) => {}
+            // Counted and logged by `parse`; the others still go on.
+            Err(ServiceError::Store(crate::error::StoreError::Corrupt { .. })) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(groups)
 }
 
 /// Whether a live record of the app exists. Its body is not parsed, and a record that cannot
 /// be read at all counts as existing: a corrupt app is still a member (its devices keep what
 /// they have), it just cannot be published.
 async fn app_is_live(service: &Service, app: &Name) -> Result<bool, ServiceError> {
-    match service.store.get(Kind::App, app.as_str()).await {
+    is_live(service, Kind::App, app).await
+}
+
+/// Whether a live record of `kind` called `name` exists (see [`app_is_live`]).
+async fn is_live(service: &Service, kind: Kind, name: &Name) -> Result<bool, ServiceError> {
+    match service.store.get(kind, name.as_str()).await {
         Ok(record) => Ok(record.is_some_and(|record| !record.tombstone)),
         // Even its bookkeeping unreadable: the record exists, and nothing says it is deleted.
         Err(crate::error::StoreError::Corrupt { .. }) => {

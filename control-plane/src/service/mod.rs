@@ -15,6 +15,7 @@
 
 pub mod apps;
 pub mod credentials;
+pub mod cron_jobs;
 pub mod devices;
 pub mod groups;
 pub mod outbox;
@@ -28,7 +29,7 @@ use crate::error::{AmqpError, StoreError};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::store::{Kind, Store};
-use nebula_protocol::{AppConfig, DeviceGroup, GroupState, Name, StoreId};
+use nebula_protocol::{AppConfig, CronJob, DeviceGroup, GroupState, Name, StoreId};
 use resource::{Lifecycle, Resource};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -50,6 +51,8 @@ pub enum ServiceError {
     GroupExists(Name),
     #[error("cron job {0} does not exist")]
     CronJobNotFound(Name),
+    #[error("cron job {0} already exists")]
+    CronJobExists(Name),
     #[error("app {0} is not running")]
     NotRunning(Name),
     #[error(transparent)]
@@ -80,6 +83,7 @@ pub struct Stored<T> {
 pub struct GroupInfo {
     pub group: DeviceGroup,
     pub apps: Vec<AppConfig>,
+    pub cron_jobs: Vec<CronJob>,
 }
 
 /// How long a sync request from an agent that knows another store is remembered for
@@ -95,6 +99,7 @@ pub struct Service {
     metrics: Arc<Metrics>,
     apps: Arc<Writes<AppConfig>>,
     groups: Arc<Writes<DeviceGroup>>,
+    cron_jobs: Arc<Writes<CronJob>>,
     /// Store ids agents asking this instance last synced with, other than ours, and when.
     foreign_stores: Arc<Mutex<BTreeMap<StoreId, Instant>>>,
     /// Set once the store was seen holding something, so that `/readyz` (polled by load
@@ -123,6 +128,7 @@ impl Service {
             metrics: Arc::default(),
             apps: Arc::default(),
             groups: Arc::default(),
+            cron_jobs: Arc::default(),
             foreign_stores: Arc::default(),
             seen_non_empty: Arc::default(),
             tasks: tokio_util::task::TaskTracker::new(),
@@ -306,6 +312,10 @@ impl Service {
         self.get(name).await
     }
 
+    pub async fn get_cron_job(&self, name: &Name) -> Result<Option<CronJob>, ServiceError> {
+        self.get(name).await
+    }
+
     /// Names of the live objects of a kind, sorted. Bodies are not parsed: a corrupt object
     /// is still listed (and answers 500 when read).
     async fn live_names(&self, kind: Kind) -> Result<Vec<String>, ServiceError> {
@@ -327,6 +337,10 @@ impl Service {
 
     pub async fn list_groups(&self) -> Result<Vec<String>, ServiceError> {
         self.live_names(Kind::DeviceGroup).await
+    }
+
+    pub async fn list_cron_jobs(&self) -> Result<Vec<String>, ServiceError> {
+        self.live_names(Kind::CronJob).await
     }
 
     /// Objects whose last change the broker has not confirmed yet (for `/metrics`).
@@ -365,11 +379,13 @@ impl Service {
         Ok(true)
     }
 
-    /// A group with the current config of every member app it can read (for `/info`).
+    /// A group with the current config of every member app and cron job it can read (for
+    /// `/info`).
     pub async fn group_info(&self, name: &Name) -> Result<Option<GroupInfo>, ServiceError> {
         Ok(self.group_state(name).await?.map(|state| GroupInfo {
             group: state.group,
             apps: state.apps,
+            cron_jobs: state.cron_jobs,
         }))
     }
 
@@ -501,5 +517,25 @@ impl Service {
 
     pub async fn delete_group(&self, name: &Name) -> Result<(), ServiceError> {
         self.delete::<DeviceGroup>(name).await
+    }
+
+    /// Creates a cron job at revision 1 with a new incarnation.
+    pub async fn create_cron_job(&self, job: CronJob) -> Result<CronJob, ServiceError> {
+        self.create(job).await
+    }
+
+    /// Changes a cron job (see [`Service::update`]); `cron_job_id` goes up by one.
+    pub async fn update_cron_job<E: From<ServiceError> + Send + 'static>(
+        &self,
+        name: &Name,
+        change: impl Fn(&CronJob) -> Result<CronJob, E> + Send + Sync + 'static,
+    ) -> Result<CronJob, E> {
+        self.update(name, true, change).await
+    }
+
+    /// Deletes a cron job: tombstone, then removal from every group (whose devices then stop
+    /// running it).
+    pub async fn delete_cron_job(&self, name: &Name) -> Result<(), ServiceError> {
+        self.delete::<CronJob>(name).await
     }
 }

@@ -7,7 +7,7 @@ use super::write::{lock, settle};
 use super::{Service, ServiceError};
 use crate::error::StoreError;
 use crate::store::{Kind, Record};
-use nebula_protocol::{AppConfig, DeviceGroup, Name};
+use nebula_protocol::{AppConfig, CronJob, DeviceGroup, Name};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -50,6 +50,7 @@ impl Service {
                 let outcome = match kind {
                     Kind::App => self.republish::<AppConfig>(record).await,
                     Kind::DeviceGroup => self.republish::<DeviceGroup>(record).await,
+                    Kind::CronJob => self.republish::<CronJob>(record).await,
                     // Not a published kind: never flagged, nothing to send.
                     Kind::DeviceCredential | Kind::ProvisioningToken => Ok(false),
                 };

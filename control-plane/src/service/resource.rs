@@ -5,9 +5,9 @@
 
 use super::{Service, ServiceError, Stored};
 use crate::error::StoreError;
-use crate::store::{AppDocument, GroupDocument, Kind};
+use crate::store::{AppDocument, CronJobDocument, GroupDocument, Kind};
 use async_trait::async_trait;
-use nebula_protocol::{AppConfig, DeviceGroup, Incarnation, Name, ObjectVersion};
+use nebula_protocol::{AppConfig, CronJob, DeviceGroup, Incarnation, Name, ObjectVersion};
 
 /// A kind of object the store holds and the broker publishes.
 pub(crate) trait Resource:
@@ -51,8 +51,9 @@ pub(crate) trait Lifecycle: Resource {
     /// This kind's write queues.
     fn writes(service: &Service) -> &super::write::Writes<Self>;
 
-    /// The exchange of the object called `name`.
-    fn exchange(name: &Name) -> String;
+    /// The exchange of the object called `name`; `None` for a kind published through other
+    /// objects' exchanges (a cron job, through its groups').
+    fn exchange(name: &Name) -> Option<String>;
 
     /// Checks a new or changed document against the rest of the store before it is written
     /// (a group's members must exist). `previous` is `None` on create.
@@ -224,6 +225,54 @@ impl Resource for DeviceGroup {
     }
 }
 
+impl Resource for CronJob {
+    const KIND: Kind = Kind::CronJob;
+
+    fn name(&self) -> &Name {
+        &self.cron_job_name
+    }
+
+    fn version(&self) -> ObjectVersion {
+        CronJob::version(self)
+    }
+
+    fn created(&mut self, incarnation: Incarnation) {
+        self.cron_job_id = 1;
+        self.incarnation = incarnation;
+    }
+
+    fn follows(&mut self, previous: &Self, revise: bool) {
+        self.cron_job_name = previous.cron_job_name.clone();
+        self.incarnation = previous.incarnation;
+        self.cron_job_id = previous.cron_job_id + u64::from(revise);
+    }
+
+    fn to_body(&self, _detach: &[Name]) -> Result<String, StoreError> {
+        json(
+            Kind::CronJob,
+            &self.cron_job_name,
+            &CronJobDocument::from(self),
+        )
+    }
+
+    fn from_body(name: &str, body: &str) -> Result<(Self, Vec<Name>), StoreError> {
+        let document: CronJobDocument = parse(Kind::CronJob, name, body)?;
+        let job = document.to_job()?;
+        check_name(Kind::CronJob, name, &job.cron_job_name)?;
+        job.validate()
+            .map_err(|error| corrupt(Kind::CronJob, name, error))?;
+        Ok((job, Vec::new()))
+    }
+
+    fn not_found(name: Name) -> ServiceError {
+        ServiceError::CronJobNotFound(name)
+    }
+
+    fn exists(name: Name) -> ServiceError {
+        ServiceError::CronJobExists(name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,5 +332,26 @@ mod tests {
         pruned.prune_id = 2;
         pruned.follows(&group, false);
         assert_eq!((pruned.device_group_id, pruned.prune_id), (1, 2));
+    }
+
+    #[test]
+    fn cron_job_bodies_round_trip_and_bad_schedules_are_corrupt() {
+        let mut job = CronJob::new(Name::new("backup").expect("name"), "*/5 * * * *", "busybox");
+        job.created(9);
+        job.env_vars.insert("A".into(), "1".into());
+        let body = job.to_body(&[]).expect("body");
+        assert_eq!(
+            CronJob::from_body("backup", &body).expect("parse"),
+            (job.clone(), Vec::new())
+        );
+        let bad = body.replace("*/5 * * * *", "61 * * * *");
+        assert!(matches!(
+            CronJob::from_body("backup", &bad),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            CronJob::from_body("other", &body),
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 }

@@ -252,9 +252,9 @@ async fn create<R: Lifecycle>(
         }
         // The new incarnation starts with a fresh exchange: one re-declared by a write that
         // raced the old delete could still hold the old incarnation's bindings.
-        service
-            .delete_exchange(&R::exchange(document.name()))
-            .await?;
+        if let Some(exchange) = R::exchange(document.name()) {
+            service.delete_exchange(&exchange).await?;
+        }
         match service.store.replace(R::KIND, version, &record).await {
             Ok(version) => break version,
             Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => continue,
@@ -539,5 +539,8 @@ pub(crate) async fn delete_exchange_unless_revived<R: Lifecycle>(
         }
         Err(error) => return Err(error),
     }
-    service.delete_exchange(&R::exchange(name)).await
+    match R::exchange(name) {
+        Some(exchange) => service.delete_exchange(&exchange).await,
+        None => Ok(()),
+    }
 }

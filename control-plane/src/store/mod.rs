@@ -37,7 +37,7 @@ use crate::error::StoreError;
 use async_trait::async_trait;
 pub use history::{ReportQuery, ReportRecord};
 use nebula_protocol::{
-    AppConfig, ContainersPer, DeviceGroup, EnvVarsForm, Incarnation, Name, PortMapping,
+    AppConfig, ContainersPer, CronJob, DeviceGroup, EnvVarsForm, Incarnation, Name, PortMapping,
     PortProtocol, PullPolicy, Revision, StoreId,
 };
 use serde::{Deserialize, Serialize};
@@ -53,17 +53,21 @@ pub enum Kind {
     DeviceCredential,
     /// Provisioning tokens (`crate::provisioning`): never published either.
     ProvisioningToken,
+    /// Cron jobs: published inside the state of each group that lists them (no exchange of
+    /// their own).
+    CronJob,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 5] = [
         Kind::App,
         Kind::DeviceGroup,
         Kind::DeviceCredential,
         Kind::ProvisioningToken,
+        Kind::CronJob,
     ];
     /// The kinds whose changes are published to the broker (through the outbox).
-    pub const PUBLISHED: [Kind; 2] = [Kind::App, Kind::DeviceGroup];
+    pub const PUBLISHED: [Kind; 3] = [Kind::App, Kind::DeviceGroup, Kind::CronJob];
 
     /// Table or collection name.
     pub fn collection(self) -> &'static str {
@@ -72,6 +76,7 @@ impl Kind {
             Self::DeviceGroup => "device_groups",
             Self::DeviceCredential => "device_credentials",
             Self::ProvisioningToken => "provisioning_tokens",
+            Self::CronJob => "cron_jobs",
         }
     }
 
@@ -82,6 +87,7 @@ impl Kind {
             Self::DeviceGroup => "device_group",
             Self::DeviceCredential => "device_credential",
             Self::ProvisioningToken => "provisioning_token",
+            Self::CronJob => "cron_job",
         }
     }
 }
@@ -374,6 +380,58 @@ pub struct GroupDocument {
     /// store this way, whatever order concurrent requests reached the broker in.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unbind: Vec<String>,
+}
+
+/// Stored form of a cron job. Mirrors [`CronJob`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CronJobDocument {
+    pub cron_job_name: String,
+    pub cron_job_id: Revision,
+    pub schedule: String,
+    pub docker_image: String,
+    pub env_vars: BTreeMap<String, String>,
+    pub running: bool,
+    pub networks: Vec<String>,
+    pub volumes: Vec<String>,
+    pub devices: Vec<String>,
+    pub privileged: bool,
+    pub incarnation: Incarnation,
+}
+
+impl From<&CronJob> for CronJobDocument {
+    fn from(job: &CronJob) -> Self {
+        Self {
+            cron_job_name: job.cron_job_name.to_string(),
+            cron_job_id: job.cron_job_id,
+            schedule: job.schedule.clone(),
+            docker_image: job.docker_image.clone(),
+            env_vars: job.env_vars.clone(),
+            running: job.running,
+            networks: job.networks.clone(),
+            volumes: job.volumes.clone(),
+            devices: job.devices.clone(),
+            privileged: job.privileged,
+            incarnation: job.incarnation,
+        }
+    }
+}
+
+impl CronJobDocument {
+    pub fn to_job(&self) -> Result<CronJob, StoreError> {
+        Ok(CronJob {
+            cron_job_name: name_of(Kind::CronJob, &self.cron_job_name)?,
+            cron_job_id: self.cron_job_id,
+            schedule: self.schedule.clone(),
+            docker_image: self.docker_image.clone(),
+            env_vars: self.env_vars.clone(),
+            running: self.running,
+            networks: self.networks.clone(),
+            volumes: self.volumes.clone(),
+            devices: self.devices.clone(),
+            privileged: self.privileged,
+            incarnation: self.incarnation,
+        })
+    }
 }
 
 /// A new, random store identity (for a store being initialised).

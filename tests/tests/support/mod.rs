@@ -309,3 +309,17 @@ pub fn borrowed<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a
         .map(|(key, value)| (*key, value.as_str()))
         .collect()
 }
+
+/// The address of the test broker (for a proxy in front of it).
+pub fn broker_address() -> std::net::SocketAddr {
+    let url = nebula_tests::services::amqp_url();
+    let authority = url
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or("127.0.0.1:5672");
+    std::net::ToSocketAddrs::to_socket_addrs(authority)
+        .expect("broker address")
+        .next()
+        .expect("one address")
+}
