@@ -119,6 +119,17 @@ impl CronRunner {
                     let Some(config) = self.jobs.get(&job) else {
                         continue;
                     };
+                    // The clock stepped back over a minute this job already fired in: the
+                    // run of that fire exists (finished, or it would count as going). Running
+                    // it again would replace it, and lose its exit code and logs.
+                    let name = crate::runtime::cron::run_name(&job, at);
+                    if runs
+                        .as_ref()
+                        .is_some_and(|runs| runs.iter().any(|run| run.name == name))
+                    {
+                        tracing::warn!(cron_job = %job, fire_time = at, "cron job fire already ran (the clock went back): skipped");
+                        continue;
+                    }
                     tracing::info!(cron_job = %job, fire_time = at, "cron job due: starting a run");
                     lock(&self.starting).insert(job.clone());
                     starts.push(StartRun {

@@ -562,7 +562,7 @@ async fn cron_runner_starts_skips_and_cleans_up<R: ContainerRuntime>(fixture: Fi
     let mut job = CronJob::new(name.clone(), "* * * * *", fixture.image_1.clone());
     job.env_vars.insert("NEBULA_TEST".into(), "cron".into());
     let mut runner = CronRunner::default();
-    runner.set_jobs(&BTreeMap::from([(name.clone(), job)]), T0);
+    runner.set_jobs(&BTreeMap::from([(name.clone(), job.clone())]), T0);
     let run_name = |minute: i64| format!("{name}-{}", T0 + minute * 60);
     for minute in [1, 3, 4, 5, 6] {
         let starts = runner.tick(runtime, T0 + minute * 60).await;
@@ -594,9 +594,22 @@ async fn cron_runner_starts_skips_and_cleans_up<R: ContainerRuntime>(fixture: Fi
         runs(runtime, &name).await,
         vec![run_name(4), run_name(5), run_name(6)]
     );
-    // The job goes (the desired state confirmed): so do its runs.
-    runner.set_jobs(&BTreeMap::new(), T0 + 7 * 60);
-    runner.enable_sweep();
+    // A fire whose run exists already (the clock stepped back over a minute it fired in)
+    // is not run again: its finished run, exit code and logs stay.
+    let mut again = CronRunner::default();
+    again.set_jobs(
+        &BTreeMap::from([(name.clone(), job.clone())]),
+        T0 + 6 * 60 - 1,
+    );
+    assert!(again.tick(runtime, T0 + 6 * 60).await.is_empty());
+    assert_eq!(
+        runs(runtime, &name).await,
+        vec![run_name(4), run_name(5), run_name(6)]
+    );
+    // The job is stopped: so are its runs, gone. (Not a sweep of jobs no longer desired
+    // here: on a shared engine that would take every other test's and agent's runs.)
+    job.running = false;
+    runner.set_jobs(&BTreeMap::from([(name.clone(), job)]), T0 + 7 * 60);
     assert!(runner.tick(runtime, T0 + 7 * 60).await.is_empty());
     assert!(runs(runtime, &name).await.is_empty());
 }

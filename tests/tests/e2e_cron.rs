@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use support::Scenario;
 
-/// The bound for the first run of a `* * * * *` job.
+/// The bound for the first run of a `* * * * *` job, from its create.
 const FIRST_RUN: Duration = Duration::from_secs(70);
 
 /// One run container of the job, as the engine lists it.
@@ -143,10 +143,14 @@ async fn a_cron_job_fires_on_schedule_and_keeps_firing_with_the_broker_down() {
     .expect("group lists the job");
 
     let docker = scenario.docker.clone();
-    let first = wait_for("the first run", FIRST_RUN, || {
-        let (docker, job) = (docker.clone(), job.clone());
-        async move { runs(&docker, &job).await.into_iter().next() }
-    })
+    let first = wait_for(
+        "the first run",
+        FIRST_RUN.saturating_sub(created.elapsed()),
+        || {
+            let (docker, job) = (docker.clone(), job.clone());
+            async move { runs(&docker, &job).await.into_iter().next() }
+        },
+    )
     .await
     .expect("a run within 70 s of the create");
     scenario.report("create → first run started", created);
@@ -183,7 +187,7 @@ async fn a_cron_job_fires_on_schedule_and_keeps_firing_with_the_broker_down() {
     let times: Vec<i64> = later.iter().map(|run| fire_time(&job, run)).collect();
     assert!(
         times.windows(2).all(|pair| pair[1] - pair[0] == 60),
-        "one run per minute, none skipped or doubled: {times:?}"
+        "one run per minute, none skipped: {times:?}"
     );
     // The earlier runs ended on their own (the image exits 0 after 2 s).
     assert!(

@@ -398,6 +398,23 @@ fn observed(
     super::observe_labels(name, labels?, image.unwrap_or_default(), state, health)
 }
 
+/// A listed container's name (without Docker's leading `/`) and state word; `None` for a
+/// container listed without a name.
+fn name_and_state(summary: &ContainerSummary) -> Option<(String, String)> {
+    let name = summary
+        .names
+        .as_ref()?
+        .first()?
+        .trim_start_matches('/')
+        .to_string();
+    let state = summary
+        .state
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    Some((name, state))
+}
+
 impl ContainerRuntime for DockerRuntime {
     fn capacity(&self) -> DeviceCapacity {
         self.capacity
@@ -408,22 +425,13 @@ impl ContainerRuntime for DockerRuntime {
         Ok(summaries
             .into_iter()
             .filter_map(|summary| {
-                let name = summary
-                    .names
-                    .as_ref()?
-                    .first()?
-                    .trim_start_matches('/')
-                    .to_string();
+                let (name, state) = name_and_state(&summary)?;
                 let health = match summary.health.as_ref().and_then(|health| health.status) {
                     Some(ContainerSummaryHealthStatusEnum::HEALTHY) => Some(Health::Healthy),
                     Some(ContainerSummaryHealthStatusEnum::UNHEALTHY) => Some(Health::Unhealthy),
                     Some(ContainerSummaryHealthStatusEnum::STARTING) => Some(Health::Starting),
                     _ => summary.status.as_deref().and_then(health_from_status),
                 };
-                let state = summary
-                    .state
-                    .map(|state| state.to_string())
-                    .unwrap_or_default();
                 observed(
                     name,
                     summary.labels.as_ref(),
@@ -440,16 +448,7 @@ impl ContainerRuntime for DockerRuntime {
         Ok(summaries
             .into_iter()
             .filter_map(|summary| {
-                let name = summary
-                    .names
-                    .as_ref()?
-                    .first()?
-                    .trim_start_matches('/')
-                    .to_string();
-                let state = summary
-                    .state
-                    .map(|state| state.to_string())
-                    .unwrap_or_default();
+                let (name, state) = name_and_state(&summary)?;
                 super::cron::observe_cron_labels(
                     name,
                     summary.labels.as_ref()?,

@@ -6,7 +6,7 @@
 
 use super::groups::{group_state, groups_where};
 use super::resource::Lifecycle;
-use super::write::{Writes, clear_pending};
+use super::write::{Writes, clear_pending, delete_exchange_unless_revived};
 use super::{Service, ServiceError, Stored};
 use async_trait::async_trait;
 use nebula_protocol::{CronJob, DeviceGroup, Message, Name, names};
@@ -43,6 +43,14 @@ impl Lifecycle for CronJob {
                 // Deleted by another instance between the declare and the publish.
                 Err(ServiceError::Amqp(error)) if error.is_not_found() => {}
                 result => result?,
+            }
+            // Deleted meanwhile: its delete may have dropped the exchange before the declare
+            // above made it again; drop it again unless the group was re-created since (as a
+            // group write's own settling does).
+            if let Some(stored) = service.read::<DeviceGroup>(&name).await?
+                && stored.tombstone
+            {
+                delete_exchange_unless_revived(service, &stored).await?;
             }
         }
         Ok(())

@@ -117,8 +117,8 @@ impl Lifecycle for DeviceGroup {
 /// A group's state as its devices get it: the group, the full config of each member app and
 /// cron job, and the apps whose record is corrupt (devices keep what they hold for those: one
 /// corrupt app must not stop the group's other apps from reaching its devices, nor remove
-/// it). A corrupt cron job is left out: it fails its publishes until repaired, and devices
-/// stop running it meanwhile rather than run a job whose config nobody can read.
+/// it). A corrupt cron job is left out: a group message leaves a device's held config of it
+/// as it is (a member's config goes only with its membership), a sync reply stops it.
 pub(crate) async fn group_state(
     service: &Service,
     group: &DeviceGroup,
