@@ -1,14 +1,20 @@
 //! Device reports (DESIGN §3): what the device is told to run, what it runs, and how loaded
-//! it is. Built from the desired state and one observation of the runtime. The control
-//! plane's device inventory and rollout status are made of these facts (issue 15).
+//! it is. Built from the desired state and one observation of the runtime (one listing of
+//! the app containers, one of the cron runs). The control plane's device inventory and
+//! rollout status are made of these facts (issue 15); its report history shows each cron
+//! job's runs.
 
 use crate::config::Mode;
 use crate::device::{self, CpuSampler};
 use crate::reconcile;
+use crate::runtime::ObservedCronContainer;
 use crate::runtime::{ContainerRuntime, containers_of};
 use crate::supervisor::Shared;
-use nebula_protocol::{AppReport, ContainerReport, DeviceMode, DeviceReport, Name, ResourceUsage};
-use std::collections::BTreeSet;
+use nebula_protocol::{
+    AppReport, ContainerReport, CronContainerReport, CronJobReport, DeviceMode, DeviceReport, Name,
+    ResourceUsage,
+};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -68,6 +74,14 @@ pub async fn build<R: ContainerRuntime>(shared: &Shared<R>, cpu: &mut CpuSampler
         }
     }
     let docker_version = shared.runtime.engine_version().await;
+    // One listing of the runs: a failed one reports the jobs without runs (the app listing
+    // of the same engine carries its error).
+    let cron_runs = shared
+        .runtime
+        .list_cron_containers()
+        .await
+        .unwrap_or_default();
+    let cron_jobs = cron_reports(desired.cron_jobs.keys().cloned(), cron_runs);
 
     let mut updated = list_error.is_none();
     let app_reports = apps
@@ -158,5 +172,189 @@ pub async fn build<R: ContainerRuntime>(shared: &Shared<R>, cpu: &mut CpuSampler
         sequence,
         device_group_incarnation: desired.group.as_ref().map(|group| group.incarnation),
         stopping: false,
+        cron_jobs,
+    }
+}
+
+/// Every job in `jobs` (the desired ones) and every job with runs in `runs`, by name, each
+/// with its runs, oldest fire first.
+fn cron_reports(
+    jobs: impl IntoIterator<Item = Name>,
+    runs: Vec<ObservedCronContainer>,
+) -> Vec<CronJobReport> {
+    let mut by_job: BTreeMap<Name, Vec<ObservedCronContainer>> =
+        jobs.into_iter().map(|job| (job, Vec::new())).collect();
+    for run in runs {
+        by_job.entry(run.job.clone()).or_default().push(run);
+    }
+    by_job
+        .into_iter()
+        .map(|(cron_job_name, mut runs)| {
+            // A run whose name carries no fire time (renamed by hand) comes first.
+            runs.sort_by(|a, b| (a.fired_at(), &a.name).cmp(&(b.fired_at(), &b.name)));
+            CronJobReport {
+                cron_job_name,
+                containers: runs
+                    .into_iter()
+                    .map(|run| CronContainerReport {
+                        name: run.name,
+                        image: run.image,
+                        state: run.state,
+                        cron_job_id: run.cron_job_id,
+                        incarnation: run.incarnation,
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, HostIdentity};
+    use crate::cron_runner::CronRunner;
+    use crate::runtime::ContainerSpec;
+    use crate::runtime::simulated::SimulatedRuntime;
+    use crate::state::{DesiredState, StateStore};
+    use nebula_protocol::CronJob;
+    use std::collections::HashMap;
+    use tokio_util::sync::CancellationToken;
+
+    /// 2026-12-01T10:00:00Z.
+    const T0: i64 = 1_796_119_200;
+    const IMAGE: &str = "127.0.0.1:5000/nebula/test:1";
+
+    fn name(value: &str) -> Name {
+        Name::new(value).expect("name")
+    }
+
+    fn job(job_name: &str, schedule: &str) -> CronJob {
+        let mut job = CronJob::new(name(job_name), schedule, IMAGE);
+        job.cron_job_id = 4;
+        job.incarnation = 2;
+        job
+    }
+
+    #[tokio::test]
+    async fn a_report_lists_each_cron_job_with_its_runs() {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let environment = HashMap::from([
+            ("NEBULA_DEVICE_GROUP", "edge"),
+            ("NEBULA_DEVICE_ID", "pi-1"),
+        ]);
+        let config = Config::from_env(&environment, &HostIdentity::default()).expect("config");
+        // `idle` fires at 03:00 only: not in these minutes.
+        let (tick, idle) = (job("tick", "* * * * *"), job("idle", "0 3 * * *"));
+        let desired = DesiredState {
+            cron_jobs: [&tick, &idle]
+                .into_iter()
+                .map(|job| (job.cron_job_name.clone(), job.clone()))
+                .collect(),
+            ..DesiredState::default()
+        };
+        let runtime = SimulatedRuntime::new();
+        let shared = crate::supervisor::Shared::new(
+            config,
+            runtime.clone(),
+            StateStore::new(directory.path()),
+            desired.clone(),
+            CancellationToken::new(),
+        );
+        // Two fires of `tick` through the cron runner: the first run finished, the second
+        // still going.
+        let mut runner = CronRunner::default();
+        runner.set_jobs(&desired.cron_jobs, T0);
+        for minute in [1, 2] {
+            for start in runner.tick(&runtime, T0 + minute * 60).await {
+                start.start(&runtime).await.expect("run started");
+            }
+            if minute == 1 {
+                runtime.set_state(&format!("tick-{}", T0 + 60), "exited");
+            }
+        }
+        // A job this device no longer holds still has a run on the engine (its runs go once
+        // the desired state is confirmed).
+        let gone = job("gone", "* * * * *");
+        runtime
+            .create_container(&ContainerSpec::for_cron_run(&gone, T0).expect("spec"))
+            .await
+            .expect("run of a job no longer held");
+
+        let report = build(&shared, &mut crate::device::CpuSampler::default()).await;
+        let run = |job: &str, at: i64, state: &str| CronContainerReport {
+            name: format!("{job}-{at}"),
+            image: IMAGE.into(),
+            state: state.into(),
+            cron_job_id: Some(4),
+            incarnation: Some(2),
+        };
+        assert_eq!(
+            report.cron_jobs,
+            vec![
+                CronJobReport {
+                    cron_job_name: name("gone"),
+                    containers: vec![run("gone", T0, "running")],
+                },
+                CronJobReport {
+                    cron_job_name: name("idle"),
+                    containers: Vec::new(),
+                },
+                CronJobReport {
+                    cron_job_name: name("tick"),
+                    containers: vec![
+                        run("tick", T0 + 60, "exited"),
+                        run("tick", T0 + 120, "running"),
+                    ],
+                },
+            ]
+        );
+        // Cron runs are not app containers, and do not make the device less updated.
+        assert!(report.apps.is_empty());
+        assert!(report.updated);
+    }
+
+    #[test]
+    fn runs_are_ordered_by_fire_time_and_jobs_by_name() {
+        let observed = |job: &str, name: &str| ObservedCronContainer {
+            name: name.into(),
+            job: Name::new(job).expect("name"),
+            cron_job_id: None,
+            incarnation: None,
+            image: IMAGE.into(),
+            state: "exited".into(),
+        };
+        let reports = cron_reports(
+            [name("b")],
+            vec![
+                observed("b", "b-600"),
+                observed("b", "b-60"),
+                observed("b", "renamed"),
+                observed("a", "a-120"),
+            ],
+        );
+        let names: Vec<(String, Vec<String>)> = reports
+            .into_iter()
+            .map(|job| {
+                (
+                    job.cron_job_name.to_string(),
+                    job.containers.into_iter().map(|run| run.name).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("a".to_string(), vec!["a-120".to_string()]),
+                (
+                    "b".to_string(),
+                    vec![
+                        "renamed".to_string(),
+                        "b-60".to_string(),
+                        "b-600".to_string()
+                    ]
+                ),
+            ]
+        );
     }
 }

@@ -1,10 +1,11 @@
 //! Authentication and authorization.
 //!
-//! Authentication turns a request's `Authorization` header into a [`Principal`]; handlers
-//! then ask [`Principal::allows`] about a [`Permission`]. Today the only principal is the
-//! local admin from configuration (it may do everything); users and user groups (API.md)
-//! will add a `User` principal whose permissions are the union over its groups, without
-//! changing handlers. Authentication runs before any handler or cache (API.md difference 1).
+//! Authentication turns a request's `Authorization` header into a [`Principal`]: the local
+//! admin from configuration (checked here, without the store), or a stored user (checked by
+//! `service::users` when the header is not the admin's), whose permissions are the union over
+//! its user groups. Each route then asks [`Principal::allows`] about the one [`Permission`]
+//! declared next to it (`api::access`). Authentication runs before any handler or cache
+//! (API.md difference 1).
 //!
 //! Secrets are compared in constant time over SHA-256 digests, so neither the content nor the
 //! length of the configured secret leaks through timing (API.md difference 7). Repeated
@@ -25,6 +26,11 @@ pub enum Principal {
     LocalAdmin,
     /// Authentication is disabled (`NEBULA_AUTH_ENABLED=false`, development only).
     Anonymous,
+    /// A stored user, with the union of its groups' permissions when it authenticated.
+    User {
+        name: String,
+        permissions: crate::users::Permissions,
+    },
 }
 
 /// What a request needs. Object permissions are `ro` for reads and `rw` for writes
@@ -46,8 +52,9 @@ pub enum Permission<'a> {
     ListDevices,
     /// The report history (every device's past reports).
     ListReports,
-    /// Mint and revoke devices' own broker credentials (admin only).
-    ManageDeviceCredentials,
+    /// Admin only: users, user groups, devices' credentials, provisioning tokens, the audit
+    /// trail.
+    Admin,
 }
 
 impl Principal {
@@ -59,6 +66,16 @@ impl Principal {
                 let _ = permission;
                 true
             }
+            Self::User { permissions, .. } => permissions.allows(permission),
+        }
+    }
+
+    /// Who, for logs and records: `admin`, `anonymous` or `user:<name>`.
+    pub fn who(&self) -> String {
+        match self {
+            Self::LocalAdmin => "admin".to_string(),
+            Self::Anonymous => "anonymous".to_string(),
+            Self::User { name, .. } => format!("user:{name}"),
         }
     }
 }
@@ -89,6 +106,21 @@ fn digest(value: &[u8]) -> [u8; 32] {
 
 fn equal(provided: &[u8], expected: &[u8; 32]) -> bool {
     bool::from(digest(provided).ct_eq(expected))
+}
+
+/// What became of a request's credentials as far as the local admin goes
+/// ([`Authenticator::check_admin`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminCheck {
+    Authenticated(Principal),
+    /// No credentials given.
+    Missing,
+    /// Credentials that are not the admin's: a stored user's, or wrong (not counted yet).
+    NotAdmin,
+    /// The source is locked out after failed logins: refused without a check.
+    Locked {
+        retry_after: Duration,
+    },
 }
 
 /// What became of a request's credentials ([`Authenticator::authenticate_from`]).
@@ -174,6 +206,20 @@ impl Authenticator {
         }
     }
 
+    /// The local admin's check, for a caller that goes on to stored users when the header is
+    /// not the admin's: a locked-out source is refused unchecked, and nothing is counted
+    /// (the caller counts with [`Self::count_failure`] once the users did not match either).
+    pub fn check_admin(&self, source: Option<IpAddr>, authorization: Option<&str>) -> AdminCheck {
+        if let Some(retry_after) = self.locked_out(source) {
+            return AdminCheck::Locked { retry_after };
+        }
+        match (self.authenticate(authorization), authorization) {
+            (Some(principal), _) => AdminCheck::Authenticated(principal),
+            (None, None) => AdminCheck::Missing,
+            (None, Some(_)) => AdminCheck::NotAdmin,
+        }
+    }
+
     /// For requests that carry another secret than an admin login (a device's provisioning
     /// token): how long `source` is still locked out after failed logins, if it is.
     pub fn locked_out(&self, source: Option<IpAddr>) -> Option<Duration> {
@@ -248,6 +294,40 @@ fn parts(authorization: &str) -> Option<(Scheme, &str)> {
 /// The bytes of `user:password` a Basic value carries, `None` when it is not base64.
 fn basic_decoded(value: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(value).ok()
+}
+
+/// The secrets an `Authorization` header carries, for the stored users' check.
+pub enum Credentials {
+    Basic { user: String, password: String },
+    Bearer(String),
+}
+
+impl std::fmt::Debug for Credentials {
+    // Never the secret.
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Basic { user, .. } => write!(formatter, "Basic({user}:<redacted>)"),
+            Self::Bearer(_) => formatter.write_str("Bearer(<redacted>)"),
+        }
+    }
+}
+
+/// The credentials in an `Authorization` header value; `None` when it holds none readable.
+pub fn credentials(authorization: &str) -> Option<Credentials> {
+    match parts(authorization)? {
+        (Scheme::Basic, value) => {
+            let decoded = String::from_utf8(basic_decoded(value)?).ok()?;
+            let (user, password) = decoded.split_once(':')?;
+            Some(Credentials::Basic {
+                user: user.to_string(),
+                password: password.to_string(),
+            })
+        }
+        (Scheme::Bearer, value) if !value.is_empty() => {
+            Some(Credentials::Bearer(value.to_string()))
+        }
+        _ => None,
+    }
 }
 
 /// The scheme of an `Authorization` header value, for logs: `basic`, `bearer` or `other`.

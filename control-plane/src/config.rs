@@ -154,6 +154,8 @@ pub struct Config {
     /// Past reports kept for `GET /api/v2/reports`: per device (`NEBULA_REPORTS_PER_DEVICE`,
     /// default 60, 0 keeps none) and for how long (`NEBULA_REPORTS_TTL_SECS`, default a day).
     pub report_retention: crate::service::reports::Retention,
+    /// How long audit entries are kept (`NEBULA_AUDIT_TTL_SECS`, default 90 days).
+    pub audit_ttl: Duration,
     /// Devices' own broker credentials (`POST /api/v2/devices/<id>/credentials`), when
     /// `NEBULA_RABBITMQ_MANAGEMENT_URL` is set.
     pub device_credentials: Option<DeviceCredentialsConfig>,
@@ -254,6 +256,7 @@ impl std::fmt::Debug for Config {
             .field("http", &self.http)
             .field("device_expiry", &self.device_expiry)
             .field("report_retention", &self.report_retention)
+            .field("audit_ttl", &self.audit_ttl)
             .field("device_credentials", &self.device_credentials)
             .field("signing", &self.signing)
             .finish()
@@ -551,6 +554,17 @@ impl Config {
             });
         }
         let report_retention = report_retention(environment)?;
+        let audit_ttl_secs: u64 = parsed(
+            environment,
+            "NEBULA_AUDIT_TTL_SECS",
+            crate::audit::DEFAULT_TTL.as_secs(),
+        )?;
+        if audit_ttl_secs < 60 {
+            return Err(ConfigError::Invalid {
+                variable: "NEBULA_AUDIT_TTL_SECS",
+                reason: format!("{audit_ttl_secs} s is shorter than a minute"),
+            });
+        }
         let https = crate::https::Https::from_paths(
             value(environment, crate::https::CERT),
             value(environment, crate::https::KEY),
@@ -571,6 +585,7 @@ impl Config {
             signing,
             device_expiry: Duration::from_secs(device_expiry_secs),
             report_retention,
+            audit_ttl: Duration::from_secs(audit_ttl_secs),
             listen,
             https,
             amqp_urls,

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod broker;
 pub mod config;
@@ -31,6 +32,7 @@ pub mod shutdown;
 pub mod signing;
 pub mod store;
 pub mod sync;
+pub mod users;
 
 use crate::api::AppState;
 use crate::auth::Authenticator;
@@ -127,7 +129,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
     };
     link.serve(&session);
     let service = Service::new(Arc::clone(&store), Arc::new(link.clone()), shutdown.clone())
-        .with_report_retention(config.report_retention);
+        .with_report_retention(config.report_retention)
+        .with_audit_ttl(config.audit_ttl);
     service.metrics().broker_connected();
     if service.store_is_empty().await? {
         // Normal on a first start. Next to other instances serving the same broker it means

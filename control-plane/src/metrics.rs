@@ -117,6 +117,7 @@ pub struct Metrics {
     reports_stale: AtomicU64,
     reports_rejected: AtomicU64,
     login_failures: AtomicU64,
+    audit_failures: AtomicU64,
     logins_throttled: AtomicU64,
     sync_latency: Histogram,
     confirm_latency: Histogram,
@@ -146,6 +147,7 @@ impl Default for Metrics {
             reports_stale: AtomicU64::default(),
             reports_rejected: AtomicU64::default(),
             login_failures: AtomicU64::default(),
+            audit_failures: AtomicU64::default(),
             logins_throttled: AtomicU64::default(),
             sync_latency: Histogram::default(),
             confirm_latency: Histogram::default(),
@@ -186,6 +188,11 @@ impl Metrics {
     /// A request came with credentials that are wrong.
     pub fn login_failed(&self) {
         self.login_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A write was done but its audit entry could not be stored.
+    pub fn audit_failed(&self) {
+        self.audit_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A request was refused unchecked: its source is locked out after failed logins.
@@ -371,6 +378,11 @@ impl Metrics {
             "nebula_login_failures_total",
             "Requests with wrong credentials (the source address is in the log, never the secret).",
             &[("", get(&self.login_failures))],
+        );
+        counter(
+            "nebula_audit_failures_total",
+            "Writes done whose audit entry could not be stored (each is in the log).",
+            &[("", get(&self.audit_failures))],
         );
         counter(
             "nebula_logins_throttled_total",

@@ -160,6 +160,18 @@ pub async fn expire(service: Service, expiry: Duration, shutdown: Shutdown) {
                 return;
             }
         }
+        match service.expire_audit().await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(
+                removed,
+                ttl_secs = service.audit_ttl().as_secs(),
+                "expired audit entries"
+            ),
+            Err(error) => {
+                tracing::error!(error = %error, "expiring audit entries failed");
+                return;
+            }
+        }
         match service.expire_devices(expiry).await {
             Ok(0) => {}
             Ok(removed) => tracing::info!(

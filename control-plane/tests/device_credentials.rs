@@ -675,6 +675,7 @@ fn report_of(device: &Name) -> nebula_protocol::DeviceReport {
         sequence: 1,
         device_group_incarnation: None,
         stopping: false,
+        cron_jobs: Vec::new(),
     }
 }
 

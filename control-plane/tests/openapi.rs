@@ -166,6 +166,7 @@ fn report(
         sequence,
         device_group_incarnation: None,
         stopping: false,
+        cron_jobs: Vec::new(),
     }
 }
 
@@ -779,7 +780,78 @@ async fn real_requests_and_answers_fit_the_document() {
             "{name} in /metrics"
         );
     }
-    assert_eq!(checked, 43);
+    // Users, user groups and the audit trail.
+    let user = json!({"password": "pw", "token": "tok-of-ann"});
+    expect(
+        "post",
+        "/api/v2/users/ann",
+        200,
+        harness
+            .call("post", "/api/v2/users/ann", Some(&user), true)
+            .await,
+        Some(&user),
+    );
+    expect(
+        "get",
+        "/api/v2/users",
+        200,
+        harness.call("get", "/api/v2/users", None, true).await,
+        None,
+    );
+    expect(
+        "post",
+        "/api/v2/users/ann/refresh",
+        200,
+        harness
+            .call("post", "/api/v2/users/ann/refresh", None, true)
+            .await,
+        None,
+    );
+    expect(
+        "get",
+        "/api/v2/users/nobody",
+        403,
+        harness
+            .call("get", "/api/v2/users/nobody", None, true)
+            .await,
+        None,
+    );
+    let group = json!({"group_members": ["ann"], "apps": {"web": "rw"}, "pruning_allowed": true});
+    expect(
+        "post",
+        "/api/v2/user_groups/ops",
+        200,
+        harness
+            .call("post", "/api/v2/user_groups/ops", Some(&group), true)
+            .await,
+        Some(&group),
+    );
+    expect(
+        "get",
+        "/api/v2/user_groups/ops",
+        200,
+        harness
+            .call("get", "/api/v2/user_groups/ops", None, true)
+            .await,
+        None,
+    );
+    expect(
+        "get",
+        "/api/v2/user_groups",
+        200,
+        harness.call("get", "/api/v2/user_groups", None, true).await,
+        None,
+    );
+    expect(
+        "get",
+        "/api/v2/audit?page_size=3",
+        200,
+        harness
+            .call("get", "/api/v2/audit?page_size=3", None, true)
+            .await,
+        None,
+    );
+    assert_eq!(checked, 51);
     // The checks can fail: an answer with a key the document does not have, or a wrong
     // type, does not fit.
     let (_, mut device) = harness
@@ -796,4 +868,63 @@ async fn real_requests_and_answers_fit_the_document() {
     assert!(
         !openapi::check_answer(&document, "get", "/api/v2/devices/pi-1", 200, &device).is_empty()
     );
+}
+
+#[tokio::test]
+async fn a_report_s_cron_runs_are_listed_by_get_reports() {
+    use nebula_protocol::{CronContainerReport, CronJobReport};
+    let harness = harness();
+    let document = harness.document().await;
+    assert_eq!(
+        document["components"]["schemas"]["PastCronContainer"]["required"],
+        json!(["cron_job_name", "name", "image", "state"]),
+    );
+    let run = |name: &str, state: &str| CronContainerReport {
+        name: name.into(),
+        image: "127.0.0.1:5000/nebula/test:1".into(),
+        state: state.into(),
+        cron_job_id: Some(3),
+        incarnation: Some(1),
+    };
+    let mut with_runs = report("pi-1", "edge", "web", 1, 1, 1);
+    with_runs.cron_jobs = vec![
+        CronJobReport {
+            cron_job_name: Name::new("backup").expect("name"),
+            containers: vec![
+                run("backup-1796119200", "exited"),
+                run("backup-1796119260", "running"),
+            ],
+        },
+        // Held, no runs yet: nothing to list.
+        CronJobReport {
+            cron_job_name: Name::new("nightly").expect("name"),
+            containers: Vec::new(),
+        },
+    ];
+    let key = names::report_routing_key(&with_runs.device_id);
+    assert_eq!(
+        harness
+            .service
+            .ingest_report(&with_runs, &key, now_ms())
+            .await
+            .expect("ingest"),
+        Ingested::Stored
+    );
+
+    let (status, page) = harness.call("get", "/api/v2/reports", None, true).await;
+    assert_eq!(status, 200, "{page}");
+    let errors = openapi::check_answer(&document, "get", "/api/v2/reports", status, &page);
+    assert!(errors.is_empty(), "{errors:#?}");
+    let reports = page["data"].as_array().expect("data");
+    assert_eq!(reports.len(), 1, "{page}");
+    assert_eq!(
+        reports[0]["cron_jobs_containers"],
+        json!([
+            {"cron_job_name": "backup", "name": "backup-1796119200",
+             "image": "127.0.0.1:5000/nebula/test:1", "state": "exited", "cron_job_id": 3},
+            {"cron_job_name": "backup", "name": "backup-1796119260",
+             "image": "127.0.0.1:5000/nebula/test:1", "state": "running", "cron_job_id": 3},
+        ])
+    );
+    assert_eq!(reports[0]["apps_containers"][0]["name"], "web-1");
 }

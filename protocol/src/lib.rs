@@ -20,8 +20,8 @@ pub mod signing;
 pub use envelope::{DecodeError, MAGIC, PROTOCOL_VERSION, decode, encode};
 pub use image::{ImageRef, ImageRefError};
 pub use message::{
-    AppReport, ContainerReport, DeviceMode, DeviceReport, GroupState, Message, ResourceUsage,
-    StoreId, SyncReply, SyncRequest, SyncResult, SyncTarget,
+    AppReport, ContainerReport, CronContainerReport, CronJobReport, DeviceMode, DeviceReport,
+    GroupState, Message, ResourceUsage, StoreId, SyncReply, SyncRequest, SyncResult, SyncTarget,
 };
 pub use model::{
     AppConfig, ContainersPer, CronJob, DeviceGroup, EnvVarsForm, Incarnation, ObjectVersion,

@@ -237,6 +237,9 @@ pub struct DeviceReport {
     /// The agent's last report before a graceful stop (best-effort): the control plane shows
     /// the device offline at once instead of when the broker drops its connection.
     pub stopping: bool,
+    /// The run containers of each cron job: every job the agent holds and every job that
+    /// has runs on the engine, by name. Appended in protocol version 2 (after `stopping`).
+    pub cron_jobs: Vec<CronJobReport>,
 }
 
 /// An agent's configuration: a device group, or a list of apps.
@@ -278,6 +281,27 @@ pub struct ContainerReport {
     /// runtime does not say.
     pub restart_count: Option<u64>,
     /// The `incarnation` label of the container.
+    pub incarnation: Option<Incarnation>,
+}
+
+/// One cron job on one device: its run containers (`<job>-<fire time>`, labelled
+/// `cron_job_name`), oldest fire first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CronJobReport {
+    pub cron_job_name: Name,
+    pub containers: Vec<CronContainerReport>,
+}
+
+/// One run of a cron job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CronContainerReport {
+    pub name: String,
+    pub image: String,
+    /// Docker's state: `running`, `exited`, `created`, ...
+    pub state: String,
+    /// The `cron_job_id` label: the job revision the run was started from.
+    pub cron_job_id: Option<Revision>,
+    /// The `incarnation` label.
     pub incarnation: Option<Incarnation>,
 }
 

@@ -178,7 +178,7 @@ fn group_state() -> impl Strategy<Value = GroupState> {
 }
 
 fn report() -> impl Strategy<Value = DeviceReport> {
-    (
+    let base = (
         name(),
         ".{0,16}",
         proptest::option::of(name()),
@@ -240,8 +240,32 @@ fn report() -> impl Strategy<Value = DeviceReport> {
                 sequence: time / 3,
                 device_group_incarnation: device_group.as_ref().map(|_| 1),
                 stopping: updated && time % 2 == 0,
+                cron_jobs: Vec::new(),
             },
-        )
+        );
+    let cron_jobs = vec((name(), 0usize..4, proptest::option::of(revision())), 0..3);
+    (base, cron_jobs).prop_map(|(report, cron_jobs)| DeviceReport {
+        cron_jobs: cron_jobs.into_iter().map(cron_job_report).collect(),
+        ..report
+    })
+}
+
+/// A job with `runs` runs, the last one still going.
+fn cron_job_report(
+    (cron_job_name, runs, revision): (Name, usize, Option<Revision>),
+) -> CronJobReport {
+    CronJobReport {
+        containers: (0..runs)
+            .map(|run| CronContainerReport {
+                name: format!("{cron_job_name}-{}", 1_700_000_000 + run * 60),
+                image: "busybox".into(),
+                state: if run + 1 == runs { "running" } else { "exited" }.into(),
+                cron_job_id: revision,
+                incarnation: revision.map(|_| 3),
+            })
+            .collect(),
+        cron_job_name,
+    }
 }
 
 fn message() -> impl Strategy<Value = Message> {

@@ -1,7 +1,7 @@
 //! Cron jobs end to end (issue 14): a `* * * * *` job of a device group runs on a real
 //! Docker engine within 70 s of being created, as container `<job>-<fire time>`, and keeps
 //! firing while the device's broker link is cut — the agent's own scheduler runs it from the
-//! desired state it persisted, not from messages.
+//! desired state it persisted, not from messages. The device's reports list the run.
 
 mod support;
 
@@ -14,6 +14,7 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use support::Scenario;
+use support::amqp::ReportTap;
 
 /// The issue's bound for the first run of a `* * * * *` job, from its create.
 const FIRST_RUN: Duration = Duration::from_secs(70);
@@ -109,6 +110,8 @@ async fn a_cron_job_fires_on_schedule_and_keeps_firing_with_the_broker_down() {
     let proxy = PartitionProxy::start(support::broker_address(), Mode::Forward)
         .await
         .expect("proxy");
+    // Every report of the device, from before the first run (reports go out every 5 s here).
+    let mut tap = ReportTap::new(&scenario.vhost.amqp_url(), "cron-device").await;
     let _agent = Agent::start(
         "cron-device",
         &AgentMode::Group(group.clone()),
@@ -159,6 +162,30 @@ async fn a_cron_job_fires_on_schedule_and_keeps_firing_with_the_broker_down() {
     assert_eq!(
         first.labels.get("cron_job_id").map(String::as_str),
         Some("1")
+    );
+    // The device's next report lists the run under its job (the agent's report interval
+    // here is 5 s), before the link goes dark.
+    let listed = Instant::now();
+    let report = tap
+        .wait(Duration::from_secs(20), |report| {
+            report.cron_jobs.iter().any(|entry| {
+                entry.cron_job_name == job.as_str()
+                    && entry.containers.iter().any(|run| run.name == first.name)
+            })
+        })
+        .await;
+    scenario.report("first run → listed in a report", listed);
+    let runs_reported = report
+        .cron_jobs
+        .iter()
+        .find(|entry| entry.cron_job_name == job.as_str())
+        .map(|entry| entry.containers.clone())
+        .unwrap_or_default();
+    assert!(
+        runs_reported
+            .iter()
+            .all(|run| run.cron_job_id == Some(1) && !run.state.is_empty()),
+        "{runs_reported:?}"
     );
 
     // The broker link goes dark; the schedule goes on.

@@ -290,6 +290,7 @@ fn report(device: &Name, group: &Name) -> DeviceReport {
         sequence: 1,
         device_group_incarnation: None,
         stopping: false,
+        cron_jobs: Vec::new(),
     }
 }
 

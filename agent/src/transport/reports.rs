@@ -190,6 +190,7 @@ mod tests {
             sequence,
             device_group_incarnation: None,
             stopping: false,
+            cron_jobs: Vec::new(),
         }
     }
 
@@ -198,5 +199,12 @@ mod tests {
         let first = without_readings(&report(1, 100, 1.5, "running"));
         assert_eq!(first, without_readings(&report(2, 160, 7.0, "running")));
         assert_ne!(first, without_readings(&report(3, 220, 1.5, "exited")));
+        // A cron job (or one of its runs) that came or went is something new too.
+        let mut with_run = report(4, 280, 1.5, "running");
+        with_run.cron_jobs = vec![nebula_protocol::CronJobReport {
+            cron_job_name: Name::new("tick").expect("name"),
+            containers: Vec::new(),
+        }];
+        assert_ne!(first, without_readings(&with_run));
     }
 }

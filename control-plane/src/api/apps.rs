@@ -3,10 +3,8 @@
 use super::dto::{self, AppPatch};
 use super::errors::ApiError;
 use super::schema;
-use super::{AppState, Body, PathName, ok, require};
-use crate::auth::{Permission, Principal};
+use super::{AppState, Body, PathName, ok};
 use crate::service::ServiceError;
-use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -21,11 +19,7 @@ type Result<T> = std::result::Result<T, ApiError>;
     tag = "apps",
     responses((status = 200, description = "The names of all apps", body = schema::AppList))
 )]
-pub async fn list(
-    State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
-) -> Result<Response> {
-    require(&principal, Permission::ListApps)?;
+pub async fn list(State(state): State<AppState>) -> Result<Response> {
     let apps = state.service.list_apps().await?;
     Ok(ok(StatusCode::OK, json!({"apps": apps})))
 }
@@ -37,12 +31,7 @@ pub async fn list(
     params(("app" = String, Path, description = "App name")),
     responses((status = 200, description = "The app", body = schema::App), (status = 403, description = "No such app (`app_exists: false`) or not allowed", body = schema::Forbidden), (status = 400, description = "Invalid name", body = schema::InvalidName))
 )]
-pub async fn read(
-    State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
-    PathName(app): PathName,
-) -> Result<Response> {
-    require(&principal, Permission::ReadApp(app.as_str()))?;
+pub async fn read(State(state): State<AppState>, PathName(app): PathName) -> Result<Response> {
     match state.service.get_app(&app).await? {
         Some(config) => Ok(ok(StatusCode::OK, dto::app_json(&config))),
         None => Err(ServiceError::AppNotFound(app).into()),
@@ -77,11 +66,9 @@ fn full_config(app: &Name, body: &[u8], replacing: bool) -> Result<AppConfig> {
 )]
 pub async fn create(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
     PathName(app): PathName,
     Body(body): Body,
 ) -> Result<Response> {
-    require(&principal, Permission::WriteApp(app.as_str()))?;
     // v2 answers "exists" before looking at the body.
     if state.service.get_app(&app).await?.is_some() {
         return Err(ServiceError::AppExists(app).into());
@@ -98,12 +85,7 @@ pub async fn create(
     params(("app" = String, Path, description = "App name")),
     responses((status = 200, description = "Deleted", body = schema::Empty), (status = 400, description = "Invalid name", body = schema::InvalidName), (status = 403, description = "No such app, or not allowed", body = schema::Forbidden))
 )]
-pub async fn delete(
-    State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
-    PathName(app): PathName,
-) -> Result<Response> {
-    require(&principal, Permission::WriteApp(app.as_str()))?;
+pub async fn delete(State(state): State<AppState>, PathName(app): PathName) -> Result<Response> {
     state.service.delete_app(&app).await?;
     Ok(ok(StatusCode::OK, json!({})))
 }
@@ -111,11 +93,9 @@ pub async fn delete(
 /// Applies `change` to the stored app and answers `202` with the new document.
 async fn change(
     state: &AppState,
-    principal: &Principal,
     app: &Name,
     change: impl Fn(&AppConfig) -> Result<AppConfig> + Send + Sync + 'static,
 ) -> Result<Response> {
-    require(principal, Permission::WriteApp(app.as_str()))?;
     let config = state.service.update_app(app, change).await?;
     Ok(ok(StatusCode::ACCEPTED, dto::app_json(&config)))
 }
@@ -127,12 +107,8 @@ async fn change(
     params(("app" = String, Path, description = "App name")),
     responses((status = 202, description = "running: true, app_id+1", body = schema::App), (status = 400, description = "Invalid name", body = schema::InvalidName), (status = 403, description = "No such app, or not allowed", body = schema::Forbidden))
 )]
-pub async fn start(
-    State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
-    PathName(app): PathName,
-) -> Result<Response> {
-    change(&state, &principal, &app, |current| {
+pub async fn start(State(state): State<AppState>, PathName(app): PathName) -> Result<Response> {
+    change(&state, &app, |current| {
         Ok(AppConfig {
             running: true,
             ..current.clone()
@@ -148,12 +124,8 @@ pub async fn start(
     params(("app" = String, Path, description = "App name")),
     responses((status = 202, description = "running: false, app_id+1", body = schema::App), (status = 400, description = "Invalid name", body = schema::InvalidName), (status = 403, description = "No such app, or not allowed", body = schema::Forbidden))
 )]
-pub async fn stop(
-    State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
-    PathName(app): PathName,
-) -> Result<Response> {
-    change(&state, &principal, &app, |current| {
+pub async fn stop(State(state): State<AppState>, PathName(app): PathName) -> Result<Response> {
+    change(&state, &app, |current| {
         Ok(AppConfig {
             running: false,
             ..current.clone()
@@ -170,12 +142,8 @@ pub async fn stop(
     params(("app" = String, Path, description = "App name")),
     responses((status = 202, description = "app_id+1: devices recreate the containers", body = schema::App), (status = 400, description = "Invalid name", body = schema::InvalidName), (status = 403, description = "No such app, stopped (`running_before_restart: false`), or not allowed", body = schema::Forbidden))
 )]
-pub async fn restart(
-    State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
-    PathName(app): PathName,
-) -> Result<Response> {
-    change(&state, &principal, &app, |current| {
+pub async fn restart(State(state): State<AppState>, PathName(app): PathName) -> Result<Response> {
+    change(&state, &app, |current| {
         if current.running {
             Ok(current.clone())
         } else {
@@ -195,13 +163,11 @@ pub async fn restart(
 )]
 pub async fn full_update(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
     PathName(app): PathName,
     Body(body): Body,
 ) -> Result<Response> {
-    require(&principal, Permission::WriteApp(app.as_str()))?;
     let config = full_config(&app, &body, true)?;
-    change(&state, &principal, &app, move |_| Ok(config.clone())).await
+    change(&state, &app, move |_| Ok(config.clone())).await
 }
 
 #[utoipa::path(
@@ -214,18 +180,16 @@ pub async fn full_update(
 )]
 pub async fn partial_update(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
     PathName(app): PathName,
     Body(body): Body,
 ) -> Result<Response> {
-    require(&principal, Permission::WriteApp(app.as_str()))?;
     let object = dto::parse_object(&body)?;
     let patch: AppPatch = dto::parse_app(&object, &app)?;
     if patch.is_empty() {
         return Err(ApiError::malformed());
     }
     // Validation needs the merged config, so it runs inside the read-modify-write.
-    change(&state, &principal, &app, move |current| {
+    change(&state, &app, move |current| {
         let mut config = current.clone();
         patch.clone().apply(&mut config);
         dto::validate_app(&config)?;

@@ -3,10 +3,8 @@
 use super::dto::{self, GroupPatch};
 use super::errors::ApiError;
 use super::schema;
-use super::{AppState, Body, PathName, ok, require};
-use crate::auth::{Permission, Principal};
+use super::{AppState, Body, PathName, ok};
 use crate::service::ServiceError;
-use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -21,11 +19,7 @@ type Result<T> = std::result::Result<T, ApiError>;
     tag = "device_groups",
     responses((status = 200, description = "The names of all device groups", body = schema::GroupList))
 )]
-pub async fn list(
-    State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
-) -> Result<Response> {
-    require(&principal, Permission::ListDeviceGroups)?;
+pub async fn list(State(state): State<AppState>) -> Result<Response> {
     let groups = state.service.list_groups().await?;
     Ok(ok(StatusCode::OK, json!({"device_groups": groups})))
 }
@@ -37,12 +31,7 @@ pub async fn list(
     params(("group" = String, Path, description = "Device group name")),
     responses((status = 200, description = "The device group", body = schema::Group), (status = 400, description = "Invalid name", body = schema::InvalidName), (status = 403, description = "No such group (`device_group_exists: false`), or not allowed", body = schema::Forbidden))
 )]
-pub async fn read(
-    State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
-    PathName(group): PathName,
-) -> Result<Response> {
-    require(&principal, Permission::ReadDeviceGroup(group.as_str()))?;
+pub async fn read(State(state): State<AppState>, PathName(group): PathName) -> Result<Response> {
     match state.service.get_group(&group).await? {
         Some(document) => Ok(ok(StatusCode::OK, dto::group_json(&document))),
         None => Err(ServiceError::GroupNotFound(group).into()),
@@ -56,12 +45,7 @@ pub async fn read(
     params(("group" = String, Path, description = "Device group name")),
     responses((status = 200, description = "The group with its apps in full", body = schema::GroupInfo), (status = 400, description = "Invalid name", body = schema::InvalidName), (status = 403, description = "No such group, or not allowed", body = schema::Forbidden))
 )]
-pub async fn info(
-    State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
-    PathName(group): PathName,
-) -> Result<Response> {
-    require(&principal, Permission::ReadDeviceGroup(group.as_str()))?;
+pub async fn info(State(state): State<AppState>, PathName(group): PathName) -> Result<Response> {
     let Some(info) = state.service.group_info(&group).await? else {
         return Err(ServiceError::GroupNotFound(group).into());
     };
@@ -95,11 +79,9 @@ fn parse(body: &[u8]) -> Result<GroupPatch> {
 )]
 pub async fn create(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
     PathName(group): PathName,
     Body(body): Body,
 ) -> Result<Response> {
-    require(&principal, Permission::WriteDeviceGroup(group.as_str()))?;
     if state.service.get_group(&group).await?.is_some() {
         return Err(ServiceError::GroupExists(group).into());
     }
@@ -121,11 +103,9 @@ pub async fn create(
 )]
 pub async fn full_update(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
     PathName(group): PathName,
     Body(body): Body,
 ) -> Result<Response> {
-    require(&principal, Permission::WriteDeviceGroup(group.as_str()))?;
     let patch = parse(&body)?;
     let full = GroupPatch {
         apps: Some(patch.apps.unwrap_or_default()),
@@ -145,11 +125,9 @@ pub async fn full_update(
 )]
 pub async fn partial_update(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
     PathName(group): PathName,
     Body(body): Body,
 ) -> Result<Response> {
-    require(&principal, Permission::WriteDeviceGroup(group.as_str()))?;
     let patch = parse(&body)?;
     if patch.is_empty() {
         return Err(ApiError::malformed());
@@ -180,12 +158,7 @@ async fn update(
     params(("group" = String, Path, description = "Device group name")),
     responses((status = 200, description = "Deleted", body = schema::Empty), (status = 400, description = "Invalid name", body = schema::InvalidName), (status = 403, description = "No such group, or not allowed", body = schema::Forbidden))
 )]
-pub async fn delete(
-    State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
-    PathName(group): PathName,
-) -> Result<Response> {
-    require(&principal, Permission::WriteDeviceGroup(group.as_str()))?;
+pub async fn delete(State(state): State<AppState>, PathName(group): PathName) -> Result<Response> {
     state.service.delete_group(&group).await?;
     Ok(ok(StatusCode::OK, json!({})))
 }
@@ -197,12 +170,7 @@ pub async fn delete(
     params(("group" = String, Path, description = "Device group name")),
     responses((status = 202, description = "prune_id+1: the devices remove unused images", body = schema::Group), (status = 400, description = "Invalid name", body = schema::InvalidName), (status = 403, description = "No such group, or not allowed", body = schema::Forbidden))
 )]
-pub async fn prune(
-    State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
-    PathName(group): PathName,
-) -> Result<Response> {
-    require(&principal, Permission::Prune)?;
+pub async fn prune(State(state): State<AppState>, PathName(group): PathName) -> Result<Response> {
     let document = state.service.prune_group(&group).await?;
     Ok(ok(StatusCode::ACCEPTED, dto::group_json(&document)))
 }
@@ -213,11 +181,7 @@ pub async fn prune(
     tag = "device_groups",
     responses((status = 202, description = "Every group's new prune_id", body = schema::PruneIds), (status = 403, description = "Not allowed", body = schema::AccessDenied))
 )]
-pub async fn prune_all(
-    State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
-) -> Result<Response> {
-    require(&principal, Permission::Prune)?;
+pub async fn prune_all(State(state): State<AppState>) -> Result<Response> {
     let prune_ids = state.service.prune_all().await?;
     Ok(ok(StatusCode::ACCEPTED, json!({"prune_ids": prune_ids})))
 }

@@ -4,14 +4,13 @@
 //! service's view at the edge, never the stored document itself.
 
 use super::errors::ApiError;
-use super::{AppState, PathName, query_flag, require, schema};
-use crate::auth::{Permission, Principal};
+use super::{AppState, PathName, query_flag, schema};
 use crate::service::ServiceError;
 use crate::service::devices::{AppState as RolloutState, DeviceFilter, DeviceStatus, Rollout};
+use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use utoipa::{IntoParams, ToSchema};
@@ -314,12 +313,7 @@ fn json<T: Serialize>(value: &T) -> Response {
         (status = 400, description = "Unknown query parameters, or bad values", body = schema::BadRequest),
     )
 )]
-pub async fn list(
-    State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
-    RawQuery(query): RawQuery,
-) -> Result<Response> {
-    require(&principal, Permission::ListDevices)?;
+pub async fn list(State(state): State<AppState>, RawQuery(query): RawQuery) -> Result<Response> {
     let filter = parse_query(query.as_deref())?;
     let page = state.service.devices(&filter).await?;
     Ok(json(&DeviceList {
@@ -339,12 +333,7 @@ pub async fn list(
         (status = 403, description = "No report of that device (`device_exists: false`), or not allowed", body = DeviceNotFound),
     )
 )]
-pub async fn read(
-    State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
-    PathName(device): PathName,
-) -> Result<Response> {
-    require(&principal, Permission::ListDevices)?;
+pub async fn read(State(state): State<AppState>, PathName(device): PathName) -> Result<Response> {
     match state.service.device(device.as_str()).await? {
         Some(status) => Ok(json(&device_json(&status))),
         None => Err(ApiError::new(
@@ -375,10 +364,8 @@ pub enum DeviceNotFound {
 )]
 pub async fn app_status(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
     PathName(app): PathName,
 ) -> Result<Response> {
-    require(&principal, Permission::ReadApp(app.as_str()))?;
     match state.service.app_rollout(&app).await? {
         Some(rollout) => Ok(json(&rollout_json("app", app.as_str(), &rollout))),
         None => Err(ServiceError::AppNotFound(app).into()),
@@ -398,10 +385,8 @@ pub async fn app_status(
 )]
 pub async fn group_status(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
     PathName(group): PathName,
 ) -> Result<Response> {
-    require(&principal, Permission::ReadDeviceGroup(group.as_str()))?;
     match state.service.group_rollout(&group).await? {
         Some(rollout) => Ok(json(&rollout_json(
             "device_group",

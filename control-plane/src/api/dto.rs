@@ -57,7 +57,7 @@ pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
-fn unknown_fields(object: &Map<String, Value>, known: &[&str]) -> Result<(), ApiError> {
+pub fn unknown_fields(object: &Map<String, Value>, known: &[&str]) -> Result<(), ApiError> {
     let unknown: Vec<String> = object
         .keys()
         .filter(|key| !known.contains(&key.as_str()))

@@ -132,6 +132,19 @@ impl From<ServiceError> for ApiError {
             ServiceError::GroupExists(_) => forbidden(json!({"device_group_exists": true})),
             ServiceError::CronJobNotFound(_) => forbidden(json!({"cron_job_exists": false})),
             ServiceError::CronJobExists(_) => forbidden(json!({"cron_job_exists": true})),
+            ServiceError::UserNotFound(_) => forbidden(json!({"user_exists": false})),
+            ServiceError::UserExists(_) => forbidden(json!({"user_exists": true})),
+            ServiceError::UserGroupNotFound(_) => forbidden(json!({"user_group_exists": false})),
+            ServiceError::UserGroupExists(_) => forbidden(json!({"user_group_exists": true})),
+            // Said plainly: a client choosing its own token must choose another.
+            ServiceError::TokenTaken => Self::new(
+                StatusCode::BAD_REQUEST,
+                json!({"invalid_parameters": ["token"], "error": "choose another token"}),
+            ),
+            ServiceError::Secret(error) => {
+                tracing::error!(error = %error, "no secret could be made answering a request");
+                Self::unavailable("randomness")
+            }
             ServiceError::NotRunning(_) => forbidden(json!({"running_before_restart": false})),
             ServiceError::Store(StoreError::Corrupt { kind, name, .. }) => {
                 Self::corrupt(kind, &name)

@@ -10,7 +10,9 @@
 //! is therefore served exactly when it is documented; `tests/openapi.rs` checks it anyway,
 //! and validates real answers against the document ([`openapi`]).
 
+pub mod access;
 pub mod apps;
+pub mod audit;
 pub mod credentials;
 pub mod cron_jobs;
 pub mod device_groups;
@@ -20,15 +22,17 @@ pub mod errors;
 pub mod provisioning;
 pub mod reports;
 pub mod schema;
+pub mod user_groups;
+pub mod users;
 
-use crate::auth::{self, Authenticator, Outcome, Permission, Principal};
+use crate::auth::{self, AdminCheck, Authenticator};
 use crate::metrics::Gauges;
 use crate::service::Service;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use errors::ApiError;
 use nebula_protocol::Name;
 use serde_json::{Value, json};
@@ -66,15 +70,6 @@ pub fn query_flag(value: &str) -> Option<bool> {
 
 pub fn path_name(raw: &str) -> Result<Name, ApiError> {
     Name::new(raw).map_err(|_| ApiError::invalid_name(raw))
-}
-
-/// Fails with `403 {"access_allowed": false}` unless the principal may do this.
-pub fn require(principal: &Principal, permission: Permission<'_>) -> Result<(), ApiError> {
-    if principal.allows(&permission) {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden())
-    }
 }
 
 /// The raw request body, capped at [`MAX_BODY_BYTES`] with a JSON 413 past it.
@@ -139,28 +134,29 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|info| info.0.ip());
     let authenticator = &state.authenticator;
-    match authenticator.authenticate_from(source, header) {
-        Outcome::Authenticated(principal) => {
+    // The local admin first (no store involved), then the stored users.
+    let principal = match authenticator.check_admin(source, header) {
+        AdminCheck::Authenticated(principal) => Some(principal),
+        AdminCheck::Locked { retry_after } => return locked_out(&state, retry_after),
+        AdminCheck::Missing => None,
+        AdminCheck::NotAdmin => {
+            let given = header.unwrap_or_default();
+            match state.service.authenticate_user(given).await {
+                Ok(Some(principal)) => Some(principal),
+                Ok(None) => {
+                    failed_login(&state, source, given).await;
+                    None
+                }
+                Err(error) => return ApiError::from(error).into_response(),
+            }
+        }
+    };
+    match principal {
+        Some(principal) => {
             request.extensions_mut().insert(principal);
             next.run(request).await
         }
-        Outcome::Locked { retry_after } => locked_out(&state, retry_after),
-        outcome @ (Outcome::Missing | Outcome::Wrong { .. }) => {
-            // Credentials given and wrong (a request without any is not a guess).
-            if let (Outcome::Wrong { failures }, Some(given)) = (outcome, header) {
-                state.service.metrics().login_failed();
-                // Never the secret: the scheme, and a claimed user name only when it is a
-                // known one (a token typed into the user field must not be logged).
-                let user =
-                    auth::claimed_user(given).filter(|user| authenticator.is_known_user(user));
-                tracing::warn!(
-                    source = %source.map_or_else(|| "unknown".to_string(), |source| source.to_string()),
-                    failures_in_a_row = failures.unwrap_or(0),
-                    scheme = auth::scheme(given),
-                    user = user.as_deref().unwrap_or("-"),
-                    "failed login"
-                );
-            }
+        None => {
             let mut response = ApiError::unauthorized().into_response();
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -171,14 +167,35 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
     }
 }
 
+/// Counts and logs credentials that were given and wrong (a request without any is not a
+/// guess). Never the secret: the scheme, and a claimed user name only when it is a known one
+/// (a token typed into the user field must not be logged).
+async fn failed_login(state: &AppState, source: Option<std::net::IpAddr>, given: &str) {
+    let failures = state.authenticator.count_failure(source);
+    state.service.metrics().login_failed();
+    let mut user = auth::claimed_user(given);
+    if let Some(name) = &user
+        && !state.authenticator.is_known_user(name)
+        && !state.service.is_user(name).await
+    {
+        user = None;
+    }
+    tracing::warn!(
+        source = %source.map_or_else(|| "unknown".to_string(), |source| source.to_string()),
+        failures_in_a_row = failures.unwrap_or(0),
+        scheme = auth::scheme(given),
+        user = user.as_deref().unwrap_or("-"),
+        "failed login"
+    );
+}
+
 #[utoipa::path(
     get,
     path = "/status",
     tag = "status",
     responses((status = 200, description = "The API answers and accepts the credentials", body = schema::ApiStatus))
 )]
-async fn status(Extension(principal): Extension<Principal>) -> Result<Response, ApiError> {
-    require(&principal, Permission::Status)?;
+async fn status() -> Result<Response, ApiError> {
     Ok(ok(StatusCode::OK, json!({"api_available": true})))
 }
 
@@ -307,50 +324,74 @@ async fn method_not_allowed() -> ApiError {
     tag = "status",
     responses((status = 200, description = "This document: OpenAPI 3.1 of every route", body = Object))
 )]
-async fn openapi_json(Extension(principal): Extension<Principal>) -> Result<Response, ApiError> {
-    require(&principal, Permission::Status)?;
+async fn openapi_json() -> Result<Response, ApiError> {
     Ok((StatusCode::OK, Json(openapi())).into_response())
 }
 
-/// The authenticated routes under `/api/v2`, each registered from its annotation.
+/// The authenticated routes under `/api/v2`, each registered from its annotation, one
+/// handler at a time, with the one permission it needs next to it (`access`).
 fn api_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(status))
-        .routes(routes!(openapi_json))
-        .routes(routes!(apps::list))
-        .routes(routes!(apps::read, apps::create, apps::delete))
-        .routes(routes!(apps::start))
-        .routes(routes!(apps::stop))
-        .routes(routes!(apps::restart))
-        .routes(routes!(apps::full_update, apps::partial_update))
-        .routes(routes!(devices::app_status))
-        .routes(routes!(device_groups::list))
-        .routes(routes!(
-            device_groups::read,
-            device_groups::create,
-            device_groups::delete
-        ))
-        .routes(routes!(device_groups::info))
-        .routes(routes!(
-            device_groups::full_update,
-            device_groups::partial_update
-        ))
-        .routes(routes!(device_groups::prune))
-        .routes(routes!(devices::group_status))
-        .routes(routes!(credentials::mint, credentials::revoke))
-        .routes(routes!(provisioning::create, provisioning::list))
-        .routes(routes!(provisioning::delete))
-        .routes(routes!(device_groups::prune_all))
-        .routes(routes!(cron_jobs::list))
-        .routes(routes!(
-            cron_jobs::read,
-            cron_jobs::create,
-            cron_jobs::delete
-        ))
-        .routes(routes!(cron_jobs::full_update, cron_jobs::partial_update))
-        .routes(routes!(devices::list))
-        .routes(routes!(devices::read))
-        .routes(routes!(reports::list))
+    use access::{Need, READ, WRITE, guarded};
+    let route = |(route, need)| guarded(route, need);
+    [
+        (routes!(status), Need::Authenticated),
+        (routes!(openapi_json), Need::Authenticated),
+        (routes!(apps::list), Need::Apps),
+        (routes!(apps::read), Need::App(READ)),
+        (routes!(apps::create), Need::App(WRITE)),
+        (routes!(apps::delete), Need::App(WRITE)),
+        (routes!(apps::start), Need::App(WRITE)),
+        (routes!(apps::stop), Need::App(WRITE)),
+        (routes!(apps::restart), Need::App(WRITE)),
+        (routes!(apps::full_update), Need::App(WRITE)),
+        (routes!(apps::partial_update), Need::App(WRITE)),
+        (routes!(devices::app_status), Need::App(READ)),
+        (routes!(device_groups::list), Need::DeviceGroups),
+        (routes!(device_groups::read), Need::DeviceGroup(READ)),
+        (routes!(device_groups::create), Need::DeviceGroup(WRITE)),
+        (routes!(device_groups::delete), Need::DeviceGroup(WRITE)),
+        (routes!(device_groups::info), Need::DeviceGroup(READ)),
+        (
+            routes!(device_groups::full_update),
+            Need::DeviceGroup(WRITE),
+        ),
+        (
+            routes!(device_groups::partial_update),
+            Need::DeviceGroup(WRITE),
+        ),
+        (routes!(device_groups::prune), Need::Prune),
+        (routes!(devices::group_status), Need::DeviceGroup(READ)),
+        (routes!(device_groups::prune_all), Need::Prune),
+        (routes!(cron_jobs::list), Need::CronJobs),
+        (routes!(cron_jobs::read), Need::CronJob(READ)),
+        (routes!(cron_jobs::create), Need::CronJob(WRITE)),
+        (routes!(cron_jobs::delete), Need::CronJob(WRITE)),
+        (routes!(cron_jobs::full_update), Need::CronJob(WRITE)),
+        (routes!(cron_jobs::partial_update), Need::CronJob(WRITE)),
+        (routes!(devices::list), Need::Devices),
+        (routes!(devices::read), Need::Devices),
+        (routes!(reports::list), Need::Reports),
+        (routes!(credentials::mint), Need::Admin),
+        (routes!(credentials::revoke), Need::Admin),
+        (routes!(provisioning::create), Need::Admin),
+        (routes!(provisioning::list), Need::Admin),
+        (routes!(provisioning::delete), Need::Admin),
+        (routes!(users::list), Need::Admin),
+        (routes!(users::read), Need::Admin),
+        (routes!(users::create), Need::Admin),
+        (routes!(users::delete), Need::Admin),
+        (routes!(users::update), Need::Admin),
+        (routes!(users::refresh), Need::Admin),
+        (routes!(user_groups::list), Need::Admin),
+        (routes!(user_groups::read), Need::Admin),
+        (routes!(user_groups::create), Need::Admin),
+        (routes!(user_groups::delete), Need::Admin),
+        (routes!(user_groups::update), Need::Admin),
+        (routes!(audit::list), Need::Admin),
+    ]
+    .into_iter()
+    .map(route)
+    .fold(OpenApiRouter::new(), OpenApiRouter::routes)
 }
 
 /// The routes under `/api/v2` that authenticate by other means than an admin login: a
@@ -495,6 +536,11 @@ pub fn router(state: AppState) -> Router {
     let (api, open, _) = routes();
     let api = api
         .method_not_allowed_fallback(method_not_allowed)
+        // Inside authentication: the audit knows who.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit::record,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,

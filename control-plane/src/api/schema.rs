@@ -259,6 +259,125 @@ pub struct CronJobExists {
     pub cron_job_exists: bool,
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserExists {
+    pub user_exists: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserGroupExists {
+    pub user_group_exists: bool,
+}
+
+/// A user: both secrets only as hashes.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub user_name: String,
+    /// argon2id PHC string of the password.
+    pub password: String,
+    /// Hex SHA-256 of the token.
+    pub token: String,
+}
+
+/// A user's writable fields; on create each is generated when absent.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserFields {
+    pub password: Option<String>,
+    pub token: Option<String>,
+    /// Accepted only when it equals the name in the path.
+    pub user_name: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserList {
+    pub users: Vec<String>,
+}
+
+/// `POST /users/<u>/refresh`: the new token, shown this once.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    pub token: String,
+}
+
+/// `ro` (read) or `rw` (read and write) on one named object.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    Ro,
+    Rw,
+}
+
+/// A user group: its members and what they may do.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserGroup {
+    pub user_group: String,
+    pub group_members: Vec<String>,
+    pub pruning_allowed: bool,
+    pub apps: BTreeMap<String, Access>,
+    pub device_groups: BTreeMap<String, Access>,
+    pub cron_jobs: BTreeMap<String, Access>,
+    pub admin: bool,
+}
+
+/// A user group's writable fields (defaults on create: no members, nothing allowed).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserGroupFields {
+    pub group_members: Option<Vec<String>>,
+    pub pruning_allowed: Option<bool>,
+    pub apps: Option<BTreeMap<String, Access>>,
+    pub device_groups: Option<BTreeMap<String, Access>>,
+    pub cron_jobs: Option<BTreeMap<String, Access>>,
+    pub admin: Option<bool>,
+    /// Accepted only when it equals the name in the path.
+    pub user_group: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserGroupList {
+    pub user_groups: Vec<String>,
+}
+
+/// One write recorded in the audit trail.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditEntry {
+    /// Unique; sorts as recorded.
+    pub id: String,
+    /// When the write was answered, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// `admin`, `anonymous` or `user:<name>`.
+    pub who: String,
+    pub source: Option<String>,
+    pub method: String,
+    /// The route's template, e.g. `/api/v2/apps/{app}/stop`.
+    pub route: String,
+    /// `app`, `device_group`, `cron_job`, `user`, `user_group`, `device`, `provisioning_token`.
+    pub kind: Option<String>,
+    pub name: Option<String>,
+    /// The object's revision just before the write (none for a create, or a kind without).
+    pub old_revision: Option<u64>,
+    /// Its revision as the write answered it (none for a delete, or a kind without).
+    pub new_revision: Option<u64>,
+    pub status: u16,
+}
+
+/// `GET /audit`: newest first; pass `next` as `before` for the following page.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntry>,
+    pub next: Option<String>,
+}
+
 /// `403` of a restart of a stopped app.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -369,6 +488,8 @@ pub enum Forbidden {
     App(AppExists),
     Group(GroupExists),
     CronJob(CronJobExists),
+    User(UserExists),
+    UserGroup(UserGroupExists),
     NotRunning(NotRunning),
     Port(PortError),
 }

@@ -23,8 +23,8 @@
 use super::{Service, ServiceError};
 use crate::error::StoreError;
 use crate::store::{
-    DeviceAppDocument, DeviceContainerDocument, DeviceDocument, DeviceQuery, DeviceRecord,
-    DeviceResourcesDocument,
+    DeviceAppDocument, DeviceContainerDocument, DeviceCronContainerDocument, DeviceCronJobDocument,
+    DeviceDocument, DeviceQuery, DeviceRecord, DeviceResourcesDocument,
 };
 use nebula_protocol::{
     AppConfig, DeviceGroup, DeviceMode, DeviceReport, Incarnation, Name, Revision, names,
@@ -40,6 +40,10 @@ pub const DEFAULT_REPORT_INTERVAL_SECS: u64 = 60;
 /// record without limit.
 pub const MAX_APPS_PER_REPORT: usize = 256;
 pub const MAX_CONTAINERS_PER_APP: usize = 256;
+/// Cron jobs and runs of one job (an agent keeps a job's 3 newest finished runs and at most
+/// one going).
+pub const MAX_CRON_JOBS_PER_REPORT: usize = 256;
+pub const MAX_RUNS_PER_CRON_JOB: usize = 256;
 /// Longer strings (a Docker error with a whole pull log in it) are cut to this many bytes.
 pub const MAX_TEXT_BYTES: usize = 1024;
 /// The stored (JSON) form of one device at most, in bytes. The bounds above still allow a
@@ -217,6 +221,23 @@ pub fn document_of(report: &DeviceReport) -> Result<DeviceDocument, ReportError>
             app.app_name
         )));
     }
+    if report.cron_jobs.len() > MAX_CRON_JOBS_PER_REPORT {
+        return Err(too_large(format!(
+            "{} cron jobs (at most {MAX_CRON_JOBS_PER_REPORT})",
+            report.cron_jobs.len()
+        )));
+    }
+    if let Some(job) = report
+        .cron_jobs
+        .iter()
+        .find(|job| job.containers.len() > MAX_RUNS_PER_CRON_JOB)
+    {
+        return Err(too_large(format!(
+            "{} runs of cron job {} (at most {MAX_RUNS_PER_CRON_JOB})",
+            job.containers.len(),
+            job.cron_job_name
+        )));
+    }
     let (mode, configured_apps) = match &report.mode {
         DeviceMode::Group(_) => ("group", Vec::new()),
         DeviceMode::Apps(apps) => {
@@ -273,6 +294,24 @@ pub fn document_of(report: &DeviceReport) -> Result<DeviceDocument, ReportError>
                         app_id: container.app_id,
                         incarnation: container.incarnation,
                         restart_count: container.restart_count,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        cron_jobs: report
+            .cron_jobs
+            .iter()
+            .map(|job| DeviceCronJobDocument {
+                cron_job_name: job.cron_job_name.to_string(),
+                containers: job
+                    .containers
+                    .iter()
+                    .map(|run| DeviceCronContainerDocument {
+                        name: cut(&run.name),
+                        image: cut(&run.image),
+                        state: cut(&run.state),
+                        cron_job_id: run.cron_job_id,
+                        incarnation: run.incarnation,
                     })
                     .collect(),
             })
@@ -1197,7 +1236,57 @@ pub(crate) mod tests {
             sequence: 1,
             device_group_incarnation: None,
             stopping: false,
+            cron_jobs: Vec::new(),
         }
+    }
+
+    #[test]
+    fn cron_runs_are_stored_within_their_bounds() {
+        use nebula_protocol::{CronContainerReport, CronJobReport};
+        let mut report = sample_report();
+        let run = CronContainerReport {
+            name: "tick-1796119260".into(),
+            image: "busybox".into(),
+            state: "exited".into(),
+            cron_job_id: Some(2),
+            incarnation: Some(5),
+        };
+        report.cron_jobs = vec![CronJobReport {
+            cron_job_name: Name::new("tick").expect("name"),
+            containers: vec![run.clone()],
+        }];
+        let document = document_of(&report).expect("bounded");
+        assert_eq!(
+            document.cron_jobs,
+            vec![DeviceCronJobDocument {
+                cron_job_name: "tick".into(),
+                containers: vec![DeviceCronContainerDocument {
+                    name: "tick-1796119260".into(),
+                    image: "busybox".into(),
+                    state: "exited".into(),
+                    cron_job_id: Some(2),
+                    incarnation: Some(5),
+                }],
+            }]
+        );
+        // Records stored before reports carried cron runs read as none.
+        let body = body_of(&document).expect("small");
+        let old = body.replace(
+            &format!(
+                ",\"cron_jobs\":{}",
+                serde_json::to_string(&document.cron_jobs).expect("json")
+            ),
+            "",
+        );
+        assert_ne!(old, body);
+        let read: DeviceDocument = serde_json::from_str(&old).expect("parse");
+        assert!(read.cron_jobs.is_empty());
+        // A misbehaving agent's endless runs are refused.
+        report.cron_jobs[0].containers = vec![run; MAX_RUNS_PER_CRON_JOB + 1];
+        assert!(matches!(
+            document_of(&report),
+            Err(ReportError::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -1368,6 +1457,7 @@ pub(crate) mod tests {
             session: 1,
             sequence: 1,
             apps: Vec::new(),
+            cron_jobs: Vec::new(),
             resources: DeviceResourcesDocument {
                 cpu_cores: 1,
                 cpu_percent: 0.0,

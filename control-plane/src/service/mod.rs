@@ -14,6 +14,7 @@
 //! in sync), and a broker 404 is that object's race with another instance.
 
 pub mod apps;
+pub mod audit;
 pub mod credentials;
 pub mod cron_jobs;
 pub mod devices;
@@ -22,6 +23,7 @@ pub mod outbox;
 pub mod provisioning;
 pub mod reports;
 pub(crate) mod resource;
+pub mod users;
 pub(crate) mod write;
 
 use crate::broker::Publisher;
@@ -53,6 +55,20 @@ pub enum ServiceError {
     CronJobNotFound(Name),
     #[error("cron job {0} already exists")]
     CronJobExists(Name),
+    #[error("user {0} does not exist")]
+    UserNotFound(Name),
+    #[error("user {0} already exists")]
+    UserExists(Name),
+    #[error("user group {0} does not exist")]
+    UserGroupNotFound(Name),
+    #[error("user group {0} already exists")]
+    UserGroupExists(Name),
+    /// A token given for a user is another user's.
+    #[error("the token is taken")]
+    TokenTaken,
+    /// A secret could not be made or hashed (no randomness, a failed hashing task).
+    #[error("secret: {0}")]
+    Secret(String),
     #[error("app {0} is not running")]
     NotRunning(Name),
     #[error(transparent)]
@@ -116,6 +132,8 @@ pub struct Service {
     presence: Arc<std::sync::Mutex<std::collections::HashMap<String, devices::Probed>>>,
     /// How much report history is kept (`reports`).
     report_retention: reports::Retention,
+    /// How long audit entries are kept (`audit`).
+    audit_ttl: Duration,
 }
 
 impl Service {
@@ -135,6 +153,7 @@ impl Service {
             device_counts: Arc::default(),
             presence: Arc::default(),
             report_retention: reports::Retention::default(),
+            audit_ttl: crate::audit::DEFAULT_TTL,
         }
     }
 

@@ -52,7 +52,11 @@ impl Service {
                     Kind::DeviceGroup => self.republish::<DeviceGroup>(record).await,
                     Kind::CronJob => self.republish::<CronJob>(record).await,
                     // Not a published kind: never flagged, nothing to send.
-                    Kind::DeviceCredential | Kind::ProvisioningToken => Ok(false),
+                    Kind::DeviceCredential
+                    | Kind::ProvisioningToken
+                    | Kind::User
+                    | Kind::UserGroup
+                    | Kind::UserToken => Ok(false),
                 };
                 match outcome {
                     Ok(true) => handled += 1,

@@ -61,8 +61,9 @@ pub struct PastReport {
     pub root_disk_usage: Usage,
     pub cpu_usage: CpuUsage,
     pub apps_containers: Vec<PastContainer>,
-    /// Cron jobs are not run by agents yet: always empty.
-    pub cron_jobs_containers: Vec<PastContainer>,
+    /// Every run container of every cron job, as `apps_containers` lists apps' (empty in a
+    /// report of an agent that did not report its runs).
+    pub cron_jobs_containers: Vec<PastCronContainer>,
     pub current_device_group_config: PastConfig,
     pub device_id: String,
     /// When a control plane received it (Unix seconds).
@@ -102,6 +103,19 @@ pub struct PastContainer {
     pub health: Option<String>,
     pub app_id: Option<u64>,
     pub restart_count: Option<u64>,
+}
+
+/// One run of a cron job (`<job>-<fire time>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PastCronContainer {
+    pub cron_job_name: String,
+    pub name: String,
+    pub image: String,
+    /// Docker's state: `running`, `exited`, ...
+    pub state: String,
+    /// The job revision the run was started from.
+    pub cron_job_id: Option<u64>,
 }
 
 /// What the device held when it reported.
@@ -183,7 +197,19 @@ pub fn past_report(document: &DeviceDocument, received_ms: u64) -> PastReport {
                 })
             })
             .collect(),
-        cron_jobs_containers: Vec::new(),
+        cron_jobs_containers: document
+            .cron_jobs
+            .iter()
+            .flat_map(|job| {
+                job.containers.iter().map(|container| PastCronContainer {
+                    cron_job_name: job.cron_job_name.clone(),
+                    name: container.name.clone(),
+                    image: container.image.clone(),
+                    state: container.state.clone(),
+                    cron_job_id: container.cron_job_id,
+                })
+            })
+            .collect(),
         current_device_group_config: PastConfig {
             mode: document.mode.clone(),
             device_group: document.device_group.clone(),
@@ -503,6 +529,44 @@ mod tests {
             .await
             .expect("list");
         assert_eq!(again, held[1..].to_vec());
+    }
+
+    #[test]
+    fn cron_runs_are_listed_like_apps_containers() {
+        use nebula_protocol::{CronContainerReport, CronJobReport};
+        let run = |name: &str, state: &str| CronContainerReport {
+            name: name.into(),
+            image: "busybox".into(),
+            state: state.into(),
+            cron_job_id: Some(2),
+            incarnation: Some(5),
+        };
+        let mut report = sample_report();
+        report.cron_jobs = vec![
+            CronJobReport {
+                cron_job_name: Name::new("backup").expect("name"),
+                containers: vec![run("backup-60", "exited"), run("backup-120", "running")],
+            },
+            CronJobReport {
+                cron_job_name: Name::new("idle").expect("name"),
+                containers: Vec::new(),
+            },
+        ];
+        let document = document_of(&report).expect("document");
+        let value = serde_json::to_value(past_report(&document, 1_000)).expect("json");
+        assert_eq!(
+            value["cron_jobs_containers"],
+            serde_json::json!([
+                {"cron_job_name": "backup", "name": "backup-60", "image": "busybox",
+                 "state": "exited", "cron_job_id": 2},
+                {"cron_job_name": "backup", "name": "backup-120", "image": "busybox",
+                 "state": "running", "cron_job_id": 2},
+            ])
+        );
+        assert_eq!(
+            value["apps_containers"][0]["app_name"], "web",
+            "apps' containers as before: {value}"
+        );
     }
 
     #[test]

@@ -12,8 +12,8 @@
 
 use super::history::key_floor;
 use super::{
-    DeviceQuery, DeviceRecord, Kind, Record, ReportQuery, ReportRecord, Store, new_store_id,
-    now_micros,
+    AuditEntry, DeviceQuery, DeviceRecord, Kind, Record, ReportQuery, ReportRecord, Store,
+    new_store_id, now_micros,
 };
 use crate::error::StoreError;
 use async_trait::async_trait;
@@ -39,6 +39,8 @@ const REPORTS: TableDefinition<'static, &'static str, &'static [u8]> =
 const REPORT_SLOTS: TableDefinition<'static, &'static str, &'static str> =
     TableDefinition::new("report_slots");
 const REPORT: &str = "report";
+/// The audit trail: entry id → JSON of an [`AuditEntry`].
+const AUDIT: TableDefinition<'static, &'static str, &'static [u8]> = TableDefinition::new("audit");
 /// Most writes one transaction takes: bounds the latency a write adds to the others.
 const MAX_BATCH: usize = 256;
 
@@ -118,6 +120,9 @@ impl EmbeddedStore {
                 .map_err(StoreError::unavailable)?;
             transaction
                 .open_table(REPORT_SLOTS)
+                .map_err(StoreError::unavailable)?;
+            transaction
+                .open_table(AUDIT)
                 .map_err(StoreError::unavailable)?;
             let mut meta = transaction
                 .open_table(META)
@@ -627,6 +632,87 @@ impl Store for EmbeddedStore {
         let mut removed = 0;
         loop {
             let batch = self.expire_reports_batch(received_before_ms).await?;
+            removed += batch;
+            if batch < MAX_BATCH as u64 {
+                return Ok(removed);
+            }
+        }
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(entry).map_err(StoreError::unavailable)?;
+        let id = entry.id.clone();
+        self.write(move |transaction| {
+            transaction
+                .open_table(AUDIT)
+                .map_err(StoreError::unavailable)?
+                .insert(id.as_str(), bytes.as_slice())
+                .map_err(StoreError::unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_audit(
+        &self,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let before = before.map(str::to_string);
+        self.blocking(move |database| {
+            let transaction = database.begin_read().map_err(StoreError::unavailable)?;
+            let opened = transaction
+                .open_table(AUDIT)
+                .map_err(StoreError::unavailable)?;
+            let entries = match &before {
+                Some(before) => opened.range::<&str>(..before.as_str()),
+                None => opened.range::<&str>(..),
+            }
+            .map_err(StoreError::unavailable)?;
+            let mut found = Vec::new();
+            for entry in entries.rev() {
+                if found.len() >= limit {
+                    break;
+                }
+                let (_, value) = entry.map_err(StoreError::unavailable)?;
+                // An entry that does not parse is skipped (the time limit removes it).
+                if let Ok(entry) = serde_json::from_slice::<AuditEntry>(value.value()) {
+                    found.push(entry);
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn expire_audit(&self, before_ms: u64) -> Result<u64, StoreError> {
+        // In batches, as past reports are.
+        let floor = AuditEntry::make_id(before_ms, 0);
+        let mut removed = 0;
+        loop {
+            let floor = floor.clone();
+            let batch = self
+                .write(move |transaction| {
+                    let mut audit = transaction
+                        .open_table(AUDIT)
+                        .map_err(StoreError::unavailable)?;
+                    let mut expired = Vec::new();
+                    for entry in audit
+                        .range::<&str>(..floor.as_str())
+                        .map_err(StoreError::unavailable)?
+                        .take(MAX_BATCH)
+                    {
+                        let (key, _) = entry.map_err(StoreError::unavailable)?;
+                        expired.push(key.value().to_string());
+                    }
+                    for key in &expired {
+                        audit
+                            .remove(key.as_str())
+                            .map_err(StoreError::unavailable)?;
+                    }
+                    Ok(expired.len() as u64)
+                })
+                .await?;
             removed += batch;
             if batch < MAX_BATCH as u64 {
                 return Ok(removed);

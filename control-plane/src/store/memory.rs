@@ -3,8 +3,8 @@
 
 use super::history::key_floor;
 use super::{
-    DeviceQuery, DeviceRecord, Kind, Record, ReportQuery, ReportRecord, Store, new_store_id,
-    now_micros,
+    AuditEntry, DeviceQuery, DeviceRecord, Kind, Record, ReportQuery, ReportRecord, Store,
+    new_store_id, now_micros,
 };
 use crate::error::StoreError;
 use crate::gate::{Gate, Gates};
@@ -30,6 +30,7 @@ pub struct MemoryStore {
     devices: Mutex<BTreeMap<String, DeviceRecord>>,
     /// Past reports by key, and which key each device slot holds.
     reports: Mutex<Reports>,
+    audit: Mutex<BTreeMap<String, AuditEntry>>,
     /// When set, every call fails as if the database had gone away.
     unavailable: AtomicBool,
     identity: StoreId,
@@ -43,6 +44,7 @@ impl Default for MemoryStore {
             tables: Mutex::default(),
             devices: Mutex::default(),
             reports: Mutex::default(),
+            audit: Mutex::default(),
             unavailable: AtomicBool::default(),
             identity: new_store_id(),
             last_incarnation: AtomicU64::default(),
@@ -104,6 +106,20 @@ impl MemoryStore {
             .lock()
             .map_err(|_| StoreError::Unavailable("memory store lock poisoned".into()))?;
         Ok(action(&mut devices))
+    }
+
+    fn with_audit<R>(
+        &self,
+        action: impl FnOnce(&mut BTreeMap<String, AuditEntry>) -> R,
+    ) -> Result<R, StoreError> {
+        if self.unavailable.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("memory store switched off".into()));
+        }
+        let mut audit = self
+            .audit
+            .lock()
+            .map_err(|_| StoreError::Unavailable("memory store lock poisoned".into()))?;
+        Ok(action(&mut audit))
     }
 
     fn with_reports<R>(&self, action: impl FnOnce(&mut Reports) -> R) -> Result<R, StoreError> {
@@ -325,6 +341,37 @@ impl Store for MemoryStore {
             for record in expired.values() {
                 reports.slots.remove(&record.slot_id());
             }
+            expired.len() as u64
+        })
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        self.with_audit(|audit| {
+            audit.insert(entry.id.clone(), entry.clone());
+        })
+    }
+
+    async fn list_audit(
+        &self,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.with_audit(|audit| {
+            audit
+                .values()
+                .rev()
+                .filter(|entry| before.is_none_or(|before| entry.id.as_str() < before))
+                .take(limit)
+                .cloned()
+                .collect()
+        })
+    }
+
+    async fn expire_audit(&self, before_ms: u64) -> Result<u64, StoreError> {
+        let floor = AuditEntry::make_id(before_ms, 0);
+        self.with_audit(|audit| {
+            let kept = audit.split_off(&floor);
+            let expired = std::mem::replace(audit, kept);
             expired.len() as u64
         })
     }

@@ -33,6 +33,7 @@ pub mod history;
 pub mod memory;
 pub mod mongo;
 
+pub use crate::audit::AuditEntry;
 use crate::error::StoreError;
 use async_trait::async_trait;
 pub use history::{ReportQuery, ReportRecord};
@@ -56,15 +57,23 @@ pub enum Kind {
     /// Cron jobs: published inside the state of each group that lists them (no exchange of
     /// their own).
     CronJob,
+    /// Users, user groups, and the token index (a token's SHA-256 → its user): never
+    /// published (`service::users`).
+    User,
+    UserGroup,
+    UserToken,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 8] = [
         Kind::App,
         Kind::DeviceGroup,
         Kind::DeviceCredential,
         Kind::ProvisioningToken,
         Kind::CronJob,
+        Kind::User,
+        Kind::UserGroup,
+        Kind::UserToken,
     ];
     /// The kinds whose changes are published to the broker (through the outbox).
     pub const PUBLISHED: [Kind; 3] = [Kind::App, Kind::DeviceGroup, Kind::CronJob];
@@ -77,6 +86,9 @@ impl Kind {
             Self::DeviceCredential => "device_credentials",
             Self::ProvisioningToken => "provisioning_tokens",
             Self::CronJob => "cron_jobs",
+            Self::User => "users",
+            Self::UserGroup => "user_groups",
+            Self::UserToken => "user_tokens",
         }
     }
 
@@ -88,6 +100,9 @@ impl Kind {
             Self::DeviceCredential => "device_credential",
             Self::ProvisioningToken => "provisioning_token",
             Self::CronJob => "cron_job",
+            Self::User => "user",
+            Self::UserGroup => "user_group",
+            Self::UserToken => "user_token",
         }
     }
 }
@@ -185,6 +200,20 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Removes every past report received before `received_before_ms`; how many.
     async fn expire_reports(&self, received_before_ms: u64) -> Result<u64, StoreError>;
+
+    /// Adds an entry to the audit trail (its id is unique: `AuditEntry::make_id`).
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+
+    /// Up to `limit` audit entries with ids below `before` (from the newest when `None`),
+    /// newest first.
+    async fn list_audit(
+        &self,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Removes the audit entries recorded before `before_ms`; returns how many.
+    async fn expire_audit(&self, before_ms: u64) -> Result<u64, StoreError>;
 }
 
 /// A device's latest report as the backends see it: the indexed fields and an opaque body.
@@ -273,6 +302,10 @@ pub struct DeviceDocument {
     /// The agent's last report before a graceful stop: offline until its next report.
     #[serde(default)]
     pub stopping: bool,
+    /// Each cron job's run containers. Records stored before reports carried them read as
+    /// none.
+    #[serde(default)]
+    pub cron_jobs: Vec<DeviceCronJobDocument>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -295,6 +328,21 @@ pub struct DeviceContainerDocument {
     pub app_id: Option<Revision>,
     pub incarnation: Option<Incarnation>,
     pub restart_count: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceCronJobDocument {
+    pub cron_job_name: String,
+    pub containers: Vec<DeviceCronContainerDocument>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceCronContainerDocument {
+    pub name: String,
+    pub image: String,
+    pub state: String,
+    pub cron_job_id: Option<Revision>,
+    pub incarnation: Option<Incarnation>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

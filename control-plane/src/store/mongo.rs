@@ -23,7 +23,9 @@
 //! (`{_id: "store", store_id}`) and the last incarnation handed out (`{_id: "incarnation"}`).
 
 use super::history::key_floor;
-use super::{DeviceQuery, DeviceRecord, Kind, Record, ReportQuery, ReportRecord, Store};
+use super::{
+    AuditEntry, DeviceQuery, DeviceRecord, Kind, Record, ReportQuery, ReportRecord, Store,
+};
 use super::{new_store_id, now_micros};
 use crate::error::StoreError;
 use async_trait::async_trait;
@@ -52,6 +54,8 @@ const DEVICE: &str = "device";
 /// MongoDB-wire server.
 const REPORTS: &str = "reports";
 const REPORT: &str = "report";
+/// The audit trail: `{_id: entry id, body}` (ids sort as entries were recorded).
+const AUDIT: &str = "audit";
 
 #[derive(Debug, Clone)]
 pub struct MongoStore {
@@ -216,6 +220,10 @@ impl MongoStore {
 
     fn reports(&self) -> Collection<Document> {
         self.database.collection(REPORTS)
+    }
+
+    fn audit(&self) -> Collection<Document> {
+        self.database.collection(AUDIT)
     }
 
     async fn find(&self, kind: Kind, filter: Document) -> Result<Vec<Record>, StoreError> {
@@ -653,6 +661,58 @@ impl Store for MongoStore {
         let result = self
             .reports()
             .delete_many(doc! {"key": {"$lt": key_floor(received_before_ms)}})
+            .await
+            .map_err(StoreError::unavailable)?;
+        Ok(result.deleted_count)
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        let body = serde_json::to_string(entry).map_err(StoreError::unavailable)?;
+        self.audit()
+            .insert_one(doc! {"_id": &entry.id, "body": body})
+            .await
+            .map_err(StoreError::unavailable)?;
+        Ok(())
+    }
+
+    async fn list_audit(
+        &self,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let filter = match before {
+            Some(before) => doc! {"_id": {"$lt": before}},
+            None => doc! {},
+        };
+        let audit = self.audit();
+        let mut find = audit.find(filter).sort(doc! {"_id": -1});
+        if let Ok(limit) = i64::try_from(limit) {
+            find = find.limit(limit);
+        }
+        let documents: Vec<Document> = find
+            .await
+            .map_err(StoreError::unavailable)?
+            .try_collect()
+            .await
+            .map_err(StoreError::unavailable)?;
+        // The server sorts and cuts the page (the contract suite pages through it); checked
+        // here as well, so a page is short, never wrong. An entry that does not parse is
+        // skipped (the time limit removes it).
+        let mut entries: Vec<AuditEntry> = documents
+            .iter()
+            .filter_map(|document| document.get_str("body").ok())
+            .filter_map(|body| serde_json::from_str::<AuditEntry>(body).ok())
+            .filter(|entry| before.is_none_or(|before| entry.id.as_str() < before))
+            .collect();
+        entries.sort_by(|left, right| right.id.cmp(&left.id));
+        entries.truncate(limit);
+        Ok(entries)
+    }
+
+    async fn expire_audit(&self, before_ms: u64) -> Result<u64, StoreError> {
+        let result = self
+            .audit()
+            .delete_many(doc! {"_id": {"$lt": AuditEntry::make_id(before_ms, 0)}})
             .await
             .map_err(StoreError::unavailable)?;
         Ok(result.deleted_count)

@@ -767,9 +767,74 @@ pub async fn reports_are_slotted_filtered_paged_and_expired(store: Arc<dyn Store
 }
 
 /// Runs every contract function, each on a fresh store from `make`.
+/// The audit trail: newest first, paged by id, expired by time.
+pub async fn audit_is_newest_first_paged_and_expired(store: Arc<dyn Store>) {
+    use nebula_control_plane::store::AuditEntry;
+    let entry = |at_ms: u64, random: u64| AuditEntry {
+        id: AuditEntry::make_id(at_ms, random),
+        at_ms,
+        who: "user:ann".to_string(),
+        source: Some("192.0.2.1".to_string()),
+        method: "POST".to_string(),
+        route: "/api/v2/apps/{app}/stop".to_string(),
+        kind: Some("app".to_string()),
+        name: Some(format!("app-{at_ms}-{random}")),
+        old_revision: Some(at_ms),
+        new_revision: Some(at_ms + 1),
+        status: 202,
+    };
+    assert!(store.list_audit(None, 10).await.expect("list").is_empty());
+    // Recorded out of order, two in one millisecond.
+    let entries = [
+        entry(1_000, 5),
+        entry(3_000, 1),
+        entry(2_000, 9),
+        entry(2_000, 2),
+    ];
+    for recorded in &entries {
+        store.append_audit(recorded).await.expect("append");
+    }
+    let mut newest_first = entries.to_vec();
+    newest_first.sort_by(|left, right| right.id.cmp(&left.id));
+    assert_eq!(
+        store.list_audit(None, 10).await.expect("list"),
+        newest_first
+    );
+    // Page by page, each page's last id the next one's cursor.
+    let mut paged = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let page = store.list_audit(before.as_deref(), 1).await.expect("page");
+        let Some(last) = page.last() else { break };
+        before = Some(last.id.clone());
+        paged.extend(page);
+        assert!(paged.len() <= entries.len(), "paging ends");
+    }
+    assert_eq!(paged, newest_first);
+    let page = store
+        .list_audit(Some(&newest_first[1].id), 2)
+        .await
+        .expect("page");
+    assert_eq!(page, newest_first[2..4].to_vec());
+    // Expiry removes what is older than the time, and only that.
+    assert_eq!(store.expire_audit(2_000).await.expect("expire"), 1);
+    assert_eq!(
+        store.list_audit(None, 10).await.expect("list"),
+        newest_first[..3].to_vec()
+    );
+    assert_eq!(store.expire_audit(2_000).await.expect("expire"), 0);
+    assert_eq!(store.expire_audit(u64::MAX >> 12).await.expect("expire"), 3);
+    assert!(store.list_audit(None, 10).await.expect("list").is_empty());
+}
+
 #[macro_export]
 macro_rules! store_contract_tests {
     ($make:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn audit_is_newest_first_paged_and_expired() {
+            let (store, _guard) = $make.await;
+            store_contract::audit_is_newest_first_paged_and_expired(store).await;
+        }
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn insert_get_list() {
             let (store, _guard) = $make.await;

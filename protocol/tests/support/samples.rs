@@ -147,6 +147,16 @@ pub fn every_variant() -> Vec<(&'static str, Message)> {
                 sequence: 5,
                 device_group_incarnation: Some(11),
                 stopping: false,
+                cron_jobs: vec![CronJobReport {
+                    cron_job_name: name("backup"),
+                    containers: vec![CronContainerReport {
+                        name: "backup-1699999980".into(),
+                        image: "busybox".into(),
+                        state: "exited".into(),
+                        cron_job_id: Some(2),
+                        incarnation: Some(5),
+                    }],
+                }],
             }),
         ),
     ]
