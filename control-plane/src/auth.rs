@@ -123,21 +123,9 @@ pub enum AdminCheck {
     },
 }
 
-/// What became of a request's credentials ([`Authenticator::authenticate_from`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Authenticated(Principal),
-    /// No credentials given: not a guess, not counted.
-    Missing,
-    /// Wrong credentials; the source's failures in a row (`None` when not throttled).
-    Wrong {
-        failures: Option<u32>,
-    },
-    /// The source is locked out after failed logins: refused without a check.
-    Locked {
-        retry_after: Duration,
-    },
-}
+/// Stripes of the per-source turns at checking stored users' credentials
+/// ([`Authenticator::user_check_turn`]): two sources share one with odds 1 in this.
+const TURN_STRIPES: usize = 64;
 
 /// Checks `Authorization` headers against the configuration. Clones share one throttle.
 #[derive(Clone)]
@@ -146,6 +134,7 @@ pub struct Authenticator {
     basic: Option<(String, [u8; 32])>,
     token: Option<[u8; 32]>,
     throttle: Arc<Mutex<LoginThrottle>>,
+    turns: Arc<[tokio::sync::Mutex<()>; TURN_STRIPES]>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -173,37 +162,30 @@ impl Authenticator {
                 .as_deref()
                 .map(|token| digest(token.as_bytes())),
             throttle: Arc::default(),
+            turns: Arc::new(std::array::from_fn(|_| tokio::sync::Mutex::new(()))),
         }
+    }
+
+    /// A source's turn at a stored-user check, held from its lockout check to the count of
+    /// its failure: the user check reads the store (and runs argon2) between the two, and
+    /// without turns a burst of concurrent guesses from one address would all pass the
+    /// lockout check before the first was counted. One address's user logins are checked one
+    /// at a time (tens of milliseconds each for a password, about one for a token); `None`
+    /// (no source known) takes no turn, as it is not throttled either.
+    pub async fn user_check_turn(
+        &self,
+        source: Option<IpAddr>,
+    ) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        use std::hash::{Hash, Hasher};
+        let source = source.filter(|_| self.enabled)?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        crate::login_throttle::key(source).hash(&mut hasher);
+        let stripe = (hasher.finish() % TURN_STRIPES as u64) as usize;
+        Some(self.turns[stripe].lock().await)
     }
 
     fn throttle(&self) -> std::sync::MutexGuard<'_, LoginThrottle> {
         self.throttle.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Authenticates a request from `source` (the peer's address; `None` is never throttled):
-    /// a locked-out source is refused unchecked, wrong credentials are counted against it.
-    /// Check, comparison and count happen under one lock, so concurrent guesses cannot all
-    /// slip through at the moment a lock ends.
-    pub fn authenticate_from(
-        &self,
-        source: Option<IpAddr>,
-        authorization: Option<&str>,
-    ) -> Outcome {
-        let mut throttled = source
-            .filter(|_| self.enabled)
-            .map(|source| (source, self.throttle(), Instant::now()));
-        if let Some((source, throttle, now)) = &mut throttled
-            && let Verdict::Locked { retry_after } = throttle.check(*source, *now)
-        {
-            return Outcome::Locked { retry_after };
-        }
-        match (self.authenticate(authorization), authorization) {
-            (Some(principal), _) => Outcome::Authenticated(principal),
-            (None, None) => Outcome::Missing,
-            (None, Some(_)) => Outcome::Wrong {
-                failures: throttled.map(|(source, mut throttle, now)| throttle.failed(source, now)),
-            },
-        }
     }
 
     /// The local admin's check, for a caller that goes on to stored users when the header is
@@ -355,6 +337,40 @@ pub fn claimed_user(authorization: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    /// What became of a request's credentials as far as the admin goes (the middleware's
+    /// path when no stored user matches either).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Outcome {
+        Authenticated(Principal),
+        /// No credentials given: not a guess, not counted.
+        Missing,
+        /// Wrong credentials; the source's failures in a row (`None` when not throttled).
+        Wrong {
+            failures: Option<u32>,
+        },
+        /// The source is locked out after failed logins: refused without a check.
+        Locked {
+            retry_after: Duration,
+        },
+    }
+
+    /// The middleware's steps for a header no stored user matches: the admin's check, then
+    /// the count of a failure.
+    fn authenticate_from_admin(
+        auth: &Authenticator,
+        source: Option<IpAddr>,
+        authorization: Option<&str>,
+    ) -> Outcome {
+        match auth.check_admin(source, authorization) {
+            AdminCheck::Authenticated(principal) => Outcome::Authenticated(principal),
+            AdminCheck::Missing => Outcome::Missing,
+            AdminCheck::Locked { retry_after } => Outcome::Locked { retry_after },
+            AdminCheck::NotAdmin => Outcome::Wrong {
+                failures: auth.count_failure(source),
+            },
+        }
+    }
+
     fn authenticator() -> Authenticator {
         Authenticator::new(
             true,
@@ -442,46 +458,49 @@ mod tests {
         let right = basic("nebula", "secret");
         // No credentials: not counted.
         for _ in 0..10 {
-            assert_eq!(auth.authenticate_from(source, None), Outcome::Missing);
+            assert_eq!(
+                authenticate_from_admin(&auth, source, None),
+                Outcome::Missing
+            );
         }
         for n in 1..=crate::login_throttle::FREE_FAILURES {
             assert_eq!(
-                auth.authenticate_from(source, Some(&wrong)),
+                authenticate_from_admin(&auth, source, Some(&wrong)),
                 Outcome::Wrong { failures: Some(n) }
             );
         }
         assert_eq!(
-            auth.authenticate_from(source, Some(&right)),
+            authenticate_from_admin(&auth, source, Some(&right)),
             Outcome::Authenticated(Principal::LocalAdmin)
         );
         // A success does not reset the count; clones (one per request) share the throttle.
         assert_eq!(
-            auth.clone().authenticate_from(source, Some("Bearer nope")),
+            authenticate_from_admin(&auth.clone(), source, Some("Bearer nope")),
             Outcome::Wrong { failures: Some(6) }
         );
         for header in [Some(right.as_str()), Some(wrong.as_str()), None] {
             assert!(
                 matches!(
-                    auth.authenticate_from(source, header),
+                    authenticate_from_admin(&auth, source, header),
                     Outcome::Locked { .. }
                 ),
                 "{header:?}"
             );
         }
         assert_eq!(
-            auth.authenticate_from(other, Some(&right)),
+            authenticate_from_admin(&auth, other, Some(&right)),
             Outcome::Authenticated(Principal::LocalAdmin)
         );
         // Without a source address (no peer known) nothing is throttled.
         assert_eq!(
-            auth.authenticate_from(None, Some(&wrong)),
+            authenticate_from_admin(&auth, None, Some(&wrong)),
             Outcome::Wrong { failures: None }
         );
 
         let disabled = Authenticator::new(false, &AdminCredentials::default());
         for _ in 0..20 {
             assert_eq!(
-                disabled.authenticate_from(source, Some(&wrong)),
+                authenticate_from_admin(&disabled, source, Some(&wrong)),
                 Outcome::Authenticated(Principal::Anonymous)
             );
         }

@@ -55,7 +55,7 @@ pub struct LoginThrottle {
 }
 
 /// The key a source counts under: its address, or for IPv6 its /64.
-fn key(source: IpAddr) -> IpAddr {
+pub fn key(source: IpAddr) -> IpAddr {
     match source {
         IpAddr::V6(address) => match address.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),

@@ -167,10 +167,8 @@ pub async fn expire(service: Service, expiry: Duration, shutdown: Shutdown) {
                 ttl_secs = service.audit_ttl().as_secs(),
                 "expired audit entries"
             ),
-            Err(error) => {
-                tracing::error!(error = %error, "expiring audit entries failed");
-                return;
-            }
+            // The trail's own trouble: devices and reports are still expired.
+            Err(error) => tracing::error!(error = %error, "expiring audit entries failed"),
         }
         match service.expire_devices(expiry).await {
             Ok(0) => {}

@@ -3,9 +3,10 @@
 //! `service::users` stores them and `auth` asks them.
 //!
 //! Passwords are kept as argon2id PHC strings (salted, slow on purpose: a stolen store does
-//! not give them away). Tokens are 256-bit random values, so a fast SHA-256 is enough to keep
-//! them; that digest is also the key under which the store finds a token's user (API.md
-//! difference 7: looked up by hash, never by trying every user).
+//! not give them away). Tokens are kept as their plain SHA-256, which is also the key under
+//! which the store finds a token's user (API.md difference 7: looked up by hash, never by
+//! trying every user); that is safe for tokens with enough entropy: generated ones are 256
+//! random bits, and a client's own must be at least 16 visible characters (`api::users`).
 
 use crate::auth::Permission;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};

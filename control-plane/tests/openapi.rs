@@ -781,7 +781,7 @@ async fn real_requests_and_answers_fit_the_document() {
         );
     }
     // Users, user groups and the audit trail.
-    let user = json!({"password": "pw", "token": "tok-of-ann"});
+    let user = json!({"password": "pw", "token": "tok-of-ann-0123456789"});
     expect(
         "post",
         "/api/v2/users/ann",

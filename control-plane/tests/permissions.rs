@@ -283,7 +283,7 @@ async fn roles(harness: &Harness) -> Vec<Role> {
         ("nobody", json!({}), &[Cap::Any]),
     ];
     for (user, permissions, holds) in users {
-        let token = format!("token-of-{user}");
+        let token = format!("token-of-{user}-0123456789");
         harness
             .admin(
                 "POST",
@@ -382,18 +382,19 @@ async fn users_secrets_are_hashed_tokens_refresh_and_deleted_users_lose_everythi
         .admin(
             "POST",
             "/api/v2/users/ann",
-            json!({"password": "pw-of-ann", "token": "tok-of-ann"}),
+            json!({"password": "pw-of-ann", "token": "tok-of-ann-0123456789"}),
         )
         .await;
     assert_eq!(created["user_name"], "ann");
     let password = created["password"].as_str().expect("password");
     assert!(password.starts_with("$argon2id$") && !password.contains("pw-of-ann"));
-    assert_eq!(created["token"], digest("tok-of-ann"));
+    assert_eq!(created["token"], digest("tok-of-ann-0123456789"));
     // Nothing in the store holds a secret in clear.
     for kind in [Kind::User, Kind::UserToken] {
         for record in harness.store.list(kind).await.expect("list") {
             assert!(
-                !record.body.contains("pw-of-ann") && !record.body.contains("tok-of-ann"),
+                !record.body.contains("pw-of-ann")
+                    && !record.body.contains("tok-of-ann-0123456789"),
                 "{record:?}"
             );
         }
@@ -414,7 +415,10 @@ async fn users_secrets_are_hashed_tokens_refresh_and_deleted_users_lose_everythi
         )
         .await;
     // Both secrets authenticate; a wrong one is a 401 counted in /metrics.
-    for authorization in ["Bearer tok-of-ann".to_string(), basic("ann", "pw-of-ann")] {
+    for authorization in [
+        "Bearer tok-of-ann-0123456789".to_string(),
+        basic("ann", "pw-of-ann"),
+    ] {
         let (status, body) = harness
             .call("GET", "/api/v2/apps/web", None, Some(&authorization))
             .await;
@@ -454,14 +458,45 @@ async fn users_secrets_are_hashed_tokens_refresh_and_deleted_users_lose_everythi
         "{metrics}"
     );
 
-    // A refreshed token replaces the old one at once.
-    let refreshed = harness
-        .admin("POST", "/api/v2/users/ann/refresh", json!({}))
-        .await;
+    // A refreshed token replaces the old one at once; its answer is not to be cached (the
+    // header passes the audit layer).
+    let response = harness
+        .router
+        .clone()
+        .oneshot(
+            Request::builder()
+                .method("POST")
+                .uri("/api/v2/users/ann/refresh")
+                .header(header::AUTHORIZATION, ADMIN)
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("infallible");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response
+            .headers()
+            .get(header::CACHE_CONTROL)
+            .map(|value| value.as_bytes()),
+        Some(&b"no-store"[..])
+    );
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let refreshed: Value = serde_json::from_slice(&bytes).expect("json");
     let new_token = refreshed["token"].as_str().expect("token").to_string();
     assert_eq!(new_token.len(), 64);
     let (status, _) = harness
-        .call("GET", "/api/v2/status", None, Some("Bearer tok-of-ann"))
+        .call(
+            "GET",
+            "/api/v2/status",
+            None,
+            Some("Bearer tok-of-ann-0123456789"),
+        )
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, _) = harness
@@ -474,6 +509,38 @@ async fn users_secrets_are_hashed_tokens_refresh_and_deleted_users_lose_everythi
         .await;
     assert_eq!(status, StatusCode::OK);
 
+    // A token chosen by a client needs 16 visible characters.
+    for token in ["short", "has a space in it 0123", ""] {
+        let (status, body) = harness
+            .call(
+                "POST",
+                "/api/v2/users/carl",
+                Some(json!({"token": token})),
+                Some(ADMIN),
+            )
+            .await;
+        assert_eq!(
+            (status, body),
+            (
+                StatusCode::BAD_REQUEST,
+                json!({"invalid_parameters": ["token"]})
+            ),
+            "{token:?}"
+        );
+    }
+    // "Does not exist" comes before the body's faults, as for every object.
+    let (status, body) = harness
+        .call(
+            "PUT",
+            "/api/v2/users/carl/update",
+            Some(json!({"colour": 1})),
+            Some(ADMIN),
+        )
+        .await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::FORBIDDEN, json!({"user_exists": false}))
+    );
     // A token is one user's: another user cannot take it.
     let (status, body) = harness
         .call(
@@ -533,10 +600,19 @@ async fn users_secrets_are_hashed_tokens_refresh_and_deleted_users_lose_everythi
         .await;
     assert_eq!(group["group_members"], json!([]));
     harness
-        .admin("POST", "/api/v2/users/ann", json!({"token": "tok-2"}))
+        .admin(
+            "POST",
+            "/api/v2/users/ann",
+            json!({"token": "tok-2-0123456789abcdef"}),
+        )
         .await;
     let (status, body) = harness
-        .call("GET", "/api/v2/apps/web", None, Some("Bearer tok-2"))
+        .call(
+            "GET",
+            "/api/v2/apps/web",
+            None,
+            Some("Bearer tok-2-0123456789abcdef"),
+        )
         .await;
     assert_eq!(
         (status, body),
@@ -658,7 +734,11 @@ async fn every_write_that_succeeded_is_in_the_audit_newest_first() {
         )
         .await;
     harness
-        .admin("POST", "/api/v2/users/ann", json!({"token": "tok-of-ann"}))
+        .admin(
+            "POST",
+            "/api/v2/users/ann",
+            json!({"token": "tok-of-ann-0123456789"}),
+        )
         .await;
     harness
         .admin(
@@ -667,7 +747,7 @@ async fn every_write_that_succeeded_is_in_the_audit_newest_first() {
             json!({"group_members": ["ann"], "apps": {"web": "rw"}}),
         )
         .await;
-    let ann = Some("Bearer tok-of-ann");
+    let ann = Some("Bearer tok-of-ann-0123456789");
     let (status, _) = harness
         .call("POST", "/api/v2/apps/web/stop", None, ann)
         .await;
@@ -759,7 +839,15 @@ async fn every_write_that_succeeded_is_in_the_audit_newest_first() {
             ),
         ]
     );
-    assert_eq!(page["next"], Value::Null, "one page holds them all");
+    // Past the end: an empty page, and no cursor.
+    let next = page["next"]
+        .as_str()
+        .expect("a cursor after a page")
+        .to_string();
+    let end = harness
+        .admin("GET", &format!("/api/v2/audit?before={next}"), json!({}))
+        .await;
+    assert_eq!(end, json!({"entries": [], "next": null}));
     assert_eq!(entries[1]["kind"], "app");
     assert_eq!(entries[1]["status"], 202);
     // Paged: two, then the rest from the cursor.
@@ -788,4 +876,47 @@ async fn every_write_that_succeeded_is_in_the_audit_newest_first() {
         (status, body),
         (StatusCode::FORBIDDEN, json!({"access_allowed": false}))
     );
+}
+
+/// Concurrent wrong logins from one address are checked one at a time, so the lockout holds:
+/// the free failures and the one that locks are answered 401, every other 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_guesses_from_one_address_cannot_outrun_the_lockout() {
+    use axum::extract::ConnectInfo;
+    let harness = harness();
+    harness
+        .admin(
+            "POST",
+            "/api/v2/users/ann",
+            json!({"password": "right-password"}),
+        )
+        .await;
+    let source: std::net::SocketAddr = "192.0.2.44:40000".parse().expect("address");
+    let guesses = (0..30).map(|guess| {
+        let router = harness.router.clone();
+        async move {
+            let request = Request::builder()
+                .uri("/api/v2/status")
+                .header(
+                    header::AUTHORIZATION,
+                    basic("ann", &format!("guess-{guess}")),
+                )
+                .extension(ConnectInfo(source))
+                .body(Body::empty())
+                .expect("request");
+            router.oneshot(request).await.expect("infallible").status()
+        }
+    });
+    let statuses = futures_util::future::join_all(guesses.map(tokio::spawn)).await;
+    let mut unauthorized = 0;
+    let mut locked = 0;
+    for status in statuses {
+        match status.expect("task") {
+            StatusCode::UNAUTHORIZED => unauthorized += 1,
+            StatusCode::TOO_MANY_REQUESTS => locked += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    let free = nebula_control_plane::login_throttle::FREE_FAILURES as usize;
+    assert_eq!((unauthorized, locked), (free + 1, 30 - free - 1));
 }

@@ -89,35 +89,35 @@ def as_user(token):
 
 def users(nebula, prefix, app):
     user, group = f"{prefix}-user", f"{prefix}-users"
-    created = call(nebula, "create_user", user, {"password": "pw-1", "token": "tok-1"})
+    created = call(nebula, "create_user", user, {"password": "pw-1", "token": "tok-1-0123456789abcdef"})
     expect_answer(created, 200, user_name=user)
-    expect(created["reply"]["password"] != "pw-1" and created["reply"]["token"] != "tok-1",
+    expect(created["reply"]["password"] != "pw-1" and created["reply"]["token"] != "tok-1-0123456789abcdef",
            "secrets are answered hashed")
     expect_answer(call(nebula, "create_user", user, {"password": "pw-1"}), 403, user_exists=True)
     expect_answer(call(nebula, "list_user", user), 200, user_name=user, token=created["reply"]["token"])
     expect(user in call(nebula, "list_users")["reply"]["users"], "the new user is listed")
     expect_answer(call(nebula, "list_user", f"{prefix}-nobody"), 403, user_exists=False)
     # Its own client: authenticated, but allowed nothing until a group says so.
-    expect_answer(as_user("tok-1").check_api(), 200, api_available=True)
-    expect_answer(as_user("tok-1").list_app_info(app), 403, access_allowed=False)
+    expect_answer(as_user("tok-1-0123456789abcdef").check_api(), 200, api_available=True)
+    expect_answer(as_user("tok-1-0123456789abcdef").list_app_info(app), 403, access_allowed=False)
     expect_answer(call(nebula, "create_user_group", group, {"group_members": [user], "apps": {app: "ro"}}),
                   200, user_group=group, group_members=[user], apps={app: "ro"}, admin=False,
                   pruning_allowed=False)
     expect_answer(call(nebula, "create_user_group", group, {}), 403, user_group_exists=True)
     expect_answer(call(nebula, "list_user_group", group), 200, apps={app: "ro"})
     expect(group in call(nebula, "list_user_groups")["reply"]["user_groups"], "the new group is listed")
-    expect_answer(as_user("tok-1").list_app_info(app), 200, app_name=app)
-    expect_answer(as_user("tok-1").stop_app(app), 403, access_allowed=False)
+    expect_answer(as_user("tok-1-0123456789abcdef").list_app_info(app), 200, app_name=app)
+    expect_answer(as_user("tok-1-0123456789abcdef").stop_app(app), 403, access_allowed=False)
     expect_answer(call(nebula, "update_user_group", group, {"apps": {app: "rw"}}), 200, apps={app: "rw"})
-    expect_answer(as_user("tok-1").stop_app(app), 202, running=False)
-    expect_answer(as_user("tok-1").start_app(app), 202, running=True)
+    expect_answer(as_user("tok-1-0123456789abcdef").stop_app(app), 202, running=False)
+    expect_answer(as_user("tok-1-0123456789abcdef").start_app(app), 202, running=True)
     # Users and groups are the admin's: a user with rw on an app may not touch them.
-    expect_answer(as_user("tok-1").list_users(), 403, access_allowed=False)
+    expect_answer(as_user("tok-1-0123456789abcdef").list_users(), 403, access_allowed=False)
     expect_answer(call(nebula, "update_user", user, {"password": "pw-2"}), 200, user_name=user)
     refreshed = call(nebula, "refresh_user_token", user)
     expect_answer(refreshed, 200)
     token = refreshed["reply"]["token"]
-    expect(as_user("tok-1").check_api()["status_code"] == 401, "the old token stops working")
+    expect(as_user("tok-1-0123456789abcdef").check_api()["status_code"] == 401, "the old token stops working")
     expect_answer(as_user(token).check_api(), 200, api_available=True)
     expect_answer(Nebula(username=user, password="pw-2", host_uri=os.environ["NEBULA_SDK_URL"]).check_api(),
                   200, api_available=True)

@@ -73,14 +73,27 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
         return response;
     }
     let (parts, body) = response.into_parts();
-    let bytes = axum::body::to_bytes(body, MAX_ANSWER_BYTES)
-        .await
-        .unwrap_or_default();
-    let new_revision = target.revision_field.and_then(|field| {
-        serde_json::from_slice::<Value>(&bytes)
-            .ok()
-            .and_then(|answer| audit::revision(&answer, field))
-    });
+    // Our answers are whole in memory, their size known: one larger than the cap, or of an
+    // unknown size, is passed on untouched and recorded without its revision.
+    let readable = axum::body::HttpBody::size_hint(&body)
+        .exact()
+        .is_some_and(|size| size <= MAX_ANSWER_BYTES as u64);
+    let (body, new_revision) = match target.revision_field {
+        Some(field) if readable => match axum::body::to_bytes(body, MAX_ANSWER_BYTES).await {
+            Ok(bytes) => {
+                let revision = serde_json::from_slice::<Value>(&bytes)
+                    .ok()
+                    .and_then(|answer| audit::revision(&answer, field));
+                (axum::body::Body::from(bytes), revision)
+            }
+            // Cannot happen with a body held in memory; said, not hidden.
+            Err(error) => {
+                tracing::error!(error = %error, route = %route, "answer unreadable after the write");
+                (axum::body::Body::empty(), None)
+            }
+        },
+        _ => (body, None),
+    };
     let (id, at_ms) = AuditEntry::next_id(crate::service::devices::now_ms());
     let entry = AuditEntry {
         id,
@@ -96,7 +109,7 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
         status: parts.status.as_u16(),
     };
     state.service.record_audit(&entry).await;
-    Response::from_parts(parts, axum::body::Body::from(bytes))
+    Response::from_parts(parts, body)
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,7 +127,7 @@ pub struct AuditQuery {
         ("page_size" = Option<u32>, Query, description = "Entries per page, 1-1000 (default 100)"),
         ("before" = Option<String>, Query, description = "The `next` of the previous page"),
     ),
-    responses((status = 200, description = "Writes that succeeded, newest first; `next` is null on the last page", body = schema::AuditPage), (status = 400, description = "Unknown or invalid query parameters", body = schema::BadRequest))
+    responses((status = 200, description = "Writes that succeeded, newest first; `next` is null past the end (an empty page)", body = schema::AuditPage), (status = 400, description = "Unknown or invalid query parameters", body = schema::BadRequest))
 )]
 pub async fn list(
     State(state): State<AppState>,
@@ -143,8 +156,8 @@ pub async fn list(
         .service
         .list_audit(query.before.as_deref(), page_size)
         .await?;
-    let next = (entries.len() == page_size)
-        .then(|| entries.last().map(|entry| entry.id.clone()))
-        .flatten();
+    // Past the end (an empty page) `next` is null. A page may be short without being the
+    // last (an entry that cannot be read is skipped), so only an empty page ends the paging.
+    let next = entries.last().map(|entry| entry.id.clone());
     Ok(ok(StatusCode::OK, json!({"entries": entries, "next": next})).into_response())
 }

@@ -141,6 +141,11 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
         AdminCheck::Missing => None,
         AdminCheck::NotAdmin => {
             let given = header.unwrap_or_default();
+            // From the lockout check to the count, one check at a time per source.
+            let _turn = authenticator.user_check_turn(source).await;
+            if let Some(retry_after) = authenticator.locked_out(source) {
+                return locked_out(&state, retry_after);
+            }
             match state.service.authenticate_user(given).await {
                 Ok(Some(principal)) => Some(principal),
                 Ok(None) => {

@@ -370,7 +370,8 @@ pub struct AuditEntry {
     pub status: u16,
 }
 
-/// `GET /audit`: newest first; pass `next` as `before` for the following page.
+/// `GET /audit`: newest first; pass `next` as `before` for the following page (`next` is
+/// null past the end).
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuditPage {

@@ -19,9 +19,20 @@ const USER_FIELDS: [&str; 3] = ["password", "token", "user_name"];
 /// Longest accepted password or token: argon2 takes any length, but a megabyte of password
 /// would only cost the hasher.
 const MAX_SECRET_CHARS: usize = 1024;
+/// Shortest token a client may choose: a token is kept as its plain SHA-256 (it is looked up
+/// by it), which only a token with enough entropy makes safe to keep. Generated ones are 64
+/// hex characters.
+const MIN_TOKEN_CHARS: usize = 16;
 
-/// The secrets a body gives: unknown fields, then wrong types are reported; a secret is a
-/// non-empty string of at most [`MAX_SECRET_CHARS`].
+/// Whether a client's token can be one: visible ASCII only (a header value is trimmed, so a
+/// space could never log in), [`MIN_TOKEN_CHARS`] to [`MAX_SECRET_CHARS`] long.
+fn token_ok(token: &str) -> bool {
+    (MIN_TOKEN_CHARS..=MAX_SECRET_CHARS).contains(&token.len())
+        && token.bytes().all(|byte| byte.is_ascii_graphic())
+}
+
+/// The secrets a body gives: unknown fields, then wrong types are reported; a password is a
+/// non-empty string of at most [`MAX_SECRET_CHARS`], a token as [`token_ok`] says.
 fn parse_secrets(body: &[u8], user: &Name) -> Result<Secrets> {
     let object = dto::parse_object(body)?;
     dto::unknown_fields(&object, &USER_FIELDS)?;
@@ -34,7 +45,10 @@ fn parse_secrets(body: &[u8], user: &Name) -> Result<Secrets> {
             .map(str::to_string);
         let ok = match key.as_str() {
             "password" => secret.map(|text| secrets.password = Some(text)).is_some(),
-            "token" => secret.map(|text| secrets.token = Some(text)).is_some(),
+            "token" => secret
+                .filter(|text| token_ok(text))
+                .map(|text| secrets.token = Some(text))
+                .is_some(),
             "user_name" => value.as_str() == Some(user.as_str()),
             _ => false,
         };
@@ -132,6 +146,10 @@ pub async fn update(
     PathName(user): PathName,
     Body(body): Body,
 ) -> Result<Response> {
+    // v2 answers "does not exist" before looking at the body.
+    if state.service.get_user(&user).await?.is_none() {
+        return Err(ServiceError::UserNotFound(user).into());
+    }
     let secrets = parse_secrets(&body, &user)?;
     if secrets.password.is_none() && secrets.token.is_none() {
         return Err(ApiError::malformed());

@@ -27,10 +27,21 @@ struct TokenIndex {
 }
 
 /// A change of a user's secrets; `None` keeps the current one.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Secrets {
     pub password: Option<String>,
     pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Secrets {
+    // Never the secrets.
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Secrets")
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Service {
@@ -147,12 +158,14 @@ impl Service {
         Err(conflict(Kind::UserToken, digest))
     }
 
-    /// Drops the index record of `digest` if it still names `user` (best effort: a record
-    /// left behind is one its user no longer confirms).
+    /// Drops the index record of `digest` if it still names `user` and that user does not
+    /// hold the token (again: a concurrent create or change of that user may have made it
+    /// theirs). Best effort: a record left behind is one its user no longer confirms.
     async fn unindex_token(&self, digest: &str, user: &str) {
         let outcome = async {
             if let Some((record, held)) = self.live::<TokenIndex>(Kind::UserToken, digest).await?
                 && held.user_name == user
+                && self.confirmed_user(digest, user).await?.is_none()
             {
                 self.swap::<TokenIndex>(Kind::UserToken, &record, None)
                     .await?;
@@ -163,6 +176,34 @@ impl Service {
         if let Err(error) = outcome {
             tracing::warn!(error = %error, user, "old token index record left (no longer confirmed by its user)");
         }
+    }
+
+    /// Whether the index record of `digest` names `user`.
+    async fn token_names(&self, digest: &str, user: &str) -> Result<bool, ServiceError> {
+        Ok(self
+            .live::<TokenIndex>(Kind::UserToken, digest)
+            .await?
+            .is_some_and(|(_, index)| index.user_name == user))
+    }
+
+    /// Puts `previous`'s token back on a user whose change to `changed` lost its token to
+    /// another user (only if nothing changed the user since).
+    async fn update_user_token_back(
+        &self,
+        name: &Name,
+        changed: &UserDocument,
+        previous: &UserDocument,
+    ) -> Result<(), ServiceError> {
+        if let Some((record, now)) = self.live::<UserDocument>(Kind::User, name.as_str()).await?
+            && now == *changed
+        {
+            let restored = UserDocument {
+                token: previous.token.clone(),
+                ..now
+            };
+            self.swap(Kind::User, &record, Some(&restored)).await?;
+        }
+        Ok(())
     }
 
     /// The user `name` if it exists and holds the token `digest`.
@@ -197,6 +238,16 @@ impl Service {
         };
         self.index_token(&document.token, name.as_str()).await?;
         if self.put_new(Kind::User, name.as_str(), &document).await? {
+            if !self.token_names(&document.token, name.as_str()).await? {
+                // Another user's create took the token over while ours was unconfirmed:
+                // theirs stands, ours is undone.
+                if let Some((record, _)) =
+                    self.live::<UserDocument>(Kind::User, name.as_str()).await?
+                {
+                    self.swap::<UserDocument>(Kind::User, &record, None).await?;
+                }
+                return Err(ServiceError::TokenTaken);
+            }
             Ok(document)
         } else {
             // Created meanwhile by another request: its token index stays, ours goes.
@@ -243,6 +294,12 @@ impl Service {
             }
             if self.swap(Kind::User, &record, Some(&updated)).await? {
                 if updated.token != current.token {
+                    if !self.token_names(&updated.token, name.as_str()).await? {
+                        // Taken over by another user's create meanwhile: keep the old token.
+                        self.update_user_token_back(name, &updated, &current)
+                            .await?;
+                        return Err(ServiceError::TokenTaken);
+                    }
                     self.unindex_token(&current.token, name.as_str()).await;
                 }
                 return Ok(updated);
@@ -274,28 +331,49 @@ impl Service {
             else {
                 return Err(ServiceError::UserNotFound(name.clone()));
             };
+            // Out of its groups first: a user made later under this name must not find the
+            // memberships, and a delete that fails here can be retried while the user exists.
+            self.leave_user_groups(name).await?;
             if self.swap::<UserDocument>(Kind::User, &record, None).await? {
                 self.unindex_token(&current.token, name.as_str()).await;
-                for group in self.list_user_groups().await? {
-                    let group = Name::new(&group).map_err(|error| {
-                        ServiceError::Store(StoreError::corrupt(Kind::UserGroup, &group, error))
-                    })?;
-                    let outcome = self
-                        .update_user_group(&group, |document| {
-                            document
-                                .group_members
-                                .retain(|member| member != name.as_str());
-                        })
-                        .await;
-                    match outcome {
-                        Ok(_) | Err(ServiceError::UserGroupNotFound(_)) => {}
-                        Err(error) => return Err(error),
-                    }
-                }
                 return Ok(());
             }
         }
         Err(conflict(Kind::User, name.as_str()))
+    }
+
+    /// Removes `user` from every user group that lists it (the others are not written).
+    async fn leave_user_groups(&self, user: &Name) -> Result<(), ServiceError> {
+        for group in self.list_user_groups().await? {
+            let Some((_, document)) = self
+                .live::<UserGroupDocument>(Kind::UserGroup, &group)
+                .await?
+            else {
+                continue;
+            };
+            if !document
+                .group_members
+                .iter()
+                .any(|member| member == user.as_str())
+            {
+                continue;
+            }
+            let group = Name::new(&group).map_err(|error| {
+                ServiceError::Store(StoreError::corrupt(Kind::UserGroup, &group, error))
+            })?;
+            let outcome = self
+                .update_user_group(&group, |document| {
+                    document
+                        .group_members
+                        .retain(|member| member != user.as_str());
+                })
+                .await;
+            match outcome {
+                Ok(_) | Err(ServiceError::UserGroupNotFound(_)) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
     }
 
     pub async fn create_user_group(
@@ -418,6 +496,7 @@ impl Service {
                 };
                 let hash = document.as_ref().map(|user| user.password.clone());
                 // A missing user costs one password check too.
+                let _turn = argon2_turn().await;
                 let verified = tokio::task::spawn_blocking(move || match hash {
                     Some(hash) => users::verify_password(&password, &hash),
                     None => {
@@ -456,8 +535,23 @@ fn secret_or_generated(given: Option<String>) -> Result<String, ServiceError> {
     }
 }
 
+/// A turn at argon2, which takes about 19 MiB and tens of milliseconds per check on
+/// purpose: at most [`ARGON2_AT_ONCE`] run at once, so that a flood of Basic logins (valid
+/// or not: an unknown user costs a check too) queues instead of taking the blocking pool's
+/// hundreds of threads and gigabytes of memory.
+async fn argon2_turn() -> tokio::sync::SemaphorePermit<'static> {
+    static TURNS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(ARGON2_AT_ONCE);
+    TURNS
+        .acquire()
+        .await
+        .expect("the semaphore is static and never closed")
+}
+
+const ARGON2_AT_ONCE: usize = 4;
+
 /// argon2 off the async workers: it is slow on purpose.
 async fn hash(password: String) -> Result<String, ServiceError> {
+    let _turn = argon2_turn().await;
     tokio::task::spawn_blocking(move || users::hash_password(&password))
         .await
         .map_err(|error| ServiceError::Secret(error.to_string()))?

@@ -357,12 +357,17 @@ impl Store for MemoryStore {
         limit: usize,
     ) -> Result<Vec<AuditEntry>, StoreError> {
         self.with_audit(|audit| {
-            audit
-                .values()
+            let older = match before {
+                Some(before) => audit.range::<str, _>((
+                    std::ops::Bound::Unbounded,
+                    std::ops::Bound::Excluded(before),
+                )),
+                None => audit.range::<str, _>(..),
+            };
+            older
                 .rev()
-                .filter(|entry| before.is_none_or(|before| entry.id.as_str() < before))
                 .take(limit)
-                .cloned()
+                .map(|(_, entry)| entry.clone())
                 .collect()
         })
     }

@@ -766,7 +766,6 @@ pub async fn reports_are_slotted_filtered_paged_and_expired(store: Arc<dyn Store
     assert!(list(ReportQuery::default()).await.is_empty());
 }
 
-/// Runs every contract function, each on a fresh store from `make`.
 /// The audit trail: newest first, paged by id, expired by time.
 pub async fn audit_is_newest_first_paged_and_expired(store: Arc<dyn Store>) {
     use nebula_control_plane::store::AuditEntry;
@@ -827,6 +826,7 @@ pub async fn audit_is_newest_first_paged_and_expired(store: Arc<dyn Store>) {
     assert!(store.list_audit(None, 10).await.expect("list").is_empty());
 }
 
+/// Runs every contract function, each on a fresh store from `make`.
 #[macro_export]
 macro_rules! store_contract_tests {
     ($make:expr) => {
