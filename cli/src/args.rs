@@ -71,6 +71,22 @@ pub enum Command {
     /// Whether a change reached the fleet
     #[command(subcommand)]
     Rollout(RolloutCommand),
+    /// Operators' own logins (admin only)
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// User groups: what their members may do, per app, device group and cron job (admin
+    /// only)
+    #[command(subcommand)]
+    UserGroups(UserGroupsCommand),
+    /// The audit trail: every write that succeeded, newest first (admin only)
+    Audit {
+        /// Entries per page (1-1000)
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        page_size: u16,
+        /// Entries older than this one (the `next` of the previous page)
+        #[arg(long, value_name = "ID")]
+        before: Option<Name>,
+    },
     /// Remove unused images on the devices of every group
     Prune,
     /// Check that the control plane answers and accepts the credentials
@@ -266,6 +282,84 @@ pub enum TokensCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// List the names of all users
+    List,
+    /// Show a user (its password and token only as their hashes)
+    Get {
+        #[arg(value_name = "USER")]
+        name: Name,
+    },
+    /// Create a user; without --password-stdin the control plane generates a password that
+    /// is never shown (`nebula users refresh` gives a token to log in with)
+    Create {
+        #[arg(value_name = "USER")]
+        name: Name,
+        /// Read the password from stdin (one line; `printf %s "$PW" | nebula users create
+        /// ann --password-stdin`), so that it stays out of the shell history (-p/--password is
+        /// the password you log in with, not the new user's)
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Delete a user: its token stops working and it leaves every user group
+    Delete {
+        #[arg(value_name = "USER")]
+        name: Name,
+    },
+    /// Make a new token for a user and print it: shown only now (the old one stops working)
+    Refresh {
+        #[arg(value_name = "USER")]
+        name: Name,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserGroupsCommand {
+    /// List the names of all user groups
+    List,
+    /// Show a user group
+    Get { name: Name },
+    /// Create a user group (omitted fields: no members, nothing allowed)
+    Create {
+        name: Name,
+        #[command(flatten)]
+        fields: UserGroupFields,
+    },
+    /// Change the given fields of a user group (a given list or map replaces the current one)
+    Update {
+        name: Name,
+        #[command(flatten)]
+        fields: UserGroupFields,
+    },
+    /// Delete a user group: its members lose what it allowed
+    Delete { name: Name },
+}
+
+/// The fields of a user group document, as flags. A repeatable flag given only as `''`
+/// (`--app ''`) sends an empty map or list. Names need not exist yet.
+#[derive(Debug, Clone, Default, Args)]
+pub struct UserGroupFields {
+    /// Member users, comma-separated or repeated
+    #[arg(long, value_name = "USER,...", value_delimiter = ',')]
+    pub members: Vec<String>,
+    /// Access to an app, repeatable
+    #[arg(long = "app", value_name = "NAME=ro|rw")]
+    pub apps: Vec<String>,
+    /// Access to a device group, repeatable
+    #[arg(long = "group", value_name = "NAME=ro|rw")]
+    pub device_groups: Vec<String>,
+    /// Access to a cron job, repeatable
+    #[arg(long = "cron-job", value_name = "NAME=ro|rw")]
+    pub cron_jobs: Vec<String>,
+    /// Members may prune images (`nebula prune`, `nebula groups prune`)
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub pruning: Option<bool>,
+    /// Members may do everything
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub admin: Option<bool>,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum RolloutCommand {
     /// How many devices run the current revision of an app or device group, how many are
     /// behind or failed, and which (exit code 1 when a device failed)
@@ -424,6 +518,85 @@ mod tests {
     }
 
     #[test]
+    fn user_and_user_group_flags_parse() {
+        let cli = parse(&["users", "create", "ann", "--password-stdin"]).expect("parses");
+        let Command::Users(UsersCommand::Create {
+            name,
+            password_stdin,
+        }) = cli.command
+        else {
+            panic!("not users create");
+        };
+        assert_eq!(name.as_str(), "ann");
+        assert!(password_stdin);
+        let cli = parse(&["users", "refresh", "ann", "-o", "json"]).expect("parses");
+        assert!(matches!(
+            cli.command,
+            Command::Users(UsersCommand::Refresh { .. })
+        ));
+        let cli = parse(&[
+            "user-groups",
+            "create",
+            "ops",
+            "--members",
+            "ann,bob",
+            "--members",
+            "cy",
+            "--app",
+            "web=rw",
+            "--app",
+            "api=ro",
+            "--group",
+            "floor=ro",
+            "--cron-job",
+            "backup=rw",
+            "--pruning",
+            "--admin=false",
+        ])
+        .expect("parses");
+        let Command::UserGroups(UserGroupsCommand::Create { name, fields }) = cli.command else {
+            panic!("not user-groups create");
+        };
+        assert_eq!(name.as_str(), "ops");
+        assert_eq!(fields.members, ["ann", "bob", "cy"]);
+        assert_eq!(fields.apps, ["web=rw", "api=ro"]);
+        assert_eq!(fields.device_groups, ["floor=ro"]);
+        assert_eq!(fields.cron_jobs, ["backup=rw"]);
+        assert_eq!((fields.pruning, fields.admin), (Some(true), Some(false)));
+        // update takes the same flags, none required (the command says what is missing).
+        let cli = parse(&["user-groups", "update", "ops"]).expect("parses");
+        let Command::UserGroups(UserGroupsCommand::Update { fields, .. }) = cli.command else {
+            panic!("not user-groups update");
+        };
+        assert!(fields.members.is_empty() && fields.pruning.is_none() && fields.admin.is_none());
+    }
+
+    #[test]
+    fn audit_flags_parse() {
+        let cli = parse(&["audit"]).expect("parses");
+        let Command::Audit { page_size, before } = cli.command else {
+            panic!("not audit");
+        };
+        assert_eq!((page_size, before), (100, None));
+        let cli = parse(&[
+            "audit",
+            "--page-size",
+            "5",
+            "--before",
+            "0123456789abcdef0123456789abcdef",
+        ])
+        .expect("parses");
+        let Command::Audit { page_size, before } = cli.command else {
+            panic!("not audit");
+        };
+        assert_eq!(page_size, 5);
+        assert_eq!(
+            before.as_ref().map(Name::as_str),
+            Some("0123456789abcdef0123456789abcdef")
+        );
+    }
+
+    #[test]
     fn usage_errors_are_reported_by_clap() {
         for arguments in [
             &["apps"][..],
@@ -440,6 +613,15 @@ mod tests {
             &["devices", "list", "--limit", "1001"],
             &["rollout", "status", "x", "--app", "--group"],
             &["rollout", "status", "x", "--timeout", "5"],
+            &["users"],
+            &["users", "get"],
+            &["users", "create", "ann", "--password-stdin=yes"],
+            &["users", "delete", "has/slash"],
+            &["user-groups", "create", "ops", "--pruning=maybe"],
+            &["user-groups", "get", "-x"],
+            &["audit", "--page-size", "0"],
+            &["audit", "--page-size", "1001"],
+            &["audit", "--before", "a/b"],
         ] {
             let error = parse(arguments).expect_err(&format!("{arguments:?} must not parse"));
             assert_eq!(error.exit_code(), 2, "{arguments:?}: {error}");

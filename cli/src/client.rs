@@ -86,6 +86,10 @@ impl Client {
         self.call(reqwest::Method::PATCH, path, Some(body))
     }
 
+    pub fn put(&self, path: &str, body: &Value) -> Result<Value, RequestError> {
+        self.call(reqwest::Method::PUT, path, Some(body))
+    }
+
     pub fn delete(&self, path: &str) -> Result<Value, RequestError> {
         self.call(reqwest::Method::DELETE, path, None)
     }

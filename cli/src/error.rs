@@ -5,7 +5,7 @@
 //! | 0 | done |
 //! | 1 | the control plane is unreachable, timed out, or failed (5xx, unexpected answer) |
 //! | 2 | usage: bad flags, bad configuration, or a request the control plane rejected as invalid (400) |
-//! | 3 | not found: the app or device group does not exist |
+//! | 3 | not found: the app, device group, device, token, user or user group does not exist |
 //! | 4 | unauthorized (401) or forbidden (403 `access_allowed: false`) |
 //! | 5 | already exists, or the object's state forbids it (restart of a stopped app) |
 //!
@@ -24,6 +24,8 @@ pub enum Subject {
     App(String),
     Group(String),
     Device(String),
+    User(String),
+    UserGroup(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +118,9 @@ pub fn classify(
     let (app, group) = match subject {
         Subject::App(name) => (Some(name.as_str()), None),
         Subject::Group(name) => (None, Some(name.as_str())),
-        Subject::None | Subject::Device(_) => (None, None),
+        Subject::None | Subject::Device(_) | Subject::User(_) | Subject::UserGroup(_) => {
+            (None, None)
+        }
     };
     if status == 401 {
         return CliError::Unauthorized(format!(
@@ -137,7 +141,8 @@ pub fn classify(
     if flag(body, "access_allowed") == Some(false) {
         return CliError::Unauthorized(format!(
             "not allowed (HTTP 403 on {request}): this user lacks the permission; an admin can \
-             grant it through the user group's apps, device_groups or pruning_allowed"
+             grant it through the user group's apps, device_groups or pruning_allowed \
+             (e.g. `nebula user-groups update <group> --app NAME=rw`)"
         ));
     }
     match flag(body, "app_exists") {
@@ -172,6 +177,38 @@ pub fn classify(
             ));
         }
         None => {}
+    }
+    if let Some(exists) = flag(body, "user_exists") {
+        let user = match subject {
+            Subject::User(user) => user.as_str(),
+            _ => "<user>",
+        };
+        return if exists {
+            CliError::Conflict(format!(
+                "user {user} already exists: `nebula users refresh {user}` gives it a new \
+                     token, or delete it first"
+            ))
+        } else {
+            CliError::NotFound(format!(
+                "user {user} does not exist (`nebula users list` shows the users)"
+            ))
+        };
+    }
+    if let Some(exists) = flag(body, "user_group_exists") {
+        let group = match subject {
+            Subject::UserGroup(group) => group.as_str(),
+            _ => "<user group>",
+        };
+        return if exists {
+            CliError::Conflict(format!(
+                "user group {group} already exists: change it with \
+                     `nebula user-groups update {group}` or delete it first"
+            ))
+        } else {
+            CliError::NotFound(format!(
+                "user group {group} does not exist (`nebula user-groups list` shows them)"
+            ))
+        };
     }
     if flag(body, "device_exists") == Some(false) {
         let device = match subject {
@@ -312,6 +349,30 @@ mod tests {
                 ExitCode::Conflict,
             ),
             (
+                403,
+                json!({"user_exists": false}),
+                &Subject::User("ann".into()),
+                ExitCode::NotFound,
+            ),
+            (
+                403,
+                json!({"user_exists": true}),
+                &Subject::User("ann".into()),
+                ExitCode::Conflict,
+            ),
+            (
+                403,
+                json!({"user_group_exists": false}),
+                &Subject::UserGroup("ops".into()),
+                ExitCode::NotFound,
+            ),
+            (
+                403,
+                json!({"user_group_exists": true}),
+                &Subject::UserGroup("ops".into()),
+                ExitCode::Conflict,
+            ),
+            (
                 400,
                 json!({"missing_parameters": ["docker_image"]}),
                 &app,
@@ -386,6 +447,22 @@ mod tests {
         );
         let (_, message) = code(403, json!({"running_before_restart": false}), &app);
         assert!(message.contains("nebula apps start web"), "{message}");
+        let user = Subject::User("ann".into());
+        let (_, message) = code(403, json!({"user_exists": false}), &user);
+        assert!(message.contains("user ann does not exist"), "{message}");
+        let (_, message) = code(403, json!({"user_exists": true}), &user);
+        assert!(message.contains("user ann already exists"), "{message}");
+        let user_group = Subject::UserGroup("ops".into());
+        let (_, message) = code(403, json!({"user_group_exists": false}), &user_group);
+        assert!(
+            message.contains("user group ops does not exist"),
+            "{message}"
+        );
+        let (_, message) = code(403, json!({"user_group_exists": true}), &user_group);
+        assert!(
+            message.contains("nebula user-groups update ops"),
+            "{message}"
+        );
         let (_, message) = code(503, json!({"error": "broker unavailable"}), &app);
         assert!(message.contains("broker unavailable"), "{message}");
     }

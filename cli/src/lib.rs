@@ -52,6 +52,11 @@ pub fn run(
         Command::Devices(command) => commands::devices::run(&mut context, command),
         Command::Tokens(command) => commands::tokens::run(&mut context, command),
         Command::Rollout(command) => commands::rollout::run(&mut context, command),
+        Command::Users(command) => commands::users::run(&mut context, command),
+        Command::UserGroups(command) => commands::user_groups::run(&mut context, command),
+        Command::Audit { page_size, before } => {
+            commands::audit::run(&mut context, page_size, before.as_ref())
+        }
         Command::Prune => commands::fleet::prune(&mut context),
         Command::Status => commands::fleet::status(&mut context),
         Command::Completions { .. } => unreachable!("handled before the settings are loaded"),

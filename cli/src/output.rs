@@ -71,7 +71,13 @@ impl Table {
 
     /// A document as FIELD / VALUE rows: its name first, then the other keys in order.
     pub fn fields(document: &Value) -> Self {
-        const NAME_KEYS: [&str; 3] = ["app_name", "device_group", "cron_job_name"];
+        const NAME_KEYS: [&str; 5] = [
+            "app_name",
+            "device_group",
+            "cron_job_name",
+            "user_name",
+            "user_group",
+        ];
         let mut table = Self::new(&["FIELD", "VALUE"]);
         if let Some(map) = document.as_object() {
             let names = map
@@ -96,7 +102,12 @@ impl Table {
             .max()
             .unwrap_or(0);
         let mut widths = vec![0; columns];
-        for row in std::iter::once(&self.header).chain(&self.rows) {
+        // A one-cell row of a wider table is a note (`(more: --after …)`): it is printed as
+        // it is and does not widen the first column.
+        let aligned = std::iter::once(&self.header)
+            .chain(&self.rows)
+            .filter(|row| columns < 2 || row.len() > 1);
+        for row in aligned {
             for (index, text) in row.iter().enumerate() {
                 widths[index] = widths[index].max(text.chars().count());
             }
@@ -219,6 +230,19 @@ mod tests {
         )
         .expect("print");
         assert_eq!(String::from_utf8(out).expect("utf-8"), "APP\na\nbb\n");
+    }
+
+    #[test]
+    fn a_note_row_does_not_widen_the_first_column() {
+        let table = Table::new(&["A", "B"])
+            .row(vec!["x".into(), "y".into()])
+            .row(vec!["(more: --after x)".into()]);
+        let mut out = Vec::new();
+        table.write(&mut out).expect("write");
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            "A  B\nx  y\n(more: --after x)\n"
+        );
     }
 
     #[test]

@@ -65,6 +65,13 @@ fn usage_errors_exit_2_before_any_request() {
         vec!["apps", "create", "web", "--containers-per", "gpu=1"],
         vec!["apps", "update", "web"],
         vec!["groups", "update", "g"],
+        vec!["user-groups", "update", "ops"],
+        vec!["user-groups", "create", "ops", "--app", "web"],
+        vec!["user-groups", "create", "ops", "--group", "floor=admin"],
+        vec!["user-groups", "update", "ops", "--members", "no/slashes"],
+        // stdin is empty: no password in it.
+        vec!["users", "create", "ann", "--password-stdin"],
+        vec!["audit", "--page-size", "0"],
         vec!["-o", "xml", "apps", "list"],
         vec!["--url", "127.0.0.1:8080", "apps", "list"],
         vec!["-u", "someone", "apps", "list"],
@@ -138,6 +145,9 @@ fn help_and_version() {
         "prune",
         "status",
         "completions",
+        "users",
+        "user-groups",
+        "audit",
         "Exit codes: 0 ok",
     ] {
         assert!(help.contains(text), "--help lacks {text:?}: {help}");

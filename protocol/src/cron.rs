@@ -149,8 +149,8 @@ fn weekday(day: i64) -> u32 {
 }
 
 /// (year, month 1–12, day 1–31) of the `day`th day since 1970-01-01, proleptic Gregorian
-/// (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(day: i64) -> (i64, u32, u32) {
+/// (Howard Hinnant's `civil_from_days`). Public for the CLI's dates.
+pub fn civil_from_days(day: i64) -> (i64, u32, u32) {
     let z = day + 719_468;
     let era = z.div_euclid(DAYS_PER_400_YEARS);
     let day_of_era = z.rem_euclid(DAYS_PER_400_YEARS);

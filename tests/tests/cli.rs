@@ -69,6 +69,77 @@ impl Fixture {
         Run::new(arguments, output)
     }
 
+    /// The admin's `nebula` with `input` on its stdin.
+    fn admin_with_stdin(&self, arguments: &[&str], input: &str) -> Run {
+        use std::io::Write;
+        let mut child = Command::new(binary("nebula"))
+            .args(arguments)
+            .env_clear()
+            .env("HOME", &self.home)
+            .env("NEBULA_URL", self.url())
+            .env("NEBULA_USER", ADMIN_USER)
+            .env("NEBULA_PASSWORD", ADMIN_PASSWORD)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run nebula");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+        Run::new(arguments, child.wait_with_output().expect("nebula ends"))
+    }
+
+    /// The control plane's OpenAPI document.
+    async fn openapi(&self) -> Value {
+        reqwest::Client::new()
+            .get(format!("{}/api/v2/openapi.json", self.url()))
+            .basic_auth(ADMIN_USER, Some(ADMIN_PASSWORD))
+            .send()
+            .await
+            .expect("openapi")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    /// Asserts that every request made so far (counted by route template in /metrics) is an
+    /// operation of `document`; the metrics text and how many routes were called.
+    async fn requests_are_operations(&self, document: &Value) -> (String, usize) {
+        let metrics = reqwest::get(format!("{}/metrics", self.url()))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        let mut routes = 0;
+        for line in metrics
+            .lines()
+            .filter(|line| line.starts_with("nebula_http_requests_total{"))
+        {
+            let label = |name: &str| {
+                line.split(&format!("{name}=\""))
+                    .nth(1)
+                    .and_then(|rest| rest.split('"').next())
+                    .unwrap_or_else(|| panic!("no {name} in {line}"))
+                    .to_string()
+            };
+            let (route, method) = (label("route"), label("method"));
+            if route == "/metrics" || route == "/readyz" {
+                continue;
+            }
+            routes += 1;
+            assert!(
+                openapi::operation(document, &route, &method.to_ascii_lowercase()).is_some(),
+                "the CLI called {method} {route}, which the document does not have"
+            );
+        }
+        (metrics, routes)
+    }
+
     /// `nebula` as the admin, pointed at this control plane through the environment.
     fn admin(&self, arguments: &[&str]) -> Run {
         let url = self.url();
@@ -497,6 +568,161 @@ async fn credentials_from_flags_environment_config_file_and_token() {
     fixture.run(&["apps", "list"], &[]).success();
 }
 
+/// Users, user groups and the audit trail through the CLI: a user group and a user made (the
+/// password from stdin), the user's login allowed what its group allows, its token refreshed,
+/// the audit trail paged, both deleted; every request an operation of the OpenAPI document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_user_groups_and_audit_through_the_cli() {
+    let fixture = Fixture::start("users").await;
+    let (user, group) = (unique_name("cli-user"), unique_name("cli-ug"));
+    let (user, group) = (user.as_str(), group.as_str());
+    let url = fixture.url();
+    let as_user = |arguments: &[&str], password: &str| {
+        fixture.run(
+            arguments,
+            &[
+                ("NEBULA_URL", &url),
+                ("NEBULA_USER", user),
+                ("NEBULA_PASSWORD", password),
+            ],
+        )
+    };
+
+    let created = fixture.json(&[
+        "user-groups",
+        "create",
+        group,
+        "--members",
+        user,
+        "--app",
+        "web=rw",
+        "--group",
+        "floor=ro",
+        "--pruning",
+    ]);
+    assert_eq!(created["group_members"], json!([user]), "{created}");
+    assert_eq!(created["apps"], json!({"web": "rw"}), "{created}");
+    assert_eq!(
+        created["device_groups"],
+        json!({"floor": "ro"}),
+        "{created}"
+    );
+    assert_eq!(
+        (created["pruning_allowed"].clone(), created["admin"].clone()),
+        (json!(true), json!(false))
+    );
+    fixture.admin(&["user-groups", "create", group]).exits(5);
+    fixture.admin(&["user-groups", "update", group]).exits(2);
+
+    let made = fixture
+        .admin_with_stdin(
+            &["users", "create", user, "--password-stdin"],
+            "s3cret-pw\n",
+        )
+        .success()
+        .stdout();
+    assert!(
+        made.lines()
+            .any(|line| line.split_whitespace().collect::<Vec<_>>() == ["user_name", user]),
+        "{made}"
+    );
+    assert!(!made.contains("s3cret-pw"), "{made}");
+    fixture
+        .admin_with_stdin(&["users", "create", user, "--password-stdin"], "other\n")
+        .exits(5);
+    let shown = fixture.json(&["users", "get", user]);
+    assert!(
+        shown["password"]
+            .as_str()
+            .is_some_and(|hash| hash.starts_with("$argon2id$")),
+        "{shown}"
+    );
+    // The user logs in with the password from stdin, but is no admin until its group is.
+    as_user(&["status"], "s3cret-pw").success();
+    as_user(&["audit"], "wrong").exits(4);
+    as_user(&["audit"], "s3cret-pw").exits(4);
+    let admin = fixture.json(&["user-groups", "update", group, "--admin"]);
+    assert_eq!(
+        (admin["admin"].clone(), admin["group_members"].clone()),
+        (json!(true), json!([user]))
+    );
+    as_user(&["audit"], "s3cret-pw").success();
+
+    // A new token, shown once: it logs in.
+    let refreshed = fixture
+        .admin(&["users", "refresh", user])
+        .success()
+        .stdout();
+    assert!(refreshed.contains("shown only now"), "{refreshed}");
+    let token = refreshed
+        .lines()
+        .nth(1)
+        .and_then(|line| line.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("no token: {refreshed}"));
+    fixture
+        .run(
+            &["status"],
+            &[("NEBULA_URL", &url), ("NEBULA_TOKEN", token)],
+        )
+        .success();
+
+    // The audit trail, newest first, a page at a time.
+    let page = fixture.json(&["audit", "--page-size", "2"]);
+    let entries = page["entries"].as_array().expect("entries");
+    assert_eq!(entries.len(), 2, "{page}");
+    assert_eq!(
+        (entries[0]["route"].clone(), entries[0]["name"].clone()),
+        (json!("/api/v2/users/{user}/refresh"), json!(user)),
+        "{page}"
+    );
+    let next = page["next"].as_str().expect("a next page");
+    let older = fixture.json(&["audit", "--page-size", "1", "--before", next]);
+    assert_eq!(older["entries"][0]["kind"], "user", "{older}");
+    let table = fixture
+        .admin(&["audit", "--page-size", "3"])
+        .success()
+        .stdout();
+    assert!(table.starts_with("WHEN "), "{table}");
+    assert!(
+        table.contains(&format!("user_group {group}"))
+            && table.contains("(older entries: --before "),
+        "{table}"
+    );
+
+    assert!(
+        fixture.json(&["users", "list"])["users"]
+            .as_array()
+            .expect("users")
+            .contains(&json!(user))
+    );
+    assert_eq!(
+        fixture.json(&["user-groups", "list"])["user_groups"],
+        json!([group])
+    );
+    let deleted = fixture.admin(&["users", "delete", user]).success().stdout();
+    assert_eq!(deleted.trim(), format!("deleted user {user}"));
+    let gone = fixture.admin(&["users", "get", user]).exits(3);
+    assert!(
+        gone.stderr()
+            .contains(&format!("user {user} does not exist")),
+        "{}",
+        gone.stderr()
+    );
+    fixture.admin(&["users", "refresh", user]).exits(3);
+    // Deleting the user took it out of its group.
+    assert_eq!(
+        fixture.json(&["user-groups", "get", group])["group_members"],
+        json!([])
+    );
+    fixture.admin(&["user-groups", "delete", group]).success();
+    fixture.admin(&["user-groups", "get", group]).exits(3);
+    fixture.admin(&["user-groups", "delete", group]).exits(3);
+
+    let document = fixture.openapi().await;
+    let (metrics, routes) = fixture.requests_are_operations(&document).await;
+    assert!(routes >= 10, "{metrics}");
+}
+
 async fn logs_in(url: &str) -> bool {
     lapin::Connection::connect(url, lapin::ConnectionProperties::default())
         .await
@@ -628,15 +854,7 @@ async fn devices_and_rollout_through_the_cli() {
         &[("NEBULA_REPORT_INTERVAL_SECS", "1")],
     )
     .await;
-    let document: Value = reqwest::Client::new()
-        .get(format!("{}/api/v2/openapi.json", fixture.url()))
-        .basic_auth(ADMIN_USER, Some(ADMIN_PASSWORD))
-        .send()
-        .await
-        .expect("openapi")
-        .json()
-        .await
-        .expect("json");
+    let document = fixture.openapi().await;
 
     // The device appears, online, its app current at revision 1.
     let at = |revision: u64| {
@@ -739,36 +957,7 @@ async fn devices_and_rollout_through_the_cli() {
 
     // Every request the CLI made (counted by route template in /metrics) is an operation
     // of the document.
-    let metrics = reqwest::get(format!("{}/metrics", fixture.url()))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    let mut routes = 0;
-    for line in metrics
-        .lines()
-        .filter(|line| line.starts_with("nebula_http_requests_total{"))
-    {
-        let route = line
-            .split("route=\"")
-            .nth(1)
-            .and_then(|rest| rest.split('"').next())
-            .expect("route");
-        let method = line
-            .split("method=\"")
-            .nth(1)
-            .and_then(|rest| rest.split('"').next())
-            .expect("method");
-        if route == "/metrics" || route == "/readyz" {
-            continue;
-        }
-        routes += 1;
-        assert!(
-            openapi::operation(&document, route, &method.to_ascii_lowercase()).is_some(),
-            "the CLI called {method} {route}, which the document does not have"
-        );
-    }
+    let (metrics, routes) = fixture.requests_are_operations(&document).await;
     assert!(routes >= 6, "{metrics}");
     assert!(
         metrics.contains("nebula_devices{state=\"online\"} 1\n"),

@@ -1,11 +1,14 @@
 //! One module per kind of object; each command is one REST call and a print.
 
 pub mod apps;
+pub mod audit;
 pub mod devices;
 pub mod fleet;
 pub mod groups;
 pub mod rollout;
 pub mod tokens;
+pub mod user_groups;
+pub mod users;
 
 use crate::client::Client;
 use crate::config::Settings;
