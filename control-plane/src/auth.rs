@@ -135,6 +135,8 @@ pub struct Authenticator {
     token: Option<[u8; 32]>,
     throttle: Arc<Mutex<LoginThrottle>>,
     turns: Arc<[tokio::sync::Mutex<()>; TURN_STRIPES]>,
+    /// Randomly keyed, so that which addresses share a stripe cannot be foreseen.
+    stripe_of: std::collections::hash_map::RandomState,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -163,6 +165,7 @@ impl Authenticator {
                 .map(|token| digest(token.as_bytes())),
             throttle: Arc::default(),
             turns: Arc::new(std::array::from_fn(|_| tokio::sync::Mutex::new(()))),
+            stripe_of: std::collections::hash_map::RandomState::new(),
         }
     }
 
@@ -176,11 +179,10 @@ impl Authenticator {
         &self,
         source: Option<IpAddr>,
     ) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        use std::hash::{Hash, Hasher};
+        use std::hash::BuildHasher;
         let source = source.filter(|_| self.enabled)?;
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        crate::login_throttle::key(source).hash(&mut hasher);
-        let stripe = (hasher.finish() % TURN_STRIPES as u64) as usize;
+        let stripe = (self.stripe_of.hash_one(crate::login_throttle::key(source))
+            % TURN_STRIPES as u64) as usize;
         Some(self.turns[stripe].lock().await)
     }
 

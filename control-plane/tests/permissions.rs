@@ -528,7 +528,7 @@ async fn users_secrets_are_hashed_tokens_refresh_and_deleted_users_lose_everythi
             "{token:?}"
         );
     }
-    // "Does not exist" comes before the body's faults, as for every object.
+    // "Does not exist" comes before the body's faults, for users and user groups.
     let (status, body) = harness
         .call(
             "PUT",
@@ -551,6 +551,49 @@ async fn users_secrets_are_hashed_tokens_refresh_and_deleted_users_lose_everythi
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, _) = harness
+        .call("GET", "/api/v2/users/bob", None, Some(ADMIN))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "the refused create left no user"
+    );
+    // Nor by a change: refused whole, the password given with it not set either.
+    harness
+        .admin(
+            "POST",
+            "/api/v2/users/bob",
+            json!({"password": "pw-of-bob"}),
+        )
+        .await;
+    let (status, body) = harness
+        .call(
+            "PUT",
+            "/api/v2/users/bob/update",
+            Some(json!({"password": "other-pw", "token": new_token})),
+            Some(ADMIN),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    for (password, expected) in [
+        ("pw-of-bob", StatusCode::OK),
+        ("other-pw", StatusCode::UNAUTHORIZED),
+    ] {
+        let (status, _) = harness
+            .call("GET", "/api/v2/status", None, Some(&basic("bob", password)))
+            .await;
+        assert_eq!(status, expected, "{password}");
+    }
+    let (status, _) = harness
+        .call(
+            "GET",
+            "/api/v2/status",
+            None,
+            Some(&format!("Bearer {new_token}")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "the token stays ann's");
 
     // Update: the password changes, the token stays.
     let updated = harness

@@ -2,8 +2,8 @@
 //! succeeded (one place, so no write route can forget), and `GET /api/v2/audit` reads it.
 //!
 //! The entry is stored after the write and before its answer. The revision before is read
-//! just before the write (a concurrent write in between shows as a gap, never as a wrong
-//! pair), the one after is taken from the answer. A store failure while recording is logged
+//! just before the write, the one after is taken from the answer (two concurrent writes of
+//! one object may record overlapping pairs, 1 → 2 and 1 → 3). A store failure while recording is logged
 //! and counted (`nebula_audit_failures_total`) and the write is still answered as done: it
 //! is. A crash between the write and its entry loses that entry (the write is kept).
 

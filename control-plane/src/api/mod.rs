@@ -141,7 +141,9 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
         AdminCheck::Missing => None,
         AdminCheck::NotAdmin => {
             let given = header.unwrap_or_default();
-            // From the lockout check to the count, one check at a time per source.
+            // From the lockout check to the count, one check at a time per source; a password
+            // check's argon2 slot first (see `password_check_slot`).
+            let _slot = state.service.password_check_slot(given).await;
             let _turn = authenticator.user_check_turn(source).await;
             if let Some(retry_after) = authenticator.locked_out(source) {
                 return locked_out(&state, retry_after);

@@ -216,6 +216,10 @@ pub async fn update(
     PathName(group): PathName,
     Body(body): Body,
 ) -> Result<Response> {
+    // "Does not exist" before the body's faults, as for users.
+    if state.service.get_user_group(&group).await?.is_none() {
+        return Err(ServiceError::UserGroupNotFound(group).into());
+    }
     let patch = parse(&dto::parse_object(&body)?, &group)?;
     if patch.is_empty() {
         return Err(ApiError::malformed());

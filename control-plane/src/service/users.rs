@@ -126,23 +126,29 @@ impl Service {
         }
     }
 
-    /// Points the token `digest` at `user`. A live index record is taken over only when its
-    /// own user no longer holds that digest (left by a crash or a change); otherwise the
-    /// token belongs to someone else: `TokenTaken`.
-    async fn index_token(&self, digest: &str, user: &str) -> Result<(), ServiceError> {
+    /// Points the token `digest` at `user`; answers the user whose record it took over, if
+    /// any. A live index record is taken over only when its own user does not hold that
+    /// digest (left by a crash or a change, or a create still under way: the caller checks
+    /// that user again once its own user is written, see [`Self::lost_token`]); otherwise
+    /// the token belongs to someone else: `TokenTaken`. A record already naming `user` is
+    /// written again, so that an unindex that read it before cannot remove it after.
+    async fn index_token(&self, digest: &str, user: &str) -> Result<Option<String>, ServiceError> {
         let index = TokenIndex {
             user_name: user.to_string(),
         };
         for _ in 0..WRITE_ATTEMPTS {
             if self.put_new(Kind::UserToken, digest, &index).await? {
-                return Ok(());
+                return Ok(None);
             }
             let Some((record, held)) = self.live::<TokenIndex>(Kind::UserToken, digest).await?
             else {
                 continue;
             };
             if held.user_name == user {
-                return Ok(());
+                if self.swap(Kind::UserToken, &record, Some(&index)).await? {
+                    return Ok(None);
+                }
+                continue;
             }
             if self
                 .confirmed_user(digest, &held.user_name)
@@ -152,10 +158,30 @@ impl Service {
                 return Err(ServiceError::TokenTaken);
             }
             if self.swap(Kind::UserToken, &record, Some(&index)).await? {
-                return Ok(());
+                return Ok(Some(held.user_name));
             }
         }
         Err(conflict(Kind::UserToken, digest))
+    }
+
+    /// Whether `user`, now written with the token `digest`, lost it: the index no longer
+    /// names it (another user's create took it over meanwhile), or the user whose index
+    /// record it took over (`displaced`) turned out to hold the digest after all (that user's
+    /// create was under way). Either way the other side keeps the token. The store is
+    /// linearizable per record, so two racing creates never both keep it: at worst both lose.
+    async fn lost_token(
+        &self,
+        digest: &str,
+        user: &str,
+        displaced: Option<&str>,
+    ) -> Result<bool, ServiceError> {
+        if !self.token_names(digest, user).await? {
+            return Ok(true);
+        }
+        match displaced {
+            Some(other) => Ok(self.confirmed_user(digest, other).await?.is_some()),
+            None => Ok(false),
+        }
     }
 
     /// Drops the index record of `digest` if it still names `user` and that user does not
@@ -186,22 +212,22 @@ impl Service {
             .is_some_and(|(_, index)| index.user_name == user))
     }
 
-    /// Puts `previous`'s token back on a user whose change to `changed` lost its token to
-    /// another user (only if nothing changed the user since).
-    async fn update_user_token_back(
+    /// Puts `previous` back on a user whose change to `changed` lost its token to another
+    /// user (only if nothing changed the user since; said in the log otherwise).
+    async fn undo_user_change(
         &self,
         name: &Name,
         changed: &UserDocument,
         previous: &UserDocument,
     ) -> Result<(), ServiceError> {
-        if let Some((record, now)) = self.live::<UserDocument>(Kind::User, name.as_str()).await?
-            && now == *changed
-        {
-            let restored = UserDocument {
-                token: previous.token.clone(),
-                ..now
-            };
-            self.swap(Kind::User, &record, Some(&restored)).await?;
+        let undone = match self.live::<UserDocument>(Kind::User, name.as_str()).await? {
+            Some((record, now)) if now == *changed => {
+                self.swap(Kind::User, &record, Some(previous)).await?
+            }
+            _ => false,
+        };
+        if !undone {
+            tracing::warn!(user = %name, "a change whose token was taken could not be undone: the user changed meanwhile");
         }
         Ok(())
     }
@@ -236,16 +262,21 @@ impl Service {
             password: hash(password).await?,
             token: users::token_digest(&token),
         };
-        self.index_token(&document.token, name.as_str()).await?;
+        let displaced = self.index_token(&document.token, name.as_str()).await?;
         if self.put_new(Kind::User, name.as_str(), &document).await? {
-            if !self.token_names(&document.token, name.as_str()).await? {
-                // Another user's create took the token over while ours was unconfirmed:
-                // theirs stands, ours is undone.
-                if let Some((record, _)) =
+            if self
+                .lost_token(&document.token, name.as_str(), displaced.as_deref())
+                .await?
+            {
+                // Ours is undone: only the user we wrote, if nothing changed it since.
+                if let Some((record, now)) =
                     self.live::<UserDocument>(Kind::User, name.as_str()).await?
+                    && now == document
+                    && !self.swap::<UserDocument>(Kind::User, &record, None).await?
                 {
-                    self.swap::<UserDocument>(Kind::User, &record, None).await?;
+                    tracing::warn!(user = %name, "a user whose token was taken changed meanwhile: left as it is");
                 }
+                self.unindex_token(&document.token, name.as_str()).await;
                 return Err(ServiceError::TokenTaken);
             }
             Ok(document)
@@ -289,15 +320,21 @@ impl Service {
                 password: password.clone().unwrap_or_else(|| current.password.clone()),
                 token: token.clone().unwrap_or_else(|| current.token.clone()),
             };
-            if updated.token != current.token {
-                self.index_token(&updated.token, name.as_str()).await?;
-            }
+            let displaced = if updated.token != current.token {
+                self.index_token(&updated.token, name.as_str()).await?
+            } else {
+                None
+            };
             if self.swap(Kind::User, &record, Some(&updated)).await? {
                 if updated.token != current.token {
-                    if !self.token_names(&updated.token, name.as_str()).await? {
-                        // Taken over by another user's create meanwhile: keep the old token.
-                        self.update_user_token_back(name, &updated, &current)
-                            .await?;
+                    if self
+                        .lost_token(&updated.token, name.as_str(), displaced.as_deref())
+                        .await?
+                    {
+                        // Lost to another user's create meanwhile: the change is undone
+                        // whole, so that a refused request changed nothing.
+                        self.undo_user_change(name, &updated, &current).await?;
+                        self.unindex_token(&updated.token, name.as_str()).await;
                         return Err(ServiceError::TokenTaken);
                     }
                     self.unindex_token(&current.token, name.as_str()).await;
@@ -336,6 +373,8 @@ impl Service {
             self.leave_user_groups(name).await?;
             if self.swap::<UserDocument>(Kind::User, &record, None).await? {
                 self.unindex_token(&current.token, name.as_str()).await;
+                // Once more: a group update may have listed it again in between.
+                self.leave_user_groups(name).await?;
                 return Ok(());
             }
         }
@@ -496,7 +535,7 @@ impl Service {
                 };
                 let hash = document.as_ref().map(|user| user.password.clone());
                 // A missing user costs one password check too.
-                let _turn = argon2_turn().await;
+                // The caller holds a `password_check_slot` (the middleware takes it).
                 let verified = tokio::task::spawn_blocking(move || match hash {
                     Some(hash) => users::verify_password(&password, &hash),
                     None => {
@@ -516,6 +555,21 @@ impl Service {
                 name: user.user_name,
             })),
             None => Ok(None),
+        }
+    }
+
+    /// For an `Authorization` header whose check runs argon2 (Basic): one of the few slots
+    /// for it ([`argon2_turn`]), to hold while [`Self::authenticate_user`] checks it. The
+    /// middleware takes it before the source's turn (`auth::Authenticator::user_check_turn`),
+    /// so a flood of password guesses holds at most that many turns, and token logins of
+    /// other addresses never queue behind the hashing.
+    pub async fn password_check_slot(
+        &self,
+        authorization: &str,
+    ) -> Option<tokio::sync::SemaphorePermit<'static>> {
+        match auth::credentials(authorization) {
+            Some(auth::Credentials::Basic { .. }) => Some(argon2_turn().await),
+            _ => None,
         }
     }
 
@@ -539,7 +593,7 @@ fn secret_or_generated(given: Option<String>) -> Result<String, ServiceError> {
 /// purpose: at most [`ARGON2_AT_ONCE`] run at once, so that a flood of Basic logins (valid
 /// or not: an unknown user costs a check too) queues instead of taking the blocking pool's
 /// hundreds of threads and gigabytes of memory.
-async fn argon2_turn() -> tokio::sync::SemaphorePermit<'static> {
+pub async fn argon2_turn() -> tokio::sync::SemaphorePermit<'static> {
     static TURNS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(ARGON2_AT_ONCE);
     TURNS
         .acquire()
