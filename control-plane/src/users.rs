@@ -11,7 +11,6 @@
 use crate::auth::Permission;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 /// A user as stored and answered: both secrets only as hashes.
@@ -146,15 +145,13 @@ impl Permissions {
 pub fn generate_secret() -> Result<String, String> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|error| error.to_string())?;
-    Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
+    Ok(crate::provisioning::hex(&bytes))
 }
 
-/// The stored form of a token, and its lookup key.
+/// The stored form of a token, and its lookup key: the same hex SHA-256 as a provisioning
+/// token's secret.
 pub fn token_digest(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    crate::provisioning::secret_digest(token)
 }
 
 /// The stored form of a password: argon2id with a fresh salt.

@@ -65,15 +65,18 @@ pub fn guarded(route: UtoipaMethodRouter<AppState>, need: Need) -> UtoipaMethodR
     (schemas, paths, method_router)
 }
 
-async fn check(need: Need, request: Request, next: Next) -> Response {
-    let (mut parts, body) = request.into_parts();
-    // Our routes have at most one parameter: the object's name, raw (a name that is not
-    // valid is no one's object, and its handler answers 400 after this check).
-    let name = RawPathParams::from_request_parts(&mut parts, &())
+/// The object a request names: our routes have at most one path parameter, its name, taken
+/// raw (a name that is not valid is no one's object, and its handler answers 400).
+pub async fn object_name(parts: &mut axum::http::request::Parts) -> Option<String> {
+    RawPathParams::from_request_parts(parts, &())
         .await
         .ok()
         .and_then(|params| params.iter().next().map(|(_, value)| value.to_string()))
-        .unwrap_or_default();
+}
+
+async fn check(need: Need, request: Request, next: Next) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let name = object_name(&mut parts).await.unwrap_or_default();
     let allowed = parts
         .extensions
         .get::<Principal>()

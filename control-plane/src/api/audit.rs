@@ -11,7 +11,7 @@ use super::errors::ApiError;
 use super::{AppState, ok, schema};
 use crate::audit::{self, AuditEntry, Target};
 use crate::auth::Principal;
-use axum::extract::{FromRequestParts, MatchedPath, Query, RawPathParams, Request, State};
+use axum::extract::{MatchedPath, Query, Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -57,10 +57,7 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
         .extensions
         .get::<MatchedPath>()
         .map_or_else(String::new, |path| path.as_str().to_string());
-    let name = RawPathParams::from_request_parts(&mut parts, &())
-        .await
-        .ok()
-        .and_then(|params| params.iter().next().map(|(_, value)| value.to_string()));
+    let name = super::access::object_name(&mut parts).await;
     let method = parts.method.to_string();
     let target = Target::of(&route);
     let old_revision = match (target.kind, target.revision_field, &name) {

@@ -83,6 +83,15 @@ pub enum ServiceError {
     Interrupted,
 }
 
+/// A compare-and-swap write of `name` that kept losing to other writes of it.
+fn conflict(kind: Kind, name: &str) -> ServiceError {
+    ServiceError::Store(StoreError::Conflict {
+        kind: kind.label(),
+        name: name.to_string(),
+        expected: 0,
+    })
+}
+
 /// A typed document with the record bookkeeping around it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stored<T> {

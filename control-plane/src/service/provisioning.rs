@@ -6,7 +6,7 @@
 //! broker hiccup or a device that already has a credential costs no use.
 
 use super::credentials::{self, CredentialError, CredentialIssuer, Enrolment, First, now_ms};
-use super::{Service, ServiceError};
+use super::{Service, ServiceError, conflict};
 use crate::device_credentials::Scope;
 use crate::error::StoreError;
 use crate::provisioning::{self, NewToken, Refusal, TokenDocument};
@@ -124,7 +124,7 @@ impl Service {
                 Err(error) => return Err(self.store_error(error)),
             }
         }
-        Err(conflict(token_id.as_str()))
+        Err(conflict(KIND, token_id.as_str()))
     }
 
     /// The token `token_id`, unless unknown or deleted.
@@ -154,7 +154,7 @@ impl Service {
                 return Ok(document);
             }
         }
-        Err(conflict(token_id).into())
+        Err(conflict(KIND, token_id).into())
     }
 
     /// Gives back a use taken by [`Self::take_use`] whose enrolment failed.
@@ -250,12 +250,4 @@ pub async fn enrol(
             Err(error.into())
         }
     }
-}
-
-fn conflict(token_id: &str) -> ServiceError {
-    ServiceError::Store(StoreError::Conflict {
-        kind: KIND.label(),
-        name: token_id.to_string(),
-        expected: 0,
-    })
 }

@@ -7,7 +7,7 @@
 //! an index record nobody confirms, harmless) and cleared after it, and no write needs to
 //! span two records atomically.
 
-use super::{Service, ServiceError};
+use super::{Service, ServiceError, conflict};
 use crate::auth::{self, Principal};
 use crate::error::StoreError;
 use crate::store::{Kind, Record, to_record};
@@ -610,12 +610,4 @@ async fn hash(password: String) -> Result<String, ServiceError> {
         .await
         .map_err(|error| ServiceError::Secret(error.to_string()))?
         .map_err(ServiceError::Secret)
-}
-
-fn conflict(kind: Kind, name: &str) -> ServiceError {
-    ServiceError::Store(StoreError::Conflict {
-        kind: kind.label(),
-        name: name.to_string(),
-        expected: 0,
-    })
 }
