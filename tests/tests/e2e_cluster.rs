@@ -464,6 +464,22 @@ async fn pause_minority_refuses_writes_and_converges_when_the_majority_is_back()
     setup.cluster.stop(1).expect("stop node 1");
     setup.cluster.stop(2).expect("stop node 2");
     let stopped = Instant::now();
+    // The survivor has paused when its AMQP listener is gone. Until then a control plane
+    // whose node was stopped may reconnect to it and have a write stored just before the
+    // pause drops the connection (stored and answered 503, as designed): the refusals below
+    // are about a cluster that has paused, so they wait for it.
+    let survivor = setup.cluster.port(0);
+    nebula_tests::wait_for(
+        "the surviving node to pause",
+        Duration::from_secs(60),
+        || async move {
+            nebula_tests::cluster::listener_pid(survivor)
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await
+    .expect("the minority node did not pause");
     for (index, control_plane) in setup.control_planes.iter().enumerate() {
         let address = control_plane.address.clone();
         nebula_tests::wait_for(
